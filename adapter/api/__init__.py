@@ -1,0 +1,1 @@
+"""The HTTP service: intake API, health, and (later) the FHIR endpoint."""

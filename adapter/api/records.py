@@ -1,0 +1,139 @@
+"""Intake API: POST records, GET a record's current revision and its history."""
+
+from collections import Counter
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Path, Request
+from fastapi.concurrency import run_in_threadpool
+
+from adapter.api.deps import IntakeDep, SettingsDep, StoreDep
+from adapter.api.responses import JsonResponse
+from adapter.errors import NotFound, PayloadTooLarge
+from adapter.intake.body import split_body
+from adapter.intake.records import RECORD_TYPES, SOURCE_ID_PATTERN
+from adapter.intake.service import ACCEPTED, RecordOutcome, record_status
+from adapter.store.records import RecordStore, StoredRecord
+
+router = APIRouter(prefix="/api/v1/records", tags=["intake"])
+
+RecordType = Annotated[str, Path(description=f"one of {', '.join(RECORD_TYPES)}")]
+SourceId = Annotated[str, Path(pattern=SOURCE_ID_PATTERN, description="the record's source id")]
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"body of {declared} bytes is over the limit of {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _status_code(outcomes: list[RecordOutcome]) -> int:
+    rejected = sum(outcome.outcome == "rejected" for outcome in outcomes)
+    if rejected == 0:
+        return 200
+    return 422 if rejected == len(outcomes) else 207
+
+
+@router.post(
+    "",
+    summary="Submit records",
+    description="One record (JSON object), a JSON array of records, or NDJSON. Each record is "
+    "accepted or rejected on its own. 200: all accepted; 207: some rejected; 422: all rejected.",
+)
+async def submit_records(
+    request: Request, intake: IntakeDep, settings: SettingsDep
+) -> JsonResponse:
+    body = await _read_body(request, settings.max_body_bytes)
+    position_key, items = split_body(request.headers.get("content-type", ""), body)
+    outcomes: list[RecordOutcome] = []
+    for start in range(0, len(items), settings.intake_batch_size):
+        batch = items[start : start + settings.intake_batch_size]
+        outcomes += await run_in_threadpool(intake.submit, batch)
+    summary = Counter({name: 0 for name in (*ACCEPTED, "rejected")})
+    summary.update(outcome.outcome for outcome in outcomes)
+    results = []
+    for outcome in outcomes:
+        result = outcome.as_dict()
+        result[position_key] = result.pop("index")
+        results.append(result)
+    return JsonResponse(
+        {"received": len(outcomes), "summary": dict(summary), "results": results},
+        status_code=_status_code(outcomes),
+    )
+
+
+def _require(store: RecordStore, record_type: str, source_id: str) -> StoredRecord:
+    if record_type not in RECORD_TYPES:
+        raise NotFound(f"unknown record type; expected one of {', '.join(RECORD_TYPES)}")
+    stored = store.get(record_type, source_id)
+    if stored is None:
+        raise NotFound(f"no {record_type} record with that id has been received")
+    return stored
+
+
+def _links(store: RecordStore, stored: StoredRecord) -> dict[str, Any]:
+    if stored.record_type == "infusion_session":
+        return {"records": store.linked_counts(stored.source_id)}
+    session_id = stored.session_id or ""
+    return {"session": {"id": session_id, "received": store.exists("infusion_session", session_id)}}
+
+
+@router.get("/{record_type}/{source_id}", summary="A record's current revision and status")
+def get_record(record_type: RecordType, source_id: SourceId, store: StoreDep) -> JsonResponse:
+    stored = _require(store, record_type, source_id)
+    history = store.revision_history(record_type, source_id)
+    return JsonResponse(
+        {
+            "record_type": stored.record_type,
+            "id": stored.source_id,
+            "revision": stored.revision,
+            "status": record_status(stored.withdrawn),
+            "first_received_at": stored.first_received_at.isoformat(),
+            "updated_at": stored.updated_at.isoformat(),
+            "record": orjson.loads(stored.parsed),
+            "links": _links(store, stored),
+            "revisions": [
+                {
+                    "revision": item.revision,
+                    "status": record_status(item.withdrawn),
+                    "received_at": item.received_at.isoformat(),
+                    "current": item.revision == stored.revision,
+                }
+                for item in history
+            ],
+        }
+    )
+
+
+@router.get(
+    "/{record_type}/{source_id}/revisions/{revision}",
+    summary="One revision as received (raw) and as validated (parsed)",
+)
+def get_revision(
+    record_type: RecordType,
+    source_id: SourceId,
+    revision: Annotated[int, Path(ge=1)],
+    store: StoreDep,
+) -> JsonResponse:
+    _require(store, record_type, source_id)
+    for item in store.revision_history(record_type, source_id):
+        if item.revision == revision:
+            return JsonResponse(
+                {
+                    "record_type": record_type,
+                    "id": source_id,
+                    "revision": item.revision,
+                    "status": record_status(item.withdrawn),
+                    "received_at": item.received_at.isoformat(),
+                    "received": orjson.loads(item.raw),
+                    "parsed": orjson.loads(item.parsed),
+                }
+            )
+    raise NotFound("that revision of the record has not been received")

@@ -1,0 +1,13 @@
+"""JSON responses serialised with orjson."""
+
+from typing import Any
+
+import orjson
+from fastapi.responses import Response
+
+
+class JsonResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)

@@ -1,0 +1,1 @@
+"""Intake of the clinic's records: validation, revision rules and storage."""

@@ -1,0 +1,50 @@
+"""Splits a received body (one record, a JSON array, or NDJSON) into raw records."""
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import orjson
+
+from adapter.errors import BadRequest, MalformedJson, UnsupportedMediaType
+
+JSON_TYPES = ("application/json",)
+NDJSON_TYPES = ("application/x-ndjson", "application/ndjson")
+
+
+def ndjson_lines(lines: Iterable[bytes], first_line: int = 1) -> Iterator[tuple[int, bytes]]:
+    """(line number, bytes) of every non-blank line."""
+    for number, line in enumerate(lines, start=first_line):
+        stripped = line.strip()
+        if stripped:
+            yield number, stripped
+
+
+def _json_records(body: bytes) -> list[tuple[int, bytes]]:
+    try:
+        data: Any = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedJson(
+            f"body is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
+        ) from None
+    if isinstance(data, dict):
+        return [(0, body.strip())]
+    if isinstance(data, list):
+        return [(index, orjson.dumps(item)) for index, item in enumerate(data)]
+    raise BadRequest("body must be one record (a JSON object) or a JSON array of records")
+
+
+def split_body(content_type: str, body: bytes) -> tuple[str, list[tuple[int, bytes]]]:
+    """The key that positions are reported under ('index' or 'line') and the raw records."""
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type in JSON_TYPES:
+        items, key = _json_records(body), "index"
+    elif media_type in NDJSON_TYPES:
+        items, key = list(ndjson_lines(body.split(b"\n"))), "line"
+    else:
+        raise UnsupportedMediaType(
+            f"Content-Type {media_type or '(none)'} is not accepted: send application/json "
+            "(one record or an array) or application/x-ndjson"
+        )
+    if not items:
+        raise BadRequest("body holds no record")
+    return key, items

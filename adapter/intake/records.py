@@ -1,0 +1,264 @@
+"""The clinic's record format (shared/clinic-export/README.md) as strict pydantic models.
+
+These models check shape: required fields, types, the format's own enumerations and scales.
+Local codes (indication, event, site, drug, route, actions) are free strings here: whether the
+mapping tables know them is the mapping's business, not the sender's fault.
+"""
+
+from datetime import date, datetime
+from functools import cache
+from typing import Annotated, Any, Literal, get_args
+from zoneinfo import ZoneInfo
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+)
+from pydantic_core import PydanticCustomError
+
+SOURCE_ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+
+
+def _aware(value: datetime, info: ValidationInfo) -> datetime:
+    """Give a timestamp without offset the site's zone, or refuse it when there is none."""
+    if value.tzinfo is not None:
+        return value
+    zone: ZoneInfo | None = (info.context or {}).get("time_zone")
+    if zone is None:
+        raise PydanticCustomError(
+            "timestamp_without_offset",
+            "timestamp has no UTC offset and the site configuration names no time zone",
+        )
+    return value.replace(tzinfo=zone)
+
+
+Timestamp = Annotated[datetime, AfterValidator(_aware)]
+SourceId = Annotated[str, StringConstraints(pattern=SOURCE_ID_PATTERN)]
+Text = Annotated[str, StringConstraints(min_length=1, max_length=4000)]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+LocalCode = Annotated[str, StringConstraints(min_length=1, max_length=64, strip_whitespace=True)]
+PainScore = Annotated[int, Field(ge=0, le=10)]
+
+
+class Part(BaseModel):
+    """A strict part of a record; fields the format does not name are kept, never dropped."""
+
+    model_config = ConfigDict(strict=True, extra="allow", frozen=True)
+
+
+class Patient(Part):
+    mrn: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    family: Name | None = None
+    given: Name | None = None
+    birth_date: date | None = None
+
+
+class Staff(Part):
+    staff_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    name: Name | None = None
+    role: LocalCode | None = None
+    npi: Annotated[str, StringConstraints(pattern=r"^\d{10}$")] | None = None
+
+
+class RecordBase(Part):
+    id: SourceId
+    revision: Annotated[int, Field(ge=1)]
+    patient: Patient
+    recorded_by: Staff | None = None
+
+    @property
+    def withdrawn(self) -> bool:
+        return getattr(self, "status", None) == "entered_in_error"
+
+    @property
+    def linked_session_id(self) -> str | None:
+        return getattr(self, "session_id", None)
+
+
+class Dose(Part):
+    weight_kg: float | None = None
+    rate_mg_per_kg_per_hr: float | None = None
+    total_mg: float | None = None
+
+
+class RateChange(Part):
+    at: Timestamp
+    rate_mg_per_kg_per_hr: float
+    reason: Text | None = None
+
+
+SessionStatus = Literal[
+    "scheduled",
+    "checked_in",
+    "in_progress",
+    "completed",
+    "stopped_early",
+    "cancelled",
+    "no_show",
+    "entered_in_error",
+]
+
+
+class InfusionSession(RecordBase):
+    record_type: Literal["infusion_session"]
+    status: SessionStatus
+    series_id: SourceId | None = None
+    session_number: Annotated[int, Field(ge=1)] | None = None
+    sessions_planned: Annotated[int, Field(ge=1)] | None = None
+    indication: LocalCode
+    stop_reason: Text | None = None
+    scheduled_start: Timestamp
+    infusion_start: Timestamp | None = None
+    infusion_end: Timestamp | None = None
+    discharged_at: Timestamp | None = None
+    drug: LocalCode
+    route: LocalCode | None = None
+    site: LocalCode | None = None
+    dose: Dose | None = None
+    rate_changes: list[RateChange] = Field(default_factory=list)
+    performer: Staff | None = None
+    physician: Staff | None = None
+    location: Text | None = None
+    pain_before: PainScore | None = None
+    pain_after: PainScore | None = None
+    notes: Text | None = None
+
+
+class Temperature(Part):
+    value: float
+    unit: Literal["C", "F"]
+
+
+VITAL_MEASURES = (
+    "heart_rate",
+    "systolic",
+    "diastolic",
+    "spo2",
+    "resp_rate",
+    "temperature",
+    "pain",
+    "sedation_rass",
+    "etco2",
+)
+
+
+class Vitals(RecordBase):
+    record_type: Literal["vitals"]
+    session_id: SourceId
+    status: Literal["entered_in_error"] | None = None
+    taken_at: Timestamp
+    phase: Literal["baseline", "intra", "recovery", "discharge"]
+    heart_rate: float | None = None
+    systolic: float | None = None
+    diastolic: float | None = None
+    spo2: float | None = None
+    resp_rate: float | None = None
+    temperature: Temperature | None = None
+    pain: PainScore | None = None
+    sedation_rass: Annotated[int, Field(ge=-5, le=4)] | None = None
+    etco2: float | None = None
+    device: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+
+
+class MedicationGiven(Part):
+    drug: Name
+    dose: Name | None = None
+    route: LocalCode | None = None
+    at: Timestamp | None = None
+
+
+class AdverseEvent(RecordBase):
+    record_type: Literal["adverse_event"]
+    session_id: SourceId
+    status: Literal["entered_in_error"] | None = None
+    event: LocalCode
+    description: Text | None = None
+    onset_at: Timestamp
+    resolved_at: Timestamp | None = None
+    severity: Literal["mild", "moderate", "severe"] | None = None
+    serious: bool | None = None
+    actions: list[LocalCode] = Field(default_factory=list)
+    medications_given: list[MedicationGiven] = Field(default_factory=list)
+    outcome: (
+        Literal[
+            "resolved", "resolving", "not_resolved", "resolved_with_sequelae", "fatal", "unknown"
+        ]
+        | None
+    ) = None
+
+
+class AttestationBase(RecordBase):
+    record_type: Literal["attestation"]
+    session_id: SourceId
+    status: Literal["entered_in_error"] | None = None
+    attested_at: Timestamp
+    verified_by: Staff | None = None
+
+
+class FastingAttestation(AttestationBase):
+    kind: Literal["fasting"]
+    last_solid_food_at: Timestamp
+    last_clear_liquid_at: Timestamp | None = None
+
+
+class Escort(Part):
+    name: Name | None = None
+    relationship: Name | None = None
+    phone: Annotated[str, StringConstraints(min_length=1, max_length=40)] | None = None
+
+
+class TransportAttestation(AttestationBase):
+    kind: Literal["transport"]
+    mode: Literal[
+        "escort_private_vehicle", "escort_rideshare", "medical_transport", "none_arranged"
+    ]
+    escort: Escort | None = None
+    patient_will_not_drive: bool | None = None
+
+
+Attestation = Annotated[FastingAttestation | TransportAttestation, Field(discriminator="kind")]
+
+ClinicRecord = Annotated[
+    InfusionSession | Vitals | AdverseEvent | Attestation, Field(discriminator="record_type")
+]
+AnyRecord = InfusionSession | Vitals | AdverseEvent | FastingAttestation | TransportAttestation
+
+RECORD_TYPES = ("infusion_session", "vitals", "adverse_event", "attestation")
+
+
+@cache
+def _nested_fields(model: type[BaseModel]) -> tuple[str, ...]:
+    """The fields of `model` that can hold another model (or a list of them)."""
+    return tuple(
+        name
+        for name, info in model.model_fields.items()
+        if any(
+            isinstance(arg, type) and issubclass(arg, BaseModel)
+            for arg in (info.annotation, *_flatten_args(info.annotation))
+        )
+    )
+
+
+def _flatten_args(annotation: Any) -> list[Any]:
+    found = []
+    for arg in get_args(annotation):
+        found.append(arg)
+        found += _flatten_args(arg)
+    return found
+
+
+def unknown_fields(model: BaseModel, prefix: str = "") -> list[str]:
+    """Paths of every field the format does not name, found anywhere in the record."""
+    found = [f"{prefix}{key}" for key in (model.__pydantic_extra__ or {})]
+    for name in _nested_fields(type(model)):
+        value: Any = getattr(model, name)
+        if isinstance(value, BaseModel):
+            found += unknown_fields(value, f"{prefix}{name}.")
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                found += unknown_fields(item, f"{prefix}{name}[{index}].")
+    return found

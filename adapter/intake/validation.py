@@ -1,0 +1,234 @@
+"""Turns one received record (JSON bytes) into a validated record or the reasons it is refused."""
+
+import hashlib
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import orjson
+from pydantic import TypeAdapter, ValidationError
+
+from adapter.errors import FieldError
+from adapter.intake.records import (
+    RECORD_TYPES,
+    SOURCE_ID_PATTERN,
+    VITAL_MEASURES,
+    AdverseEvent,
+    AnyRecord,
+    ClinicRecord,
+    FastingAttestation,
+    InfusionSession,
+    Vitals,
+    unknown_fields,
+)
+from adapter.mapping.config import Limits, Range
+
+_RECORD = TypeAdapter[AnyRecord](ClinicRecord)
+_TAGS = {*RECORD_TYPES, "fasting", "transport"}
+_SOURCE_ID = re.compile(SOURCE_ID_PATTERN)
+ID_RULE = "must be 1 to 64 characters of letters, digits, '-', '_' or '.'"
+
+
+@dataclass(frozen=True)
+class ValidatedRecord:
+    """A record that passed every intake check, with its raw and parsed JSON."""
+
+    record: AnyRecord
+    raw: str
+    parsed: str
+    content_hash: str
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.record.record_type, self.record.id)
+
+
+@dataclass(frozen=True)
+class IntakeContext:
+    """What validation needs from the site's configuration."""
+
+    limits: Limits
+    time_zone: ZoneInfo | None
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    parts = list(loc)
+    while parts and parts[0] in _TAGS:
+        parts.pop(0)
+    path = ""
+    for part in parts:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path or "(record)"
+
+
+def _schema_errors(exc: ValidationError) -> list[FieldError]:
+    errors = []
+    for err in exc.errors(include_url=False, include_input=False):
+        kind = err["type"]
+        if kind == "json_invalid":
+            reason = err["msg"].replace("Invalid JSON", "malformed JSON")
+            errors.append(FieldError("(record)", reason))
+        elif kind == "union_tag_not_found":
+            tag = str((err.get("ctx") or {}).get("discriminator", "")).strip("'")
+            errors.append(FieldError(_path((*err["loc"], tag)), "field required"))
+        elif kind == "union_tag_invalid":
+            ctx = err.get("ctx") or {}
+            tag = str(ctx.get("discriminator", "")).strip("'")
+            errors.append(
+                FieldError(
+                    _path((*err["loc"], tag)),
+                    f"unknown value; expected one of {ctx.get('expected_tags')}",
+                )
+            )
+        elif (
+            kind == "string_pattern_mismatch"
+            and (err.get("ctx") or {}).get("pattern") == SOURCE_ID_PATTERN
+        ):
+            errors.append(FieldError(_path(err["loc"]), ID_RULE))
+        else:
+            errors.append(FieldError(_path(err["loc"]), err["msg"][:1].lower() + err["msg"][1:]))
+    return errors
+
+
+def _out_of_range(path: str, value: float | None, limit: Range) -> Iterator[FieldError]:
+    if value is not None and not limit.holds(value):
+        yield FieldError(path, f"not a plausible value: must be {limit.describe()}")
+
+
+_RANGED_VITALS = ("heart_rate", "systolic", "diastolic", "spo2", "resp_rate", "etco2")
+
+
+def _vitals_problems(record: Vitals, limits: Limits) -> Iterator[FieldError]:
+    vital = limits.vitals
+    for name in _RANGED_VITALS:
+        value = getattr(record, name)
+        if value is not None and not getattr(vital, name).holds(value):
+            yield from _out_of_range(name, value, getattr(vital, name))
+    if record.temperature is not None:
+        scale = (
+            vital.temperature_celsius
+            if record.temperature.unit == "C"
+            else vital.temperature_fahrenheit
+        )
+        yield from _out_of_range("temperature.value", record.temperature.value, scale)
+    systolic, diastolic = record.systolic, record.diastolic
+    if (systolic is None) != (diastolic is None):
+        missing = "diastolic" if diastolic is None else "systolic"
+        present = "systolic" if missing == "diastolic" else "diastolic"
+        yield FieldError(missing, f"required when {present} is present: they come together")
+    elif systolic is not None and diastolic is not None and systolic <= diastolic:
+        yield FieldError("systolic", "must be higher than diastolic")
+    if all(getattr(record, name) is None for name in VITAL_MEASURES):
+        yield FieldError(
+            "(record)", f"no measure present: expected one of {', '.join(VITAL_MEASURES)}"
+        )
+
+
+def _session_problems(record: InfusionSession, limits: Limits) -> Iterator[FieldError]:
+    if record.dose is not None:
+        for name in ("weight_kg", "rate_mg_per_kg_per_hr", "total_mg"):
+            yield from _out_of_range(
+                f"dose.{name}", getattr(record.dose, name), getattr(limits.dose, name)
+            )
+    for index, change in enumerate(record.rate_changes):
+        yield from _out_of_range(
+            f"rate_changes[{index}].rate_mg_per_kg_per_hr",
+            change.rate_mg_per_kg_per_hr,
+            limits.dose.rate_mg_per_kg_per_hr,
+        )
+    if (
+        record.status in ("in_progress", "completed", "stopped_early")
+        and record.infusion_start is None
+    ):
+        yield FieldError("infusion_start", f"required when status is {record.status}")
+    if record.status == "completed" and record.infusion_end is None:
+        yield FieldError("infusion_end", "required when status is completed")
+    if (
+        record.infusion_start
+        and record.infusion_end
+        and record.infusion_end < record.infusion_start
+    ):
+        yield FieldError("infusion_end", "is before infusion_start")
+    if (
+        record.infusion_start
+        and record.discharged_at
+        and record.discharged_at < record.infusion_start
+    ):
+        yield FieldError("discharged_at", "is before infusion_start")
+
+
+def _adverse_event_problems(record: AdverseEvent) -> Iterator[FieldError]:
+    if record.resolved_at is not None and record.resolved_at < record.onset_at:
+        yield FieldError("resolved_at", "is before onset_at")
+    if record.event == "OTHER" and not record.description:
+        yield FieldError("description", "required when event is OTHER")
+
+
+def _fasting_problems(record: FastingAttestation) -> Iterator[FieldError]:
+    for name in ("last_solid_food_at", "last_clear_liquid_at"):
+        moment = getattr(record, name)
+        if moment is not None and moment > record.attested_at:
+            yield FieldError(name, "is after attested_at")
+
+
+def plausibility_problems(record: AnyRecord, limits: Limits) -> list[FieldError]:
+    """What the schema cannot say: impossible values and fields that contradict each other."""
+    if record.withdrawn:
+        return []
+    if isinstance(record, Vitals):
+        return list(_vitals_problems(record, limits))
+    if isinstance(record, InfusionSession):
+        return list(_session_problems(record, limits))
+    if isinstance(record, AdverseEvent):
+        return list(_adverse_event_problems(record))
+    if isinstance(record, FastingAttestation):
+        return list(_fasting_problems(record))
+    return []
+
+
+def validate_record(raw: bytes, context: IntakeContext) -> ValidatedRecord | list[FieldError]:
+    """Validate one record's JSON; the result is the record or every reason it was refused."""
+    try:
+        record = _RECORD.validate_json(raw, strict=True, context={"time_zone": context.time_zone})
+    except ValidationError as exc:
+        return _schema_errors(exc)
+    problems = plausibility_problems(record, context.limits)
+    if problems:
+        return problems
+    parsed = record.model_dump_json(exclude_none=True)
+    warnings = [
+        f"{path}: not in the record format; kept in the stored record, not mapped"
+        for path in unknown_fields(record)
+    ]
+    return ValidatedRecord(
+        record=record,
+        raw=raw.decode("utf-8"),
+        parsed=parsed,
+        content_hash=hashlib.sha256(parsed.encode()).hexdigest(),
+        warnings=warnings,
+    )
+
+
+def identify(raw: bytes) -> tuple[str | None, str | None, int | None]:
+    """Best-effort record_type, id and revision of a refused record, for its outcome line.
+
+    Values are echoed only when they have the shape the format allows, so a refused record can
+    never smuggle arbitrary text into a response or a log.
+    """
+    try:
+        data: Any = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None, None, None
+    if not isinstance(data, dict):
+        return None, None, None
+    record_type = data.get("record_type") if data.get("record_type") in RECORD_TYPES else None
+    source_id = data.get("id")
+    if not isinstance(source_id, str) or not _SOURCE_ID.fullmatch(source_id):
+        source_id = None
+    revision = data.get("revision")
+    if not isinstance(revision, int) or isinstance(revision, bool):
+        revision = None
+    return record_type, source_id, revision

@@ -1,0 +1,1 @@
+"""Mapping configuration: the facts clinic IT edits in mappings/, loaded and checked."""

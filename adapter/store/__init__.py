@@ -1,0 +1,1 @@
+"""The store: source records and their revisions, in SQLite or PostgreSQL."""

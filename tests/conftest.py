@@ -1,0 +1,127 @@
+"""Fixtures: a store on SQLite and on PostgreSQL, the mappings, the service and the example day."""
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
+
+from adapter.app import create_app
+from adapter.runtime import Runtime, open_runtime
+from adapter.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE_DAY = ROOT / "tests" / "fixtures" / "clinic-export" / "day-2026-11-20.ndjson"
+POSTGRES_URL = os.environ.get(
+    "ADAPTER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+@pytest.fixture
+def mappings_dir(tmp_path: Path) -> Path:
+    """A copy of the shipped mapping files that a test may edit."""
+    target = tmp_path / "mappings"
+    shutil.copytree(ROOT / "mappings", target)
+    return target
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database: a SQLite file, or a schema of its own on PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'adapter.db'}"
+        return
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES_URL)
+    try:
+        with admin.begin() as connection:
+            connection.execute(text(f"CREATE SCHEMA {schema}"))
+    except Exception as exc:  # the suite must not pass silently without PostgreSQL
+        pytest.fail(f"PostgreSQL at {POSTGRES_URL} is not reachable: {type(exc).__name__}: {exc}")
+    try:
+        yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as connection:
+            connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+@pytest.fixture
+def settings(database_url: str, mappings_dir: Path) -> Settings:
+    return Settings(database_url=database_url, mappings_dir=mappings_dir)
+
+
+@pytest.fixture
+def runtime(settings: Settings) -> Iterator[Runtime]:
+    opened = open_runtime(settings)
+    yield opened
+    opened.store.engine.dispose()
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    app = create_app(settings)
+    with TestClient(app) as test_client:
+        yield test_client
+    app.state.store.engine.dispose()
+
+
+@pytest.fixture
+def example_lines() -> list[bytes]:
+    return [line for line in EXAMPLE_DAY.read_bytes().splitlines() if line.strip()]
+
+
+def vitals(**fields: Any) -> dict[str, Any]:
+    """A valid vitals record; keyword arguments replace or add fields (None removes one)."""
+    record: dict[str, Any] = {
+        "record_type": "vitals",
+        "id": "VIT-1",
+        "revision": 1,
+        "session_id": "SES-1",
+        "patient": {"mrn": "900001"},
+        "taken_at": "2026-11-20T09:20:00-05:00",
+        "phase": "intra",
+        "heart_rate": 84,
+        "systolic": 146,
+        "diastolic": 90,
+        "spo2": 97,
+    }
+    return _apply(record, fields)
+
+
+def session(**fields: Any) -> dict[str, Any]:
+    """A valid infusion_session record; keyword arguments replace or add fields."""
+    record: dict[str, Any] = {
+        "record_type": "infusion_session",
+        "id": "SES-1",
+        "revision": 1,
+        "patient": {"mrn": "900001"},
+        "indication": "CRPS_UPPER",
+        "status": "completed",
+        "scheduled_start": "2026-11-20T09:00:00-05:00",
+        "infusion_start": "2026-11-20T09:05:00-05:00",
+        "infusion_end": "2026-11-20T13:05:00-05:00",
+        "drug": "KETAMINE",
+        "route": "IV",
+        "dose": {"weight_kg": 68.5, "rate_mg_per_kg_per_hr": 0.5, "total_mg": 118.0},
+    }
+    return _apply(record, fields)
+
+
+def _apply(record: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
+    for key, value in fields.items():
+        if value is None:
+            record.pop(key, None)
+        else:
+            record[key] = value
+    return record
+
+
+def ndjson(*records: dict[str, Any]) -> bytes:
+    return b"".join(orjson.dumps(record) + b"\n" for record in records)

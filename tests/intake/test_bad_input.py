@@ -1,0 +1,220 @@
+"""Each kind of bad input is refused with its field and reason, and stores nothing."""
+
+from typing import Any
+
+import orjson
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.conftest import ndjson, session, vitals
+
+NDJSON = {"content-type": "application/x-ndjson"}
+
+REFUSED: list[tuple[str, dict[str, Any], str, str]] = [
+    ("unknown record type", vitals(record_type="medication"), "record_type", "unknown value"),
+    ("missing field", vitals(taken_at=None), "taken_at", "field required"),
+    ("missing patient mrn", vitals(patient={"family": "Doe"}), "patient.mrn", "field required"),
+    ("mistyped field", vitals(heart_rate="84"), "heart_rate", "valid number"),
+    ("mistyped revision", vitals(revision="1"), "revision", "valid integer"),
+    ("revision zero", vitals(revision=0), "revision", "greater than or equal to 1"),
+    ("boolean as number", vitals(spo2=True), "spo2", "valid number"),
+    ("id with forbidden characters", vitals(id="VIT 1;DROP"), "id", "letters, digits"),
+    ("id too long", vitals(id="V" * 65), "id", "1 to 64 characters"),
+    ("session id with slash", vitals(session_id="SES/1"), "session_id", "letters, digits"),
+    (
+        "timestamp without offset",
+        vitals(taken_at="2026-11-20T09:20:00"),
+        "taken_at",
+        "no UTC offset",
+    ),
+    ("not a timestamp", vitals(taken_at="yesterday"), "taken_at", "valid datetime"),
+    ("unknown phase", vitals(phase="during"), "phase", "'baseline', 'intra'"),
+    ("systolic without diastolic", vitals(diastolic=None), "diastolic", "come together"),
+    ("diastolic without systolic", vitals(systolic=None), "systolic", "come together"),
+    ("systolic below diastolic", vitals(systolic=80, diastolic=90), "systolic", "higher than"),
+    ("heart rate 0", vitals(heart_rate=0), "heart_rate", "not a plausible value"),
+    ("heart rate 400", vitals(heart_rate=400), "heart_rate", "not a plausible value"),
+    ("SpO2 over 100", vitals(spo2=101), "spo2", "not a plausible value"),
+    ("pain 11", vitals(pain=11), "pain", "less than or equal to 10"),
+    ("pain as decimal", vitals(pain=4.5), "pain", "valid integer"),
+    ("RASS +7", vitals(sedation_rass=7), "sedation_rass", "less than or equal to 4"),
+    ("RASS -6", vitals(sedation_rass=-6), "sedation_rass", "greater than or equal to -5"),
+    (
+        "temperature 60 C",
+        vitals(temperature={"value": 60, "unit": "C"}),
+        "temperature.value",
+        "not a plausible value",
+    ),
+    (
+        "temperature unit K",
+        vitals(temperature={"value": 310, "unit": "K"}),
+        "temperature.unit",
+        "'C' or 'F'",
+    ),
+    (
+        "no measure at all",
+        vitals(heart_rate=None, systolic=None, diastolic=None, spo2=None),
+        "(record)",
+        "no measure present",
+    ),
+    (
+        "session ends before it starts",
+        session(infusion_end="2026-11-20T08:00:00-05:00"),
+        "infusion_end",
+        "before infusion_start",
+    ),
+    (
+        "completed without start",
+        session(infusion_start=None, infusion_end=None),
+        "infusion_start",
+        "required when status is completed",
+    ),
+    ("dose weight 0.5 kg", session(dose={"weight_kg": 0.5}), "dose.weight_kg", "not a plausible"),
+    ("unknown session status", session(status="done"), "status", "'scheduled'"),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "record", "field", "reason"), REFUSED, ids=[c[0] for c in REFUSED]
+)
+def test_bad_record_is_refused_with_field_and_reason(
+    client: TestClient, case: str, record: dict[str, Any], field: str, reason: str
+) -> None:
+    response = client.post("/api/v1/records", json=record)
+
+    assert response.status_code == 422, case
+    result = response.json()["results"][0]
+    assert result["outcome"] == "rejected"
+    assert any(e["field"] == field and reason in e["reason"] for e in result["errors"]), result
+    for record_type in ("vitals", "infusion_session"):
+        for source_id in ("VIT-1", "SES-1"):
+            assert client.get(f"/api/v1/records/{record_type}/{source_id}").status_code == 404
+
+
+def test_abnormal_but_possible_values_are_accepted(client: TestClient) -> None:
+    record = vitals(
+        systolic=190,
+        diastolic=110,
+        heart_rate=135,
+        spo2=88,
+        temperature={"value": 103.1, "unit": "F"},
+    )
+
+    response = client.post("/api/v1/records", json=record)
+
+    assert response.status_code == 200
+    assert response.json()["results"][0]["outcome"] == "created"
+
+
+def test_unknown_local_codes_are_not_the_senders_fault(client: TestClient) -> None:
+    record = session(indication="WHIPLASH", site="NECK", drug="ESKETAMINE")
+
+    response = client.post("/api/v1/records", json=record)
+
+    assert response.status_code == 200
+    assert response.json()["results"][0]["outcome"] == "created"
+
+
+def test_fields_outside_the_format_are_kept_and_reported(client: TestClient) -> None:
+    record = vitals(cuff_size="adult-large", patient={"mrn": "900001", "sex": "F"})
+
+    response = client.post("/api/v1/records", json=record)
+
+    assert response.status_code == 200
+    warnings = response.json()["results"][0]["warnings"]
+    assert any(w.startswith("cuff_size:") for w in warnings)
+    assert any(w.startswith("patient.sex:") for w in warnings)
+    stored = client.get("/api/v1/records/vitals/VIT-1/revisions/1").json()
+    assert stored["received"]["cuff_size"] == "adult-large"
+    assert stored["parsed"]["patient"]["sex"] == "F"
+
+
+def test_malformed_json_is_400_and_stores_nothing(client: TestClient) -> None:
+    response = client.post(
+        "/api/v1/records",
+        content=b'[{"record_type": "vitals",',
+        headers={"content-type": "application/json"},
+    )
+
+    assert response.status_code == 400
+    outcome = response.json()
+    assert outcome["resourceType"] == "OperationOutcome"
+    assert "not valid JSON" in outcome["issue"][0]["diagnostics"]
+
+
+def test_malformed_ndjson_line_is_refused_alone(client: TestClient) -> None:
+    body = ndjson(vitals(id="VIT-1")) + b"{not json\n" + ndjson(vitals(id="VIT-3"))
+
+    response = client.post("/api/v1/records", content=body, headers=NDJSON)
+
+    assert response.status_code == 207
+    results = response.json()["results"]
+    assert [(r["line"], r["outcome"]) for r in results] == [
+        (1, "created"),
+        (2, "rejected"),
+        (3, "created"),
+    ]
+    assert "malformed JSON" in results[1]["errors"][0]["reason"]
+
+
+def test_body_over_the_limit_is_413(client: TestClient) -> None:
+    limit = client.app.state.settings.max_body_bytes  # type: ignore[attr-defined]
+    body = ndjson(*(vitals(id=f"VIT-{n}") for n in range(limit // 200 + 10)))
+    assert len(body) > limit
+
+    response = client.post("/api/v1/records", content=body, headers=NDJSON)
+
+    assert response.status_code == 413
+    assert response.json()["issue"][0]["code"] == "too-long"
+    assert client.get("/api/v1/records/vitals/VIT-1").status_code == 404
+
+
+def test_unsupported_media_type_is_415(client: TestClient) -> None:
+    response = client.post(
+        "/api/v1/records", content=b"id,revision\n", headers={"content-type": "text/csv"}
+    )
+
+    assert response.status_code == 415
+    assert "application/x-ndjson" in response.json()["issue"][0]["diagnostics"]
+
+
+@pytest.mark.parametrize("body", [b"", b"[]", b"\n\n"])
+def test_a_body_without_records_is_400(client: TestClient, body: bytes) -> None:
+    content_type = "application/x-ndjson" if body.startswith(b"\n") else "application/json"
+    response = client.post("/api/v1/records", content=body, headers={"content-type": content_type})
+
+    assert response.status_code == 400
+    assert response.json()["resourceType"] == "OperationOutcome"
+
+
+def test_a_json_scalar_body_is_400(client: TestClient) -> None:
+    response = client.post(
+        "/api/v1/records", content=b'"vitals"', headers={"content-type": "application/json"}
+    )
+
+    assert response.status_code == 400
+
+
+def test_array_elements_that_are_not_objects_are_refused_alone(client: TestClient) -> None:
+    response = client.post(
+        "/api/v1/records",
+        content=orjson.dumps([vitals(), 42]),
+        headers={"content-type": "application/json"},
+    )
+
+    assert response.status_code == 207
+    assert [r["outcome"] for r in response.json()["results"]] == ["created", "rejected"]
+
+
+def test_errors_do_not_echo_patient_identifiers(client: TestClient) -> None:
+    record = vitals(
+        patient={"mrn": "MRN-SECRET-4711", "family": "Zebulon", "birth_date": "not a date"},
+        spo2=140,
+    )
+
+    response = client.post("/api/v1/records", json=record)
+
+    assert response.status_code == 422
+    assert "MRN-SECRET-4711" not in response.text
+    assert "Zebulon" not in response.text
+    assert "not a date" not in response.text

@@ -1,0 +1,75 @@
+"""The store on SQLite and PostgreSQL: migrations, durability of accepted records, concurrency."""
+
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC
+
+from sqlalchemy import inspect, text
+
+from adapter.runtime import Runtime
+from adapter.store import migrate
+from adapter.store.engine import make_engine, normalise_url
+from tests.conftest import ndjson, session, vitals
+
+
+def test_migrations_create_the_schema_and_are_idempotent(database_url: str) -> None:
+    engine = make_engine(database_url)
+    assert migrate.pending(engine)
+
+    migrate.upgrade(engine)
+    migrate.upgrade(engine)
+
+    assert not migrate.pending(engine)
+    tables = set(inspect(engine).get_table_names())
+    assert {"source_records", "source_record_revisions", "alembic_version"} <= tables
+    engine.dispose()
+
+
+def test_migrations_downgrade_to_nothing_and_back(database_url: str) -> None:
+    engine = make_engine(database_url)
+    migrate.upgrade(engine)
+
+    migrate.downgrade(engine, "base")
+    assert "source_records" not in inspect(engine).get_table_names()
+
+    migrate.upgrade(engine)
+    assert "source_records" in inspect(engine).get_table_names()
+    engine.dispose()
+
+
+def test_accepted_records_survive_a_new_connection(runtime: Runtime) -> None:
+    runtime.intake.submit([(0, ndjson(session())), (1, ndjson(vitals()))])
+    runtime.store.engine.dispose()
+
+    reopened = make_engine(str(runtime.store.engine.url.render_as_string(hide_password=False)))
+    with reopened.connect() as connection:
+        count = connection.execute(text("SELECT count(*) FROM source_record_revisions")).scalar()
+    reopened.dispose()
+    assert count == 2
+
+
+def test_timestamps_come_back_in_utc(runtime: Runtime) -> None:
+    runtime.intake.submit([(0, ndjson(vitals()).strip())])
+
+    stored = runtime.store.get("vitals", "VIT-1")
+
+    assert stored is not None
+    assert stored.updated_at.tzinfo == UTC
+    assert stored.raw == ndjson(vitals()).decode().strip()
+
+
+def test_concurrent_intake_of_the_same_records_creates_each_once(runtime: Runtime) -> None:
+    batch = [(n, ndjson(vitals(id=f"VIT-{n}")).strip()) for n in range(200)]
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(runtime.intake.submit, [batch] * 4))
+
+    outcomes = [o.outcome for outcomes in results for o in outcomes]
+    assert outcomes.count("created") == 200
+    assert outcomes.count("unchanged") == 600
+    assert runtime.store.counts() == {"vitals": 200}
+
+
+def test_postgres_urls_in_the_usual_spellings_use_psycopg() -> None:
+    assert normalise_url("postgres://u@h/db").startswith("postgresql+psycopg://u@h/db")
+    assert normalise_url("postgresql://u:p@h:5433/db") == "postgresql+psycopg://u:p@h:5433/db"
+    assert normalise_url("sqlite:///var/adapter.db") == "sqlite:///var/adapter.db"
