@@ -1,12 +1,21 @@
 """Loads the YAML files in mappings/ into strict pydantic models, naming file and key on error."""
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import Annotated, Any, Literal, Self, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from adapter.errors import MappingFileError
 
@@ -17,6 +26,22 @@ class MappingModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+LOCAL_SYSTEM = "local"
+"""A coding whose system is `local` takes the site's `local_code_system`."""
+
+
+class IdentifierSystems(MappingModel):
+    mrn: str = Field(
+        description="System of the clinic's medical record numbers, as the EHR knows it."
+    )
+    records: str = Field(
+        description="Base of the adapter's identifier systems, one per record type."
+    )
+    staff: str = Field(description="System of the clinic's staff ids.")
+    series: str = Field(description="System of the clinic's infusion series ids.")
+    npi: str = Field(description="System of US National Provider Identifiers.")
+
+
 class Site(MappingModel):
     """mappings/site.yaml: facts about the clinic site."""
 
@@ -25,6 +50,13 @@ class Site(MappingModel):
         description="IANA time zone that timestamps without a UTC offset are read in; "
         "null refuses such timestamps.",
     )
+    fasting_minimum_hours: float = Field(8, gt=0, le=48, description="The clinic's fasting rule.")
+    temperature_unit: Literal["Cel", "[degF]"] = Field(
+        "Cel", description="UCUM unit body temperature is sent to the EHR in."
+    )
+    identifier_systems: IdentifierSystems
+    meta_source: str = Field(description="meta.source of every resource the adapter emits.")
+    local_code_system: str = Field(description="Code system of the adapter's own codes.")
 
     @field_validator("time_zone")
     @classmethod
@@ -38,6 +70,222 @@ class Site(MappingModel):
 
     def zone(self) -> ZoneInfo | None:
         return ZoneInfo(self.time_zone) if self.time_zone else None
+
+
+class Coding(MappingModel):
+    """One code, with where it comes from."""
+
+    system: str = Field(description="Code system URI, or `local` for the site's own code system.")
+    code: Annotated[str, StringConstraints(min_length=1)]
+    display: Annotated[str, StringConstraints(min_length=1)]
+    source: Annotated[str, StringConstraints(min_length=1)] = Field(
+        description="Where the code comes from: a page of its code system's publisher."
+    )
+
+
+class Concept(MappingModel):
+    """A CodeableConcept: a text and its codings."""
+
+    text: Annotated[str, StringConstraints(min_length=1)]
+    codings: list[Coding]
+
+
+class CodeRow(Concept):
+    """One row of a code table: a local code of the clinic and what it becomes."""
+
+    local: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+
+class CodeTable(MappingModel):
+    """mappings/codes/*.yaml: local codes (matched without regard to case) and their codings."""
+
+    rows: list[CodeRow]
+
+    @model_validator(mode="after")
+    def _unique(self) -> Self:
+        seen: set[str] = set()
+        for index, row in enumerate(self.rows):
+            key = row.local.upper()
+            if key in seen:
+                raise ValueError(f"rows[{index}].local: {row.local!r} appears twice")
+            seen.add(key)
+        return self
+
+    def find(self, local: str) -> CodeRow | None:
+        for row in self.rows:
+            if row.local.upper() == local.upper():
+                return row
+        return None
+
+
+EventStatus = Literal[
+    "preparation",
+    "in-progress",
+    "not-done",
+    "on-hold",
+    "stopped",
+    "completed",
+    "entered-in-error",
+    "unknown",
+]
+MedicationAdministrationStatus = Literal[
+    "in-progress",
+    "not-done",
+    "on-hold",
+    "completed",
+    "entered-in-error",
+    "stopped",
+    "unknown",
+]
+
+
+class ProcedureStatus(MappingModel):
+    """Session status -> Procedure.status (http://hl7.org/fhir/event-status)."""
+
+    scheduled: EventStatus
+    checked_in: EventStatus
+    in_progress: EventStatus
+    completed: EventStatus
+    stopped_early: EventStatus
+    cancelled: EventStatus
+    no_show: EventStatus
+    entered_in_error: Literal["entered-in-error"]
+
+
+class MedicationStatus(MappingModel):
+    """Session status -> MedicationAdministration.status; null emits no administration."""
+
+    scheduled: MedicationAdministrationStatus | None
+    checked_in: MedicationAdministrationStatus | None
+    in_progress: MedicationAdministrationStatus | None
+    completed: MedicationAdministrationStatus | None
+    stopped_early: MedicationAdministrationStatus | None
+    cancelled: MedicationAdministrationStatus | None
+    no_show: MedicationAdministrationStatus | None
+    entered_in_error: Literal["entered-in-error"]
+
+
+class Cpt(MappingModel):
+    enabled: bool
+    coding: Coding
+
+
+class PerformerFunctions(MappingModel):
+    nurse: Concept
+    physician: Concept
+
+
+class ProcedureMapping(MappingModel):
+    """mappings/resources/procedure.yaml."""
+
+    status: ProcedureStatus
+    medication_status: MedicationStatus
+    code: Concept
+    cpt: Cpt
+    category: Concept
+    performer_functions: PerformerFunctions
+
+
+class Unit(MappingModel):
+    code: Annotated[str, StringConstraints(min_length=1)] = Field(description="UCUM code.")
+    display: str
+
+
+class Thresholds(MappingModel):
+    """Interpretation flags: below LL, below L, above H, above HH (each optional)."""
+
+    LL: float | None = None
+    L: float | None = None
+    H: float | None = None
+    HH: float | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        values = [v for v in (self.LL, self.L, self.H, self.HH) if v is not None]
+        if values != sorted(values):
+            raise ValueError("thresholds must rise in the order LL, L, H, HH")
+        return self
+
+
+class Measure(Concept):
+    category: Literal["vital-signs", "survey"]
+    unit: Unit | None = None
+    interpretation: Thresholds | None = None
+
+
+class Measures(MappingModel):
+    heart_rate: Measure
+    blood_pressure: Measure
+    systolic: Measure
+    diastolic: Measure
+    spo2: Measure
+    resp_rate: Measure
+    temperature: Measure
+    etco2: Measure
+    pain: Measure
+    sedation_rass: Measure
+    body_weight: Measure
+
+
+class FastingAnswers(MappingModel):
+    """The fasting Observation's value: whether the fast met the site minimum."""
+
+    met: Coding
+    not_met: Coding
+
+
+class FastingMapping(Concept):
+    duration: Concept
+    answers: FastingAnswers
+    below_minimum_interpretation: Coding
+    clear_liquid: Concept
+
+
+class TransportModes(MappingModel):
+    escort_private_vehicle: Coding
+    escort_rideshare: Coding
+    medical_transport: Coding
+    none_arranged: Coding
+
+
+class TransportMapping(Concept):
+    modes: TransportModes
+    escort: Concept
+    will_not_drive: Concept
+
+
+class ObservationsMapping(MappingModel):
+    """mappings/resources/observations.yaml."""
+
+    vital_signs_profile: str
+    measures: Measures
+    fasting: FastingMapping
+    transport: TransportMapping
+    interpretation_system: str
+
+
+AeOutcome = Literal["resolved", "recovering", "ongoing", "resolvedWithSequelae", "fatal", "unknown"]
+
+
+class AdverseEventOutcome(MappingModel):
+    """Clinic outcome -> http://hl7.org/fhir/adverse-event-outcome."""
+
+    resolved: AeOutcome
+    resolving: AeOutcome
+    not_resolved: AeOutcome
+    resolved_with_sequelae: AeOutcome
+    fatal: AeOutcome
+    unknown: AeOutcome
+
+
+class AdverseEventMapping(MappingModel):
+    """mappings/resources/adverse_event.yaml."""
+
+    outcome: AdverseEventOutcome
+    outcome_system: str
+    severity_system: str
+    seriousness_system: str
+    causality_text: str
 
 
 class Range(MappingModel):
@@ -88,11 +336,42 @@ M = TypeVar("M", bound=MappingModel)
 
 
 @dataclass(frozen=True)
+class CodeTables:
+    indications: CodeTable
+    events: CodeTable
+    sites: CodeTable
+    drugs: CodeTable
+    routes: CodeTable
+    actions: CodeTable
+
+
+@dataclass(frozen=True)
 class Mappings:
-    """Every mapping file, loaded and checked."""
+    """Every mapping file, loaded and checked, and the version they make together."""
 
     site: Site
     limits: Limits
+    codes: CodeTables
+    procedure: ProcedureMapping
+    observations: ObservationsMapping
+    adverse_event: AdverseEventMapping
+    version: str
+
+
+FILES: dict[str, type[MappingModel]] = {
+    "site.yaml": Site,
+    "limits.yaml": Limits,
+    "codes/indications.yaml": CodeTable,
+    "codes/events.yaml": CodeTable,
+    "codes/sites.yaml": CodeTable,
+    "codes/drugs.yaml": CodeTable,
+    "codes/routes.yaml": CodeTable,
+    "codes/actions.yaml": CodeTable,
+    "resources/procedure.yaml": ProcedureMapping,
+    "resources/observations.yaml": ObservationsMapping,
+    "resources/adverse_event.yaml": AdverseEventMapping,
+}
+"""Every mapping file, by its path under the mappings folder, and the model it loads into."""
 
 
 def _key_path(loc: tuple[int | str, ...]) -> str:
@@ -120,8 +399,50 @@ def load_file(path: Path, model: type[M]) -> M:
 
 
 def load_mappings(folder: Path) -> Mappings:
-    """Load every mapping file in `folder`; the first broken file raises MappingFileError."""
+    """Load every mapping file in `folder`; every broken file is named in one MappingFileError."""
+    loaded: dict[str, MappingModel] = {}
+    problems: list[str] = []
+    digest = hashlib.sha256()
+    for name, model in FILES.items():
+        path = folder / name
+        try:
+            loaded[name] = load_file(path, model)
+        except MappingFileError as exc:
+            problems.append(str(exc))
+            continue
+        digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+    if problems:
+        raise MappingFileError("\n".join(problems))
+
+    def table(name: str) -> CodeTable:
+        found = loaded[f"codes/{name}.yaml"]
+        assert isinstance(found, CodeTable)
+        return found
+
+    site, limits = loaded["site.yaml"], loaded["limits.yaml"]
+    procedure = loaded["resources/procedure.yaml"]
+    observations = loaded["resources/observations.yaml"]
+    adverse_event = loaded["resources/adverse_event.yaml"]
+    assert isinstance(site, Site) and isinstance(limits, Limits)
+    assert isinstance(procedure, ProcedureMapping)
+    assert isinstance(observations, ObservationsMapping)
+    assert isinstance(adverse_event, AdverseEventMapping)
     return Mappings(
-        site=load_file(folder / "site.yaml", Site),
-        limits=load_file(folder / "limits.yaml", Limits),
+        site=site,
+        limits=limits,
+        codes=CodeTables(
+            *(
+                table(name)
+                for name in ("indications", "events", "sites", "drugs", "routes", "actions")
+            )
+        ),
+        procedure=procedure,
+        observations=observations,
+        adverse_event=adverse_event,
+        version=digest.hexdigest()[:12],
     )
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    """A JSON Schema per mapping file, for editors (mappings/schema/)."""
+    return {name: model.model_json_schema() for name, model in FILES.items()}
