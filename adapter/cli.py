@@ -2,16 +2,24 @@
 
 import logging
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
+import orjson
 from pydantic import ValidationError
 from tqdm import tqdm
 
 from adapter.errors import MappingFileError
+from adapter.fhir.validation import InvalidResource
 from adapter.importer import ImportReport, import_file
-from adapter.mapping.config import load_mappings
-from adapter.runtime import Runtime, open_runtime
+from adapter.intake.body import ndjson_lines
+from adapter.intake.records import InfusionSession
+from adapter.intake.validation import validate_record
+from adapter.mapping.config import json_schemas, load_mappings
+from adapter.mapping.mapper import Mapper, SourceRecord
+from adapter.mapping.service import MappingReport
+from adapter.runtime import Runtime, intake_context, open_runtime
 from adapter.settings import Settings, get_settings
 from adapter.store import migrate
 from adapter.store.engine import make_engine
@@ -71,7 +79,8 @@ def serve(host: str | None, port: int | None) -> None:
     "--batch-size", type=int, help="Records per transaction (default: ADAPTER_INTAKE_BATCH_SIZE)."
 )
 @click.option("--quiet", is_flag=True, help="No progress bar; the summary only.")
-def import_command(file: Path, batch_size: int | None, quiet: bool) -> None:
+@click.option("--no-map", is_flag=True, help="Store the records only; the service maps them later.")
+def import_command(file: Path, batch_size: int | None, quiet: bool, no_map: bool) -> None:
     """Import an NDJSON file of clinic records through the intake path."""
     settings = _settings()
     runtime = _runtime(settings)
@@ -96,7 +105,29 @@ def import_command(file: Path, batch_size: int | None, quiet: bool) -> None:
     )
     if report.rejected_file:
         click.echo(f"rejected lines and their reasons: {report.rejected_file}")
+    if not no_map:
+        _map_pending(runtime, quiet)
     sys.exit(1 if report.counts["rejected"] else 0)
+
+
+def _map_pending(runtime: Runtime, quiet: bool) -> None:
+    bar = tqdm(total=None, unit="rec", desc="mapping", disable=quiet, dynamic_ncols=True)
+
+    def progress(report: MappingReport) -> None:
+        bar.update(report.records - bar.n)
+        bar.set_postfix(waiting=report.waiting, failed=report.failed, refresh=False)
+
+    report = runtime.mapping.run(on_batch=progress)
+    bar.close()
+    resources = report.resources
+    click.echo(
+        f"mapped {report.mapped} records ({report.waiting} waiting for a mapping, "
+        f"{report.failed} failed): resources {resources.created} created, "
+        f"{resources.updated} updated, {resources.unchanged} unchanged, "
+        f"{resources.withdrawn} withdrawn"
+    )
+    if report.waiting or report.failed:
+        click.echo("see `infusion-adapter mappings pending` for what they wait for")
 
 
 @main.group()
@@ -126,6 +157,104 @@ def check() -> None:
         click.echo(str(exc), err=True)
         sys.exit(2)
     click.echo(f"{folder}: every mapping file is valid")
+
+
+@mappings.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def preview(file: Path) -> None:
+    """Print the FHIR resources the records in FILE would become; store nothing."""
+    settings = _settings()
+    try:
+        mapper = Mapper(load_mappings(settings.mappings_dir))
+    except MappingFileError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+    context = intake_context(mapper.mappings)
+    lines = list(ndjson_lines(file.open("rb")))
+    validated = {number: validate_record(raw, context) for number, raw in lines}
+    sessions = {
+        result.record.id: result.record
+        for result in validated.values()
+        if not isinstance(result, list) and isinstance(result.record, InfusionSession)
+    }
+    now = datetime.now(UTC)
+    for number, result in validated.items():
+        if isinstance(result, list):
+            reasons = "; ".join(f"{e.field}: {e.reason}" for e in result)
+            click.echo(f"# line {number}: rejected on intake: {reasons}")
+            continue
+        record = result.record
+        session = sessions.get(getattr(record, "session_id", "") or "")
+        try:
+            built = mapper.map(SourceRecord(record, now, session))
+        except InvalidResource as exc:
+            click.echo(f"# line {number}: {record.record_type} {record.id}: invalid {exc}")
+            continue
+        used = ", ".join(built.used) or "no table rows"
+        click.echo(f"# line {number}: {record.record_type} {record.id}, used {used}")
+        for missing in built.missing:
+            click.echo(
+                f"#   waiting for a mapping: {missing.table} has no row {missing.code!r} "
+                f"({missing.field})"
+            )
+        if built.waiting_for:
+            click.echo(f"#   waiting for {built.waiting_for}")
+        for resource in built.resources:
+            click.echo(orjson.dumps(resource, option=orjson.OPT_INDENT_2).decode())
+
+
+@mappings.command()
+def pending() -> None:
+    """List the records held: waiting for a mapping row or their session, or failed to map."""
+    runtime = _runtime(_settings())
+    held = runtime.mapping.queue.held()
+    if not held:
+        click.echo("no record waits for a mapping")
+        return
+    for item in held:
+        if "missing" in item.detail:
+            why = "; ".join(
+                f"{m['table']} has no row {m['code']!r} ({m['field']})"
+                for m in item.detail["missing"]
+            )
+        elif "waiting_for" in item.detail:
+            why = f"waiting for {item.detail['waiting_for']}"
+        else:
+            why = "failed: " + "; ".join(item.detail.get("problems", []))
+        click.echo(f"{item.record_type} {item.source_id} (revision {item.revision}): {why}")
+
+
+@mappings.command()
+def reload() -> None:
+    """Load the mapping files again and map every record they now cover."""
+    runtime = _runtime(_settings())
+    try:
+        changed = runtime.reload_mappings()
+    except MappingFileError as exc:
+        click.echo(f"the mapping files are broken; nothing changed:\n{exc}", err=True)
+        sys.exit(2)
+    click.echo(
+        f"mapping version {runtime.mapping.version}" + (" (changed)" if changed else " (unchanged)")
+    )
+    _map_pending(runtime, quiet=True)
+
+
+@mappings.command()
+@click.option(
+    "--output",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder (default: mappings/schema).",
+)
+def schema(output: Path | None) -> None:
+    """Write a JSON Schema of each mapping file, for editors."""
+    folder = output or _settings().mappings_dir / "schema"
+    for name, body in json_schemas().items():
+        target = folder / name.replace(".yaml", ".schema.json")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(
+            orjson.dumps(body, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode() + "\n"
+        )
+    click.echo(f"JSON Schemas written to {folder}")
 
 
 if __name__ == "__main__":

@@ -5,18 +5,34 @@ from dataclasses import dataclass
 from adapter.intake.service import Intake
 from adapter.intake.validation import IntakeContext
 from adapter.mapping.config import Mappings, load_mappings
+from adapter.mapping.service import MappingService
 from adapter.settings import Settings
 from adapter.store import migrate
 from adapter.store.engine import make_engine
+from adapter.store.mapping_queue import MappingQueue
 from adapter.store.records import RecordStore
+from adapter.store.resources import ResourceStore
 
 
 @dataclass(frozen=True)
 class Runtime:
     settings: Settings
-    mappings: Mappings
     store: RecordStore
     intake: Intake
+    mapping: MappingService
+    resources: ResourceStore
+
+    def reload_mappings(self) -> bool:
+        """Apply changed mapping files to intake and mapping; a broken file raises and changes
+        nothing. True when the files changed."""
+        changed = self.mapping.reload()
+        if changed:
+            self.intake.context = intake_context(self.mapping.mapper.mappings)
+        return changed
+
+
+def intake_context(mappings: Mappings) -> IntakeContext:
+    return IntakeContext(limits=mappings.limits, time_zone=mappings.site.zone())
 
 
 def open_runtime(settings: Settings) -> Runtime:
@@ -30,5 +46,12 @@ def open_runtime(settings: Settings) -> Runtime:
             "the store's schema is behind its migrations: run `infusion-adapter db upgrade`"
         )
     store = RecordStore(engine)
-    context = IntakeContext(limits=mappings.limits, time_zone=mappings.site.zone())
-    return Runtime(settings=settings, mappings=mappings, store=store, intake=Intake(store, context))
+    mapping = MappingService(MappingQueue(engine), mappings, settings.mappings_dir)
+    mapping.adopt_version()
+    return Runtime(
+        settings=settings,
+        store=store,
+        intake=Intake(store, intake_context(mappings)),
+        mapping=mapping,
+        resources=ResourceStore(engine),
+    )

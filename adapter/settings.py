@@ -42,6 +42,12 @@ class Settings(BaseSettings):
     intake_batch_size: int = Field(
         1000, gt=0, le=50_000, description="Records stored per database transaction on import."
     )
+    mapping_interval_seconds: float = Field(
+        2.0,
+        gt=0,
+        description="How often the service maps pending records and checks the "
+        "mapping files for changes.",
+    )
     log_level: str = Field("INFO", description="Python logging level of the service.")
 
     @model_validator(mode="after")

@@ -66,10 +66,9 @@ def runtime(settings: Settings) -> Iterator[Runtime]:
 
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
-    app = create_app(settings)
+    app = create_app(settings, background=False)
     with TestClient(app) as test_client:
         yield test_client
-    app.state.store.engine.dispose()
 
 
 @pytest.fixture

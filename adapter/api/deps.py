@@ -5,6 +5,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from adapter.intake.service import Intake
+from adapter.runtime import Runtime
 from adapter.settings import Settings
 from adapter.store.records import RecordStore
 
@@ -27,3 +28,18 @@ def _settings(request: Request) -> Settings:
 IntakeDep = Annotated[Intake, Depends(_intake)]
 StoreDep = Annotated[RecordStore, Depends(_store)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
+
+
+def _runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+def wake_worker(request: Request) -> None:
+    """Ask the background worker to map soon (when the service runs one)."""
+    worker = request.app.state.worker
+    if worker is not None:
+        worker.wake()
+
+
+RuntimeDep = Annotated[Runtime, Depends(_runtime)]

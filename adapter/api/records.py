@@ -7,12 +7,13 @@ import orjson
 from fastapi import APIRouter, Path, Request
 from fastapi.concurrency import run_in_threadpool
 
-from adapter.api.deps import IntakeDep, SettingsDep, StoreDep
+from adapter.api.deps import IntakeDep, RuntimeDep, SettingsDep, StoreDep, wake_worker
 from adapter.api.responses import JsonResponse
 from adapter.errors import NotFound, PayloadTooLarge
 from adapter.intake.body import split_body
 from adapter.intake.records import RECORD_TYPES, SOURCE_ID_PATTERN
 from adapter.intake.service import ACCEPTED, RecordOutcome, record_status
+from adapter.runtime import Runtime
 from adapter.store.records import RecordStore, StoredRecord
 
 router = APIRouter(prefix="/api/v1/records", tags=["intake"])
@@ -56,6 +57,7 @@ async def submit_records(
     for start in range(0, len(items), settings.intake_batch_size):
         batch = items[start : start + settings.intake_batch_size]
         outcomes += await run_in_threadpool(intake.submit, batch)
+    wake_worker(request)
     summary = Counter({name: 0 for name in (*ACCEPTED, "rejected")})
     summary.update(outcome.outcome for outcome in outcomes)
     results = []
@@ -85,8 +87,22 @@ def _links(store: RecordStore, stored: StoredRecord) -> dict[str, Any]:
     return {"session": {"id": session_id, "received": store.exists("infusion_session", session_id)}}
 
 
+def _mapping(runtime: Runtime, stored: StoredRecord) -> dict[str, Any]:
+    state = runtime.mapping.queue.state(stored.record_type, stored.source_id)
+    resources = runtime.resources.for_source(stored.record_type, stored.source_id)
+    return {
+        **state,
+        "resources": [
+            {"resourceType": r.resource_type, "id": r.id, "versionId": str(r.version_id)}
+            for r in resources
+        ],
+    }
+
+
 @router.get("/{record_type}/{source_id}", summary="A record's current revision and status")
-def get_record(record_type: RecordType, source_id: SourceId, store: StoreDep) -> JsonResponse:
+def get_record(
+    record_type: RecordType, source_id: SourceId, store: StoreDep, runtime: RuntimeDep
+) -> JsonResponse:
     stored = _require(store, record_type, source_id)
     history = store.revision_history(record_type, source_id)
     return JsonResponse(
@@ -99,6 +115,7 @@ def get_record(record_type: RecordType, source_id: SourceId, store: StoreDep) ->
             "updated_at": stored.updated_at.isoformat(),
             "record": orjson.loads(stored.parsed),
             "links": _links(store, stored),
+            "mapping": _mapping(runtime, stored),
             "revisions": [
                 {
                     "revision": item.revision,

@@ -190,7 +190,11 @@ class Intake:
                         [],
                     )
             results.append((position, outcome))
+        written = [*created.values(), *amended.values()]
         writer.write(
             new_revisions, list(created.values()), list(amended.values()), datetime.now(UTC)
         )
+        sessions = {row.source_id for row in written if row.record_type == "infusion_session"}
+        if sessions:
+            writer.requeue_dependants(sessions)
         return results

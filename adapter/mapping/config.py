@@ -39,6 +39,7 @@ class IdentifierSystems(MappingModel):
     )
     staff: str = Field(description="System of the clinic's staff ids.")
     series: str = Field(description="System of the clinic's infusion series ids.")
+    devices: str = Field(description="System of the clinic's monitor ids.")
     npi: str = Field(description="System of US National Provider Identifiers.")
 
 
@@ -57,6 +58,7 @@ class Site(MappingModel):
     identifier_systems: IdentifierSystems
     meta_source: str = Field(description="meta.source of every resource the adapter emits.")
     local_code_system: str = Field(description="Code system of the adapter's own codes.")
+    extension_base: str = Field(description="Base URL of the adapter's extension definitions.")
 
     @field_validator("time_zone")
     @classmethod

@@ -19,6 +19,7 @@ from sqlalchemy import (
     bindparam,
     func,
     select,
+    update,
 )
 from sqlalchemy.exc import IntegrityError
 
@@ -153,6 +154,19 @@ class RecordWriter:
             f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders})", rows
         )
 
+    def requeue_dependants(self, session_ids: set[str]) -> None:
+        """Attestations are mapped with their session's times: a new session re-maps them."""
+        ids = sorted(session_ids)
+        for start in range(0, len(ids), 500):
+            self._connection.execute(
+                update(records)
+                .where(
+                    records.c.record_type == "attestation",
+                    self._one_of(records.c.session_id, set(ids[start : start + 500])),
+                )
+                .values(mapping_state="pending", mapping_seq=records.c.mapping_seq + 1)
+            )
+
     def _executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
         """Run one statement for many rows straight through the driver."""
         placeholder = "?" if self._connection.dialect.paramstyle == "qmark" else "%s"
@@ -216,7 +230,8 @@ class RecordWriter:
         if amended:
             self._executemany(
                 "UPDATE source_records SET revision = ?, withdrawn = ?, content_hash = ?, "
-                "session_id = ?, updated_at = ? "
+                "session_id = ?, updated_at = ?, mapping_state = 'pending', "
+                "mapping_seq = mapping_seq + 1 "
                 "WHERE record_type = ? AND source_id = ? AND revision < ?",
                 [
                     (

@@ -49,7 +49,12 @@ source_records = Table(
     Column("session_id", String(64)),
     Column("first_received_at", UtcDateTime(), nullable=False),
     Column("updated_at", UtcDateTime(), nullable=False),
+    Column("mapping_state", String(16), nullable=False, server_default="pending"),
+    Column("mapping_seq", Integer, nullable=False, server_default="0"),
+    Column("mapping_detail", Text),
+    Column("mapped_version", String(32)),
     Index("ix_source_records_session", "session_id"),
+    Index("ix_source_records_mapping_state", "mapping_state"),
 )
 """One row per record: its current revision (number and content hash), withdrawn or not.
 
@@ -69,3 +74,37 @@ source_record_revisions = Table(
     Column("received_at", UtcDateTime(), nullable=False),
 )
 """Every revision ever accepted, as received (raw) and as validated (parsed)."""
+
+fhir_resources = Table(
+    "fhir_resources",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("resource_type", String(64), nullable=False),
+    Column("version_id", Integer, nullable=False),
+    Column("last_updated", UtcDateTime(), nullable=False),
+    Column("content_hash", String(64), nullable=False),
+    Column("content", Text, nullable=False),
+    Column("source_type", String(32), nullable=False),
+    Column("source_id", String(64), nullable=False),
+    Index("ix_fhir_resources_source", "source_id", "source_type"),
+)
+"""The current version of every resource, as the JSON bytes that are served."""
+
+fhir_resource_versions = Table(
+    "fhir_resource_versions",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("version_id", Integer, primary_key=True),
+    Column("resource_type", String(64), nullable=False),
+    Column("last_updated", UtcDateTime(), nullable=False),
+    Column("content", Text, nullable=False),
+)
+"""Every version of every resource."""
+
+adapter_state = Table(
+    "adapter_state",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+"""Small named facts, such as the mapping version the stored resources were made with."""

@@ -68,7 +68,8 @@ def test_the_service_refuses_to_start_on_a_broken_mapping(settings: Settings) ->
 
 
 def test_a_site_time_zone_reads_timestamps_without_offset(settings: Settings) -> None:
-    (settings.mappings_dir / "site.yaml").write_text("time_zone: America/New_York\n")
+    site = settings.mappings_dir / "site.yaml"
+    site.write_text(site.read_text().replace("time_zone: null", "time_zone: America/New_York"))
     from fastapi.testclient import TestClient
 
     from tests.conftest import vitals

@@ -1,0 +1,122 @@
+"""What FHIR R4 requires that fhir.resources does not check, as data the checks read.
+
+Sources: the R4 (4.0.1) resource pages, https://hl7.org/fhir/R4/, and the vital signs profile,
+https://hl7.org/fhir/R4/observation-vitalsigns.html.
+"""
+
+UCUM = "http://unitsofmeasure.org"
+OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
+VITAL_SIGNS_PROFILE = "http://hl7.org/fhir/StructureDefinition/vitalsigns"
+
+EVENT_STATUS = frozenset(
+    {
+        "preparation",
+        "in-progress",
+        "not-done",
+        "on-hold",
+        "stopped",
+        "completed",
+        "entered-in-error",
+        "unknown",
+    }
+)
+
+REQUIRED_CODES: dict[tuple[str, str], frozenset[str]] = {
+    ("Procedure", "status"): EVENT_STATUS,
+    ("Observation", "status"): frozenset(
+        {
+            "registered",
+            "preliminary",
+            "final",
+            "amended",
+            "corrected",
+            "cancelled",
+            "entered-in-error",
+            "unknown",
+        }
+    ),
+    ("MedicationAdministration", "status"): frozenset(
+        {
+            "in-progress",
+            "not-done",
+            "on-hold",
+            "completed",
+            "entered-in-error",
+            "stopped",
+            "unknown",
+        }
+    ),
+    ("AdverseEvent", "actuality"): frozenset({"actual", "potential"}),
+}
+"""Required bindings on a resource's own code elements: (resourceType, element) -> codes."""
+
+REQUIRED_CODINGS: dict[tuple[str, str], tuple[str, frozenset[str]]] = {
+    ("AdverseEvent", "severity"): (
+        "http://terminology.hl7.org/CodeSystem/adverse-event-severity",
+        frozenset({"mild", "moderate", "severe"}),
+    ),
+    ("AdverseEvent", "outcome"): (
+        "http://terminology.hl7.org/CodeSystem/adverse-event-outcome",
+        frozenset(
+            {"resolved", "recovering", "ongoing", "resolvedWithSequelae", "fatal", "unknown"}
+        ),
+    ),
+}
+"""Required bindings on CodeableConcepts: (resourceType, element) -> (system, codes)."""
+
+QUANTITY_COMPARATORS = frozenset({"<", "<=", ">=", ">"})
+
+REFERENCE_TARGETS: dict[tuple[str, str], frozenset[str]] = {
+    ("Procedure", "subject"): frozenset({"Patient", "Group"}),
+    ("Procedure", "performer.actor"): frozenset(
+        {"Practitioner", "PractitionerRole", "Organization", "Patient", "RelatedPerson", "Device"}
+    ),
+    ("Procedure", "recorder"): frozenset(
+        {"Patient", "RelatedPerson", "Practitioner", "PractitionerRole"}
+    ),
+    ("Procedure", "location"): frozenset({"Location"}),
+    ("Observation", "subject"): frozenset({"Patient", "Group", "Device", "Location"}),
+    ("Observation", "partOf"): frozenset(
+        {
+            "MedicationAdministration",
+            "MedicationDispense",
+            "MedicationStatement",
+            "Procedure",
+            "Immunization",
+            "ImagingStudy",
+        }
+    ),
+    ("Observation", "performer"): frozenset(
+        {"Practitioner", "PractitionerRole", "Organization", "CareTeam", "Patient", "RelatedPerson"}
+    ),
+    ("Observation", "device"): frozenset({"Device", "DeviceMetric"}),
+    ("MedicationAdministration", "subject"): frozenset({"Patient", "Group"}),
+    ("MedicationAdministration", "partOf"): frozenset({"MedicationAdministration", "Procedure"}),
+    ("MedicationAdministration", "performer.actor"): frozenset(
+        {"Practitioner", "PractitionerRole", "Patient", "RelatedPerson", "Device"}
+    ),
+    ("MedicationAdministration", "supportingInformation"): frozenset(),
+    ("AdverseEvent", "subject"): frozenset({"Patient", "Group", "Practitioner", "RelatedPerson"}),
+    ("AdverseEvent", "recorder"): frozenset(
+        {"Patient", "Practitioner", "PractitionerRole", "RelatedPerson"}
+    ),
+    ("AdverseEvent", "suspectEntity.instance"): frozenset(
+        {
+            "Immunization",
+            "Procedure",
+            "Substance",
+            "Medication",
+            "MedicationAdministration",
+            "MedicationStatement",
+            "Device",
+        }
+    ),
+    ("AdverseEvent", "extension.valueReference"): frozenset(),
+}
+"""Allowed target types of each reference element the adapter emits; an empty set means Any.
+A reference element not listed here is an error: every reference the adapter emits is declared."""
+
+UCUM_UNITS = frozenset(
+    {"/min", "mm[Hg]", "%", "Cel", "[degF]", "{score}", "kg", "mg", "mg/kg/h", "h"}
+)
+"""The UCUM codes the adapter may emit, each checked against https://ucum.org/ucum."""

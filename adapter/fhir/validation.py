@@ -1,0 +1,266 @@
+"""Checks every resource the adapter emits: fhir.resources, then what it does not check.
+
+fhir.resources validates structure (elements, types, cardinality) and each primitive value.
+Resources built by the same code path share a structure, so the structure is validated by the
+model once per shape (the keys, their nesting and their JSON types), and each later resource of
+that shape has its primitive values checked by the very validators the model uses for those
+elements. A value the model would refuse is refused either way; the adapter's own checks
+(required bindings, reference targets, UCUM units, the vital signs profile) run on every resource.
+"""
+
+import typing
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from pydantic import TypeAdapter
+
+from adapter.fhir import rules
+from adapter.fhir.models import FHIRAbstractModel, ValidationError, model_class, parse
+
+
+class InvalidResource(Exception):
+    """A resource the adapter built and must not emit; each problem names the element."""
+
+    def __init__(self, resource_type: str, problems: list[str]) -> None:
+        super().__init__(f"{resource_type}: " + "; ".join(problems))
+        self.resource_type = resource_type
+        self.problems = problems
+
+
+Leaf = Callable[[Any], Any]
+Shape = tuple[Any, ...]
+
+
+@cache
+def _leaf_validator(annotation: Any) -> Leaf:
+    return TypeAdapter(annotation).validate_python
+
+
+def _primitive(annotation: Any) -> Any:
+    """The Annotated[...] primitive inside Optional[...] / List[...] of a model field."""
+    while typing.get_origin(annotation) in (typing.Union, list, typing.List) or (  # noqa: UP006
+        type(annotation).__name__ == "UnionType"
+    ):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        annotation = args[0]
+    return annotation
+
+
+@cache
+def _fields_by_alias(model: type[FHIRAbstractModel]) -> dict[str, tuple[str, Any]]:
+    return {
+        (field.alias or name): (name, field.annotation)
+        for name, field in model.model_fields.items()
+    }
+
+
+def _shape(value: Any, leaves: list[Any], problems: list[str], path: str) -> Any:
+    """The structure of a JSON value; its primitive leaves are appended in document order."""
+    if isinstance(value, dict):
+        if not value:
+            problems.append(f"{path}: empty object (FHIR JSON forbids it)")
+        return tuple(
+            (
+                key,
+                item if key == "resourceType" else _shape(item, leaves, problems, f"{path}.{key}"),
+            )
+            for key, item in value.items()
+        )
+    if isinstance(value, list):
+        if not value:
+            problems.append(f"{path}: empty array (FHIR JSON forbids it)")
+        return ("[]", *(_shape(item, leaves, problems, path) for item in value))
+    if value is None or value == "":
+        problems.append(f"{path}: null or empty value (FHIR JSON forbids it)")
+    leaves.append(value)
+    return type(value)
+
+
+def _leaf_plan(model: FHIRAbstractModel, value: dict[str, Any]) -> list[Leaf]:
+    """The validator of each primitive leaf of `value`, in document order, from the model."""
+    plan: list[Leaf] = []
+    fields = _fields_by_alias(type(model))
+    for key, item in value.items():
+        if key == "resourceType":
+            continue
+        name, annotation = fields[key]
+        child = getattr(model, name)
+        items, children = (item, child) if isinstance(item, list) else ([item], [child])
+        for element, element_model in zip(items, children, strict=True):
+            if isinstance(element, dict):
+                plan += _leaf_plan(element_model, element)
+            else:
+                plan.append(_leaf_validator(_primitive(annotation)))
+    return plan
+
+
+@dataclass
+class _Plan:
+    leaves: list[Leaf]
+
+
+class ResourceValidator:
+    """Validates resources; remembers each validated shape so that its values are checked fast."""
+
+    def __init__(self) -> None:
+        self._plans: dict[Shape, _Plan] = {}
+
+    def check(self, resource: dict[str, Any]) -> None:
+        """Raise InvalidResource with every problem found in `resource`."""
+        resource_type = str(resource.get("resourceType"))
+        problems: list[str] = []
+        leaves: list[Any] = []
+        shape = _shape(resource, leaves, problems, resource_type)
+        if not problems:
+            problems += self._structure_and_values(resource, shape, leaves)
+        problems += list(own_checks(resource))
+        if problems:
+            raise InvalidResource(resource_type, problems)
+
+    def _structure_and_values(
+        self, resource: dict[str, Any], shape: Shape, leaves: list[Any]
+    ) -> list[str]:
+        plan = self._plans.get(shape)
+        if plan is None:
+            try:
+                model_class(str(resource.get("resourceType")))
+                model = parse(resource)
+            except KeyError:
+                return ["resourceType: not a FHIR R4 resource type"]
+            except ValidationError as exc:
+                return _model_problems(exc)
+            self._plans[shape] = _Plan(_leaf_plan(model, resource))
+            return []
+        problems = []
+        for validate, value in zip(plan.leaves, leaves, strict=True):
+            try:
+                validate(value)
+            except ValidationError as exc:
+                problems.append(exc.errors(include_url=False)[0]["msg"])
+        if problems:
+            # Name the elements with the model's own messages.
+            try:
+                parse(resource)
+            except ValidationError as exc:
+                return _model_problems(exc)
+        return problems
+
+
+def _model_problems(exc: ValidationError) -> list[str]:
+    return [
+        f"{'.'.join(str(part) for part in err['loc'])}: {err['msg']}"
+        for err in exc.errors(include_url=False, include_input=False)
+    ]
+
+
+_REFERENCE_ELEMENTS = frozenset(
+    {
+        "subject",
+        "actor",
+        "recorder",
+        "location",
+        "partOf",
+        "performer",
+        "device",
+        "instance",
+        "supportingInformation",
+        "valueReference",
+    }
+)
+
+
+def _references(value: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(element path without indexes, Reference) of every reference in a resource."""
+    if not isinstance(value, dict):
+        return
+    for key, item in value.items():
+        child = f"{path}.{key}" if path else key
+        for element in item if isinstance(item, list) else [item]:
+            if not isinstance(element, dict):
+                continue
+            if key in _REFERENCE_ELEMENTS and ("reference" in element or "identifier" in element):
+                yield child, element
+            else:
+                yield from _references(element, child)
+
+
+def _coded(value: Any) -> list[dict[str, Any]]:
+    return list(value.get("coding", [])) if isinstance(value, dict) else []
+
+
+def own_checks(resource: dict[str, Any]) -> Iterator[str]:
+    """The rules fhir.resources does not check: bindings, reference targets, units, profiles."""
+    resource_type = str(resource.get("resourceType"))
+    for (rtype, element), codes in rules.REQUIRED_CODES.items():
+        if rtype == resource_type and element in resource and resource[element] not in codes:
+            yield f"{element}: {resource[element]!r} is not in the required value set"
+    for (rtype, element), (system, codes) in rules.REQUIRED_CODINGS.items():
+        if rtype == resource_type and element in resource:
+            for coding in _coded(resource[element]):
+                if coding.get("system") != system or coding.get("code") not in codes:
+                    yield f"{element}: {coding.get('code')!r} is not in the required value set"
+    for path, reference in _references(
+        {k: v for k, v in resource.items() if k != "resourceType"}, ""
+    ):
+        allowed = rules.REFERENCE_TARGETS.get((resource_type, path))
+        if allowed is None:
+            yield f"{path}: a reference element the adapter has no target rule for"
+            continue
+        target = str(reference.get("reference", "")).split("/")[0] or reference.get("type")
+        if allowed and target not in allowed:
+            yield f"{path}: {target!r} is not an allowed target ({', '.join(sorted(allowed))})"
+    yield from _quantity_checks(resource, resource_type)
+    if rules.VITAL_SIGNS_PROFILE in resource.get("meta", {}).get("profile", []):
+        yield from _vital_signs_checks(resource)
+
+
+def _quantities(value: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    if isinstance(value, dict):
+        if (
+            "value" in value
+            and ("unit" in value or "code" in value)
+            and isinstance(value.get("value"), int | float)
+        ):
+            yield path, value
+            return
+        for key, item in value.items():
+            yield from _quantities(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for item in value:
+            yield from _quantities(item, path)
+
+
+def _quantity_checks(resource: dict[str, Any], resource_type: str) -> Iterator[str]:
+    for path, quantity in _quantities(resource, resource_type):
+        if quantity.get("system") != rules.UCUM or quantity.get("code") not in rules.UCUM_UNITS:
+            yield f"{path}: unit must be a known UCUM code with system {rules.UCUM}"
+        if "comparator" in quantity and quantity["comparator"] not in rules.QUANTITY_COMPARATORS:
+            yield f"{path}.comparator: not in the required value set"
+
+
+def _vital_signs_checks(resource: dict[str, Any]) -> Iterator[str]:
+    """http://hl7.org/fhir/StructureDefinition/vitalsigns: category, subject, effective, value."""
+    categories = [c for concept in resource.get("category", []) for c in _coded(concept)]
+    if not any(
+        c.get("system") == rules.OBSERVATION_CATEGORY and c.get("code") == "vital-signs"
+        for c in categories
+    ):
+        yield "category: the vital signs profile needs the vital-signs category"
+    if "subject" not in resource:
+        yield "subject: required by the vital signs profile"
+    if "effectiveDateTime" not in resource and "effectivePeriod" not in resource:
+        yield "effective[x]: required by the vital signs profile"
+    has_value = any(key.startswith("value") for key in resource) or "dataAbsentReason" in resource
+    if not has_value and "component" not in resource and "hasMember" not in resource:
+        yield "value[x]: vs-2, a value, a dataAbsentReason, a component or a hasMember is required"
+    for index, component in enumerate(resource.get("component", [])):
+        if (
+            not any(k.startswith("value") for k in component)
+            and "dataAbsentReason" not in component
+        ):
+            yield f"component[{index}]: vs-3, a value or a dataAbsentReason is required"
+    quantity = resource.get("valueQuantity")
+    if quantity is not None and not {"value", "unit", "system", "code"} <= set(quantity):
+        yield "valueQuantity: the vital signs profile needs value, unit, system and code"

@@ -1,0 +1,165 @@
+"""What every mapped resource shares: ids, identifiers, references, concepts, meta."""
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from adapter.intake.records import Staff
+from adapter.mapping.config import (
+    LOCAL_SYSTEM,
+    CodeRow,
+    CodeTable,
+    Coding,
+    Concept,
+    Mappings,
+    Thresholds,
+)
+
+Json = dict[str, Any]
+
+_ID_NAMESPACE = uuid.UUID("5d0c8f1e-3b7a-4f52-9a55-1c6a4b1f0e27")
+UCUM = "http://unitsofmeasure.org"
+OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
+_INTERPRETATION_DISPLAY = {"LL": "Critical low", "L": "Low", "H": "High", "HH": "Critical high"}
+
+
+def resource_id(system: str, value: str) -> str:
+    """The FHIR id of the resource whose identifier is system|value: the same input, the same id."""
+    return str(uuid.uuid5(_ID_NAMESPACE, f"{system}|{value}"))
+
+
+def number(value: float) -> int | float:
+    """A JSON number as the clinic meant it: 76, not 76.0."""
+    return int(value) if float(value).is_integer() else value
+
+
+def instant(moment: datetime) -> str:
+    return moment.isoformat()
+
+
+@dataclass(frozen=True)
+class Missing:
+    """A local code with no row in its table: the record waits for a mapping."""
+
+    table: str
+    field: str
+    code: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"table": self.table, "field": self.field, "code": self.code}
+
+
+@dataclass
+class Built:
+    """What mapping one record produced, and which table rows it used."""
+
+    resources: list[Json] = field(default_factory=list)
+    used: list[str] = field(default_factory=list)
+    missing: list[Missing] = field(default_factory=list)
+    waiting_for: str | None = None
+
+
+class Vocabulary:
+    """Turns mapping rows into FHIR JSON, with every `local` system resolved, once per load."""
+
+    def __init__(self, mappings: Mappings) -> None:
+        self.mappings = mappings
+        site = mappings.site
+        self.local_system = site.local_code_system
+        self.systems = site.identifier_systems
+        self.meta: Json = {
+            "source": site.meta_source,
+            "tag": [
+                {
+                    "system": site.local_code_system,
+                    "code": f"mapping-{mappings.version}",
+                    "display": "Mapping version that produced this resource",
+                }
+            ],
+        }
+        self.withdrawn_tag: Json = {
+            "system": site.local_code_system,
+            "code": "entered-in-error",
+            "display": "Withdrawn by the clinic: entered in error",
+        }
+
+    def coding(self, coding: Coding) -> Json:
+        system = self.local_system if coding.system == LOCAL_SYSTEM else coding.system
+        return {"system": system, "code": coding.code, "display": coding.display}
+
+    def concept(self, concept: Concept, text: str | None = None) -> Json:
+        body: Json = {}
+        if concept.codings:
+            body["coding"] = [self.coding(c) for c in concept.codings]
+        body["text"] = text or concept.text
+        return body
+
+    def lookup(
+        self, table_name: str, table: CodeTable, field_path: str, local: str, built: Built
+    ) -> CodeRow | None:
+        row = table.find(local)
+        if row is None:
+            built.missing.append(Missing(f"codes/{table_name}.yaml", field_path, local))
+        else:
+            built.used.append(f"codes/{table_name}.yaml: {row.local}")
+        return row
+
+    def identifier(self, record_type: str, value: str) -> Json:
+        return {"system": f"{self.systems.records}/{record_type}", "value": value}
+
+    def reference(self, resource_type: str, record_type: str, value: str) -> Json:
+        system = f"{self.systems.records}/{record_type}"
+        return {"reference": f"{resource_type}/{resource_id(system, value)}"}
+
+    def patient(self, mrn: str) -> Json:
+        return {"type": "Patient", "identifier": {"system": self.systems.mrn, "value": mrn}}
+
+    def staff(self, staff: Staff) -> Json:
+        if staff.npi:
+            identifier = {"system": self.systems.npi, "value": staff.npi}
+        else:
+            identifier = {"system": self.systems.staff, "value": staff.staff_id}
+        body: Json = {"type": "Practitioner", "identifier": identifier}
+        if staff.name:
+            body["display"] = staff.name
+        return body
+
+    def quantity(self, value: float, unit_code: str, unit_display: str) -> Json:
+        return {"value": number(value), "unit": unit_display, "system": UCUM, "code": unit_code}
+
+    def category(self, code: str) -> list[Json]:
+        display = {"vital-signs": "Vital Signs", "survey": "Survey"}[code]
+        return [{"coding": [{"system": OBSERVATION_CATEGORY, "code": code, "display": display}]}]
+
+    def interpretation(self, value: float, thresholds: Thresholds | None) -> list[Json] | None:
+        if thresholds is None:
+            return None
+        flag = None
+        if thresholds.LL is not None and value < thresholds.LL:
+            flag = "LL"
+        elif thresholds.L is not None and value < thresholds.L:
+            flag = "L"
+        elif thresholds.HH is not None and value > thresholds.HH:
+            flag = "HH"
+        elif thresholds.H is not None and value > thresholds.H:
+            flag = "H"
+        if flag is None:
+            return None
+        system = self.mappings.observations.interpretation_system
+        return [
+            {"coding": [{"system": system, "code": flag, "display": _INTERPRETATION_DISPLAY[flag]}]}
+        ]
+
+    def extension(self, name: str) -> str:
+        return f"{self.mappings.site.extension_base}/{name}"
+
+    def resource(self, resource_type: str, record_type: str, value: str) -> Json:
+        """The start of a resource: type, deterministic id, meta and identifier."""
+        identifier = self.identifier(record_type, value)
+        return {
+            "resourceType": resource_type,
+            "id": resource_id(identifier["system"], value),
+            "meta": {**self.meta},
+            "identifier": [identifier],
+        }

@@ -1,0 +1,208 @@
+"""vitals and attestation records -> Observations, each partOf the session's Procedure."""
+
+from adapter.intake.records import FastingAttestation, InfusionSession, TransportAttestation, Vitals
+from adapter.mapping.common import Built, Json, Vocabulary, instant, number
+from adapter.mapping.config import Measure
+from adapter.mapping.session import procedure_reference
+
+_QUANTITY_MEASURES = ("heart_rate", "spo2", "resp_rate", "etco2", "pain", "sedation_rass")
+
+
+def observation_status(withdrawn: bool, revision: int) -> str:
+    if withdrawn:
+        return "entered-in-error"
+    return "amended" if revision > 1 else "final"
+
+
+def vitals_to_observations(vocabulary: Vocabulary, vitals: Vitals) -> Built:
+    """One Observation per measure present; blood pressure as a panel with two components."""
+    built = Built()
+    measures = vocabulary.mappings.observations.measures
+    common = _common(vocabulary, vitals)
+    for name in _QUANTITY_MEASURES:
+        value = getattr(vitals, name)
+        if value is not None:
+            measure: Measure = getattr(measures, name)
+            built.resources.append(
+                _observation(
+                    vocabulary, vitals, name, measure, common, _value(vocabulary, measure, value)
+                )
+            )
+    if vitals.systolic is not None and vitals.diastolic is not None:
+        panel = _observation(
+            vocabulary, vitals, "blood_pressure", measures.blood_pressure, common, {}
+        )
+        panel["component"] = [
+            _component(vocabulary, measures.systolic, vitals.systolic),
+            _component(vocabulary, measures.diastolic, vitals.diastolic),
+        ]
+        built.resources.append(panel)
+    if vitals.temperature is not None:
+        measure = measures.temperature
+        unit = vocabulary.mappings.site.temperature_unit
+        value = vitals.temperature.value
+        if vitals.temperature.unit == "F" and unit == "Cel":
+            value = round((value - 32) * 5 / 9, 1)
+        elif vitals.temperature.unit == "C" and unit == "[degF]":
+            value = round(value * 9 / 5 + 32, 1)
+        celsius = value if unit == "Cel" else (value - 32) * 5 / 9
+        quantity: Json = {
+            "valueQuantity": vocabulary.quantity(value, unit, "C" if unit == "Cel" else "F")
+        }
+        interpretation = vocabulary.interpretation(celsius, measure.interpretation)
+        if interpretation:
+            quantity["interpretation"] = interpretation
+        built.resources.append(
+            _observation(vocabulary, vitals, "temperature", measure, common, quantity)
+        )
+    return built
+
+
+def _common(vocabulary: Vocabulary, vitals: Vitals) -> Json:
+    common: Json = {
+        "status": observation_status(vitals.withdrawn, vitals.revision),
+        "subject": vocabulary.patient(vitals.patient.mrn),
+        "effectiveDateTime": instant(vitals.taken_at),
+        "partOf": [procedure_reference(vocabulary, vitals.session_id)],
+    }
+    if vitals.recorded_by:
+        common["performer"] = [vocabulary.staff(vitals.recorded_by)]
+    if vitals.device:
+        common["device"] = {
+            "type": "Device",
+            "identifier": {"system": vocabulary.systems.devices, "value": vitals.device},
+        }
+    return common
+
+
+def _value(vocabulary: Vocabulary, measure: Measure, value: float) -> Json:
+    assert measure.unit, "every quantity measure has a unit (checked when the mapping loads)"
+    body: Json = {
+        "valueQuantity": vocabulary.quantity(value, measure.unit.code, measure.unit.display)
+    }
+    interpretation = vocabulary.interpretation(value, measure.interpretation)
+    if interpretation:
+        body["interpretation"] = interpretation
+    return body
+
+
+def _component(vocabulary: Vocabulary, measure: Measure, value: float) -> Json:
+    return {"code": vocabulary.concept(measure), **_value(vocabulary, measure, value)}
+
+
+def _observation(
+    vocabulary: Vocabulary, vitals: Vitals, name: str, measure: Measure, common: Json, value: Json
+) -> Json:
+    observation = vocabulary.resource("Observation", "vitals", f"{vitals.id}/{name}")
+    if measure.category == "vital-signs":
+        profile = vocabulary.mappings.observations.vital_signs_profile
+        observation["meta"] = {**observation["meta"], "profile": [profile]}
+    observation["extension"] = [
+        {"url": vocabulary.extension("infusion-phase"), "valueCode": vitals.phase}
+    ]
+    observation["status"] = common["status"]
+    observation["category"] = vocabulary.category(measure.category)
+    observation["code"] = vocabulary.concept(measure)
+    observation["subject"] = common["subject"]
+    observation["effectiveDateTime"] = common["effectiveDateTime"]
+    observation["partOf"] = common["partOf"]
+    if "performer" in common:
+        observation["performer"] = common["performer"]
+    if "valueQuantity" in value:
+        observation["valueQuantity"] = value["valueQuantity"]
+    if "interpretation" in value:
+        observation["interpretation"] = value["interpretation"]
+    if "device" in common:
+        observation["device"] = common["device"]
+    return observation
+
+
+def fasting_to_observation(
+    vocabulary: Vocabulary, attestation: FastingAttestation, session: InfusionSession | None
+) -> Built:
+    """Fasting status, with hours fasted until the infusion (or its scheduled) start."""
+    built = Built()
+    if session is None:
+        built.waiting_for = f"session {attestation.session_id}: fasting is counted to its start"
+        return built
+    mapping = vocabulary.mappings.observations.fasting
+    minimum = vocabulary.mappings.site.fasting_minimum_hours
+    start = session.infusion_start or session.scheduled_start
+    hours = round((start - attestation.last_solid_food_at).total_seconds() / 3600, 1)
+    met = hours >= minimum
+    observation = _attestation(vocabulary, attestation, vocabulary.concept(mapping))
+    observation["valueCodeableConcept"] = {
+        "coding": [vocabulary.coding(mapping.answers.met if met else mapping.answers.not_met)]
+    }
+    if not met:
+        observation["interpretation"] = [
+            {
+                "coding": [vocabulary.coding(mapping.below_minimum_interpretation)],
+                "text": f"Fasted {number(hours)} h, under the site minimum of {number(minimum)} h",
+            }
+        ]
+    components = [
+        {
+            "code": vocabulary.concept(mapping.duration),
+            "valueQuantity": vocabulary.quantity(hours, "h", "h"),
+        }
+    ]
+    if attestation.last_clear_liquid_at is not None:
+        liquid = round((start - attestation.last_clear_liquid_at).total_seconds() / 3600, 1)
+        components.append(
+            {
+                "code": vocabulary.concept(mapping.clear_liquid),
+                "valueQuantity": vocabulary.quantity(liquid, "h", "h"),
+            }
+        )
+    observation["component"] = components
+    built.resources.append(observation)
+    built.used.append(f"site.yaml: fasting_minimum_hours {number(minimum)}")
+    return built
+
+
+def transport_to_observation(vocabulary: Vocabulary, attestation: TransportAttestation) -> Built:
+    """Transport home: the mode, the escort, and whether the patient will not drive."""
+    mapping = vocabulary.mappings.observations.transport
+    observation = _attestation(vocabulary, attestation, vocabulary.concept(mapping))
+    observation["valueCodeableConcept"] = {
+        "coding": [vocabulary.coding(getattr(mapping.modes, attestation.mode))]
+    }
+    components: list[Json] = []
+    escort = attestation.escort
+    if escort is not None:
+        described = ", ".join(
+            part for part in (escort.name, escort.relationship, escort.phone) if part
+        )
+        if described:
+            components.append(
+                {"code": vocabulary.concept(mapping.escort), "valueString": described}
+            )
+    if attestation.patient_will_not_drive is not None:
+        components.append(
+            {
+                "code": vocabulary.concept(mapping.will_not_drive),
+                "valueBoolean": attestation.patient_will_not_drive,
+            }
+        )
+    if components:
+        observation["component"] = components
+    return Built(resources=[observation])
+
+
+def _attestation(
+    vocabulary: Vocabulary,
+    attestation: FastingAttestation | TransportAttestation,
+    code: Json,
+) -> Json:
+    observation = vocabulary.resource("Observation", "attestation", attestation.id)
+    observation["status"] = observation_status(attestation.withdrawn, attestation.revision)
+    observation["category"] = vocabulary.category("survey")
+    observation["code"] = code
+    observation["subject"] = vocabulary.patient(attestation.patient.mrn)
+    observation["effectiveDateTime"] = instant(attestation.attested_at)
+    verifier = attestation.verified_by or attestation.recorded_by
+    if verifier:
+        observation["performer"] = [vocabulary.staff(verifier)]
+    observation["partOf"] = [procedure_reference(vocabulary, attestation.session_id)]
+    return observation

@@ -1,0 +1,139 @@
+"""Maps pending records to stored resources; reloads the mapping files when they change."""
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import TypeAdapter
+
+from adapter.fhir.validation import InvalidResource
+from adapter.intake.records import AnyRecord, ClinicRecord, InfusionSession
+from adapter.mapping.config import Mappings, load_mappings
+from adapter.mapping.mapper import Mapper, SourceRecord
+from adapter.store.mapping_queue import (
+    FAILED,
+    MAPPED,
+    WAITING,
+    MappingOutcome,
+    MappingQueue,
+    QueuedRecord,
+)
+from adapter.store.resources import MappedRecord, ResourceWriter, SaveCounts
+
+log = logging.getLogger(__name__)
+_RECORD = TypeAdapter[AnyRecord](ClinicRecord)
+
+
+@dataclass
+class MappingReport:
+    """What one mapping run did."""
+
+    records: int = 0
+    mapped: int = 0
+    waiting: int = 0
+    failed: int = 0
+    resources: SaveCounts = field(default_factory=SaveCounts)
+
+
+class MappingService:
+    """The current mapping and the loop that applies it to every pending record."""
+
+    def __init__(self, queue: MappingQueue, mappings: Mappings, mappings_dir: Path) -> None:
+        self.queue = queue
+        self.mappings_dir = mappings_dir
+        self.mapper = Mapper(mappings)
+        self._lock = threading.Lock()
+
+    @property
+    def version(self) -> str:
+        return self.mapper.version
+
+    def adopt_version(self) -> int:
+        """Re-queue every record if the stored resources were made with another mapping version."""
+        if self.queue.stored_version() == self.version:
+            return 0
+        with self.queue.engine.begin() as connection:
+            count = self.queue.requeue(connection, [MAPPED, WAITING, FAILED])
+            self.queue.set_version(connection, self.version)
+        log.info("mapping version %s: %d records queued to be mapped again", self.version, count)
+        return count
+
+    def reload(self) -> bool:
+        """Load the mapping files again; True when they changed. A broken file raises, and the
+        mapping in use stays in use."""
+        mappings = load_mappings(self.mappings_dir)
+        if mappings.version == self.version:
+            return False
+        with self._lock:
+            self.mapper = Mapper(mappings, self.mapper.validator)
+        self.adopt_version()
+        return True
+
+    def run(
+        self, batch_size: int = 500, on_batch: Callable[[MappingReport], None] | None = None
+    ) -> MappingReport:
+        """Map every pending record once; records queued meanwhile wait for the next run."""
+        report = MappingReport()
+        after: tuple[str, str] | None = None
+        with self._lock:
+            mapper = self.mapper
+            while batch := self.queue.next_batch(batch_size, after):
+                after = (batch[-1].record_type, batch[-1].source_id)
+                self._map_batch(mapper, batch, report)
+                if on_batch:
+                    on_batch(report)
+        return report
+
+    def _map_batch(self, mapper: Mapper, batch: list[QueuedRecord], report: MappingReport) -> None:
+        parsed = [_RECORD.validate_json(item.parsed) for item in batch]
+        wanted = {
+            item.session_id
+            for item, record in zip(batch, parsed, strict=True)
+            if record.record_type == "attestation" and item.session_id
+        }
+        sessions = {
+            key: value
+            for key, raw in self.queue.sessions(wanted).items()
+            if isinstance(value := _RECORD.validate_json(raw), InfusionSession)
+        }
+        outcomes: list[MappingOutcome] = []
+        mapped: list[MappedRecord] = []
+        for item, record in zip(batch, parsed, strict=True):
+            source = SourceRecord(
+                record, item.first_received_at, sessions.get(item.session_id or "")
+            )
+            try:
+                built = mapper.map(source)
+            except InvalidResource as exc:
+                log.error("mapping %s produced an invalid %s", item.record_type, exc.resource_type)
+                outcomes.append(
+                    MappingOutcome(
+                        item,
+                        FAILED,
+                        {"problems": exc.problems, "resource_type": exc.resource_type},
+                        mapper.version,
+                    )
+                )
+                report.failed += 1
+                continue
+            if built.missing or built.waiting_for:
+                detail = (
+                    {"missing": [m.as_dict() for m in built.missing]}
+                    if built.missing
+                    else {"waiting_for": built.waiting_for}
+                )
+                outcomes.append(MappingOutcome(item, WAITING, detail, mapper.version))
+                report.waiting += 1
+                continue
+            mapped.append(MappedRecord(item.record_type, item.source_id, built.resources))
+            outcomes.append(MappingOutcome(item, MAPPED, None, mapper.version))
+            report.mapped += 1
+        with self.queue.engine.begin() as connection:
+            counts = ResourceWriter(connection).save(mapped, datetime.now(UTC))
+            self.queue.finish(connection, outcomes)
+        report.records += len(batch)
+        for name in ("created", "updated", "unchanged", "withdrawn"):
+            setattr(report.resources, name, getattr(report.resources, name) + getattr(counts, name))

@@ -1,0 +1,183 @@
+"""Which source records wait to be mapped, and which wait for a mapping a person must add."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, Engine, and_, func, select, update
+
+from adapter.store.tables import adapter_state
+from adapter.store.tables import source_record_revisions as revisions
+from adapter.store.tables import source_records as records
+
+PENDING, MAPPED, WAITING, FAILED = "pending", "mapped", "waiting", "failed"
+MAPPING_VERSION = "mapping_version"
+
+
+@dataclass(frozen=True)
+class QueuedRecord:
+    record_type: str
+    source_id: str
+    revision: int
+    mapping_seq: int
+    session_id: str | None
+    first_received_at: datetime
+    parsed: str
+
+
+@dataclass(frozen=True)
+class MappingOutcome:
+    """What mapping did with one queued record: `mapped`, `waiting` or `failed`, and why."""
+
+    record: QueuedRecord
+    state: str
+    detail: dict[str, Any] | None
+    version: str
+
+
+@dataclass(frozen=True)
+class HeldRecord:
+    record_type: str
+    source_id: str
+    revision: int
+    state: str
+    detail: dict[str, Any]
+    updated_at: datetime
+
+
+def _current_revision() -> Any:
+    return and_(
+        revisions.c.record_type == records.c.record_type,
+        revisions.c.source_id == records.c.source_id,
+        revisions.c.revision == records.c.revision,
+    )
+
+
+class MappingQueue:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def next_batch(self, limit: int, after: tuple[str, str] | None = None) -> list[QueuedRecord]:
+        """Pending records in key order, after `after` (so a run passes over each once)."""
+        query = (
+            select(
+                records.c.record_type,
+                records.c.source_id,
+                records.c.revision,
+                records.c.mapping_seq,
+                records.c.session_id,
+                records.c.first_received_at,
+                revisions.c.parsed,
+            )
+            .join(revisions, _current_revision())
+            .where(records.c.mapping_state == PENDING)
+            .order_by(records.c.source_id, records.c.record_type)
+            .limit(limit)
+        )
+        if after is not None:
+            query = query.where(
+                (records.c.source_id > after[1])
+                | and_(records.c.source_id == after[1], records.c.record_type > after[0])
+            )
+        with self.engine.connect() as connection:
+            return [QueuedRecord(*row) for row in connection.execute(query)]
+
+    def sessions(self, session_ids: set[str]) -> dict[str, str]:
+        """The parsed current revision of each of these sessions that has arrived."""
+        if not session_ids:
+            return {}
+        query = (
+            select(records.c.source_id, revisions.c.parsed)
+            .join(revisions, _current_revision())
+            .where(
+                records.c.record_type == "infusion_session",
+                records.c.source_id.in_(sorted(session_ids)),
+            )
+        )
+        with self.engine.connect() as connection:
+            return {row.source_id: row.parsed for row in connection.execute(query)}
+
+    def finish(self, connection: Connection, outcomes: Sequence[MappingOutcome]) -> None:
+        """Record each outcome, unless the record was queued again while it was being mapped."""
+        for outcome in outcomes:
+            record = outcome.record
+            connection.execute(
+                update(records)
+                .where(
+                    records.c.record_type == record.record_type,
+                    records.c.source_id == record.source_id,
+                    records.c.mapping_seq == record.mapping_seq,
+                )
+                .values(
+                    mapping_state=outcome.state,
+                    mapping_detail=orjson.dumps(outcome.detail).decode()
+                    if outcome.detail
+                    else None,
+                    mapped_version=outcome.version,
+                )
+            )
+
+    def held(self, limit: int = 1000) -> list[HeldRecord]:
+        """Records waiting for a mapping (or that failed to map), with the reason, oldest first."""
+        query = (
+            select(
+                records.c.record_type,
+                records.c.source_id,
+                records.c.revision,
+                records.c.mapping_state,
+                records.c.mapping_detail,
+                records.c.updated_at,
+            )
+            .where(records.c.mapping_state.in_([WAITING, FAILED]))
+            .order_by(records.c.updated_at, records.c.source_id)
+            .limit(limit)
+        )
+        with self.engine.connect() as connection:
+            return [
+                HeldRecord(row[0], row[1], row[2], row[3], orjson.loads(row[4] or "{}"), row[5])
+                for row in connection.execute(query)
+            ]
+
+    def state(self, record_type: str, source_id: str) -> dict[str, Any]:
+        """A record's mapping state, the reason it is held, and the mapping version it used."""
+        query = select(
+            records.c.mapping_state, records.c.mapping_detail, records.c.mapped_version
+        ).where(records.c.record_type == record_type, records.c.source_id == source_id)
+        with self.engine.connect() as connection:
+            row = connection.execute(query).one()
+        body: dict[str, Any] = {"state": row[0]}
+        if row[1]:
+            body.update(orjson.loads(row[1]))
+        if row[2]:
+            body["version"] = row[2]
+        return body
+
+    def counts(self) -> dict[str, int]:
+        query = select(records.c.mapping_state, func.count()).group_by(records.c.mapping_state)
+        with self.engine.connect() as connection:
+            return {row[0]: row[1] for row in connection.execute(query)}
+
+    def requeue(self, connection: Connection, states: Sequence[str]) -> int:
+        result = connection.execute(
+            update(records)
+            .where(records.c.mapping_state.in_(list(states)))
+            .values(mapping_state=PENDING, mapping_seq=records.c.mapping_seq + 1)
+        )
+        return int(result.rowcount or 0)
+
+    def stored_version(self) -> str | None:
+        with self.engine.connect() as connection:
+            return connection.execute(
+                select(adapter_state.c.value).where(adapter_state.c.name == MAPPING_VERSION)
+            ).scalar_one_or_none()
+
+    def set_version(self, connection: Connection, version: str) -> None:
+        updated = connection.execute(
+            update(adapter_state)
+            .where(adapter_state.c.name == MAPPING_VERSION)
+            .values(value=version)
+        )
+        if not updated.rowcount:
+            connection.execute(adapter_state.insert().values(name=MAPPING_VERSION, value=version))

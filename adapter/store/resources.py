@@ -1,0 +1,257 @@
+"""The FHIR resources the adapter emits, versioned: a new version only when the content changes."""
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, Engine, bindparam, select, update
+
+from adapter.store.tables import fhir_resource_versions as versions
+from adapter.store.tables import fhir_resources as resources
+
+Json = dict[str, Any]
+_WITHDRAWN_STATUS = {
+    "Observation": "entered-in-error",
+    "Procedure": "entered-in-error",
+    "MedicationAdministration": "entered-in-error",
+}
+
+
+def content_hash(resource: Json) -> str:
+    """A hash of what a resource says: meta.versionId, lastUpdated and the mapping tag aside."""
+    meta = {
+        k: v
+        for k, v in resource.get("meta", {}).items()
+        if k not in ("tag", "versionId", "lastUpdated")
+    }
+    return hashlib.sha256(orjson.dumps({**resource, "meta": meta})).hexdigest()
+
+
+@dataclass(frozen=True)
+class MappedRecord:
+    """The resources one source record maps to now."""
+
+    source_type: str
+    source_id: str
+    resources: list[Json]
+
+
+@dataclass
+class SaveCounts:
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    withdrawn: int = 0
+
+
+@dataclass(frozen=True)
+class StoredResource:
+    resource_type: str
+    id: str
+    version_id: int
+    last_updated: datetime
+    content: str
+
+
+class ResourceWriter:
+    """Writes resource versions inside the caller's transaction."""
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+
+    def save(self, mapped: Sequence[MappedRecord], now: datetime) -> SaveCounts:
+        counts = SaveCounts()
+        outputs = {
+            resource["id"]: (record, resource) for record in mapped for resource in record.resources
+        }
+        current = self._current(outputs)
+        sources = {(record.source_type, record.source_id) for record in mapped}
+        inserts: list[Json] = []
+        changes: list[Json] = []
+        history: list[Json] = []
+        for resource_id, (record, resource) in outputs.items():
+            digest = content_hash(resource)
+            found = current.get(resource_id)
+            if found is not None and found[1] == digest:
+                counts.unchanged += 1
+                continue
+            version = 1 if found is None else found[0] + 1
+            row = self._row(resource, version, digest, now)
+            history.append(
+                {
+                    k: row[k]
+                    for k in ("id", "version_id", "resource_type", "last_updated", "content")
+                }
+            )
+            if found is None:
+                inserts.append(
+                    {**row, "source_type": record.source_type, "source_id": record.source_id}
+                )
+                counts.created += 1
+            else:
+                changes.append(row)
+                counts.updated += 1
+        for orphan in self._orphans(sources, set(outputs)):
+            withdrawn = _withdraw(orjson.loads(orphan.content))
+            if withdrawn is None:
+                continue
+            row = self._row(withdrawn, orphan.version_id + 1, content_hash(withdrawn), now)
+            changes.append(row)
+            history.append(
+                {
+                    k: row[k]
+                    for k in ("id", "version_id", "resource_type", "last_updated", "content")
+                }
+            )
+            counts.withdrawn += 1
+        if inserts:
+            self._connection.execute(resources.insert(), inserts)
+        if changes:
+            self._connection.execute(
+                update(resources)
+                .where(resources.c.id == bindparam("key"))
+                .values(
+                    version_id=bindparam("new_version_id"),
+                    last_updated=bindparam("new_last_updated"),
+                    content_hash=bindparam("new_content_hash"),
+                    content=bindparam("new_content"),
+                ),
+                [
+                    {
+                        "key": row["id"],
+                        "new_version_id": row["version_id"],
+                        "new_last_updated": row["last_updated"],
+                        "new_content_hash": row["content_hash"],
+                        "new_content": row["content"],
+                    }
+                    for row in changes
+                ],
+            )
+        if history:
+            self._connection.execute(versions.insert(), history)
+        return counts
+
+    def _row(self, resource: Json, version: int, digest: str, now: datetime) -> Json:
+        meta = {
+            "versionId": str(version),
+            "lastUpdated": now.isoformat(),
+            **{
+                k: v
+                for k, v in resource.get("meta", {}).items()
+                if k not in ("versionId", "lastUpdated")
+            },
+        }
+        content = orjson.dumps({**resource, "meta": meta}).decode()
+        return {
+            "id": resource["id"],
+            "resource_type": resource["resourceType"],
+            "version_id": version,
+            "last_updated": now,
+            "content_hash": digest,
+            "content": content,
+        }
+
+    def _current(self, ids: Iterable[str]) -> dict[str, tuple[int, str]]:
+        wanted = list(ids)
+        found: dict[str, tuple[int, str]] = {}
+        for start in range(0, len(wanted), 500):
+            query = select(resources.c.id, resources.c.version_id, resources.c.content_hash).where(
+                resources.c.id.in_(wanted[start : start + 500])
+            )
+            for row in self._connection.execute(query):
+                found[row.id] = (row.version_id, row.content_hash)
+        return found
+
+    def _orphans(self, sources: set[tuple[str, str]], keep: set[str]) -> list[StoredResource]:
+        """Resources a record mapped to before and maps to no longer."""
+        source_ids = sorted({source_id for _, source_id in sources})
+        orphans = []
+        for start in range(0, len(source_ids), 500):
+            query = select(
+                resources.c.resource_type,
+                resources.c.id,
+                resources.c.version_id,
+                resources.c.last_updated,
+                resources.c.content,
+                resources.c.source_type,
+                resources.c.source_id,
+            ).where(resources.c.source_id.in_(source_ids[start : start + 500]))
+            for row in self._connection.execute(query):
+                if (row.source_type, row.source_id) in sources and row.id not in keep:
+                    orphans.append(
+                        StoredResource(
+                            row.resource_type, row.id, row.version_id, row.last_updated, row.content
+                        )
+                    )
+        return orphans
+
+
+def _withdraw(resource: Json) -> Json | None:
+    """The resource marked entered-in-error, or None when it already is (or cannot be)."""
+    status = _WITHDRAWN_STATUS.get(resource["resourceType"])
+    if status is None or resource.get("status") == status:
+        return None
+    return {**resource, "status": status}
+
+
+class ResourceStore:
+    """Reads the stored resources: by id, by version, by the record they came from."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def get(self, resource_type: str, resource_id: str) -> StoredResource | None:
+        query = select(
+            resources.c.resource_type,
+            resources.c.id,
+            resources.c.version_id,
+            resources.c.last_updated,
+            resources.c.content,
+        ).where(resources.c.resource_type == resource_type, resources.c.id == resource_id)
+        with self.engine.connect() as connection:
+            row = connection.execute(query).one_or_none()
+        return StoredResource(*row) if row else None
+
+    def history(self, resource_id: str) -> list[StoredResource]:
+        query = (
+            select(
+                versions.c.resource_type,
+                versions.c.id,
+                versions.c.version_id,
+                versions.c.last_updated,
+                versions.c.content,
+            )
+            .where(versions.c.id == resource_id)
+            .order_by(versions.c.version_id)
+        )
+        with self.engine.connect() as connection:
+            return [StoredResource(*row) for row in connection.execute(query)]
+
+    def for_source(self, source_type: str, source_id: str) -> list[StoredResource]:
+        query = (
+            select(
+                resources.c.resource_type,
+                resources.c.id,
+                resources.c.version_id,
+                resources.c.last_updated,
+                resources.c.content,
+            )
+            .where(resources.c.source_id == source_id, resources.c.source_type == source_type)
+            .order_by(resources.c.resource_type, resources.c.id)
+        )
+        with self.engine.connect() as connection:
+            return [StoredResource(*row) for row in connection.execute(query)]
+
+    def all_current(self) -> list[StoredResource]:
+        query = select(
+            resources.c.resource_type,
+            resources.c.id,
+            resources.c.version_id,
+            resources.c.last_updated,
+            resources.c.content,
+        ).order_by(resources.c.resource_type, resources.c.id)
+        with self.engine.connect() as connection:
+            return [StoredResource(*row) for row in connection.execute(query)]

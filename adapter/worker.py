@@ -1,0 +1,65 @@
+"""The service's background work: mapping pending records, picking up edited mapping files."""
+
+import logging
+from datetime import UTC, datetime
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from adapter.errors import MappingFileError
+from adapter.runtime import Runtime
+
+log = logging.getLogger(__name__)
+MAP_JOB = "map-pending-records"
+
+
+def map_pending(runtime: Runtime) -> None:
+    """One mapping pass: reload changed mapping files, then map what is pending."""
+    try:
+        runtime.reload_mappings()
+    except MappingFileError as exc:
+        log.error(
+            "mapping files changed but are broken; the previous mapping stays in use:\n%s", exc
+        )
+    report = runtime.mapping.run()
+    if report.records:
+        log.info(
+            "mapped %d records: %d mapped, %d waiting for a mapping, %d failed; resources: "
+            "%d created, %d updated, %d unchanged, %d withdrawn",
+            report.records,
+            report.mapped,
+            report.waiting,
+            report.failed,
+            report.resources.created,
+            report.resources.updated,
+            report.resources.unchanged,
+            report.resources.withdrawn,
+        )
+
+
+class Worker:
+    """APScheduler in the service process: one mapping pass at a time, woken early by intake."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.scheduler = BackgroundScheduler(timezone=UTC)
+        self.scheduler.add_job(
+            map_pending,
+            "interval",
+            args=[runtime],
+            seconds=runtime.settings.mapping_interval_seconds,
+            id=MAP_JOB,
+            max_instances=1,
+            coalesce=True,
+            next_run_time=datetime.now(UTC),
+        )
+
+    def start(self) -> None:
+        self.scheduler.start()
+
+    def wake(self) -> None:
+        """Map soon: records have just arrived."""
+        if self.scheduler.running:
+            self.scheduler.modify_job(MAP_JOB, next_run_time=datetime.now(UTC))
+
+    def stop(self) -> None:
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=True)
