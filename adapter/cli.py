@@ -233,9 +233,11 @@ def reload() -> None:
     except MappingFileError as exc:
         click.echo(f"the mapping files are broken; nothing changed:\n{exc}", err=True)
         sys.exit(2)
-    click.echo(
-        f"mapping version {runtime.mapping.version}" + (" (changed)" if changed else " (unchanged)")
-    )
+    previous = runtime.mapping.previous_version
+    if changed or previous:
+        click.echo(f"mapping version {runtime.mapping.version} (changed from {previous or 'none'})")
+    else:
+        click.echo(f"mapping version {runtime.mapping.version} (unchanged)")
     _map_pending(runtime, quiet=True)
 
 

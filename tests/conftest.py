@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,6 +56,12 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 @pytest.fixture
 def settings(database_url: str, mappings_dir: Path) -> Settings:
     return Settings(database_url=database_url, mappings_dir=mappings_dir)
+
+
+@pytest.fixture
+def settings_mappings(settings: Settings) -> Path:
+    """The mapping folder the `client` and `runtime` fixtures read."""
+    return settings.mappings_dir
 
 
 @pytest.fixture
@@ -124,3 +131,39 @@ def _apply(record: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
 
 def ndjson(*records: dict[str, Any]) -> bytes:
     return b"".join(orjson.dumps(record) + b"\n" for record in records)
+
+
+VALIDATOR = ROOT / "tests" / "fhir-validator"
+
+
+class FhirValidator:
+    """@medplum/core's validateResource in a Node process: an R4 validator no one here wrote."""
+
+    def __init__(self) -> None:
+        if not (VALIDATOR / "node_modules" / "@medplum" / "core").exists():
+            pytest.fail("the FHIR validator is not installed: npm ci --prefix tests/fhir-validator")
+        self._process = subprocess.Popen(
+            ["node", str(VALIDATOR / "validate.mjs")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def problems(self, resource: dict[str, Any]) -> list[Any]:
+        assert self._process.stdin and self._process.stdout
+        self._process.stdin.write(orjson.dumps(resource).decode() + "\n")
+        self._process.stdin.flush()
+        result = orjson.loads(self._process.stdout.readline())
+        return [] if result["ok"] else list(result["issues"])
+
+    def close(self) -> None:
+        if self._process.stdin:
+            self._process.stdin.close()
+        self._process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def fhir_validator() -> Iterator[FhirValidator]:
+    validator = FhirValidator()
+    yield validator
+    validator.close()

@@ -117,6 +117,6 @@ REFERENCE_TARGETS: dict[tuple[str, str], frozenset[str]] = {
 A reference element not listed here is an error: every reference the adapter emits is declared."""
 
 UCUM_UNITS = frozenset(
-    {"/min", "mm[Hg]", "%", "Cel", "[degF]", "{score}", "kg", "mg", "mg/kg/h", "h"}
+    {"/min", "mm[Hg]", "%", "Cel", "[degF]", "{score}", "kg", "mg", "ug", "g", "mL", "mg/kg/h", "h"}
 )
 """The UCUM codes the adapter may emit, each checked against https://ucum.org/ucum."""

@@ -212,6 +212,10 @@ def own_checks(resource: dict[str, Any]) -> Iterator[str]:
         if allowed and target not in allowed:
             yield f"{path}: {target!r} is not an allowed target ({', '.join(sorted(allowed))})"
     yield from _quantity_checks(resource, resource_type)
+    if resource_type == "MedicationAdministration" and "dosage" in resource:
+        dosage = resource["dosage"]
+        if "dose" not in dosage and not any(key.startswith("rate") for key in dosage):
+            yield "dosage: mad-1, a dosage needs a dose or a rate"
     if rules.VITAL_SIGNS_PROFILE in resource.get("meta", {}).get("profile", []):
         yield from _vital_signs_checks(resource)
 

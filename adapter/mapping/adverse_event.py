@@ -1,5 +1,6 @@
 """adverse_event -> AdverseEvent, and a MedicationAdministration for each medication given."""
 
+import re
 from datetime import datetime
 
 from adapter.intake.records import AdverseEvent
@@ -117,12 +118,28 @@ def adverse_event_to_resources(
         administration["effectiveDateTime"] = instant(given.at or event.onset_at)
         administration["partOf"] = [procedure_reference(vocabulary, event.session_id)]
         administration["supportingInformation"] = [{"reference": f"AdverseEvent/{resource['id']}"}]
-        dosage: Json = {}
-        if route:
-            dosage["route"] = vocabulary.concept(route)
-        if given.dose:
-            dosage["text"] = given.dose
-        if dosage:
-            administration["dosage"] = dosage
+        dose = _dose(vocabulary, given.dose)
+        if dose is not None:
+            dosage: Json = {"text": given.dose}
+            if route:
+                dosage["route"] = vocabulary.concept(route)
+            administration["dosage"] = {**dosage, "dose": dose}
+        elif given.dose or route:
+            # A dosage needs a dose or a rate (mad-1); what cannot be read as one is kept as a note.
+            said = ", ".join(part for part in (given.dose, route.text if route else None) if part)
+            administration["note"] = [{"text": f"Given: {said}"}]
         built.resources.append(administration)
     return built
+
+
+_DOSE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(mg|mcg|ug|g|ml|mL)\s*$")
+_DOSE_UNITS = {"mg": "mg", "mcg": "ug", "ug": "ug", "g": "g", "ml": "mL", "mL": "mL"}
+
+
+def _dose(vocabulary: Vocabulary, text: str | None) -> Json | None:
+    """A dose written as `4 mg` as a UCUM quantity; None for anything else."""
+    found = _DOSE.match(text or "")
+    if not found:
+        return None
+    unit = _DOSE_UNITS[found.group(2)]
+    return vocabulary.quantity(float(found.group(1)), unit, unit)

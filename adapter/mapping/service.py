@@ -45,6 +45,7 @@ class MappingService:
         self.queue = queue
         self.mappings_dir = mappings_dir
         self.mapper = Mapper(mappings)
+        self.previous_version: str | None = None
         self._lock = threading.Lock()
 
     @property
@@ -53,8 +54,10 @@ class MappingService:
 
     def adopt_version(self) -> int:
         """Re-queue every record if the stored resources were made with another mapping version."""
-        if self.queue.stored_version() == self.version:
+        stored = self.queue.stored_version()
+        if stored == self.version:
             return 0
+        self.previous_version = stored
         with self.queue.engine.begin() as connection:
             count = self.queue.requeue(connection, [MAPPED, WAITING, FAILED])
             self.queue.set_version(connection, self.version)

@@ -162,8 +162,12 @@ def _administrations(
             vocabulary.reference("Observation", RECORD_TYPE, f"{session.id}/body-weight")
         ]
     dosage = _dosage(vocabulary, session, site, route)
-    if dosage:
+    if "dose" in dosage or "rateQuantity" in dosage:
         whole["dosage"] = dosage
+    elif dosage:
+        # A dosage needs a dose or a rate (mad-1): without either, the rest is kept as a note.
+        planned = [concept["text"] for key in ("route", "site") if (concept := dosage.get(key))]
+        whole["note"] = [{"text": "Planned: " + ", ".join(planned)}]
     resources = [whole]
     if (
         session.rate_changes

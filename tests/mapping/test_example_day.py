@@ -1,0 +1,55 @@
+"""The clinic's example day, mapped: golden output, and every resource through three validators."""
+
+import os
+from pathlib import Path
+
+import orjson
+import pytest
+
+from adapter.fhir.models import parse
+from adapter.fhir.validation import own_checks
+from tests.conftest import ROOT, FhirValidator
+from tests.mapping.helpers import map_example_day, mapper
+
+GOLDEN = Path(__file__).parent / "golden" / "day-2026-11-20.json"
+
+
+def test_example_day_matches_the_golden_file() -> None:
+    mapped = map_example_day(mapper(ROOT / "mappings"))
+    produced = orjson.dumps(mapped, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
+
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        GOLDEN.write_bytes(produced)
+    assert produced == GOLDEN.read_bytes(), "re-run with UPDATE_GOLDEN=1 and review the diff"
+
+
+def test_mapping_twice_gives_the_same_ids_and_bytes() -> None:
+    first = orjson.dumps(map_example_day(mapper(ROOT / "mappings")))
+    second = orjson.dumps(map_example_day(mapper(ROOT / "mappings")))
+
+    assert first == second
+
+
+def test_every_record_of_the_day_is_mapped() -> None:
+    mapped = map_example_day(mapper(ROOT / "mappings"))
+
+    assert all(mapped.values()), [key for key, value in mapped.items() if not value]
+    ids = [r["id"] for resources in mapped.values() for r in resources]
+    assert len(ids) == len(set(ids)) == 78
+
+
+def _resources() -> list[dict]:  # type: ignore[type-arg]
+    mapped = map_example_day(mapper(ROOT / "mappings"))
+    return [r for resources in mapped.values() for r in resources]
+
+
+@pytest.mark.parametrize(
+    "resource", _resources(), ids=lambda r: f"{r['resourceType']}-{r['id'][:8]}"
+)
+def test_every_resource_passes_three_validators(
+    resource: dict,
+    fhir_validator: FhirValidator,  # type: ignore[type-arg]
+) -> None:
+    parse(resource)  # fhir.resources, in full
+    assert list(own_checks(resource)) == []
+    assert fhir_validator.problems(resource) == []
