@@ -120,6 +120,21 @@ def session(**fields: Any) -> dict[str, Any]:
     return _apply(record, fields)
 
 
+def fasting(**fields: Any) -> dict[str, Any]:
+    """A valid fasting attestation for SES-1; keyword arguments replace or add fields."""
+    record: dict[str, Any] = {
+        "record_type": "attestation",
+        "id": "ATT-1",
+        "revision": 1,
+        "session_id": "SES-1",
+        "patient": {"mrn": "900001"},
+        "kind": "fasting",
+        "attested_at": "2026-11-20T08:40:00-05:00",
+        "last_solid_food_at": "2026-11-19T21:30:00-05:00",
+    }
+    return _apply(record, fields)
+
+
 def _apply(record: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
     for key, value in fields.items():
         if value is None:

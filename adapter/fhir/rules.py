@@ -4,25 +4,31 @@ Sources: the R4 (4.0.1) resource pages, https://hl7.org/fhir/R4/, and the vital 
 https://hl7.org/fhir/R4/observation-vitalsigns.html.
 """
 
+from typing import Literal, get_args
+
 UCUM = "http://unitsofmeasure.org"
 OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 VITAL_SIGNS_PROFILE = "http://hl7.org/fhir/StructureDefinition/vitalsigns"
 
-EVENT_STATUS = frozenset(
-    {
-        "preparation",
-        "in-progress",
-        "not-done",
-        "on-hold",
-        "stopped",
-        "completed",
-        "entered-in-error",
-        "unknown",
-    }
-)
+EventStatus = Literal[
+    "preparation",
+    "in-progress",
+    "not-done",
+    "on-hold",
+    "stopped",
+    "completed",
+    "entered-in-error",
+    "unknown",
+]
+MedicationAdministrationStatus = Literal[
+    "in-progress", "not-done", "on-hold", "completed", "entered-in-error", "stopped", "unknown"
+]
+AdverseEventOutcome = Literal[
+    "resolved", "recovering", "ongoing", "resolvedWithSequelae", "fatal", "unknown"
+]
 
 REQUIRED_CODES: dict[tuple[str, str], frozenset[str]] = {
-    ("Procedure", "status"): EVENT_STATUS,
+    ("Procedure", "status"): frozenset(get_args(EventStatus)),
     ("Observation", "status"): frozenset(
         {
             "registered",
@@ -35,17 +41,7 @@ REQUIRED_CODES: dict[tuple[str, str], frozenset[str]] = {
             "unknown",
         }
     ),
-    ("MedicationAdministration", "status"): frozenset(
-        {
-            "in-progress",
-            "not-done",
-            "on-hold",
-            "completed",
-            "entered-in-error",
-            "stopped",
-            "unknown",
-        }
-    ),
+    ("MedicationAdministration", "status"): frozenset(get_args(MedicationAdministrationStatus)),
     ("AdverseEvent", "actuality"): frozenset({"actual", "potential"}),
 }
 """Required bindings on a resource's own code elements: (resourceType, element) -> codes."""
@@ -57,9 +53,7 @@ REQUIRED_CODINGS: dict[tuple[str, str], tuple[str, frozenset[str]]] = {
     ),
     ("AdverseEvent", "outcome"): (
         "http://terminology.hl7.org/CodeSystem/adverse-event-outcome",
-        frozenset(
-            {"resolved", "recovering", "ongoing", "resolvedWithSequelae", "fatal", "unknown"}
-        ),
+        frozenset(get_args(AdverseEventOutcome)),
     ),
 }
 """Required bindings on CodeableConcepts: (resourceType, element) -> (system, codes)."""

@@ -31,11 +31,13 @@ class InvalidResource(Exception):
 
 Leaf = Callable[[Any], Any]
 Shape = tuple[Any, ...]
+_ACCEPTED_LIMIT = 200_000
 
 
 @cache
 def _leaf_validator(annotation: Any) -> Leaf:
-    return TypeAdapter(annotation).validate_python
+    validate: Leaf = TypeAdapter(annotation).validator.validate_python
+    return validate
 
 
 def _primitive(annotation: Any) -> Any:
@@ -56,26 +58,72 @@ def _fields_by_alias(model: type[FHIRAbstractModel]) -> dict[str, tuple[str, Any
     }
 
 
-def _shape(value: Any, leaves: list[Any], problems: list[str], path: str) -> Any:
-    """The structure of a JSON value; its primitive leaves are appended in document order."""
-    if isinstance(value, dict):
+_REFERENCE_ELEMENTS = frozenset(
+    {
+        "subject",
+        "actor",
+        "recorder",
+        "location",
+        "partOf",
+        "performer",
+        "device",
+        "instance",
+        "supportingInformation",
+        "valueReference",
+    }
+)
+
+
+class _Walk:
+    """One pass over a resource: its shape, its primitive leaves in document order, its
+    references and quantities, and what FHIR JSON forbids (nulls, empty values)."""
+
+    def __init__(self, resource: dict[str, Any]) -> None:
+        self.leaves: list[Any] = []
+        self.problems: list[str] = []
+        self.references: list[tuple[str, dict[str, Any]]] = []
+        self.quantities: list[tuple[str, dict[str, Any]]] = []
+        self.shape = self._object(resource, "")
+
+    def _object(self, value: dict[str, Any], path: str) -> Shape:
+        parts: list[Any] = []
+        for key, item in value.items():
+            if key == "resourceType":
+                parts.append((key, item))
+                continue
+            child = f"{path}.{key}" if path else key
+            if isinstance(item, dict):
+                parts.append((key, self._element(item, key, child)))
+            elif isinstance(item, list):
+                if not item:
+                    self.problems.append(f"{child}: empty array (FHIR JSON forbids it)")
+                elements: list[Any] = ["[]"]
+                for element in item:
+                    if isinstance(element, dict):
+                        elements.append(self._element(element, key, child))
+                    else:
+                        elements.append(self._leaf(element, child))
+                parts.append((key, tuple(elements)))
+            else:
+                parts.append((key, self._leaf(item, child)))
+        return tuple(parts)
+
+    def _element(self, value: dict[str, Any], key: str, path: str) -> Shape:
         if not value:
-            problems.append(f"{path}: empty object (FHIR JSON forbids it)")
-        return tuple(
-            (
-                key,
-                item if key == "resourceType" else _shape(item, leaves, problems, f"{path}.{key}"),
-            )
-            for key, item in value.items()
-        )
-    if isinstance(value, list):
-        if not value:
-            problems.append(f"{path}: empty array (FHIR JSON forbids it)")
-        return ("[]", *(_shape(item, leaves, problems, path) for item in value))
-    if value is None or value == "":
-        problems.append(f"{path}: null or empty value (FHIR JSON forbids it)")
-    leaves.append(value)
-    return type(value)
+            self.problems.append(f"{path}: empty object (FHIR JSON forbids it)")
+        if key in _REFERENCE_ELEMENTS and ("reference" in value or "identifier" in value):
+            self.references.append((path, value))
+        elif "value" in value and ("unit" in value or "code" in value):
+            number = value["value"]
+            if isinstance(number, int | float) and not isinstance(number, bool):
+                self.quantities.append((path, value))
+        return self._object(value, path)
+
+    def _leaf(self, value: Any, path: str) -> type:
+        if value is None or value == "":
+            self.problems.append(f"{path}: null or empty value (FHIR JSON forbids it)")
+        self.leaves.append(value)
+        return type(value)
 
 
 def _leaf_plan(model: FHIRAbstractModel, value: dict[str, Any]) -> list[Leaf]:
@@ -106,16 +154,17 @@ class ResourceValidator:
 
     def __init__(self) -> None:
         self._plans: dict[Shape, _Plan] = {}
+        # Values a leaf validator accepted before: the same validator accepts them again.
+        self._accepted: set[tuple[Leaf, type, Any]] = set()
 
     def check(self, resource: dict[str, Any]) -> None:
         """Raise InvalidResource with every problem found in `resource`."""
         resource_type = str(resource.get("resourceType"))
-        problems: list[str] = []
-        leaves: list[Any] = []
-        shape = _shape(resource, leaves, problems, resource_type)
+        walk = _Walk(resource)
+        problems = walk.problems
         if not problems:
-            problems += self._structure_and_values(resource, shape, leaves)
-        problems += list(own_checks(resource))
+            problems += self._structure_and_values(resource, walk.shape, walk.leaves)
+        problems += list(_own_checks(resource, walk))
         if problems:
             raise InvalidResource(resource_type, problems)
 
@@ -134,11 +183,19 @@ class ResourceValidator:
             self._plans[shape] = _Plan(_leaf_plan(model, resource))
             return []
         problems = []
+        accepted = self._accepted
         for validate, value in zip(plan.leaves, leaves, strict=True):
+            key = (validate, type(value), value)
+            if key in accepted:
+                continue
             try:
                 validate(value)
             except ValidationError as exc:
                 problems.append(exc.errors(include_url=False)[0]["msg"])
+                continue
+            if len(accepted) > _ACCEPTED_LIMIT:
+                accepted.clear()
+            accepted.add(key)
         if problems:
             # Name the elements with the model's own messages.
             try:
@@ -155,43 +212,16 @@ def _model_problems(exc: ValidationError) -> list[str]:
     ]
 
 
-_REFERENCE_ELEMENTS = frozenset(
-    {
-        "subject",
-        "actor",
-        "recorder",
-        "location",
-        "partOf",
-        "performer",
-        "device",
-        "instance",
-        "supportingInformation",
-        "valueReference",
-    }
-)
-
-
-def _references(value: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(element path without indexes, Reference) of every reference in a resource."""
-    if not isinstance(value, dict):
-        return
-    for key, item in value.items():
-        child = f"{path}.{key}" if path else key
-        for element in item if isinstance(item, list) else [item]:
-            if not isinstance(element, dict):
-                continue
-            if key in _REFERENCE_ELEMENTS and ("reference" in element or "identifier" in element):
-                yield child, element
-            else:
-                yield from _references(element, child)
-
-
 def _coded(value: Any) -> list[dict[str, Any]]:
     return list(value.get("coding", [])) if isinstance(value, dict) else []
 
 
 def own_checks(resource: dict[str, Any]) -> Iterator[str]:
     """The rules fhir.resources does not check: bindings, reference targets, units, profiles."""
+    return _own_checks(resource, _Walk(resource))
+
+
+def _own_checks(resource: dict[str, Any], walk: _Walk) -> Iterator[str]:
     resource_type = str(resource.get("resourceType"))
     for (rtype, element), codes in rules.REQUIRED_CODES.items():
         if rtype == resource_type and element in resource and resource[element] not in codes:
@@ -201,9 +231,7 @@ def own_checks(resource: dict[str, Any]) -> Iterator[str]:
             for coding in _coded(resource[element]):
                 if coding.get("system") != system or coding.get("code") not in codes:
                     yield f"{element}: {coding.get('code')!r} is not in the required value set"
-    for path, reference in _references(
-        {k: v for k, v in resource.items() if k != "resourceType"}, ""
-    ):
+    for path, reference in walk.references:
         allowed = rules.REFERENCE_TARGETS.get((resource_type, path))
         if allowed is None:
             yield f"{path}: a reference element the adapter has no target rule for"
@@ -211,37 +239,17 @@ def own_checks(resource: dict[str, Any]) -> Iterator[str]:
         target = str(reference.get("reference", "")).split("/")[0] or reference.get("type")
         if allowed and target not in allowed:
             yield f"{path}: {target!r} is not an allowed target ({', '.join(sorted(allowed))})"
-    yield from _quantity_checks(resource, resource_type)
+    for path, quantity in walk.quantities:
+        if quantity.get("system") != rules.UCUM or quantity.get("code") not in rules.UCUM_UNITS:
+            yield f"{path}: unit must be a known UCUM code with system {rules.UCUM}"
+        if "comparator" in quantity and quantity["comparator"] not in rules.QUANTITY_COMPARATORS:
+            yield f"{path}.comparator: not in the required value set"
     if resource_type == "MedicationAdministration" and "dosage" in resource:
         dosage = resource["dosage"]
         if "dose" not in dosage and not any(key.startswith("rate") for key in dosage):
             yield "dosage: mad-1, a dosage needs a dose or a rate"
     if rules.VITAL_SIGNS_PROFILE in resource.get("meta", {}).get("profile", []):
         yield from _vital_signs_checks(resource)
-
-
-def _quantities(value: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    if isinstance(value, dict):
-        if (
-            "value" in value
-            and ("unit" in value or "code" in value)
-            and isinstance(value.get("value"), int | float)
-        ):
-            yield path, value
-            return
-        for key, item in value.items():
-            yield from _quantities(item, f"{path}.{key}")
-    elif isinstance(value, list):
-        for item in value:
-            yield from _quantities(item, path)
-
-
-def _quantity_checks(resource: dict[str, Any], resource_type: str) -> Iterator[str]:
-    for path, quantity in _quantities(resource, resource_type):
-        if quantity.get("system") != rules.UCUM or quantity.get("code") not in rules.UCUM_UNITS:
-            yield f"{path}: unit must be a known UCUM code with system {rules.UCUM}"
-        if "comparator" in quantity and quantity["comparator"] not in rules.QUANTITY_COMPARATORS:
-            yield f"{path}.comparator: not in the required value set"
 
 
 def _vital_signs_checks(resource: dict[str, Any]) -> Iterator[str]:

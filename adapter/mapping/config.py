@@ -18,6 +18,8 @@ from pydantic import (
 )
 
 from adapter.errors import MappingFileError
+from adapter.fhir.rules import AdverseEventOutcome as AdverseEventOutcomeCode
+from adapter.fhir.rules import EventStatus, MedicationAdministrationStatus
 
 
 class MappingModel(BaseModel):
@@ -118,27 +120,6 @@ class CodeTable(MappingModel):
             if row.local.upper() == local.upper():
                 return row
         return None
-
-
-EventStatus = Literal[
-    "preparation",
-    "in-progress",
-    "not-done",
-    "on-hold",
-    "stopped",
-    "completed",
-    "entered-in-error",
-    "unknown",
-]
-MedicationAdministrationStatus = Literal[
-    "in-progress",
-    "not-done",
-    "on-hold",
-    "completed",
-    "entered-in-error",
-    "stopped",
-    "unknown",
-]
 
 
 class ProcedureStatus(MappingModel):
@@ -266,24 +247,21 @@ class ObservationsMapping(MappingModel):
     interpretation_system: str
 
 
-AeOutcome = Literal["resolved", "recovering", "ongoing", "resolvedWithSequelae", "fatal", "unknown"]
-
-
-class AdverseEventOutcome(MappingModel):
+class AdverseEventOutcomes(MappingModel):
     """Clinic outcome -> http://hl7.org/fhir/adverse-event-outcome."""
 
-    resolved: AeOutcome
-    resolving: AeOutcome
-    not_resolved: AeOutcome
-    resolved_with_sequelae: AeOutcome
-    fatal: AeOutcome
-    unknown: AeOutcome
+    resolved: AdverseEventOutcomeCode
+    resolving: AdverseEventOutcomeCode
+    not_resolved: AdverseEventOutcomeCode
+    resolved_with_sequelae: AdverseEventOutcomeCode
+    fatal: AdverseEventOutcomeCode
+    unknown: AdverseEventOutcomeCode
 
 
 class AdverseEventMapping(MappingModel):
     """mappings/resources/adverse_event.yaml."""
 
-    outcome: AdverseEventOutcome
+    outcome: AdverseEventOutcomes
     outcome_system: str
     severity_system: str
     seriousness_system: str

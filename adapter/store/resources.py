@@ -197,6 +197,15 @@ def _withdraw(resource: Json) -> Json | None:
     return {**resource, "status": status}
 
 
+_STORED = (
+    resources.c.resource_type,
+    resources.c.id,
+    resources.c.version_id,
+    resources.c.last_updated,
+    resources.c.content,
+)
+
+
 class ResourceStore:
     """Reads the stored resources: by id, by version, by the record they came from."""
 
@@ -204,13 +213,9 @@ class ResourceStore:
         self.engine = engine
 
     def get(self, resource_type: str, resource_id: str) -> StoredResource | None:
-        query = select(
-            resources.c.resource_type,
-            resources.c.id,
-            resources.c.version_id,
-            resources.c.last_updated,
-            resources.c.content,
-        ).where(resources.c.resource_type == resource_type, resources.c.id == resource_id)
+        query = select(*_STORED).where(
+            resources.c.resource_type == resource_type, resources.c.id == resource_id
+        )
         with self.engine.connect() as connection:
             row = connection.execute(query).one_or_none()
         return StoredResource(*row) if row else None
@@ -232,13 +237,7 @@ class ResourceStore:
 
     def for_source(self, source_type: str, source_id: str) -> list[StoredResource]:
         query = (
-            select(
-                resources.c.resource_type,
-                resources.c.id,
-                resources.c.version_id,
-                resources.c.last_updated,
-                resources.c.content,
-            )
+            select(*_STORED)
             .where(resources.c.source_id == source_id, resources.c.source_type == source_type)
             .order_by(resources.c.resource_type, resources.c.id)
         )
@@ -246,12 +245,6 @@ class ResourceStore:
             return [StoredResource(*row) for row in connection.execute(query)]
 
     def all_current(self) -> list[StoredResource]:
-        query = select(
-            resources.c.resource_type,
-            resources.c.id,
-            resources.c.version_id,
-            resources.c.last_updated,
-            resources.c.content,
-        ).order_by(resources.c.resource_type, resources.c.id)
+        query = select(*_STORED).order_by(resources.c.resource_type, resources.c.id)
         with self.engine.connect() as connection:
             return [StoredResource(*row) for row in connection.execute(query)]

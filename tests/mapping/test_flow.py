@@ -6,7 +6,7 @@ import orjson
 from fastapi.testclient import TestClient
 
 from adapter.runtime import Runtime
-from tests.conftest import EXAMPLE_DAY, ndjson, session, vitals
+from tests.conftest import EXAMPLE_DAY, fasting, ndjson, session, vitals
 from tests.mapping.helpers import example_day
 
 NDJSON = {"content-type": "application/x-ndjson"}
@@ -55,17 +55,7 @@ def test_stored_resources_carry_version_and_last_updated(runtime: Runtime) -> No
 
 
 def test_fasting_before_its_session_waits_and_is_mapped_when_it_arrives(runtime: Runtime) -> None:
-    fasting = {
-        "record_type": "attestation",
-        "id": "ATT-1",
-        "revision": 1,
-        "session_id": "SES-1",
-        "patient": {"mrn": "900001"},
-        "kind": "fasting",
-        "attested_at": "2026-11-20T08:40:00-05:00",
-        "last_solid_food_at": "2026-11-19T21:30:00-05:00",
-    }
-    _submit(runtime, fasting)
+    _submit(runtime, fasting())
     runtime.mapping.run()
     held = runtime.mapping.queue.held()
 
@@ -80,17 +70,7 @@ def test_fasting_before_its_session_waits_and_is_mapped_when_it_arrives(runtime:
 
 
 def test_a_new_session_revision_remaps_its_fasting_attestation(runtime: Runtime) -> None:
-    fasting = {
-        "record_type": "attestation",
-        "id": "ATT-1",
-        "revision": 1,
-        "session_id": "SES-1",
-        "patient": {"mrn": "900001"},
-        "kind": "fasting",
-        "attested_at": "2026-11-20T08:40:00-05:00",
-        "last_solid_food_at": "2026-11-20T01:05:00-05:00",
-    }
-    _submit(runtime, session(), fasting)
+    _submit(runtime, session(), fasting(last_solid_food_at="2026-11-20T01:05:00-05:00"))
     runtime.mapping.run()
 
     _submit(runtime, session(revision=2, infusion_start="2026-11-20T08:55:00-05:00"))

@@ -7,7 +7,7 @@ import pytest
 
 from adapter.fhir.validation import InvalidResource, ResourceValidator
 from adapter.mapping.mapper import Mapper
-from tests.conftest import ROOT, session, vitals
+from tests.conftest import ROOT, fasting, session, vitals
 from tests.mapping.helpers import map_record, mapper, only
 
 
@@ -228,19 +228,6 @@ def test_adverse_event_keeps_actions_medications_and_suspect(shipped: Mapper) ->
     assert given["supportingInformation"] == [{"reference": f"AdverseEvent/{event['id']}"}]
 
 
-def _fasting(last_meal: str) -> dict[str, Any]:
-    return {
-        "record_type": "attestation",
-        "id": "ATT-1",
-        "revision": 1,
-        "session_id": "SES-1",
-        "patient": {"mrn": "900001"},
-        "kind": "fasting",
-        "attested_at": "2026-11-20T08:40:00-05:00",
-        "last_solid_food_at": last_meal,
-    }
-
-
 @pytest.mark.parametrize(
     ("last_meal", "hours", "answer", "flagged"),
     [
@@ -252,7 +239,10 @@ def _fasting(last_meal: str) -> dict[str, Any]:
 def test_fasting_over_at_and_under_the_minimum(
     shipped: Mapper, last_meal: str, hours: float, answer: str, flagged: bool
 ) -> None:
-    observation = only(map_record(shipped, _fasting(last_meal), session()).resources, "Observation")
+    observation = only(
+        map_record(shipped, fasting(last_solid_food_at=last_meal), session()).resources,
+        "Observation",
+    )
 
     assert observation["code"]["coding"][0]["code"] == "49541-6"
     assert observation["valueCodeableConcept"]["coding"][0]["code"] == answer
@@ -266,7 +256,9 @@ def test_fasting_counts_to_the_scheduled_start_when_the_infusion_has_not_started
     scheduled = session(status="scheduled", infusion_start=None, infusion_end=None)
 
     observation = only(
-        map_record(shipped, _fasting("2026-11-20T01:00:00-05:00"), scheduled).resources,
+        map_record(
+            shipped, fasting(last_solid_food_at="2026-11-20T01:00:00-05:00"), scheduled
+        ).resources,
         "Observation",
     )
 
@@ -274,7 +266,7 @@ def test_fasting_counts_to_the_scheduled_start_when_the_infusion_has_not_started
 
 
 def test_fasting_waits_for_its_session(shipped: Mapper) -> None:
-    built = map_record(shipped, _fasting("2026-11-20T01:00:00-05:00"))
+    built = map_record(shipped, fasting(last_solid_food_at="2026-11-20T01:00:00-05:00"))
 
     assert built.resources == []
     assert built.waiting_for and "SES-1" in built.waiting_for
