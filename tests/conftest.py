@@ -135,6 +135,32 @@ def fasting(**fields: Any) -> dict[str, Any]:
     return _apply(record, fields)
 
 
+def adverse_event(**fields: Any) -> dict[str, Any]:
+    """A valid adverse event of SES-1 (nausea, ondansetron given); keyword arguments replace."""
+    record: dict[str, Any] = {
+        "record_type": "adverse_event",
+        "id": "AE-1",
+        "revision": 1,
+        "session_id": "SES-1",
+        "patient": {"mrn": "900001"},
+        "event": "NAUSEA",
+        "onset_at": "2026-11-20T13:20:00-05:00",
+        "severity": "mild",
+        "serious": False,
+        "actions": ["MED_GIVEN"],
+        "medications_given": [
+            {
+                "drug": "Ondansetron",
+                "dose": "4 mg",
+                "route": "IV",
+                "at": "2026-11-20T13:22:00-05:00",
+            }
+        ],
+        "outcome": "resolved",
+    }
+    return _apply(record, fields)
+
+
 def _apply(record: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
     for key, value in fields.items():
         if value is None:

@@ -1,13 +1,12 @@
 """Each mapping rule: statuses, units, outcomes, fasting, withdrawal, and the checks that refuse."""
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from adapter.fhir.validation import InvalidResource, ResourceValidator
 from adapter.mapping.mapper import Mapper
-from tests.conftest import ROOT, fasting, session, vitals
+from tests.conftest import ROOT, adverse_event, fasting, session, vitals
 from tests.mapping.helpers import map_record, mapper, only
 
 
@@ -168,41 +167,15 @@ OUTCOMES = [
 ]
 
 
-def _event(**fields: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "record_type": "adverse_event",
-        "id": "AE-1",
-        "revision": 1,
-        "session_id": "SES-1",
-        "patient": {"mrn": "900001"},
-        "event": "NAUSEA",
-        "onset_at": "2026-11-20T13:20:00-05:00",
-        "severity": "mild",
-        "serious": False,
-        "actions": ["MED_GIVEN"],
-        "medications_given": [
-            {
-                "drug": "Ondansetron",
-                "dose": "4 mg",
-                "route": "IV",
-                "at": "2026-11-20T13:22:00-05:00",
-            }
-        ],
-        "outcome": "resolved",
-    }
-    body.update(fields)
-    return body
-
-
 @pytest.mark.parametrize(("outcome", "fhir"), OUTCOMES)
 def test_each_adverse_event_outcome(shipped: Mapper, outcome: str, fhir: str) -> None:
-    event = only(map_record(shipped, _event(outcome=outcome)).resources, "AdverseEvent")
+    event = only(map_record(shipped, adverse_event(outcome=outcome)).resources, "AdverseEvent")
 
     assert event["outcome"]["coding"][0]["code"] == fhir
 
 
 def test_adverse_event_keeps_actions_medications_and_suspect(shipped: Mapper) -> None:
-    resources = map_record(shipped, _event()).resources
+    resources = map_record(shipped, adverse_event()).resources
 
     event = only(resources, "AdverseEvent")
     given = only(resources, "MedicationAdministration", "/medication-1")
