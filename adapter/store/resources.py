@@ -7,10 +7,12 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, bindparam, select, update
+from sqlalchemy import Connection, Engine, bindparam, delete, select, update
 
+from adapter.fhir.indexing import index
 from adapter.store.tables import fhir_resource_versions as versions
 from adapter.store.tables import fhir_resources as resources
+from adapter.store.tables import fhir_search_tokens as tokens
 
 Json = dict[str, Any]
 _WITHDRAWN_STATUS = {
@@ -107,6 +109,7 @@ class ResourceWriter:
                 }
             )
             counts.withdrawn += 1
+        self._index([*inserts, *changes])
         if inserts:
             self._connection.execute(resources.insert(), inserts)
         if changes:
@@ -118,6 +121,8 @@ class ResourceWriter:
                     last_updated=bindparam("new_last_updated"),
                     content_hash=bindparam("new_content_hash"),
                     content=bindparam("new_content"),
+                    date_start=bindparam("new_date_start"),
+                    date_end=bindparam("new_date_end"),
                 ),
                 [
                     {
@@ -126,6 +131,8 @@ class ResourceWriter:
                         "new_last_updated": row["last_updated"],
                         "new_content_hash": row["content_hash"],
                         "new_content": row["content"],
+                        "new_date_start": row["date_start"],
+                        "new_date_end": row["date_end"],
                     }
                     for row in changes
                 ],
@@ -133,6 +140,21 @@ class ResourceWriter:
         if history:
             self._connection.execute(versions.insert(), history)
         return counts
+
+    def _index(self, rows: list[Json]) -> None:
+        """Replace the search index rows of these resources with their new versions'."""
+        ids = [row["id"] for row in rows]
+        for start in range(0, len(ids), 500):
+            self._connection.execute(
+                delete(tokens).where(tokens.c.resource_id.in_(ids[start : start + 500]))
+            )
+        values = [
+            {"resource_id": row["id"], "param": param, "system": system, "code": code}
+            for row in rows
+            for param, system, code in row.pop("_tokens")
+        ]
+        if values:
+            self._connection.execute(tokens.insert(), values)
 
     def _row(self, resource: Json, version: int, digest: str, now: datetime) -> Json:
         meta = {
@@ -145,7 +167,11 @@ class ResourceWriter:
             },
         }
         content = orjson.dumps({**resource, "meta": meta}).decode()
+        search = index(resource)
         return {
+            "_tokens": search.tokens,
+            "date_start": search.date_start,
+            "date_end": search.date_end,
             "id": resource["id"],
             "resource_type": resource["resourceType"],
             "version_id": version,

@@ -86,7 +86,11 @@ fhir_resources = Table(
     Column("content", Text, nullable=False),
     Column("source_type", String(32), nullable=False),
     Column("source_id", String(64), nullable=False),
+    Column("date_start", UtcDateTime()),
+    Column("date_end", UtcDateTime()),
     Index("ix_fhir_resources_source", "source_id", "source_type"),
+    Index("ix_fhir_resources_type_updated", "resource_type", "last_updated", "id"),
+    Index("ix_fhir_resources_type_date", "resource_type", "date_start", "id"),
 )
 """The current version of every resource, as the JSON bytes that are served."""
 
@@ -108,3 +112,15 @@ adapter_state = Table(
     Column("value", Text, nullable=False),
 )
 """Small named facts, such as the mapping version the stored resources were made with."""
+
+fhir_search_tokens = Table(
+    "fhir_search_tokens",
+    metadata,
+    Column("resource_id", String(64), nullable=False),
+    Column("param", String(64), nullable=False),
+    Column("system", String(255)),
+    Column("code", String(255), nullable=False),
+    Index("ix_fhir_search_tokens_lookup", "param", "code", "resource_id"),
+    Index("ix_fhir_search_tokens_resource", "resource_id"),
+)
+"""Token and reference search values of the current version of each resource."""

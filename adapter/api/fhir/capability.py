@@ -1,0 +1,66 @@
+"""GET /fhir/metadata: a CapabilityStatement generated from what the endpoint serves."""
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from adapter import __version__
+from adapter.api.fhir.wire import FHIR_JSON, FhirResponse, Negotiated, fhir_base
+from adapter.fhir import FHIR_VERSION
+from adapter.fhir.search_params import INCLUDES, REVINCLUDES, SEARCH_PARAMS
+
+router = APIRouter()
+
+_SPECIAL = [
+    {"name": "_id", "type": "token", "documentation": "The resource id"},
+    {"name": "_lastUpdated", "type": "date", "documentation": "When this version was stored"},
+]
+
+
+def capability_statement(base: str) -> dict[str, Any]:
+    resources = []
+    for resource_type, params in SEARCH_PARAMS.items():
+        resources.append(
+            {
+                "type": resource_type,
+                "interaction": [
+                    {"code": code}
+                    for code in ("read", "vread", "history-instance", "history-type", "search-type")
+                ],
+                "versioning": "versioned",
+                "readHistory": True,
+                "updateCreate": False,
+                "conditionalRead": "not-supported",
+                "searchInclude": INCLUDES.get(resource_type, []),
+                "searchRevInclude": REVINCLUDES.get(resource_type, []),
+                "searchParam": [
+                    *_SPECIAL,
+                    *(
+                        {"name": p.name, "type": p.type, "documentation": p.description}
+                        for p in params.values()
+                    ),
+                ],
+            }
+        )
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": "2026-11-26",
+        "kind": "instance",
+        "software": {"name": "infusion-ehr-adapter", "version": __version__},
+        "implementation": {"description": "Infusion clinic EHR adapter (read-only)", "url": base},
+        "fhirVersion": FHIR_VERSION,
+        "format": [FHIR_JSON, "json"],
+        "rest": [
+            {
+                "mode": "server",
+                "documentation": "Read-only: resources mapped from the clinic's records.",
+                "resource": resources,
+            }
+        ],
+    }
+
+
+@router.get("/metadata", dependencies=[Negotiated], summary="CapabilityStatement")
+def metadata(request: Request) -> FhirResponse:
+    return FhirResponse(capability_statement(fhir_base(request)))

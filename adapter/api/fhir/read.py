@@ -1,0 +1,146 @@
+"""read, vread and history; writes are refused (the endpoint is read-only)."""
+
+from datetime import datetime
+from typing import Annotated
+
+import orjson
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import Response
+
+from adapter.api.deps import RuntimeDep
+from adapter.api.fhir.wire import (
+    FhirResponse,
+    MethodNotAllowed,
+    Negotiated,
+    bundle,
+    fhir_base,
+    known_type,
+    version_headers,
+)
+from adapter.errors import BadRequest, NotFound
+from adapter.fhir.search import MAX_COUNT
+from adapter.store.fhir_reads import FhirReader, Version
+
+router = APIRouter()
+
+
+def _reader(runtime: RuntimeDep) -> FhirReader:
+    return FhirReader(runtime.store.engine)
+
+
+def _history_entry(base: str, version: Version) -> str:
+    first = version.version_id == 1
+    request = {"method": "POST" if first else "PUT", "url": f"{version.resource_type}/{version.id}"}
+    response = {
+        "status": "201 Created" if first else "200 OK",
+        "etag": f'W/"{version.version_id}"',
+        "lastModified": version.last_updated.isoformat(),
+    }
+    full_url = orjson.dumps(f"{base}/{version.resource_type}/{version.id}").decode()
+    return (
+        f'{{"fullUrl":{full_url},"resource":{version.content},'
+        f'"request":{orjson.dumps(request).decode()},"response":{orjson.dumps(response).decode()}}}'
+    )
+
+
+@router.get("/{resource_type}/_history", dependencies=[Negotiated], summary="Type history")
+def type_history(
+    request: Request,
+    runtime: RuntimeDep,
+    resource_type: str,
+    since: Annotated[str | None, Query(alias="_since")] = None,
+    count: Annotated[int, Query(alias="_count", ge=0)] = 100,
+) -> FhirResponse:
+    known_type(resource_type)
+    moment = None
+    if since is not None:
+        try:
+            moment = datetime.fromisoformat(since.replace("Z", "+00:00"))
+        except ValueError:
+            raise BadRequest(
+                f"_since: {since!r} is not an instant", expression=["_since"]
+            ) from None
+        if moment.tzinfo is None:
+            raise BadRequest("_since: an instant needs a time zone", expression=["_since"])
+    found = _reader(runtime).versions(resource_type, since=moment, limit=min(count, MAX_COUNT))
+    base = fhir_base(request)
+    return FhirResponse(
+        bundle(
+            "history",
+            [_history_entry(base, v) for v in found],
+            [("self", str(request.url))],
+            len(found),
+        )
+    )
+
+
+@router.get("/{resource_type}/{resource_id}", dependencies=[Negotiated], summary="read")
+def read(
+    runtime: RuntimeDep,
+    resource_type: str,
+    resource_id: str,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    known_type(resource_type)
+    found = _reader(runtime).read(resource_type, resource_id)
+    if found is None:
+        raise NotFound(f"{resource_type}/{resource_id} is not known")
+    headers = version_headers(found.version_id, found.last_updated)
+    if if_none_match and if_none_match.strip() in (headers["ETag"], f'"{found.version_id}"'):
+        return Response(status_code=304, headers=headers)
+    return FhirResponse(found.content, headers=headers)
+
+
+@router.get(
+    "/{resource_type}/{resource_id}/_history", dependencies=[Negotiated], summary="Instance history"
+)
+def instance_history(
+    request: Request, runtime: RuntimeDep, resource_type: str, resource_id: str
+) -> FhirResponse:
+    known_type(resource_type)
+    found = _reader(runtime).versions(resource_type, resource_id)
+    if not found:
+        raise NotFound(f"{resource_type}/{resource_id} is not known")
+    base = fhir_base(request)
+    return FhirResponse(
+        bundle(
+            "history",
+            [_history_entry(base, v) for v in found],
+            [("self", str(request.url))],
+            len(found),
+        )
+    )
+
+
+@router.get(
+    "/{resource_type}/{resource_id}/_history/{version_id}",
+    dependencies=[Negotiated],
+    summary="vread",
+)
+def vread(
+    runtime: RuntimeDep, resource_type: str, resource_id: str, version_id: str
+) -> FhirResponse:
+    known_type(resource_type)
+    found = (
+        _reader(runtime).versions(resource_type, resource_id, int(version_id))
+        if version_id.isdigit()
+        else []
+    )
+    if not found:
+        raise NotFound(f"{resource_type}/{resource_id} has no version {version_id}")
+    version = found[0]
+    return FhirResponse(
+        version.content, headers=version_headers(version.version_id, version.last_updated)
+    )
+
+
+@router.api_route(
+    "/{resource_type}", methods=["POST", "PUT", "PATCH", "DELETE"], include_in_schema=False
+)
+@router.api_route(
+    "/{resource_type}/{resource_id}",
+    methods=["POST", "PUT", "PATCH", "DELETE"],
+    include_in_schema=False,
+)
+def refuse_write(resource_type: str) -> None:
+    raise MethodNotAllowed("this FHIR endpoint is read-only (see /fhir/metadata)")

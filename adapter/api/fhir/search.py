@@ -1,0 +1,131 @@
+"""Search: GET /fhir/{type} and POST /fhir/{type}/_search, paged by an opaque cursor."""
+
+from typing import Annotated
+from urllib.parse import parse_qsl
+
+import orjson
+from fastapi import APIRouter, Header, Request
+
+from adapter.api.deps import RuntimeDep
+from adapter.api.fhir.wire import (
+    FhirResponse,
+    Negotiated,
+    bundle,
+    entry,
+    fhir_base,
+    known_type,
+    link,
+)
+from adapter.api.outcome import operation_outcome
+from adapter.fhir.search import SearchRequest, encode_cursor, parse
+from adapter.runtime import Runtime
+from adapter.store.fhir_reads import FhirReader, Hit
+
+router = APIRouter()
+
+
+def _strict(prefer: str | None) -> bool:
+    return bool(prefer) and "handling=strict" in (prefer or "").replace(" ", "")
+
+
+def _cursor(hit: Hit, secret: str, direction: str) -> str:
+    value = hit.sort_value.isoformat() if hasattr(hit.sort_value, "isoformat") else hit.sort_value
+    return encode_cursor({"v": value, "id": hit.id, "d": direction}, secret)
+
+
+def _search(
+    request: Request,
+    runtime: Runtime,
+    resource_type: str,
+    params: list[tuple[str, str]],
+    prefer: str | None,
+) -> FhirResponse:
+    known_type(resource_type)
+    secret = runtime.settings.secret_key
+    search: SearchRequest = parse(resource_type, params, _strict(prefer), secret)
+    reader = FhirReader(runtime.store.engine)
+    base = fhir_base(request)
+    if search.summary_count:
+        return FhirResponse(
+            bundle(
+                "searchset",
+                [],
+                [("self", link(base, resource_type, search.query))],
+                reader.count(search),
+            )
+        )
+    backwards = bool(search.cursor and search.cursor.get("d") == "prev")
+    hits, more = reader.page(search, backwards)
+    entries = [entry(base, h.resource_type, h.id, h.content, "match") for h in hits]
+    targets = [f"{h.resource_type}/{h.id}" for h in hits]
+    warnings = []
+    for spec in search.revincludes:
+        source_type, param = spec.split(":")
+        included, cut = reader.revincluded(source_type, param, targets)
+        entries += [entry(base, h.resource_type, h.id, h.content, "include") for h in included]
+        if cut:
+            warnings.append(
+                f"_revinclude={spec}: more than {len(included)} resources; the rest were left out"
+            )
+    for spec in search.includes:
+        included_hits = reader.included(spec.split(":")[1], [h.id for h in hits])
+        entries += [entry(base, h.resource_type, h.id, h.content, "include") for h in included_hits]
+    if search.ignored:
+        warnings.append(f"ignored unknown or unsupported parameters: {', '.join(search.ignored)}")
+    if warnings:
+        outcome = operation_outcome("not-supported", "; ".join(warnings), severity="warning")
+        entries.append(
+            '{"resource":' + orjson.dumps(outcome).decode() + ',"search":{"mode":"outcome"}}'
+        )
+    current = [("_cursor", token)] if (token := dict(params).get("_cursor")) else []
+    links = [("self", link(base, resource_type, [*search.query, *current]))]
+    has_next = more if not backwards else bool(search.cursor)
+    has_previous = bool(search.cursor) if not backwards else more
+    if hits and has_next:
+        links.append(
+            (
+                "next",
+                link(
+                    base,
+                    resource_type,
+                    [*search.query, ("_cursor", _cursor(hits[-1], secret, "next"))],
+                ),
+            )
+        )
+    if hits and has_previous:
+        links.append(
+            (
+                "previous",
+                link(
+                    base,
+                    resource_type,
+                    [*search.query, ("_cursor", _cursor(hits[0], secret, "prev"))],
+                ),
+            )
+        )
+    total = reader.count(search) if search.total else None
+    return FhirResponse(bundle("searchset", entries, links, total))
+
+
+@router.get("/{resource_type}", dependencies=[Negotiated], summary="search-type")
+def search_get(
+    request: Request,
+    runtime: RuntimeDep,
+    resource_type: str,
+    prefer: Annotated[str | None, Header()] = None,
+) -> FhirResponse:
+    return _search(
+        request, runtime, resource_type, list(request.query_params.multi_items()), prefer
+    )
+
+
+@router.post("/{resource_type}/_search", dependencies=[Negotiated], summary="search-type (POST)")
+async def search_post(
+    request: Request,
+    runtime: RuntimeDep,
+    resource_type: str,
+    prefer: Annotated[str | None, Header()] = None,
+) -> FhirResponse:
+    body = (await request.body()).decode("utf-8", "replace")
+    params = list(request.query_params.multi_items()) + parse_qsl(body, keep_blank_values=True)
+    return _search(request, runtime, resource_type, params, prefer)

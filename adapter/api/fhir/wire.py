@@ -1,0 +1,107 @@
+"""How FHIR leaves the endpoint: application/fhir+json, stored bytes, Bundles, negotiation."""
+
+from collections.abc import Iterable
+from datetime import datetime
+from email.utils import format_datetime
+from typing import Annotated, Any
+from urllib.parse import urlencode
+
+import orjson
+from fastapi import Depends, Query, Request
+from fastapi.responses import Response
+
+from adapter.errors import AdapterError
+from adapter.fhir.search_params import SEARCH_PARAMS
+
+FHIR_JSON = "application/fhir+json"
+_JSON_FORMATS = {"json", "application/json", "application/fhir+json"}
+_XML_WORDS = ("xml",)
+
+
+class NotAcceptable(AdapterError):
+    status = 406
+    issue_code = "not-supported"
+
+
+class MethodNotAllowed(AdapterError):
+    status = 405
+    issue_code = "not-supported"
+
+
+class FhirResponse(Response):
+    media_type = FHIR_JSON
+
+    def render(self, content: Any) -> bytes:
+        if isinstance(content, bytes):
+            return content
+        if isinstance(content, str):
+            return content.encode()
+        return orjson.dumps(content)
+
+
+def negotiate(
+    request: Request, format_: Annotated[str | None, Query(alias="_format")] = None
+) -> None:
+    """JSON only: an XML `_format` or an Accept that takes no JSON is answered 406."""
+    if format_ is not None and format_.split(";")[0].strip() not in _JSON_FORMATS:
+        raise NotAcceptable(f"_format {format_!r} is not served; this server speaks {FHIR_JSON}")
+    accept = request.headers.get("accept", "")
+    if (
+        accept
+        and any(word in accept for word in _XML_WORDS)
+        and not any(kind in accept for kind in ("json", "*/*"))
+    ):
+        raise NotAcceptable(f"only {FHIR_JSON} is served")
+
+
+Negotiated = Depends(negotiate)
+
+
+def fhir_base(request: Request) -> str:
+    return str(request.base_url).rstrip("/") + "/fhir"
+
+
+def known_type(resource_type: str) -> str:
+    if resource_type not in SEARCH_PARAMS:
+        from adapter.errors import NotFound
+
+        raise NotFound(
+            f"resource type {resource_type!r} is not served; served: {', '.join(SEARCH_PARAMS)}"
+        )
+    return resource_type
+
+
+def version_headers(version_id: int, last_updated: datetime) -> dict[str, str]:
+    return {
+        "ETag": f'W/"{version_id}"',
+        "Last-Modified": format_datetime(last_updated, usegmt=True),
+    }
+
+
+def link(base: str, path: str, params: Iterable[tuple[str, str]]) -> str:
+    query = urlencode(list(params))
+    return f"{base}/{path}" + (f"?{query}" if query else "")
+
+
+def bundle(
+    kind: str,
+    entries: list[str],
+    links: list[tuple[str, str]],
+    total: int | None = None,
+) -> bytes:
+    """A Bundle around entries that are already JSON text (stored resources are not re-parsed)."""
+    head: dict[str, Any] = {"resourceType": "Bundle", "type": kind}
+    if total is not None:
+        head["total"] = total
+    if links:
+        head["link"] = [{"relation": relation, "url": url} for relation, url in links]
+    text = orjson.dumps(head)[:-1]
+    if entries:
+        text += b',"entry":[' + ",".join(entries).encode() + b"]"
+    return text + b"}"
+
+
+def entry(base: str, resource_type: str, resource_id: str, content: str, mode: str | None) -> str:
+    full_url = orjson.dumps(f"{base}/{resource_type}/{resource_id}").decode()
+    search = f',"search":{{"mode":"{mode}"}}' if mode else ""
+    return f'{{"fullUrl":{full_url},"resource":{content}{search}}}'

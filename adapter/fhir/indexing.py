@@ -1,0 +1,86 @@
+"""What a stored resource is searched by: its tokens, references and date range."""
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from adapter.fhir.search_params import SEARCH_PARAMS, SearchParam
+
+REFERENCE_SYSTEM = "reference"
+"""The system under which a literal reference (`Procedure/123`) is indexed."""
+
+
+@dataclass(frozen=True)
+class SearchIndex:
+    tokens: list[tuple[str, str | None, str]]
+    date_start: datetime | None
+    date_end: datetime | None
+
+
+def _instant(value: str, end: bool = False) -> datetime:
+    moment = datetime.fromisoformat(value)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def _items(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _token_values(value: Any) -> list[tuple[str | None, str]]:
+    found: list[tuple[str | None, str]] = []
+    for item in _items(value):
+        if isinstance(item, str):
+            found.append((None, item))
+        elif isinstance(item, dict) and "coding" in item:
+            found += [(c.get("system"), c["code"]) for c in item["coding"] if "code" in c]
+        elif isinstance(item, dict) and "value" in item:
+            found.append((item.get("system"), str(item["value"])))
+    return found
+
+
+def _references(param: SearchParam, value: Any) -> list[tuple[str, str | None, str]]:
+    found: list[tuple[str, str | None, str]] = []
+    for item in _items(value):
+        if not isinstance(item, dict):
+            continue
+        if "reference" in item:
+            found.append((param.name, REFERENCE_SYSTEM, item["reference"]))
+        identifier = item.get("identifier")
+        if isinstance(identifier, dict) and "value" in identifier:
+            found.append(
+                (f"{param.name}:identifier", identifier.get("system"), identifier["value"])
+            )
+    return found
+
+
+def _date_range(resource: dict[str, Any], stem: str) -> tuple[datetime | None, datetime | None]:
+    for key in (stem, f"{stem}DateTime", f"{stem}Instant"):
+        if isinstance(resource.get(key), str):
+            moment = _instant(resource[key])
+            return moment, moment
+    period = resource.get(f"{stem}Period")
+    if isinstance(period, dict) and ("start" in period or "end" in period):
+        start = _instant(period["start"]) if "start" in period else None
+        end = _instant(period["end"]) if "end" in period else None
+        return start, end
+    return None, None
+
+
+def index(resource: dict[str, Any]) -> SearchIndex:
+    """The search index rows of a resource of a searchable type."""
+    params = SEARCH_PARAMS.get(resource["resourceType"], {})
+    tokens: list[tuple[str, str | None, str]] = []
+    start = end = None
+    for param in params.values():
+        value = resource.get(param.element)
+        if param.type == "date":
+            start, end = _date_range(resource, param.element)
+        elif value is None:
+            continue
+        elif param.type == "token":
+            tokens += [(param.name, system, code) for system, code in _token_values(value)]
+        else:
+            tokens += _references(param, value)
+    return SearchIndex(tokens=sorted(set(tokens), key=str), date_start=start, date_end=end)

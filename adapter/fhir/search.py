@@ -1,0 +1,289 @@
+"""FHIR search: parameters parsed and checked, then one SQL query with keyset paging."""
+
+import base64
+import hashlib
+import hmac
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from sqlalchemy import ColumnElement, and_, exists, false, literal, not_, or_, select, true
+
+from adapter.errors import BadRequest
+from adapter.fhir.indexing import REFERENCE_SYSTEM
+from adapter.fhir.search_params import INCLUDES, REVINCLUDES, SEARCH_PARAMS, SearchParam
+from adapter.store.tables import fhir_resources as resources
+from adapter.store.tables import fhir_search_tokens as tokens
+
+DEFAULT_COUNT = 50
+MAX_COUNT = 1000
+CONTROL = {"_count", "_sort", "_summary", "_total", "_include", "_revinclude", "_format", "_cursor"}
+SORTS = {
+    "_lastUpdated": resources.c.last_updated,
+    "date": resources.c.date_start,
+    "_id": resources.c.id,
+}
+PREFIXES = ("eq", "ne", "lt", "le", "gt", "ge", "sa", "eb")
+_FAR_PAST = datetime(1, 1, 1, tzinfo=UTC)
+_FAR_FUTURE = datetime(9999, 12, 31, tzinfo=UTC)
+
+
+@dataclass
+class SearchRequest:
+    resource_type: str
+    where: list[ColumnElement[bool]] = field(default_factory=list)
+    count: int = DEFAULT_COUNT
+    sort: str = "_lastUpdated"
+    descending: bool = False
+    summary_count: bool = False
+    total: bool = False
+    includes: list[str] = field(default_factory=list)
+    revincludes: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+    cursor: dict[str, Any] | None = None
+    query: list[tuple[str, str]] = field(default_factory=list)
+    """The search's own parameters, to repeat in paging links."""
+
+
+def _range(value: str, name: str) -> tuple[datetime, datetime]:
+    """A FHIR date/dateTime search value as [start, end): its implicit range by precision."""
+    try:
+        if len(value) == 4:
+            start = datetime(int(value), 1, 1, tzinfo=UTC)
+            return start, start.replace(year=start.year + 1)
+        if len(value) == 7:
+            year, month = int(value[:4]), int(value[5:7])
+            start = datetime(year, month, 1, tzinfo=UTC)
+            return start, (
+                start.replace(year=year + 1, month=1)
+                if month == 12
+                else start.replace(month=month + 1)
+            )
+        if len(value) == 10:
+            start = datetime.fromisoformat(value).replace(tzinfo=UTC)
+            return start, start + timedelta(days=1)
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise BadRequest(
+            f"{name}: {value!r} is not a FHIR date or dateTime", expression=[name]
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    precision = timedelta(seconds=1) if moment.microsecond == 0 else timedelta(microseconds=1)
+    return moment.astimezone(UTC), moment.astimezone(UTC) + precision
+
+
+def date_condition(start_column: Any, end_column: Any, raw: str, name: str) -> ColumnElement[bool]:
+    """FHIR date prefix semantics, comparing the search range [ps, pe) with the resource's
+    [start, end] (an open end runs to the far future, an open start from the far past)."""
+    prefix = raw[:2] if raw[:2] in PREFIXES else "eq"
+    ps, pe = _range(raw[2:] if raw[:2] in PREFIXES else raw, name)
+    start = start_column if start_column is end_column else _coalesce(start_column, _FAR_PAST)
+    end = _coalesce(end_column, _FAR_FUTURE)
+    present = (
+        start_column.is_not(None)
+        if start_column is end_column
+        else or_(start_column.is_not(None), end_column.is_not(None))
+    )
+    conditions = {
+        "eq": and_(start >= ps, end < pe),
+        "ne": not_(and_(start >= ps, end < pe)),
+        "gt": end >= pe,
+        "lt": start < ps,
+        "ge": end >= ps,
+        "le": start < pe,
+        "sa": start >= pe,
+        "eb": end < ps,
+    }
+    return and_(present, conditions[prefix])
+
+
+def _coalesce(column: Any, value: datetime) -> Any:
+    from sqlalchemy import func
+
+    return func.coalesce(column, literal(value, type_=resources.c.last_updated.type))
+
+
+def _token_match(param: str, raw: str) -> ColumnElement[bool]:
+    condition = and_(tokens.c.resource_id == resources.c.id, tokens.c.param == param)
+    if "|" in raw:
+        system, code = raw.split("|", 1)
+        if system:
+            condition = and_(condition, tokens.c.system == system)
+        else:
+            condition = and_(condition, tokens.c.system.is_(None))
+        if code:
+            condition = and_(condition, tokens.c.code == code)
+    else:
+        condition = and_(condition, tokens.c.code == raw)
+    return exists(select(literal(1)).where(condition))
+
+
+def _reference_match(param: SearchParam, raw: str) -> ColumnElement[bool]:
+    value = raw if "/" in raw or param.target is None else f"{param.target}/{raw}"
+    condition = and_(
+        tokens.c.resource_id == resources.c.id,
+        tokens.c.param == param.name,
+        tokens.c.system == REFERENCE_SYSTEM,
+    )
+    if "/" in value:
+        condition = and_(condition, tokens.c.code == value)
+    else:
+        condition = and_(condition, tokens.c.code.like(f"%/{value}"))
+    return exists(select(literal(1)).where(condition))
+
+
+def _any(conditions: Sequence[ColumnElement[bool]]) -> ColumnElement[bool]:
+    return or_(*conditions) if conditions else false()
+
+
+def _condition(resource_type: str, name: str, value: str) -> ColumnElement[bool] | None:
+    """The SQL condition of one search parameter, or None when the type has no such parameter."""
+    values = [v for v in value.split(",") if v != ""]
+    if not values:
+        raise BadRequest(f"{name}: empty value", expression=[name])
+    if name == "_id":
+        return resources.c.id.in_(values)
+    if name == "_lastUpdated":
+        column = resources.c.last_updated
+        return _any([date_condition(column, column, v, name) for v in values])
+    base, _, modifier = name.partition(":")
+    chained = None
+    if "." in base:
+        base, chained = base.split(".", 1)
+    param = SEARCH_PARAMS[resource_type].get(base)
+    if param is None:
+        return None
+    if param.type == "date":
+        if modifier:
+            raise BadRequest(f"{name}: date parameters take no modifier", expression=[name])
+        return _any(
+            [date_condition(resources.c.date_start, resources.c.date_end, v, name) for v in values]
+        )
+    if param.type == "token":
+        if modifier:
+            raise BadRequest(
+                f"{name}: the :{modifier} modifier is not supported", expression=[name]
+            )
+        return _any([_token_match(param.name, v) for v in values])
+    if modifier == "identifier" or chained == "identifier":
+        return _any([_token_match(f"{param.name}:identifier", v) for v in values])
+    if modifier or chained:
+        raise BadRequest(
+            f"{name}: only :identifier (or .identifier) is supported on references",
+            expression=[name],
+        )
+    return _any([_reference_match(param, v) for v in values])
+
+
+def parse(
+    resource_type: str, params: Sequence[tuple[str, str]], strict: bool, secret: str
+) -> SearchRequest:
+    """Check every parameter; unknown ones fail under strict handling, else are reported."""
+    request = SearchRequest(resource_type)
+    request.where.append(resources.c.resource_type == resource_type)
+    for name, value in params:
+        if name in CONTROL:
+            _control(request, name, value, secret)
+            continue
+        condition = _condition(resource_type, name, value) if _known(resource_type, name) else None
+        if condition is None:
+            if strict:
+                raise BadRequest(
+                    f"{name}: unknown or unsupported search parameter for {resource_type}",
+                    expression=[name],
+                )
+            request.ignored.append(name)
+            continue
+        request.where.append(condition)
+        request.query.append((name, value))
+    return request
+
+
+def _known(resource_type: str, name: str) -> bool:
+    base = name.partition(":")[0].split(".")[0]
+    return base in ("_id", "_lastUpdated") or base in SEARCH_PARAMS[resource_type]
+
+
+def _control(request: SearchRequest, name: str, value: str, secret: str) -> None:
+    if name == "_count":
+        if not value.isdigit():
+            raise BadRequest(f"_count: {value!r} is not a whole number", expression=["_count"])
+        request.count = min(int(value), MAX_COUNT)
+        request.summary_count = request.summary_count or int(value) == 0
+    elif name == "_sort":
+        key = value.lstrip("-")
+        if key not in SORTS or "," in value:
+            raise BadRequest(
+                f"_sort: {value!r}; supported: {', '.join(SORTS)} (with - for descending)",
+                expression=["_sort"],
+            )
+        request.sort, request.descending = key, value.startswith("-")
+    elif name == "_summary":
+        if value != "count":
+            raise BadRequest("_summary: only count is supported", expression=["_summary"])
+        request.summary_count = True
+    elif name == "_total":
+        if value not in ("none", "estimate", "accurate"):
+            raise BadRequest("_total: none, estimate or accurate", expression=["_total"])
+        request.total = value == "accurate"
+    elif name == "_include":
+        if value not in INCLUDES.get(request.resource_type, []):
+            raise BadRequest(f"_include: {value!r} is not supported", expression=["_include"])
+        request.includes.append(value)
+    elif name == "_revinclude":
+        if value not in REVINCLUDES.get(request.resource_type, []):
+            raise BadRequest(f"_revinclude: {value!r} is not supported", expression=["_revinclude"])
+        request.revincludes.append(value)
+    elif name == "_cursor":
+        request.cursor = decode_cursor(value, secret)
+        return
+    if name != "_format":
+        request.query.append((name, value))
+
+
+def encode_cursor(payload: dict[str, Any], secret: str) -> str:
+    body = orjson.dumps(payload)
+    mac = hmac.new(secret.encode(), body, hashlib.sha256).digest()[:16]
+    return base64.urlsafe_b64encode(mac + body).decode().rstrip("=")
+
+
+def decode_cursor(token: str, secret: str) -> dict[str, Any]:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        mac, body = raw[:16], raw[16:]
+        if not hmac.compare_digest(
+            mac, hmac.new(secret.encode(), body, hashlib.sha256).digest()[:16]
+        ):
+            raise ValueError
+        payload: dict[str, Any] = orjson.loads(body)
+    except (ValueError, orjson.JSONDecodeError):
+        raise BadRequest(
+            "_cursor: not a cursor this server issued", expression=["_cursor"]
+        ) from None
+    return payload
+
+
+def sort_column(request: SearchRequest) -> Any:
+    column = SORTS[request.sort]
+    if request.sort == "date":
+        return _coalesce(column, _FAR_FUTURE)
+    return column
+
+
+def keyset(request: SearchRequest, backwards: bool) -> ColumnElement[bool]:
+    """Rows after (or before) the cursor's last (sort value, id), in the search's order."""
+    if request.cursor is None:
+        return true()
+    column = sort_column(request)
+    value: Any = request.cursor["v"]
+    if request.sort in ("_lastUpdated", "date"):
+        value = datetime.fromisoformat(value)
+        value = literal(value, type_=resources.c.last_updated.type)
+    last_id = request.cursor["id"]
+    forward = request.descending == backwards
+    if forward:
+        return or_(column > value, and_(column == value, resources.c.id > last_id))
+    return or_(column < value, and_(column == value, resources.c.id < last_id))

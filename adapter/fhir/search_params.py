@@ -1,0 +1,87 @@
+"""The search parameters the FHIR endpoint supports, as data: name, type, and element read.
+
+Names and types follow the R4 SearchParameter registry (https://hl7.org/fhir/R4/searchparameter-registry.html).
+"""
+
+from dataclasses import dataclass
+from typing import Literal
+
+ParamType = Literal["token", "reference", "date"]
+
+
+@dataclass(frozen=True)
+class SearchParam:
+    name: str
+    type: ParamType
+    element: str
+    """Top-level element: a token element (code, CodeableConcept, Identifier), a Reference, or a
+    date element given by its [x] stem (`effective` reads effectiveDateTime / effectivePeriod)."""
+    description: str
+    target: str | None = None
+
+
+def _common(date_element: str, code_element: str = "code") -> list[SearchParam]:
+    return [
+        SearchParam("identifier", "token", "identifier", "A business identifier"),
+        SearchParam("status", "token", "status", "The status"),
+        SearchParam(
+            "patient",
+            "reference",
+            "subject",
+            "The patient, by identifier (patient:identifier=system|mrn)",
+            "Patient",
+        ),
+        SearchParam(
+            "subject",
+            "reference",
+            "subject",
+            "The subject, by identifier (subject:identifier=system|mrn)",
+        ),
+        SearchParam("code", "token", code_element, "The code"),
+        SearchParam("date", "date", date_element, "When it happened"),
+    ]
+
+
+SEARCH_PARAMS: dict[str, dict[str, SearchParam]] = {
+    "Observation": {
+        p.name: p
+        for p in [
+            *_common("effective"),
+            SearchParam("category", "token", "category", "The classification of the observation"),
+            SearchParam("part-of", "reference", "partOf", "The procedure it is part of"),
+        ]
+    },
+    "Procedure": {
+        p.name: p
+        for p in [
+            *_common("performed"),
+            SearchParam("category", "token", "category", "The classification of the procedure"),
+        ]
+    },
+    "MedicationAdministration": {
+        p.name: p
+        for p in [
+            *[q for q in _common("effective", "medicationCodeableConcept") if q.name != "date"],
+            SearchParam("effective-time", "date", "effective", "When the medication was given"),
+        ]
+    },
+    "AdverseEvent": {
+        p.name: p
+        for p in [
+            SearchParam(
+                "subject",
+                "reference",
+                "subject",
+                "The subject, by identifier (subject:identifier=system|mrn)",
+            ),
+            SearchParam("date", "date", "date", "When the event occurred"),
+            SearchParam("event", "token", "event", "The type of event"),
+            SearchParam("seriousness", "token", "seriousness", "Seriousness of the event"),
+            SearchParam("severity", "token", "severity", "Severity of the event"),
+            SearchParam("actuality", "token", "actuality", "actual or potential"),
+        ]
+    },
+}
+
+REVINCLUDES = {"Procedure": ["Observation:part-of"]}
+INCLUDES = {"Observation": ["Observation:part-of"]}

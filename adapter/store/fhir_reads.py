@@ -1,0 +1,146 @@
+"""The FHIR endpoint's reads: a page of a search, counts, includes, versions and history."""
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, and_, func, literal, select
+
+from adapter.fhir.indexing import REFERENCE_SYSTEM
+from adapter.fhir.search import SearchRequest, keyset, sort_column
+from adapter.store.tables import fhir_resource_versions as versions
+from adapter.store.tables import fhir_resources as resources
+from adapter.store.tables import fhir_search_tokens as tokens
+
+MAX_INCLUDED = 1000
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    resource_type: str
+    sort_value: Any
+    content: str
+
+
+@dataclass(frozen=True)
+class Version:
+    resource_type: str
+    id: str
+    version_id: int
+    last_updated: datetime
+    content: str
+
+
+class FhirReader:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def page(self, request: SearchRequest, backwards: bool = False) -> tuple[list[Hit], bool]:
+        """One page in the search's order (fetched in reverse for a previous page), and whether
+        more rows lie beyond it in the direction read."""
+        column = sort_column(request)
+        reverse = request.descending != backwards
+        order = [column.desc(), resources.c.id.desc()] if reverse else [column, resources.c.id]
+        query = (
+            select(resources.c.id, resources.c.resource_type, column, resources.c.content)
+            .where(*request.where, keyset(request, backwards))
+            .order_by(*order)
+            .limit(request.count + 1)
+        )
+        with self.engine.connect() as connection:
+            rows = [Hit(*row) for row in connection.execute(query)]
+        more = len(rows) > request.count
+        rows = rows[: request.count]
+        if backwards:
+            rows.reverse()
+        return rows, more
+
+    def count(self, request: SearchRequest) -> int:
+        query = select(func.count()).select_from(resources).where(*request.where)
+        with self.engine.connect() as connection:
+            return int(connection.execute(query).scalar_one())
+
+    def revincluded(
+        self, resource_type: str, param: str, targets: list[str]
+    ) -> tuple[list[Hit], bool]:
+        """Resources of `resource_type` whose `param` references one of `targets` (Type/id)."""
+        if not targets:
+            return [], False
+        query = (
+            select(resources.c.id, resources.c.resource_type, literal(None), resources.c.content)
+            .join(tokens, tokens.c.resource_id == resources.c.id)
+            .where(
+                resources.c.resource_type == resource_type,
+                tokens.c.param == param,
+                tokens.c.system == REFERENCE_SYSTEM,
+                tokens.c.code.in_(targets),
+            )
+            .order_by(resources.c.id)
+            .limit(MAX_INCLUDED + 1)
+        )
+        with self.engine.connect() as connection:
+            rows = [Hit(*row) for row in connection.execute(query)]
+        return rows[:MAX_INCLUDED], len(rows) > MAX_INCLUDED
+
+    def included(self, param: str, sources: list[str]) -> list[Hit]:
+        """Resources that `param` of these resources references."""
+        if not sources:
+            return []
+        references = select(tokens.c.code).where(
+            tokens.c.resource_id.in_(sources),
+            tokens.c.param == param,
+            tokens.c.system == REFERENCE_SYSTEM,
+        )
+        with self.engine.connect() as connection:
+            targets = {row[0] for row in connection.execute(references)}
+            ids = [target.split("/", 1)[1] for target in targets if "/" in target]
+            query = select(
+                resources.c.id, resources.c.resource_type, literal(None), resources.c.content
+            ).where(resources.c.id.in_(ids[:MAX_INCLUDED]))
+            return [
+                Hit(*row) for row in connection.execute(query) if f"{row[1]}/{row[0]}" in targets
+            ]
+
+    def read(self, resource_type: str, resource_id: str) -> Version | None:
+        query = select(
+            resources.c.resource_type,
+            resources.c.id,
+            resources.c.version_id,
+            resources.c.last_updated,
+            resources.c.content,
+        ).where(resources.c.resource_type == resource_type, resources.c.id == resource_id)
+        with self.engine.connect() as connection:
+            row = connection.execute(query).one_or_none()
+        return Version(*row) if row else None
+
+    def versions(
+        self,
+        resource_type: str,
+        resource_id: str | None = None,
+        version_id: int | None = None,
+        since: datetime | None = None,
+        limit: int = 1000,
+    ) -> list[Version]:
+        """Versions, newest first: of one resource, or of a type (since a moment)."""
+        conditions = [versions.c.resource_type == resource_type]
+        if resource_id is not None:
+            conditions.append(versions.c.id == resource_id)
+        if version_id is not None:
+            conditions.append(versions.c.version_id == version_id)
+        if since is not None:
+            conditions.append(versions.c.last_updated > since)
+        query = (
+            select(
+                versions.c.resource_type,
+                versions.c.id,
+                versions.c.version_id,
+                versions.c.last_updated,
+                versions.c.content,
+            )
+            .where(and_(*conditions))
+            .order_by(versions.c.last_updated.desc(), versions.c.id, versions.c.version_id.desc())
+            .limit(limit)
+        )
+        with self.engine.connect() as connection:
+            return [Version(*row) for row in connection.execute(query)]
