@@ -2,14 +2,19 @@
 
 import os
 import shutil
+import socket
 import subprocess
+import threading
+import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
@@ -76,6 +81,33 @@ def client(settings: Settings) -> Iterator[TestClient]:
     app = create_app(settings, background=False)
     with TestClient(app) as test_client:
         yield test_client
+
+
+@dataclass
+class LiveServer:
+    """The service on a loopback port, for clients that speak real HTTP."""
+
+    url: str
+    runtime: Runtime
+
+
+@pytest.fixture
+def live_server(settings: Settings) -> Iterator[LiveServer]:
+    app = create_app(settings, background=False)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline:
+            pytest.fail("the service did not start on loopback")
+        time.sleep(0.02)
+    yield LiveServer(f"http://127.0.0.1:{port}", app.state.runtime)
+    server.should_exit = True
+    thread.join(timeout=10)
 
 
 @pytest.fixture

@@ -43,7 +43,8 @@ def negotiate(
     request: Request, format_: Annotated[str | None, Query(alias="_format")] = None
 ) -> None:
     """JSON only: an XML `_format` or an Accept that takes no JSON is answered 406."""
-    if format_ is not None and format_.split(";")[0].strip() not in _JSON_FORMATS:
+    # A `+` left unencoded in a query string arrives as a space (application/fhir json).
+    if format_ is not None and format_.split(";")[0].strip().replace(" ", "+") not in _JSON_FORMATS:
         raise NotAcceptable(f"_format {format_!r} is not served; this server speaks {FHIR_JSON}")
     accept = request.headers.get("accept", "")
     if (

@@ -1,0 +1,136 @@
+"""/fhir: metadata, read, vread, history, and how errors and formats are answered."""
+
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.conftest import EXAMPLE_DAY, ndjson, vitals
+
+NDJSON = {"content-type": "application/x-ndjson"}
+
+
+@pytest.fixture
+def day(client: TestClient) -> Iterator[TestClient]:
+    client.post("/api/v1/records", content=EXAMPLE_DAY.read_bytes(), headers=NDJSON)
+    client.post("/api/v1/mapping/reload")
+    yield client
+
+
+def _first_id(client: TestClient, query: str) -> str:
+    return str(client.get(f"/fhir/{query}").json()["entry"][0]["resource"]["id"])
+
+
+def test_metadata_lists_what_is_served(client: TestClient) -> None:
+    response = client.get("/fhir/metadata")
+
+    statement = response.json()
+    assert response.headers["content-type"].startswith("application/fhir+json")
+    assert statement["fhirVersion"] == "4.0.1"
+    served = {r["type"]: r for r in statement["rest"][0]["resource"]}
+    assert set(served) == {"Observation", "Procedure", "MedicationAdministration", "AdverseEvent"}
+    observation = {p["name"] for p in served["Observation"]["searchParam"]}
+    assert {
+        "_id",
+        "_lastUpdated",
+        "patient",
+        "date",
+        "code",
+        "category",
+        "status",
+        "part-of",
+    } <= observation
+    assert served["Procedure"]["searchRevInclude"] == ["Observation:part-of"]
+    assert [i["code"] for i in served["Observation"]["interaction"]] == [
+        "read",
+        "vread",
+        "history-instance",
+        "history-type",
+        "search-type",
+    ]
+
+
+def test_read_answers_stored_bytes_with_etag_and_304(day: TestClient) -> None:
+    resource_id = _first_id(day, "Observation?code=8867-4")
+
+    first = day.get(f"/fhir/Observation/{resource_id}")
+    again = day.get(
+        f"/fhir/Observation/{resource_id}", headers={"If-None-Match": first.headers["etag"]}
+    )
+
+    assert first.status_code == 200
+    assert first.headers["etag"] == 'W/"1"'
+    assert first.headers["last-modified"].endswith("GMT")
+    assert first.json()["id"] == resource_id
+    assert again.status_code == 304 and again.content == b""
+
+
+def test_versions_and_history_follow_an_amendment(client: TestClient) -> None:
+    client.post("/api/v1/records", content=ndjson(vitals()), headers=NDJSON)
+    client.post("/api/v1/mapping/reload")
+    resource_id = _first_id(client, "Observation?code=8867-4")
+    client.post(
+        "/api/v1/records", content=ndjson(vitals(revision=2, heart_rate=99)), headers=NDJSON
+    )
+    client.post("/api/v1/mapping/reload")
+
+    current = client.get(f"/fhir/Observation/{resource_id}")
+    first = client.get(f"/fhir/Observation/{resource_id}/_history/1")
+    history = client.get(f"/fhir/Observation/{resource_id}/_history").json()
+    since = client.get("/fhir/Observation/_history?_since=2000-01-01T00:00:00Z").json()
+
+    assert current.headers["etag"] == 'W/"2"' and current.json()["valueQuantity"]["value"] == 99
+    assert first.json()["valueQuantity"]["value"] == 84 and first.headers["etag"] == 'W/"1"'
+    assert history["type"] == "history"
+    assert [e["response"]["etag"] for e in history["entry"]] == ['W/"2"', 'W/"1"']
+    assert since["total"] == 6  # heart rate, blood pressure, SpO2: two versions each
+
+
+def test_a_withdrawn_resource_stays_readable_with_its_status(day: TestClient) -> None:
+    resource_id = _first_id(day, "Observation?status=entered-in-error")
+
+    response = day.get(f"/fhir/Observation/{resource_id}")
+
+    assert response.status_code == 200
+    assert response.json()["status"] == "entered-in-error"
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/fhir/Observation/unknown-id", "/fhir/Observation/unknown-id/_history/1", "/fhir/Patient/1"],
+)
+def test_unknown_is_404_operation_outcome(client: TestClient, path: str) -> None:
+    response = client.get(path)
+
+    assert response.status_code == 404
+    assert response.json()["resourceType"] == "OperationOutcome"
+
+
+@pytest.mark.parametrize("method", ["post", "put", "delete", "patch"])
+def test_writes_are_405(client: TestClient, method: str) -> None:
+    path = "/fhir/Observation" if method == "post" else "/fhir/Observation/x"
+
+    response = client.request(method.upper(), path, json={"resourceType": "Observation"})
+
+    assert response.status_code == 405
+    assert response.json()["issue"][0]["code"] == "not-supported"
+
+
+@pytest.mark.parametrize(
+    ("query", "headers"),
+    [
+        ("?_format=xml", {}),
+        ("?_format=application/fhir+xml", {}),
+        ("", {"Accept": "application/fhir+xml"}),
+    ],
+)
+def test_xml_is_406(client: TestClient, query: str, headers: dict[str, str]) -> None:
+    response = client.get(f"/fhir/Observation{query}", headers=headers)
+
+    assert response.status_code == 406
+    assert response.json()["resourceType"] == "OperationOutcome"
+
+
+@pytest.mark.parametrize("fmt", ["json", "application/fhir+json", "application/json"])
+def test_json_formats_are_served(client: TestClient, fmt: str) -> None:
+    assert client.get(f"/fhir/Observation?_format={fmt}").status_code == 200
