@@ -1,7 +1,9 @@
 """Opens what every entry point needs, the service and the CLI alike: mappings, store, intake."""
 
 from dataclasses import dataclass
+from datetime import timedelta
 
+from adapter.export.service import ExportService
 from adapter.intake.service import Intake
 from adapter.intake.validation import IntakeContext
 from adapter.mapping.config import Mappings, load_mappings
@@ -21,6 +23,7 @@ class Runtime:
     intake: Intake
     mapping: MappingService
     resources: ResourceStore
+    exports: ExportService
 
     def reload_mappings(self) -> bool:
         """Apply changed mapping files to intake and mapping; a broken file raises and changes
@@ -54,4 +57,7 @@ def open_runtime(settings: Settings) -> Runtime:
         intake=Intake(store, intake_context(mappings)),
         mapping=mapping,
         resources=ResourceStore(engine),
+        exports=ExportService(
+            engine, settings.export_dir, timedelta(minutes=settings.export_retention_minutes)
+        ),
     )

@@ -48,6 +48,12 @@ class Settings(BaseSettings):
         description="How often the service maps pending records and checks the "
         "mapping files for changes.",
     )
+    export_dir: Path = Field(
+        Path("var/exports"), description="Folder where Bulk Data $export files are written."
+    )
+    export_retention_minutes: int = Field(
+        60, gt=0, description="How long $export files stay downloadable before they are removed."
+    )
     log_level: str = Field("INFO", description="Python logging level of the service.")
 
     @model_validator(mode="after")

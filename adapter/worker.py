@@ -10,6 +10,7 @@ from adapter.runtime import Runtime
 
 log = logging.getLogger(__name__)
 MAP_JOB = "map-pending-records"
+EXPORT_JOB = "run-exports"
 
 
 def map_pending(runtime: Runtime) -> None:
@@ -36,6 +37,14 @@ def map_pending(runtime: Runtime) -> None:
         )
 
 
+def run_exports(runtime: Runtime) -> None:
+    """Write the files of queued $export jobs; remove the files of expired ones."""
+    done = runtime.exports.run()
+    expired = runtime.exports.expire()
+    if done or expired:
+        log.info("exports: %d completed, %d expired", done, expired)
+
+
 class Worker:
     """APScheduler in the service process: one mapping pass at a time, woken early by intake."""
 
@@ -52,13 +61,25 @@ class Worker:
             next_run_time=datetime.now(UTC),
         )
 
+        runtime.exports.resume()
+        self.scheduler.add_job(
+            run_exports,
+            "interval",
+            args=[runtime],
+            seconds=runtime.settings.mapping_interval_seconds,
+            id=EXPORT_JOB,
+            max_instances=1,
+            coalesce=True,
+            next_run_time=datetime.now(UTC),
+        )
+
     def start(self) -> None:
         self.scheduler.start()
 
-    def wake(self) -> None:
-        """Map soon: records have just arrived."""
+    def wake(self, job: str = MAP_JOB) -> None:
+        """Run a job soon: records have just arrived, or an export was asked for."""
         if self.scheduler.running:
-            self.scheduler.modify_job(MAP_JOB, next_run_time=datetime.now(UTC))
+            self.scheduler.modify_job(job, next_run_time=datetime.now(UTC))
 
     def stop(self) -> None:
         if self.scheduler.running:

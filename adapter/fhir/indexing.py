@@ -83,4 +83,23 @@ def index(resource: dict[str, Any]) -> SearchIndex:
             tokens += [(param.name, system, code) for system, code in _token_values(value)]
         else:
             tokens += _references(param, value)
+    tokens += _series(resource)
     return SearchIndex(tokens=sorted(set(tokens), key=str), date_start=start, date_end=end)
+
+
+SERIES_PARAM = "_series"
+"""Internal (not a search parameter): the infusion series of a Procedure, for Group export."""
+
+
+def _series(resource: dict[str, Any]) -> list[tuple[str, str | None, str]]:
+    found: list[tuple[str, str | None, str]] = []
+    for extension in resource.get("extension", []):
+        for part in extension.get("extension", []):
+            identifier = part.get("valueIdentifier")
+            if (
+                part.get("url") == "series"
+                and isinstance(identifier, dict)
+                and "value" in identifier
+            ):
+                found.append((SERIES_PARAM, identifier.get("system"), identifier["value"]))
+    return found

@@ -124,3 +124,23 @@ fhir_search_tokens = Table(
     Index("ix_fhir_search_tokens_resource", "resource_id"),
 )
 """Token and reference search values of the current version of each resource."""
+
+export_jobs = Table(
+    "export_jobs",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("status", String(16), nullable=False),
+    Column("level", String(16), nullable=False),
+    Column("group_id", String(128)),
+    Column("types", Text, nullable=False),
+    Column("since", UtcDateTime()),
+    Column("request_url", Text, nullable=False),
+    Column("progress", Text),
+    Column("manifest", Text),
+    Column("error", Text),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+    Column("expires_at", UtcDateTime()),
+    Index("ix_export_jobs_status", "status"),
+)
+"""Bulk Data $export jobs: kept in the store, so that a restart resumes them."""

@@ -11,6 +11,11 @@ from adapter.fhir.search_params import INCLUDES, REVINCLUDES, SEARCH_PARAMS
 
 router = APIRouter()
 
+_BULK = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition"
+_EXPORT = f"{_BULK}/export"
+_PATIENT_EXPORT = f"{_BULK}/patient-export"
+_GROUP_EXPORT = f"{_BULK}/group-export"
+
 _SPECIAL = [
     {"name": "_id", "type": "token", "documentation": "The resource id"},
     {"name": "_lastUpdated", "type": "date", "documentation": "When this version was stored"},
@@ -56,6 +61,11 @@ def capability_statement(base: str) -> dict[str, Any]:
                 "mode": "server",
                 "documentation": "Read-only: resources mapped from the clinic's records.",
                 "resource": resources,
+                "operation": [
+                    {"name": "export", "definition": _EXPORT},
+                    {"name": "patient-export", "definition": _PATIENT_EXPORT},
+                    {"name": "group-export", "definition": _GROUP_EXPORT},
+                ],
             }
         ],
     }

@@ -1,0 +1,119 @@
+"""Bulk Data $export: kick-off (system, Patient, Group), status polling, files, cancel."""
+
+from typing import Annotated
+
+import orjson
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import FileResponse, Response
+
+from adapter.api.deps import RuntimeDep
+from adapter.api.fhir.wire import fhir_base
+from adapter.errors import BadRequest
+from adapter.export.service import COMPLETED, FAILED
+from adapter.worker import EXPORT_JOB
+
+router = APIRouter()
+
+TypeParam = Annotated[str | None, Query(alias="_type")]
+SinceParam = Annotated[str | None, Query(alias="_since")]
+FormatParam = Annotated[str | None, Query(alias="_outputFormat")]
+PreferHeader = Annotated[str | None, Header()]
+
+
+def _kick_off(
+    request: Request,
+    runtime: RuntimeDep,
+    level: str,
+    prefer: str | None,
+    types: str | None,
+    since: str | None,
+    output_format: str | None,
+    group_id: str | None = None,
+) -> Response:
+    if "respond-async" not in (prefer or ""):
+        raise BadRequest(
+            "$export runs asynchronously: send Prefer: respond-async", expression=["Prefer"]
+        )
+    job_id = runtime.exports.kick_off(
+        level, str(request.url), types, since, output_format, group_id
+    )
+    worker = request.app.state.worker
+    if worker is not None:
+        worker.wake(EXPORT_JOB)
+    return Response(
+        status_code=202,
+        headers={"Content-Location": f"{fhir_base(request)}/$export-status/{job_id}"},
+    )
+
+
+@router.get("/$export", summary="System level export")
+def export_system(
+    request: Request,
+    runtime: RuntimeDep,
+    prefer: PreferHeader = None,
+    types: TypeParam = None,
+    since: SinceParam = None,
+    output_format: FormatParam = None,
+) -> Response:
+    return _kick_off(request, runtime, "system", prefer, types, since, output_format)
+
+
+@router.get("/Patient/$export", summary="Patient level export")
+def export_patients(
+    request: Request,
+    runtime: RuntimeDep,
+    prefer: PreferHeader = None,
+    types: TypeParam = None,
+    since: SinceParam = None,
+    output_format: FormatParam = None,
+) -> Response:
+    return _kick_off(request, runtime, "patient", prefer, types, since, output_format)
+
+
+@router.get("/Group/{group_id}/$export", summary="Group level export (all-patients, series-<id>)")
+def export_group(
+    request: Request,
+    runtime: RuntimeDep,
+    group_id: str,
+    prefer: PreferHeader = None,
+    types: TypeParam = None,
+    since: SinceParam = None,
+    output_format: FormatParam = None,
+) -> Response:
+    return _kick_off(request, runtime, "group", prefer, types, since, output_format, group_id)
+
+
+@router.get("/$export-status/{job_id}", summary="Export status; the manifest once complete")
+def export_status(request: Request, runtime: RuntimeDep, job_id: str) -> Response:
+    status = runtime.exports.status(job_id)
+    if status.status == COMPLETED and status.manifest is not None:
+        base = fhir_base(request)
+        manifest = {
+            **status.manifest,
+            "output": [
+                {
+                    "type": item["type"],
+                    "url": f"{base}/$export-file/{job_id}/{item['file']}",
+                    "count": item["count"],
+                }
+                for item in status.manifest["output"]
+            ],
+        }
+        return Response(content=orjson.dumps(manifest), media_type="application/json")
+    if status.status == FAILED:
+        raise BadRequest(status.error or "the export failed")
+    return Response(
+        status_code=202,
+        headers={"X-Progress": status.progress or status.status, "Retry-After": "2"},
+    )
+
+
+@router.delete("/$export-status/{job_id}", summary="Cancel an export and delete its files")
+def export_cancel(runtime: RuntimeDep, job_id: str) -> Response:
+    runtime.exports.cancel(job_id)
+    return Response(status_code=202)
+
+
+@router.get("/$export-file/{job_id}/{name}", summary="One NDJSON output file of a completed export")
+def export_file(runtime: RuntimeDep, job_id: str, name: str) -> FileResponse:
+    return FileResponse(runtime.exports.file(job_id, name), media_type="application/fhir+ndjson")

@@ -1,0 +1,279 @@
+"""$export jobs: kick-off, status, cancel; the runner that writes NDJSON; expiry of old files.
+
+Follows the FHIR Bulk Data Access IG (https://hl7.org/fhir/uv/bulkdata/export.html): system,
+Patient and Group level, `_type`, `_since`; output one NDJSON file per resource type.
+"""
+
+import logging
+import shutil
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+from sqlalchemy import Engine, and_, select, update
+
+from adapter.errors import BadRequest, NotFound
+from adapter.fhir.indexing import SERIES_PARAM
+from adapter.fhir.search_params import SEARCH_PARAMS
+from adapter.store.tables import export_jobs as jobs
+from adapter.store.tables import fhir_resources as resources
+from adapter.store.tables import fhir_search_tokens as tokens
+
+log = logging.getLogger(__name__)
+
+ACCEPTED, RUNNING, COMPLETED, FAILED, CANCELLED, EXPIRED = (
+    "accepted",
+    "in-progress",
+    "completed",
+    "failed",
+    "cancelled",
+    "expired",
+)
+ALL_PATIENTS = "all-patients"
+SERIES_PREFIX = "series-"
+OUTPUT_FORMATS = {"application/fhir+ndjson", "application/ndjson", "ndjson"}
+_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    id: str
+    status: str
+    progress: str | None
+    manifest: dict[str, Any] | None
+    error: str | None
+
+
+class ExportService:
+    def __init__(self, engine: Engine, folder: Path, retention: timedelta) -> None:
+        self.engine = engine
+        self.folder = folder
+        self.retention = retention
+
+    def kick_off(
+        self,
+        level: str,
+        request_url: str,
+        types: str | None,
+        since: str | None,
+        output_format: str | None,
+        group_id: str | None = None,
+    ) -> str:
+        """Check the request and queue the job; its id names its status URL."""
+        chosen = [t for t in (types or "").split(",") if t] or list(SEARCH_PARAMS)
+        unknown = [t for t in chosen if t not in SEARCH_PARAMS]
+        if unknown:
+            raise BadRequest(
+                f"_type: {', '.join(unknown)} not exported; exported: {', '.join(SEARCH_PARAMS)}",
+                expression=["_type"],
+            )
+        if output_format and output_format.replace(" ", "+") not in OUTPUT_FORMATS:
+            raise BadRequest(
+                "_outputFormat: only application/fhir+ndjson", expression=["_outputFormat"]
+            )
+        moment = None
+        if since:
+            try:
+                moment = datetime.fromisoformat(since.replace("Z", "+00:00"))
+            except ValueError:
+                raise BadRequest(
+                    f"_since: {since!r} is not an instant", expression=["_since"]
+                ) from None
+            if moment.tzinfo is None:
+                raise BadRequest("_since: an instant needs a time zone", expression=["_since"])
+        if (
+            group_id is not None
+            and group_id != ALL_PATIENTS
+            and not group_id.startswith(SERIES_PREFIX)
+        ):
+            raise NotFound(
+                f"Group/{group_id} is not known; groups: {ALL_PATIENTS}, {SERIES_PREFIX}<series id>"
+            )
+        job_id = str(uuid.uuid4())
+        now = datetime.now(UTC)
+        with self.engine.begin() as connection:
+            connection.execute(
+                jobs.insert().values(
+                    id=job_id,
+                    status=ACCEPTED,
+                    level=level,
+                    group_id=group_id,
+                    types=orjson.dumps(chosen).decode(),
+                    since=moment,
+                    request_url=request_url,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+        return job_id
+
+    def status(self, job_id: str) -> JobStatus:
+        with self.engine.connect() as connection:
+            row = connection.execute(
+                select(
+                    jobs.c.id, jobs.c.status, jobs.c.progress, jobs.c.manifest, jobs.c.error
+                ).where(jobs.c.id == job_id)
+            ).one_or_none()
+        if row is None or row.status in (CANCELLED, EXPIRED):
+            raise NotFound("no such export job (it may have been cancelled or expired)")
+        return JobStatus(
+            row.id,
+            row.status,
+            row.progress,
+            orjson.loads(row.manifest) if row.manifest else None,
+            row.error,
+        )
+
+    def cancel(self, job_id: str) -> None:
+        self.status(job_id)
+        with self.engine.begin() as connection:
+            connection.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id)
+                .values(status=CANCELLED, updated_at=datetime.now(UTC))
+            )
+        shutil.rmtree(self.folder / job_id, ignore_errors=True)
+
+    def file(self, job_id: str, name: str) -> Path:
+        status = self.status(job_id)
+        path = self.folder / job_id / name
+        if status.status != COMPLETED or "/" in name or not path.is_file():
+            raise NotFound("no such export file")
+        return path
+
+    def resume(self) -> int:
+        """Jobs a stopped process left running are queued again (their files are rewritten)."""
+        with self.engine.begin() as connection:
+            result = connection.execute(
+                update(jobs).where(jobs.c.status == RUNNING).values(status=ACCEPTED)
+            )
+        return int(result.rowcount or 0)
+
+    def run(self) -> int:
+        """Run every queued job; returns how many completed."""
+        done = 0
+        while job := self._claim():
+            try:
+                if self._write(job):
+                    done += 1
+            except Exception as exc:  # the job fails; the service goes on
+                log.error("export job failed: %s", type(exc).__name__)
+                self._set(
+                    job["id"], status=FAILED, error=f"the export failed ({type(exc).__name__})"
+                )
+        return done
+
+    def expire(self) -> int:
+        """Remove the files of completed jobs older than the retention."""
+        now = datetime.now(UTC)
+        with self.engine.connect() as connection:
+            old = [
+                row.id
+                for row in connection.execute(
+                    select(jobs.c.id).where(jobs.c.status == COMPLETED, jobs.c.expires_at < now)
+                )
+            ]
+        for job_id in old:
+            shutil.rmtree(self.folder / job_id, ignore_errors=True)
+            self._set(job_id, status=EXPIRED)
+        return len(old)
+
+    def _claim(self) -> dict[str, Any] | None:
+        with self.engine.begin() as connection:
+            row = connection.execute(
+                select(jobs).where(jobs.c.status == ACCEPTED).order_by(jobs.c.created_at).limit(1)
+            ).one_or_none()
+            if row is None:
+                return None
+            claimed = connection.execute(
+                update(jobs)
+                .where(jobs.c.id == row.id, jobs.c.status == ACCEPTED)
+                .values(status=RUNNING, updated_at=datetime.now(UTC))
+            )
+            return dict(row._mapping) if claimed.rowcount else self._claim()
+
+    def _set(self, job_id: str, **values: Any) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id)
+                .values(updated_at=datetime.now(UTC), **values)
+            )
+
+    def _cancelled(self, job_id: str) -> bool:
+        with self.engine.connect() as connection:
+            status = connection.execute(select(jobs.c.status).where(jobs.c.id == job_id))
+            return bool(status.scalar_one() == CANCELLED)
+
+    def _patients(self, job: dict[str, Any]) -> list[tuple[str | None, str]] | None:
+        """The MRN identifiers a Group export covers; None for every patient."""
+        group = job["group_id"]
+        if group is None or group == ALL_PATIENTS:
+            return None
+        series = group.removeprefix(SERIES_PREFIX)
+        procedures = select(tokens.c.resource_id).where(
+            tokens.c.param == SERIES_PARAM, tokens.c.code == series
+        )
+        query = (
+            select(tokens.c.system, tokens.c.code)
+            .where(tokens.c.param == "patient:identifier", tokens.c.resource_id.in_(procedures))
+            .distinct()
+        )
+        with self.engine.connect() as connection:
+            return [(row.system, row.code) for row in connection.execute(query)]
+
+    def _write(self, job: dict[str, Any]) -> bool:
+        folder = self.folder / job["id"]
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        transaction_time = datetime.now(UTC)
+        patients = self._patients(job)
+        output = []
+        types = orjson.loads(job["types"])
+        for index, resource_type in enumerate(types, start=1):
+            conditions = [
+                resources.c.resource_type == resource_type,
+                resources.c.last_updated <= transaction_time,
+            ]
+            if job["since"] is not None:
+                conditions.append(resources.c.last_updated > job["since"])
+            if patients is not None:
+                members = select(tokens.c.resource_id).where(
+                    tokens.c.param.in_(["patient:identifier", "subject:identifier"]),
+                    tokens.c.code.in_([code for _, code in patients] or [""]),
+                )
+                conditions.append(resources.c.id.in_(members))
+            count = 0
+            path = folder / f"{resource_type}.ndjson"
+            with path.open("wb") as handle, self.engine.connect() as connection:
+                result = connection.execution_options(yield_per=_BATCH).execute(
+                    select(resources.c.content).where(and_(*conditions)).order_by(resources.c.id)
+                )
+                for (content,) in result:
+                    handle.write(content.encode() + b"\n")
+                    count += 1
+            if self._cancelled(job["id"]):
+                shutil.rmtree(folder, ignore_errors=True)
+                return False
+            if count:
+                output.append({"type": resource_type, "file": path.name, "count": count})
+            else:
+                path.unlink()
+            self._set(job["id"], progress=f"{index} of {len(types)} resource types written")
+        manifest = {
+            "transactionTime": transaction_time.isoformat(),
+            "request": job["request_url"],
+            "requiresAccessToken": False,
+            "output": output,
+            "error": [],
+        }
+        self._set(
+            job["id"],
+            status=COMPLETED,
+            manifest=orjson.dumps(manifest).decode(),
+            expires_at=datetime.now(UTC) + self.retention,
+        )
+        return True
