@@ -23,6 +23,7 @@ from adapter.runtime import Runtime, intake_context, open_runtime
 from adapter.settings import Settings, get_settings
 from adapter.store import migrate
 from adapter.store.engine import make_engine
+from adapter.worker import LARGE_LOAD
 
 
 def _settings() -> Settings:
@@ -119,6 +120,8 @@ def _map_pending(runtime: Runtime, quiet: bool) -> None:
 
     report = runtime.mapping.run(on_batch=progress)
     bar.close()
+    if report.resources.created >= LARGE_LOAD:
+        runtime.resources.refresh_statistics()
     resources = report.resources
     click.echo(
         f"mapped {report.mapped} records ({report.waiting} waiting for a mapping, "

@@ -10,6 +10,8 @@ from adapter.runtime import Runtime
 
 log = logging.getLogger(__name__)
 MAP_JOB = "map-pending-records"
+LARGE_LOAD = 10_000
+"""Resources created in one mapping pass after which the planner statistics are refreshed."""
 EXPORT_JOB = "run-exports"
 
 
@@ -22,6 +24,8 @@ def map_pending(runtime: Runtime) -> None:
             "mapping files changed but are broken; the previous mapping stays in use:\n%s", exc
         )
     report = runtime.mapping.run()
+    if report.resources.created >= LARGE_LOAD:
+        runtime.resources.refresh_statistics()
     if report.records:
         log.info(
             "mapped %d records: %d mapped, %d waiting for a mapping, %d failed; resources: "

@@ -4,6 +4,7 @@ import pytest
 from pydantic import ValidationError
 
 from adapter.settings import DEVELOPMENT_SECRET, Settings
+from tests.conftest import ROOT
 
 
 def test_defaults_run_on_the_embedded_store(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -45,3 +46,11 @@ def test_production_accepts_a_real_secret() -> None:
     settings = Settings(env="production", secret_key="s" * 40)
 
     assert settings.secret_key != DEVELOPMENT_SECRET
+
+
+def test_every_setting_is_in_the_readme_configuration_table() -> None:
+    readme = (ROOT / "README.md").read_text()
+
+    missing = [name for name in Settings.model_fields if f"| `ADAPTER_{name.upper()}` |" not in readme]
+
+    assert missing == []

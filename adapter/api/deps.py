@@ -10,17 +10,17 @@ from adapter.settings import Settings
 from adapter.store.records import RecordStore
 
 
-def _intake(request: Request) -> Intake:
+async def _intake(request: Request) -> Intake:
     intake: Intake = request.app.state.intake
     return intake
 
 
-def _store(request: Request) -> RecordStore:
+async def _store(request: Request) -> RecordStore:
     store: RecordStore = request.app.state.store
     return store
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
@@ -30,7 +30,7 @@ StoreDep = Annotated[RecordStore, Depends(_store)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 
 
-def _runtime(request: Request) -> Runtime:
+async def _runtime(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime
 

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, and_, exists, false, literal, not_, or_, select, true
+from sqlalchemy import ColumnElement, and_, false, literal, not_, or_, select, true
 
 from adapter.errors import BadRequest
 from adapter.fhir.indexing import REFERENCE_SYSTEM
@@ -107,32 +107,28 @@ def _coalesce(column: Any, value: datetime) -> Any:
 
 
 def _token_match(param: str, raw: str) -> ColumnElement[bool]:
-    condition = and_(tokens.c.resource_id == resources.c.id, tokens.c.param == param)
+    """Resources with a token: the token index drives the query, not a scan of resources."""
+    condition = tokens.c.param == param
     if "|" in raw:
         system, code = raw.split("|", 1)
-        if system:
-            condition = and_(condition, tokens.c.system == system)
-        else:
-            condition = and_(condition, tokens.c.system.is_(None))
+        condition = and_(
+            condition, tokens.c.system == system if system else tokens.c.system.is_(None)
+        )
         if code:
             condition = and_(condition, tokens.c.code == code)
     else:
         condition = and_(condition, tokens.c.code == raw)
-    return exists(select(literal(1)).where(condition))
+    return resources.c.id.in_(select(tokens.c.resource_id).where(condition))
 
 
 def _reference_match(param: SearchParam, raw: str) -> ColumnElement[bool]:
     value = raw if "/" in raw or param.target is None else f"{param.target}/{raw}"
-    condition = and_(
-        tokens.c.resource_id == resources.c.id,
-        tokens.c.param == param.name,
-        tokens.c.system == REFERENCE_SYSTEM,
-    )
+    condition = and_(tokens.c.param == param.name, tokens.c.system == REFERENCE_SYSTEM)
     if "/" in value:
         condition = and_(condition, tokens.c.code == value)
     else:
         condition = and_(condition, tokens.c.code.like(f"%/{value}"))
-    return exists(select(literal(1)).where(condition))
+    return resources.c.id.in_(select(tokens.c.resource_id).where(condition))
 
 
 def _any(conditions: Sequence[ColumnElement[bool]]) -> ColumnElement[bool]:

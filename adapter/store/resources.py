@@ -109,7 +109,7 @@ class ResourceWriter:
                 }
             )
             counts.withdrawn += 1
-        self._index([*inserts, *changes])
+        self._index(inserts, changes)
         if inserts:
             self._connection.execute(resources.insert(), inserts)
         if changes:
@@ -141,16 +141,16 @@ class ResourceWriter:
             self._connection.execute(versions.insert(), history)
         return counts
 
-    def _index(self, rows: list[Json]) -> None:
-        """Replace the search index rows of these resources with their new versions'."""
-        ids = [row["id"] for row in rows]
+    def _index(self, new: list[Json], changed: list[Json]) -> None:
+        """Write the search index rows of new resources, and replace those of changed ones."""
+        ids = [row["id"] for row in changed]
         for start in range(0, len(ids), 500):
             self._connection.execute(
                 delete(tokens).where(tokens.c.resource_id.in_(ids[start : start + 500]))
             )
         values = [
             {"resource_id": row["id"], "param": param, "system": system, "code": code}
-            for row in rows
+            for row in (*new, *changed)
             for param, system, code in row.pop("_tokens")
         ]
         if values:
@@ -237,6 +237,16 @@ class ResourceStore:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+
+    def refresh_statistics(self) -> None:
+        """Let the query planner see the tables as they are now, after a large load: without
+        statistics both SQLite and PostgreSQL may scan instead of using the search index."""
+        with self.engine.begin() as connection:
+            connection.exec_driver_sql(
+                "ANALYZE"
+                if connection.dialect.name == "sqlite"
+                else "ANALYZE fhir_resources, fhir_search_tokens, source_records"
+            )
 
     def get(self, resource_type: str, resource_id: str) -> StoredResource | None:
         query = select(*_STORED).where(

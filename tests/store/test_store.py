@@ -73,3 +73,12 @@ def test_postgres_urls_in_the_usual_spellings_use_psycopg() -> None:
     assert normalise_url("postgres://u@h/db").startswith("postgresql+psycopg://u@h/db")
     assert normalise_url("postgresql://u:p@h:5433/db") == "postgresql+psycopg://u:p@h:5433/db"
     assert normalise_url("sqlite:///var/adapter.db") == "sqlite:///var/adapter.db"
+
+
+def test_statistics_can_be_refreshed_after_a_large_load(runtime: Runtime) -> None:
+    runtime.intake.submit([(0, ndjson(vitals()).strip())])
+    runtime.mapping.run()
+
+    runtime.resources.refresh_statistics()
+
+    assert len(runtime.resources.all_current()) == 3

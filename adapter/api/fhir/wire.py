@@ -39,7 +39,7 @@ class FhirResponse(Response):
         return orjson.dumps(content)
 
 
-def negotiate(
+async def negotiate(
     request: Request, format_: Annotated[str | None, Query(alias="_format")] = None
 ) -> None:
     """JSON only: an XML `_format` or an Accept that takes no JSON is answered 406."""

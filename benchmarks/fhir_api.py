@@ -1,0 +1,250 @@
+"""FHIR endpoint benchmark: read and search latency over loopback at several store sizes.
+
+For each size it loads synthetic Observations (one patient per ~330 resources, spread over a
+year) through the adapter's resource writer into a fresh store, starts `infusion-adapter serve`
+on loopback, and measures from a separate load process: read by id, a patient search with a
+date and `_count=100`, and a `_lastUpdated=gt` poll. Beside them, in the same run, a bare
+FastAPI endpoint returning the same read bytes from memory: the stack's own limit.
+
+    .venv/bin/python -m benchmarks.fhir_api --sizes 10000,100000,1000000 --store both
+"""
+
+import argparse
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from http.client import HTTPConnection
+from pathlib import Path
+from typing import Any
+
+import orjson
+from sqlalchemy import create_engine, text
+
+from adapter.store import migrate
+from adapter.store.engine import make_engine
+from adapter.store.resources import MappedRecord, ResourceStore, ResourceWriter
+
+ROOT = Path(__file__).resolve().parent.parent
+POSTGRES_URL = os.environ.get(
+    "ADAPTER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+MRN = "https://ketamine-clinic.example.org/fhir/sid/mrn"
+PER_PATIENT = 330
+START = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def observation(number: int) -> dict[str, Any]:
+    patient = number // PER_PATIENT
+    moment = START + timedelta(minutes=(number % PER_PATIENT) * 1500 + patient % 60)
+    return {
+        "resourceType": "Observation",
+        "id": str(uuid.UUID(int=number + 1)),
+        "meta": {"source": "https://ketamine-clinic.example.org/fhir/infusion-adapter"},
+        "identifier": [
+            {
+                "system": "https://ketamine-clinic.example.org/fhir/sid/infusion-charting/vitals",
+                "value": f"VIT-{number}/heart_rate",
+            }
+        ],
+        "status": "final",
+        "category": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                        "code": "vital-signs",
+                    }
+                ]
+            }
+        ],
+        "code": {
+            "coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}]
+        },
+        "subject": {"type": "Patient", "identifier": {"system": MRN, "value": f"P{patient:06d}"}},
+        "effectiveDateTime": moment.isoformat(),
+        "valueQuantity": {
+            "value": 60 + number % 50,
+            "unit": "beats/minute",
+            "system": "http://unitsofmeasure.org",
+            "code": "/min",
+        },
+    }
+
+
+def load(url: str, size: int) -> None:
+    engine = make_engine(url)
+    migrate.upgrade(engine)
+    now = datetime.now(UTC)
+    for start in range(0, size, 2000):
+        batch = [observation(n) for n in range(start, min(size, start + 2000))]
+        with engine.begin() as connection:
+            ResourceWriter(connection).save([MappedRecord("vitals", f"bench-{start}", batch)], now)
+    ResourceStore(engine).refresh_statistics()  # as the service does after a large load
+    engine.dispose()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def start(command: list[str], port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return process
+        except OSError:
+            time.sleep(0.1)
+    process.kill()
+    raise SystemExit(f"{command[0]} did not listen on {port}")
+
+
+def measure(
+    port: int, paths: list[str], seconds: float, threads: int = 4
+) -> tuple[float, float, float]:
+    """p50 ms, p99 ms, requests/s over `seconds` from `threads` keep-alive connections."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+    stop = time.monotonic() + seconds
+
+    def worker(offset: int) -> None:
+        connection = HTTPConnection("127.0.0.1", port, timeout=30)
+        mine, index = [], offset
+        while time.monotonic() < stop:
+            path = paths[index % len(paths)]
+            index += threads
+            began = time.perf_counter()
+            connection.request("GET", path)
+            response = connection.getresponse()
+            response.read()
+            if response.status != 200:
+                raise SystemExit(f"{path}: {response.status}")
+            mine.append(time.perf_counter() - began)
+        with lock:
+            latencies.extend(mine)
+
+    pool = [threading.Thread(target=worker, args=(n,)) for n in range(threads)]
+    began = time.perf_counter()
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    elapsed = time.perf_counter() - began
+    quantiles = statistics.quantiles(latencies, n=100)
+    return quantiles[49] * 1000, quantiles[98] * 1000, len(latencies) / elapsed
+
+
+BARE = """
+import sys
+from fastapi import FastAPI
+from fastapi.responses import Response
+import uvicorn
+body = open(sys.argv[2], "rb").read()
+app = FastAPI()
+@app.get("/fhir/Observation/{resource_id}")
+def read(resource_id: str) -> Response:
+    return Response(body, media_type="application/fhir+json")
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
+"""
+
+
+def run_size(store: str, url: str, size: int, seconds: float, workdir: Path) -> None:
+    load(url, size)
+    port = free_port()
+    env = {
+        **os.environ,
+        "ADAPTER_DATABASE_URL": url,
+        "ADAPTER_MAPPINGS_DIR": str(ROOT / "mappings"),
+        "ADAPTER_LOG_LEVEL": "WARNING",
+        "ADAPTER_PORT": str(port),
+    }
+    service = start([sys.executable, "-m", "adapter.cli", "serve"], port, env)
+    rng = random.Random(3)
+    patients = max(1, size // PER_PATIENT)
+    reads = [f"/fhir/Observation/{uuid.UUID(int=rng.randrange(size) + 1)}" for _ in range(500)]
+    searches = [
+        f"/fhir/Observation?patient:identifier={MRN}%7CP{rng.randrange(patients):06d}&date=ge2026-03-01&_count=100"
+        for _ in range(200)
+    ]
+    polls = ["/fhir/Observation?_lastUpdated=gt2000-01-01T00:00:00Z&_count=100"]
+    try:
+        figures = {
+            name: measure(port, paths, seconds)
+            for name, paths in (("read", reads), ("search", searches), ("poll", polls))
+        }
+    finally:
+        service.terminate()
+        service.wait()
+    body = workdir / "body.json"
+    body.write_bytes(orjson.dumps(observation(0)))
+    bare_port = free_port()
+    bare = start(
+        [sys.executable, "-c", BARE, str(bare_port), str(body)], bare_port, dict(os.environ)
+    )
+    try:
+        bare_figures = measure(bare_port, reads, seconds)
+    finally:
+        bare.terminate()
+        bare.wait()
+    for name, (p50, p99, rate) in figures.items():
+        print(f"{store:<10} {size:>9,} {name:<7} {_figures(p50, p99, rate)}")
+    p50, p99, rate = bare_figures
+    ratio = figures["read"][2] / rate
+    print(f"{store:<10} {size:>9,} {'bare':<7} {_figures(p50, p99, rate)}  (read/bare {ratio:.2f})")
+
+
+def _figures(p50: float, p99: float, rate: float) -> str:
+    return f"p50 {p50:6.1f} ms  p99 {p99:6.1f} ms  {rate:8,.0f} req/s"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default="10000,100000")
+    parser.add_argument("--store", choices=["sqlite", "postgresql", "both"], default="both")
+    parser.add_argument("--seconds", type=float, default=10)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        workdir = Path(folder)
+        for size in (int(s) for s in args.sizes.split(",")):
+            if args.store in ("sqlite", "both"):
+                run_size(
+                    "sqlite",
+                    f"sqlite:///{workdir / f'fhir-{size}.db'}",
+                    size,
+                    args.seconds,
+                    workdir,
+                )
+            if args.store in ("postgresql", "both"):
+                schema = f"bench_{uuid.uuid4().hex[:8]}"
+                admin = create_engine(POSTGRES_URL)
+                with admin.begin() as connection:
+                    connection.execute(text(f"CREATE SCHEMA {schema}"))
+                try:
+                    run_size(
+                        "postgresql",
+                        f"{POSTGRES_URL}?options=-csearch_path%3D{schema}",
+                        size,
+                        args.seconds,
+                        workdir,
+                    )
+                finally:
+                    with admin.begin() as connection:
+                        connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+                    admin.dispose()
+
+
+if __name__ == "__main__":
+    main()
