@@ -40,6 +40,16 @@ class NotFound(AdapterError):
     issue_code = "not-found"
 
 
+class MethodNotAllowed(AdapterError):
+    status = 405
+    issue_code = "not-supported"
+
+
+class NotAcceptable(AdapterError):
+    status = 406
+    issue_code = "not-supported"
+
+
 class PayloadTooLarge(AdapterError):
     status = 413
     issue_code = "too-long"

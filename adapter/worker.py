@@ -50,32 +50,23 @@ def run_exports(runtime: Runtime) -> None:
 
 
 class Worker:
-    """APScheduler in the service process: one mapping pass at a time, woken early by intake."""
+    """APScheduler in the service process: mapping and exports, one pass of each at a time,
+    woken early by intake and by export requests."""
 
     def __init__(self, runtime: Runtime) -> None:
         self.scheduler = BackgroundScheduler(timezone=UTC)
-        self.scheduler.add_job(
-            map_pending,
-            "interval",
-            args=[runtime],
-            seconds=runtime.settings.mapping_interval_seconds,
-            id=MAP_JOB,
-            max_instances=1,
-            coalesce=True,
-            next_run_time=datetime.now(UTC),
-        )
-
         runtime.exports.resume()
-        self.scheduler.add_job(
-            run_exports,
-            "interval",
-            args=[runtime],
-            seconds=runtime.settings.mapping_interval_seconds,
-            id=EXPORT_JOB,
-            max_instances=1,
-            coalesce=True,
-            next_run_time=datetime.now(UTC),
-        )
+        for job_id, function in ((MAP_JOB, map_pending), (EXPORT_JOB, run_exports)):
+            self.scheduler.add_job(
+                function,
+                "interval",
+                args=[runtime],
+                seconds=runtime.settings.mapping_interval_seconds,
+                id=job_id,
+                max_instances=1,
+                coalesce=True,
+                next_run_time=datetime.now(UTC),
+            )
 
     def start(self) -> None:
         self.scheduler.start()

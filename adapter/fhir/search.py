@@ -75,6 +75,17 @@ def _range(value: str, name: str) -> tuple[datetime, datetime]:
     return moment.astimezone(UTC), moment.astimezone(UTC) + precision
 
 
+def parse_instant(value: str, name: str) -> datetime:
+    """An instant parameter (`_since`): a dateTime with a time zone."""
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise BadRequest(f"{name}: {value!r} is not an instant", expression=[name]) from None
+    if moment.tzinfo is None:
+        raise BadRequest(f"{name}: an instant needs a time zone", expression=[name])
+    return moment
+
+
 def date_condition(start_column: Any, end_column: Any, raw: str, name: str) -> ColumnElement[bool]:
     """FHIR date prefix semantics, comparing the search range [ps, pe) with the resource's
     [start, end] (an open end runs to the far future, an open start from the far past)."""

@@ -8,6 +8,7 @@ from sqlalchemy import Engine, and_, func, literal, select
 
 from adapter.fhir.indexing import REFERENCE_SYSTEM
 from adapter.fhir.search import SearchRequest, keyset, sort_column
+from adapter.store.resources import StoredResource
 from adapter.store.tables import fhir_resource_versions as versions
 from adapter.store.tables import fhir_resources as resources
 from adapter.store.tables import fhir_search_tokens as tokens
@@ -20,15 +21,6 @@ class Hit:
     id: str
     resource_type: str
     sort_value: Any
-    content: str
-
-
-@dataclass(frozen=True)
-class Version:
-    resource_type: str
-    id: str
-    version_id: int
-    last_updated: datetime
     content: str
 
 
@@ -102,7 +94,7 @@ class FhirReader:
                 Hit(*row) for row in connection.execute(query) if f"{row[1]}/{row[0]}" in targets
             ]
 
-    def read(self, resource_type: str, resource_id: str) -> Version | None:
+    def read(self, resource_type: str, resource_id: str) -> StoredResource | None:
         query = select(
             resources.c.resource_type,
             resources.c.id,
@@ -112,7 +104,7 @@ class FhirReader:
         ).where(resources.c.resource_type == resource_type, resources.c.id == resource_id)
         with self.engine.connect() as connection:
             row = connection.execute(query).one_or_none()
-        return Version(*row) if row else None
+        return StoredResource(*row) if row else None
 
     def versions(
         self,
@@ -121,7 +113,7 @@ class FhirReader:
         version_id: int | None = None,
         since: datetime | None = None,
         limit: int = 1000,
-    ) -> list[Version]:
+    ) -> list[StoredResource]:
         """Versions, newest first: of one resource, or of a type (since a moment)."""
         conditions = [versions.c.resource_type == resource_type]
         if resource_id is not None:
@@ -143,4 +135,4 @@ class FhirReader:
             .limit(limit)
         )
         with self.engine.connect() as connection:
-            return [Version(*row) for row in connection.execute(query)]
+            return [StoredResource(*row) for row in connection.execute(query)]

@@ -1,86 +1,78 @@
 """Bulk Data $export: kick-off (system, Patient, Group), status polling, files, cancel."""
 
+from dataclasses import dataclass
 from typing import Annotated
 
 import orjson
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import FileResponse, Response
 
 from adapter.api.deps import RuntimeDep
 from adapter.api.fhir.wire import fhir_base
 from adapter.errors import BadRequest
 from adapter.export.service import COMPLETED, FAILED
+from adapter.runtime import Runtime
 from adapter.worker import EXPORT_JOB
 
 router = APIRouter()
 
-TypeParam = Annotated[str | None, Query(alias="_type")]
-SinceParam = Annotated[str | None, Query(alias="_since")]
-FormatParam = Annotated[str | None, Query(alias="_outputFormat")]
-PreferHeader = Annotated[str | None, Header()]
+
+@dataclass(frozen=True)
+class ExportParameters:
+    prefer: str | None
+    types: str | None
+    since: str | None
+    output_format: str | None
+
+
+def _parameters(
+    prefer: Annotated[str | None, Header()] = None,
+    types: Annotated[str | None, Query(alias="_type")] = None,
+    since: Annotated[str | None, Query(alias="_since")] = None,
+    output_format: Annotated[str | None, Query(alias="_outputFormat")] = None,
+) -> ExportParameters:
+    return ExportParameters(prefer, types, since, output_format)
+
+
+ExportDep = Annotated[ExportParameters, Depends(_parameters)]
 
 
 def _kick_off(
     request: Request,
-    runtime: RuntimeDep,
+    runtime: Runtime,
     level: str,
-    prefer: str | None,
-    types: str | None,
-    since: str | None,
-    output_format: str | None,
+    asked: ExportParameters,
     group_id: str | None = None,
 ) -> Response:
-    if "respond-async" not in (prefer or ""):
+    if "respond-async" not in (asked.prefer or ""):
         raise BadRequest(
             "$export runs asynchronously: send Prefer: respond-async", expression=["Prefer"]
         )
     job_id = runtime.exports.kick_off(
-        level, str(request.url), types, since, output_format, group_id
+        level, str(request.url), asked.types, asked.since, asked.output_format, group_id
     )
     worker = request.app.state.worker
     if worker is not None:
         worker.wake(EXPORT_JOB)
-    return Response(
-        status_code=202,
-        headers={"Content-Location": f"{fhir_base(request)}/$export-status/{job_id}"},
-    )
+    location = f"{fhir_base(request)}/$export-status/{job_id}"
+    return Response(status_code=202, headers={"Content-Location": location})
 
 
 @router.get("/$export", summary="System level export")
-def export_system(
-    request: Request,
-    runtime: RuntimeDep,
-    prefer: PreferHeader = None,
-    types: TypeParam = None,
-    since: SinceParam = None,
-    output_format: FormatParam = None,
-) -> Response:
-    return _kick_off(request, runtime, "system", prefer, types, since, output_format)
+def export_system(request: Request, runtime: RuntimeDep, asked: ExportDep) -> Response:
+    return _kick_off(request, runtime, "system", asked)
 
 
 @router.get("/Patient/$export", summary="Patient level export")
-def export_patients(
-    request: Request,
-    runtime: RuntimeDep,
-    prefer: PreferHeader = None,
-    types: TypeParam = None,
-    since: SinceParam = None,
-    output_format: FormatParam = None,
-) -> Response:
-    return _kick_off(request, runtime, "patient", prefer, types, since, output_format)
+def export_patients(request: Request, runtime: RuntimeDep, asked: ExportDep) -> Response:
+    return _kick_off(request, runtime, "patient", asked)
 
 
 @router.get("/Group/{group_id}/$export", summary="Group level export (all-patients, series-<id>)")
 def export_group(
-    request: Request,
-    runtime: RuntimeDep,
-    group_id: str,
-    prefer: PreferHeader = None,
-    types: TypeParam = None,
-    since: SinceParam = None,
-    output_format: FormatParam = None,
+    request: Request, runtime: RuntimeDep, asked: ExportDep, group_id: str
 ) -> Response:
-    return _kick_off(request, runtime, "group", prefer, types, since, output_format, group_id)
+    return _kick_off(request, runtime, "group", asked, group_id)
 
 
 @router.get("/$export-status/{job_id}", summary="Export status; the manifest once complete")

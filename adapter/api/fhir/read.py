@@ -1,6 +1,5 @@
 """read, vread and history; writes are refused (the endpoint is read-only)."""
 
-from datetime import datetime
 from typing import Annotated
 
 import orjson
@@ -10,16 +9,16 @@ from fastapi.responses import Response
 from adapter.api.deps import RuntimeDep
 from adapter.api.fhir.wire import (
     FhirResponse,
-    MethodNotAllowed,
     Negotiated,
     bundle,
     fhir_base,
     known_type,
     version_headers,
 )
-from adapter.errors import BadRequest, NotFound
-from adapter.fhir.search import MAX_COUNT
-from adapter.store.fhir_reads import FhirReader, Version
+from adapter.errors import MethodNotAllowed, NotFound
+from adapter.fhir.search import MAX_COUNT, parse_instant
+from adapter.store.fhir_reads import FhirReader
+from adapter.store.resources import StoredResource
 
 router = APIRouter()
 
@@ -28,7 +27,7 @@ def _reader(runtime: RuntimeDep) -> FhirReader:
     return FhirReader(runtime.store.engine)
 
 
-def _history_entry(base: str, version: Version) -> str:
+def _history_entry(base: str, version: StoredResource) -> str:
     first = version.version_id == 1
     request = {"method": "POST" if first else "PUT", "url": f"{version.resource_type}/{version.id}"}
     response = {
@@ -43,6 +42,12 @@ def _history_entry(base: str, version: Version) -> str:
     )
 
 
+def _history(request: Request, found: list[StoredResource]) -> FhirResponse:
+    base = fhir_base(request)
+    entries = [_history_entry(base, version) for version in found]
+    return FhirResponse(bundle("history", entries, [("self", str(request.url))], len(found)))
+
+
 @router.get("/{resource_type}/_history", dependencies=[Negotiated], summary="Type history")
 def type_history(
     request: Request,
@@ -52,26 +57,9 @@ def type_history(
     count: Annotated[int, Query(alias="_count", ge=0)] = 100,
 ) -> FhirResponse:
     known_type(resource_type)
-    moment = None
-    if since is not None:
-        try:
-            moment = datetime.fromisoformat(since.replace("Z", "+00:00"))
-        except ValueError:
-            raise BadRequest(
-                f"_since: {since!r} is not an instant", expression=["_since"]
-            ) from None
-        if moment.tzinfo is None:
-            raise BadRequest("_since: an instant needs a time zone", expression=["_since"])
+    moment = parse_instant(since, "_since") if since is not None else None
     found = _reader(runtime).versions(resource_type, since=moment, limit=min(count, MAX_COUNT))
-    base = fhir_base(request)
-    return FhirResponse(
-        bundle(
-            "history",
-            [_history_entry(base, v) for v in found],
-            [("self", str(request.url))],
-            len(found),
-        )
-    )
+    return _history(request, found)
 
 
 @router.get("/{resource_type}/{resource_id}", dependencies=[Negotiated], summary="read")
@@ -101,15 +89,7 @@ def instance_history(
     found = _reader(runtime).versions(resource_type, resource_id)
     if not found:
         raise NotFound(f"{resource_type}/{resource_id} is not known")
-    base = fhir_base(request)
-    return FhirResponse(
-        bundle(
-            "history",
-            [_history_entry(base, v) for v in found],
-            [("self", str(request.url))],
-            len(found),
-        )
-    )
+    return _history(request, found)
 
 
 @router.get(

@@ -10,22 +10,12 @@ import orjson
 from fastapi import Depends, Query, Request
 from fastapi.responses import Response
 
-from adapter.errors import AdapterError
+from adapter.errors import NotAcceptable, NotFound
 from adapter.fhir.search_params import SEARCH_PARAMS
 
 FHIR_JSON = "application/fhir+json"
 _JSON_FORMATS = {"json", "application/json", "application/fhir+json"}
 _XML_WORDS = ("xml",)
-
-
-class NotAcceptable(AdapterError):
-    status = 406
-    issue_code = "not-supported"
-
-
-class MethodNotAllowed(AdapterError):
-    status = 405
-    issue_code = "not-supported"
 
 
 class FhirResponse(Response):
@@ -64,8 +54,6 @@ def fhir_base(request: Request) -> str:
 
 def known_type(resource_type: str) -> str:
     if resource_type not in SEARCH_PARAMS:
-        from adapter.errors import NotFound
-
         raise NotFound(
             f"resource type {resource_type!r} is not served; served: {', '.join(SEARCH_PARAMS)}"
         )
