@@ -51,6 +51,8 @@ def test_production_accepts_a_real_secret() -> None:
 def test_every_setting_is_in_the_readme_configuration_table() -> None:
     readme = (ROOT / "README.md").read_text()
 
-    missing = [name for name in Settings.model_fields if f"| `ADAPTER_{name.upper()}` |" not in readme]
+    missing = [
+        name for name in Settings.model_fields if f"| `ADAPTER_{name.upper()}` |" not in readme
+    ]
 
     assert missing == []
