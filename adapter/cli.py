@@ -71,7 +71,8 @@ def serve(host: str | None, port: int | None) -> None:
     click.echo(
         f"infusion-adapter serving on http://{host}:{port}  (API docs: /docs, health: /healthz)"
     )
-    uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower())
+    # No access log: request lines carry search parameters, and those can name a patient.
+    uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower(), access_log=False)
 
 
 @main.command("import")
