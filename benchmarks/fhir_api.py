@@ -26,16 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import create_engine, text
 
 from adapter.store import migrate
 from adapter.store.engine import make_engine
 from adapter.store.resources import MappedRecord, ResourceStore, ResourceWriter
+from benchmarks.postgres import scratch_schema
 
 ROOT = Path(__file__).resolve().parent.parent
-POSTGRES_URL = os.environ.get(
-    "ADAPTER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
 MRN = "https://ketamine-clinic.example.org/fhir/sid/mrn"
 PER_PATIENT = 330
 START = datetime(2026, 1, 1, tzinfo=UTC)
@@ -228,22 +225,8 @@ def main() -> None:
                     workdir,
                 )
             if args.store in ("postgresql", "both"):
-                schema = f"bench_{uuid.uuid4().hex[:8]}"
-                admin = create_engine(POSTGRES_URL)
-                with admin.begin() as connection:
-                    connection.execute(text(f"CREATE SCHEMA {schema}"))
-                try:
-                    run_size(
-                        "postgresql",
-                        f"{POSTGRES_URL}?options=-csearch_path%3D{schema}",
-                        size,
-                        args.seconds,
-                        workdir,
-                    )
-                finally:
-                    with admin.begin() as connection:
-                        connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-                    admin.dispose()
+                with scratch_schema() as (_, url):
+                    run_size("postgresql", url, size, args.seconds, workdir)
 
 
 if __name__ == "__main__":

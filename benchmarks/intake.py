@@ -22,12 +22,10 @@ from pathlib import Path
 import psycopg
 from sqlalchemy import create_engine, text
 
+from benchmarks.postgres import POSTGRES_URL, scratch_schema
 from benchmarks.synthetic import records
 
 ROOT = Path(__file__).resolve().parent.parent
-POSTGRES_URL = os.environ.get(
-    "ADAPTER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
 BATCH = 1000
 
 
@@ -124,19 +122,10 @@ def main() -> None:
             report("sqlite", args.records, seconds, rss, anchor_sqlite(source, workdir))
 
         if args.store in ("postgresql", "both"):
-            schema = f"bench_{uuid.uuid4().hex[:8]}"
-            admin = create_engine(POSTGRES_URL)
-            with admin.begin() as connection:
-                connection.execute(text(f"CREATE SCHEMA {schema}"))
-            try:
-                url = f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+            with scratch_schema() as (schema, url):
                 seconds, rss = run_import(source, url)
                 assert stored_count(url) == args.records, "not every record was stored"
                 report("postgresql", args.records, seconds, rss, anchor_postgres(source, schema))
-            finally:
-                with admin.begin() as connection:
-                    connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-                admin.dispose()
 
 
 if __name__ == "__main__":

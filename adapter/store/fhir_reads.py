@@ -8,7 +8,7 @@ from sqlalchemy import Engine, and_, func, literal, select
 
 from adapter.fhir.indexing import REFERENCE_SYSTEM
 from adapter.fhir.search import SearchRequest, keyset, sort_column
-from adapter.store.resources import StoredResource
+from adapter.store.resources import STORED_COLUMNS, StoredResource
 from adapter.store.tables import fhir_resource_versions as versions
 from adapter.store.tables import fhir_resources as resources
 from adapter.store.tables import fhir_search_tokens as tokens
@@ -95,13 +95,9 @@ class FhirReader:
             ]
 
     def read(self, resource_type: str, resource_id: str) -> StoredResource | None:
-        query = select(
-            resources.c.resource_type,
-            resources.c.id,
-            resources.c.version_id,
-            resources.c.last_updated,
-            resources.c.content,
-        ).where(resources.c.resource_type == resource_type, resources.c.id == resource_id)
+        query = select(*STORED_COLUMNS).where(
+            resources.c.resource_type == resource_type, resources.c.id == resource_id
+        )
         with self.engine.connect() as connection:
             row = connection.execute(query).one_or_none()
         return StoredResource(*row) if row else None

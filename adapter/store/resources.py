@@ -223,7 +223,7 @@ def _withdraw(resource: Json) -> Json | None:
     return {**resource, "status": status}
 
 
-_STORED = (
+STORED_COLUMNS = (
     resources.c.resource_type,
     resources.c.id,
     resources.c.version_id,
@@ -249,7 +249,7 @@ class ResourceStore:
             )
 
     def get(self, resource_type: str, resource_id: str) -> StoredResource | None:
-        query = select(*_STORED).where(
+        query = select(*STORED_COLUMNS).where(
             resources.c.resource_type == resource_type, resources.c.id == resource_id
         )
         with self.engine.connect() as connection:
@@ -273,7 +273,7 @@ class ResourceStore:
 
     def for_source(self, source_type: str, source_id: str) -> list[StoredResource]:
         query = (
-            select(*_STORED)
+            select(*STORED_COLUMNS)
             .where(resources.c.source_id == source_id, resources.c.source_type == source_type)
             .order_by(resources.c.resource_type, resources.c.id)
         )
@@ -281,6 +281,6 @@ class ResourceStore:
             return [StoredResource(*row) for row in connection.execute(query)]
 
     def all_current(self) -> list[StoredResource]:
-        query = select(*_STORED).order_by(resources.c.resource_type, resources.c.id)
+        query = select(*STORED_COLUMNS).order_by(resources.c.resource_type, resources.c.id)
         with self.engine.connect() as connection:
             return [StoredResource(*row) for row in connection.execute(query)]
