@@ -81,20 +81,13 @@ def adverse_event_to_resources(
     if event.recorded_by:
         resource["recorder"] = vocabulary.staff(event.recorded_by)
     if event.serious is not None:
-        code = "serious" if event.serious else "non-serious"
-        display = "Serious" if event.serious else "Non-serious"
-        resource["seriousness"] = {
-            "coding": [{"system": mapping.seriousness_system, "code": code, "display": display}]
-        }
+        seriousness = (
+            mapping.seriousness.serious if event.serious else mapping.seriousness.not_serious
+        )
+        resource["seriousness"] = {"coding": [vocabulary.coding(seriousness)]}
     if event.severity:
         resource["severity"] = {
-            "coding": [
-                {
-                    "system": mapping.severity_system,
-                    "code": event.severity,
-                    "display": event.severity.capitalize(),
-                }
-            ]
+            "coding": [vocabulary.coding(getattr(mapping.severity, event.severity))]
         }
     if event.outcome:
         outcome = getattr(mapping.outcome, event.outcome)
@@ -132,14 +125,13 @@ def adverse_event_to_resources(
     return built
 
 
-_DOSE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(mg|mcg|ug|g|ml|mL)\s*$")
-_DOSE_UNITS = {"mg": "mg", "mcg": "ug", "ug": "ug", "g": "g", "ml": "mL", "mL": "mL"}
+_DOSE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(\S+)\s*$")
 
 
 def _dose(vocabulary: Vocabulary, text: str | None) -> Json | None:
-    """A dose written as `4 mg` as a UCUM quantity; None for anything else."""
+    """A dose written as `4 mg` (a unit the mapping knows) as a UCUM quantity; else None."""
     found = _DOSE.match(text or "")
-    if not found:
+    unit = found and vocabulary.mappings.adverse_event.dose_units.get(found.group(2))
+    if not found or not unit:
         return None
-    unit = _DOSE_UNITS[found.group(2)]
     return vocabulary.quantity(float(found.group(1)), unit, unit)

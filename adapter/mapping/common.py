@@ -20,8 +20,6 @@ Json = dict[str, Any]
 
 _ID_NAMESPACE = uuid.UUID("5d0c8f1e-3b7a-4f52-9a55-1c6a4b1f0e27")
 UCUM = "http://unitsofmeasure.org"
-OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
-_INTERPRETATION_DISPLAY = {"LL": "Critical low", "L": "Low", "H": "High", "HH": "Critical high"}
 
 
 def resource_id(system: str, value: str) -> str:
@@ -129,8 +127,9 @@ class Vocabulary:
         return {"value": number(value), "unit": unit_display, "system": UCUM, "code": unit_code}
 
     def category(self, code: str) -> list[Json]:
-        display = {"vital-signs": "Vital Signs", "survey": "Survey"}[code]
-        return [{"coding": [{"system": OBSERVATION_CATEGORY, "code": code, "display": display}]}]
+        categories = self.mappings.observations.categories
+        coding = categories.vital_signs if code == "vital-signs" else categories.survey
+        return [{"coding": [self.coding(coding)]}]
 
     def interpretation(self, value: float, thresholds: Thresholds | None) -> list[Json] | None:
         if thresholds is None:
@@ -146,10 +145,8 @@ class Vocabulary:
             flag = "H"
         if flag is None:
             return None
-        system = self.mappings.observations.interpretation_system
-        return [
-            {"coding": [{"system": system, "code": flag, "display": _INTERPRETATION_DISPLAY[flag]}]}
-        ]
+        coding = getattr(self.mappings.observations.interpretations, flag)
+        return [{"coding": [self.coding(coding)]}]
 
     def extension(self, name: str) -> str:
         return f"{self.mappings.site.extension_base}/{name}"

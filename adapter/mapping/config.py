@@ -18,8 +18,8 @@ from pydantic import (
 )
 
 from adapter.errors import MappingFileError
+from adapter.fhir.rules import UCUM_UNITS, EventStatus, MedicationAdministrationStatus
 from adapter.fhir.rules import AdverseEventOutcome as AdverseEventOutcomeCode
-from adapter.fhir.rules import EventStatus, MedicationAdministrationStatus
 
 
 class MappingModel(BaseModel):
@@ -158,11 +158,17 @@ class PerformerFunctions(MappingModel):
     physician: Concept
 
 
+class StatusReasons(MappingModel):
+    no_show: Annotated[str, StringConstraints(min_length=1)]
+    cancelled: Annotated[str, StringConstraints(min_length=1)]
+
+
 class ProcedureMapping(MappingModel):
     """mappings/resources/procedure.yaml."""
 
     status: ProcedureStatus
     medication_status: MedicationStatus
+    status_reasons: StatusReasons
     code: Concept
     cpt: Cpt
     category: Concept
@@ -237,6 +243,18 @@ class TransportMapping(Concept):
     will_not_drive: Concept
 
 
+class Categories(MappingModel):
+    vital_signs: Coding
+    survey: Coding
+
+
+class Interpretations(MappingModel):
+    LL: Coding
+    L: Coding
+    H: Coding
+    HH: Coding
+
+
 class ObservationsMapping(MappingModel):
     """mappings/resources/observations.yaml."""
 
@@ -244,7 +262,8 @@ class ObservationsMapping(MappingModel):
     measures: Measures
     fasting: FastingMapping
     transport: TransportMapping
-    interpretation_system: str
+    categories: Categories
+    interpretations: Interpretations
 
 
 class AdverseEventOutcomes(MappingModel):
@@ -258,14 +277,34 @@ class AdverseEventOutcomes(MappingModel):
     unknown: AdverseEventOutcomeCode
 
 
+class Severities(MappingModel):
+    mild: Coding
+    moderate: Coding
+    severe: Coding
+
+
+class Seriousness(MappingModel):
+    serious: Coding
+    not_serious: Coding
+
+
 class AdverseEventMapping(MappingModel):
     """mappings/resources/adverse_event.yaml."""
 
     outcome: AdverseEventOutcomes
     outcome_system: str
-    severity_system: str
-    seriousness_system: str
+    severity: Severities
+    seriousness: Seriousness
+    dose_units: dict[str, str]
     causality_text: str
+
+    @field_validator("dose_units")
+    @classmethod
+    def _ucum(cls, units: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(units.values()) - UCUM_UNITS)
+        if unknown:
+            raise ValueError(f"not among the UCUM units the adapter emits: {', '.join(unknown)}")
+        return units
 
 
 class Range(MappingModel):

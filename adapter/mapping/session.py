@@ -50,7 +50,7 @@ def _procedure(vocabulary: Vocabulary, session: InfusionSession) -> Json:
     if extensions:
         procedure["extension"] = extensions
     procedure["status"] = getattr(mapping.status, session.status)
-    reason = _status_reason(session)
+    reason = _status_reason(vocabulary, session)
     if reason:
         procedure["statusReason"] = {"text": reason}
     procedure["category"] = vocabulary.concept(mapping.category)
@@ -88,12 +88,11 @@ def _procedure(vocabulary: Vocabulary, session: InfusionSession) -> Json:
     return procedure
 
 
-def _status_reason(session: InfusionSession) -> str | None:
+def _status_reason(vocabulary: Vocabulary, session: InfusionSession) -> str | None:
     if session.stop_reason:
         return session.stop_reason
-    return {"no_show": "Patient did not attend", "cancelled": "Session cancelled"}.get(
-        session.status
-    )
+    reasons = vocabulary.mappings.procedure.status_reasons
+    return getattr(reasons, session.status, None)
 
 
 def _period(start: datetime | None, end: datetime | None) -> Json | None:
@@ -144,7 +143,7 @@ def _administrations(
         return []
     whole = vocabulary.resource("MedicationAdministration", RECORD_TYPE, f"{session.id}/medication")
     whole["status"] = status
-    reason = _status_reason(session)
+    reason = _status_reason(vocabulary, session)
     if reason and status in ("not-done", "stopped", "on-hold"):
         whole["statusReason"] = [{"text": reason}]
     whole["medicationCodeableConcept"] = drug_concept

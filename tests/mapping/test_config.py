@@ -80,3 +80,13 @@ def test_a_site_time_zone_reads_timestamps_without_offset(settings: Settings) ->
 
     assert response.status_code == 200
     assert stored["record"]["taken_at"] == "2026-11-20T09:20:00-05:00"
+
+
+def test_a_dose_unit_outside_ucum_is_refused(mappings_dir: Path) -> None:
+    events = mappings_dir / "resources" / "adverse_event.yaml"
+    events.write_text(events.read_text().replace("mg: mg,", "mg: milligram,"))
+
+    with pytest.raises(
+        MappingFileError, match=r"adverse_event\.yaml: dose_units: Value error, not among"
+    ):
+        load_mappings(mappings_dir)
