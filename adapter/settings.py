@@ -4,7 +4,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEVELOPMENT_SECRET = "development-only-secret-change-me"
@@ -55,6 +55,96 @@ class Settings(BaseSettings):
         60, gt=0, description="How long $export files stay downloadable before they are removed."
     )
     log_level: str = Field("INFO", description="Python logging level of the service.")
+    ehr_base_url: str | None = Field(
+        None,
+        description="FHIR R4 base URL of the clinic's EHR that the sync pushes to; "
+        "no sync when unset.",
+    )
+    sync_interval_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="How often the service runs the sync (unless `ADAPTER_SYNC_CRON` is set).",
+    )
+    sync_cron: str | None = Field(
+        None,
+        description="Crontab schedule of the sync in UTC (`*/5 * * * *`); replaces the interval.",
+    )
+    reconcile_cron: str = Field(
+        "30 2 * * *",
+        description="Crontab schedule (UTC) of the nightly reconciliation with the EHR.",
+    )
+    sync_batch_size: int = Field(
+        50, gt=0, le=1000, description="Resources per Bundle (or per round of single requests)."
+    )
+    sync_lease_seconds: float = Field(
+        120.0,
+        gt=0,
+        description="How long a sync run holds its lease without renewing it; a run whose "
+        "process died is taken over after this.",
+    )
+    ehr_timeout_seconds: float = Field(
+        30.0, gt=0, description="Connect and read timeout of each request to the EHR."
+    )
+    ehr_retry_attempts: int = Field(
+        4,
+        ge=1,
+        le=10,
+        description="Attempts of one request within a run when the EHR answers 408, 429, 5xx "
+        "or not at all; then the item waits for a later run.",
+    )
+    ehr_retry_max_wait_seconds: float = Field(
+        30.0, gt=0, description="Longest wait between two attempts (Retry-After included)."
+    )
+    ehr_breaker_failures: int = Field(
+        5,
+        ge=1,
+        description="Requests in a row that fail for want of the EHR before the sync stops "
+        "the run and backs off as a whole.",
+    )
+    ehr_breaker_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="First back-off of the whole sync when the EHR is down; it doubles on each "
+        "failed run, up to an hour.",
+    )
+    ehr_capabilities_refresh_minutes: float = Field(
+        60.0, gt=0, description="How long the EHR's CapabilityStatement is cached."
+    )
+    ehr_patient_refresh_minutes: float = Field(
+        60.0, gt=0, description="How long a patient found in the EHR by MRN is cached."
+    )
+    ehr_auth: Literal["none", "bearer", "smart"] = Field(
+        "none",
+        description="How the sync authenticates to the EHR: none, a static bearer token, or "
+        "SMART Backend Services (client_credentials with a signed JWT assertion).",
+    )
+    ehr_bearer_token: SecretStr | None = Field(
+        None, description="The static bearer token, when `ADAPTER_EHR_AUTH` is `bearer`."
+    )
+    ehr_client_id: str | None = Field(
+        None, description="The adapter's client id at the EHR, when `ADAPTER_EHR_AUTH` is `smart`."
+    )
+    ehr_private_key_file: Path | None = Field(
+        None,
+        description="PEM file of the private key (RSA or P-384) that signs the SMART client "
+        "assertion; its public key is registered with the EHR.",
+    )
+    ehr_key_id: str | None = Field(
+        None, description="`kid` of that key in the JWKS registered with the EHR."
+    )
+    ehr_signing_algorithm: Literal["RS384", "ES384"] = Field(
+        "RS384", description="Algorithm of the SMART client assertion."
+    )
+    ehr_token_url: str | None = Field(
+        None,
+        description="The EHR's token endpoint; when unset it is read from "
+        "`{ADAPTER_EHR_BASE_URL}/.well-known/smart-configuration`.",
+    )
+    ehr_scopes: str = Field(
+        "system/Patient.rs system/Procedure.cru system/Observation.cru "
+        "system/AdverseEvent.cru system/MedicationAdministration.cru",
+        description="Scopes the sync asks the EHR's token endpoint for.",
+    )
 
     @model_validator(mode="after")
     def _refuse_development_secret(self) -> "Settings":
@@ -65,6 +155,15 @@ class Settings(BaseSettings):
             )
         if self.env != "development" and len(self.secret_key) < 32:
             raise ValueError("ADAPTER_SECRET_KEY: must be at least 32 characters in production")
+        if self.ehr_auth == "bearer" and self.ehr_bearer_token is None:
+            raise ValueError("ADAPTER_EHR_BEARER_TOKEN: required when ADAPTER_EHR_AUTH=bearer")
+        if self.ehr_auth == "smart" and (
+            self.ehr_client_id is None or self.ehr_private_key_file is None
+        ):
+            raise ValueError(
+                "ADAPTER_EHR_CLIENT_ID and ADAPTER_EHR_PRIVATE_KEY_FILE: required when "
+                "ADAPTER_EHR_AUTH=smart"
+            )
         return self
 
 

@@ -462,6 +462,47 @@ def load_mappings(folder: Path) -> Mappings:
     )
 
 
+class TypeDelivery(MappingModel):
+    """How one resource type goes to the EHR; `auto` follows the EHR's CapabilityStatement."""
+
+    deliver: Literal["auto", "yes", "no"] = "auto"
+    mode: Literal["auto", "transaction", "batch", "single"] = "auto"
+    conditional_create: Literal["auto", "yes", "no"] = "auto"
+    if_match: Literal["auto", "yes", "no"] = "auto"
+
+
+class CodingMatch(MappingModel):
+    system: str
+    code: Annotated[str, StringConstraints(min_length=1)]
+
+
+class ExtraCoding(MappingModel):
+    """A coding added to `code` of the resources that carry `match`, on the way to the EHR."""
+
+    resource_type: Literal["Observation", "Procedure", "AdverseEvent"] = "Observation"
+    match: CodingMatch
+    add: Coding
+
+
+class EhrRules(MappingModel):
+    """mappings/ehr.yaml: what the site overrides in how the sync delivers to its EHR."""
+
+    resource_types: dict[
+        Literal["Procedure", "Observation", "AdverseEvent", "MedicationAdministration"],
+        TypeDelivery,
+    ] = Field(default_factory=dict)
+    extra_codings: list[ExtraCoding] = Field(default_factory=list)
+
+
+EHR_FILE = "ehr.yaml"
+"""Outside the mapping version: editing it changes how resources travel, not what they say."""
+
+
+def load_ehr_rules(folder: Path) -> EhrRules:
+    return load_file(folder / EHR_FILE, EhrRules)
+
+
 def json_schemas() -> dict[str, dict[str, Any]]:
     """A JSON Schema per mapping file, for editors (mappings/schema/)."""
-    return {name: model.model_json_schema() for name, model in FILES.items()}
+    models: dict[str, type[MappingModel]] = {**FILES, EHR_FILE: EhrRules}
+    return {name: model.model_json_schema() for name, model in models.items()}

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, Engine, and_, func, select, update
 
-from adapter.store.tables import adapter_state
+from adapter.store.state import read_state, write_state
 from adapter.store.tables import source_record_revisions as revisions
 from adapter.store.tables import source_records as records
 
@@ -169,15 +169,7 @@ class MappingQueue:
 
     def stored_version(self) -> str | None:
         with self.engine.connect() as connection:
-            return connection.execute(
-                select(adapter_state.c.value).where(adapter_state.c.name == MAPPING_VERSION)
-            ).scalar_one_or_none()
+            return read_state(connection, MAPPING_VERSION)
 
     def set_version(self, connection: Connection, version: str) -> None:
-        updated = connection.execute(
-            update(adapter_state)
-            .where(adapter_state.c.name == MAPPING_VERSION)
-            .values(value=version)
-        )
-        if not updated.rowcount:
-            connection.execute(adapter_state.insert().values(name=MAPPING_VERSION, value=version))
+        write_state(connection, MAPPING_VERSION, version)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import orjson
 import psycopg
 from sqlalchemy import (
     ARRAY,
@@ -287,6 +288,31 @@ class RecordStore:
         with self.engine.connect() as connection:
             row = connection.execute(query).one_or_none()
         return StoredRecord(**row._mapping) if row else None
+
+    def parsed_current(self, keys: Iterable[Key]) -> dict[Key, dict[str, Any]]:
+        """The parsed current revision of each record named (record_type, source_id)."""
+        wanted = sorted(set(keys))
+        found: dict[Key, dict[str, Any]] = {}
+        with self.engine.connect() as connection:
+            for start in range(0, len(wanted), 500):
+                chunk = set(wanted[start : start + 500])
+                query = (
+                    select(records.c.record_type, records.c.source_id, revisions.c.parsed)
+                    .join(
+                        revisions,
+                        and_(
+                            revisions.c.record_type == records.c.record_type,
+                            revisions.c.source_id == records.c.source_id,
+                            revisions.c.revision == records.c.revision,
+                        ),
+                    )
+                    .where(records.c.source_id.in_([source_id for _, source_id in chunk]))
+                )
+                for row in connection.execute(query):
+                    key = (row.record_type, row.source_id)
+                    if key in chunk:
+                        found[key] = orjson.loads(row.parsed)
+        return found
 
     def revision_history(self, record_type: str, source_id: str) -> list[StoredRevision]:
         query = (

@@ -10,6 +10,7 @@ import orjson
 from sqlalchemy import Connection, Engine, bindparam, delete, select, update
 
 from adapter.fhir.indexing import index
+from adapter.store.outbox import enqueue
 from adapter.store.tables import fhir_resource_versions as versions
 from adapter.store.tables import fhir_resources as resources
 from adapter.store.tables import fhir_search_tokens as tokens
@@ -59,7 +60,8 @@ class StoredResource:
 
 
 class ResourceWriter:
-    """Writes resource versions inside the caller's transaction."""
+    """Writes resource versions inside the caller's transaction, and queues each new version
+    for the EHR in that same transaction."""
 
     def __init__(self, connection: Connection) -> None:
         self._connection = connection
@@ -139,6 +141,11 @@ class ResourceWriter:
             )
         if history:
             self._connection.execute(versions.insert(), history)
+            enqueue(
+                self._connection,
+                [(row["id"], row["resource_type"], row["version_id"]) for row in history],
+                now,
+            )
         return counts
 
     def _index(self, new: list[Json], changed: list[Json]) -> None:

@@ -144,3 +144,58 @@ export_jobs = Table(
     Index("ix_export_jobs_status", "status"),
 )
 """Bulk Data $export jobs: kept in the store, so that a restart resumes them."""
+
+sync_outbox = Table(
+    "sync_outbox",
+    metadata,
+    Column("resource_id", String(64), primary_key=True),
+    Column("resource_type", String(64), nullable=False),
+    Column("rank", Integer, nullable=False),
+    Column("version_id", Integer, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", UtcDateTime(), nullable=False),
+    Column("detail", Text),
+    Column("ehr_id", String(128)),
+    Column("ehr_version", String(128)),
+    Column("delivered_version", Integer),
+    Column("updated_at", UtcDateTime(), nullable=False),
+    Index("ix_sync_outbox_queue", "state", "rank", "resource_id"),
+)
+"""One row per resource: the version the EHR should hold, where delivery stands, and the EHR's
+id and version for it once delivered. Written in the transaction that stores each version."""
+
+sync_runs = Table(
+    "sync_runs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("trigger", String(16), nullable=False),
+    Column("holder", String(64), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("started_at", UtcDateTime(), nullable=False),
+    Column("ended_at", UtcDateTime()),
+    Column("counts", Text, nullable=False),
+    Column("error", Text),
+    Index("ix_sync_runs_started", "started_at"),
+)
+"""Every sync and reconciliation run: when, what it delivered, what failed."""
+
+sync_patients = Table(
+    "sync_patients",
+    metadata,
+    Column("mrn", String(64), primary_key=True),
+    Column("state", String(16), nullable=False),
+    Column("ehr_id", String(128)),
+    Column("detail", Text),
+    Column("checked_at", UtcDateTime(), nullable=False),
+)
+"""The EHR's Patient for each MRN, as last resolved (or why it could not be)."""
+
+sync_leases = Table(
+    "sync_leases",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("holder", String(64)),
+    Column("expires_at", UtcDateTime()),
+)
+"""Who runs the sync now, until when: one run at a time across every process on the store."""

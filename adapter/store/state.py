@@ -1,0 +1,19 @@
+"""Small named facts in the store (adapter_state): the mapping version, the EHR's capabilities."""
+
+from sqlalchemy import Connection, select, update
+
+from adapter.store.tables import adapter_state
+
+
+def read_state(connection: Connection, name: str) -> str | None:
+    return connection.execute(
+        select(adapter_state.c.value).where(adapter_state.c.name == name)
+    ).scalar_one_or_none()
+
+
+def write_state(connection: Connection, name: str, value: str) -> None:
+    updated = connection.execute(
+        update(adapter_state).where(adapter_state.c.name == name).values(value=value)
+    )
+    if not updated.rowcount:
+        connection.execute(adapter_state.insert().values(name=name, value=value))

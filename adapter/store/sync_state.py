@@ -1,0 +1,202 @@
+"""What the sync keeps beside the outbox: its runs, its lease, the EHR's patients by MRN."""
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+from sqlalchemy import Engine, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from adapter.store.tables import sync_leases as leases
+from adapter.store.tables import sync_patients as patients
+from adapter.store.tables import sync_runs as runs
+
+
+@dataclass(frozen=True)
+class SyncRun:
+    id: int
+    trigger: str
+    holder: str
+    status: str
+    started_at: datetime
+    ended_at: datetime | None
+    counts: dict[str, int]
+    error: str | None
+
+
+@dataclass(frozen=True)
+class PatientMatch:
+    """The EHR's Patient for an MRN: `matched` with its id, or `not-found`/`ambiguous`."""
+
+    mrn: str
+    state: str
+    ehr_id: str | None
+    detail: dict[str, Any]
+    checked_at: datetime
+
+
+class SyncRuns:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def start(self, trigger: str, holder: str, now: datetime) -> int:
+        with self.engine.begin() as connection:
+            result = connection.execute(
+                runs.insert().values(
+                    trigger=trigger,
+                    holder=holder,
+                    status="running",
+                    started_at=now,
+                    counts="{}",
+                )
+            )
+            return int(result.inserted_primary_key[0])  # type: ignore[index]
+
+    def finish(
+        self, run_id: int, status: str, counts: dict[str, int], error: str | None, now: datetime
+    ) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(
+                update(runs)
+                .where(runs.c.id == run_id)
+                .values(
+                    status=status, counts=orjson.dumps(counts).decode(), error=error, ended_at=now
+                )
+            )
+
+    def recent(self, limit: int, before: int | None = None) -> list[SyncRun]:
+        query = select(runs).order_by(runs.c.id.desc()).limit(limit)
+        if before is not None:
+            query = query.where(runs.c.id < before)
+        with self.engine.connect() as connection:
+            return [
+                SyncRun(
+                    row.id,
+                    row.trigger,
+                    row.holder,
+                    row.status,
+                    row.started_at,
+                    row.ended_at,
+                    orjson.loads(row.counts),
+                    row.error,
+                )
+                for row in connection.execute(query)
+            ]
+
+
+class Lease:
+    """A named lease in the store: one holder at a time, until it expires or is released. The
+    row is taken with SELECT ... FOR UPDATE SKIP LOCKED on PostgreSQL, so that two processes
+    asking at once do not wait on each other; a holder that dies loses it when it expires."""
+
+    def __init__(self, engine: Engine, name: str, holder: str, ttl: timedelta) -> None:
+        self.engine = engine
+        self.name = name
+        self.holder = holder
+        self.ttl = ttl
+
+    def acquire(self, now: datetime) -> bool:
+        with self.engine.begin() as connection:
+            row = connection.execute(
+                select(leases.c.holder, leases.c.expires_at)
+                .where(leases.c.name == self.name)
+                .with_for_update(skip_locked=True)
+            ).one_or_none()
+            if row is None:
+                return False
+            if row.holder not in (None, self.holder) and row.expires_at and row.expires_at > now:
+                return False
+            taken = connection.execute(
+                update(leases)
+                .where(
+                    leases.c.name == self.name,
+                    or_(
+                        leases.c.holder.is_(None),
+                        leases.c.holder == self.holder,
+                        leases.c.expires_at.is_(None),
+                        leases.c.expires_at <= now,
+                    ),
+                )
+                .values(holder=self.holder, expires_at=now + self.ttl)
+            )
+            return taken.rowcount == 1
+
+    def renew(self, now: datetime) -> bool:
+        """Extend the lease; False when it was lost (expired and taken by another holder)."""
+        with self.engine.begin() as connection:
+            result = connection.execute(
+                update(leases)
+                .where(leases.c.name == self.name, leases.c.holder == self.holder)
+                .values(expires_at=now + self.ttl)
+            )
+            return result.rowcount == 1
+
+    def release(self) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(
+                update(leases)
+                .where(leases.c.name == self.name, leases.c.holder == self.holder)
+                .values(holder=None, expires_at=None)
+            )
+
+
+class PatientMatches:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def get(self, mrns: Iterable[str]) -> dict[str, PatientMatch]:
+        wanted = sorted(set(mrns))
+        found: dict[str, PatientMatch] = {}
+        with self.engine.connect() as connection:
+            for start in range(0, len(wanted), 500):
+                query = select(patients).where(patients.c.mrn.in_(wanted[start : start + 500]))
+                for row in connection.execute(query):
+                    found[row.mrn] = PatientMatch(
+                        row.mrn,
+                        row.state,
+                        row.ehr_id,
+                        orjson.loads(row.detail) if row.detail else {},
+                        row.checked_at,
+                    )
+        return found
+
+    def put(self, matches: Iterable[PatientMatch]) -> None:
+        rows = [
+            {
+                "mrn": m.mrn,
+                "state": m.state,
+                "ehr_id": m.ehr_id,
+                "detail": orjson.dumps(m.detail).decode(),
+                "checked_at": m.checked_at,
+            }
+            for m in matches
+        ]
+        if not rows:
+            return
+        with self.engine.begin() as connection:
+            dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+            statement = dialect.insert(patients)
+            statement = statement.on_conflict_do_update(
+                index_elements=[patients.c.mrn],
+                set_={
+                    column: statement.excluded[column]
+                    for column in ("state", "ehr_id", "detail", "checked_at")
+                },
+            )
+            connection.execute(statement, rows)
+
+    def unresolved(self) -> list[PatientMatch]:
+        query = select(patients).where(patients.c.state != "matched").order_by(patients.c.mrn)
+        with self.engine.connect() as connection:
+            return [
+                PatientMatch(
+                    row.mrn,
+                    row.state,
+                    row.ehr_id,
+                    orjson.loads(row.detail) if row.detail else {},
+                    row.checked_at,
+                )
+                for row in connection.execute(query)
+            ]

@@ -1,0 +1,148 @@
+"""How the sync proves itself to the EHR: nothing, a static bearer token, or SMART Backend
+Services (client_credentials with a private_key_jwt assertion, RS384 or ES384)."""
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import requests
+from joserfc import jwt
+from joserfc.jwk import ECKey, RSAKey
+
+from adapter.settings import Settings
+from adapter.sync.errors import EhrAuthError, TemporaryEhrError
+
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+ASSERTION_SECONDS = 300
+"""SMART Backend Services: the assertion's exp is at most five minutes ahead."""
+EARLY_REFRESH_SECONDS = 30
+
+
+class EhrAuth(Protocol):
+    def header(self, session: requests.Session, timeout: float) -> str | None:
+        """The Authorization header value for the next request."""
+
+    def refresh(self) -> None:
+        """Forget the current token: the EHR refused it."""
+
+
+class NoAuth:
+    def header(self, session: requests.Session, timeout: float) -> str | None:
+        return None
+
+    def refresh(self) -> None:
+        return None
+
+
+@dataclass
+class BearerAuth:
+    token: str
+
+    def header(self, session: requests.Session, timeout: float) -> str | None:
+        return f"Bearer {self.token}"
+
+    def refresh(self) -> None:
+        return None
+
+
+@dataclass
+class SmartBackendAuth:
+    """Backend Services client (hl7.org/fhir/smart-app-launch/backend-services.html): a token
+    obtained with a signed assertion, cached until shortly before it expires."""
+
+    base_url: str
+    client_id: str
+    key: RSAKey | ECKey
+    algorithm: str
+    scopes: str
+    key_id: str | None = None
+    token_url: str | None = None
+    _token: str | None = field(default=None, repr=False)
+    _expires_at: float = 0.0
+
+    def header(self, session: requests.Session, timeout: float) -> str | None:
+        if self._token is None or time.time() >= self._expires_at - EARLY_REFRESH_SECONDS:
+            self._fetch(session, timeout)
+        return f"Bearer {self._token}"
+
+    def refresh(self) -> None:
+        self._token = None
+
+    def _fetch(self, session: requests.Session, timeout: float) -> None:
+        token_url = self.token_url or self._discover(session, timeout)
+        now = int(time.time())
+        header = {"alg": self.algorithm, "typ": "JWT"}
+        if self.key_id:
+            header["kid"] = self.key_id
+        claims = {
+            "iss": self.client_id,
+            "sub": self.client_id,
+            "aud": token_url,
+            "exp": now + ASSERTION_SECONDS,
+            "iat": now,
+            "jti": str(uuid.uuid4()),
+        }
+        assertion = jwt.encode(header, claims, self.key, algorithms=[self.algorithm])
+        form = {
+            "grant_type": "client_credentials",
+            "scope": self.scopes,
+            "client_assertion_type": ASSERTION_TYPE,
+            "client_assertion": assertion,
+        }
+        try:
+            answer = session.post(token_url, data=form, timeout=timeout)
+        except (requests.ConnectionError, requests.Timeout):
+            raise TemporaryEhrError(None, "no answer from the EHR's token endpoint") from None
+        if answer.status_code >= 500 or answer.status_code == 429:
+            raise TemporaryEhrError(answer.status_code, "the EHR's token endpoint is unavailable")
+        if answer.status_code != 200:
+            raise EhrAuthError(
+                f"the EHR's token endpoint refused the adapter's client assertion "
+                f"({answer.status_code}): check the client id, key and registered JWKS"
+            )
+        body = answer.json()
+        self._token = str(body["access_token"])
+        self._expires_at = time.time() + float(body.get("expires_in", 300))
+        self.token_url = token_url
+
+    def _discover(self, session: requests.Session, timeout: float) -> str:
+        url = f"{self.base_url.rstrip('/')}/.well-known/smart-configuration"
+        try:
+            answer = session.get(url, timeout=timeout, headers={"Accept": "application/json"})
+        except (requests.ConnectionError, requests.Timeout):
+            raise TemporaryEhrError(None, "no answer from the EHR's SMART configuration") from None
+        if answer.status_code != 200 or "token_endpoint" not in answer.text:
+            raise EhrAuthError(
+                "the EHR publishes no token endpoint at .well-known/smart-configuration: "
+                "set ADAPTER_EHR_TOKEN_URL"
+            )
+        return str(answer.json()["token_endpoint"])
+
+
+def ehr_auth(settings: Settings) -> EhrAuth:
+    if settings.ehr_auth == "bearer" and settings.ehr_bearer_token is not None:
+        return BearerAuth(settings.ehr_bearer_token.get_secret_value())
+    if settings.ehr_auth == "smart":
+        assert settings.ehr_client_id and settings.ehr_private_key_file and settings.ehr_base_url
+        return SmartBackendAuth(
+            base_url=settings.ehr_base_url,
+            client_id=settings.ehr_client_id,
+            key=load_private_key(settings.ehr_private_key_file, settings.ehr_signing_algorithm),
+            algorithm=settings.ehr_signing_algorithm,
+            scopes=settings.ehr_scopes,
+            key_id=settings.ehr_key_id,
+            token_url=settings.ehr_token_url,
+        )
+    return NoAuth()
+
+
+def load_private_key(path: Path, algorithm: str) -> RSAKey | ECKey:
+    pem = path.read_bytes()
+    try:
+        return RSAKey.import_key(pem) if algorithm == "RS384" else ECKey.import_key(pem)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(
+            f"ADAPTER_EHR_PRIVATE_KEY_FILE: not a PEM private key for {algorithm} ({exc})"
+        ) from None

@@ -1,0 +1,170 @@
+"""The EHR's FHIR API as the sync sees it: every answer sorted once into delivered, temporary
+(retried with backoff) or permanent (a person must act)."""
+
+import email.utils
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import requests
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
+from tenacity.wait import wait_exponential_jitter
+
+from adapter.sync.auth import EhrAuth
+from adapter.sync.errors import EhrAuthError, EhrUnavailable, PermanentEhrError, TemporaryEhrError
+
+log = logging.getLogger(__name__)
+FHIR_JSON = "application/fhir+json"
+TEMPORARY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+"""Answers worth asking again: the EHR is busy or down, not refusing what was sent. Other 5xx
+(501, 505) say the request can never work and are permanent."""
+
+
+@dataclass(frozen=True)
+class EhrResponse:
+    status: int
+    body: dict[str, Any] | None
+    headers: dict[str, str]
+
+
+@dataclass
+class Breaker:
+    """Opens after `threshold` requests in a row failed for want of the EHR: the rest of the
+    run is not sent, so an EHR that is down is not hammered."""
+
+    threshold: int
+    failures: int = 0
+
+    @property
+    def open(self) -> bool:
+        return self.failures >= self.threshold
+
+    def failed(self) -> None:
+        self.failures += 1
+
+    def succeeded(self) -> None:
+        self.failures = 0
+
+
+@dataclass
+class EhrClient:
+    base_url: str
+    auth: EhrAuth
+    timeout: float
+    attempts: int
+    max_wait: float
+    breaker: Breaker
+    session: requests.Session = field(default_factory=requests.Session)
+    sleep: Callable[[float], None] = time.sleep
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> EhrResponse:
+        """One FHIR interaction, retried while the EHR's answers are temporary; raises
+        TemporaryEhrError when the attempts are spent, PermanentEhrError on a refusal."""
+        if self.breaker.open:
+            raise EhrUnavailable("the EHR failed too many requests in a row")
+        retrying = Retrying(
+            retry=retry_if_exception_type(TemporaryEhrError),
+            stop=stop_after_attempt(self.attempts),
+            wait=self._wait,
+            sleep=self.sleep,
+            reraise=True,
+        )
+        try:
+            response = retrying(self._send_authorised, method, path, body, headers or {})
+        except TemporaryEhrError:
+            self.breaker.failed()
+            raise
+        self.breaker.succeeded()
+        return response
+
+    def _wait(self, state: RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, TemporaryEhrError) and error.retry_after is not None:
+            return min(error.retry_after, self.max_wait)
+        backoff = wait_exponential_jitter(initial=0.5, max=self.max_wait)
+        return float(backoff(state))
+
+    def _send_authorised(
+        self, method: str, path: str, body: dict[str, Any] | None, headers: dict[str, str]
+    ) -> EhrResponse:
+        try:
+            return self._send(method, path, body, headers)
+        except EhrAuthError:
+            # A token the EHR no longer honours: fetch a new one, once.
+            self.auth.refresh()
+            return self._send(method, path, body, headers)
+
+    def _send(
+        self, method: str, path: str, body: dict[str, Any] | None, headers: dict[str, str]
+    ) -> EhrResponse:
+        url = f"{self.base_url.rstrip('/')}/{path.lstrip('/')}" if path else self.base_url
+        sent = {"Accept": FHIR_JSON, **headers}
+        if body is not None:
+            sent["Content-Type"] = FHIR_JSON
+        authorization = self.auth.header(self.session, self.timeout)
+        if authorization:
+            sent["Authorization"] = authorization
+        try:
+            answer = self.session.request(
+                method,
+                url,
+                data=orjson.dumps(body) if body is not None else None,
+                headers=sent,
+                timeout=self.timeout,
+            )
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise TemporaryEhrError(
+                None, f"no answer from the EHR ({type(exc).__name__})"
+            ) from None
+        parsed = _json(answer)
+        status = answer.status_code
+        if status < 400:
+            return EhrResponse(status, parsed, dict(answer.headers))
+        reason = f"{method} {_path_only(path)} answered {status}"
+        if status == 401:
+            raise EhrAuthError(reason)
+        if status in TEMPORARY_STATUSES:
+            raise TemporaryEhrError(status, reason, _retry_after(answer.headers.get("Retry-After")))
+        outcome = parsed if parsed and parsed.get("resourceType") == "OperationOutcome" else None
+        raise PermanentEhrError(status, reason, outcome)
+
+
+def _json(answer: requests.Response) -> dict[str, Any] | None:
+    if not answer.content:
+        return None
+    try:
+        parsed = orjson.loads(answer.content)
+    except orjson.JSONDecodeError:
+        return None
+    return parsed if isinstance(parsed, dict) else None
+
+
+def _path_only(path: str) -> str:
+    """The request path without its query, which can hold an MRN."""
+    return path.split("?", 1)[0] or "/"
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Retry-After as seconds: a number of seconds or an HTTP date (RFC 9110, 10.2.3)."""
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return float(value.strip())
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return max(0.0, (moment - datetime.now(UTC)).total_seconds())

@@ -1,0 +1,217 @@
+"""The sync run: one plain function that the scheduler, the CLI and the tests all call."""
+
+import logging
+import os
+import socket
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from sqlalchemy import Engine
+
+from adapter.mapping.config import Site, load_ehr_rules
+from adapter.settings import Settings
+from adapter.store.outbox import Outbox, Outcome
+from adapter.store.records import RecordStore
+from adapter.store.state import read_state, write_state
+from adapter.store.sync_state import Lease, PatientMatches, SyncRuns
+from adapter.sync.auth import ehr_auth
+from adapter.sync.capabilities import DeliveryPlan, plan_delivery
+from adapter.sync.client import Breaker, EhrClient
+from adapter.sync.delivery import PARTIAL, Delivery
+from adapter.sync.errors import EhrAuthError, EhrUnavailable, TemporaryEhrError
+from adapter.sync.patients import PatientResolver
+
+log = logging.getLogger(__name__)
+CAPABILITIES = "ehr_capabilities"
+BACKOFF = "sync_backoff"
+LONGEST_BACKOFF = 3600.0
+COMPLETION_ROUNDS = 2
+"""Rounds of updates, within a run, of resources first delivered without some references."""
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class LeaseLost(Exception):
+    """Another process took over the sync: this run stops where it is."""
+
+
+@dataclass
+class SyncReport:
+    status: str
+    """completed, failed, busy (another run holds the lease) or deferred (backing off)."""
+    run_id: int | None = None
+    counts: Counter[str] = field(default_factory=Counter)
+    error: str | None = None
+    resume_at: datetime | None = None
+
+
+class Sync:
+    """What a sync run works with: the store's outbox and runs, the EHR's client."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        records: RecordStore,
+        site: Callable[[], Site],
+        client: EhrClient | None = None,
+        clock: Callable[[], datetime] = utc_now,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if not settings.ehr_base_url:
+            raise ValueError("ADAPTER_EHR_BASE_URL is not set: there is no EHR to sync to")
+        self.settings = settings
+        self.engine = engine
+        self.records = records
+        self.site = site
+        self.clock = clock
+        self.outbox = Outbox(engine)
+        self.runs = SyncRuns(engine)
+        self.patient_matches = PatientMatches(engine)
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.lease = Lease(
+            engine, "sync", self.holder, timedelta(seconds=settings.sync_lease_seconds)
+        )
+        self.client = client or EhrClient(
+            base_url=settings.ehr_base_url,
+            auth=ehr_auth(settings),
+            timeout=settings.ehr_timeout_seconds,
+            attempts=settings.ehr_retry_attempts,
+            max_wait=settings.ehr_retry_max_wait_seconds,
+            breaker=Breaker(settings.ehr_breaker_failures),
+            sleep=sleep,
+        )
+
+    def plans(self, now: datetime) -> dict[str, DeliveryPlan]:
+        """Delivery plans from the EHR's CapabilityStatement, read again when the cached copy
+        is older than the refresh setting; an EHR that cannot answer now leaves the cached
+        copy in use."""
+        with self.engine.connect() as connection:
+            cached = read_state(connection, CAPABILITIES)
+        stored = orjson.loads(cached) if cached else None
+        age = timedelta(minutes=self.settings.ehr_capabilities_refresh_minutes)
+        if stored is None or now - datetime.fromisoformat(stored["fetched_at"]) >= age:
+            try:
+                statement = self.client.request("GET", "metadata").body or {}
+            except TemporaryEhrError:
+                if stored is None:
+                    raise
+            else:
+                stored = {"fetched_at": now.isoformat(), "statement": statement}
+                with self.engine.begin() as connection:
+                    write_state(connection, CAPABILITIES, orjson.dumps(stored).decode())
+        return plan_delivery(stored["statement"], load_ehr_rules(self.settings.mappings_dir))
+
+    def backoff(self) -> tuple[datetime | None, float]:
+        with self.engine.connect() as connection:
+            value = read_state(connection, BACKOFF)
+        if not value:
+            return None, 0.0
+        state = orjson.loads(value)
+        return datetime.fromisoformat(state["until"]) if state["until"] else None, state["seconds"]
+
+    def set_backoff(self, until: datetime | None, seconds: float) -> None:
+        value = {"until": until.isoformat() if until else None, "seconds": seconds}
+        with self.engine.begin() as connection:
+            write_state(connection, BACKOFF, orjson.dumps(value).decode())
+
+
+def sync_once(
+    sync: Sync, trigger: str = "schedule", progress: Callable[[int], None] | None = None
+) -> SyncReport:
+    """One run: deliver every due outbox item, in delivery order, in batches. A scheduled run
+    while the sync backs off from a down EHR is deferred; a run while another holds the lease
+    does nothing. Every run that starts is recorded with its counts."""
+    now = sync.clock()
+    until, seconds = sync.backoff()
+    if trigger == "schedule" and until is not None and until > now:
+        return SyncReport("deferred", resume_at=until)
+    if not sync.lease.acquire(now):
+        return SyncReport("busy")
+    report = SyncReport("completed", run_id=sync.runs.start(trigger, sync.holder, now))
+    try:
+        _run(sync, report, progress or (lambda _: None))
+        sync.set_backoff(None, 0.0)
+    except (EhrUnavailable, TemporaryEhrError) as exc:
+        seconds = min(LONGEST_BACKOFF, seconds * 2 or sync.settings.ehr_breaker_seconds)
+        report.resume_at = sync.clock() + timedelta(seconds=seconds)
+        sync.set_backoff(report.resume_at, seconds)
+        report.status = "failed"
+        report.error = (
+            f"the EHR is unavailable ({exc}); the sync backs off until "
+            f"{report.resume_at:%Y-%m-%dT%H:%M:%SZ}"
+        )
+    except EhrAuthError as exc:
+        report.status, report.error = "failed", str(exc)
+    except LeaseLost:
+        report.status, report.error = "failed", "another process took over the sync lease"
+    except Exception as exc:
+        report.status, report.error = "failed", f"{type(exc).__name__} (see the service log)"
+        log.exception("sync run %d failed", report.run_id)
+    finally:
+        assert report.run_id is not None
+        sync.runs.finish(
+            report.run_id, report.status, dict(report.counts), report.error, sync.clock()
+        )
+        sync.lease.release()
+    log.info("sync run %d %s: %s", report.run_id, report.status, dict(report.counts))
+    return report
+
+
+def _run(sync: Sync, report: SyncReport, progress: Callable[[int], None]) -> None:
+    plans = sync.plans(sync.clock())
+    deliverable = [t for t, plan in plans.items() if plan.deliver]
+    sync.outbox.requeue(sync.clock(), ["skipped"], resource_types=deliverable)
+    mrn_refresh = timedelta(minutes=sync.settings.ehr_patient_refresh_minutes)
+    delivery = Delivery(
+        client=sync.client,
+        outbox=sync.outbox,
+        records=sync.records,
+        patients=PatientResolver(
+            sync.client, sync.patient_matches, sync.site().identifier_systems.mrn, mrn_refresh
+        ),
+        plans=plans,
+        site=sync.site(),
+        rules=load_ehr_rules(sync.settings.mappings_dir),
+        clock=sync.clock,
+    )
+    after = None
+    while True:
+        if not sync.lease.renew(sync.clock()):
+            raise LeaseLost
+        batch = sync.outbox.due(sync.clock(), after, sync.settings.sync_batch_size)
+        if not batch:
+            break
+        after = batch[-1].item.key
+        _settle(sync, report, delivery.deliver(batch))
+        progress(len(batch))
+        if sync.client.breaker.open:
+            raise EhrUnavailable("the EHR failed too many requests in a row")
+    for _ in range(COMPLETION_ROUNDS):
+        partial = sorted(delivery.partial)
+        delivery.partial.clear()
+        for start in range(0, len(partial), sync.settings.sync_batch_size):
+            chunk = partial[start : start + sync.settings.sync_batch_size]
+            batch = sync.outbox.due(sync.clock(), None, len(chunk), ids=chunk)
+            _settle(sync, report, delivery.deliver(batch))
+
+
+def _settle(sync: Sync, report: SyncReport, outcomes: Sequence[Outcome]) -> None:
+    sync.outbox.record(outcomes, sync.clock())
+    for outcome in outcomes:
+        report.counts[_kind(outcome)] += 1
+
+
+def _kind(outcome: Outcome) -> str:
+    if outcome.state != "pending":
+        return outcome.state
+    detail: dict[str, Any] = outcome.detail or {}
+    return "delivered_partially" if detail.get("reason") == PARTIAL else "retry_later"

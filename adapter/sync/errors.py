@@ -1,0 +1,35 @@
+"""How a request to the EHR can fail. Reasons name the interaction and status, never a patient."""
+
+from typing import Any
+
+
+class EhrError(Exception):
+    """A request to the EHR did not deliver."""
+
+
+class TemporaryEhrError(EhrError):
+    """408, 429, 5xx or no answer: worth trying again later."""
+
+    def __init__(self, status: int | None, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class PermanentEhrError(EhrError):
+    """The EHR refused what was sent; sending it again unchanged will not help."""
+
+    def __init__(self, status: int, reason: str, outcome: dict[str, Any] | None) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.outcome = outcome
+
+
+class EhrAuthError(EhrError):
+    """The EHR did not accept the adapter's credentials, or no token could be had."""
+
+
+class EhrUnavailable(EhrError):
+    """The EHR failed too many requests in a row; the sync backs off as a whole."""

@@ -1,0 +1,84 @@
+"""The EHR's Patient behind each MRN: found by identifier, confirmed by family name and birth
+date where the clinic's record has them, and never guessed."""
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+from adapter.store.sync_state import PatientMatch, PatientMatches
+from adapter.sync.client import EhrClient
+
+MATCHED = "matched"
+
+
+@dataclass(frozen=True)
+class PatientFacts:
+    """What a clinic record says about its patient, beyond the MRN (either may be missing)."""
+
+    family: str | None
+    birth_date: str | None
+
+
+class PatientResolver:
+    def __init__(
+        self, client: EhrClient, matches: PatientMatches, mrn_system: str, refresh: timedelta
+    ) -> None:
+        self.client = client
+        self.matches = matches
+        self.mrn_system = mrn_system
+        self.refresh = refresh
+        self._this_run: dict[str, PatientMatch] = {}
+
+    def resolve(self, mrns: Iterable[str], now: datetime) -> dict[str, PatientMatch]:
+        """The match of each MRN: a fresh cached match, else asked of the EHR. An MRN that was
+        not found or was ambiguous is asked again on each run, once per run."""
+        wanted = {mrn for mrn in mrns if mrn not in self._this_run}
+        cached = self.matches.get(wanted)
+        fresh: list[PatientMatch] = []
+        for mrn in sorted(wanted):
+            known = cached.get(mrn)
+            if known and known.state == MATCHED and now - known.checked_at < self.refresh:
+                self._this_run[mrn] = known
+                continue
+            match = self._search(mrn, now)
+            self._this_run[mrn] = match
+            fresh.append(match)
+        self.matches.put(fresh)
+        return {mrn: self._this_run[mrn] for mrn in mrns}
+
+    def _search(self, mrn: str, now: datetime) -> PatientMatch:
+        query = urlencode({"identifier": f"{self.mrn_system}|{mrn}", "_count": "5"})
+        answer = self.client.request("GET", f"Patient?{query}")
+        patients = [
+            entry["resource"]
+            for entry in (answer.body or {}).get("entry", [])
+            if entry.get("resource", {}).get("resourceType") == "Patient"
+            and entry.get("search", {}).get("mode", "match") == "match"
+        ]
+        if not patients:
+            return PatientMatch(mrn, "not-found", None, {}, now)
+        if len(patients) > 1:
+            return PatientMatch(mrn, "ambiguous", None, {"candidates": len(patients)}, now)
+        patient = patients[0]
+        detail: dict[str, Any] = {
+            "family": sorted({n["family"] for n in patient.get("name", []) if n.get("family")}),
+            "birth_date": patient.get("birthDate"),
+        }
+        return PatientMatch(mrn, MATCHED, str(patient["id"]), detail, now)
+
+
+def mismatch(match: PatientMatch, facts: PatientFacts) -> str | None:
+    """Why the EHR's patient is not the record's, or None. Names what differs, not the values."""
+    if match.state == "not-found":
+        return "no Patient in the EHR has this MRN"
+    if match.state == "ambiguous":
+        return "several Patients in the EHR have this MRN"
+    families = {name.casefold() for name in match.detail.get("family", [])}
+    if facts.family and families and facts.family.casefold() not in families:
+        return "the EHR's Patient with this MRN has a different family name than the record"
+    birth_date = match.detail.get("birth_date")
+    if facts.birth_date and birth_date and facts.birth_date != birth_date:
+        return "the EHR's Patient with this MRN has a different birth date than the record"
+    return None

@@ -1,0 +1,106 @@
+"""The sandbox EHR (tests/ehr-server) in a Node process, and what tests ask of it."""
+
+import subprocess
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
+import requests
+
+SERVER = Path(__file__).resolve().parent.parent / "ehr-server"
+SANDBOX_PATIENTS = SERVER / "sandbox-patients.json"
+DEFAULT_CONFIG = {
+    "conditionalCreate": True,
+    "transactions": True,
+    "readOnlyTypes": [],
+    "requireIfMatch": False,
+    "bearer": None,
+}
+PROFILES: dict[str, dict[str, Any]] = {
+    "generic": {},
+    "epic": {"conditionalCreate": False, "readOnlyTypes": ["AdverseEvent"]},
+    "oracle": {"requireIfMatch": True},
+    "single": {"transactions": False, "conditionalCreate": False},
+}
+"""The EHRs the sync must work with: a FHIR server that does everything; Epic's R4 API (no
+conditional create, AdverseEvent read-only); Oracle Health (If-Match on updates); a server that
+takes single requests only."""
+
+
+class SandboxEhr:
+    def __init__(self, *args: str) -> None:
+        if not (SERVER / "node_modules" / "@medplum" / "fhir-router").exists():
+            raise RuntimeError("the sandbox EHR is not installed: npm ci --prefix tests/ehr-server")
+        self.process = subprocess.Popen(
+            ["node", str(SERVER / "server.mjs"), "--port", "0", *args],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError("the sandbox EHR did not start")
+        self.base = str(orjson.loads(line)["base"])
+        self.origin = self.base.removesuffix("/fhir")
+        self.http = requests.Session()
+
+    def control(self, method: str, path: str, body: Any = None) -> Any:
+        answer = self.http.request(
+            method, f"{self.origin}/_control{path}", data=orjson.dumps(body) if body else None
+        )
+        answer.raise_for_status()
+        return answer.json() if answer.content else None
+
+    def reset(self, profile: str = "generic") -> None:
+        """Empty the server, apply an EHR profile, and create the sandbox patients."""
+        self.control("POST", "/reset")
+        self.control("DELETE", "/reject")
+        self.control("PUT", "/config", {**DEFAULT_CONFIG, **PROFILES[profile]})
+        for patient in orjson.loads(SANDBOX_PATIENTS.read_bytes()):
+            self.create(patient)
+
+    def configure(self, **config: Any) -> None:
+        self.control("PUT", "/config", config)
+
+    def create(self, resource: dict[str, Any]) -> dict[str, Any]:
+        answer = self.http.post(
+            f"{self.base}/{resource['resourceType']}",
+            data=orjson.dumps(resource),
+            headers={"Content-Type": "application/fhir+json", **self._auth()},
+        )
+        answer.raise_for_status()
+        created: dict[str, Any] = answer.json()
+        return created
+
+    def all(self, resource_type: str) -> list[dict[str, Any]]:
+        """Every resource of a type the EHR holds, paging to the end."""
+        found: list[dict[str, Any]] = []
+        url: str | None = f"{self.base}/{resource_type}?_count=1000"
+        while url:
+            page = self.http.get(url, headers=self._auth()).json()
+            found += [entry["resource"] for entry in page.get("entry", [])]
+            url = next(
+                (link["url"] for link in page.get("link", []) if link["relation"] == "next"), None
+            )
+        return found
+
+    def identifier_counts(self, resource_type: str) -> Counter[tuple[str, str]]:
+        counts: Counter[tuple[str, str]] = Counter()
+        for resource in self.all(resource_type):
+            listed = resource.get("identifier")
+            for identifier in listed if isinstance(listed, list) else [listed] if listed else []:
+                counts[(identifier["system"], identifier["value"])] += 1
+        return counts
+
+    def stats(self) -> dict[str, int]:
+        found: dict[str, int] = self.control("GET", "/stats")
+        return found
+
+    def _auth(self) -> dict[str, str]:
+        config = self.control("GET", "/config")
+        return {"Authorization": f"Bearer {config['bearer']}"} if config.get("bearer") else {}
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)

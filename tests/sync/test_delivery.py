@@ -1,0 +1,101 @@
+"""The sync delivers every resource to a real FHIR server once, with the EHR's own references."""
+
+from collections import Counter
+
+import orjson
+import pytest
+
+from adapter.runtime import Runtime
+from adapter.sync.engine import Sync, sync_once
+from tests.conftest import EXAMPLE_DAY
+from tests.sync.sandbox import SandboxEhr
+
+MRN_SYSTEM = "https://ketamine-clinic.example.org/fhir/sid/mrn"
+
+
+def load_example_day(runtime: Runtime) -> None:
+    lines = [line for line in EXAMPLE_DAY.read_bytes().splitlines() if line.strip()]
+    runtime.intake.submit(list(enumerate(lines, start=1)))
+    runtime.mapping.run()
+
+
+def stored_counts(runtime: Runtime) -> Counter[str]:
+    return Counter(r.resource_type for r in runtime.resources.all_current())
+
+
+@pytest.mark.parametrize("profile", ["generic", "epic", "oracle", "single"])
+def test_the_example_day_arrives_once_under_every_ehr_profile(
+    runtime: Runtime, sync: Sync, ehr: SandboxEhr, profile: str
+) -> None:
+    ehr.reset(profile)
+    load_example_day(runtime)
+
+    report = sync_once(sync, trigger="test")
+
+    assert report.status == "completed", report.error
+    expected = stored_counts(runtime)
+    for resource_type, count in expected.items():
+        copies = ehr.identifier_counts(resource_type)
+        if profile == "epic" and resource_type == "AdverseEvent":
+            assert copies == Counter()
+            continue
+        assert len(ehr.all(resource_type)) == count, resource_type
+        assert set(copies.values()) == {1}, resource_type
+    assert sync.outbox.counts()["dead"] == 0
+    if profile == "epic":
+        assert sync.outbox.counts()["skipped"] == expected["AdverseEvent"]
+
+
+def test_references_point_at_the_ehrs_ids(runtime: Runtime, sync: Sync, ehr: SandboxEhr) -> None:
+    load_example_day(runtime)
+
+    sync_once(sync, trigger="test")
+
+    patients = {p["identifier"][0]["value"]: p["id"] for p in ehr.all("Patient")}
+    procedures = {p["id"] for p in ehr.all("Procedure")}
+    observations = ehr.all("Observation")
+    assert observations
+    for observation in observations:
+        subject = observation["subject"]
+        assert subject["reference"] == f"Patient/{patients[subject['identifier']['value']]}"
+        for part_of in observation.get("partOf", []):
+            kind, _, ehr_id = part_of["reference"].partition("/")
+            assert kind == "Procedure" and ehr_id in procedures, part_of
+    for event in ehr.all("AdverseEvent"):
+        for suspect in event["suspectEntity"]:
+            assert suspect["instance"]["reference"].split("/")[1] in procedures
+
+
+def test_a_second_run_sends_nothing_and_a_new_version_updates_the_same_copy(
+    runtime: Runtime, sync: Sync, ehr: SandboxEhr
+) -> None:
+    load_example_day(runtime)
+    sync_once(sync, trigger="test")
+    before = ehr.stats()
+
+    again = sync_once(sync, trigger="test")
+
+    assert again.counts == Counter()
+    assert {k: v for k, v in ehr.stats().items() if not k.startswith("GET")} == {
+        k: v for k, v in before.items() if not k.startswith("GET")
+    }
+    line = next(
+        orjson.loads(raw)
+        for raw in EXAMPLE_DAY.read_bytes().splitlines()
+        if raw.strip() and orjson.loads(raw)["record_type"] == "vitals"
+    )
+    line["revision"] += 1
+    line["heart_rate"] = 61
+    runtime.intake.submit([(1, orjson.dumps(line))])
+    runtime.mapping.run()
+
+    third = sync_once(sync, trigger="test")
+
+    assert third.counts["delivered"] >= 1
+    heart_rates = [
+        o
+        for o in ehr.all("Observation")
+        if any(i["value"] == f"{line['id']}/heart_rate" for i in o["identifier"])
+    ]
+    assert len(heart_rates) == 1
+    assert heart_rates[0]["valueQuantity"]["value"] == 61
