@@ -6,7 +6,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from adapter import __version__
-from adapter.api import fhir, health, mapping, outcome, records
+from adapter.api import fhir, health, mapping, outcome, records, sync
 from adapter.runtime import open_runtime
 from adapter.settings import Settings, get_settings
 from adapter.worker import Worker
@@ -45,5 +45,6 @@ def create_app(settings: Settings | None = None, background: bool = True) -> Fas
     app.include_router(health.router)
     app.include_router(records.router)
     app.include_router(mapping.router)
+    app.include_router(sync.router)
     app.include_router(fhir.router)
     return app

@@ -1,4 +1,4 @@
-"""The `infusion-adapter` command: serve, import, db and mappings."""
+"""The `infusion-adapter` command: serve, import, db, mappings and sync."""
 
 import logging
 import sys
@@ -7,9 +7,10 @@ from pathlib import Path
 
 import click
 import orjson
-from pydantic import ValidationError
 from tqdm import tqdm
 
+from adapter.cli_support import open_runtime_or_exit as _runtime
+from adapter.cli_support import settings_or_exit as _settings
 from adapter.errors import MappingFileError
 from adapter.fhir.validation import InvalidResource
 from adapter.importer import ImportReport, import_file
@@ -19,28 +20,11 @@ from adapter.intake.validation import validate_record
 from adapter.mapping.config import json_schemas, load_mappings
 from adapter.mapping.mapper import Mapper, SourceRecord
 from adapter.mapping.service import MappingReport
-from adapter.runtime import Runtime, intake_context, open_runtime
-from adapter.settings import Settings, get_settings
+from adapter.runtime import Runtime, intake_context
 from adapter.store import migrate
 from adapter.store.engine import make_engine
+from adapter.sync.commands import sync
 from adapter.worker import LARGE_LOAD
-
-
-def _settings() -> Settings:
-    try:
-        return get_settings()
-    except ValidationError as exc:
-        for err in exc.errors(include_url=False, include_input=False):
-            click.echo(f"settings: {err['msg']}", err=True)
-        sys.exit(2)
-
-
-def _runtime(settings: Settings) -> Runtime:
-    try:
-        return open_runtime(settings)
-    except MappingFileError as exc:
-        click.echo(f"refusing to start, a mapping file is broken:\n{exc}", err=True)
-        sys.exit(2)
 
 
 @click.group()
@@ -265,3 +249,6 @@ def schema(output: Path | None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+main.add_command(sync)

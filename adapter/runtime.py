@@ -6,14 +6,17 @@ from datetime import timedelta
 from adapter.export.service import ExportService
 from adapter.intake.service import Intake
 from adapter.intake.validation import IntakeContext
-from adapter.mapping.config import Mappings, load_mappings
+from adapter.mapping.config import Mappings, load_ehr_rules, load_mappings
 from adapter.mapping.service import MappingService
 from adapter.settings import Settings
 from adapter.store import migrate
 from adapter.store.engine import make_engine
 from adapter.store.mapping_queue import MappingQueue
+from adapter.store.outbox import Outbox
 from adapter.store.records import RecordStore
 from adapter.store.resources import ResourceStore
+from adapter.store.sync_state import SyncRuns
+from adapter.sync.engine import Sync
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,10 @@ class Runtime:
     mapping: MappingService
     resources: ResourceStore
     exports: ExportService
+    outbox: Outbox
+    sync_runs: SyncRuns
+    sync: Sync | None
+    """The sync to the EHR; None when no EHR is configured (the outbox fills all the same)."""
 
     def reload_mappings(self) -> bool:
         """Apply changed mapping files to intake and mapping; a broken file raises and changes
@@ -39,7 +46,8 @@ def intake_context(mappings: Mappings) -> IntakeContext:
 
 
 def open_runtime(settings: Settings) -> Runtime:
-    """Load the mappings and open the store; a broken mapping or a stale schema stops here."""
+    """Load the mappings and open the store; a broken mapping file (mappings/ehr.yaml
+    included) or a stale schema stops here."""
     mappings = load_mappings(settings.mappings_dir)
     engine = make_engine(settings.database_url)
     if settings.auto_migrate:
@@ -51,6 +59,12 @@ def open_runtime(settings: Settings) -> Runtime:
     store = RecordStore(engine)
     mapping = MappingService(MappingQueue(engine), mappings, settings.mappings_dir)
     mapping.adopt_version()
+    load_ehr_rules(settings.mappings_dir)
+    sync = (
+        Sync(settings, engine, store, lambda: mapping.mapper.mappings.site)
+        if settings.ehr_base_url
+        else None
+    )
     return Runtime(
         settings=settings,
         store=store,
@@ -60,4 +74,7 @@ def open_runtime(settings: Settings) -> Runtime:
         exports=ExportService(
             engine, settings.export_dir, timedelta(minutes=settings.export_retention_minutes)
         ),
+        outbox=Outbox(engine),
+        sync_runs=SyncRuns(engine),
+        sync=sync,
     )

@@ -4,7 +4,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from apscheduler.triggers.cron import CronTrigger
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEVELOPMENT_SECRET = "development-only-secret-change-me"
@@ -145,6 +146,18 @@ class Settings(BaseSettings):
         "system/AdverseEvent.cru system/MedicationAdministration.cru",
         description="Scopes the sync asks the EHR's token endpoint for.",
     )
+
+    @field_validator("sync_cron", "reconcile_cron")
+    @classmethod
+    def _crontab(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                CronTrigger.from_crontab(value)
+            except ValueError as exc:
+                raise ValueError(
+                    f"not a crontab expression (minute hour day month weekday): {exc}"
+                ) from None
+        return value
 
     @model_validator(mode="after")
     def _refuse_development_secret(self) -> "Settings":

@@ -4,15 +4,24 @@ import logging
 from datetime import UTC, datetime
 
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.schedulers.base import BaseScheduler
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
 
 from adapter.errors import MappingFileError
 from adapter.runtime import Runtime
+from adapter.settings import Settings
+from adapter.sync.engine import sync_once
+from adapter.sync.reconcile import reconcile_once
 
 log = logging.getLogger(__name__)
 MAP_JOB = "map-pending-records"
 LARGE_LOAD = 10_000
 """Resources created in one mapping pass after which the planner statistics are refreshed."""
 EXPORT_JOB = "run-exports"
+SYNC_JOB = "sync-to-ehr"
+RECONCILE_JOB = "reconcile-with-ehr"
 
 
 def map_pending(runtime: Runtime) -> None:
@@ -49,13 +58,53 @@ def run_exports(runtime: Runtime) -> None:
         log.info("exports: %d completed, %d expired", done, expired)
 
 
+def sync_to_ehr(runtime: Runtime) -> None:
+    """One scheduled sync run (the lease keeps it to one at a time across processes)."""
+    if runtime.sync is not None:
+        sync_once(runtime.sync, trigger="schedule")
+
+
+def reconcile_with_ehr(runtime: Runtime) -> None:
+    if runtime.sync is not None:
+        reconcile_once(runtime.sync)
+
+
+def sync_trigger(settings: Settings) -> BaseTrigger:
+    if settings.sync_cron:
+        return CronTrigger.from_crontab(settings.sync_cron, timezone=UTC)
+    return IntervalTrigger(seconds=settings.sync_interval_seconds, timezone=UTC)
+
+
+def add_sync_jobs(scheduler: BaseScheduler, runtime: Runtime) -> None:
+    """The sync on its interval or cron, from now on, and the nightly reconciliation."""
+    scheduler.add_job(
+        sync_to_ehr,
+        sync_trigger(runtime.settings),
+        args=[runtime],
+        id=SYNC_JOB,
+        max_instances=1,
+        coalesce=True,
+        next_run_time=datetime.now(UTC),
+    )
+    scheduler.add_job(
+        reconcile_with_ehr,
+        CronTrigger.from_crontab(runtime.settings.reconcile_cron, timezone=UTC),
+        args=[runtime],
+        id=RECONCILE_JOB,
+        max_instances=1,
+        coalesce=True,
+    )
+
+
 class Worker:
-    """APScheduler in the service process: mapping and exports, one pass of each at a time,
-    woken early by intake and by export requests."""
+    """APScheduler in the service process: mapping, exports and the sync to the EHR, one pass
+    of each at a time, woken early by intake, by export requests and by IT asking for a run."""
 
     def __init__(self, runtime: Runtime) -> None:
         self.scheduler = BackgroundScheduler(timezone=UTC)
         runtime.exports.resume()
+        if runtime.sync is not None:
+            add_sync_jobs(self.scheduler, runtime)
         for job_id, function in ((MAP_JOB, map_pending), (EXPORT_JOB, run_exports)):
             self.scheduler.add_job(
                 function,
@@ -72,8 +121,8 @@ class Worker:
         self.scheduler.start()
 
     def wake(self, job: str = MAP_JOB) -> None:
-        """Run a job soon: records have just arrived, or an export was asked for."""
-        if self.scheduler.running:
+        """Run a job soon: records have just arrived, or an export or a sync was asked for."""
+        if self.scheduler.running and self.scheduler.get_job(job) is not None:
             self.scheduler.modify_job(job, next_run_time=datetime.now(UTC))
 
     def stop(self) -> None:

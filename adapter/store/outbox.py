@@ -139,20 +139,28 @@ class Outbox:
     ) -> list[Pending]:
         """The next due items in delivery order, after the key `after` (of those named, when
         `ids` is given), with their content."""
+        where = [outbox.c.state.in_(DUE_STATES), outbox.c.next_attempt_at <= now]
+        if ids is not None:
+            where.append(outbox.c.resource_id.in_(list(ids)))
+        return self._with_content(where, after, limit)
+
+    def delivered(self, after: tuple[int, str] | None, limit: int) -> list[Pending]:
+        """Delivered items in delivery order, with their content: what reconciliation checks."""
+        return self._with_content([outbox.c.state == "delivered"], after, limit)
+
+    def _with_content(
+        self, where: list[Any], after: tuple[int, str] | None, limit: int
+    ) -> list[Pending]:
         query = (
             select(*_COLUMNS, resources.c.content, resources.c.source_type, resources.c.source_id)
             .join(resources, resources.c.id == outbox.c.resource_id)
-            .where(outbox.c.state.in_(DUE_STATES), outbox.c.next_attempt_at <= now)
+            .where(*where)
             .order_by(outbox.c.rank, outbox.c.resource_id)
             .limit(limit)
         )
         if after is not None:
-            query = query.where(
-                tuple_(outbox.c.rank, outbox.c.resource_id)
-                > tuple_(literal(after[0]), literal(after[1]))
-            )
-        if ids is not None:
-            query = query.where(outbox.c.resource_id.in_(list(ids)))
+            key = tuple_(literal(after[0]), literal(after[1]))
+            query = query.where(tuple_(outbox.c.rank, outbox.c.resource_id) > key)
         with self.engine.connect() as connection:
             rows = connection.execute(query).all()
         return [Pending(_item(row[:12]), row[12], row[13], row[14]) for row in rows]
@@ -230,6 +238,13 @@ class Outbox:
         with self.engine.connect() as connection:
             return [_item(row) for row in connection.execute(query)]
 
+    def count_due(self, now: datetime) -> int:
+        query = select(func.count()).where(
+            outbox.c.state.in_(DUE_STATES), outbox.c.next_attempt_at <= now
+        )
+        with self.engine.connect() as connection:
+            return int(connection.execute(query).scalar_one())
+
     def counts(self) -> dict[str, int]:
         query = select(outbox.c.state, func.count()).group_by(outbox.c.state)
         with self.engine.connect() as connection:
@@ -280,11 +295,18 @@ class Outbox:
                 ).rowcount
         return total
 
-    def forget_ehr_ids(self, ids: Sequence[str]) -> None:
+    def set_ehr_ids(self, ids: dict[str, tuple[str | None, str | None]]) -> None:
+        """Record (or forget, with None) the EHR's id and version of resources: what
+        reconciliation found there."""
+        if not ids:
+            return
         with self.engine.begin() as connection:
-            for start in range(0, len(ids), 500):
-                connection.execute(
-                    update(outbox)
-                    .where(outbox.c.resource_id.in_(ids[start : start + 500]))
-                    .values(ehr_id=None, ehr_version=None, delivered_version=None)
-                )
+            connection.execute(
+                update(outbox)
+                .where(outbox.c.resource_id == bindparam("key"))
+                .values(ehr_id=bindparam("new_id"), ehr_version=bindparam("new_version")),
+                [
+                    {"key": key, "new_id": ehr_id, "new_version": version}
+                    for key, (ehr_id, version) in ids.items()
+                ],
+            )

@@ -11,8 +11,9 @@ from typing import Any
 
 import orjson
 import requests
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 from tenacity.wait import wait_exponential_jitter
+from urllib3.exceptions import NewConnectionError
 
 from adapter.sync.auth import EhrAuth
 from adapter.sync.errors import EhrAuthError, EhrUnavailable, PermanentEhrError, TemporaryEhrError
@@ -22,6 +23,8 @@ FHIR_JSON = "application/fhir+json"
 TEMPORARY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 """Answers worth asking again: the EHR is busy or down, not refusing what was sent. Other 5xx
 (501, 505) say the request can never work and are permanent."""
+NOT_ACTED_ON = frozenset({408, 429, 503})
+"""Answers that say the server did not act on the request (RFC 9110, 15.5.9, 15.6.4; RFC 6585)."""
 
 
 @dataclass(frozen=True)
@@ -68,13 +71,20 @@ class EhrClient:
         *,
         body: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
+        idempotent: bool = True,
     ) -> EhrResponse:
         """One FHIR interaction, retried while the EHR's answers are temporary; raises
-        TemporaryEhrError when the attempts are spent, PermanentEhrError on a refusal."""
+        TemporaryEhrError when the attempts are spent, PermanentEhrError on a refusal. A
+        request that is not idempotent (a plain create) is repeated only when the EHR surely
+        did not act on it; otherwise the caller decides (it searches before sending again)."""
         if self.breaker.open:
             raise EhrUnavailable("the EHR failed too many requests in a row")
+
+        def worth_repeating(error: BaseException) -> bool:
+            return isinstance(error, TemporaryEhrError) and (idempotent or not error.sent)
+
         retrying = Retrying(
-            retry=retry_if_exception_type(TemporaryEhrError),
+            retry=retry_if_exception(worth_repeating),
             stop=stop_after_attempt(self.attempts),
             wait=self._wait,
             sleep=self.sleep,
@@ -92,7 +102,7 @@ class EhrClient:
         error = state.outcome.exception() if state.outcome else None
         if isinstance(error, TemporaryEhrError) and error.retry_after is not None:
             return min(error.retry_after, self.max_wait)
-        backoff = wait_exponential_jitter(initial=0.5, max=self.max_wait)
+        backoff = wait_exponential_jitter(multiplier=0.5, max=self.max_wait)
         return float(backoff(state))
 
     def _send_authorised(
@@ -135,9 +145,18 @@ class EhrClient:
         if status == 401:
             raise EhrAuthError(reason)
         if status in TEMPORARY_STATUSES:
-            raise TemporaryEhrError(status, reason, _retry_after(answer.headers.get("Retry-After")))
+            retry_after = _retry_after(answer.headers.get("Retry-After"))
+            raise TemporaryEhrError(status, reason, retry_after, sent=status not in NOT_ACTED_ON)
         outcome = parsed if parsed and parsed.get("resourceType") == "OperationOutcome" else None
         raise PermanentEhrError(status, reason, outcome)
+
+
+def _maybe_sent(error: Exception) -> bool:
+    """False when the connection never opened (refused, or timed out connecting)."""
+    if isinstance(error, requests.ConnectTimeout):
+        return False
+    reason = getattr(error.args[0], "reason", None) if error.args else None
+    return not isinstance(reason, NewConnectionError)
 
 
 def _json(answer: requests.Response) -> dict[str, Any] | None:

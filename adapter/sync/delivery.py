@@ -1,9 +1,13 @@
 """Delivering one batch of the outbox to the EHR, in the kind of request each type's plan says,
-so that the EHR ends up with exactly one copy of each resource, as its latest version says."""
+so that the EHR ends up with exactly one copy of each resource, as its latest version says.
+
+A create is never sent twice blindly: when a request that creates may have reached the EHR
+and no answer came back, the EHR is searched for the adapter's identifiers before it is sent
+again, and what is found there is updated instead."""
 
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
@@ -15,22 +19,24 @@ from adapter.store.outbox import Outbox, OutboxItem, Outcome, Pending
 from adapter.store.records import RecordStore
 from adapter.sync.capabilities import DeliveryPlan
 from adapter.sync.client import EhrClient, EhrResponse
-from adapter.sync.errors import PermanentEhrError, TemporaryEhrError
-from adapter.sync.outgoing import (
-    DROP,
-    EhrCopy,
-    adapter_identifier,
-    ehr_copy,
-    identifiers,
-    patient_mrn,
+from adapter.sync.ehr_ids import (
+    EhrId,
+    answer_of,
+    copies_by_identifier,
+    duplicates,
+    identity,
+    version_of,
 )
-from adapter.sync.patients import PatientFacts, PatientResolver, mismatch
+from adapter.sync.errors import EhrError, PermanentEhrError, TemporaryEhrError
+from adapter.sync.outgoing import DROP, EhrCopy, adapter_identifier, ehr_copy, references
+from adapter.sync.patients import PatientResolver, patient_references
 
 Json = dict[str, Any]
 PARTIAL = (
     "delivered without its references to resources not yet in the EHR; it is updated once they are"
 )
 LONGEST_BACKOFF = 3600.0
+TEMPORARY = frozenset({408, 429, 500, 502, 503, 504})
 
 
 @dataclass(frozen=True)
@@ -41,8 +47,6 @@ class Prepared:
     plan: DeliveryPlan
     copy: EhrCopy
     identifier: tuple[str, str] | None
-    ehr_id: str | None
-    ehr_version: str | None
     partial: bool
     """References to resources that come later were left out; an update brings them."""
     bundled: bool
@@ -55,7 +59,7 @@ class Prepared:
 
 @dataclass
 class Delivery:
-    """One run's deliveries: what it learnt of the EHR's ids is kept for the rest of the run."""
+    """One run's deliveries: what it learns of the EHR's ids is kept for the rest of the run."""
 
     client: EhrClient
     outbox: Outbox
@@ -65,8 +69,8 @@ class Delivery:
     site: Site
     rules: EhrRules
     clock: Callable[[], datetime]
-    known: dict[str, tuple[str, str | None]] = field(default_factory=dict)
-    """Adapter id -> (EHR id, EHR version) of what this run delivered."""
+    known: dict[str, EhrId] = field(default_factory=dict)
+    """Adapter id -> the EHR's id and version, as far as this run has learnt."""
     partial: set[str] = field(default_factory=set)
     """Adapter ids this run delivered without some of their references."""
     wants_if_match: set[str] = field(default_factory=set)
@@ -84,222 +88,202 @@ class Delivery:
 
     def _deliver(self, batch: Sequence[Pending]) -> list[Outcome]:
         outcomes: list[Outcome] = []
-        ready: list[tuple[Pending, Json, str | None]] = []
         resources = {p.item.resource_id: orjson.loads(p.content) for p in batch}
-        patient_refs = self._patients(batch, resources, outcomes)
+        deliverable = []
         for pending in batch:
-            item = pending.item
-            plan = self.plans.get(item.resource_type)
+            plan = self.plans.get(pending.item.resource_type)
             if plan is None or not plan.deliver:
                 reason = plan.reason if plan else "the adapter does not deliver this type"
-                outcomes.append(self._settle(item, "skipped", {"reason": reason}, tried=False))
-            elif item.resource_id in patient_refs:
-                ready.append((pending, resources[item.resource_id], patient_refs[item.resource_id]))
-        in_batch = {pending.item.resource_id for pending, _, _ in ready}
-        targets = self.outbox.items(
-            self._references(resources[p.item.resource_id] for p, _, _ in ready)
-        )
-        by_mode: dict[str, list[Prepared]] = {"transaction": [], "batch": [], "single": []}
-        for pending, resource, patient in ready:
-            plan = self.plans[pending.item.resource_type]
-            prepared, waits = self._prepare(pending, resource, patient, plan, in_batch, targets)
-            if waits:
-                outcomes.append(
-                    self._settle(pending.item, "waiting", {"reason": waits}, tried=False)
-                )
+                outcomes.append(self._settle(pending.item, "skipped", {"reason": reason}, False))
             else:
-                by_mode[plan.mode].append(prepared)  # type: ignore[arg-type]
-        searched = self._find_existing(
-            [
-                p
-                for mode, group in by_mode.items()
-                for p in group
-                if not p.ehr_id and (mode == "transaction" or not p.plan.conditional_create)
-            ]
+                deliverable.append(pending)
+        patients, held = patient_references(
+            self.patients, self.records, self.site, deliverable, resources, self.clock()
         )
-        outcomes += self._transaction(by_mode["transaction"], searched)
-        outcomes += self._singles(by_mode["batch"] + by_mode["single"], searched)
+        outcomes += [self._settle(p.item, "waiting", detail, False) for p, detail in held]
+        ready = [p for p in deliverable if p.item.resource_id in patients]
+        problems = self._look_up([p for p in ready if self._needs_look_up(p)], resources)
+        outcomes += [
+            self._settle(p.item, "dead", {"reason": problems[p.item.resource_id]})
+            for p in ready
+            if p.item.resource_id in problems
+        ]
+        ready = [p for p in ready if p.item.resource_id not in problems]
+        in_batch = {p.item.resource_id for p in ready}
+        targets = self.outbox.items(references(resources[i] for i in in_batch))
+        groups: dict[str, list[Prepared]] = {"transaction": [], "batch": [], "single": []}
+        for pending in ready:
+            resource_id = pending.item.resource_id
+            prepared, waits = self._prepare(
+                pending, resources[resource_id], patients[resource_id], in_batch, targets
+            )
+            if prepared is None:
+                outcomes.append(self._settle(pending.item, "waiting", {"reason": waits}, False))
+            else:
+                groups[prepared.plan.mode].append(prepared)
+        outcomes += self._bundle("transaction", groups["transaction"])
+        outcomes += self._bundle("batch", groups["batch"])
+        outcomes += self._singles(groups["single"])
         return outcomes
 
-    # -- what must be known before sending --------------------------------------------------
+    # -- before sending ----------------------------------------------------------------------
 
-    def _patients(
-        self, batch: Sequence[Pending], resources: dict[str, Json], outcomes: list[Outcome]
-    ) -> dict[str, str | None]:
-        """The EHR reference of each item's patient; items whose patient is not settled wait."""
-        mrn_system = self.site.identifier_systems.mrn
-        mrns = {
-            p.item.resource_id: patient_mrn(resources[p.item.resource_id], mrn_system)
-            for p in batch
-            if self.plans.get(p.item.resource_type, None)
-            and self.plans[p.item.resource_type].deliver
-        }
-        matches = self.patients.resolve({m for m in mrns.values() if m}, self.clock())
-        facts = self.records.parsed_current(
-            (p.source_type, p.source_id) for p in batch if mrns.get(p.item.resource_id)
-        )
-        refs: dict[str, str | None] = {}
-        for pending in batch:
-            resource_id = pending.item.resource_id
-            if resource_id not in mrns:
-                continue
-            mrn = mrns[resource_id]
-            if mrn is None:
-                refs[resource_id] = None
-                continue
-            patient = facts.get((pending.source_type, pending.source_id), {}).get("patient", {})
-            problem = mismatch(
-                matches[mrn], PatientFacts(patient.get("family"), patient.get("birth_date"))
-            )
-            if problem:
-                detail = {"reason": problem, "patient_mrn": mrn}
-                outcomes.append(self._settle(pending.item, "waiting", detail, tried=False))
-            else:
-                refs[resource_id] = f"Patient/{matches[mrn].ehr_id}"
-        return refs
+    def _ehr_id(self, item: OutboxItem) -> EhrId | None:
+        known = self.known.get(item.resource_id)
+        if known:
+            return known
+        return (item.ehr_id, item.ehr_version) if item.ehr_id else None
 
-    @staticmethod
-    def _references(resources: Any) -> set[str]:
-        found: set[str] = set()
+    def _needs_look_up(self, pending: Pending) -> bool:
+        """Creates in Bundles, and creates where the EHR has no conditional create, are
+        preceded by a search for the adapter's identifier."""
+        plan = self.plans[pending.item.resource_type]
+        no_id = self._ehr_id(pending.item) is None
+        return no_id and (plan.mode != "single" or not plan.conditional_create)
 
-        def walk(value: Any) -> None:
-            if isinstance(value, dict):
-                reference = value.get("reference")
-                if isinstance(reference, str) and reference.count("/") == 1:
-                    found.add(reference.split("/")[1])
-                for item in value.values():
-                    walk(item)
-            elif isinstance(value, list):
-                for item in value:
-                    walk(item)
-
-        for resource in resources:
-            walk(resource)
-        return found
+    def _look_up(self, pending: Sequence[Pending], resources: dict[str, Json]) -> dict[str, str]:
+        """Search the EHR for the identifiers of these items: one copy found becomes known (and
+        is updated rather than created); several are a problem for a person."""
+        problems: dict[str, str] = {}
+        by_type: dict[str, list[tuple[Pending, tuple[str, str]]]] = {}
+        records_system = self.site.identifier_systems.records
+        for p in pending:
+            identifier = adapter_identifier(resources[p.item.resource_id], records_system)
+            if identifier:
+                by_type.setdefault(p.item.resource_type, []).append((p, identifier))
+        for resource_type, group in by_type.items():
+            copies = copies_by_identifier(self.client, resource_type, [i for _, i in group])
+            for p, identifier in group:
+                found = copies.get(identifier, [])
+                if len(found) == 1:
+                    version = found[0].get("meta", {}).get("versionId")
+                    self.known[p.item.resource_id] = (str(found[0]["id"]), version)
+                elif len(found) > 1:
+                    problems[p.item.resource_id] = duplicates(len(found))
+        return problems
 
     def _prepare(
         self,
         pending: Pending,
         resource: Json,
         patient: str | None,
-        plan: DeliveryPlan,
         in_batch: set[str],
         targets: dict[str, OutboxItem],
-    ) -> tuple[Prepared | None, str | None]:
+    ) -> tuple[Prepared | None, str]:
+        """The EHR's copy of one item, or why it waits: a reference to a resource delivered
+        before it (in delivery order) that the EHR does not have."""
         item = pending.item
+        plan = self.plans[item.resource_type]
         waits: list[str] = []
         later: list[str] = []
         bundled: list[str] = []
 
         def resolve(resource_type: str, target_id: str) -> str | object:
-            known = self.known.get(target_id)
             target = targets.get(target_id)
-            if known or (target and target.ehr_id):
-                return f"{resource_type}/{known[0] if known else target.ehr_id}"  # type: ignore[union-attr]
-            if target_id in in_batch and plan.mode == "transaction":
-                target_plan = self.plans.get(resource_type)
-                if target_plan and target_plan.mode == "transaction" and target_plan.deliver:
-                    bundled.append(target_id)
-                    return f"urn:uuid:{target_id}"
+            ehr = self.known.get(target_id) or (
+                (target.ehr_id, target.ehr_version) if target and target.ehr_id else None
+            )
+            if ehr is not None:
+                return f"{resource_type}/{ehr[0]}"
             target_plan = self.plans.get(resource_type)
-            if (
-                target is None
-                or target.state == "skipped"
-                or not (target_plan and target_plan.deliver)
-            ):
+            if target is None or target.state == "skipped" or not target_plan:
                 return DROP
+            if not target_plan.deliver:
+                return DROP
+            if target_id in in_batch and plan.mode == target_plan.mode == "transaction":
+                bundled.append(target_id)
+                return f"urn:uuid:{target_id}"
             if target.key > item.key or target_id in in_batch:
                 later.append(target_id)
-                return DROP
-            waits.append(f"{resource_type}/{target_id}")
+            else:
+                waits.append(f"{resource_type}/{target_id}")
             return DROP
 
         copy = ehr_copy(resource, patient, resolve, self.rules.extra_codings)
         if waits:
-            return None, ("waits for " + ", ".join(sorted(waits)) + " to be delivered first")
-        known = self.known.get(item.resource_id)
-        ehr_id, ehr_version = known if known else (item.ehr_id, item.ehr_version)
+            return None, "waits for " + ", ".join(sorted(waits)) + " to be delivered first"
         identifier = adapter_identifier(resource, self.site.identifier_systems.records)
-        prepared = Prepared(
-            pending, plan, copy, identifier, ehr_id, ehr_version, bool(later), bool(bundled)
-        )
-        return prepared, None
+        return Prepared(pending, plan, copy, identifier, bool(later), bool(bundled)), ""
 
-    def _find_existing(self, prepared: list[Prepared]) -> dict[str, tuple[str, str | None] | str]:
-        """Search the EHR by identifier before creating, where it has no conditional create:
-        adapter id -> (EHR id, version) when one copy exists, or why it cannot be told."""
-        found: dict[str, tuple[str, str | None] | str] = {}
-        by_type: dict[str, list[tuple[Prepared, tuple[str, str]]]] = {}
-        for p in prepared:
-            if p.identifier:
-                by_type.setdefault(p.item.resource_type, []).append((p, p.identifier))
-        for resource_type, group in by_type.items():
-            for start in range(0, len(group), 50):
-                chunk = group[start : start + 50]
-                values = ",".join(f"{s}|{v}".replace(",", r"\,") for _, (s, v) in chunk)
-                query = urlencode({"identifier": values, "_count": str(4 * len(chunk))})
-                answer = self.client.request("GET", f"{resource_type}?{query}")
-                copies: dict[tuple[str, str], list[Json]] = {}
-                for entry in (answer.body or {}).get("entry", []):
-                    resource = entry.get("resource", {})
-                    for identifier in identifiers(resource):
-                        copies.setdefault(identifier, []).append(resource)
-                for p, identifier in chunk:
-                    matches = copies.get(identifier, [])
-                    if len(matches) == 1:
-                        found[p.item.resource_id] = (
-                            str(matches[0]["id"]),
-                            matches[0].get("meta", {}).get("versionId"),
-                        )
-                    elif len(matches) > 1:
-                        found[p.item.resource_id] = (
-                            f"the EHR holds {len(matches)} resources with this resource's "
-                            "identifier; remove the duplicates there, then replay"
-                        )
-        return found
+    def _again(self, p: Prepared, in_batch: set[str]) -> Prepared:
+        """The item prepared anew with what the run has learnt since (ids it delivered or
+        found), so that its references and its request (create or update) are current."""
+        resource = orjson.loads(p.pending.content)
+        body = p.copy.body
+        patient = (body.get("subject") or body.get("patient") or {}).get("reference")
+        targets = self.outbox.items(references([resource]))
+        prepared, _ = self._prepare(p.pending, resource, patient, in_batch, targets)
+        return prepared or p
+
+    def _request(self, p: Prepared, conditional: bool) -> tuple[Json, Json]:
+        """An update of the EHR's copy where one is known, else a create (conditional where
+        asked and the EHR supports it)."""
+        body = dict(p.copy.body)
+        resource_type = p.item.resource_type
+        ehr = self._ehr_id(p.item)
+        if ehr is not None:
+            body["id"] = ehr[0]
+            request: Json = {"method": "PUT", "url": f"{resource_type}/{ehr[0]}"}
+            if ehr[1] and (p.plan.if_match or resource_type in self.wants_if_match):
+                request["ifMatch"] = f'W/"{ehr[1]}"'
+            return request, body
+        request = {"method": "POST", "url": resource_type}
+        if conditional and p.plan.conditional_create and p.identifier:
+            request["ifNoneExist"] = urlencode({"identifier": "|".join(p.identifier)})
+        return request, body
 
     # -- sending -----------------------------------------------------------------------------
 
-    def _transaction(
-        self, prepared: list[Prepared], searched: dict[str, tuple[str, str | None] | str]
-    ) -> list[Outcome]:
-        outcomes = []
-        for p in prepared:
-            problem = searched.get(p.item.resource_id)
-            if isinstance(problem, str):
-                outcomes.append(self._settle(p.item, "dead", {"reason": problem}))
-        prepared = [p for p in prepared if not isinstance(searched.get(p.item.resource_id), str)]
+    def _bundle(self, kind: str, prepared: list[Prepared]) -> list[Outcome]:
+        """A transaction (all or nothing, references between its entries as urn:uuids) or a
+        batch (each entry on its own) of the items."""
         if not prepared:
-            return outcomes
-        entries: list[Json] = []
-        for p in prepared:
-            request, body = self._request(p, searched, conditional=False)
-            entries.append(
-                {"fullUrl": f"urn:uuid:{p.item.resource_id}", "resource": body, "request": request}
-            )
-        bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
-        try:
-            answer = self.client.request("POST", "", body=bundle)
-        except TemporaryEhrError as error:
-            return outcomes + [self._temporary(p.item, error) for p in prepared]
-        except PermanentEhrError:
-            # One entry spoils a transaction: single requests find which, and deliver the rest.
-            return outcomes + self._singles(prepared, searched)
+            return []
+        in_batch = {p.item.resource_id for p in prepared}
+        for attempt in range(self.client.attempts):
+            entries: list[Json] = []
+            for p in prepared:
+                request, body = self._request(p, conditional=False)
+                entry = {"resource": body, "request": request}
+                entries.append({"fullUrl": f"urn:uuid:{p.item.resource_id}", **entry})
+            creates = any(e["request"]["method"] == "POST" for e in entries)
+            bundle = {"resourceType": "Bundle", "type": kind, "entry": entries}
+            try:
+                answer = self.client.request("POST", "", body=bundle, idempotent=not creates)
+                break
+            except TemporaryEhrError as error:
+                if not error.sent or attempt + 1 == self.client.attempts:
+                    return [self._temporary(p.item, error) for p in prepared]
+                # The EHR may have stored the creates: find them before sending again.
+                resources = {p.item.resource_id: orjson.loads(p.pending.content) for p in prepared}
+                unknown = [p.pending for p in prepared if self._ehr_id(p.item) is None]
+                self._look_up(unknown, resources)
+                prepared = [self._again(p, in_batch) for p in prepared]
+            except PermanentEhrError:
+                # One entry spoils a transaction: single requests find which, and send the rest.
+                return self._singles(prepared)
         responses = (answer.body or {}).get("entry", [])
         if len(responses) != len(prepared):
-            return outcomes + self._singles(prepared, searched)
+            return self._singles(prepared)
+        outcomes = []
         for p, entry in zip(prepared, responses, strict=True):
-            ehr = _identity(p.item.resource_type, entry.get("resource"), entry.get("response", {}))
-            outcomes.append(self._delivered(p, ehr))
+            response = entry.get("response", {})
+            status = int(str(response.get("status", "0"))[:3] or 0)
+            if 200 <= status < 300:
+                ehr = identity(p.item.resource_type, entry.get("resource"), response)
+                outcomes.append(self._delivered(p, ehr))
+            elif status in TEMPORARY:
+                refused = TemporaryEhrError(status, f"Bundle entry answered {status}")
+                outcomes.append(self._temporary(p.item, refused))
+            else:
+                outcomes += self._singles([p])
         return outcomes
 
-    def _singles(
-        self, prepared: list[Prepared], searched: dict[str, tuple[str, str | None] | str]
-    ) -> list[Outcome]:
+    def _singles(self, prepared: list[Prepared]) -> list[Outcome]:
         outcomes = []
         for p in prepared:
             try:
-                outcomes.append(self._single(p, searched))
+                outcomes.append(self._single(p))
             except TemporaryEhrError as error:
                 outcomes.append(self._temporary(p.item, error))
             except PermanentEhrError as error:
@@ -307,145 +291,106 @@ class Delivery:
                 outcomes.append(self._settle(p.item, "dead", detail))
         return outcomes
 
-    def _single(self, p: Prepared, searched: dict[str, tuple[str, str | None] | str]) -> Outcome:
-        problem = searched.get(p.item.resource_id)
-        if isinstance(problem, str):
-            return self._settle(p.item, "dead", {"reason": problem})
-        p = self._rebuilt(p)
-        request, body = self._request(p, searched, conditional=True)
+    def _single(self, p: Prepared) -> Outcome:
+        if p.partial or p.bundled:
+            p = self._again(p, set())
+        for attempt in range(self.client.attempts):
+            request, body = self._request(p, conditional=True)
+            safe = request["method"] == "PUT" or "ifNoneExist" in request
+            try:
+                answer = self._send(request, body, idempotent=safe)
+                break
+            except TemporaryEhrError as error:
+                if safe or not error.sent or attempt + 1 == self.client.attempts:
+                    raise
+                problems = self._look_up(
+                    [p.pending], {p.item.resource_id: orjson.loads(p.pending.content)}
+                )
+                if problems:
+                    raise PermanentEhrError(409, problems[p.item.resource_id], None) from None
+            except PermanentEhrError as error:
+                answer = self._recover(p, request, body, error)
+                break
+        return self._delivered(p, identity(p.item.resource_type, answer.body, answer_of(answer)))
+
+    def _recover(
+        self, p: Prepared, request: Json, body: Json, error: PermanentEhrError
+    ) -> EhrResponse:
+        """An update refused for a reason the sync can mend: the EHR's copy is gone (create it
+        again), moved on (412: read its version), or If-Match is required (428)."""
+        if request["method"] != "PUT" or error.status not in (404, 410, 412, 428):
+            raise error
+        if error.status in (404, 410):
+            self.known.pop(p.item.resource_id, None)
+            p = replace(
+                p, pending=replace(p.pending, item=replace(p.item, ehr_id=None, ehr_version=None))
+            )
+            request, body = self._request(p, conditional=True)
+            return self._send(request, body, idempotent="ifNoneExist" in request)
+        if error.status == 428:
+            self.wants_if_match.add(p.item.resource_type)
+        # A 412 can also answer the repeat of an update that went through unheard: whichever,
+        # the latest version is sent against the version the EHR holds now.
+        unheard: EhrError = error
+        for _ in range(self.client.attempts):
+            version = version_of(self.client.request("GET", request["url"]))
+            request = {**request, "ifMatch": f'W/"{version}"'} if version else request
+            try:
+                return self._send(request, body, idempotent=False)
+            except PermanentEhrError as again:
+                if again.status != 412:
+                    raise
+                unheard = again
+            except TemporaryEhrError as again:
+                if not again.sent:
+                    raise
+                unheard = again
+        raise unheard
+
+    def _send(self, request: Json, body: Json, idempotent: bool) -> EhrResponse:
         headers = {
             name: request[key]
             for key, name in (("ifNoneExist", "If-None-Exist"), ("ifMatch", "If-Match"))
             if key in request
         }
-        try:
-            answer = self.client.request(
-                request["method"], request["url"], body=body, headers=headers
-            )
-        except PermanentEhrError as error:
-            if request["method"] != "PUT" or error.status not in (412, 428):
-                raise
-            # The EHR's copy moved on, or the EHR wants If-Match: read its version, try once more.
-            if error.status == 428:
-                self.wants_if_match.add(p.item.resource_type)
-            current = self.client.request("GET", request["url"])
-            version = _version(current)
-            headers = {"If-Match": f'W/"{version}"'} if version else {}
-            answer = self.client.request("PUT", request["url"], body=body, headers=headers)
-        return self._delivered(p, _identity(p.item.resource_type, answer.body, _response(answer)))
-
-    def _rebuilt(self, p: Prepared) -> Prepared:
-        """A single request sent after others of its batch: the references they have just
-        delivered can now be given."""
-        if not p.partial and not p.bundled:
-            return p
-        resource = orjson.loads(p.pending.content)
-        body = p.copy.body
-        patient = (body.get("subject") or body.get("patient") or {}).get("reference")
-        targets = self.outbox.items(self._references([resource]))
-        rebuilt, _ = self._prepare(p.pending, resource, patient, p.plan, set(), targets)
-        return rebuilt or p
-
-    def _request(
-        self, p: Prepared, searched: dict[str, tuple[str, str | None] | str], conditional: bool
-    ) -> tuple[Json, Json]:
-        """The request for one item: an update of the EHR's copy where one is known, else a
-        create (conditional where asked). Transaction Bundles carry no conditional creates:
-        EHRs cap them (Medplum allows 8 per transaction), so their creates are preceded by a
-        search by identifier instead."""
-        body = dict(p.copy.body)
-        resource_type = p.item.resource_type
-        ehr_id, ehr_version = p.ehr_id, p.ehr_version
-        existing = searched.get(p.item.resource_id)
-        if ehr_id is None and isinstance(existing, tuple):
-            ehr_id, ehr_version = existing
-        if ehr_id:
-            body["id"] = ehr_id
-            request: Json = {"method": "PUT", "url": f"{resource_type}/{ehr_id}"}
-            if ehr_version and (p.plan.if_match or resource_type in self.wants_if_match):
-                request["ifMatch"] = f'W/"{ehr_version}"'
-            return request, body
-        request = {"method": "POST", "url": resource_type}
-        if conditional and p.plan.conditional_create and p.identifier:
-            request["ifNoneExist"] = urlencode({"identifier": "|".join(p.identifier)})
-        return request, body
+        return self.client.request(
+            request["method"], request["url"], body=body, headers=headers, idempotent=idempotent
+        )
 
     # -- outcomes ----------------------------------------------------------------------------
 
     def _delivered(self, p: Prepared, ehr: tuple[str | None, str | None]) -> Outcome:
         ehr_id, ehr_version = ehr
         if ehr_id is None:
-            ehr_id, ehr_version = p.ehr_id, p.ehr_version
-        if ehr_id is None:
-            detail = {"reason": "the EHR accepted the resource but did not say its id"}
-            return self._settle(p.item, "dead", detail)
+            unsaid = {"reason": "the EHR accepted the resource but did not say its id"}
+            return self._settle(p.item, "dead", unsaid)
         self.known[p.item.resource_id] = (ehr_id, ehr_version)
+        item = p.item
         if p.partial:
-            self.partial.add(p.item.resource_id)
+            self.partial.add(item.resource_id)
+            detail: Json = {"reason": PARTIAL, "left_out": p.copy.dropped}
             return Outcome(
-                p.item.resource_id,
-                p.item.version_id,
+                item.resource_id,
+                item.version_id,
                 "pending",
                 self.clock(),
-                {"reason": PARTIAL, "left_out": p.copy.dropped},
+                detail,
                 ehr_id,
                 ehr_version,
                 attempted=False,
             )
         return Outcome(
-            p.item.resource_id,
-            p.item.version_id,
-            "delivered",
-            self.clock(),
-            None,
-            ehr_id,
-            ehr_version,
+            item.resource_id, item.version_id, "delivered", self.clock(), None, ehr_id, ehr_version
         )
 
     def _temporary(self, item: OutboxItem, error: TemporaryEhrError) -> Outcome:
         backoff = min(LONGEST_BACKOFF, 30.0 * 2**item.attempts) * random.uniform(0.5, 1.0)
         wait = max(backoff, error.retry_after or 0.0)
         detail = {"reason": error.reason, "status": error.status}
-        return Outcome(
-            item.resource_id,
-            item.version_id,
-            "pending",
-            self.clock() + timedelta(seconds=wait),
-            detail,
-        )
+        later = self.clock() + timedelta(seconds=wait)
+        return Outcome(item.resource_id, item.version_id, "pending", later, detail)
 
     def _settle(self, item: OutboxItem, state: str, detail: Json, tried: bool = True) -> Outcome:
         return Outcome(
             item.resource_id, item.version_id, state, self.clock(), detail, attempted=tried
         )
-
-
-def _response(answer: EhrResponse) -> Json:
-    return {"location": answer.headers.get("Location"), "etag": answer.headers.get("ETag")}
-
-
-def _version(answer: EhrResponse) -> str | None:
-    etag = answer.headers.get("ETag") or ""
-    if etag:
-        return etag.removeprefix("W/").strip('"')
-    version = (answer.body or {}).get("meta", {}).get("versionId")
-    return str(version) if version else None
-
-
-def _identity(
-    resource_type: str, resource: Json | None, response: Json
-) -> tuple[str | None, str | None]:
-    """The EHR's id and version of what it stored: from the returned resource, else from the
-    Location (`[base]/Type/id/_history/vid`) and ETag."""
-    if resource and resource.get("resourceType") == resource_type and resource.get("id"):
-        return str(resource["id"]), resource.get("meta", {}).get("versionId")
-    location = (response.get("location") or "").split("/")
-    if resource_type in location:
-        at = location.index(resource_type)
-        ehr_id = location[at + 1] if len(location) > at + 1 else None
-        version = location[at + 3] if len(location) > at + 3 else None
-        etag = response.get("etag")
-        if version is None and etag:
-            version = etag.removeprefix("W/").strip('"')
-        return ehr_id, version
-    return None, None

@@ -110,6 +110,23 @@ class Sync:
                     write_state(connection, CAPABILITIES, orjson.dumps(stored).decode())
         return plan_delivery(stored["statement"], load_ehr_rules(self.settings.mappings_dir))
 
+    def delivery(self, plans: dict[str, DeliveryPlan]) -> Delivery:
+        """A run's deliveries, with what it learns of the EHR kept for the run."""
+        refresh = timedelta(minutes=self.settings.ehr_patient_refresh_minutes)
+        site = self.site()
+        return Delivery(
+            client=self.client,
+            outbox=self.outbox,
+            records=self.records,
+            patients=PatientResolver(
+                self.client, self.patient_matches, site.identifier_systems.mrn, refresh
+            ),
+            plans=plans,
+            site=site,
+            rules=load_ehr_rules(self.settings.mappings_dir),
+            clock=self.clock,
+        )
+
     def backoff(self) -> tuple[datetime | None, float]:
         with self.engine.connect() as connection:
             value = read_state(connection, BACKOFF)
@@ -130,17 +147,27 @@ def sync_once(
     """One run: deliver every due outbox item, in delivery order, in batches. A scheduled run
     while the sync backs off from a down EHR is deferred; a run while another holds the lease
     does nothing. Every run that starts is recorded with its counts."""
-    now = sync.clock()
-    until, seconds = sync.backoff()
-    if trigger == "schedule" and until is not None and until > now:
+    until, _ = sync.backoff()
+    if trigger == "schedule" and until is not None and until > sync.clock():
         return SyncReport("deferred", resume_at=until)
-    if not sync.lease.acquire(now):
+    return leased_run(sync, trigger, lambda report: _run(sync, report, progress or _quiet))
+
+
+def _quiet(_: int) -> None:
+    return None
+
+
+def leased_run(sync: Sync, trigger: str, work: Callable[[SyncReport], None]) -> SyncReport:
+    """Run `work` holding the sync lease, recorded in the runs table; an EHR that is down
+    sets the whole sync's back-off, and a successful run clears it."""
+    if not sync.lease.acquire(sync.clock()):
         return SyncReport("busy")
-    report = SyncReport("completed", run_id=sync.runs.start(trigger, sync.holder, now))
+    report = SyncReport("completed", run_id=sync.runs.start(trigger, sync.holder, sync.clock()))
     try:
-        _run(sync, report, progress or (lambda _: None))
+        work(report)
         sync.set_backoff(None, 0.0)
     except (EhrUnavailable, TemporaryEhrError) as exc:
+        _, seconds = sync.backoff()
         seconds = min(LONGEST_BACKOFF, seconds * 2 or sync.settings.ehr_breaker_seconds)
         report.resume_at = sync.clock() + timedelta(seconds=seconds)
         sync.set_backoff(report.resume_at, seconds)
@@ -158,31 +185,18 @@ def sync_once(
         log.exception("sync run %d failed", report.run_id)
     finally:
         assert report.run_id is not None
-        sync.runs.finish(
-            report.run_id, report.status, dict(report.counts), report.error, sync.clock()
-        )
+        counts = dict(report.counts)
+        sync.runs.finish(report.run_id, report.status, counts, report.error, sync.clock())
         sync.lease.release()
-    log.info("sync run %d %s: %s", report.run_id, report.status, dict(report.counts))
+    log.info("%s run %d %s: %s", trigger, report.run_id, report.status, dict(report.counts))
     return report
 
 
 def _run(sync: Sync, report: SyncReport, progress: Callable[[int], None]) -> None:
     plans = sync.plans(sync.clock())
+    delivery = sync.delivery(plans)
     deliverable = [t for t, plan in plans.items() if plan.deliver]
     sync.outbox.requeue(sync.clock(), ["skipped"], resource_types=deliverable)
-    mrn_refresh = timedelta(minutes=sync.settings.ehr_patient_refresh_minutes)
-    delivery = Delivery(
-        client=sync.client,
-        outbox=sync.outbox,
-        records=sync.records,
-        patients=PatientResolver(
-            sync.client, sync.patient_matches, sync.site().identifier_systems.mrn, mrn_refresh
-        ),
-        plans=plans,
-        site=sync.site(),
-        rules=load_ehr_rules(sync.settings.mappings_dir),
-        clock=sync.clock,
-    )
     after = None
     while True:
         if not sync.lease.renew(sync.clock()):

@@ -8,13 +8,23 @@ class EhrError(Exception):
 
 
 class TemporaryEhrError(EhrError):
-    """408, 429, 5xx or no answer: worth trying again later."""
+    """408, 429, 5xx or no answer: worth trying again later. `sent` tells whether the EHR may
+    have acted on the request (a 500, a reset after sending) or surely did not (429, 503, 408,
+    a connection that never opened): only the latter may be repeated blindly when the request
+    creates something."""
 
-    def __init__(self, status: int | None, reason: str, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        status: int | None,
+        reason: str,
+        retry_after: float | None = None,
+        sent: bool = True,
+    ) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
         self.retry_after = retry_after
+        self.sent = sent
 
 
 class PermanentEhrError(EhrError):

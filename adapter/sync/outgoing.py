@@ -1,7 +1,7 @@
 """The EHR's copy of a stored resource: the EHR's own ids in its references, the patient as a
 literal reference, the site's extra codings, and nothing of the adapter's bookkeeping."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +37,26 @@ def adapter_identifier(resource: Json, records_system: str) -> tuple[str, str] |
         if system.startswith(records_system):
             return system, value
     return None
+
+
+def references(resources: Iterable[Json]) -> set[str]:
+    """The adapter ids that these resources reference (`Type/id`)."""
+    found: set[str] = set()
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            reference = value.get("reference")
+            if isinstance(reference, str) and reference.count("/") == 1:
+                found.add(reference.split("/")[1])
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    for resource in resources:
+        walk(resource)
+    return found
 
 
 def patient_mrn(resource: Json, mrn_system: str) -> str | None:

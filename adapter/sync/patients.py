@@ -1,14 +1,18 @@
 """The EHR's Patient behind each MRN: found by identifier, confirmed by family name and birth
 date where the clinic's record has them, and never guessed."""
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
+from adapter.mapping.config import Site
+from adapter.store.outbox import Pending
+from adapter.store.records import RecordStore
 from adapter.store.sync_state import PatientMatch, PatientMatches
 from adapter.sync.client import EhrClient
+from adapter.sync.outgoing import patient_mrn
 
 MATCHED = "matched"
 
@@ -82,3 +86,39 @@ def mismatch(match: PatientMatch, facts: PatientFacts) -> str | None:
     if facts.birth_date and birth_date and facts.birth_date != birth_date:
         return "the EHR's Patient with this MRN has a different birth date than the record"
     return None
+
+
+def patient_references(
+    resolver: PatientResolver,
+    records: RecordStore,
+    site: Site,
+    batch: Sequence[Pending],
+    resources: dict[str, dict[str, Any]],
+    now: datetime,
+) -> tuple[dict[str, str | None], list[tuple[Pending, dict[str, Any]]]]:
+    """The EHR reference of each item's patient (None for a resource without one), and the
+    items held back because their patient is not settled, with why."""
+    mrns = {
+        p.item.resource_id: patient_mrn(resources[p.item.resource_id], site.identifier_systems.mrn)
+        for p in batch
+    }
+    matches = resolver.resolve({m for m in mrns.values() if m}, now)
+    facts = records.parsed_current(
+        (p.source_type, p.source_id) for p in batch if mrns[p.item.resource_id]
+    )
+    found: dict[str, str | None] = {}
+    held: list[tuple[Pending, dict[str, Any]]] = []
+    for pending in batch:
+        mrn = mrns[pending.item.resource_id]
+        if mrn is None:
+            found[pending.item.resource_id] = None
+            continue
+        patient = facts.get((pending.source_type, pending.source_id), {}).get("patient", {})
+        problem = mismatch(
+            matches[mrn], PatientFacts(patient.get("family"), patient.get("birth_date"))
+        )
+        if problem:
+            held.append((pending, {"reason": problem, "patient_mrn": mrn}))
+        else:
+            found[pending.item.resource_id] = f"Patient/{matches[mrn].ehr_id}"
+    return found, held

@@ -13,6 +13,7 @@
 // On start it prints one JSON line: {"base": "http://127.0.0.1:PORT/fhir"}.
 // PUT /_control/reject takes {"system", "code", "status", "message"}: resources carrying that
 // coding are refused with that status (an EHR-side rule a site must fix); DELETE clears it.
+// POST /_control/seed creates the resources of a JSON array as they are, whatever the switches.
 // GET /_control/stats counts the requests by method and outcome; POST /_control/reset empties it.
 import { createServer } from 'node:http';
 import { createPublicKey, randomUUID, verify } from 'node:crypto';
@@ -67,7 +68,83 @@ const tokens = new Map();
 const seenJti = new Set();
 const TYPES = ['Patient', 'Procedure', 'Observation', 'AdverseEvent', 'MedicationAdministration'];
 
-const repo = new MemoryRepository();
+// MemoryRepository evaluates every search against every stored resource (about a millisecond
+// each); like any real server, this one keeps an index for the search the sync leans on:
+// by identifier, with OR values (`identifier=s|v1,s|v2`).
+class IndexedRepository extends MemoryRepository {
+  constructor() {
+    super();
+    this.byIdentifier = new Map();
+    this.keysOf = new Map();
+  }
+
+  clear() {
+    super.clear();
+    this.byIdentifier.clear();
+    this.keysOf.clear();
+  }
+
+  index(resource) {
+    const ref = `${resource.resourceType}/${resource.id}`;
+    for (const key of this.keysOf.get(ref) ?? []) {
+      this.byIdentifier.get(key)?.delete(resource.id);
+    }
+    const listed = Array.isArray(resource.identifier) ? resource.identifier : resource.identifier ? [resource.identifier] : [];
+    const keys = listed.filter((i) => i.system && i.value).map((i) => `${resource.resourceType}|${i.system}|${i.value}`);
+    for (const key of keys) {
+      if (!this.byIdentifier.has(key)) {
+        this.byIdentifier.set(key, new Set());
+      }
+      this.byIdentifier.get(key).add(resource.id);
+    }
+    this.keysOf.set(ref, keys);
+  }
+
+  async createResource(resource) {
+    const created = await super.createResource(resource);
+    this.index(created);
+    return created;
+  }
+
+  async updateResource(resource, options) {
+    const updated = await super.updateResource(resource, options);
+    this.index(updated);
+    return updated;
+  }
+
+  async deleteResource(resourceType, id) {
+    await super.deleteResource(resourceType, id);
+    this.index({ resourceType, id });
+  }
+
+  async search(request) {
+    const filters = request.filters ?? [];
+    const byIdentifier = filters.length === 1 && filters[0].code === 'identifier' && ['eq', undefined].includes(filters[0].operator);
+    if (!byIdentifier || request.sortRules?.length || request.offset) {
+      return super.search(request);
+    }
+    const ids = new Set();
+    for (const value of filters[0].value.split(/(?<!\\),/)) {
+      const [system, ...rest] = value.replaceAll('\\,', ',').split('|');
+      for (const id of this.byIdentifier.get(`${request.resourceType}|${system}|${rest.join('|')}`) ?? []) {
+        ids.add(id);
+      }
+    }
+    const found = [];
+    for (const id of ids) {
+      found.push(await this.readResource(request.resourceType, id));
+    }
+    const page = found.slice(0, request.count ?? 20);
+    return {
+      resourceType: 'Bundle',
+      type: 'searchset',
+      total: found.length,
+      entry: page.map((resource) => ({ resource, search: { mode: 'match' } })),
+    };
+  }
+}
+
+const repo = new IndexedRepository();
 const router = new FhirRouter();
 
 async function seed(path) {
@@ -342,6 +419,13 @@ async function control(req, res, path, text) {
   if (path === '/reject' && req.method === 'DELETE') {
     reject = null;
     return send(res, 204);
+  }
+  if (path === '/seed' && req.method === 'POST') {
+    const created = [];
+    for (const resource of JSON.parse(text)) {
+      created.push(await repo.createResource(resource));
+    }
+    return send(res, 200, created);
   }
   if (path === '/stats' && req.method === 'GET') {
     return send(res, 200, stats);

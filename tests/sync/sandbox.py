@@ -10,6 +10,7 @@ import requests
 
 SERVER = Path(__file__).resolve().parent.parent / "ehr-server"
 SANDBOX_PATIENTS = SERVER / "sandbox-patients.json"
+MRN_SYSTEM = "https://ketamine-clinic.example.org/fhir/sid/mrn"
 DEFAULT_CONFIG = {
     "conditionalCreate": True,
     "transactions": True,
@@ -57,8 +58,7 @@ class SandboxEhr:
         self.control("POST", "/reset")
         self.control("DELETE", "/reject")
         self.control("PUT", "/config", {**DEFAULT_CONFIG, **PROFILES[profile]})
-        for patient in orjson.loads(SANDBOX_PATIENTS.read_bytes()):
-            self.create(patient)
+        self.control("POST", "/seed", orjson.loads(SANDBOX_PATIENTS.read_bytes()))
 
     def configure(self, **config: Any) -> None:
         self.control("PUT", "/config", config)
@@ -73,16 +73,34 @@ class SandboxEhr:
         created: dict[str, Any] = answer.json()
         return created
 
+    def add_patients(self, mrns: list[str]) -> None:
+        """Patients the EHR knows, by MRN."""
+        self.control(
+            "POST",
+            "/seed",
+            [
+                {
+                    "resourceType": "Patient",
+                    "identifier": [{"system": MRN_SYSTEM, "value": mrn}],
+                    "name": [{"family": f"Test{mrn}", "given": ["Pat"]}],
+                }
+                for mrn in mrns
+            ],
+        )
+
     def all(self, resource_type: str) -> list[dict[str, Any]]:
         """Every resource of a type the EHR holds, paging to the end."""
         found: list[dict[str, Any]] = []
-        url: str | None = f"{self.base}/{resource_type}?_count=1000"
-        while url:
-            page = self.http.get(url, headers=self._auth()).json()
-            found += [entry["resource"] for entry in page.get("entry", [])]
-            url = next(
-                (link["url"] for link in page.get("link", []) if link["relation"] == "next"), None
-            )
+        while True:
+            page = self.http.get(
+                f"{self.base}/{resource_type}",
+                params={"_count": "1000", "_offset": str(len(found))},
+                headers=self._auth(),
+            ).json()
+            entries = [entry["resource"] for entry in page.get("entry", [])]
+            found += entries
+            if len(entries) < 1000:
+                break
         return found
 
     def identifier_counts(self, resource_type: str) -> Counter[tuple[str, str]]:

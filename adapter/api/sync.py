@@ -1,0 +1,143 @@
+"""Sync API for clinic IT: runs, dead letters and waiting items, replay, a run now."""
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from adapter.api.deps import RuntimeDep
+from adapter.api.responses import JsonResponse
+from adapter.errors import BadRequest
+from adapter.runtime import Runtime
+from adapter.sync.commands import item_json
+from adapter.sync.engine import sync_once
+from adapter.worker import SYNC_JOB
+
+router = APIRouter(prefix="/api/v1/sync", tags=["sync"])
+Limit = Annotated[int, Query(ge=1, le=1000)]
+After = Annotated[str | None, Query(max_length=64, description="Resource id to list after.")]
+
+
+def _items(runtime: Runtime, state: str, limit: int, after: str | None) -> JsonResponse:
+    items = runtime.outbox.listed((state,), limit, after)
+    body: dict[str, Any] = {"count": len(items), "items": [item_json(i) for i in items]}
+    if len(items) == limit:
+        body["next_after"] = items[-1].resource_id
+    return JsonResponse(body)
+
+
+@router.get(
+    "/dead-letters",
+    summary="Resources the EHR refused, with its status and OperationOutcome; replay after a fix",
+)
+def dead_letters(runtime: RuntimeDep, limit: Limit = 100, after: After = None) -> JsonResponse:
+    return _items(runtime, "dead", limit, after)
+
+
+@router.get(
+    "/waiting",
+    summary="Resources held back: patient not settled in the EHR, or a reference not delivered",
+)
+def waiting(runtime: RuntimeDep, limit: Limit = 100, after: After = None) -> JsonResponse:
+    return _items(runtime, "waiting", limit, after)
+
+
+@router.get("/runs", summary="The latest sync and reconciliation runs, newest first")
+def runs(
+    runtime: RuntimeDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    before: Annotated[int | None, Query(ge=1, description="Run id to list before.")] = None,
+) -> JsonResponse:
+    found = runtime.sync_runs.recent(limit, before)
+    return JsonResponse(
+        {
+            "count": len(found),
+            "runs": [
+                {
+                    "id": run.id,
+                    "trigger": run.trigger,
+                    "status": run.status,
+                    "started_at": run.started_at.isoformat(),
+                    "ended_at": run.ended_at.isoformat() if run.ended_at else None,
+                    "counts": run.counts,
+                    "error": run.error,
+                }
+                for run in found
+            ],
+        }
+    )
+
+
+@router.get("/status", summary="Where delivery stands: items per state, back-off, the last run")
+def status(runtime: RuntimeDep) -> JsonResponse:
+    body: dict[str, Any] = {
+        "ehr_configured": runtime.sync is not None,
+        "outbox": runtime.outbox.counts(),
+        "due_now": runtime.outbox.count_due(datetime.now(UTC)),
+    }
+    if runtime.sync is not None:
+        until, _ = runtime.sync.backoff()
+        body["backing_off_until"] = until.isoformat() if until else None
+    last = runtime.sync_runs.recent(1)
+    body["last_run"] = (
+        {"id": last[0].id, "status": last[0].status, "started_at": last[0].started_at.isoformat()}
+        if last
+        else None
+    )
+    return JsonResponse(body)
+
+
+ReplayState = Literal["dead", "waiting"]
+
+
+def _dead_only() -> list[ReplayState]:
+    return ["dead"]
+
+
+class ReplayRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ids: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        default_factory=list, max_length=10_000, description="Resource ids to replay."
+    )
+    all: bool = Field(False, description="Replay every item in the states named.")
+    states: list[ReplayState] = Field(default_factory=_dead_only, min_length=1)
+
+    @model_validator(mode="after")
+    def _something(self) -> "ReplayRequest":
+        if not self.ids and not self.all:
+            raise ValueError("name resource ids, or set all")
+        return self
+
+
+@router.post("/replay", summary="Queue dead letters (or waiting items) again for the next run")
+def replay(runtime: RuntimeDep, body: ReplayRequest, request: Request) -> JsonResponse:
+    now = datetime.now(UTC)
+    count = runtime.outbox.requeue(now, body.states, None if body.all else body.ids)
+    _wake(request)
+    return JsonResponse({"queued": count})
+
+
+@router.post("/run", status_code=202, summary="Run the sync now (the service's worker runs it)")
+async def run_now(runtime: RuntimeDep, request: Request) -> JsonResponse:
+    if runtime.sync is None:
+        raise BadRequest("ADAPTER_EHR_BASE_URL is not set: there is no EHR to sync to")
+    if request.app.state.worker is None:
+        report = await run_in_threadpool(_run, runtime)
+        return JsonResponse(report, status_code=200)
+    _wake(request)
+    return JsonResponse({"scheduled": True}, status_code=202)
+
+
+def _run(runtime: Runtime) -> dict[str, Any]:
+    assert runtime.sync is not None
+    report = sync_once(runtime.sync, trigger="api")
+    return {"run_id": report.run_id, "status": report.status, "counts": dict(report.counts)}
+
+
+def _wake(request: Request) -> None:
+    worker = request.app.state.worker
+    if worker is not None:
+        worker.wake(SYNC_JOB)

@@ -1,0 +1,169 @@
+"""`infusion-adapter sync`: run the sync, see what failed and why, replay it."""
+
+import signal
+import sys
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+import orjson
+from apscheduler.schedulers.background import BackgroundScheduler
+from tqdm import tqdm
+
+from adapter.cli_support import open_runtime_or_exit, settings_or_exit
+from adapter.runtime import Runtime
+from adapter.store.outbox import OutboxItem
+from adapter.sync.engine import Sync, SyncReport, sync_once
+from adapter.sync.reconcile import reconcile_once
+from adapter.worker import add_sync_jobs
+
+
+def _sync(runtime: Runtime) -> Sync:
+    if runtime.sync is None:
+        click.echo("ADAPTER_EHR_BASE_URL is not set: there is no EHR to sync to", err=True)
+        sys.exit(2)
+    return runtime.sync
+
+
+def _report(report: SyncReport) -> None:
+    counts = ", ".join(f"{name} {count}" for name, count in sorted(report.counts.items()))
+    if report.status == "busy":
+        click.echo("another sync run holds the lease; nothing was done")
+    elif report.status == "deferred":
+        click.echo(f"the sync backs off from the EHR until {report.resume_at:%Y-%m-%d %H:%M:%SZ}")
+    else:
+        click.echo(f"run {report.run_id} {report.status}: {counts or 'nothing to do'}")
+    if report.error:
+        click.echo(report.error, err=True)
+
+
+@click.group(invoke_without_command=True)
+@click.option("--once", is_flag=True, help="One run now, with a progress bar, then exit.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.pass_context
+def sync(context: click.Context, once: bool, quiet: bool) -> None:
+    """Push new and changed resources to the EHR (ADAPTER_EHR_BASE_URL). Without a
+    subcommand: run the sync on its schedule in the foreground until stopped, or once."""
+    if context.invoked_subcommand is not None:
+        return
+    runtime = open_runtime_or_exit(settings_or_exit())
+    engine = _sync(runtime)
+    if once:
+        due = runtime.outbox.count_due(datetime.now(UTC))
+        bar = tqdm(total=due, unit="res", desc="syncing", disable=quiet, dynamic_ncols=True)
+        report = sync_once(engine, trigger="cli", progress=bar.update)
+        bar.close()
+        _report(report)
+        sys.exit(0 if report.status in ("completed", "busy") else 1)
+    _run_scheduled(runtime)
+
+
+def _run_scheduled(runtime: Runtime) -> None:
+    """The sync and the nightly reconciliation on their schedules, in this process alone."""
+    stop = threading.Event()
+    scheduler = BackgroundScheduler(timezone=UTC)
+    add_sync_jobs(scheduler, runtime)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    scheduler.start()
+    click.echo("syncing on schedule; stop with Ctrl-C")
+    stop.wait()
+    scheduler.shutdown(wait=True)
+
+
+def _item_line(item: OutboxItem) -> str:
+    detail: dict[str, Any] = item.detail or {}
+    status = f" {detail['status']}" if detail.get("status") else ""
+    return (
+        f"{item.resource_type}/{item.resource_id}  v{item.version_id}  {item.state}{status}  "
+        f"attempts {item.attempts}  {item.updated_at:%Y-%m-%d %H:%M:%SZ}\n"
+        f"    {detail.get('reason', '')}"
+    )
+
+
+def _list(states: tuple[str, ...], limit: int, as_json: bool) -> None:
+    runtime = open_runtime_or_exit(settings_or_exit())
+    items = runtime.outbox.listed(states, limit)
+    if as_json:
+        click.echo(orjson.dumps([item_json(item) for item in items]).decode())
+        return
+    for item in items:
+        click.echo(_item_line(item))
+    click.echo(f"{len(items)} shown" + (f" (limit {limit})" if len(items) == limit else ""))
+
+
+def item_json(item: OutboxItem) -> dict[str, Any]:
+    return {
+        "resource_type": item.resource_type,
+        "id": item.resource_id,
+        "version": item.version_id,
+        "state": item.state,
+        "attempts": item.attempts,
+        "next_attempt_at": item.next_attempt_at.isoformat(),
+        "updated_at": item.updated_at.isoformat(),
+        "ehr_id": item.ehr_id,
+        **(item.detail or {}),
+    }
+
+
+LIMIT = click.option("--limit", type=int, default=100, show_default=True)
+AS_JSON = click.option("--json", "as_json", is_flag=True, help="One JSON array.")
+
+
+@sync.command("dead-letters")
+@LIMIT
+@AS_JSON
+def dead_letters(limit: int, as_json: bool) -> None:
+    """Resources the EHR refused, with its OperationOutcome: fix the cause, then replay."""
+    _list(("dead",), limit, as_json)
+
+
+@sync.command()
+@LIMIT
+@AS_JSON
+def waiting(limit: int, as_json: bool) -> None:
+    """Resources held back: their patient is not settled in the EHR, or what they reference
+    is not delivered yet. They are tried again on every run."""
+    _list(("waiting",), limit, as_json)
+
+
+@sync.command()
+@click.argument("ids", nargs=-1)
+@click.option("--all", "everything", is_flag=True, help="Every dead letter (and with --waiting).")
+@click.option("--waiting", "with_waiting", is_flag=True, help="Waiting items too.")
+def replay(ids: tuple[str, ...], everything: bool, with_waiting: bool) -> None:
+    """Queue dead letters again (by resource id, or --all) for the next run."""
+    if not ids and not everything:
+        click.echo("name resource ids, or --all", err=True)
+        sys.exit(2)
+    runtime = open_runtime_or_exit(settings_or_exit())
+    states = ("dead", "waiting") if with_waiting else ("dead",)
+    count = runtime.outbox.requeue(datetime.now(UTC), states, None if everything else list(ids))
+    click.echo(f"{count} queued for the next run")
+    if ids and count < len(ids):
+        click.echo("some ids named are not dead letters (or waiting, with --waiting)", err=True)
+
+
+@sync.command()
+@click.option("--limit", type=int, default=20, show_default=True)
+def runs(limit: int) -> None:
+    """The latest sync and reconciliation runs."""
+    runtime = open_runtime_or_exit(settings_or_exit())
+    for run in runtime.sync_runs.recent(limit):
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(run.counts.items()))
+        ended = f"{run.ended_at:%H:%M:%SZ}" if run.ended_at else "running"
+        click.echo(
+            f"{run.id}  {run.trigger}  {run.started_at:%Y-%m-%d %H:%M:%SZ} - {ended}  "
+            f"{run.status}  {counts}" + (f"\n    {run.error}" if run.error else "")
+        )
+
+
+@sync.command()
+def reconcile() -> None:
+    """Compare what the EHR holds for the adapter's identifiers with what was delivered, and
+    queue again what is missing or different there."""
+    runtime = open_runtime_or_exit(settings_or_exit())
+    report = reconcile_once(_sync(runtime))
+    _report(report)
+    sys.exit(0 if report.status in ("completed", "busy") else 1)

@@ -1,0 +1,147 @@
+"""A fault-injecting HTTP proxy between the sync and the sandbox EHR: a configurable share of
+500, 503 and 429 answers, timeouts, and connections reset before or after the request reached
+the server (the case where the EHR stored what the sync never heard back about)."""
+
+import random
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import requests
+
+TRANSIENT = b'{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"transient"}]}'
+
+
+@dataclass
+class Faults:
+    """Shares of requests (0..1) that meet each fault; the rest pass through."""
+
+    error_500: float = 0.0
+    error_503: float = 0.0
+    throttle_429: float = 0.0
+    retry_after: int = 2
+    timeout: float = 0.0
+    timeout_seconds: float = 1.0
+    reset_before: float = 0.0
+    reset_after: float = 0.0
+    seed: int = 7
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def failing(cls, share: float, **extra: float) -> "Faults":
+        """`share` of requests fail, spread over every kind of fault."""
+        part = share / 6
+        return cls(
+            error_500=part,
+            error_503=part,
+            throttle_429=part,
+            timeout=part,
+            reset_before=part,
+            reset_after=part,
+            **extra,  # type: ignore[arg-type]
+        )
+
+
+class FaultProxy:
+    def __init__(self, upstream_origin: str, faults: Faults) -> None:
+        self.upstream = upstream_origin
+        self.faults = faults
+        self.random = random.Random(faults.seed)
+        self.lock = threading.Lock()
+        self.enabled = True
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                return None
+
+            def _any(self) -> None:
+                proxy.handle(self)
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _any
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.server.handle_error = lambda request, address: None  # type: ignore[method-assign]
+        self.origin = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.session = requests.Session()
+
+    def _draw(self) -> str:
+        f = self.faults
+        with self.lock:
+            roll = self.random.random()
+        for name, share in (
+            ("500", f.error_500),
+            ("503", f.error_503),
+            ("429", f.throttle_429),
+            ("timeout", f.timeout),
+            ("reset_before", f.reset_before),
+            ("reset_after", f.reset_after),
+        ):
+            if roll < share:
+                return name
+            roll -= share
+        return "pass"
+
+    def handle(self, handler: BaseHTTPRequestHandler) -> None:
+        length = int(handler.headers.get("Content-Length") or 0)
+        body = handler.rfile.read(length) if length else None
+        fault = self._draw() if self.enabled and handler.path.startswith("/fhir") else "pass"
+        with self.lock:
+            self.faults.counts[fault] = self.faults.counts.get(fault, 0) + 1
+        if fault in ("500", "503", "429"):
+            payload = TRANSIENT
+            handler.send_response(int(fault))
+            handler.send_header("Content-Type", "application/fhir+json")
+            handler.send_header("Content-Length", str(len(payload)))
+            if fault == "429":
+                handler.send_header("Retry-After", str(self.faults.retry_after))
+            handler.end_headers()
+            handler.wfile.write(payload)
+            return
+        if fault == "reset_before":
+            self._reset(handler)
+            return
+        if fault == "timeout":
+            time.sleep(self.faults.timeout_seconds)
+            self._reset(handler)
+            return
+        headers = {
+            k: v for k, v in handler.headers.items() if k.lower() not in ("host", "content-length")
+        }
+        answer = self.session.request(
+            handler.command, self.upstream + handler.path, data=body, headers=headers
+        )
+        if fault == "reset_after":
+            self._reset(handler)
+            return
+        handler.send_response(answer.status_code)
+        for name, value in answer.headers.items():
+            if name.lower() not in (
+                "content-length",
+                "transfer-encoding",
+                "connection",
+                "keep-alive",
+            ):
+                handler.send_header(name, value)
+        handler.send_header("Content-Length", str(len(answer.content)))
+        handler.end_headers()
+        handler.wfile.write(answer.content)
+
+    @staticmethod
+    def _reset(handler: BaseHTTPRequestHandler) -> None:
+        handler.close_connection = True
+        connection: socket.socket = handler.connection
+        connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        connection.close()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,0 +1,128 @@
+"""2,000 records through a proxy that fails 30% of requests: each resource arrives once."""
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import pytest
+
+from adapter.runtime import Runtime
+from adapter.settings import Settings
+from adapter.sync.engine import Sync, sync_once
+from benchmarks.synthetic import records
+from tests.sync.faults import FaultProxy, Faults
+from tests.sync.sandbox import SandboxEhr
+
+RECORDS = 2000
+
+
+@pytest.fixture
+def proxy(ehr: SandboxEhr) -> Iterator[FaultProxy]:
+    faulty = FaultProxy(ehr.origin, Faults.failing(0.3, timeout_seconds=0.6))
+    yield faulty
+    faulty.stop()
+
+
+def load_synthetic(runtime: Runtime, count: int) -> set[str]:
+    lines = list(records(count))
+    runtime.intake.submit(list(enumerate(lines, start=1)))
+    runtime.mapping.run()
+    return {orjson.loads(line)["patient"]["mrn"] for line in lines}
+
+
+class SteppingClock:
+    """A clock that moves two hours when told, so that items given a later attempt time are
+    due on the next run without any test waiting for it."""
+
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self) -> None:
+        self.now += timedelta(hours=2)
+
+
+def faulty_sync(
+    runtime: Runtime, settings: Settings, proxy: FaultProxy, clock: SteppingClock
+) -> Sync:
+    through_proxy = settings.model_copy(
+        update={
+            "ehr_base_url": f"{proxy.origin}/fhir",
+            "ehr_timeout_seconds": 0.4,
+            "ehr_breaker_failures": 1000,
+        }
+    )
+    return Sync(
+        through_proxy,
+        runtime.store.engine,
+        runtime.store,
+        lambda: runtime.mapping.mapper.mappings.site,
+        clock=clock,
+        sleep=lambda _: None,
+    )
+
+
+def amend_heart_rates(runtime: Runtime, count: int) -> dict[str, int]:
+    """New revisions of `count` vitals records with a new heart rate: identifier -> rate."""
+    amended: dict[str, int] = {}
+    lines = []
+    for raw in records(RECORDS):
+        record = orjson.loads(raw)
+        if record["record_type"] == "vitals" and "heart_rate" in record:
+            record["revision"] += 1
+            record["heart_rate"] = 40 + len(amended)
+            amended[f"{record['id']}/heart_rate"] = record["heart_rate"]
+            lines.append(orjson.dumps(record))
+        if len(amended) == count:
+            break
+    runtime.intake.submit(list(enumerate(lines, start=1)))
+    runtime.mapping.run()
+    return amended
+
+
+def run_until_settled(sync: Sync, clock: SteppingClock, runtime: Runtime) -> None:
+    for _ in range(30):
+        sync_once(sync, trigger="test")
+        clock.advance()
+        if runtime.outbox.count_due(clock()) == 0:
+            return
+
+
+@pytest.mark.parametrize("profile", ["generic", "epic", "oracle", "single"])
+def test_every_resource_arrives_once_through_failures(
+    runtime: Runtime, settings: Settings, ehr: SandboxEhr, proxy: FaultProxy, profile: str
+) -> None:
+    ehr.reset(profile)
+    ehr.add_patients(sorted(load_synthetic(runtime, RECORDS)))
+    clock = SteppingClock()
+    sync = faulty_sync(runtime, settings, proxy, clock)
+
+    sync_once(sync, trigger="test")
+    clock.advance()
+    amended = amend_heart_rates(runtime, 40)
+    run_until_settled(sync, clock, runtime)
+
+    counts = runtime.outbox.counts()
+    dead = [item.detail for item in runtime.outbox.listed(("dead", "pending"), 3)]
+    assert counts["pending"] == counts["waiting"] == counts["dead"] == 0, (counts, dead)
+    assert proxy.faults.counts.get("reset_after", 0) > 0
+    assert proxy.faults.counts.get("429", 0) > 0
+    ours: dict[str, int] = {}
+    for resource in runtime.resources.all_current():
+        ours[resource.resource_type] = ours.get(resource.resource_type, 0) + 1
+    for resource_type, count in ours.items():
+        copies = ehr.identifier_counts(resource_type)
+        if profile == "epic" and resource_type == "AdverseEvent":
+            assert not copies
+            continue
+        assert len(copies) == count, resource_type
+        assert set(copies.values()) == {1}, resource_type
+    rates = {
+        identifier["value"]: observation["valueQuantity"]["value"]
+        for observation in ehr.all("Observation")
+        for identifier in observation["identifier"]
+        if identifier["value"] in amended
+    }
+    assert rates == amended
