@@ -247,8 +247,8 @@ def schema(output: Path | None) -> None:
     click.echo(f"JSON Schemas written to {folder}")
 
 
+main.add_command(sync)
+
 if __name__ == "__main__":
     main()
 
-
-main.add_command(sync)

@@ -61,6 +61,11 @@ class Settings(BaseSettings):
         description="FHIR R4 base URL of the clinic's EHR that the sync pushes to; "
         "no sync when unset.",
     )
+    ehr_proxy_url: str | None = Field(
+        None,
+        description="Outbound HTTP proxy to reach the EHR through (`http://proxy:3128`); "
+        "the environment's proxy variables are not used.",
+    )
     sync_interval_seconds: float = Field(
         60.0,
         gt=0,

@@ -32,3 +32,14 @@ def test_every_adapter_variable_is_a_real_setting() -> None:
     assert set(environment) <= settings, set(environment) - settings
     assert environment["ADAPTER_DATABASE_URL"].startswith("postgresql://")
     assert (ROOT / "Dockerfile").exists()
+
+
+def test_the_adapter_syncs_to_the_sandbox_ehr_service() -> None:
+    services = _compose()["services"]
+
+    base = services["adapter"]["environment"]["ADAPTER_EHR_BASE_URL"]
+    host = base.split("//", 1)[1].split(":", 1)[0]
+
+    assert host in services and services[host]["image"].startswith("hapiproject/hapi")
+    for mount in services["hapi-sandbox"]["volumes"]:
+        assert (ROOT / mount.split(":", 1)[0]).exists(), mount

@@ -61,8 +61,16 @@ class EhrClient:
     attempts: int
     max_wait: float
     breaker: Breaker
+    proxy: str | None = None
     session: requests.Session = field(default_factory=requests.Session)
     sleep: Callable[[float], None] = time.sleep
+
+    def __post_init__(self) -> None:
+        # The environment's proxy variables and ~/.netrc are not consulted on every request:
+        # the one outbound proxy, if any, is a setting.
+        self.session.trust_env = False
+        if self.proxy:
+            self.session.proxies = {"http": self.proxy, "https": self.proxy}
 
     def request(
         self,

@@ -46,7 +46,8 @@ class LeaseLost(Exception):
 @dataclass
 class SyncReport:
     status: str
-    """completed, failed, busy (another run holds the lease) or deferred (backing off)."""
+    """completed, failed, busy (another run holds the lease), deferred (backing off) or idle
+    (a scheduled run with nothing due: not recorded)."""
     run_id: int | None = None
     counts: Counter[str] = field(default_factory=Counter)
     error: str | None = None
@@ -87,6 +88,7 @@ class Sync:
             attempts=settings.ehr_retry_attempts,
             max_wait=settings.ehr_retry_max_wait_seconds,
             breaker=Breaker(settings.ehr_breaker_failures),
+            proxy=settings.ehr_proxy_url,
             sleep=sleep,
         )
 
@@ -150,6 +152,8 @@ def sync_once(
     until, _ = sync.backoff()
     if trigger == "schedule" and until is not None and until > sync.clock():
         return SyncReport("deferred", resume_at=until)
+    if trigger == "schedule" and sync.outbox.count_due(sync.clock()) == 0:
+        return SyncReport("idle")
     return leased_run(sync, trigger, lambda report: _run(sync, report, progress or _quiet))
 
 

@@ -11,6 +11,7 @@
 //   --seed FILE               create the resources of a JSON array or Bundle at start (patients)
 //   --port N                  listen on N (0, the default, picks a free port)
 // On start it prints one JSON line: {"base": "http://127.0.0.1:PORT/fhir"}.
+// DELETE /_control/tokens forgets every token issued (as an EHR does that restarts).
 // PUT /_control/reject takes {"system", "code", "status", "message"}: resources carrying that
 // coding are refused with that status (an EHR-side rule a site must fix); DELETE clears it.
 // POST /_control/seed creates the resources of a JSON array as they are, whatever the switches.
@@ -354,6 +355,15 @@ async function handle(req, res, base) {
     return send(res, 404, outcome(404, 'not found'));
   }
   const path = url.pathname.slice('/fhir'.length).replace(/^\//, '');
+  if (path === '.well-known/smart-configuration') {
+    return send(res, 200, {
+      token_endpoint: `${url.origin}/auth/token`,
+      token_endpoint_auth_methods_supported: ['private_key_jwt'],
+      token_endpoint_auth_signing_alg_values_supported: ['RS384', 'ES384'],
+      grant_types_supported: ['client_credentials'],
+      capabilities: ['client-confidential-asymmetric'],
+    });
+  }
   if (path === 'metadata') {
     return send(res, 200, capabilityStatement(`${url.origin}/fhir`));
   }
@@ -411,6 +421,10 @@ async function control(req, res, path, text) {
   if (path === '/config' && req.method === 'PUT') {
     Object.assign(config, JSON.parse(text));
     return send(res, 200, config);
+  }
+  if (path === '/tokens' && req.method === 'DELETE') {
+    tokens.clear();
+    return send(res, 204);
   }
   if (path === '/reject' && req.method === 'PUT') {
     reject = JSON.parse(text);

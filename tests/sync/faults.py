@@ -31,17 +31,18 @@ class Faults:
     counts: dict[str, int] = field(default_factory=dict)
 
     @classmethod
-    def failing(cls, share: float, **extra: float) -> "Faults":
-        """`share` of requests fail, spread over every kind of fault."""
-        part = share / 6
+    def failing(cls, share: float, timeouts: float, timeout_seconds: float) -> "Faults":
+        """`share` of requests fail: `timeouts` of them by a timeout (each costs the client its
+        whole timeout, so it is kept small), the rest spread evenly over the other faults."""
+        part = (share - timeouts) / 5
         return cls(
             error_500=part,
             error_503=part,
             throttle_429=part,
-            timeout=part,
+            timeout=timeouts,
+            timeout_seconds=timeout_seconds,
             reset_before=part,
             reset_after=part,
-            **extra,  # type: ignore[arg-type]
         )
 
 
@@ -56,6 +57,7 @@ class FaultProxy:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True
 
             def log_message(self, *args: object) -> None:
                 return None

@@ -17,6 +17,7 @@ DEFAULT_CONFIG = {
     "readOnlyTypes": [],
     "requireIfMatch": False,
     "bearer": None,
+    "smartClients": {},
 }
 PROFILES: dict[str, dict[str, Any]] = {
     "generic": {},

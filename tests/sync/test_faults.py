@@ -1,5 +1,6 @@
 """2,000 records through a proxy that fails 30% of requests: each resource arrives once."""
 
+import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -13,12 +14,15 @@ from benchmarks.synthetic import records
 from tests.sync.faults import FaultProxy, Faults
 from tests.sync.sandbox import SandboxEhr
 
-RECORDS = 2000
+CLIENT_TIMEOUT = 0.25
+RECORDS = int(os.environ.get("SYNC_FAULT_RECORDS", "2000"))
 
 
 @pytest.fixture
 def proxy(ehr: SandboxEhr) -> Iterator[FaultProxy]:
-    faulty = FaultProxy(ehr.origin, Faults.failing(0.3, timeout_seconds=0.6))
+    faulty = FaultProxy(
+        ehr.origin, Faults.failing(0.3, timeouts=0.02, timeout_seconds=CLIENT_TIMEOUT * 1.5)
+    )
     yield faulty
     faulty.stop()
 
@@ -50,7 +54,7 @@ def faulty_sync(
     through_proxy = settings.model_copy(
         update={
             "ehr_base_url": f"{proxy.origin}/fhir",
-            "ehr_timeout_seconds": 0.4,
+            "ehr_timeout_seconds": CLIENT_TIMEOUT,
             "ehr_breaker_failures": 1000,
         }
     )
@@ -94,6 +98,8 @@ def run_until_settled(sync: Sync, clock: SteppingClock, runtime: Runtime) -> Non
 def test_every_resource_arrives_once_through_failures(
     runtime: Runtime, settings: Settings, ehr: SandboxEhr, proxy: FaultProxy, profile: str
 ) -> None:
+    if settings.database_url.startswith("postgresql") and profile != "generic":
+        pytest.skip("the EHR profiles differ in the EHR, not in the store: PostgreSQL runs one")
     ehr.reset(profile)
     ehr.add_patients(sorted(load_synthetic(runtime, RECORDS)))
     clock = SteppingClock()

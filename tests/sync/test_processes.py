@@ -1,0 +1,99 @@
+"""The sync as separate processes: killed with SIGKILL mid-run and restarted, or two at once on
+PostgreSQL. Either way every resource reaches the EHR exactly once."""
+
+import itertools
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from adapter.runtime import Runtime
+from adapter.settings import Settings
+from tests.sync.sandbox import SandboxEhr
+from tests.sync.test_faults import load_synthetic
+
+RECORDS = 2000
+CLI = [sys.executable, "-m", "adapter.cli"]
+
+
+def environment(settings: Settings, ehr: SandboxEhr, lease_seconds: float) -> dict[str, str]:
+    return {
+        **os.environ,
+        "ADAPTER_DATABASE_URL": settings.database_url,
+        "ADAPTER_MAPPINGS_DIR": str(settings.mappings_dir),
+        "ADAPTER_EHR_BASE_URL": ehr.base,
+        "ADAPTER_SYNC_LEASE_SECONDS": str(lease_seconds),
+        "ADAPTER_SYNC_INTERVAL_SECONDS": "0.2",
+        "ADAPTER_LOG_LEVEL": "WARNING",
+    }
+
+
+def assert_exactly_once(runtime: Runtime, ehr: SandboxEhr) -> None:
+    counts = runtime.outbox.counts()
+    assert counts["delivered"] == len(runtime.resources.all_current()), counts
+    ours: dict[str, int] = {}
+    for resource in runtime.resources.all_current():
+        ours[resource.resource_type] = ours.get(resource.resource_type, 0) + 1
+    for resource_type, count in ours.items():
+        copies = ehr.identifier_counts(resource_type)
+        assert len(copies) == count, resource_type
+        assert set(copies.values()) == {1}, resource_type
+
+
+def test_a_sync_killed_three_times_and_restarted_delivers_everything_once(
+    runtime: Runtime, settings: Settings, ehr: SandboxEhr, tmp_path: Path
+) -> None:
+    if settings.database_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL's run of processes is the two-worker test below")
+    ehr.add_patients(sorted(load_synthetic(runtime, RECORDS)))
+    env = environment(settings, ehr, lease_seconds=1.0)
+    chance = random.Random(11)
+    kills = 0
+    for _ in range(3):
+        process = subprocess.Popen([*CLI, "sync", "--once", "--quiet"], env=env, cwd=tmp_path)
+        time.sleep(chance.uniform(0.8, 2.5))
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            kills += 1
+        process.wait(timeout=30)
+        time.sleep(1.1)  # the dead process's lease runs out
+    finished = subprocess.run(
+        [*CLI, "sync", "--once", "--quiet"], env=env, cwd=tmp_path, timeout=600, check=False
+    )
+
+    assert kills == 3
+    assert finished.returncode == 0
+    assert_exactly_once(runtime, ehr)
+
+
+def test_two_sync_workers_on_postgresql_deliver_everything_once(
+    runtime: Runtime, settings: Settings, ehr: SandboxEhr, tmp_path: Path
+) -> None:
+    if not settings.database_url.startswith("postgresql"):
+        pytest.skip("processes on SQLite share nothing but a file; the lease is PostgreSQL's case")
+    ehr.add_patients(sorted(load_synthetic(runtime, RECORDS)))
+    env = environment(settings, ehr, lease_seconds=5.0)
+    workers = [
+        subprocess.Popen([*CLI, "sync"], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL)
+        for _ in range(2)
+    ]
+    try:
+        deadline = time.monotonic() + 300
+        while runtime.outbox.count_due(datetime.now(UTC)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+    finally:
+        for worker in workers:
+            worker.send_signal(signal.SIGTERM)
+        for worker in workers:
+            worker.wait(timeout=60)
+
+    assert_exactly_once(runtime, ehr)
+    runs = sorted(runtime.sync_runs.recent(1000), key=lambda run: run.started_at)
+    for earlier, later in itertools.pairwise(runs):
+        assert earlier.ended_at is not None and earlier.ended_at <= later.started_at

@@ -1,0 +1,75 @@
+"""Reconciliation finds what the EHR lost or changed, and the next run puts it right; an EHR
+that is down stops the run and defers the schedule instead of being hammered."""
+
+from datetime import timedelta
+
+import orjson
+import requests
+
+from adapter.runtime import Runtime
+from adapter.settings import Settings
+from adapter.sync.engine import Sync, sync_once
+from adapter.sync.reconcile import reconcile_once
+from tests.sync.sandbox import SandboxEhr
+from tests.sync.test_delivery import load_example_day
+
+
+def test_a_copy_deleted_or_changed_in_the_ehr_is_found_and_put_right(
+    runtime: Runtime, sync: Sync, ehr: SandboxEhr
+) -> None:
+    load_example_day(runtime)
+    sync_once(sync, trigger="test")
+    deleted, changed = ehr.all("Observation")[:2]
+    requests.delete(f"{ehr.base}/Observation/{deleted['id']}", timeout=10).raise_for_status()
+    changed["status"] = "amended"
+    requests.put(
+        f"{ehr.base}/Observation/{changed['id']}",
+        data=orjson.dumps(changed),
+        headers={"Content-Type": "application/fhir+json"},
+        timeout=10,
+    ).raise_for_status()
+
+    report = reconcile_once(sync)
+
+    assert report.status == "completed", report.error
+    assert report.counts["missing"] == 1 and report.counts["different"] == 1
+    assert report.counts["matching"] == len(runtime.resources.all_current()) - 2
+    sync_once(sync, trigger="test")
+    again = reconcile_once(sync)
+    assert again.counts["matching"] == len(runtime.resources.all_current())
+    identifiers = ehr.identifier_counts("Observation")
+    assert set(identifiers.values()) == {1}
+    restored = [o for o in ehr.all("Observation") if o["identifier"] == changed["identifier"]]
+    assert restored[0]["status"] != "amended"
+
+
+def test_an_ehr_that_is_down_stops_the_run_and_defers_the_schedule(
+    runtime: Runtime, settings: Settings
+) -> None:
+    down = settings.model_copy(
+        update={"ehr_base_url": "http://127.0.0.1:9/fhir", "ehr_breaker_failures": 3}
+    )
+    sleeps: list[float] = []
+    sync = Sync(
+        down,
+        runtime.store.engine,
+        runtime.store,
+        lambda: runtime.mapping.mapper.mappings.site,
+        sleep=sleeps.append,
+    )
+    load_example_day(runtime)
+
+    report = sync_once(sync, trigger="test")
+
+    assert report.status == "failed" and report.resume_at is not None
+    assert report.error and "unavailable" in report.error
+    assert len(sleeps) == down.ehr_retry_attempts - 1
+    assert runtime.outbox.counts()["dead"] == 0
+    deferred = sync_once(sync, trigger="schedule")
+    assert deferred.status == "deferred"
+    sync.clock = lambda: report.resume_at + timedelta(seconds=1)  # type: ignore[operator]
+    again = sync_once(sync, trigger="schedule")
+    assert again.status == "failed"
+    until, seconds = sync.backoff()
+    assert seconds == 2 * down.ehr_breaker_seconds
+    assert until is not None and until > report.resume_at
