@@ -251,4 +251,3 @@ main.add_command(sync)
 
 if __name__ == "__main__":
     main()
-

@@ -75,7 +75,7 @@ def status(runtime: RuntimeDep) -> JsonResponse:
     body: dict[str, Any] = {
         "ehr_configured": runtime.sync is not None,
         "outbox": runtime.outbox.counts(),
-        "due_now": runtime.outbox.count_due(datetime.now(UTC)),
+        "due_now": runtime.outbox.count_due(datetime.now(UTC), waiting=True),
     }
     if runtime.sync is not None:
         until, _ = runtime.sync.backoff()

@@ -15,7 +15,9 @@ from adapter.store.tables import sync_outbox as outbox
 DELIVERY_RANK = {"Procedure": 0, "MedicationAdministration": 1, "AdverseEvent": 2, "Observation": 3}
 """Resources that others reference go to the EHR first: sessions, then what points at them."""
 OTHER_RANK = 9
-DUE_STATES = ("pending", "waiting")
+DUE_STATES = ("pending",)
+"""One state, so that the queue index walks the due items in delivery order; waiting items
+become pending at the start of each run (`wake_waiting`)."""
 STATES = ("pending", "waiting", "delivered", "dead", "skipped")
 
 
@@ -238,9 +240,21 @@ class Outbox:
         with self.engine.connect() as connection:
             return [_item(row) for row in connection.execute(query)]
 
-    def count_due(self, now: datetime) -> int:
+    def wake_waiting(self, now: datetime) -> int:
+        """Waiting items (patient not settled, reference not delivered) are tried on every run."""
+        with self.engine.begin() as connection:
+            result = connection.execute(
+                update(outbox)
+                .where(outbox.c.state == "waiting")
+                .values(state="pending", next_attempt_at=now)
+            )
+            return int(result.rowcount or 0)
+
+    def count_due(self, now: datetime, waiting: bool = False) -> int:
+        """Items a run would try now (with `waiting`: the waiting ones too, as a run wakes them)."""
+        states = (*DUE_STATES, "waiting") if waiting else DUE_STATES
         query = select(func.count()).where(
-            outbox.c.state.in_(DUE_STATES), outbox.c.next_attempt_at <= now
+            outbox.c.state.in_(states), outbox.c.next_attempt_at <= now
         )
         with self.engine.connect() as connection:
             return int(connection.execute(query).scalar_one())

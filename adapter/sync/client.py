@@ -80,6 +80,7 @@ class EhrClient:
         body: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
         idempotent: bool = True,
+        form: dict[str, str] | None = None,
     ) -> EhrResponse:
         """One FHIR interaction, retried while the EHR's answers are temporary; raises
         TemporaryEhrError when the attempts are spent, PermanentEhrError on a refusal. A
@@ -99,7 +100,7 @@ class EhrClient:
             reraise=True,
         )
         try:
-            response = retrying(self._send_authorised, method, path, body, headers or {})
+            response = retrying(self._send_authorised, method, path, body, form, headers or {})
         except TemporaryEhrError:
             self.breaker.failed()
             raise
@@ -114,17 +115,27 @@ class EhrClient:
         return float(backoff(state))
 
     def _send_authorised(
-        self, method: str, path: str, body: dict[str, Any] | None, headers: dict[str, str]
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None,
+        form: dict[str, str] | None,
+        headers: dict[str, str],
     ) -> EhrResponse:
         try:
-            return self._send(method, path, body, headers)
+            return self._send(method, path, body, form, headers)
         except EhrAuthError:
             # A token the EHR no longer honours: fetch a new one, once.
             self.auth.refresh()
-            return self._send(method, path, body, headers)
+            return self._send(method, path, body, form, headers)
 
     def _send(
-        self, method: str, path: str, body: dict[str, Any] | None, headers: dict[str, str]
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None,
+        form: dict[str, str] | None,
+        headers: dict[str, str],
     ) -> EhrResponse:
         url = f"{self.base_url.rstrip('/')}/{path.lstrip('/')}" if path else self.base_url
         sent = {"Accept": FHIR_JSON, **headers}
@@ -137,7 +148,7 @@ class EhrClient:
             answer = self.session.request(
                 method,
                 url,
-                data=orjson.dumps(body) if body is not None else None,
+                data=orjson.dumps(body) if body is not None else form,
                 headers=sent,
                 timeout=self.timeout,
             )

@@ -50,7 +50,7 @@ def sync(context: click.Context, once: bool, quiet: bool) -> None:
     runtime = open_runtime_or_exit(settings_or_exit())
     engine = _sync(runtime)
     if once:
-        due = runtime.outbox.count_due(datetime.now(UTC))
+        due = runtime.outbox.count_due(datetime.now(UTC), waiting=True)
         bar = tqdm(total=due, unit="res", desc="syncing", disable=quiet, dynamic_ncols=True)
         report = sync_once(engine, trigger="cli", progress=bar.update)
         bar.close()

@@ -3,7 +3,6 @@ searching it for the adapter's identifiers."""
 
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlencode
 
 from adapter.sync.client import EhrClient, EhrResponse
 from adapter.sync.outgoing import identifiers
@@ -25,13 +24,14 @@ def copies_by_identifier(
     client: EhrClient, resource_type: str, wanted: Sequence[tuple[str, str]]
 ) -> dict[tuple[str, str], list[Json]]:
     """The EHR's resources carrying each identifier (system, value), 50 identifiers a search
-    (token search with OR values; a comma inside a value is escaped)."""
+    (token search with OR values; a comma inside a value is escaped). The search is POSTed
+    to `_search` as a form: fifty identifiers make a URL longer than some servers take."""
     copies: dict[tuple[str, str], list[Json]] = {}
     for start in range(0, len(wanted), SEARCH_CHUNK):
         chunk = wanted[start : start + SEARCH_CHUNK]
         values = ",".join(f"{s}|{v}".replace(",", r"\,") for s, v in chunk)
-        query = urlencode({"identifier": values, "_count": str(4 * len(chunk))})
-        answer = client.request("GET", f"{resource_type}?{query}")
+        form = {"identifier": values, "_count": str(4 * len(chunk))}
+        answer = client.request("POST", f"{resource_type}/_search", form=form)
         for entry in (answer.body or {}).get("entry", []):
             resource = entry.get("resource", {})
             if resource.get("resourceType") != resource_type:

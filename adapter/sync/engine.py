@@ -152,7 +152,7 @@ def sync_once(
     until, _ = sync.backoff()
     if trigger == "schedule" and until is not None and until > sync.clock():
         return SyncReport("deferred", resume_at=until)
-    if trigger == "schedule" and sync.outbox.count_due(sync.clock()) == 0:
+    if trigger == "schedule" and sync.outbox.count_due(sync.clock(), waiting=True) == 0:
         return SyncReport("idle")
     return leased_run(sync, trigger, lambda report: _run(sync, report, progress or _quiet))
 
@@ -201,6 +201,7 @@ def _run(sync: Sync, report: SyncReport, progress: Callable[[int], None]) -> Non
     delivery = sync.delivery(plans)
     deliverable = [t for t, plan in plans.items() if plan.deliver]
     sync.outbox.requeue(sync.clock(), ["skipped"], resource_types=deliverable)
+    sync.outbox.wake_waiting(sync.clock())
     after = None
     while True:
         if not sync.lease.renew(sync.clock()):

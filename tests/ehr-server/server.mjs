@@ -373,7 +373,11 @@ async function handle(req, res, base) {
   }
   let body;
   try {
-    body = text ? JSON.parse(text) : undefined;
+    if ((req.headers['content-type'] ?? '').startsWith('application/x-www-form-urlencoded')) {
+      body = Object.fromEntries(new URLSearchParams(text));
+    } else {
+      body = text ? JSON.parse(text) : undefined;
+    }
   } catch {
     return send(res, 400, outcome(400, 'the body is not JSON'));
   }

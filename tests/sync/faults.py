@@ -5,11 +5,15 @@ the server (the case where the EHR stored what the sync never heard back about).
 import random
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
+import orjson
 import requests
 
 TRANSIENT = b'{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"transient"}]}'
@@ -95,6 +99,11 @@ class FaultProxy:
     def handle(self, handler: BaseHTTPRequestHandler) -> None:
         length = int(handler.headers.get("Content-Length") or 0)
         body = handler.rfile.read(length) if length else None
+        if handler.path == "/_faults":
+            self._reply(
+                handler, 200, {"Content-Type": "application/json"}, orjson.dumps(self.faults.counts)
+            )
+            return
         fault = self._draw() if self.enabled and handler.path.startswith("/fhir") else "pass"
         with self.lock:
             self.faults.counts[fault] = self.faults.counts.get(fault, 0) + 1
@@ -124,18 +133,20 @@ class FaultProxy:
         if fault == "reset_after":
             self._reset(handler)
             return
-        handler.send_response(answer.status_code)
-        for name, value in answer.headers.items():
-            if name.lower() not in (
-                "content-length",
-                "transfer-encoding",
-                "connection",
-                "keep-alive",
-            ):
-                handler.send_header(name, value)
-        handler.send_header("Content-Length", str(len(answer.content)))
+        hop_by_hop = ("content-length", "transfer-encoding", "connection", "keep-alive")
+        passed = {k: v for k, v in answer.headers.items() if k.lower() not in hop_by_hop}
+        self._reply(handler, answer.status_code, passed, answer.content)
+
+    @staticmethod
+    def _reply(
+        handler: BaseHTTPRequestHandler, status: int, headers: dict[str, str], body: bytes
+    ) -> None:
+        handler.send_response(status)
+        for name, value in headers.items():
+            handler.send_header(name, value)
+        handler.send_header("Content-Length", str(len(body)))
         handler.end_headers()
-        handler.wfile.write(answer.content)
+        handler.wfile.write(body)
 
     @staticmethod
     def _reset(handler: BaseHTTPRequestHandler) -> None:
@@ -147,3 +158,35 @@ class FaultProxy:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class ProxyProcess:
+    """The proxy in a process of its own, so that it does not share the test's interpreter
+    (and its lock) with the sync it is testing."""
+
+    def __init__(self, upstream_origin: str, faults: Faults) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.sync.faults", upstream_origin],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(orjson.dumps(asdict(faults)).decode() + "\n")
+        self.process.stdin.flush()
+        self.origin = self.process.stdout.readline().strip()
+
+    def counts(self) -> dict[str, int]:
+        found: dict[str, int] = requests.get(f"{self.origin}/_faults", timeout=10).json()
+        return found
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    proxy = FaultProxy(sys.argv[1], Faults(**orjson.loads(sys.stdin.readline())))
+    print(proxy.origin, flush=True)
+    proxy.thread.join()

@@ -30,6 +30,7 @@ def upgrade() -> None:
         sa.Column("delivered_version", sa.Integer),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     )
+    # The pending items in delivery order: a run walks it with a keyset.
     op.create_index("ix_sync_outbox_queue", "sync_outbox", ["state", "rank", "resource_id"])
     # Resources stored before the sync existed are queued too.
     op.execute(

@@ -1,0 +1,132 @@
+"""Sync benchmark: pending resources delivered to the sandbox EHR per second, beside the peer's
+limit, and the sync process's peak memory.
+
+Synthetic records are imported and mapped into a SQLite store until about `--resources` are
+pending. The baseline, measured first in the same run against a fresh sandbox EHR (Medplum's
+FhirRouter in Node, tests/ehr-server): a plain client posting the same resources straight to
+the server as transaction Bundles of the same size, with nothing else (no lookups, no
+bookkeeping). Then the EHR is emptied and `infusion-adapter sync --once` runs in its own
+process, whose peak RSS is read from the kernel when it exits. Both runs end with every
+resource in the EHR, which is counted.
+
+    .venv/bin/python -m benchmarks.sync --resources 100000
+"""
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+import requests
+
+from adapter.runtime import open_runtime
+from adapter.settings import Settings
+from benchmarks.synthetic import records
+from tests.sync.sandbox import SandboxEhr
+
+ROOT = Path(__file__).resolve().parent.parent
+RESOURCES_PER_RECORD = 5.6
+"""About how many resources one synthetic record maps to (vitals give several)."""
+
+
+def plain_client(ehr: SandboxEhr, bodies: list[bytes], batch: int) -> float:
+    """Transaction Bundles of the stored resources, posted one after another: resources/s."""
+    session = requests.Session()
+    session.trust_env = False
+    started = time.perf_counter()
+    for start in range(0, len(bodies), batch):
+        entries = b",".join(bodies[start : start + batch])
+        bundle = b'{"resourceType":"Bundle","type":"transaction","entry":[' + entries + b"]}"
+        answer = session.post(
+            ehr.base, data=bundle, headers={"Content-Type": "application/fhir+json"}
+        )
+        answer.raise_for_status()
+    return len(bodies) / (time.perf_counter() - started)
+
+
+def entry(content: str, mrn_to_patient: dict[str, str]) -> bytes:
+    """The stored resource as a create entry, its patient as a literal reference."""
+    resource = orjson.loads(content)
+    resource.pop("id")
+    subject = resource.get("subject") or {}
+    mrn = subject.get("identifier", {}).get("value")
+    if mrn in mrn_to_patient:
+        resource["subject"] = {**subject, "reference": mrn_to_patient[mrn]}
+    request = {"method": "POST", "url": resource["resourceType"]}
+    return orjson.dumps({"resource": resource, "request": request})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--resources", type=int, default=100_000)
+    parser.add_argument("--batch", type=int, default=50)
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="sync-bench-"))
+    shutil.copytree(ROOT / "mappings", workdir / "mappings")
+    ehr = SandboxEhr()
+    try:
+        settings = Settings(
+            database_url=f"sqlite:///{workdir / 'adapter.db'}",
+            mappings_dir=workdir / "mappings",
+            ehr_base_url=ehr.base,
+            sync_batch_size=args.batch,
+        )
+        runtime = open_runtime(settings)
+        lines = list(records(int(args.resources / RESOURCES_PER_RECORD)))
+        for start in range(0, len(lines), 5000):
+            chunk = lines[start : start + 5000]
+            runtime.intake.submit(list(enumerate(chunk, start=start + 1)))
+        runtime.mapping.run()
+        runtime.resources.refresh_statistics()
+        stored = runtime.resources.all_current()
+        mrns = sorted({orjson.loads(line)["patient"]["mrn"] for line in lines})
+        print(f"{len(stored):,} resources pending for {len(mrns):,} patients", flush=True)
+
+        ehr.reset()
+        ehr.add_patients(mrns)
+        patients = {p["identifier"][0]["value"]: f"Patient/{p['id']}" for p in ehr.all("Patient")}
+        bodies = [entry(resource.content, patients) for resource in stored]
+        baseline = plain_client(ehr, bodies, args.batch)
+        del bodies
+        print(f"plain client, transaction Bundles of {args.batch}: {baseline:,.0f} resources/s")
+
+        ehr.reset()
+        ehr.add_patients(mrns)
+        env = {
+            **os.environ,
+            "ADAPTER_DATABASE_URL": settings.database_url,
+            "ADAPTER_MAPPINGS_DIR": str(settings.mappings_dir),
+            "ADAPTER_EHR_BASE_URL": ehr.base,
+            "ADAPTER_SYNC_BATCH_SIZE": str(args.batch),
+            "ADAPTER_LOG_LEVEL": "WARNING",
+        }
+        started = time.perf_counter()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "adapter.cli", "sync", "--once", "--quiet"],
+            env=env,
+            cwd=workdir,
+        )
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.perf_counter() - started
+        delivered = runtime.outbox.counts()["delivered"]
+        in_ehr = sum(len(ehr.identifier_counts(t)) for t in {r.resource_type for r in stored})
+        rate = delivered / seconds
+        print(
+            f"adapter sync (process start to exit): {rate:,.0f} resources/s "
+            f"({rate / baseline:.2f} of the plain client), peak RSS {usage.ru_maxrss / 1024:.0f} MB, "
+            f"exit status {os.waitstatus_to_exitcode(status)}"
+        )
+        print(f"delivered {delivered:,} of {len(stored):,}; the EHR holds {in_ehr:,}")
+    finally:
+        ehr.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
