@@ -117,9 +117,10 @@ def main() -> None:
         delivered = runtime.outbox.counts()["delivered"]
         in_ehr = sum(len(ehr.identifier_counts(t)) for t in {r.resource_type for r in stored})
         rate = delivered / seconds
+        peak_mb = usage.ru_maxrss / 1024
         print(
             f"adapter sync (process start to exit): {rate:,.0f} resources/s "
-            f"({rate / baseline:.2f} of the plain client), peak RSS {usage.ru_maxrss / 1024:.0f} MB, "
+            f"({rate / baseline:.2f} of the plain client), peak RSS {peak_mb:.0f} MB, "
             f"exit status {os.waitstatus_to_exitcode(status)}"
         )
         print(f"delivered {delivered:,} of {len(stored):,}; the EHR holds {in_ehr:,}")

@@ -1,6 +1,7 @@
 """The sync delivers every resource to a real FHIR server once, with the EHR's own references."""
 
 from collections import Counter
+from pathlib import Path
 
 import orjson
 import pytest
@@ -99,3 +100,35 @@ def test_a_second_run_sends_nothing_and_a_new_version_updates_the_same_copy(
     ]
     assert len(heart_rates) == 1
     assert heart_rates[0]["valueQuantity"]["value"] == 61
+
+
+def test_the_sites_overrides_and_extra_codings_apply_on_the_way_out(
+    runtime: Runtime, sync: Sync, ehr: SandboxEhr, settings_mappings: Path
+) -> None:
+    (settings_mappings / "ehr.yaml").write_text(
+        """
+resource_types:
+  MedicationAdministration: {deliver: "no"}
+extra_codings:
+  - match: {system: "http://loinc.org", code: "8867-4"}
+    add: {system: "urn:example:flowsheet", code: "8", display: "Pulse", source: "site build"}
+"""
+    )
+    load_example_day(runtime)
+
+    sync_once(sync, trigger="test")
+
+    assert ehr.all("MedicationAdministration") == []
+    assert sync.outbox.counts()["skipped"] == stored_counts(runtime)["MedicationAdministration"]
+    pulses = [
+        o
+        for o in ehr.all("Observation")
+        if any(c["code"] == "8867-4" for c in o["code"].get("coding", []))
+    ]
+    assert pulses
+    for pulse in pulses:
+        assert {"system": "urn:example:flowsheet", "code": "8", "display": "Pulse"} in pulse[
+            "code"
+        ]["coding"]
+    stored = [orjson.loads(r.content) for r in runtime.resources.all_current()]
+    assert "urn:example:flowsheet" not in orjson.dumps(stored).decode()
