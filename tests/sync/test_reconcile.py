@@ -10,6 +10,7 @@ from adapter.runtime import Runtime
 from adapter.settings import Settings
 from adapter.sync.engine import Sync, sync_once
 from adapter.sync.reconcile import reconcile_once
+from tests.sync.faults import FaultProxy, Faults
 from tests.sync.sandbox import SandboxEhr
 from tests.sync.test_delivery import load_example_day
 
@@ -73,3 +74,38 @@ def test_an_ehr_that_is_down_stops_the_run_and_defers_the_schedule(
     until, seconds = sync.backoff()
     assert seconds == 2 * down.ehr_breaker_seconds
     assert until is not None and until > report.resume_at
+
+
+def test_an_ehr_that_goes_down_mid_run_opens_the_breaker_instead_of_being_hammered(
+    runtime: Runtime, settings: Settings, ehr: SandboxEhr
+) -> None:
+    proxy = FaultProxy(ehr.origin, Faults())
+    try:
+        through = settings.model_copy(
+            update={
+                "ehr_base_url": f"{proxy.origin}/fhir",
+                "ehr_breaker_failures": 2,
+                "sync_batch_size": 10,
+            }
+        )
+        sync = Sync(
+            through,
+            runtime.store.engine,
+            runtime.store,
+            lambda: runtime.mapping.mapper.mappings.site,
+            sleep=lambda _: None,
+        )
+        assert sync_once(sync, trigger="test").status == "completed"  # capabilities cached
+        load_example_day(runtime)
+        proxy.faults.error_503 = 1.0
+        proxy.faults.counts.clear()
+
+        report = sync_once(sync, trigger="test")
+    finally:
+        proxy.stop()
+
+    assert report.status == "failed" and report.error and "unavailable" in report.error
+    assert proxy.faults.counts == {"503": 2 * through.ehr_retry_attempts}
+    counts = runtime.outbox.counts()
+    assert counts["dead"] == 0 and counts["delivered"] == 0
+    assert sync_once(sync, trigger="schedule").status == "deferred"
