@@ -15,6 +15,7 @@
 // PUT /_control/reject takes {"system", "code", "status", "message"}: resources carrying that
 // coding are refused with that status (an EHR-side rule a site must fix); DELETE clears it.
 // POST /_control/seed creates the resources of a JSON array as they are, whatever the switches.
+// GET /_control/identifiers counts identifiers and copies per type (duplicates at a glance).
 // GET /_control/stats counts the requests by method and outcome; POST /_control/reset empties it.
 import { createServer } from 'node:http';
 import { createPublicKey, randomUUID, verify } from 'node:crypto';
@@ -444,6 +445,20 @@ async function control(req, res, path, text) {
       created.push(await repo.createResource(resource));
     }
     return send(res, 200, created);
+  }
+  if (path === '/identifiers' && req.method === 'GET') {
+    // Per resource type: distinct identifiers held, and copies (more than one per identifier
+    // is a duplicate), from the index rather than a search.
+    const counts = {};
+    for (const [key, ids] of repo.byIdentifier) {
+      const type = key.split('|')[0];
+      counts[type] ??= { identifiers: 0, copies: 0 };
+      if (ids.size) {
+        counts[type].identifiers += 1;
+        counts[type].copies += ids.size;
+      }
+    }
+    return send(res, 200, counts);
   }
   if (path === '/stats' && req.method === 'GET') {
     return send(res, 200, stats);
