@@ -51,6 +51,14 @@ RECORD_COLUMNS = (
 )
 
 
+_CURRENT_REVISION = and_(
+    revisions.c.record_type == records.c.record_type,
+    revisions.c.source_id == records.c.source_id,
+    revisions.c.revision == records.c.revision,
+)
+"""Joins a record to its current revision."""
+
+
 class WriteConflict(Exception):
     """Another writer stored one of the batch's records first; the batch is to be redone."""
 
@@ -275,14 +283,7 @@ class RecordStore:
                 revisions.c.raw,
                 revisions.c.parsed,
             )
-            .join(
-                revisions,
-                and_(
-                    revisions.c.record_type == records.c.record_type,
-                    revisions.c.source_id == records.c.source_id,
-                    revisions.c.revision == records.c.revision,
-                ),
-            )
+            .join(revisions, _CURRENT_REVISION)
             .where(records.c.record_type == record_type, records.c.source_id == source_id)
         )
         with self.engine.connect() as connection:
@@ -298,14 +299,7 @@ class RecordStore:
                 chunk = set(wanted[start : start + 500])
                 query = (
                     select(records.c.record_type, records.c.source_id, revisions.c.parsed)
-                    .join(
-                        revisions,
-                        and_(
-                            revisions.c.record_type == records.c.record_type,
-                            revisions.c.source_id == records.c.source_id,
-                            revisions.c.revision == records.c.revision,
-                        ),
-                    )
+                    .join(revisions, _CURRENT_REVISION)
                     .where(records.c.source_id.in_([source_id for _, source_id in chunk]))
                 )
                 for row in connection.execute(query):

@@ -157,7 +157,7 @@ class PatientMatches:
                         row.mrn,
                         row.state,
                         row.ehr_id,
-                        orjson.loads(row.detail) if row.detail else {},
+                        orjson.loads(row.detail or "{}"),
                         row.checked_at,
                     )
         return found
@@ -186,17 +186,3 @@ class PatientMatches:
                 },
             )
             connection.execute(statement, rows)
-
-    def unresolved(self) -> list[PatientMatch]:
-        query = select(patients).where(patients.c.state != "matched").order_by(patients.c.mrn)
-        with self.engine.connect() as connection:
-            return [
-                PatientMatch(
-                    row.mrn,
-                    row.state,
-                    row.ehr_id,
-                    orjson.loads(row.detail) if row.detail else {},
-                    row.checked_at,
-                )
-                for row in connection.execute(query)
-            ]

@@ -18,7 +18,7 @@ from adapter.mapping.config import EhrRules, Site
 from adapter.store.outbox import Outbox, OutboxItem, Outcome, Pending
 from adapter.store.records import RecordStore
 from adapter.sync.capabilities import DeliveryPlan
-from adapter.sync.client import EhrClient, EhrResponse
+from adapter.sync.client import TEMPORARY_STATUSES, EhrClient, EhrResponse
 from adapter.sync.ehr_ids import (
     EhrId,
     answer_of,
@@ -36,7 +36,6 @@ PARTIAL = (
     "delivered without its references to resources not yet in the EHR; it is updated once they are"
 )
 LONGEST_BACKOFF = 3600.0
-TEMPORARY = frozenset({408, 429, 500, 502, 503, 504})
 
 
 @dataclass(frozen=True)
@@ -272,7 +271,7 @@ class Delivery:
             if 200 <= status < 300:
                 ehr = identity(p.item.resource_type, entry.get("resource"), response)
                 outcomes.append(self._delivered(p, ehr))
-            elif status in TEMPORARY:
+            elif status in TEMPORARY_STATUSES:
                 refused = TemporaryEhrError(status, f"Bundle entry answered {status}")
                 outcomes.append(self._temporary(p.item, refused))
             else:

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Engine
 
-from adapter.mapping.config import Site, load_ehr_rules
+from adapter.mapping.config import EhrRules, Site, load_ehr_rules
 from adapter.settings import Settings
 from adapter.store.outbox import Outbox, Outcome
 from adapter.store.records import RecordStore
@@ -92,7 +92,7 @@ class Sync:
             sleep=sleep,
         )
 
-    def plans(self, now: datetime) -> dict[str, DeliveryPlan]:
+    def plans(self, now: datetime, rules: EhrRules) -> dict[str, DeliveryPlan]:
         """Delivery plans from the EHR's CapabilityStatement, read again when the cached copy
         is older than the refresh setting; an EHR that cannot answer now leaves the cached
         copy in use."""
@@ -110,9 +110,9 @@ class Sync:
                 stored = {"fetched_at": now.isoformat(), "statement": statement}
                 with self.engine.begin() as connection:
                     write_state(connection, CAPABILITIES, orjson.dumps(stored).decode())
-        return plan_delivery(stored["statement"], load_ehr_rules(self.settings.mappings_dir))
+        return plan_delivery(stored["statement"], rules)
 
-    def delivery(self, plans: dict[str, DeliveryPlan]) -> Delivery:
+    def delivery(self, plans: dict[str, DeliveryPlan], rules: EhrRules) -> Delivery:
         """A run's deliveries, with what it learns of the EHR kept for the run."""
         refresh = timedelta(minutes=self.settings.ehr_patient_refresh_minutes)
         site = self.site()
@@ -125,7 +125,7 @@ class Sync:
             ),
             plans=plans,
             site=site,
-            rules=load_ehr_rules(self.settings.mappings_dir),
+            rules=rules,
             clock=self.clock,
         )
 
@@ -197,8 +197,9 @@ def leased_run(sync: Sync, trigger: str, work: Callable[[SyncReport], None]) -> 
 
 
 def _run(sync: Sync, report: SyncReport, progress: Callable[[int], None]) -> None:
-    plans = sync.plans(sync.clock())
-    delivery = sync.delivery(plans)
+    rules = load_ehr_rules(sync.settings.mappings_dir)
+    plans = sync.plans(sync.clock(), rules)
+    delivery = sync.delivery(plans, rules)
     deliverable = [t for t, plan in plans.items() if plan.deliver]
     sync.outbox.requeue(sync.clock(), ["skipped"], resource_types=deliverable)
     sync.outbox.wake_waiting(sync.clock())

@@ -30,8 +30,8 @@ def reconcile_once(sync: Sync, progress: Callable[[int], None] | None = None) ->
 
 
 def _reconcile(sync: Sync, report: SyncReport, progress: Callable[[int], None] | None) -> None:
-    plans = sync.plans(sync.clock())
     rules = load_ehr_rules(sync.settings.mappings_dir)
+    plans = sync.plans(sync.clock(), rules)
     site = sync.site()
     after = None
     while True:

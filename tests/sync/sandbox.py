@@ -64,16 +64,6 @@ class SandboxEhr:
     def configure(self, **config: Any) -> None:
         self.control("PUT", "/config", config)
 
-    def create(self, resource: dict[str, Any]) -> dict[str, Any]:
-        answer = self.http.post(
-            f"{self.base}/{resource['resourceType']}",
-            data=orjson.dumps(resource),
-            headers={"Content-Type": "application/fhir+json", **self._auth()},
-        )
-        answer.raise_for_status()
-        created: dict[str, Any] = answer.json()
-        return created
-
     def add_patients(self, mrns: list[str]) -> None:
         """Patients the EHR knows, by MRN."""
         self.control(
