@@ -48,7 +48,9 @@ def waiting(runtime: RuntimeDep, limit: Limit = 100, after: After = None) -> Jso
 def runs(
     runtime: RuntimeDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    before: Annotated[int | None, Query(ge=1, description="Run id to list before.")] = None,
+    before: Annotated[
+        int | None, Query(ge=1, le=2**63 - 1, description="Run id to list before.")
+    ] = None,
 ) -> JsonResponse:
     found = runtime.sync_runs.recent(limit, before)
     return JsonResponse(

@@ -216,7 +216,7 @@ def _known(resource_type: str, name: str) -> bool:
 
 def _control(request: SearchRequest, name: str, value: str, secret: str) -> None:
     if name == "_count":
-        if not value.isdigit():
+        if not (value.isascii() and value.isdigit()):
             raise BadRequest(f"_count: {value!r} is not a whole number", expression=["_count"])
         request.count = min(int(value), MAX_COUNT)
         request.summary_count = request.summary_count or int(value) == 0

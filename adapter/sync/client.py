@@ -197,8 +197,9 @@ def _retry_after(value: str | None) -> float | None:
     """Retry-After as seconds: a number of seconds or an HTTP date (RFC 9110, 10.2.3)."""
     if not value:
         return None
-    if value.strip().isdigit():
-        return float(value.strip())
+    seconds = value.strip()
+    if seconds.isascii() and seconds.isdigit():
+        return float(seconds)
     try:
         moment = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):

@@ -97,7 +97,13 @@ def test_a_withdrawn_resource_stays_readable_with_its_status(day: TestClient) ->
 
 @pytest.mark.parametrize(
     "path",
-    ["/fhir/Observation/unknown-id", "/fhir/Observation/unknown-id/_history/1", "/fhir/Patient/1"],
+    [
+        "/fhir/Observation/unknown-id",
+        "/fhir/Observation/unknown-id/_history/1",
+        "/fhir/Observation/unknown-id/_history/99999999999999999999",
+        "/fhir/Observation/unknown-id/_history/\u00b2",
+        "/fhir/Patient/1",
+    ],
 )
 def test_unknown_is_404_operation_outcome(client: TestClient, path: str) -> None:
     response = client.get(path)

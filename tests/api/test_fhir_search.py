@@ -81,6 +81,14 @@ def test_a_bad_date_is_400(client: TestClient) -> None:
     assert response.json()["issue"][0]["expression"] == ["date"]
 
 
+@pytest.mark.parametrize("value", ["-1", "ten", "\u00b2", "1.5"])
+def test_a_count_that_is_not_a_whole_number_is_400(client: TestClient, value: str) -> None:
+    response = client.get("/fhir/Observation", params={"_count": value})
+
+    assert response.status_code == 400
+    assert response.json()["issue"][0]["expression"] == ["_count"]
+
+
 @pytest.fixture
 def day(client: TestClient) -> TestClient:
     _load(client, EXAMPLE_DAY.read_bytes())

@@ -139,3 +139,11 @@ def test_a_replay_without_a_target_is_refused(client: TestClient, body: dict[str
 
     assert answer.status_code == 400
     assert answer.json()["resourceType"] == "OperationOutcome"
+
+
+@pytest.mark.parametrize("before", ["0", "9223372036854775808", "x"])
+def test_a_runs_cursor_out_of_range_is_refused(client: TestClient, before: str) -> None:
+    answer = client.get("/api/v1/sync/runs", params={"before": before})
+
+    assert answer.status_code == 400
+    assert answer.json()["resourceType"] == "OperationOutcome"

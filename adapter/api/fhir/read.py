@@ -1,5 +1,6 @@
 """read, vread and history; writes are refused (the endpoint is read-only)."""
 
+import re
 from typing import Annotated
 
 import orjson
@@ -103,7 +104,7 @@ def vread(
     known_type(resource_type)
     found = (
         _reader(runtime).versions(resource_type, resource_id, int(version_id))
-        if version_id.isdigit()
+        if re.fullmatch("[0-9]{1,18}", version_id)
         else []
     )
     if not found:
