@@ -2,21 +2,44 @@
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from adapter import __version__
-from adapter.api import fhir, health, mapping, outcome, records, sync
-from adapter.runtime import open_runtime
+from adapter.api import audit, auth, fhir, health, mapping, outcome, records, sync
+from adapter.api.responses import JsonResponse
+from adapter.runtime import Runtime, open_runtime
+from adapter.security.access import api_caller, check_routes
+from adapter.security.assertions import KeyFetcher
+from adapter.security.audit import AuditWriter
+from adapter.security.middleware import Guard
+from adapter.security.throttle import FailureThrottle
 from adapter.settings import Settings, get_settings
 from adapter.worker import Worker
 
 
+def refuse_development_clients(runtime: Runtime) -> None:
+    """In production, development clients (made by `clients dev`) must be revoked first."""
+    if runtime.settings.env != "production":
+        return
+    found = runtime.clients.development_clients()
+    if found:
+        names = ", ".join(client.id for client in found)
+        raise RuntimeError(
+            f"ADAPTER_ENV=production refuses development clients ({names}): revoke them with "
+            "`infusion-adapter clients revoke <client id>`"
+        )
+
+
 def create_app(settings: Settings | None = None, background: bool = True) -> FastAPI:
-    """The ASGI app. A broken mapping file or an unreachable store stops it here, not later.
-    `background=False` leaves mapping to explicit calls (tests, tools)."""
+    """The ASGI app. A broken mapping file, an unreachable store or development credentials in
+    production stop it here, not later. `background=False` leaves mapping to explicit calls
+    (tests, tools)."""
     runtime = open_runtime(settings or get_settings())
+    refuse_development_clients(runtime)
     worker = Worker(runtime) if background else None
+    writer = AuditWriter(runtime.audit)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -27,24 +50,53 @@ def create_app(settings: Settings | None = None, background: bool = True) -> Fas
         finally:
             if worker:
                 worker.stop()
+            writer.close()
             runtime.store.engine.dispose()
 
     app = FastAPI(
         title="Infusion clinic EHR adapter",
         version=__version__,
-        description="Takes an IV ketamine infusion clinic's charting records in and maps them "
-        "to FHIR R4 resources with the mapping files in mappings/.",
+        description="Takes an IV ketamine infusion clinic's charting records in, maps them to "
+        "FHIR R4 resources with the mapping files in mappings/, serves them at /fhir and "
+        "delivers them to the EHR. /fhir takes SMART Backend Services access tokens from "
+        "/auth/token; /api takes API keys (`infusion-adapter clients`).",
         lifespan=lifespan,
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = runtime.settings
     app.state.runtime = runtime
     app.state.store = runtime.store
     app.state.intake = runtime.intake
     app.state.worker = worker
+    app.state.clients = runtime.clients
+    app.state.audit_writer = writer
+    app.state.throttle = FailureThrottle(runtime.settings.token_failures_per_minute)
+    app.state.key_fetcher = KeyFetcher()
     outcome.install(app)
     app.include_router(health.router)
+    app.include_router(auth.router)
     app.include_router(records.router)
     app.include_router(mapping.router)
     app.include_router(sync.router)
+    app.include_router(audit.router)
     app.include_router(fhir.router)
+
+    @app.get(
+        "/openapi.json",
+        include_in_schema=False,
+        dependencies=[Depends(api_caller("intake"))],
+    )
+    def openapi() -> JsonResponse:
+        schema: dict[str, Any] = app.openapi()
+        return JsonResponse(schema)
+
+    check_routes(app)
+    app.add_middleware(
+        Guard,
+        writer=writer,
+        max_body=runtime.settings.max_body_bytes,
+        max_depth=runtime.settings.json_max_depth,
+    )
     return app

@@ -1,4 +1,4 @@
-"""The `infusion-adapter` command: serve, import, db, mappings and sync."""
+"""The `infusion-adapter` command: serve, import, db, mappings, sync and clients."""
 
 import logging
 import sys
@@ -21,6 +21,7 @@ from adapter.mapping.config import json_schemas, load_mappings
 from adapter.mapping.mapper import Mapper, SourceRecord
 from adapter.mapping.service import MappingReport
 from adapter.runtime import Runtime, intake_context
+from adapter.security.commands import clients
 from adapter.store import migrate
 from adapter.store.engine import make_engine
 from adapter.sync.commands import sync
@@ -51,9 +52,13 @@ def serve(host: str | None, port: int | None) -> None:
     except MappingFileError as exc:
         click.echo(f"refusing to start, a mapping file is broken:\n{exc}", err=True)
         sys.exit(2)
+    except RuntimeError as exc:
+        click.echo(f"refusing to start: {exc}", err=True)
+        sys.exit(2)
     host, port = host or settings.host, port or settings.port
     click.echo(
-        f"infusion-adapter serving on http://{host}:{port}  (API docs: /docs, health: /healthz)"
+        f"infusion-adapter serving on http://{host}:{port}  (FHIR: /fhir, health: /healthz, "
+        "OpenAPI: /openapi.json with an API key)"
     )
     # No access log: request lines carry search parameters, and those can name a patient.
     uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower(), access_log=False)
@@ -248,6 +253,7 @@ def schema(output: Path | None) -> None:
 
 
 main.add_command(sync)
+main.add_command(clients)
 
 if __name__ == "__main__":
     main()

@@ -20,10 +20,17 @@ class AdapterError(Exception):
     status: int = 500
     issue_code: str = "exception"
 
-    def __init__(self, message: str, *, expression: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        expression: list[str] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.expression = expression or []
+        self.headers = headers or {}
 
 
 class BadRequest(AdapterError):
@@ -33,6 +40,34 @@ class BadRequest(AdapterError):
 
 class MalformedJson(BadRequest):
     issue_code = "structure"
+
+
+class Unauthorized(AdapterError):
+    """No credentials, or credentials the adapter does not accept (RFC 6750, 3)."""
+
+    status = 401
+    issue_code = "login"
+
+    def __init__(self, message: str, *, error: str | None = None) -> None:
+        challenge = 'Bearer realm="infusion-adapter"'
+        if error:
+            challenge += f', error="{error}", error_description="{message}"'
+        super().__init__(message, headers={"WWW-Authenticate": challenge})
+
+
+class Forbidden(AdapterError):
+    """Known credentials without the scope or role the request needs."""
+
+    status = 403
+    issue_code = "forbidden"
+
+
+class TooManyRequests(AdapterError):
+    status = 429
+    issue_code = "throttled"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after)})
 
 
 class NotFound(AdapterError):
@@ -63,6 +98,16 @@ class UnsupportedMediaType(AdapterError):
 class StoreUnavailable(AdapterError):
     status = 503
     issue_code = "transient"
+
+
+class OAuthError(Exception):
+    """An error of the token endpoint, answered as OAuth 2.0 says (RFC 6749, 5.2)."""
+
+    def __init__(self, error: str, description: str, status: int = 400) -> None:
+        super().__init__(description)
+        self.error = error
+        self.description = description
+        self.status = status
 
 
 class MappingFileError(Exception):

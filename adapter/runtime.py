@@ -8,6 +8,8 @@ from adapter.intake.service import Intake
 from adapter.intake.validation import IntakeContext
 from adapter.mapping.config import Mappings, load_ehr_rules, load_mappings
 from adapter.mapping.service import MappingService
+from adapter.security.audit import AuditLog
+from adapter.security.clients import Clients
 from adapter.settings import Settings
 from adapter.store import migrate
 from adapter.store.engine import make_engine
@@ -31,6 +33,8 @@ class Runtime:
     sync_runs: SyncRuns
     sync: Sync | None
     """The sync to the EHR; None when no EHR is configured (the outbox fills all the same)."""
+    clients: Clients
+    audit: AuditLog
 
     def reload_mappings(self) -> bool:
         """Apply changed mapping files to intake and mapping; a broken file raises and changes
@@ -77,4 +81,6 @@ def open_runtime(settings: Settings) -> Runtime:
         outbox=Outbox(engine),
         sync_runs=SyncRuns(engine),
         sync=sync,
+        clients=Clients(engine),
+        audit=AuditLog(engine),
     )

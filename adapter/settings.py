@@ -40,6 +40,27 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         10 * 1024 * 1024, gt=0, description="Largest request body accepted; larger gets 413."
     )
+    public_url: str | None = Field(
+        None,
+        description="The adapter's base URL as its clients reach it (behind a proxy, the proxy's "
+        "URL); links, the token URL and the `aud` of client assertions use it. Unset: the URL "
+        "each request arrived at.",
+    )
+    access_token_seconds: int = Field(
+        300, gt=0, le=300, description="Lifetime of an access token issued at /auth/token."
+    )
+    token_failures_per_minute: int = Field(
+        10,
+        gt=0,
+        description="Refused client assertions per minute, per client and per address, before "
+        "/auth/token answers 429.",
+    )
+    json_max_depth: int = Field(
+        32, gt=0, le=512, description="Deepest nesting of JSON accepted in a request body."
+    )
+    exports_per_client: int = Field(
+        2, gt=0, description="Bulk exports one client may have queued or running at once."
+    )
     intake_batch_size: int = Field(
         1000, gt=0, le=50_000, description="Records stored per database transaction on import."
     )

@@ -9,17 +9,21 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx2 as httpx
 import orjson
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
+from joserfc.jwk import ECKey
 from sqlalchemy import create_engine, text
 
 from adapter.app import create_app
 from adapter.runtime import Runtime, open_runtime
+from adapter.security.clients import Client
 from adapter.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,10 +80,57 @@ def runtime(settings: Settings) -> Iterator[Runtime]:
     opened.store.engine.dispose()
 
 
+@dataclass(frozen=True)
+class Credentials:
+    """An admin API key and a FHIR access token (a SMART client with `scopes`)."""
+
+    api_key: str
+    token: str
+    smart: Client
+    private_key: ECKey
+
+    def header(self, path: str) -> str:
+        return f"Bearer {self.token if path.startswith('/fhir') else self.api_key}"
+
+
+def grant(runtime: Runtime, scopes: str = "system/*.rs", role: str = "admin") -> Credentials:
+    """Register an API-key client and a SMART client, and issue the latter a token."""
+    now = datetime.now(UTC)
+    _, key = runtime.clients.add_key_client(f"test {role}", role, now)
+    private = ECKey.generate_key("P-384", parameters={"kid": "test-1"})
+    smart = runtime.clients.add_smart_client(
+        "test FHIR client", scopes, now, jwks={"keys": [private.as_dict(private=False)]}
+    )
+    token = runtime.clients.issue_token(smart, smart.grant, now, 3600)
+    return Credentials(key, token, smart, private)
+
+
+class CredentialAuth(httpx.Auth):
+    """Adds the right credential for the path: the token on /fhir, the API key elsewhere
+    (a request that sets its own Authorization keeps it)."""
+
+    def __init__(self, credentials: Credentials) -> None:
+        self.credentials = credentials
+
+    def auth_flow(self, request: httpx.Request) -> Iterator[httpx.Request]:
+        if "authorization" not in request.headers:
+            request.headers["Authorization"] = self.credentials.header(request.url.path)
+        yield request
+
+
+def sign_in(test_client: TestClient, credentials: Credentials | None = None) -> Credentials:
+    """Send the credentials (new ones by default) with every request of the test client."""
+    credentials = credentials or grant(test_client.app.state.runtime)  # type: ignore[attr-defined]
+    test_client.auth = CredentialAuth(credentials)
+    return credentials
+
+
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
+    """The service in-process, with an admin key and a `system/*.rs` token on every request."""
     app = create_app(settings, background=False)
     with TestClient(app) as test_client:
+        sign_in(test_client)
         yield test_client
 
 
@@ -89,6 +140,7 @@ class LiveServer:
 
     url: str
     runtime: Runtime
+    credentials: Credentials
 
 
 @pytest.fixture
@@ -105,7 +157,8 @@ def live_server(settings: Settings) -> Iterator[LiveServer]:
         if time.monotonic() > deadline:
             pytest.fail("the service did not start on loopback")
         time.sleep(0.02)
-    yield LiveServer(f"http://127.0.0.1:{port}", app.state.runtime)
+    runtime = app.state.runtime
+    yield LiveServer(f"http://127.0.0.1:{port}", runtime, grant(runtime))
     server.should_exit = True
     thread.join(timeout=10)
 

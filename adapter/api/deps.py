@@ -43,3 +43,9 @@ def wake_worker(request: Request) -> None:
 
 
 RuntimeDep = Annotated[Runtime, Depends(_runtime)]
+
+
+def public_base(request: Request) -> str:
+    """The adapter's base URL as its clients reach it: the setting, else the request's."""
+    configured: str | None = request.app.state.settings.public_url
+    return (configured or str(request.base_url)).rstrip("/")

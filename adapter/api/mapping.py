@@ -2,14 +2,15 @@
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 from fastapi.concurrency import run_in_threadpool
 
 from adapter.api.deps import RuntimeDep
 from adapter.api.responses import JsonResponse
 from adapter.errors import BadRequest, MappingFileError
+from adapter.security.access import api_caller
 
-router = APIRouter(prefix="/api/v1/mapping", tags=["mapping"])
+router = APIRouter(prefix="/api/v1/mapping", tags=["mapping"], dependencies=[Depends(api_caller())])
 
 
 @router.get(

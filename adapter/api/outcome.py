@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from adapter.api.responses import JsonResponse
-from adapter.errors import AdapterError
+from adapter.errors import AdapterError, OAuthError
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,14 @@ def _respond(
 
 async def _adapter_error(_request: Request, exc: Exception) -> JsonResponse:
     assert isinstance(exc, AdapterError)
-    return _respond(exc.status, operation_outcome(exc.issue_code, exc.message, exc.expression))
+    body = operation_outcome(exc.issue_code, exc.message, exc.expression)
+    return _respond(exc.status, body, exc.headers)
+
+
+async def _oauth_error(_request: Request, exc: Exception) -> JsonResponse:
+    assert isinstance(exc, OAuthError)
+    body = {"error": exc.error, "error_description": exc.description}
+    return _respond(exc.status, body, {"Cache-Control": "no-store"})
 
 
 async def _validation_error(_request: Request, exc: Exception) -> JsonResponse:
@@ -69,6 +76,7 @@ async def _unexpected(_request: Request, exc: Exception) -> JsonResponse:
 
 def install(app: FastAPI) -> None:
     app.add_exception_handler(AdapterError, _adapter_error)
+    app.add_exception_handler(OAuthError, _oauth_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)

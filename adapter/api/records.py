@@ -4,7 +4,7 @@ from collections import Counter
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Depends, Path, Request
 from fastapi.concurrency import run_in_threadpool
 
 from adapter.api.deps import IntakeDep, RuntimeDep, SettingsDep, StoreDep, wake_worker
@@ -14,9 +14,12 @@ from adapter.intake.body import split_body
 from adapter.intake.records import RECORD_TYPES, SOURCE_ID_PATTERN
 from adapter.intake.service import ACCEPTED, RecordOutcome, record_status
 from adapter.runtime import Runtime
+from adapter.security.access import api_caller
 from adapter.store.records import RecordStore, StoredRecord
 
-router = APIRouter(prefix="/api/v1/records", tags=["intake"])
+router = APIRouter(
+    prefix="/api/v1/records", tags=["intake"], dependencies=[Depends(api_caller("intake"))]
+)
 
 RecordType = Annotated[str, Path(description=f"one of {', '.join(RECORD_TYPES)}")]
 SourceId = Annotated[str, Path(pattern=SOURCE_ID_PATTERN, description="the record's source id")]

@@ -3,7 +3,7 @@
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -11,11 +11,12 @@ from adapter.api.deps import RuntimeDep
 from adapter.api.responses import JsonResponse
 from adapter.errors import BadRequest
 from adapter.runtime import Runtime
+from adapter.security.access import api_caller
 from adapter.sync.commands import item_json
 from adapter.sync.engine import sync_once
 from adapter.worker import SYNC_JOB
 
-router = APIRouter(prefix="/api/v1/sync", tags=["sync"])
+router = APIRouter(prefix="/api/v1/sync", tags=["sync"], dependencies=[Depends(api_caller())])
 Limit = Annotated[int, Query(ge=1, le=1000)]
 After = Annotated[str | None, Query(max_length=64, description="Resource id to list after.")]
 

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, and_, select, update
+from sqlalchemy import Engine, and_, func, select, update
 
-from adapter.errors import BadRequest, NotFound
+from adapter.errors import BadRequest, NotFound, TooManyRequests
 from adapter.fhir.indexing import SERIES_PARAM
 from adapter.fhir.search_params import SEARCH_PARAMS
 from adapter.store.tables import export_jobs as jobs
@@ -47,6 +47,18 @@ class JobStatus:
     error: str | None
 
 
+def exported_types(types: str | None) -> list[str]:
+    """The types an export's `_type` names (every served type when it names none)."""
+    chosen = [t for t in (types or "").split(",") if t] or list(SEARCH_PARAMS)
+    unknown = [t for t in chosen if t not in SEARCH_PARAMS]
+    if unknown:
+        raise BadRequest(
+            f"_type: {', '.join(unknown)} not exported; exported: {', '.join(SEARCH_PARAMS)}",
+            expression=["_type"],
+        )
+    return chosen
+
+
 class ExportService:
     def __init__(self, engine: Engine, folder: Path, retention: timedelta) -> None:
         self.engine = engine
@@ -61,15 +73,12 @@ class ExportService:
         since: str | None,
         output_format: str | None,
         group_id: str | None = None,
+        client_id: str | None = None,
+        most_at_once: int | None = None,
     ) -> str:
-        """Check the request and queue the job; its id names its status URL."""
-        chosen = [t for t in (types or "").split(",") if t] or list(SEARCH_PARAMS)
-        unknown = [t for t in chosen if t not in SEARCH_PARAMS]
-        if unknown:
-            raise BadRequest(
-                f"_type: {', '.join(unknown)} not exported; exported: {', '.join(SEARCH_PARAMS)}",
-                expression=["_type"],
-            )
+        """Check the request and queue the job; its id names its status URL. A client with
+        `most_at_once` jobs queued or running is told to wait (429, as the Bulk Data IG says)."""
+        chosen = exported_types(types)
         if output_format and output_format.replace(" ", "+") not in OUTPUT_FORMATS:
             raise BadRequest(
                 "_outputFormat: only application/fhir+ndjson", expression=["_outputFormat"]
@@ -95,6 +104,18 @@ class ExportService:
         job_id = str(uuid.uuid4())
         now = datetime.now(UTC)
         with self.engine.begin() as connection:
+            if client_id is not None and most_at_once is not None:
+                running = connection.execute(
+                    select(func.count()).where(
+                        jobs.c.client_id == client_id, jobs.c.status.in_((ACCEPTED, RUNNING))
+                    )
+                ).scalar_one()
+                if running >= most_at_once:
+                    raise TooManyRequests(
+                        f"{running} exports of this client are queued or running; wait for one "
+                        "to complete, or cancel one",
+                        retry_after=30,
+                    )
             connection.execute(
                 jobs.insert().values(
                     id=job_id,
@@ -104,20 +125,28 @@ class ExportService:
                     types=orjson.dumps(chosen).decode(),
                     since=moment,
                     request_url=request_url,
+                    client_id=client_id,
                     created_at=now,
                     updated_at=now,
                 )
             )
         return job_id
 
-    def status(self, job_id: str) -> JobStatus:
+    def status(self, job_id: str, client_id: str | None = None) -> JobStatus:
+        """A job's status; a job kicked off by another client is not found."""
         with self.engine.connect() as connection:
             row = connection.execute(
                 select(
-                    jobs.c.id, jobs.c.status, jobs.c.progress, jobs.c.manifest, jobs.c.error
+                    jobs.c.id,
+                    jobs.c.status,
+                    jobs.c.progress,
+                    jobs.c.manifest,
+                    jobs.c.error,
+                    jobs.c.client_id,
                 ).where(jobs.c.id == job_id)
             ).one_or_none()
-        if row is None or row.status in (CANCELLED, EXPIRED):
+        foreign = row is not None and row.client_id not in (None, client_id)
+        if row is None or foreign or row.status in (CANCELLED, EXPIRED):
             raise NotFound("no such export job (it may have been cancelled or expired)")
         return JobStatus(
             row.id,
@@ -127,8 +156,8 @@ class ExportService:
             row.error,
         )
 
-    def cancel(self, job_id: str) -> None:
-        self.status(job_id)
+    def cancel(self, job_id: str, client_id: str | None = None) -> None:
+        self.status(job_id, client_id)
         with self.engine.begin() as connection:
             connection.execute(
                 update(jobs)
@@ -137,8 +166,8 @@ class ExportService:
             )
         shutil.rmtree(self.folder / job_id, ignore_errors=True)
 
-    def file(self, job_id: str, name: str) -> Path:
-        status = self.status(job_id)
+    def file(self, job_id: str, name: str, client_id: str | None = None) -> Path:
+        status = self.status(job_id, client_id)
         path = self.folder / job_id / name
         if status.status != COMPLETED or "/" in name or not path.is_file():
             raise NotFound("no such export file")

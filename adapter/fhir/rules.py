@@ -4,7 +4,7 @@ Sources: the R4 (4.0.1) resource pages, https://hl7.org/fhir/R4/, and the vital 
 https://hl7.org/fhir/R4/observation-vitalsigns.html.
 """
 
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 UCUM = "http://unitsofmeasure.org"
 OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
@@ -43,6 +43,8 @@ REQUIRED_CODES: dict[tuple[str, str], frozenset[str]] = {
     ),
     ("MedicationAdministration", "status"): frozenset(get_args(MedicationAdministrationStatus)),
     ("AdverseEvent", "actuality"): frozenset({"actual", "potential"}),
+    ("AuditEvent", "action"): frozenset({"C", "R", "U", "D", "E"}),
+    ("AuditEvent", "outcome"): frozenset({"0", "4", "8", "12"}),
 }
 """Required bindings on a resource's own code elements: (resourceType, element) -> codes."""
 
@@ -61,6 +63,13 @@ REQUIRED_CODINGS: dict[tuple[str, str], tuple[str, frozenset[str]]] = {
 QUANTITY_COMPARATORS = frozenset({"<", "<=", ">=", ">"})
 
 REFERENCE_TARGETS: dict[tuple[str, str], frozenset[str]] = {
+    ("AuditEvent", "agent.who"): frozenset(
+        {"PractitionerRole", "Practitioner", "Organization", "Device", "Patient", "RelatedPerson"}
+    ),
+    ("AuditEvent", "source.observer"): frozenset(
+        {"PractitionerRole", "Practitioner", "Organization", "Device", "Patient", "RelatedPerson"}
+    ),
+    ("AuditEvent", "entity.what"): frozenset(),
     ("Procedure", "subject"): frozenset({"Patient", "Group"}),
     ("Procedure", "performer.actor"): frozenset(
         {"Practitioner", "PractitionerRole", "Organization", "Patient", "RelatedPerson", "Device"}
@@ -114,3 +123,31 @@ UCUM_UNITS = frozenset(
     {"/min", "mm[Hg]", "%", "Cel", "[degF]", "{score}", "kg", "mg", "ug", "g", "mL", "mg/kg/h", "h"}
 )
 """The UCUM codes the adapter may emit, each checked against https://ucum.org/ucum."""
+
+BALP = "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit."
+RESTFUL_INTERACTION = "http://hl7.org/fhir/restful-interaction"
+DICOM = "http://dicom.nema.org/resources/ontology/DCM"
+BALP_PROFILES: dict[str, dict[str, Any]] = {
+    BALP + "Read": {
+        "subtypes": frozenset({"read", "vread", "history-instance"}),
+        "action": "R",
+        "client_role": "110152",
+        "server_role": "110153",
+    },
+    BALP + "Query": {
+        "subtypes": frozenset({"search", "search-type", "search-system", "history-type"}),
+        "action": "E",
+        "client_role": "110153",
+        "server_role": "110152",
+        "query": True,
+    },
+    BALP + "Create": {
+        "subtypes": frozenset({"create"}),
+        "action": "C",
+        "client_role": "110153",
+        "server_role": "110152",
+    },
+}
+"""IHE Basic Audit Log Patterns 1.1.3 (https://profiles.ihe.net/ITI/BALP/): what the Read,
+Query and Create profiles fix on an AuditEvent (type rest, the subtype, the action, outcome 0,
+the client and server agents by their DICOM role, the query entity)."""

@@ -294,3 +294,14 @@ def keyset(request: SearchRequest, backwards: bool) -> ColumnElement[bool]:
     if forward:
         return or_(column > value, and_(column == value, resources.c.id > last_id))
     return or_(column < value, and_(column == value, resources.c.id < last_id))
+
+
+def included_types(request: SearchRequest) -> set[str]:
+    """The resource types `_include` and `_revinclude` add to the results."""
+    types = {spec.split(":")[0] for spec in request.revincludes}
+    for spec in request.includes:
+        source, name = spec.split(":")
+        target = SEARCH_PARAMS[source][name].target
+        if target:
+            types.add(target)
+    return types

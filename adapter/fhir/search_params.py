@@ -48,7 +48,9 @@ SEARCH_PARAMS: dict[str, dict[str, SearchParam]] = {
         for p in [
             *_common("effective"),
             SearchParam("category", "token", "category", "The classification of the observation"),
-            SearchParam("part-of", "reference", "partOf", "The procedure it is part of"),
+            SearchParam(
+                "part-of", "reference", "partOf", "The procedure it is part of", "Procedure"
+            ),
         ]
     },
     "Procedure": {

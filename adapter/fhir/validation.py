@@ -250,6 +250,9 @@ def _own_checks(resource: dict[str, Any], walk: _Walk) -> Iterator[str]:
             yield "dosage: mad-1, a dosage needs a dose or a rate"
     if rules.VITAL_SIGNS_PROFILE in resource.get("meta", {}).get("profile", []):
         yield from _vital_signs_checks(resource)
+    for profile in resource.get("meta", {}).get("profile", []):
+        if profile in rules.BALP_PROFILES:
+            yield from _balp_checks(resource, rules.BALP_PROFILES[profile])
 
 
 def _vital_signs_checks(resource: dict[str, Any]) -> Iterator[str]:
@@ -276,3 +279,41 @@ def _vital_signs_checks(resource: dict[str, Any]) -> Iterator[str]:
     quantity = resource.get("valueQuantity")
     if quantity is not None and not {"value", "unit", "system", "code"} <= set(quantity):
         yield "valueQuantity: the vital signs profile needs value, unit, system and code"
+
+
+def _balp_checks(event: dict[str, Any], shape: dict[str, Any]) -> Iterator[str]:
+    """An AuditEvent against what a BALP profile fixes (rules.BALP_PROFILES)."""
+    kind = event.get("type", {})
+    if (kind.get("system"), kind.get("code")) != (
+        "http://terminology.hl7.org/CodeSystem/audit-event-type",
+        "rest",
+    ):
+        yield "type: BALP needs audit-event-type rest"
+    if not any(
+        c.get("system") == rules.RESTFUL_INTERACTION and c.get("code") in shape["subtypes"]
+        for c in event.get("subtype", [])
+    ):
+        yield f"subtype: BALP needs one of {', '.join(sorted(shape['subtypes']))}"
+    if event.get("action") != shape["action"]:
+        yield f"action: BALP needs {shape['action']}"
+    if event.get("outcome") != "0":
+        yield "outcome: the BALP profiles record successes (0)"
+
+    def agent(role: str) -> dict[str, Any] | None:
+        for candidate in event.get("agent", []):
+            codings = candidate.get("type", {}).get("coding", [])
+            if any(c.get("system") == rules.DICOM and c.get("code") == role for c in codings):
+                return dict(candidate)
+        return None
+
+    client, server = agent(shape["client_role"]), agent(shape["server_role"])
+    if client is None or "who" not in client or "network" not in client:
+        yield f"agent: BALP needs the client ({shape['client_role']}) with who and network"
+    if server is None or "who" not in server:
+        yield f"agent: BALP needs the server ({shape['server_role']}) with who"
+    if "source" not in event:
+        yield "source: required"
+    if shape.get("query") and not any(
+        e.get("role", {}).get("code") == "24" and e.get("query") for e in event.get("entity", [])
+    ):
+        yield "entity: BALP Query needs the query entity (role 24) with the query"

@@ -141,6 +141,7 @@ export_jobs = Table(
     Column("created_at", UtcDateTime(), nullable=False),
     Column("updated_at", UtcDateTime(), nullable=False),
     Column("expires_at", UtcDateTime()),
+    Column("client_id", String(64)),
     Index("ix_export_jobs_status", "status"),
 )
 """Bulk Data $export jobs: kept in the store, so that a restart resumes them."""
@@ -199,3 +200,62 @@ sync_leases = Table(
     Column("expires_at", UtcDateTime()),
 )
 """Who runs the sync now, until when: one run at a time across every process on the store."""
+
+api_clients = Table(
+    "api_clients",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(128), nullable=False),
+    Column("kind", String(8), nullable=False),
+    Column("role", String(16)),
+    Column("scopes", Text),
+    Column("jwks", Text),
+    Column("jwks_url", Text),
+    Column("key_hash", String(64), unique=True),
+    Column("development", Boolean, nullable=False, server_default="0"),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("revoked_at", UtcDateTime()),
+)
+"""Who may call the adapter: API-key clients (a role) and SMART backend clients (a JWKS and the
+scopes they may be granted). Keys are stored as keyed hashes only."""
+
+access_tokens = Table(
+    "access_tokens",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("client_id", String(64), nullable=False),
+    Column("scopes", Text, nullable=False),
+    Column("expires_at", UtcDateTime(), nullable=False),
+    Index("ix_access_tokens_expires", "expires_at"),
+)
+"""Access tokens issued at /auth/token, as keyed hashes, with their granted scopes."""
+
+spent_assertions = Table(
+    "spent_assertions",
+    metadata,
+    Column("client_id", String(64), primary_key=True),
+    Column("jti", String(255), primary_key=True),
+    Column("expires_at", UtcDateTime(), nullable=False),
+    Index("ix_spent_assertions_expires", "expires_at"),
+)
+"""The jti of every client assertion accepted, kept until it expires: none is accepted twice."""
+
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("recorded_at", UtcDateTime(), nullable=False),
+    Column("client_id", String(64)),
+    Column("interaction", String(32), nullable=False),
+    Column("method", String(8), nullable=False),
+    Column("path", Text, nullable=False),
+    Column("resource_type", String(64)),
+    Column("resource_ids", Text),
+    Column("query", Text),
+    Column("outcome", Integer, nullable=False),
+    Column("address", String(64)),
+    Index("ix_audit_events_recorded", "recorded_at"),
+    Index("ix_audit_events_client", "client_id", "id"),
+)
+"""Every access: when, who, what interaction on what, and the HTTP outcome. Append-only: the
+migration adds triggers that refuse UPDATE and DELETE."""

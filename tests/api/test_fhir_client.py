@@ -1,9 +1,31 @@
-"""A FHIR client no one here wrote (fhirpy) pulls from the running service over loopback."""
+"""A FHIR client no one here wrote (fhirpy) pulls from the running service over loopback,
+with an access token obtained as a SMART backend client at the service's token endpoint."""
 
+import requests
 from fhirpy import SyncFHIRClient
 
+from adapter.sync.auth import SmartBackendAuth
 from tests.conftest import EXAMPLE_DAY, LiveServer, ndjson, vitals
 from tests.mapping.helpers import example_day
+
+
+def _fhir_client(server: LiveServer) -> SyncFHIRClient:
+    """Discovery at .well-known/smart-configuration, then a signed assertion for a token."""
+    base = f"{server.url}/fhir"
+    smart = server.credentials.smart
+    auth = SmartBackendAuth(
+        base_url=base,
+        client_id=smart.id,
+        key=server.credentials.private_key,
+        algorithm="ES384",
+        scopes="system/Observation.rs system/Procedure.rs",
+        key_id="test-1",
+    )
+    session = requests.Session()
+    session.trust_env = False
+    header = auth.header(session, 10.0)
+    assert auth.token_url == f"{server.url}/auth/token"
+    return SyncFHIRClient(base, authorization=header)
 
 
 def _load(server: LiveServer, body: bytes) -> None:
@@ -14,7 +36,7 @@ def _load(server: LiveServer, body: bytes) -> None:
 
 def test_search_to_the_end_read_and_revinclude(live_server: LiveServer) -> None:
     _load(live_server, EXAMPLE_DAY.read_bytes())
-    client = SyncFHIRClient(f"{live_server.url}/fhir")
+    client = _fhir_client(live_server)
 
     observations = client.resources("Observation").limit(7).fetch_all()
     heart = client.resources("Observation").search(code="http://loinc.org|8867-4").first()
@@ -34,7 +56,7 @@ def test_search_to_the_end_read_and_revinclude(live_server: LiveServer) -> None:
 
 
 def test_incremental_polling_sees_each_change_once(live_server: LiveServer) -> None:
-    client = SyncFHIRClient(f"{live_server.url}/fhir")
+    client = _fhir_client(live_server)
     bodies = example_day()
     seen: list[tuple[str, str]] = []
     last = "2000-01-01T00:00:00+00:00"

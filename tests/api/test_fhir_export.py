@@ -11,7 +11,7 @@ from sqlalchemy import update
 from adapter.app import create_app
 from adapter.settings import Settings
 from adapter.store.tables import export_jobs
-from tests.conftest import EXAMPLE_DAY
+from tests.conftest import EXAMPLE_DAY, sign_in
 
 ASYNC = {"Prefer": "respond-async"}
 
@@ -25,6 +25,7 @@ def export_settings(settings: Settings, tmp_path: Path) -> Settings:
 def day(export_settings: Settings) -> Iterator[TestClient]:
     app = create_app(export_settings, background=False)
     with TestClient(app) as client:
+        sign_in(client)
         client.post(
             "/api/v1/records",
             content=EXAMPLE_DAY.read_bytes(),
@@ -147,6 +148,7 @@ def test_a_job_survives_a_restart(day: TestClient, export_settings: Settings) ->
     restarted.state.runtime.exports.run()
 
     with TestClient(restarted) as client:
+        client.auth = day.auth
         manifest = client.get(location).json()
     assert [(o["type"], o["count"]) for o in manifest["output"]] == [("Procedure", 3)]
 

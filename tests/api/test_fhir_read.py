@@ -5,7 +5,7 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import EXAMPLE_DAY, ndjson, vitals
+from tests.conftest import EXAMPLE_DAY, grant, ndjson, vitals
 
 NDJSON = {"content-type": "application/x-ndjson"}
 
@@ -115,9 +115,15 @@ def test_unknown_is_404_operation_outcome(client: TestClient, path: str) -> None
 @pytest.mark.parametrize("method", ["post", "put", "delete", "patch"])
 def test_writes_are_405(client: TestClient, method: str) -> None:
     path = "/fhir/Observation" if method == "post" else "/fhir/Observation/x"
+    writer = grant(client.app.state.runtime, scopes="system/*.cruds")  # type: ignore[attr-defined]
+    body = {"resourceType": "Observation"}
 
-    response = client.request(method.upper(), path, json={"resourceType": "Observation"})
+    refused = client.request(method.upper(), path, json=body)
+    response = client.request(
+        method.upper(), path, json=body, headers={"Authorization": writer.header(path)}
+    )
 
+    assert refused.status_code == 403
     assert response.status_code == 405
     assert response.json()["issue"][0]["code"] == "not-supported"
 

@@ -6,13 +6,14 @@ from fastapi.testclient import TestClient
 
 from adapter.app import create_app
 from adapter.settings import Settings
-from tests.conftest import EXAMPLE_DAY
+from tests.conftest import EXAMPLE_DAY, sign_in
 
 
 def test_posted_records_are_mapped_by_the_background_worker(settings: Settings) -> None:
     app = create_app(settings.model_copy(update={"mapping_interval_seconds": 0.2}))
 
     with TestClient(app) as client:
+        sign_in(client)
         client.post(
             "/api/v1/records",
             content=EXAMPLE_DAY.read_bytes(),

@@ -72,9 +72,10 @@ def test_a_site_time_zone_reads_timestamps_without_offset(settings: Settings) ->
     site.write_text(site.read_text().replace("time_zone: null", "time_zone: America/New_York"))
     from fastapi.testclient import TestClient
 
-    from tests.conftest import vitals
+    from tests.conftest import sign_in, vitals
 
     with TestClient(create_app(settings)) as client:
+        sign_in(client)
         response = client.post("/api/v1/records", json=vitals(taken_at="2026-11-20T09:20:00"))
         stored = client.get("/api/v1/records/vitals/VIT-1").json()
 

@@ -2,12 +2,13 @@
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 
 from adapter import __version__
 from adapter.api.fhir.wire import FHIR_JSON, FhirResponse, Negotiated, fhir_base
 from adapter.fhir import FHIR_VERSION
 from adapter.fhir.search_params import INCLUDES, REVINCLUDES, SEARCH_PARAMS
+from adapter.security.access import open_access
 
 router = APIRouter()
 
@@ -71,6 +72,8 @@ def capability_statement(base: str) -> dict[str, Any]:
     }
 
 
-@router.get("/metadata", dependencies=[Negotiated], summary="CapabilityStatement")
+@router.get(
+    "/metadata", dependencies=[Negotiated, Depends(open_access)], summary="CapabilityStatement"
+)
 def metadata(request: Request) -> FhirResponse:
     return FhirResponse(capability_statement(fhir_base(request)))

@@ -10,8 +10,9 @@ from fastapi.responses import FileResponse, Response
 from adapter.api.deps import RuntimeDep
 from adapter.api.fhir.wire import fhir_base
 from adapter.errors import BadRequest
-from adapter.export.service import COMPLETED, FAILED
+from adapter.export.service import COMPLETED, FAILED, exported_types
 from adapter.runtime import Runtime
+from adapter.security.access import Caller, CallerDep, fhir_caller
 from adapter.worker import EXPORT_JOB
 
 router = APIRouter()
@@ -37,11 +38,26 @@ def _parameters(
 ExportDep = Annotated[ExportParameters, Depends(_parameters)]
 
 
+def _exporter(
+    request: Request, types: Annotated[str | None, Query(alias="_type")] = None
+) -> Caller:
+    """A token whose scopes allow reading every type the export would write."""
+    caller = fhir_caller(request)
+    for resource_type in exported_types(types):
+        caller.require(resource_type, "r")
+    return caller
+
+
+_exporter.access = "scope:r(exported types)"  # type: ignore[attr-defined]
+Exporter = Annotated[Caller, Depends(_exporter)]
+
+
 def _kick_off(
     request: Request,
     runtime: Runtime,
     level: str,
     asked: ExportParameters,
+    caller: Caller,
     group_id: str | None = None,
 ) -> Response:
     if "respond-async" not in (asked.prefer or ""):
@@ -49,8 +65,16 @@ def _kick_off(
             "$export runs asynchronously: send Prefer: respond-async", expression=["Prefer"]
         )
     job_id = runtime.exports.kick_off(
-        level, str(request.url), asked.types, asked.since, asked.output_format, group_id
+        level,
+        str(request.url),
+        asked.types,
+        asked.since,
+        asked.output_format,
+        group_id,
+        client_id=caller.client.id,
+        most_at_once=runtime.settings.exports_per_client,
     )
+    request.state.audited_ids = [job_id]
     worker = request.app.state.worker
     if worker is not None:
         worker.wake(EXPORT_JOB)
@@ -59,25 +83,31 @@ def _kick_off(
 
 
 @router.get("/$export", summary="System level export")
-def export_system(request: Request, runtime: RuntimeDep, asked: ExportDep) -> Response:
-    return _kick_off(request, runtime, "system", asked)
+def export_system(
+    request: Request, runtime: RuntimeDep, asked: ExportDep, caller: Exporter
+) -> Response:
+    return _kick_off(request, runtime, "system", asked, caller)
 
 
 @router.get("/Patient/$export", summary="Patient level export")
-def export_patients(request: Request, runtime: RuntimeDep, asked: ExportDep) -> Response:
-    return _kick_off(request, runtime, "patient", asked)
+def export_patients(
+    request: Request, runtime: RuntimeDep, asked: ExportDep, caller: Exporter
+) -> Response:
+    return _kick_off(request, runtime, "patient", asked, caller)
 
 
 @router.get("/Group/{group_id}/$export", summary="Group level export (all-patients, series-<id>)")
 def export_group(
-    request: Request, runtime: RuntimeDep, asked: ExportDep, group_id: str
+    request: Request, runtime: RuntimeDep, asked: ExportDep, caller: Exporter, group_id: str
 ) -> Response:
-    return _kick_off(request, runtime, "group", asked, group_id)
+    return _kick_off(request, runtime, "group", asked, caller, group_id)
 
 
 @router.get("/$export-status/{job_id}", summary="Export status; the manifest once complete")
-def export_status(request: Request, runtime: RuntimeDep, job_id: str) -> Response:
-    status = runtime.exports.status(job_id)
+def export_status(
+    request: Request, runtime: RuntimeDep, caller: CallerDep, job_id: str
+) -> Response:
+    status = runtime.exports.status(job_id, caller.client.id)
     if status.status == COMPLETED and status.manifest is not None:
         base = fhir_base(request)
         manifest = {
@@ -101,11 +131,12 @@ def export_status(request: Request, runtime: RuntimeDep, job_id: str) -> Respons
 
 
 @router.delete("/$export-status/{job_id}", summary="Cancel an export and delete its files")
-def export_cancel(runtime: RuntimeDep, job_id: str) -> Response:
-    runtime.exports.cancel(job_id)
+def export_cancel(runtime: RuntimeDep, caller: CallerDep, job_id: str) -> Response:
+    runtime.exports.cancel(job_id, caller.client.id)
     return Response(status_code=202)
 
 
 @router.get("/$export-file/{job_id}/{name}", summary="One NDJSON output file of a completed export")
-def export_file(runtime: RuntimeDep, job_id: str, name: str) -> FileResponse:
-    return FileResponse(runtime.exports.file(job_id, name), media_type="application/fhir+ndjson")
+def export_file(runtime: RuntimeDep, caller: CallerDep, job_id: str, name: str) -> FileResponse:
+    path = runtime.exports.file(job_id, name, caller.client.id)
+    return FileResponse(path, media_type="application/fhir+ndjson")

@@ -4,7 +4,7 @@ import re
 from typing import Annotated
 
 import orjson
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import Response
 
 from adapter.api.deps import RuntimeDep
@@ -18,10 +18,13 @@ from adapter.api.fhir.wire import (
 )
 from adapter.errors import MethodNotAllowed, NotFound
 from adapter.fhir.search import MAX_COUNT, parse_instant
+from adapter.security.access import fhir_scope, fhir_write
 from adapter.store.fhir_reads import FhirReader
 from adapter.store.resources import StoredResource
 
 router = APIRouter()
+Readable = Depends(fhir_scope("r"))
+Searchable = Depends(fhir_scope("s"))
 
 
 def _reader(runtime: RuntimeDep) -> FhirReader:
@@ -49,7 +52,9 @@ def _history(request: Request, found: list[StoredResource]) -> FhirResponse:
     return FhirResponse(bundle("history", entries, [("self", str(request.url))], len(found)))
 
 
-@router.get("/{resource_type}/_history", dependencies=[Negotiated], summary="Type history")
+@router.get(
+    "/{resource_type}/_history", dependencies=[Negotiated, Searchable], summary="Type history"
+)
 def type_history(
     request: Request,
     runtime: RuntimeDep,
@@ -63,7 +68,7 @@ def type_history(
     return _history(request, found)
 
 
-@router.get("/{resource_type}/{resource_id}", dependencies=[Negotiated], summary="read")
+@router.get("/{resource_type}/{resource_id}", dependencies=[Negotiated, Readable], summary="read")
 def read(
     runtime: RuntimeDep,
     resource_type: str,
@@ -81,7 +86,9 @@ def read(
 
 
 @router.get(
-    "/{resource_type}/{resource_id}/_history", dependencies=[Negotiated], summary="Instance history"
+    "/{resource_type}/{resource_id}/_history",
+    dependencies=[Negotiated, Readable],
+    summary="Instance history",
 )
 def instance_history(
     request: Request, runtime: RuntimeDep, resource_type: str, resource_id: str
@@ -95,7 +102,7 @@ def instance_history(
 
 @router.get(
     "/{resource_type}/{resource_id}/_history/{version_id}",
-    dependencies=[Negotiated],
+    dependencies=[Negotiated, Readable],
     summary="vread",
 )
 def vread(
@@ -116,12 +123,16 @@ def vread(
 
 
 @router.api_route(
-    "/{resource_type}", methods=["POST", "PUT", "PATCH", "DELETE"], include_in_schema=False
+    "/{resource_type}",
+    methods=["POST", "PUT", "PATCH", "DELETE"],
+    include_in_schema=False,
+    dependencies=[Depends(fhir_write)],
 )
 @router.api_route(
     "/{resource_type}/{resource_id}",
     methods=["POST", "PUT", "PATCH", "DELETE"],
     include_in_schema=False,
+    dependencies=[Depends(fhir_write)],
 )
 def refuse_write(resource_type: str) -> None:
     raise MethodNotAllowed("this FHIR endpoint is read-only (see /fhir/metadata)")

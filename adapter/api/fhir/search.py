@@ -1,10 +1,10 @@
 """Search: GET /fhir/{type} and POST /fhir/{type}/_search, paged by an opaque cursor."""
 
 from typing import Annotated
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
 import orjson
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Depends, Header, Request
 
 from adapter.api.deps import RuntimeDep
 from adapter.api.fhir.wire import (
@@ -17,11 +17,13 @@ from adapter.api.fhir.wire import (
     link,
 )
 from adapter.api.outcome import operation_outcome
-from adapter.fhir.search import SearchRequest, encode_cursor, parse
+from adapter.fhir.search import SearchRequest, encode_cursor, included_types, parse
 from adapter.runtime import Runtime
+from adapter.security.access import Caller, fhir_scope
 from adapter.store.fhir_reads import FhirReader, Hit
 
 router = APIRouter()
+Searcher = Annotated[Caller, Depends(fhir_scope("s"))]
 
 
 def _strict(prefer: str | None) -> bool:
@@ -39,10 +41,13 @@ def _search(
     resource_type: str,
     params: list[tuple[str, str]],
     prefer: str | None,
+    caller: Caller,
 ) -> FhirResponse:
     known_type(resource_type)
     secret = runtime.settings.secret_key
     search: SearchRequest = parse(resource_type, params, _strict(prefer), secret)
+    for other_type in sorted(included_types(search)):
+        caller.require(other_type, "r")
     reader = FhirReader(runtime.store.engine)
     base = fhir_base(request)
     if search.summary_count:
@@ -112,11 +117,11 @@ def search_get(
     request: Request,
     runtime: RuntimeDep,
     resource_type: str,
+    caller: Searcher,
     prefer: Annotated[str | None, Header()] = None,
 ) -> FhirResponse:
-    return _search(
-        request, runtime, resource_type, list(request.query_params.multi_items()), prefer
-    )
+    params = list(request.query_params.multi_items())
+    return _search(request, runtime, resource_type, params, prefer, caller)
 
 
 @router.post("/{resource_type}/_search", dependencies=[Negotiated], summary="search-type (POST)")
@@ -124,8 +129,10 @@ async def search_post(
     request: Request,
     runtime: RuntimeDep,
     resource_type: str,
+    caller: Searcher,
     prefer: Annotated[str | None, Header()] = None,
 ) -> FhirResponse:
     body = (await request.body()).decode("utf-8", "replace")
     params = list(request.query_params.multi_items()) + parse_qsl(body, keep_blank_values=True)
-    return _search(request, runtime, resource_type, params, prefer)
+    request.state.audited_query = urlencode(params)
+    return _search(request, runtime, resource_type, params, prefer, caller)

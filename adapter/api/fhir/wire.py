@@ -10,6 +10,7 @@ import orjson
 from fastapi import Depends, Query, Request
 from fastapi.responses import Response
 
+from adapter.api.deps import public_base
 from adapter.errors import NotAcceptable, NotFound
 from adapter.fhir.search_params import SEARCH_PARAMS
 
@@ -49,7 +50,7 @@ Negotiated = Depends(negotiate)
 
 
 def fhir_base(request: Request) -> str:
-    return str(request.base_url).rstrip("/") + "/fhir"
+    return public_base(request) + "/fhir"
 
 
 def known_type(resource_type: str) -> str:

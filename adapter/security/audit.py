@@ -1,0 +1,199 @@
+"""The record of access: one entry per request (who, what interaction, on what, the outcome),
+kept in the store, append-only, written in batches off the request path."""
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import Engine, insert, select
+
+from adapter.store.tables import audit_events
+
+log = logging.getLogger(__name__)
+FLUSH_SECONDS = 0.5
+BATCH = 500
+MOST_IDS = 100
+"""Ids kept per entry; an intake of more records keeps the first ones and says how many."""
+
+INTERACTIONS = {
+    "read": "read",
+    "vread": "vread",
+    "instance_history": "history-instance",
+    "type_history": "history-type",
+    "search_get": "search-type",
+    "search_post": "search-type",
+    "export_system": "export",
+    "export_patients": "export",
+    "export_group": "export",
+    "export_status": "export-status",
+    "export_cancel": "export-cancel",
+    "export_file": "export-file",
+    "refuse_write": "write",
+    "submit_records": "intake",
+    "get_record": "record-read",
+    "get_revision": "record-read",
+    "token": "token",
+}
+"""Route names and the interaction they are; any other route is an admin action."""
+UNAUDITED = {"health", "metadata", "smart_configuration", "fhir_smart_configuration"}
+"""Open routes that show nothing of any patient."""
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    recorded_at: datetime
+    client_id: str | None
+    interaction: str
+    method: str
+    path: str
+    resource_type: str | None
+    resource_ids: list[str] | None
+    query: str | None
+    outcome: int
+    address: str | None
+    id: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "recorded_at": self.recorded_at.isoformat(),
+            "client_id": self.client_id,
+            "interaction": self.interaction,
+            "method": self.method,
+            "path": self.path,
+            "resource_type": self.resource_type,
+            "resource_ids": self.resource_ids,
+            "query": self.query,
+            "outcome": self.outcome,
+            "address": self.address,
+        }
+
+
+def _row(entry: AuditEntry) -> dict[str, Any]:
+    values = entry.as_dict()
+    values.pop("id")
+    values["recorded_at"] = entry.recorded_at
+    values["resource_ids"] = (
+        orjson.dumps(entry.resource_ids).decode() if entry.resource_ids else None
+    )
+    return values
+
+
+class AuditLog:
+    """Appends and queries; nothing here updates or deletes (the store refuses it as well)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def append(self, entries: list[AuditEntry]) -> None:
+        if entries:
+            with self.engine.begin() as connection:
+                connection.execute(insert(audit_events), [_row(e) for e in entries])
+
+    def query(
+        self,
+        limit: int,
+        before: int | None = None,
+        since: datetime | None = None,
+        client_id: str | None = None,
+        interaction: str | None = None,
+    ) -> list[AuditEntry]:
+        """Newest first; `before` is the id of the last entry of the previous page."""
+        query = select(audit_events).order_by(audit_events.c.id.desc()).limit(limit)
+        if before is not None:
+            query = query.where(audit_events.c.id < before)
+        if since is not None:
+            query = query.where(audit_events.c.recorded_at >= since)
+        if client_id is not None:
+            query = query.where(audit_events.c.client_id == client_id)
+        if interaction is not None:
+            query = query.where(audit_events.c.interaction == interaction)
+        with self.engine.connect() as connection:
+            return [
+                AuditEntry(
+                    id=row.id,
+                    recorded_at=row.recorded_at,
+                    client_id=row.client_id,
+                    interaction=row.interaction,
+                    method=row.method,
+                    path=row.path,
+                    resource_type=row.resource_type,
+                    resource_ids=orjson.loads(row.resource_ids) if row.resource_ids else None,
+                    query=row.query,
+                    outcome=row.outcome,
+                    address=row.address,
+                )
+                for row in connection.execute(query)
+            ]
+
+
+class AuditWriter:
+    """Entries are queued by requests and written by one thread, every half second or every
+    500 entries; `flush` writes what is queued now (reading the record flushes first, and so
+    does stopping the service)."""
+
+    def __init__(self, log_: AuditLog) -> None:
+        self.audit = log_
+        self.queue: queue.Queue[AuditEntry | threading.Event | str | None] = queue.Queue()
+        self.thread: threading.Thread | None = None
+        self.lock = threading.Lock()
+
+    def record(self, entry: AuditEntry) -> None:
+        with self.lock:
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="audit", daemon=True)
+                self.thread.start()
+        self.queue.put(entry)
+
+    def flush(self) -> None:
+        if self.thread is None:
+            return
+        done = threading.Event()
+        self.queue.put(done)
+        done.wait(timeout=30)
+
+    def close(self) -> None:
+        if self.thread is not None:
+            self.queue.put(None)
+            self.thread.join(timeout=30)
+            self.thread = None
+
+    def _run(self) -> None:
+        pending: list[AuditEntry] = []
+        written = time.monotonic()
+        while True:
+            try:
+                item = self.queue.get(timeout=FLUSH_SECONDS)
+            except queue.Empty:
+                item = _TICK
+            if isinstance(item, AuditEntry):
+                pending.append(item)
+                if len(pending) < BATCH and time.monotonic() - written < FLUSH_SECONDS:
+                    continue
+            if pending and self._write(pending):
+                pending = []
+            written = time.monotonic()
+            if isinstance(item, threading.Event):
+                item.set()
+            elif item is None:
+                return
+
+    def _write(self, entries: list[AuditEntry]) -> bool:
+        try:
+            self.audit.append(entries)
+        except Exception as exc:  # the store is down: the entries wait for the next write
+            log.error("could not write %d audit entries: %s", len(entries), type(exc).__name__)
+            return False
+        return True
+
+
+_TICK = "tick"
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
