@@ -9,6 +9,7 @@ from fastapi import Depends, FastAPI
 from adapter import __version__
 from adapter.api import audit, auth, fhir, health, mapping, outcome, records, sync
 from adapter.api.responses import JsonResponse
+from adapter.logs import quiet_url_loggers
 from adapter.runtime import Runtime, open_runtime
 from adapter.security.access import api_caller, check_routes
 from adapter.security.assertions import KeyFetcher
@@ -36,6 +37,7 @@ def create_app(settings: Settings | None = None, background: bool = True) -> Fas
     """The ASGI app. A broken mapping file, an unreachable store or development credentials in
     production stop it here, not later. `background=False` leaves mapping to explicit calls
     (tests, tools)."""
+    quiet_url_loggers()
     runtime = open_runtime(settings or get_settings())
     refuse_development_clients(runtime)
     worker = Worker(runtime) if background else None

@@ -1,6 +1,5 @@
 """The `infusion-adapter` command: serve, import, db, mappings, sync and clients."""
 
-import logging
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +16,7 @@ from adapter.importer import ImportReport, import_file
 from adapter.intake.body import ndjson_lines
 from adapter.intake.records import InfusionSession
 from adapter.intake.validation import validate_record
+from adapter.logs import configure_logging
 from adapter.mapping.config import json_schemas, load_mappings
 from adapter.mapping.mapper import Mapper, SourceRecord
 from adapter.mapping.service import MappingReport
@@ -31,10 +31,7 @@ from adapter.worker import LARGE_LOAD
 @click.group()
 def main() -> None:
     """Clinic infusion records in, FHIR R4 out."""
-    logging.basicConfig(
-        level=_settings().log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(_settings().log_level)
 
 
 @main.command()

@@ -13,7 +13,7 @@ from adapter.api.responses import JsonResponse
 from adapter.errors import OAuthError
 from adapter.fhir.search_params import SEARCH_PARAMS
 from adapter.runtime import Runtime
-from adapter.security.access import open_access
+from adapter.security.access import Caller, open_access
 from adapter.security.assertions import (
     ALGORITHMS,
     AssertionRefused,
@@ -87,6 +87,7 @@ def _issue(request: Request, runtime: Runtime, form: dict[str, str], address: st
     grant = verified.client.grant.narrowed(asked)
     if not grant.scopes:
         raise OAuthError("invalid_scope", "none of the scopes asked for is allowed to this client")
+    request.state.caller = Caller(verified.client, grant)
     seconds = runtime.settings.access_token_seconds
     token = runtime.clients.issue_token(verified.client, grant, now, seconds)
     return JsonResponse(

@@ -5,7 +5,7 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import EXAMPLE_DAY, grant, ndjson, vitals
+from tests.conftest import EXAMPLE_DAY, FhirValidator, grant, ndjson, vitals
 
 NDJSON = {"content-type": "application/x-ndjson"}
 
@@ -21,8 +21,11 @@ def _first_id(client: TestClient, query: str) -> str:
     return str(client.get(f"/fhir/{query}").json()["entry"][0]["resource"]["id"])
 
 
-def test_metadata_lists_what_is_served(client: TestClient) -> None:
-    response = client.get("/fhir/metadata")
+def test_metadata_lists_what_is_served(
+    client: TestClient,
+    fhir_validator: FhirValidator,  # type: ignore[type-arg]
+) -> None:
+    response = client.get("/fhir/metadata", headers={"Authorization": ""})
 
     statement = response.json()
     assert response.headers["content-type"].startswith("application/fhir+json")
@@ -48,6 +51,10 @@ def test_metadata_lists_what_is_served(client: TestClient) -> None:
         "history-type",
         "search-type",
     ]
+    security = statement["rest"][0]["security"]
+    assert security["service"][0]["coding"][0]["code"] == "SMART-on-FHIR"
+    assert security["extension"][0]["extension"][0]["valueUri"] == "http://testserver/auth/token"
+    assert fhir_validator.problems(statement) == []
 
 
 def test_read_answers_stored_bytes_with_etag_and_304(day: TestClient) -> None:

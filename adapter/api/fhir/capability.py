@@ -5,6 +5,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 
 from adapter import __version__
+from adapter.api.deps import public_base
 from adapter.api.fhir.wire import FHIR_JSON, FhirResponse, Negotiated, fhir_base
 from adapter.fhir import FHIR_VERSION
 from adapter.fhir.search_params import INCLUDES, REVINCLUDES, SEARCH_PARAMS
@@ -23,7 +24,11 @@ _SPECIAL = [
 ]
 
 
-def capability_statement(base: str) -> dict[str, Any]:
+_SECURITY_SERVICE = "http://terminology.hl7.org/CodeSystem/restful-security-service"
+_OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
+
+
+def capability_statement(base: str, token_url: str) -> dict[str, Any]:
     resources = []
     for resource_type, params in SEARCH_PARAMS.items():
         resources.append(
@@ -61,6 +66,19 @@ def capability_statement(base: str) -> dict[str, Any]:
             {
                 "mode": "server",
                 "documentation": "Read-only: resources mapped from the clinic's records.",
+                "security": {
+                    "extension": [
+                        {
+                            "url": _OAUTH_URIS,
+                            "extension": [{"url": "token", "valueUri": token_url}],
+                        }
+                    ],
+                    "service": [
+                        {"coding": [{"system": _SECURITY_SERVICE, "code": "SMART-on-FHIR"}]}
+                    ],
+                    "description": "SMART Backend Services: client_credentials with a signed "
+                    "JWT assertion (RS384 or ES384) at the token URL; system scopes.",
+                },
                 "resource": resources,
                 "operation": [
                     {"name": "export", "definition": _EXPORT},
@@ -76,4 +94,6 @@ def capability_statement(base: str) -> dict[str, Any]:
     "/metadata", dependencies=[Negotiated, Depends(open_access)], summary="CapabilityStatement"
 )
 def metadata(request: Request) -> FhirResponse:
-    return FhirResponse(capability_statement(fhir_base(request)))
+    return FhirResponse(
+        capability_statement(fhir_base(request), f"{public_base(request)}/auth/token")
+    )
