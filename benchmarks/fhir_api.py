@@ -2,7 +2,8 @@
 
 For each size it loads synthetic Observations (one patient per ~330 resources, spread over a
 year) through the adapter's resource writer into a fresh store, starts `infusion-adapter serve`
-on loopback, and measures from a separate load process: read by id, a patient search with a
+on loopback, and measures from a separate load process, each request with a SMART access token
+(checked, and recorded in the audit, as in use): read by id, a patient search with a
 date and `_count=100`, and a `_lastUpdated=gt` poll. Beside them, in the same run, a bare
 FastAPI endpoint returning the same read bytes from memory: the stack's own limit.
 
@@ -27,6 +28,7 @@ from typing import Any
 
 import orjson
 
+from adapter.security.clients import Clients
 from adapter.store import migrate
 from adapter.store.engine import make_engine
 from adapter.store.resources import MappedRecord, ResourceStore, ResourceWriter
@@ -110,7 +112,7 @@ def start(command: list[str], port: int, env: dict[str, str]) -> subprocess.Pope
 
 
 def measure(
-    port: int, paths: list[str], seconds: float, threads: int = 4
+    port: int, paths: list[str], seconds: float, headers: dict[str, str], threads: int = 4
 ) -> tuple[float, float, float]:
     """p50 ms, p99 ms, requests/s over `seconds` from `threads` keep-alive connections."""
     latencies: list[float] = []
@@ -124,7 +126,7 @@ def measure(
             path = paths[index % len(paths)]
             index += threads
             began = time.perf_counter()
-            connection.request("GET", path)
+            connection.request("GET", path, headers=headers)
             response = connection.getresponse()
             response.read()
             if response.status != 200:
@@ -158,8 +160,21 @@ uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
 """
 
 
+def access_token(url: str) -> dict[str, str]:
+    """A SMART client's token, issued in the store as /auth/token would: every request of the
+    benchmark carries it, and the service checks it and records the access, as in use."""
+    engine = make_engine(url)
+    clients = Clients(engine)
+    now = datetime.now(UTC)
+    client = clients.add_smart_client("benchmark", "system/*.rs", now, jwks={"keys": []})
+    token = clients.issue_token(client, client.grant, now, 300)
+    engine.dispose()
+    return {"Authorization": f"Bearer {token}"}
+
+
 def run_size(store: str, url: str, size: int, seconds: float, workdir: Path) -> None:
     load(url, size)
+    headers = access_token(url)
     port = free_port()
     env = {
         **os.environ,
@@ -179,7 +194,7 @@ def run_size(store: str, url: str, size: int, seconds: float, workdir: Path) -> 
     polls = ["/fhir/Observation?_lastUpdated=gt2000-01-01T00:00:00Z&_count=100"]
     try:
         figures = {
-            name: measure(port, paths, seconds)
+            name: measure(port, paths, seconds, headers)
             for name, paths in (("read", reads), ("search", searches), ("poll", polls))
         }
     finally:
@@ -192,7 +207,7 @@ def run_size(store: str, url: str, size: int, seconds: float, workdir: Path) -> 
         [sys.executable, "-c", BARE, str(bare_port), str(body)], bare_port, dict(os.environ)
     )
     try:
-        bare_figures = measure(bare_port, reads, seconds)
+        bare_figures = measure(bare_port, reads, seconds, headers)
     finally:
         bare.terminate()
         bare.wait()

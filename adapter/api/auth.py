@@ -96,9 +96,36 @@ def _issue(request: Request, runtime: Runtime, form: dict[str, str], address: st
     )
 
 
+_TOKEN_FORM = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/x-www-form-urlencoded": {
+                "schema": {
+                    "type": "object",
+                    "required": [
+                        "grant_type",
+                        "client_assertion_type",
+                        "client_assertion",
+                        "scope",
+                    ],
+                    "properties": {
+                        "grant_type": {"type": "string", "enum": ["client_credentials"]},
+                        "client_assertion_type": {"type": "string", "enum": [JWT_BEARER]},
+                        "client_assertion": {"type": "string"},
+                        "scope": {"type": "string", "example": "system/*.rs"},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
 @router.post(
     "/auth/token",
     summary="Access token for a SMART backend client (client_credentials, private_key_jwt)",
+    openapi_extra=_TOKEN_FORM,
 )
 async def token(request: Request, runtime: RuntimeDep) -> JsonResponse:
     content_type = request.headers.get("content-type", "")
