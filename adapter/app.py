@@ -53,7 +53,7 @@ def create_app(settings: Settings | None = None, background: bool = True) -> Fas
             if worker:
                 worker.stop()
             writer.close()
-            runtime.store.engine.dispose()
+            runtime.close()
 
     app = FastAPI(
         title="Infusion clinic EHR adapter",

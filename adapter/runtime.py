@@ -13,6 +13,7 @@ from adapter.security.clients import Clients
 from adapter.settings import Settings
 from adapter.store import migrate
 from adapter.store.engine import make_engine
+from adapter.store.fhir_reads import FhirReader
 from adapter.store.mapping_queue import MappingQueue
 from adapter.store.outbox import Outbox
 from adapter.store.records import RecordStore
@@ -35,6 +36,12 @@ class Runtime:
     """The sync to the EHR; None when no EHR is configured (the outbox fills all the same)."""
     clients: Clients
     audit: AuditLog
+    fhir_reads: FhirReader
+
+    def close(self) -> None:
+        """Close the store's connections (the engine of single reads too)."""
+        self.store.engine.dispose()
+        self.fhir_reads.single_reads.dispose()
 
     def reload_mappings(self) -> bool:
         """Apply changed mapping files to intake and mapping; a broken file raises and changes
@@ -83,4 +90,5 @@ def open_runtime(settings: Settings) -> Runtime:
         sync=sync,
         clients=Clients(engine),
         audit=AuditLog(engine),
+        fhir_reads=FhirReader(engine, make_engine(settings.database_url, single_reads=True)),
     )

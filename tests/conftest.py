@@ -77,7 +77,7 @@ def settings_mappings(settings: Settings) -> Path:
 def runtime(settings: Settings) -> Iterator[Runtime]:
     opened = open_runtime(settings)
     yield opened
-    opened.store.engine.dispose()
+    opened.close()
 
 
 @dataclass(frozen=True)

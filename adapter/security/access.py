@@ -4,7 +4,7 @@ intake and admin API; access tokens from /auth/token (SMART scopes) open the FHI
 Each route states its access with one of these; `check_routes` refuses to build an app with a
 route that states none, so that a route added later cannot be left open by mistake."""
 
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -59,11 +59,11 @@ def _remember(request: Request, caller: Caller) -> Caller:
     return caller
 
 
-def api_caller(*roles: str) -> Callable[[Request], Caller]:
+def api_caller(*roles: str) -> Callable[[Request], Awaitable[Caller]]:
     """A dependency: an API key of a client with one of the roles (admin may do everything)."""
     allowed = {*roles, "admin"}
 
-    def dependency(request: Request) -> Caller:
+    async def dependency(request: Request) -> Caller:
         credential = _bearer(request)
         if credential.startswith(TOKEN_PREFIX):
             raise Unauthorized(
@@ -81,8 +81,8 @@ def api_caller(*roles: str) -> Callable[[Request], Caller]:
     return dependency
 
 
-def fhir_caller(request: Request) -> Caller:
-    """A dependency: the holder of an unexpired access token, whatever its scopes."""
+def token_caller(request: Request) -> Caller:
+    """The holder of the request's unexpired access token, whatever its scopes."""
     credential = _bearer(request)
     if credential.startswith(KEY_PREFIX):
         raise Unauthorized(
@@ -95,14 +95,20 @@ def fhir_caller(request: Request) -> Caller:
     return _remember(request, Caller(holder.client, holder.grant))
 
 
+async def fhir_caller(request: Request) -> Caller:
+    """A dependency: the holder of an unexpired access token, whatever its scopes. (Async:
+    the check is a memo lookup, not worth a hop to the thread pool.)"""
+    return token_caller(request)
+
+
 fhir_caller.access = "token"  # type: ignore[attr-defined]
 
 
-def fhir_scope(letter: str) -> Callable[..., Caller]:
+def fhir_scope(letter: str) -> Callable[..., Awaitable[Caller]]:
     """A dependency: a token whose scopes allow `letter` on the path's resource type."""
 
-    def dependency(request: Request, resource_type: str) -> Caller:
-        caller = fhir_caller(request)
+    async def dependency(request: Request, resource_type: str) -> Caller:
+        caller = token_caller(request)
         caller.require(resource_type, letter)
         return caller
 
@@ -110,10 +116,10 @@ def fhir_scope(letter: str) -> Callable[..., Caller]:
     return dependency
 
 
-def fhir_write(request: Request, resource_type: str) -> Caller:
+async def fhir_write(request: Request, resource_type: str) -> Caller:
     """A dependency of the write routes: a token with the write scope (the route then says
     that this endpoint takes no writes)."""
-    caller = fhir_caller(request)
+    caller = token_caller(request)
     caller.require(resource_type, WRITE_LETTERS.get(request.method, "c"))
     return caller
 
@@ -121,7 +127,7 @@ def fhir_write(request: Request, resource_type: str) -> Caller:
 fhir_write.access = "scope:write"  # type: ignore[attr-defined]
 
 
-def open_access() -> None:
+async def open_access() -> None:
     """A dependency that lets anyone in, stated on purpose."""
 
 

@@ -26,14 +26,20 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def make_engine(url: str) -> Engine:
-    """An engine that never puts statement parameters (which hold PHI) into error messages."""
+def make_engine(url: str, single_reads: bool = False) -> Engine:
+    """An engine that never puts statement parameters (which hold PHI) into error messages.
+    `single_reads`: an engine for one-statement reads only, in autocommit (no BEGIN, no
+    ROLLBACK on return to the pool) and without a ping before each checkout; its callers retry
+    once on a connection the server dropped."""
     url = normalise_url(url)
     parsed = make_url(url)
+    options: dict[str, Any] = {"hide_parameters": True}
+    if single_reads:
+        options["isolation_level"] = "AUTOCOMMIT"
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, hide_parameters=True)
+        engine = create_engine(url, **options)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, hide_parameters=True, pool_pre_ping=True)
+    return create_engine(url, pool_pre_ping=not single_reads, **options)

@@ -4,6 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import text
 
 from tests.conftest import EXAMPLE_DAY, FhirValidator, grant, ndjson, vitals
 
@@ -153,3 +154,26 @@ def test_xml_is_406(client: TestClient, query: str, headers: dict[str, str]) -> 
 @pytest.mark.parametrize("fmt", ["json", "application/fhir+json", "application/json"])
 def test_json_formats_are_served(client: TestClient, fmt: str) -> None:
     assert client.get(f"/fhir/Observation?_format={fmt}").status_code == 200
+
+
+def test_a_read_survives_the_store_dropping_its_connections(day: TestClient) -> None:
+    runtime = day.app.state.runtime  # type: ignore[attr-defined]
+    engine = runtime.store.engine
+    if engine.dialect.name != "postgresql":
+        pytest.skip("a server that drops connections is PostgreSQL's case")
+    resource = day.get("/fhir/Observation?_count=1").json()["entry"][0]["resource"]
+    assert day.get(f"/fhir/Observation/{resource['id']}").status_code == 200
+
+    reads = runtime.fhir_reads.single_reads
+    pooled = reads.raw_connection()  # the connection the read used, back in the pool after
+    cursor = pooled.cursor()
+    cursor.execute("SELECT pg_backend_pid()")
+    pid = cursor.fetchone()[0]
+    pooled.close()
+    with engine.connect() as connection:
+        dropped = connection.execute(
+            text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}
+        ).scalar_one()
+
+    assert dropped is True
+    assert day.get(f"/fhir/Observation/{resource['id']}").status_code == 200

@@ -38,7 +38,7 @@ def test_migrations_downgrade_to_nothing_and_back(database_url: str) -> None:
 
 def test_accepted_records_survive_a_new_connection(runtime: Runtime) -> None:
     runtime.intake.submit([(0, ndjson(session())), (1, ndjson(vitals()))])
-    runtime.store.engine.dispose()
+    runtime.close()
 
     reopened = make_engine(str(runtime.store.engine.url.render_as_string(hide_password=False)))
     with reopened.connect() as connection:

@@ -12,7 +12,7 @@ from adapter.api.fhir.wire import fhir_base
 from adapter.errors import BadRequest
 from adapter.export.service import COMPLETED, FAILED, exported_types
 from adapter.runtime import Runtime
-from adapter.security.access import Caller, CallerDep, fhir_caller
+from adapter.security.access import Caller, CallerDep, token_caller
 from adapter.worker import EXPORT_JOB
 
 router = APIRouter()
@@ -38,11 +38,11 @@ def _parameters(
 ExportDep = Annotated[ExportParameters, Depends(_parameters)]
 
 
-def _exporter(
+async def _exporter(
     request: Request, types: Annotated[str | None, Query(alias="_type")] = None
 ) -> Caller:
     """A token whose scopes allow reading every type the export would write."""
-    caller = fhir_caller(request)
+    caller = token_caller(request)
     for resource_type in exported_types(types):
         caller.require(resource_type, "r")
     return caller

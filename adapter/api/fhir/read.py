@@ -28,7 +28,7 @@ Searchable = Depends(fhir_scope("s"))
 
 
 def _reader(runtime: RuntimeDep) -> FhirReader:
-    return FhirReader(runtime.store.engine)
+    return runtime.fhir_reads
 
 
 def _history_entry(base: str, version: StoredResource) -> str:
@@ -69,12 +69,13 @@ def type_history(
 
 
 @router.get("/{resource_type}/{resource_id}", dependencies=[Negotiated, Readable], summary="read")
-def read(
+async def read(
     runtime: RuntimeDep,
     resource_type: str,
     resource_id: str,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
+    # On the event loop: one primary-key lookup costs less than the hop to the thread pool.
     known_type(resource_type)
     found = _reader(runtime).read(resource_type, resource_id)
     if found is None:

@@ -20,7 +20,7 @@ from adapter.api.outcome import operation_outcome
 from adapter.fhir.search import SearchRequest, encode_cursor, included_types, parse
 from adapter.runtime import Runtime
 from adapter.security.access import Caller, fhir_scope
-from adapter.store.fhir_reads import FhirReader, Hit
+from adapter.store.fhir_reads import Hit
 
 router = APIRouter()
 Searcher = Annotated[Caller, Depends(fhir_scope("s"))]
@@ -48,7 +48,7 @@ def _search(
     search: SearchRequest = parse(resource_type, params, _strict(prefer), secret)
     for other_type in sorted(included_types(search)):
         caller.require(other_type, "r")
-    reader = FhirReader(runtime.store.engine)
+    reader = runtime.fhir_reads
     base = fhir_base(request)
     if search.summary_count:
         return FhirResponse(
