@@ -24,7 +24,7 @@ from sqlalchemy import create_engine, text
 from adapter.app import create_app
 from adapter.runtime import Runtime, open_runtime
 from adapter.security.clients import Client
-from adapter.settings import Settings
+from adapter.settings import Settings, get_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_DAY = ROOT / "tests" / "fixtures" / "clinic-export" / "day-2026-11-20.ndjson"
@@ -71,6 +71,16 @@ def settings(database_url: str, mappings_dir: Path) -> Settings:
 def settings_mappings(settings: Settings) -> Path:
     """The mapping folder the `client` and `runtime` fixtures read."""
     return settings.mappings_dir
+
+
+@pytest.fixture
+def cli_environment(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    """The settings as ADAPTER_ environment variables, for a command run in-process."""
+    monkeypatch.setenv("ADAPTER_DATABASE_URL", settings.database_url)
+    monkeypatch.setenv("ADAPTER_MAPPINGS_DIR", str(settings.mappings_dir))
+    get_settings.cache_clear()
+    yield settings
+    get_settings.cache_clear()
 
 
 @pytest.fixture

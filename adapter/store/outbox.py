@@ -35,6 +35,9 @@ class OutboxItem:
     ehr_version: str | None
     delivered_version: int | None
     updated_at: datetime
+    sent_at: datetime | None
+    """When a create of this resource was first sent to the EHR (None: never): only a resource
+    sent before, with no EHR id known, can have a copy in the EHR that the sync did not hear of."""
 
     @property
     def key(self) -> tuple[int, str]:
@@ -78,6 +81,7 @@ _COLUMNS = (
     outbox.c.ehr_version,
     outbox.c.delivered_version,
     outbox.c.updated_at,
+    outbox.c.sent_at,
 )
 
 
@@ -165,7 +169,8 @@ class Outbox:
             query = query.where(tuple_(outbox.c.rank, outbox.c.resource_id) > key)
         with self.engine.connect() as connection:
             rows = connection.execute(query).all()
-        return [Pending(_item(row[:12]), row[12], row[13], row[14]) for row in rows]
+        width = len(_COLUMNS)
+        return [Pending(_item(row[:width]), *row[width:]) for row in rows]
 
     def items(self, ids: Iterable[str]) -> dict[str, OutboxItem]:
         wanted = sorted(set(ids))
@@ -178,6 +183,17 @@ class Outbox:
                 for row in connection.execute(query):
                     found[row.resource_id] = _item(row)
         return found
+
+    def mark_sent(self, ids: Sequence[str], now: datetime) -> None:
+        """Note, before a create is sent, that it may reach the EHR: committed first, so that a
+        process killed before it hears the answer leaves the mark for the next run."""
+        if ids:
+            with self.engine.begin() as connection:
+                connection.execute(
+                    update(outbox)
+                    .where(outbox.c.resource_id.in_(list(ids)), outbox.c.sent_at.is_(None))
+                    .values(sent_at=now)
+                )
 
     def record(self, outcomes: Sequence[Outcome], now: datetime) -> None:
         """Store the outcomes of delivery attempts. The EHR's id is kept whatever the version

@@ -161,6 +161,7 @@ sync_outbox = Table(
     Column("ehr_version", String(128)),
     Column("delivered_version", Integer),
     Column("updated_at", UtcDateTime(), nullable=False),
+    Column("sent_at", UtcDateTime()),
     Index("ix_sync_outbox_queue", "state", "rank", "resource_id"),
 )
 """One row per resource: the version the EHR should hold, where delivery stands, and the EHR's

@@ -134,11 +134,12 @@ class Delivery:
         return (item.ehr_id, item.ehr_version) if item.ehr_id else None
 
     def _needs_look_up(self, pending: Pending) -> bool:
-        """Creates in Bundles, and creates where the EHR has no conditional create, are
-        preceded by a search for the adapter's identifier."""
+        """A create that was sent before without its answer being heard (a process killed
+        mid-request) may have left a copy in the EHR: in Bundles, and where the EHR has no
+        conditional create, the adapter's identifier is searched for first."""
         plan = self.plans[pending.item.resource_type]
-        no_id = self._ehr_id(pending.item) is None
-        return no_id and (plan.mode != "single" or not plan.conditional_create)
+        unheard = self._ehr_id(pending.item) is None and pending.item.sent_at is not None
+        return unheard and (plan.mode != "single" or not plan.conditional_create)
 
     def _look_up(self, pending: Sequence[Pending], resources: dict[str, Json]) -> dict[str, str]:
         """Search the EHR for the identifiers of these items: one copy found becomes known (and
@@ -245,7 +246,12 @@ class Delivery:
                 request, body = self._request(p, conditional=False)
                 entry = {"resource": body, "request": request}
                 entries.append({"fullUrl": f"urn:uuid:{p.item.resource_id}", **entry})
-            creates = any(e["request"]["method"] == "POST" for e in entries)
+            creates = [
+                p.item.resource_id
+                for p, e in zip(prepared, entries, strict=True)
+                if e["request"]["method"] == "POST"
+            ]
+            self.outbox.mark_sent(creates, self.clock())
             bundle = {"resourceType": "Bundle", "type": kind, "entry": entries}
             try:
                 answer = self.client.request("POST", "", body=bundle, idempotent=not creates)
@@ -297,7 +303,7 @@ class Delivery:
             request, body = self._request(p, conditional=True)
             safe = request["method"] == "PUT" or "ifNoneExist" in request
             try:
-                answer = self._send(request, body, idempotent=safe)
+                answer = self._send(request, body, idempotent=safe, item=p.item)
                 break
             except TemporaryEhrError as error:
                 if safe or not error.sent or attempt + 1 == self.client.attempts:
@@ -325,7 +331,7 @@ class Delivery:
                 p, pending=replace(p.pending, item=replace(p.item, ehr_id=None, ehr_version=None))
             )
             request, body = self._request(p, conditional=True)
-            return self._send(request, body, idempotent="ifNoneExist" in request)
+            return self._send(request, body, idempotent="ifNoneExist" in request, item=p.item)
         if error.status == 428:
             self.wants_if_match.add(p.item.resource_type)
         # A 412 can also answer the repeat of an update that went through unheard: whichever,
@@ -346,7 +352,11 @@ class Delivery:
                 unheard = again
         raise unheard
 
-    def _send(self, request: Json, body: Json, idempotent: bool) -> EhrResponse:
+    def _send(
+        self, request: Json, body: Json, idempotent: bool, item: OutboxItem | None = None
+    ) -> EhrResponse:
+        if item is not None and request["method"] == "POST" and "ifNoneExist" not in request:
+            self.outbox.mark_sent([item.resource_id], self.clock())
         headers = {
             name: request[key]
             for key, name in (("ifNoneExist", "If-None-Exist"), ("ifMatch", "If-Match"))

@@ -16,7 +16,8 @@
 // coding are refused with that status (an EHR-side rule a site must fix); DELETE clears it.
 // POST /_control/seed creates the resources of a JSON array as they are, whatever the switches.
 // GET /_control/identifiers counts identifiers and copies per type (duplicates at a glance).
-// GET /_control/stats counts the requests by method and outcome; POST /_control/reset empties it.
+// GET /_control/stats counts the requests by method and outcome (and POST searches as
+// `searches`); POST /_control/reset empties it.
 import { createServer } from 'node:http';
 import { createPublicKey, randomUUID, verify } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -409,6 +410,9 @@ async function handle(req, res, base) {
   }
   const [status, resource] = [getStatus(result[0]), result[1]];
   count(`${req.method} ${status}`);
+  if (path.endsWith('/_search')) {
+    count('searches');
+  }
   const headers = {};
   if (resource?.meta?.versionId) {
     headers.etag = `W/"${resource.meta.versionId}"`;

@@ -1,27 +1,18 @@
 """`infusion-adapter import`: rejected lines go beside the input with their reasons."""
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
-import pytest
 from click.testing import CliRunner
 
 from adapter.cli import main
-from adapter.settings import Settings, get_settings
+from adapter.settings import Settings
 from tests.conftest import ndjson, session, vitals
 
 
-@pytest.fixture
-def environment(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("ADAPTER_DATABASE_URL", settings.database_url)
-    monkeypatch.setenv("ADAPTER_MAPPINGS_DIR", str(settings.mappings_dir))
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
-
-
-def test_rejected_lines_are_written_beside_the_input(environment: None, tmp_path: Path) -> None:
+def test_rejected_lines_are_written_beside_the_input(
+    cli_environment: Settings, tmp_path: Path
+) -> None:
     source = tmp_path / "backfill.ndjson"
     source.write_bytes(
         ndjson(session())
@@ -48,7 +39,7 @@ def test_rejected_lines_are_written_beside_the_input(environment: None, tmp_path
 
 
 def test_a_clean_reimport_removes_the_stale_rejected_file(
-    environment: None, tmp_path: Path
+    cli_environment: Settings, tmp_path: Path
 ) -> None:
     source = tmp_path / "day.ndjson"
     source.write_bytes(ndjson(vitals(spo2=300)))
@@ -62,7 +53,7 @@ def test_a_clean_reimport_removes_the_stale_rejected_file(
     assert not (tmp_path / "day.ndjson.rejected.ndjson").exists()
 
 
-def test_progress_bar_shows_rate_and_counts(environment: None, tmp_path: Path) -> None:
+def test_progress_bar_shows_rate_and_counts(cli_environment: Settings, tmp_path: Path) -> None:
     source = tmp_path / "day.ndjson"
     source.write_bytes(ndjson(*(vitals(id=f"VIT-{n}") for n in range(30))))
 
@@ -74,7 +65,7 @@ def test_progress_bar_shows_rate_and_counts(environment: None, tmp_path: Path) -
 
 
 def test_a_broken_mapping_stops_the_import(
-    environment: None, settings: Settings, tmp_path: Path
+    cli_environment: Settings, settings: Settings, tmp_path: Path
 ) -> None:
     (settings.mappings_dir / "limits.yaml").write_text("vitals: {}\n")
     source = tmp_path / "day.ndjson"

@@ -1,29 +1,18 @@
 """`infusion-adapter mappings ...`: check, preview, pending, reload, schema."""
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
-import pytest
 from click.testing import CliRunner
 
 from adapter.cli import main
 from adapter.mapping.config import json_schemas
-from adapter.settings import Settings, get_settings
+from adapter.settings import Settings
 from tests.conftest import EXAMPLE_DAY, ROOT, ndjson, session
 
 
-@pytest.fixture
-def environment(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
-    monkeypatch.setenv("ADAPTER_DATABASE_URL", settings.database_url)
-    monkeypatch.setenv("ADAPTER_MAPPINGS_DIR", str(settings.mappings_dir))
-    get_settings.cache_clear()
-    yield settings
-    get_settings.cache_clear()
-
-
-def test_check_names_file_and_key(environment: Settings) -> None:
-    table = environment.mappings_dir / "codes" / "events.yaml"
+def test_check_names_file_and_key(cli_environment: Settings) -> None:
+    table = cli_environment.mappings_dir / "codes" / "events.yaml"
     table.write_text(table.read_text().replace("  - local: FATIGUE", "  - locale: FATIGUE", 1))
 
     result = CliRunner().invoke(main, ["mappings", "check"])
@@ -34,7 +23,7 @@ def test_check_names_file_and_key(environment: Settings) -> None:
 
 
 def test_preview_prints_resources_and_rows_and_stores_nothing(
-    environment: Settings, tmp_path: Path
+    cli_environment: Settings, tmp_path: Path
 ) -> None:
     result = CliRunner().invoke(main, ["mappings", "preview", str(EXAMPLE_DAY)])
 
@@ -45,12 +34,12 @@ def test_preview_prints_resources_and_rows_and_stores_nothing(
     )
     assert result.output.count('"resourceType": ') == 78
     assert (
-        not Path(environment.database_url.removeprefix("sqlite:///")).exists()
-        or "postgresql" in environment.database_url
+        not Path(cli_environment.database_url.removeprefix("sqlite:///")).exists()
+        or "postgresql" in cli_environment.database_url
     )
 
 
-def test_preview_shows_what_waits_for_a_mapping(environment: Settings, tmp_path: Path) -> None:
+def test_preview_shows_what_waits_for_a_mapping(cli_environment: Settings, tmp_path: Path) -> None:
     source = tmp_path / "one.ndjson"
     source.write_bytes(ndjson(session(indication="WHIPLASH")))
 
@@ -62,13 +51,13 @@ def test_preview_shows_what_waits_for_a_mapping(environment: Settings, tmp_path:
     )
 
 
-def test_pending_and_reload(environment: Settings, tmp_path: Path) -> None:
+def test_pending_and_reload(cli_environment: Settings, tmp_path: Path) -> None:
     source = tmp_path / "one.ndjson"
     source.write_bytes(ndjson(session(indication="WHIPLASH")))
     CliRunner().invoke(main, ["import", str(source), "--quiet"])
 
     pending = CliRunner().invoke(main, ["mappings", "pending"])
-    table = environment.mappings_dir / "codes" / "indications.yaml"
+    table = cli_environment.mappings_dir / "codes" / "indications.yaml"
     table.write_text(
         table.read_text() + "  - local: WHIPLASH\n    text: Whiplash injury\n    codings: []\n"
     )

@@ -2,7 +2,6 @@
 credentials for a laptop, refused in production."""
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,15 +16,6 @@ from adapter.settings import Settings, get_settings
 PRODUCTION_SECRET = "a-production-secret-of-at-least-32-characters"
 
 
-@pytest.fixture
-def environment(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("ADAPTER_DATABASE_URL", settings.database_url)
-    monkeypatch.setenv("ADAPTER_MAPPINGS_DIR", str(settings.mappings_dir))
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
-
-
 def _run(*args: str) -> str:
     result = CliRunner().invoke(main, list(args))
     assert result.exit_code == 0, result.output
@@ -33,7 +23,7 @@ def _run(*args: str) -> str:
 
 
 def test_a_key_is_shown_once_stored_hashed_and_revocable(
-    environment: None, settings: Settings
+    cli_environment: Settings, settings: Settings
 ) -> None:
     output = _run("clients", "add-key", "clinic charting system", "--role", "intake")
     key = re.search(r"iak_\S+", output)
@@ -61,7 +51,9 @@ def test_a_key_is_shown_once_stored_hashed_and_revocable(
     assert "revoked" in _run("clients", "list")
 
 
-def test_a_smart_client_needs_valid_scopes_and_keys(environment: None, tmp_path: Path) -> None:
+def test_a_smart_client_needs_valid_scopes_and_keys(
+    cli_environment: Settings, tmp_path: Path
+) -> None:
     jwks = tmp_path / "jwks.json"
     jwks.write_text('{"keys": []}')
 
@@ -78,7 +70,7 @@ def test_a_smart_client_needs_valid_scopes_and_keys(environment: None, tmp_path:
 
 
 def test_development_credentials_work_and_production_refuses_them(
-    environment: None, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    cli_environment: Settings, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     folder = tmp_path / "dev-client"
     output = _run("clients", "dev", "--folder", str(folder))

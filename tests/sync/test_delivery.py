@@ -132,3 +132,17 @@ extra_codings:
         ]["coding"]
     stored = [orjson.loads(r.content) for r in runtime.resources.all_current()]
     assert "urn:example:flowsheet" not in orjson.dumps(stored).decode()
+
+
+def test_resources_never_sent_are_created_without_searching_first(
+    runtime: Runtime, sync: Sync, ehr: SandboxEhr
+) -> None:
+    load_example_day(runtime)
+    before = ehr.stats().get("searches", 0)
+
+    report = sync_once(sync, trigger="test")
+
+    assert report.counts["delivered"] == 78
+    assert ehr.stats().get("searches", 0) == before
+    sent = [i for i in runtime.outbox.listed(("delivered",), 100) if i.sent_at is not None]
+    assert len(sent) == 78
