@@ -195,12 +195,24 @@ class Outbox:
                     .values(sent_at=now)
                 )
 
-    def record(self, outcomes: Sequence[Outcome], now: datetime) -> None:
+    def record(
+        self, outcomes: Sequence[Outcome], now: datetime, will_send: Sequence[str] = ()
+    ) -> None:
         """Store the outcomes of delivery attempts. The EHR's id is kept whatever the version
-        (it names the EHR's copy); the state moves only if the version is still the one sent."""
-        if not outcomes:
+        (it names the EHR's copy); the state moves only if the version is still the one sent.
+        `will_send`: the creates of the next batch, noted (`sent_at`) in the same transaction,
+        which commits before that batch is sent."""
+        if not outcomes and not will_send:
             return
         with self.engine.begin() as connection:
+            if will_send:
+                connection.execute(
+                    update(outbox)
+                    .where(outbox.c.resource_id.in_(list(will_send)), outbox.c.sent_at.is_(None))
+                    .values(sent_at=now)
+                )
+            if not outcomes:
+                return
             known = [o for o in outcomes if o.ehr_id is not None]
             if known:
                 connection.execute(

@@ -73,6 +73,19 @@ class Delivery:
     partial: set[str] = field(default_factory=set)
     """Adapter ids this run delivered without some of their references."""
     wants_if_match: set[str] = field(default_factory=set)
+    marked: set[str] = field(default_factory=set)
+    """Adapter ids whose create this run has noted in the outbox (`sent_at`) already."""
+
+    def may_create(self, batch: Sequence[Pending]) -> list[str]:
+        """The items of a batch that a delivery could create (no EHR id known): the run notes
+        them in the outbox, with the previous batch's outcomes, before the batch is sent."""
+        return [p.item.resource_id for p in batch if self._ehr_id(p.item) is None]
+
+    def _mark_sent(self, ids: list[str]) -> None:
+        unmarked = [i for i in ids if i not in self.marked]
+        if unmarked:
+            self.outbox.mark_sent(unmarked, self.clock())
+            self.marked.update(unmarked)
 
     def deliver(self, batch: Sequence[Pending]) -> list[Outcome]:
         """Outcomes for every item of the batch; raises only when the whole run must stop."""
@@ -251,7 +264,7 @@ class Delivery:
                 for p, e in zip(prepared, entries, strict=True)
                 if e["request"]["method"] == "POST"
             ]
-            self.outbox.mark_sent(creates, self.clock())
+            self._mark_sent(creates)
             bundle = {"resourceType": "Bundle", "type": kind, "entry": entries}
             try:
                 answer = self.client.request("POST", "", body=bundle, idempotent=not creates)
@@ -356,7 +369,7 @@ class Delivery:
         self, request: Json, body: Json, idempotent: bool, item: OutboxItem | None = None
     ) -> EhrResponse:
         if item is not None and request["method"] == "POST" and "ifNoneExist" not in request:
-            self.outbox.mark_sent([item.resource_id], self.clock())
+            self._mark_sent([item.resource_id])
         headers = {
             name: request[key]
             for key, name in (("ifNoneExist", "If-None-Exist"), ("ifMatch", "If-Match"))

@@ -203,18 +203,21 @@ def _run(sync: Sync, report: SyncReport, progress: Callable[[int], None]) -> Non
     deliverable = [t for t, plan in plans.items() if plan.deliver]
     sync.outbox.requeue(sync.clock(), ["skipped"], resource_types=deliverable)
     sync.outbox.wake_waiting(sync.clock())
-    after = None
-    while True:
+    batch = sync.outbox.due(sync.clock(), None, sync.settings.sync_batch_size)
+    while batch:
         if not sync.lease.renew(sync.clock()):
             raise LeaseLost
-        batch = sync.outbox.due(sync.clock(), after, sync.settings.sync_batch_size)
-        if not batch:
-            break
-        after = batch[-1].item.key
-        _settle(sync, report, delivery.deliver(batch))
+        outcomes = delivery.deliver(batch)
+        # The next batch is read before these outcomes are recorded, so that its possible
+        # creates are noted in the same transaction (one commit per batch, not two).
+        following = sync.outbox.due(sync.clock(), batch[-1].item.key, sync.settings.sync_batch_size)
+        will_send = delivery.may_create(following)
+        _settle(sync, report, outcomes, will_send)
+        delivery.marked.update(will_send)
         progress(len(batch))
         if sync.client.breaker.open:
             raise EhrUnavailable("the EHR failed too many requests in a row")
+        batch = following
     for _ in range(COMPLETION_ROUNDS):
         partial = sorted(delivery.partial)
         delivery.partial.clear()
@@ -224,8 +227,10 @@ def _run(sync: Sync, report: SyncReport, progress: Callable[[int], None]) -> Non
             _settle(sync, report, delivery.deliver(batch))
 
 
-def _settle(sync: Sync, report: SyncReport, outcomes: Sequence[Outcome]) -> None:
-    sync.outbox.record(outcomes, sync.clock())
+def _settle(
+    sync: Sync, report: SyncReport, outcomes: Sequence[Outcome], will_send: Sequence[str] = ()
+) -> None:
+    sync.outbox.record(outcomes, sync.clock(), will_send)
     for outcome in outcomes:
         report.counts[_kind(outcome)] += 1
 
