@@ -125,8 +125,10 @@ UCUM_UNITS = frozenset(
 """The UCUM codes the adapter may emit, each checked against https://ucum.org/ucum."""
 
 BALP = "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit."
+AUDIT_EVENT_TYPE = "http://terminology.hl7.org/CodeSystem/audit-event-type"
 RESTFUL_INTERACTION = "http://hl7.org/fhir/restful-interaction"
 DICOM = "http://dicom.nema.org/resources/ontology/DCM"
+DICOM_ROLES = {"110152": "Destination Role ID", "110153": "Source Role ID"}
 BALP_PROFILES: dict[str, dict[str, Any]] = {
     BALP + "Read": {
         "subtypes": frozenset({"read", "vread", "history-instance"}),

@@ -284,10 +284,7 @@ def _vital_signs_checks(resource: dict[str, Any]) -> Iterator[str]:
 def _balp_checks(event: dict[str, Any], shape: dict[str, Any]) -> Iterator[str]:
     """An AuditEvent against what a BALP profile fixes (rules.BALP_PROFILES)."""
     kind = event.get("type", {})
-    if (kind.get("system"), kind.get("code")) != (
-        "http://terminology.hl7.org/CodeSystem/audit-event-type",
-        "rest",
-    ):
+    if (kind.get("system"), kind.get("code")) != (rules.AUDIT_EVENT_TYPE, "rest"):
         yield "type: BALP needs audit-event-type rest"
     if not any(
         c.get("system") == rules.RESTFUL_INTERACTION and c.get("code") in shape["subtypes"]

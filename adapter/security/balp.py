@@ -7,32 +7,31 @@ failure) or 8 (serious failure), as BALP says failures are recorded, without the
 import base64
 from typing import Any
 
+from adapter.fhir import rules
 from adapter.security.audit import AuditEntry
 
-BALP = "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit."
-AUDIT_EVENT_TYPE = "http://terminology.hl7.org/CodeSystem/audit-event-type"
-RESTFUL = "http://hl7.org/fhir/restful-interaction"
-DCM = "http://dicom.nema.org/resources/ontology/DCM"
 ENTITY_TYPE = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
 OBJECT_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"
 SOURCE_TYPE = "http://terminology.hl7.org/CodeSystem/security-source-type"
 CLIENT_SYSTEM = "urn:infusion-adapter:client"
 """The identifier system of the adapter's registered clients (their client ids)."""
 
-SOURCE_ROLE = {"system": DCM, "code": "110153", "display": "Source Role ID"}
-DESTINATION_ROLE = {"system": DCM, "code": "110152", "display": "Destination Role ID"}
-
-# interaction -> (profile, restful-interaction code, action)
-_SHAPES = {
-    "read": ("Read", "read", "R"),
-    "vread": ("Read", "vread", "R"),
-    "history-instance": ("Read", "history-instance", "R"),
-    "record-read": ("Read", "read", "R"),
-    "search-type": ("Query", "search-type", "E"),
-    "history-type": ("Query", "history-type", "E"),
-    "intake": ("Create", "create", "C"),
-    "export": (None, "operation", "E"),
+PROFILED = {
+    "read": ("Read", "read"),
+    "vread": ("Read", "vread"),
+    "history-instance": ("Read", "history-instance"),
+    "record-read": ("Read", "read"),
+    "search-type": ("Query", "search-type"),
+    "history-type": ("Query", "history-type"),
+    "intake": ("Create", "create"),
 }
+"""The adapter's interactions that a BALP profile covers: (profile, restful-interaction code).
+Any other (export, token, admin actions) is an `operation` executed (E), with the agents of a
+query, and claims no profile."""
+
+
+def _role(code: str) -> dict[str, str]:
+    return {"system": rules.DICOM, "code": code, "display": rules.DICOM_ROLES[code]}
 
 
 def _outcome(status: int) -> str:
@@ -43,17 +42,19 @@ def _outcome(status: int) -> str:
 
 def audit_event(entry: AuditEntry, server: str) -> dict[str, Any]:
     """One entry as a BALP-shaped AuditEvent; `server` is the adapter's base URL."""
-    profile, code, action = _SHAPES.get(entry.interaction, (None, "operation", "E"))
+    profile, code = PROFILED.get(entry.interaction, (None, "operation"))
+    shape = rules.BALP_PROFILES[rules.BALP + (profile or "Query")]
+    action = shape["action"] if profile else "E"
     outcome = _outcome(entry.outcome)
     client: dict[str, Any] = {
-        "type": {"coding": [SOURCE_ROLE if action != "R" else DESTINATION_ROLE]},
+        "type": {"coding": [_role(shape["client_role"])]},
         "who": {"identifier": {"system": CLIENT_SYSTEM, "value": entry.client_id or "unknown"}},
         "requestor": True,
     }
     if entry.address:
         client["network"] = {"address": entry.address, "type": "2"}
     adapter = {
-        "type": {"coding": [DESTINATION_ROLE if action != "R" else SOURCE_ROLE]},
+        "type": {"coding": [_role(shape["server_role"])]},
         "who": {"display": "infusion clinic EHR adapter"},
         "requestor": False,
         "network": {"address": server, "type": "5"},
@@ -63,7 +64,12 @@ def audit_event(entry: AuditEntry, server: str) -> dict[str, Any]:
         reference = resource.split("/_history/")[0]
         entities.append(
             {
-                "what": {"reference": reference} if "/" in reference else {"display": reference},
+                # FHIR resources by reference; clinic records and export jobs by name.
+                "what": (
+                    {"reference": reference}
+                    if entry.resource_type and "/" in reference
+                    else {"display": reference}
+                ),
                 "type": {"system": ENTITY_TYPE, "code": "2", "display": "System Object"},
                 "role": {"system": OBJECT_ROLE, "code": "4", "display": "Domain Resource"},
             }
@@ -80,8 +86,8 @@ def audit_event(entry: AuditEntry, server: str) -> dict[str, Any]:
     event: dict[str, Any] = {
         "resourceType": "AuditEvent",
         "id": str(entry.id),
-        "type": {"system": AUDIT_EVENT_TYPE, "code": "rest", "display": "RESTful Operation"},
-        "subtype": [{"system": RESTFUL, "code": code}],
+        "type": {"system": rules.AUDIT_EVENT_TYPE, "code": "rest", "display": "RESTful Operation"},
+        "subtype": [{"system": rules.RESTFUL_INTERACTION, "code": code}],
         "action": action,
         "recorded": entry.recorded_at.isoformat(),
         "outcome": outcome,
@@ -96,5 +102,5 @@ def audit_event(entry: AuditEntry, server: str) -> dict[str, Any]:
     if entities:
         event["entity"] = entities
     if profile is not None and outcome == "0":
-        event["meta"] = {"profile": [BALP + profile]}
+        event["meta"] = {"profile": [rules.BALP + profile]}
     return event

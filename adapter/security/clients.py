@@ -49,19 +49,6 @@ class Client:
     def grant(self) -> Grant:
         return Grant.of(self.scopes or "")
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "client_id": self.id,
-            "name": self.name,
-            "kind": self.kind,
-            "role": self.role,
-            "scopes": self.scopes,
-            "jwks_url": self.jwks_url,
-            "development": self.development,
-            "created_at": self.created_at.isoformat(),
-            "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
-        }
-
 
 @dataclass(frozen=True)
 class TokenHolder:

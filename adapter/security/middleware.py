@@ -8,6 +8,7 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from adapter.api.outcome import operation_outcome
+from adapter.errors import AdapterError, MalformedJson, PayloadTooLarge
 from adapter.security.audit import (
     INTERACTIONS,
     MOST_IDS,
@@ -34,12 +35,13 @@ def json_depth(body: bytes) -> int:
     return deepest
 
 
-async def _refuse(send: Send, status: int, code: str, message: str) -> None:
-    body = orjson.dumps(operation_outcome(code, message))
+async def _refuse(send: Send, error: AdapterError) -> None:
+    """The OperationOutcome of an error found before the app's exception handlers are in reach."""
+    body = orjson.dumps(operation_outcome(error.issue_code, error.message))
     await send(
         {
             "type": "http.response.start",
-            "status": status,
+            "status": error.status,
             "headers": [
                 (b"content-type", b"application/fhir+json"),
                 (b"content-length", str(len(body)).encode()),
@@ -71,15 +73,15 @@ class Guard:
 
         try:
             refused = await self._limits(scope, receive)
-            if isinstance(refused, tuple):
-                status["code"] = refused[0]
-                await _refuse(send, *refused)
+            if isinstance(refused, AdapterError):
+                status["code"] = refused.status
+                await _refuse(send, refused)
             else:
                 await self.app(scope, refused, remember)
         finally:
             self._audit(scope, status["code"])
 
-    async def _limits(self, scope: Scope, receive: Receive) -> Receive | tuple[int, str, str]:
+    async def _limits(self, scope: Scope, receive: Receive) -> Receive | AdapterError:
         """The body, read within the size limit and checked for depth when it is JSON, handed
         on; or why it is refused."""
         if scope["method"] in ("GET", "HEAD", "DELETE", "OPTIONS"):
@@ -87,7 +89,7 @@ class Guard:
         headers = dict(scope["headers"])
         declared = headers.get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_body:
-            return 413, "too-long", f"the body is over the limit of {self.max_body} bytes"
+            return PayloadTooLarge(f"the body is over the limit of {self.max_body} bytes")
         chunks, size, more = [], 0, True
         while more:
             message = await receive()
@@ -97,11 +99,11 @@ class Guard:
             size += len(chunks[-1])
             more = message.get("more_body", False)
             if size > self.max_body:
-                return 413, "too-long", f"the body is over the limit of {self.max_body} bytes"
+                return PayloadTooLarge(f"the body is over the limit of {self.max_body} bytes")
         body = b"".join(chunks)
         content_type = headers.get(b"content-type", b"").decode("latin-1").lower()
         if any(kind in content_type for kind in JSON_TYPES) and json_depth(body) > self.max_depth:
-            return 400, "structure", f"JSON nested deeper than {self.max_depth} levels"
+            return MalformedJson(f"JSON nested deeper than {self.max_depth} levels")
         sent = False
 
         async def replay() -> Message:
@@ -139,7 +141,7 @@ class Guard:
                 interaction=INTERACTIONS.get(name or "", f"admin:{name}" if name else "unrouted"),
                 method=scope.get("method", ""),
                 path=path[:2000],
-                resource_type=state.get("audited_type") or params.get("resource_type"),
+                resource_type=params.get("resource_type"),
                 resource_ids=(ids or [])[:MOST_IDS] or None,
                 query=query[:8000] or None,
                 outcome=outcome,

@@ -129,6 +129,14 @@ def enqueue(
     )
 
 
+def _mark_sent(connection: Connection, ids: Sequence[str], now: datetime) -> None:
+    connection.execute(
+        update(outbox)
+        .where(outbox.c.resource_id.in_(list(ids)), outbox.c.sent_at.is_(None))
+        .values(sent_at=now)
+    )
+
+
 class Outbox:
     """Reads and moves the outbox's items; every move names the version it was made for, so a
     version stored meanwhile is never marked delivered by the delivery of an older one."""
@@ -189,11 +197,7 @@ class Outbox:
         process killed before it hears the answer leaves the mark for the next run."""
         if ids:
             with self.engine.begin() as connection:
-                connection.execute(
-                    update(outbox)
-                    .where(outbox.c.resource_id.in_(list(ids)), outbox.c.sent_at.is_(None))
-                    .values(sent_at=now)
-                )
+                _mark_sent(connection, ids, now)
 
     def record(
         self, outcomes: Sequence[Outcome], now: datetime, will_send: Sequence[str] = ()
@@ -206,11 +210,7 @@ class Outbox:
             return
         with self.engine.begin() as connection:
             if will_send:
-                connection.execute(
-                    update(outbox)
-                    .where(outbox.c.resource_id.in_(list(will_send)), outbox.c.sent_at.is_(None))
-                    .values(sent_at=now)
-                )
+                _mark_sent(connection, will_send, now)
             if not outcomes:
                 return
             known = [o for o in outcomes if o.ehr_id is not None]

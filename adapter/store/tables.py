@@ -218,7 +218,7 @@ api_clients = Table(
     Column("revoked_at", UtcDateTime()),
 )
 """Who may call the adapter: API-key clients (a role) and SMART backend clients (a JWKS and the
-scopes they may be granted). Keys are stored as keyed hashes only."""
+scopes they may be granted). Keys are stored as SHA-256 digests only."""
 
 access_tokens = Table(
     "access_tokens",
@@ -229,7 +229,7 @@ access_tokens = Table(
     Column("expires_at", UtcDateTime(), nullable=False),
     Index("ix_access_tokens_expires", "expires_at"),
 )
-"""Access tokens issued at /auth/token, as keyed hashes, with their granted scopes."""
+"""Access tokens issued at /auth/token, as SHA-256 digests, with their granted scopes."""
 
 spent_assertions = Table(
     "spent_assertions",

@@ -47,7 +47,8 @@ def test_each_kind_of_access_is_recorded_with_who_what_and_outcome(day: TestClie
 
     intake = by_interaction["intake"]
     assert intake["method"] == "POST" and intake["outcome"] == 200
-    assert intake["client_id"] != credentials.smart.id and intake["resource_ids"] is None
+    assert intake["client_id"] != credentials.smart.id and intake["query"] == "records=19"
+    assert "infusion_session/SES-2026-00412" in intake["resource_ids"]
     read = by_interaction["read"]
     assert read["resource_ids"] == [f"Observation/{observation['id']}"]
     assert read["client_id"] == credentials.smart.id and read["outcome"] == 200

@@ -93,7 +93,8 @@ def _whole_surface(client: TestClient, ehr: SandboxEhr) -> None:  # noqa: F811
     client.post("/auth/token", data={"grant_type": "client_credentials"})
     ehr.control("PUT", "/reject", {"system": "http://loinc.org", "code": "8867-4", "status": 422})
     client.post("/api/v1/sync/run")
-    client.get("/api/v1/sync/dead-letters")
+    refused = client.get("/api/v1/sync/dead-letters").json()
+    assert refused["count"] >= 1, "the EHR refused nothing: the error path was not run"
     client.get("/api/v1/sync/runs")
     client.post("/api/v1/sync/replay", json={"all": True})
     client.get("/api/v1/audit")

@@ -19,16 +19,11 @@ from adapter.api.fhir.wire import (
 from adapter.errors import MethodNotAllowed, NotFound
 from adapter.fhir.search import MAX_COUNT, parse_instant
 from adapter.security.access import fhir_scope, fhir_write
-from adapter.store.fhir_reads import FhirReader
 from adapter.store.resources import StoredResource
 
 router = APIRouter()
 Readable = Depends(fhir_scope("r"))
 Searchable = Depends(fhir_scope("s"))
-
-
-def _reader(runtime: RuntimeDep) -> FhirReader:
-    return runtime.fhir_reads
 
 
 def _history_entry(base: str, version: StoredResource) -> str:
@@ -64,7 +59,7 @@ def type_history(
 ) -> FhirResponse:
     known_type(resource_type)
     moment = parse_instant(since, "_since") if since is not None else None
-    found = _reader(runtime).versions(resource_type, since=moment, limit=min(count, MAX_COUNT))
+    found = runtime.fhir_reads.versions(resource_type, since=moment, limit=min(count, MAX_COUNT))
     return _history(request, found)
 
 
@@ -77,7 +72,7 @@ async def read(
 ) -> Response:
     # On the event loop: one primary-key lookup costs less than the hop to the thread pool.
     known_type(resource_type)
-    found = _reader(runtime).read(resource_type, resource_id)
+    found = runtime.fhir_reads.read(resource_type, resource_id)
     if found is None:
         raise NotFound(f"{resource_type}/{resource_id} is not known")
     headers = version_headers(found.version_id, found.last_updated)
@@ -95,7 +90,7 @@ def instance_history(
     request: Request, runtime: RuntimeDep, resource_type: str, resource_id: str
 ) -> FhirResponse:
     known_type(resource_type)
-    found = _reader(runtime).versions(resource_type, resource_id)
+    found = runtime.fhir_reads.versions(resource_type, resource_id)
     if not found:
         raise NotFound(f"{resource_type}/{resource_id} is not known")
     return _history(request, found)
@@ -111,7 +106,7 @@ def vread(
 ) -> FhirResponse:
     known_type(resource_type)
     found = (
-        _reader(runtime).versions(resource_type, resource_id, int(version_id))
+        runtime.fhir_reads.versions(resource_type, resource_id, int(version_id))
         if re.fullmatch("[0-9]{1,18}", version_id)
         else []
     )
