@@ -14,6 +14,7 @@ resource in the EHR, which is counted.
 
 import argparse
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -137,6 +138,8 @@ def main() -> None:
             time.sleep(0.1)
         seconds = time.perf_counter() - started
         status = process.returncode
+        used = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = used.ru_utime + used.ru_stime
         delivered = runtime.outbox.counts()["delivered"]
         held = ehr.control("GET", "/identifiers")
         in_ehr = sum(held[t]["identifiers"] for t in {r.resource_type for r in stored})
@@ -148,6 +151,7 @@ def main() -> None:
             f"({rate / baseline:.2f} of the plain client), peak RSS {peak_mb:.0f} MB, "
             f"exit status {status}"
         )
+        print(f"sync process CPU time {cpu:.1f} s of {seconds:.1f} s", flush=True)
         waiting = runtime.outbox.listed(("waiting",), 3)
         print(
             f"delivered {delivered:,} of {len(stored):,}; the EHR holds {in_ehr:,} identifiers "

@@ -6,9 +6,9 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, func, literal, select
 
-from adapter.errors import StoreUnavailable
 from adapter.fhir.indexing import REFERENCE_SYSTEM
 from adapter.fhir.search import SearchRequest, keyset, sort_column
+from adapter.store import raw
 from adapter.store.resources import StoredResource
 from adapter.store.tables import fhir_resource_versions as versions
 from adapter.store.tables import fhir_resources as resources
@@ -17,24 +17,8 @@ from adapter.store.tables import fhir_search_tokens as tokens
 MAX_INCLUDED = 1000
 _READ = (
     "SELECT resource_type, id, version_id, last_updated, content FROM fhir_resources "
-    "WHERE resource_type = {0} AND id = {0}"
+    "WHERE resource_type = ? AND id = ?"
 )
-_READ_SQL = {
-    "qmark": _READ.format("?"),
-    "format": _READ.format("%s"),
-    "pyformat": _READ.format("%s"),
-}
-_PROCESSORS: dict[int, Any] = {}
-
-
-def _last_updated(engine: Engine) -> Any:
-    """The column type's own conversion of a stored `last_updated` (UTC, with its offset)."""
-    key = id(engine.dialect)
-    if key not in _PROCESSORS:
-        column_type = resources.c.last_updated.type.dialect_impl(engine.dialect)
-        processor = column_type.result_processor(engine.dialect, None)
-        _PROCESSORS[key] = processor or (lambda value: value)
-    return _PROCESSORS[key]
 
 
 @dataclass(frozen=True)
@@ -122,25 +106,10 @@ class FhirReader:
         prepared statement on a pooled DBAPI connection, without the ORM layers (about a tenth
         of the time of a Core select on SQLite)."""
         engine = self.single_reads
-        statement = _READ_SQL[engine.dialect.paramstyle]
-        for attempt in (1, 2):
-            connection = engine.raw_connection()
-            try:
-                cursor = connection.cursor()
-                cursor.execute(statement, (resource_type, resource_id))
-                row = cursor.fetchone()
-                cursor.close()
-                break
-            except engine.dialect.loaded_dbapi.OperationalError:
-                # A pooled connection the server dropped (a restart): once more on a new one.
-                connection.invalidate()
-                if attempt == 2:
-                    raise StoreUnavailable("the store did not answer; try again") from None
-            finally:
-                connection.close()
+        row = raw.read_once(engine, raw.statement(engine, _READ), (resource_type, resource_id))
         if row is None:
             return None
-        last_updated = _last_updated(engine)(row[3])
+        last_updated = raw.from_store(engine, resources.c.last_updated)(row[3])
         return StoredResource(row[0], row[1], row[2], last_updated, row[4])
 
     def versions(

@@ -6,10 +6,10 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, and_, bindparam, func, literal, select, tuple_, update
+from sqlalchemy import Connection, Engine, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from adapter.store.tables import fhir_resources as resources
+from adapter.store import raw
 from adapter.store.tables import sync_outbox as outbox
 
 DELIVERY_RANK = {"Procedure": 0, "MedicationAdministration": 1, "AdverseEvent": 2, "Observation": 3}
@@ -85,10 +85,25 @@ _COLUMNS = (
 )
 
 
-def _item(row: Any) -> OutboxItem:
-    values = list(row)
-    values[7] = orjson.loads(values[7]) if values[7] else None
-    return OutboxItem(*values)
+_MOMENTS = (6, 11, 12)
+"""Positions of the timestamps among _COLUMNS."""
+_SELECTED = ", ".join(f"o.{column.name}" for column in _COLUMNS)
+_QUEUE = (
+    f"SELECT {_SELECTED}, r.content, r.source_type, r.source_id "
+    "FROM sync_outbox o JOIN fhir_resources r ON r.id = o.resource_id WHERE {where}{after} "
+    "ORDER BY o.rank, o.resource_id LIMIT ?"
+)
+_AFTER = " AND (o.rank, o.resource_id) > (?, ?)"
+_MARK_SENT = "UPDATE sync_outbox SET sent_at = ? WHERE resource_id = ? AND sent_at IS NULL"
+_EHR_IDS = "UPDATE sync_outbox SET ehr_id = ?, ehr_version = ? WHERE resource_id = ?"
+_OUTCOME = (
+    "UPDATE sync_outbox SET state = ?, attempts = attempts + ?, next_attempt_at = ?, "
+    "detail = ?, delivered_version = ?, updated_at = ? WHERE resource_id = ? AND version_id = ?"
+)
+
+
+def _placeholders(count: int) -> str:
+    return ", ".join("?" * count)
 
 
 def enqueue(
@@ -129,14 +144,6 @@ def enqueue(
     )
 
 
-def _mark_sent(connection: Connection, ids: Sequence[str], now: datetime) -> None:
-    connection.execute(
-        update(outbox)
-        .where(outbox.c.resource_id.in_(list(ids)), outbox.c.sent_at.is_(None))
-        .values(sent_at=now)
-    )
-
-
 class Outbox:
     """Reads and moves the outbox's items; every move names the version it was made for, so a
     version stored meanwhile is never marked delivered by the delivery of an older one."""
@@ -152,52 +159,60 @@ class Outbox:
         ids: Sequence[str] | None = None,
     ) -> list[Pending]:
         """The next due items in delivery order, after the key `after` (of those named, when
-        `ids` is given), with their content."""
-        where = [outbox.c.state.in_(DUE_STATES), outbox.c.next_attempt_at <= now]
+        `ids` is given), with their content. One of the sync's hot paths: a DBAPI statement."""
+        moment = raw.to_store(self.engine, outbox.c.next_attempt_at)(now)
+        where = f"o.state IN ({_placeholders(len(DUE_STATES))}) AND o.next_attempt_at <= ?"
+        values: list[Any] = [*DUE_STATES, moment]
         if ids is not None:
-            where.append(outbox.c.resource_id.in_(list(ids)))
-        return self._with_content(where, after, limit)
+            where += f" AND o.resource_id IN ({_placeholders(len(ids))})"
+            values += ids
+        return self._with_content(where, values, after, limit)
 
     def delivered(self, after: tuple[int, str] | None, limit: int) -> list[Pending]:
         """Delivered items in delivery order, with their content: what reconciliation checks."""
-        return self._with_content([outbox.c.state == "delivered"], after, limit)
+        return self._with_content("o.state = ?", ["delivered"], after, limit)
 
     def _with_content(
-        self, where: list[Any], after: tuple[int, str] | None, limit: int
+        self, where: str, values: list[Any], after: tuple[int, str] | None, limit: int
     ) -> list[Pending]:
-        query = (
-            select(*_COLUMNS, resources.c.content, resources.c.source_type, resources.c.source_id)
-            .join(resources, resources.c.id == outbox.c.resource_id)
-            .where(*where)
-            .order_by(outbox.c.rank, outbox.c.resource_id)
-            .limit(limit)
-        )
-        if after is not None:
-            key = tuple_(literal(after[0]), literal(after[1]))
-            query = query.where(tuple_(outbox.c.rank, outbox.c.resource_id) > key)
-        with self.engine.connect() as connection:
-            rows = connection.execute(query).all()
+        sql = _QUEUE.format(where=where, after=_AFTER if after is not None else "")
+        values = [*values, *(after or ()), limit]
+        with raw.cursor(self.engine) as cursor:
+            cursor.execute(raw.statement(self.engine, sql), values)
+            rows = cursor.fetchall()
         width = len(_COLUMNS)
-        return [Pending(_item(row[:width]), *row[width:]) for row in rows]
+        return [Pending(self._item(row[:width]), *row[width:]) for row in rows]
+
+    def _item(self, row: Any) -> OutboxItem:
+        values = list(row)
+        for at in _MOMENTS:
+            values[at] = raw.from_store(self.engine, _COLUMNS[at])(values[at])
+        values[7] = orjson.loads(values[7]) if values[7] else None
+        return OutboxItem(*values)
 
     def items(self, ids: Iterable[str]) -> dict[str, OutboxItem]:
         wanted = sorted(set(ids))
         found: dict[str, OutboxItem] = {}
-        with self.engine.connect() as connection:
+        with raw.cursor(self.engine) as cursor:
             for start in range(0, len(wanted), 500):
-                query = select(*_COLUMNS).where(
-                    outbox.c.resource_id.in_(wanted[start : start + 500])
-                )
-                for row in connection.execute(query):
-                    found[row.resource_id] = _item(row)
+                chunk = wanted[start : start + 500]
+                sql = f"SELECT {_SELECTED} FROM sync_outbox o "
+                sql += f"WHERE o.resource_id IN ({_placeholders(len(chunk))})"
+                cursor.execute(raw.statement(self.engine, sql), chunk)
+                for row in cursor.fetchall():
+                    found[row[0]] = self._item(row)
         return found
 
     def mark_sent(self, ids: Sequence[str], now: datetime) -> None:
         """Note, before a create is sent, that it may reach the EHR: committed first, so that a
         process killed before it hears the answer leaves the mark for the next run."""
         if ids:
-            with self.engine.begin() as connection:
-                _mark_sent(connection, ids, now)
+            with raw.cursor(self.engine, commit=True) as cursor:
+                self._mark_sent(cursor, ids, now)
+
+    def _mark_sent(self, cursor: Any, ids: Sequence[str], now: datetime) -> None:
+        moment = raw.to_store(self.engine, outbox.c.sent_at)(now)
+        cursor.executemany(raw.statement(self.engine, _MARK_SENT), [(moment, key) for key in ids])
 
     def record(
         self, outcomes: Sequence[Outcome], now: datetime, will_send: Sequence[str] = ()
@@ -205,51 +220,32 @@ class Outbox:
         """Store the outcomes of delivery attempts. The EHR's id is kept whatever the version
         (it names the EHR's copy); the state moves only if the version is still the one sent.
         `will_send`: the creates of the next batch, noted (`sent_at`) in the same transaction,
-        which commits before that batch is sent."""
+        which commits before that batch is sent. A hot path of the sync: DBAPI statements."""
         if not outcomes and not will_send:
             return
-        with self.engine.begin() as connection:
+        moment = raw.to_store(self.engine, outbox.c.updated_at)
+        with raw.cursor(self.engine, commit=True) as cursor:
             if will_send:
-                _mark_sent(connection, will_send, now)
+                self._mark_sent(cursor, will_send, now)
+            known = [(o.ehr_id, o.ehr_version, o.resource_id) for o in outcomes if o.ehr_id]
+            if known:
+                cursor.executemany(raw.statement(self.engine, _EHR_IDS), known)
             if not outcomes:
                 return
-            known = [o for o in outcomes if o.ehr_id is not None]
-            if known:
-                connection.execute(
-                    update(outbox)
-                    .where(outbox.c.resource_id == bindparam("key"))
-                    .values(ehr_id=bindparam("new_ehr_id"), ehr_version=bindparam("new_version")),
-                    [
-                        {"key": o.resource_id, "new_ehr_id": o.ehr_id, "new_version": o.ehr_version}
-                        for o in known
-                    ],
-                )
-            connection.execute(
-                update(outbox)
-                .where(
-                    and_(
-                        outbox.c.resource_id == bindparam("key"),
-                        outbox.c.version_id == bindparam("sent_version"),
-                    )
-                )
-                .values(
-                    state=bindparam("new_state"),
-                    attempts=outbox.c.attempts + bindparam("tried"),
-                    next_attempt_at=bindparam("new_next"),
-                    detail=bindparam("new_detail"),
-                    delivered_version=bindparam("new_delivered"),
-                    updated_at=now,
-                ),
+            updated = moment(now)
+            cursor.executemany(
+                raw.statement(self.engine, _OUTCOME),
                 [
-                    {
-                        "key": o.resource_id,
-                        "sent_version": o.version_id,
-                        "new_state": o.state,
-                        "tried": 0 if o.state == "delivered" or not o.attempted else 1,
-                        "new_next": o.next_attempt_at,
-                        "new_detail": orjson.dumps(o.detail).decode() if o.detail else None,
-                        "new_delivered": o.version_id if o.state == "delivered" else None,
-                    }
+                    (
+                        o.state,
+                        0 if o.state == "delivered" or not o.attempted else 1,
+                        moment(o.next_attempt_at),
+                        orjson.dumps(o.detail).decode() if o.detail else None,
+                        o.version_id if o.state == "delivered" else None,
+                        updated,
+                        o.resource_id,
+                        o.version_id,
+                    )
                     for o in outcomes
                 ],
             )
@@ -257,16 +253,14 @@ class Outbox:
     def listed(
         self, states: Sequence[str], limit: int, after: str | None = None
     ) -> list[OutboxItem]:
-        query = (
-            select(*_COLUMNS)
-            .where(outbox.c.state.in_(states))
-            .order_by(outbox.c.resource_id)
-            .limit(limit)
-        )
-        if after is not None:
-            query = query.where(outbox.c.resource_id > after)
-        with self.engine.connect() as connection:
-            return [_item(row) for row in connection.execute(query)]
+        sql = f"SELECT {_SELECTED} FROM sync_outbox o "
+        sql += f"WHERE o.state IN ({_placeholders(len(states))})"
+        sql += " AND o.resource_id > ?" if after is not None else ""
+        sql += " ORDER BY o.resource_id LIMIT ?"
+        values = [*states, *([after] if after is not None else []), limit]
+        with raw.cursor(self.engine) as cursor:
+            cursor.execute(raw.statement(self.engine, sql), values)
+            return [self._item(row) for row in cursor.fetchall()]
 
     def wake_waiting(self, now: datetime) -> int:
         """Waiting items (patient not settled, reference not delivered) are tried on every run."""

@@ -29,7 +29,7 @@ from adapter.sync.ehr_ids import (
 )
 from adapter.sync.errors import EhrError, PermanentEhrError, TemporaryEhrError
 from adapter.sync.outgoing import DROP, EhrCopy, adapter_identifier, ehr_copy, references
-from adapter.sync.patients import PatientResolver, patient_references
+from adapter.sync.patients import PatientResolver, RecordFacts, patient_references
 
 Json = dict[str, Any]
 PARTIAL = (
@@ -75,6 +75,10 @@ class Delivery:
     wants_if_match: set[str] = field(default_factory=set)
     marked: set[str] = field(default_factory=set)
     """Adapter ids whose create this run has noted in the outbox (`sent_at`) already."""
+    facts: RecordFacts = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.facts = RecordFacts(self.records)
 
     def may_create(self, batch: Sequence[Pending]) -> list[str]:
         """The items of a batch that a delivery could create (no EHR id known): the run notes
@@ -110,7 +114,7 @@ class Delivery:
             else:
                 deliverable.append(pending)
         patients, held = patient_references(
-            self.patients, self.records, self.site, deliverable, resources, self.clock()
+            self.patients, self.facts, self.site, deliverable, resources, self.clock()
         )
         outcomes += [self._settle(p.item, "waiting", detail, False) for p, detail in held]
         ready = [p for p in deliverable if p.item.resource_id in patients]
@@ -122,7 +126,7 @@ class Delivery:
         ]
         ready = [p for p in ready if p.item.resource_id not in problems]
         in_batch = {p.item.resource_id for p in ready}
-        targets = self.outbox.items(references(resources[i] for i in in_batch))
+        targets = self._targets(ready)
         groups: dict[str, list[Prepared]] = {"transaction": [], "batch": [], "single": []}
         for pending in ready:
             resource_id = pending.item.resource_id
@@ -153,6 +157,17 @@ class Delivery:
         plan = self.plans[pending.item.resource_type]
         unheard = self._ehr_id(pending.item) is None and pending.item.sent_at is not None
         return unheard and (plan.mode != "single" or not plan.conditional_create)
+
+    def _targets(self, ready: Sequence[Pending]) -> dict[str, OutboxItem]:
+        """The outbox items that these resources reference and the run does not know the EHR's
+        id of: those of the batch, and the others read from the outbox."""
+        targets = {p.item.resource_id: p.item for p in ready}
+        unknown = {
+            target
+            for target in references(p.content for p in ready)
+            if target not in targets and target not in self.known
+        }
+        return {**targets, **self.outbox.items(unknown)}
 
     def _look_up(self, pending: Sequence[Pending], resources: dict[str, Json]) -> dict[str, str]:
         """Search the EHR for the identifiers of these items: one copy found becomes known (and
@@ -224,7 +239,9 @@ class Delivery:
         resource = orjson.loads(p.pending.content)
         body = p.copy.body
         patient = (body.get("subject") or body.get("patient") or {}).get("reference")
-        targets = self.outbox.items(references([resource]))
+        targets = self.outbox.items(
+            t for t in references([p.pending.content]) if t not in self.known
+        )
         prepared, _ = self._prepare(p.pending, resource, patient, in_batch, targets)
         return prepared or p
 

@@ -46,13 +46,11 @@ _REFERENCE = re.compile(rb'"reference":"[A-Za-z]+/([^"/]+)"')
 """A literal `Type/id` reference in compact JSON (FHIR ids hold no quote or slash)."""
 
 
-def references(resources: Iterable[Json]) -> set[str]:
-    """The adapter ids that these resources reference (`Type/id`), read from their compact
-    JSON in one pass rather than by walking every element."""
+def references(contents: Iterable[str]) -> set[str]:
+    """The adapter ids that these resources reference (`Type/id`), read from their stored
+    compact JSON in one pass rather than by walking every element."""
     return {
-        target.decode()
-        for resource in resources
-        for target in _REFERENCE.findall(orjson.dumps(resource))
+        target.decode() for content in contents for target in _REFERENCE.findall(content.encode())
     }
 
 

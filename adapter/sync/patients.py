@@ -9,7 +9,7 @@ from urllib.parse import urlencode
 
 from adapter.mapping.config import Site
 from adapter.store.outbox import Pending
-from adapter.store.records import RecordStore
+from adapter.store.records import Key, RecordStore
 from adapter.store.sync_state import PatientMatch, PatientMatches
 from adapter.sync.client import EhrClient
 from adapter.sync.outgoing import patient_mrn
@@ -23,6 +23,31 @@ class PatientFacts:
 
     family: str | None
     birth_date: str | None
+
+
+NO_FACTS = PatientFacts(None, None)
+
+
+class RecordFacts:
+    """The patient facts of clinic records, read from the store once per run: a record maps to
+    several resources, which come in different batches. At most `limit` are kept."""
+
+    def __init__(self, records: RecordStore, limit: int = 50_000) -> None:
+        self.records = records
+        self.limit = limit
+        self._known: dict[Key, PatientFacts] = {}
+
+    def of(self, keys: Iterable[Key]) -> dict[Key, PatientFacts]:
+        wanted = set(keys)
+        missing = {key for key in wanted if key not in self._known}
+        if len(self._known) + len(missing) > self.limit:
+            self._known.clear()
+            missing = wanted
+        parsed = self.records.parsed_current(missing)
+        for key in missing:
+            patient = parsed.get(key, {}).get("patient", {})
+            self._known[key] = PatientFacts(patient.get("family"), patient.get("birth_date"))
+        return {key: self._known[key] for key in wanted}
 
 
 class PatientResolver:
@@ -90,7 +115,7 @@ def mismatch(match: PatientMatch, facts: PatientFacts) -> str | None:
 
 def patient_references(
     resolver: PatientResolver,
-    records: RecordStore,
+    records: RecordFacts,
     site: Site,
     batch: Sequence[Pending],
     resources: dict[str, dict[str, Any]],
@@ -103,9 +128,7 @@ def patient_references(
         for p in batch
     }
     matches = resolver.resolve({m for m in mrns.values() if m}, now)
-    facts = records.parsed_current(
-        (p.source_type, p.source_id) for p in batch if mrns[p.item.resource_id]
-    )
+    facts = records.of((p.source_type, p.source_id) for p in batch if mrns[p.item.resource_id])
     found: dict[str, str | None] = {}
     held: list[tuple[Pending, dict[str, Any]]] = []
     for pending in batch:
@@ -113,10 +136,7 @@ def patient_references(
         if mrn is None:
             found[pending.item.resource_id] = None
             continue
-        patient = facts.get((pending.source_type, pending.source_id), {}).get("patient", {})
-        problem = mismatch(
-            matches[mrn], PatientFacts(patient.get("family"), patient.get("birth_date"))
-        )
+        problem = mismatch(matches[mrn], facts[(pending.source_type, pending.source_id)])
         if problem:
             held.append((pending, {"reason": problem, "patient_mrn": mrn}))
         else:

@@ -40,7 +40,7 @@ def _reconcile(sync: Sync, report: SyncReport, progress: Callable[[int], None] |
             break
         after = batch[-1].item.key
         resources = {p.item.resource_id: orjson.loads(p.content) for p in batch}
-        targets = sync.outbox.items(references(resources.values()))
+        targets = sync.outbox.items(references(p.content for p in batch))
         mrns = {patient_mrn(r, site.identifier_systems.mrn) for r in resources.values()}
         patients = sync.patient_matches.get(m for m in mrns if m)
         missing: list[str] = []

@@ -1,0 +1,87 @@
+"""Statements run on a pooled DBAPI connection: for the few hot paths (a FHIR read, the sync's
+queue) where SQLAlchemy's per-statement and per-row work costs more than the database's own.
+Values still pass through the columns' own types, so they read and write as everywhere else."""
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Column, Engine
+
+from adapter.errors import StoreUnavailable
+
+Convert = Callable[[Any], Any]
+_CONVERTERS: dict[tuple[int, str, int], Convert] = {}
+
+
+def statement(engine: Engine, sql: str) -> str:
+    """`sql` written with `?` placeholders, in the driver's own placeholder style."""
+    return sql if engine.dialect.paramstyle == "qmark" else sql.replace("?", "%s")
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def to_store(engine: Engine, column: Column[Any]) -> Convert:
+    """The column type's conversion of a Python value into what the driver is given."""
+    return _converter(engine, column, "bind")
+
+
+def from_store(engine: Engine, column: Column[Any]) -> Convert:
+    """The column type's conversion of what the driver returns into the Python value."""
+    return _converter(engine, column, "result")
+
+
+def _converter(engine: Engine, column: Column[Any], direction: str) -> Convert:
+    key = (id(engine.dialect), direction, id(column))
+    if key not in _CONVERTERS:
+        column_type = column.type.dialect_impl(engine.dialect)
+        if direction == "bind":
+            processor = column_type.bind_processor(engine.dialect)
+        else:
+            processor = column_type.result_processor(engine.dialect, None)
+        _CONVERTERS[key] = processor or _same
+    return _CONVERTERS[key]
+
+
+@contextmanager
+def cursor(engine: Engine, commit: bool = False) -> Iterator[Any]:
+    """A cursor on a pooled connection, committed at the end when asked (rolled back when
+    the block fails)."""
+    connection = engine.raw_connection()
+    try:
+        found = connection.cursor()
+        try:
+            yield found
+        finally:
+            found.close()
+        if commit:
+            connection.commit()
+    except BaseException:
+        connection.rollback()
+        raise
+    finally:
+        connection.close()
+
+
+def read_once(engine: Engine, sql: str, values: tuple[Any, ...]) -> Any:
+    """The first row of a query on an autocommit engine (None: no row). A pooled connection
+    the server dropped (a restart) is replaced once; a store that still does not answer is
+    StoreUnavailable."""
+    dropped = engine.dialect.loaded_dbapi.OperationalError
+    for attempt in (1, 2):
+        connection = engine.raw_connection()
+        try:
+            found = connection.cursor()
+            found.execute(sql, values)
+            row = found.fetchone()
+            found.close()
+            return row
+        except dropped:
+            connection.invalidate()
+            if attempt == 2:
+                raise StoreUnavailable("the store did not answer; try again") from None
+        finally:
+            connection.close()
+    return None
