@@ -1,6 +1,7 @@
 """How the sync proves itself to the EHR: nothing, a static bearer token, or SMART Backend
 Services (client_credentials with a private_key_jwt assertion, RS384 or ES384)."""
 
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -61,11 +62,14 @@ class SmartBackendAuth:
     token_url: str | None = None
     _token: str | None = field(default=None, repr=False)
     _expires_at: float = 0.0
+    _fetching: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    """The sync's sender thread and its stager share the token: one fetches it."""
 
     def header(self, session: requests.Session, timeout: float) -> str | None:
-        if self._token is None or time.time() >= self._expires_at - EARLY_REFRESH_SECONDS:
-            self._fetch(session, timeout)
-        return f"Bearer {self._token}"
+        with self._fetching:
+            if self._token is None or time.time() >= self._expires_at - EARLY_REFRESH_SECONDS:
+                self._fetch(session, timeout)
+            return f"Bearer {self._token}"
 
     def refresh(self) -> None:
         self._token = None

@@ -3,6 +3,7 @@
 
 import email.utils
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,16 +42,20 @@ class Breaker:
 
     threshold: int
     failures: int = 0
+    _counting: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    """The sync's sender thread and its stager both make requests."""
 
     @property
     def open(self) -> bool:
         return self.failures >= self.threshold
 
     def failed(self) -> None:
-        self.failures += 1
+        with self._counting:
+            self.failures += 1
 
     def succeeded(self) -> None:
-        self.failures = 0
+        with self._counting:
+            self.failures = 0
 
 
 @dataclass

@@ -57,6 +57,19 @@ class Prepared:
 
 
 @dataclass
+class Staged:
+    """A batch read and checked: the outcomes already settled (skipped, held, refused), and
+    the items ready to send with what sending them needs."""
+
+    batch: Sequence[Pending]
+    settled: list[Outcome]
+    ready: list[Pending] = field(default_factory=list)
+    resources: dict[str, Json] = field(default_factory=dict)
+    patients: dict[str, str | None] = field(default_factory=dict)
+    targets: dict[str, OutboxItem] = field(default_factory=dict)
+
+
+@dataclass
 class Delivery:
     """One run's deliveries: what it learns of the EHR's ids is kept for the rest of the run."""
 
@@ -93,45 +106,66 @@ class Delivery:
 
     def deliver(self, batch: Sequence[Pending]) -> list[Outcome]:
         """Outcomes for every item of the batch; raises only when the whole run must stop."""
+        return self.send(self.stage(batch))
+
+    def stage(self, batch: Sequence[Pending]) -> Staged:
+        """Everything about a batch that does not need the outcomes of the batch before it:
+        its plans, patients and look-ups, and the outbox items it references. A run stages
+        the next batch while the EHR works on the current one."""
         try:
-            return self._deliver(batch)
+            return self._stage(batch)
         except TemporaryEhrError as error:
             # A lookup before sending failed: the EHR is busy; the batch is tried again later.
-            return [self._temporary(p.item, error) for p in batch]
+            return Staged(batch, [self._temporary(p.item, error) for p in batch])
         except PermanentEhrError as error:
             detail = {"reason": f"a lookup before sending was refused: {error.reason}"}
-            return [self._settle(p.item, "waiting", detail) for p in batch]
+            return Staged(batch, [self._settle(p.item, "waiting", detail) for p in batch])
 
-    def _deliver(self, batch: Sequence[Pending]) -> list[Outcome]:
-        outcomes: list[Outcome] = []
+    def send(self, staged: Staged) -> list[Outcome]:
+        """The staged batch sent to the EHR, its references resolved with what the run knows
+        by now; outcomes for every item."""
+        try:
+            return staged.settled + self._send_ready(staged)
+        except TemporaryEhrError as error:
+            return staged.settled + [self._temporary(p.item, error) for p in staged.ready]
+
+    def _stage(self, batch: Sequence[Pending]) -> Staged:
+        settled: list[Outcome] = []
         resources = {p.item.resource_id: orjson.loads(p.content) for p in batch}
         deliverable = []
         for pending in batch:
             plan = self.plans.get(pending.item.resource_type)
             if plan is None or not plan.deliver:
                 reason = plan.reason if plan else "the adapter does not deliver this type"
-                outcomes.append(self._settle(pending.item, "skipped", {"reason": reason}, False))
+                settled.append(self._settle(pending.item, "skipped", {"reason": reason}, False))
             else:
                 deliverable.append(pending)
         patients, held = patient_references(
             self.patients, self.facts, self.site, deliverable, resources, self.clock()
         )
-        outcomes += [self._settle(p.item, "waiting", detail, False) for p, detail in held]
+        settled += [self._settle(p.item, "waiting", detail, False) for p, detail in held]
         ready = [p for p in deliverable if p.item.resource_id in patients]
         problems = self._look_up([p for p in ready if self._needs_look_up(p)], resources)
-        outcomes += [
+        settled += [
             self._settle(p.item, "dead", {"reason": problems[p.item.resource_id]})
             for p in ready
             if p.item.resource_id in problems
         ]
         ready = [p for p in ready if p.item.resource_id not in problems]
-        in_batch = {p.item.resource_id for p in ready}
-        targets = self._targets(ready)
+        return Staged(batch, settled, ready, resources, patients, self._targets(ready))
+
+    def _send_ready(self, staged: Staged) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        in_batch = {p.item.resource_id for p in staged.ready}
         groups: dict[str, list[Prepared]] = {"transaction": [], "batch": [], "single": []}
-        for pending in ready:
+        for pending in staged.ready:
             resource_id = pending.item.resource_id
             prepared, waits = self._prepare(
-                pending, resources[resource_id], patients[resource_id], in_batch, targets
+                pending,
+                staged.resources[resource_id],
+                staged.patients[resource_id],
+                in_batch,
+                staged.targets,
             )
             if prepared is None:
                 outcomes.append(self._settle(pending.item, "waiting", {"reason": waits}, False))

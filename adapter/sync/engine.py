@@ -7,6 +7,8 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -203,21 +205,35 @@ def _run(sync: Sync, report: SyncReport, progress: Callable[[int], None]) -> Non
     deliverable = [t for t, plan in plans.items() if plan.deliver]
     sync.outbox.requeue(sync.clock(), ["skipped"], resource_types=deliverable)
     sync.outbox.wake_waiting(sync.clock())
-    batch = sync.outbox.due(sync.clock(), None, sync.settings.sync_batch_size)
-    while batch:
-        if not sync.lease.renew(sync.clock()):
-            raise LeaseLost
-        outcomes = delivery.deliver(batch)
-        # The next batch is read before these outcomes are recorded, so that its possible
-        # creates are noted in the same transaction (one commit per batch, not two).
-        following = sync.outbox.due(sync.clock(), batch[-1].item.key, sync.settings.sync_batch_size)
-        will_send = delivery.may_create(following)
-        _settle(sync, report, outcomes, will_send)
-        delivery.marked.update(will_send)
-        progress(len(batch))
-        if sync.client.breaker.open:
-            raise EhrUnavailable("the EHR failed too many requests in a row")
-        batch = following
+    size = sync.settings.sync_batch_size
+    batch = sync.outbox.due(sync.clock(), None, size)
+    staged = delivery.stage(batch) if batch else None
+    unrecorded: list[Outcome] = []
+    # A pipeline of two: while the EHR works on one batch (in the sender thread), the next is
+    # read and staged and the outcomes of the one before are recorded. The next batch's
+    # possible creates are noted in that same commit, which lands before the batch is sent.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sync-send") as sender:
+        while staged is not None:
+            if not sync.lease.renew(sync.clock()):
+                raise LeaseLost
+            sending = sender.submit(delivery.send, staged)
+            try:
+                following = sync.outbox.due(sync.clock(), staged.batch[-1].item.key, size)
+                will_send = delivery.may_create(following)
+                _settle(sync, report, unrecorded, will_send)
+                delivery.marked.update(will_send)
+                staged = delivery.stage(following) if following else None
+            except BaseException:
+                # What the EHR answered meanwhile is kept before the run stops.
+                with suppress(Exception):
+                    _settle(sync, report, sending.result())
+                raise
+            unrecorded = sending.result()
+            progress(len(unrecorded))
+            if sync.client.breaker.open:
+                _settle(sync, report, unrecorded)
+                raise EhrUnavailable("the EHR failed too many requests in a row")
+    _settle(sync, report, unrecorded)
     for _ in range(COMPLETION_ROUNDS):
         partial = sorted(delivery.partial)
         delivery.partial.clear()
