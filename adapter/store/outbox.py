@@ -67,6 +67,11 @@ class Outcome:
     ehr_version: str | None = None
     attempted: bool = True
 
+    @property
+    def key(self) -> tuple[str, int]:
+        """The item and the version the outcome is for."""
+        return (self.resource_id, self.version_id)
+
 
 _COLUMNS = (
     outbox.c.resource_id,
@@ -100,6 +105,12 @@ _OUTCOME = (
     "UPDATE sync_outbox SET state = ?, attempts = attempts + ?, next_attempt_at = ?, "
     "detail = ?, delivered_version = ?, updated_at = ? WHERE resource_id = ? AND version_id = ?"
 )
+_DELIVERED = (
+    "UPDATE sync_outbox SET state = 'delivered', next_attempt_at = ?, detail = NULL, "
+    "delivered_version = version_id, updated_at = ?, ehr_id = ?, ehr_version = ? "
+    "WHERE resource_id = ? AND version_id = ?"
+)
+"""The common outcome in one statement: the version sent delivered, with the EHR's id."""
 
 
 def _placeholders(count: int) -> str:
@@ -227,28 +238,43 @@ class Outbox:
         with raw.cursor(self.engine, commit=True) as cursor:
             if will_send:
                 self._mark_sent(cursor, will_send, now)
-            known = [(o.ehr_id, o.ehr_version, o.resource_id) for o in outcomes if o.ehr_id]
-            if known:
-                cursor.executemany(raw.statement(self.engine, _EHR_IDS), known)
-            if not outcomes:
-                return
             updated = moment(now)
-            cursor.executemany(
-                raw.statement(self.engine, _OUTCOME),
-                [
-                    (
-                        o.state,
-                        0 if o.state == "delivered" or not o.attempted else 1,
-                        moment(o.next_attempt_at),
-                        orjson.dumps(o.detail).decode() if o.detail else None,
-                        o.version_id if o.state == "delivered" else None,
-                        updated,
-                        o.resource_id,
-                        o.version_id,
-                    )
-                    for o in outcomes
-                ],
-            )
+            plain = [o for o in outcomes if o.state == "delivered" and o.ehr_id and not o.detail]
+            others = [o for o in outcomes if not (o.state == "delivered" and o.ehr_id) or o.detail]
+            known = [o for o in others if o.ehr_id]
+            if plain:
+                cursor.executemany(
+                    raw.statement(self.engine, _DELIVERED),
+                    [
+                        (moment(o.next_attempt_at), updated, o.ehr_id, o.ehr_version, *o.key)
+                        for o in plain
+                    ],
+                )
+                if cursor.rowcount != len(plain):
+                    # A version stored meanwhile stays pending; the EHR's id is kept all the same.
+                    known += plain
+            if known:
+                cursor.executemany(
+                    raw.statement(self.engine, _EHR_IDS),
+                    [(o.ehr_id, o.ehr_version, o.resource_id) for o in known],
+                )
+            if others:
+                cursor.executemany(
+                    raw.statement(self.engine, _OUTCOME),
+                    [
+                        (
+                            o.state,
+                            0 if o.state == "delivered" or not o.attempted else 1,
+                            moment(o.next_attempt_at),
+                            orjson.dumps(o.detail).decode() if o.detail else None,
+                            o.version_id if o.state == "delivered" else None,
+                            updated,
+                            o.resource_id,
+                            o.version_id,
+                        )
+                        for o in others
+                    ],
+                )
 
     def listed(
         self, states: Sequence[str], limit: int, after: str | None = None
