@@ -77,13 +77,13 @@ def create_app(settings: Settings | None = None, background: bool = True) -> Fas
     app.state.throttle = FailureThrottle(runtime.settings.token_failures_per_minute)
     app.state.key_fetcher = KeyFetcher()
     outcome.install(app)
+    app.include_router(fhir.router)  # first: the EHR's reads are the busiest requests
     app.include_router(health.router)
     app.include_router(auth.router)
     app.include_router(records.router)
     app.include_router(mapping.router)
     app.include_router(sync.router)
     app.include_router(audit.router)
-    app.include_router(fhir.router)
 
     @app.get(
         "/openapi.json",

@@ -1,5 +1,6 @@
 """Maps pending records to stored resources; reloads the mapping files when they change."""
 
+import hashlib
 import logging
 import threading
 from collections.abc import Callable
@@ -38,6 +39,20 @@ class MappingReport:
     resources: SaveCounts = field(default_factory=SaveCounts)
 
 
+def files_stamp(folder: Path) -> str:
+    """A digest of every file under `folder`, by name and content: reading and hashing them
+    costs a small part of parsing them."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        try:
+            content = path.read_bytes() if path.is_file() else None
+        except OSError:
+            continue  # removed while listed: the next look sees the folder as it is
+        if content is not None:
+            digest.update(str(path.relative_to(folder)).encode() + b"\0" + content + b"\0")
+    return digest.hexdigest()
+
+
 class MappingService:
     """The current mapping and the loop that applies it to every pending record."""
 
@@ -47,6 +62,7 @@ class MappingService:
         self.mapper = Mapper(mappings)
         self.previous_version: str | None = None
         self._lock = threading.Lock()
+        self._stamp: str | None = None
 
     @property
     def version(self) -> str:
@@ -66,8 +82,13 @@ class MappingService:
 
     def reload(self) -> bool:
         """Load the mapping files again; True when they changed. A broken file raises, and the
-        mapping in use stays in use."""
+        mapping in use stays in use. Files just as at the last load are not parsed again (the
+        service asks every few seconds)."""
+        stamp = files_stamp(self.mappings_dir)
+        if stamp == self._stamp:
+            return False
         mappings = load_mappings(self.mappings_dir)
+        self._stamp = stamp
         if mappings.version == self.version:
             return False
         with self._lock:

@@ -4,8 +4,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, and_, func, literal, select
+from sqlalchemy import Engine, Executable, Row, and_, func, literal, select
+from sqlalchemy.exc import OperationalError
 
+from adapter.errors import StoreUnavailable
 from adapter.fhir.indexing import REFERENCE_SYSTEM
 from adapter.fhir.search import SearchRequest, keyset, sort_column
 from adapter.store import raw
@@ -33,7 +35,21 @@ class FhirReader:
     def __init__(self, engine: Engine, single_reads: Engine | None = None) -> None:
         self.engine = engine
         self.single_reads = single_reads or engine
-        """The engine of `read` (make_engine's single_reads): autocommit, no ping."""
+        """The engine of every read here (make_engine's single_reads): autocommit, no ping.
+        Each query stands alone (FHIR promises no snapshot across a search's parts), so none
+        pays for a ping, a BEGIN and a ROLLBACK: three round trips more than the query."""
+
+    def _rows(self, query: Executable) -> list[Row[Any]]:
+        """The rows of a query; a pooled connection the server dropped (a restart) is replaced
+        once, and a store that still does not answer is StoreUnavailable."""
+        for attempt in (1, 2):
+            try:
+                with self.single_reads.connect() as connection:
+                    return list(connection.execute(query))
+            except OperationalError:
+                if attempt == 2:
+                    raise StoreUnavailable("the store did not answer; try again") from None
+        raise AssertionError("unreachable")
 
     def page(self, request: SearchRequest, backwards: bool = False) -> tuple[list[Hit], bool]:
         """One page in the search's order (fetched in reverse for a previous page), and whether
@@ -47,8 +63,7 @@ class FhirReader:
             .order_by(*order)
             .limit(request.count + 1)
         )
-        with self.engine.connect() as connection:
-            rows = [Hit(*row) for row in connection.execute(query)]
+        rows = [Hit(*row) for row in self._rows(query)]
         more = len(rows) > request.count
         rows = rows[: request.count]
         if backwards:
@@ -57,8 +72,7 @@ class FhirReader:
 
     def count(self, request: SearchRequest) -> int:
         query = select(func.count()).select_from(resources).where(*request.where)
-        with self.engine.connect() as connection:
-            return int(connection.execute(query).scalar_one())
+        return int(self._rows(query)[0][0])
 
     def revincluded(
         self, resource_type: str, param: str, targets: list[str]
@@ -78,8 +92,7 @@ class FhirReader:
             .order_by(resources.c.id)
             .limit(MAX_INCLUDED + 1)
         )
-        with self.engine.connect() as connection:
-            rows = [Hit(*row) for row in connection.execute(query)]
+        rows = [Hit(*row) for row in self._rows(query)]
         return rows[:MAX_INCLUDED], len(rows) > MAX_INCLUDED
 
     def included(self, param: str, sources: list[str]) -> list[Hit]:
@@ -91,15 +104,12 @@ class FhirReader:
             tokens.c.param == param,
             tokens.c.system == REFERENCE_SYSTEM,
         )
-        with self.engine.connect() as connection:
-            targets = {row[0] for row in connection.execute(references)}
-            ids = [target.split("/", 1)[1] for target in targets if "/" in target]
-            query = select(
-                resources.c.id, resources.c.resource_type, literal(None), resources.c.content
-            ).where(resources.c.id.in_(ids[:MAX_INCLUDED]))
-            return [
-                Hit(*row) for row in connection.execute(query) if f"{row[1]}/{row[0]}" in targets
-            ]
+        targets = {row[0] for row in self._rows(references)}
+        ids = [target.split("/", 1)[1] for target in targets if "/" in target]
+        query = select(
+            resources.c.id, resources.c.resource_type, literal(None), resources.c.content
+        ).where(resources.c.id.in_(ids[:MAX_INCLUDED]))
+        return [Hit(*row) for row in self._rows(query) if f"{row[1]}/{row[0]}" in targets]
 
     def read(self, resource_type: str, resource_id: str) -> StoredResource | None:
         """The current version, by id: the hottest path of the endpoint, so it runs one
@@ -140,5 +150,4 @@ class FhirReader:
             .order_by(versions.c.last_updated.desc(), versions.c.id, versions.c.version_id.desc())
             .limit(limit)
         )
-        with self.engine.connect() as connection:
-            return [StoredResource(*row) for row in connection.execute(query)]
+        return [StoredResource(*row) for row in self._rows(query)]

@@ -6,6 +6,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
+from adapter.runtime import Runtime
 from tests.conftest import EXAMPLE_DAY, FhirValidator, grant, ndjson, vitals
 
 NDJSON = {"content-type": "application/x-ndjson"}
@@ -111,6 +112,9 @@ def test_a_withdrawn_resource_stays_readable_with_its_status(day: TestClient) ->
         "/fhir/Observation/unknown-id/_history/99999999999999999999",
         "/fhir/Observation/unknown-id/_history/\u00b2",
         "/fhir/Patient/1",
+        "/fhir/Observation/not_a_fhir_id",  # no route takes it: still an OperationOutcome
+        "/fhir/Observation/" + "a" * 65,
+        "/fhir/observation/unknown-id",
     ],
 )
 def test_unknown_is_404_operation_outcome(client: TestClient, path: str) -> None:
@@ -156,7 +160,21 @@ def test_json_formats_are_served(client: TestClient, fmt: str) -> None:
     assert client.get(f"/fhir/Observation?_format={fmt}").status_code == 200
 
 
-def test_a_read_survives_the_store_dropping_its_connections(day: TestClient) -> None:
+def _drop_the_pooled_read_connection(runtime: Runtime) -> None:
+    reads = runtime.fhir_reads.single_reads
+    pooled = reads.raw_connection()  # the connection the last read used, back in the pool after
+    cursor = pooled.cursor()
+    cursor.execute("SELECT pg_backend_pid()")
+    pid = cursor.fetchone()[0]
+    pooled.close()
+    with runtime.store.engine.connect() as connection:
+        dropped = connection.execute(
+            text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}
+        ).scalar_one()
+    assert dropped is True
+
+
+def test_reads_and_searches_survive_the_store_dropping_their_connection(day: TestClient) -> None:
     runtime = day.app.state.runtime  # type: ignore[attr-defined]
     engine = runtime.store.engine
     if engine.dialect.name != "postgresql":
@@ -164,16 +182,9 @@ def test_a_read_survives_the_store_dropping_its_connections(day: TestClient) -> 
     resource = day.get("/fhir/Observation?_count=1").json()["entry"][0]["resource"]
     assert day.get(f"/fhir/Observation/{resource['id']}").status_code == 200
 
-    reads = runtime.fhir_reads.single_reads
-    pooled = reads.raw_connection()  # the connection the read used, back in the pool after
-    cursor = pooled.cursor()
-    cursor.execute("SELECT pg_backend_pid()")
-    pid = cursor.fetchone()[0]
-    pooled.close()
-    with engine.connect() as connection:
-        dropped = connection.execute(
-            text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}
-        ).scalar_one()
-
-    assert dropped is True
+    _drop_the_pooled_read_connection(runtime)
     assert day.get(f"/fhir/Observation/{resource['id']}").status_code == 200
+    _drop_the_pooled_read_connection(runtime)
+    searched = day.get("/fhir/Observation?_count=2&_total=accurate")
+    assert searched.status_code == 200
+    assert searched.json()["total"] >= 2

@@ -3,8 +3,10 @@
 from pathlib import Path
 
 import orjson
+import pytest
 from fastapi.testclient import TestClient
 
+import adapter.mapping.service as service_module
 from adapter.runtime import Runtime
 from tests.conftest import EXAMPLE_DAY, fasting, ndjson, session, vitals
 from tests.mapping.helpers import example_day
@@ -181,3 +183,21 @@ def test_a_broken_mapping_on_reload_is_refused_and_the_old_one_kept(
     diagnostics = response.json()["issue"][0]["diagnostics"]
     assert "resources/procedure.yaml: status.completed: Input should be" in diagnostics
     assert client.get("/api/v1/mapping/status").json()["version"] == before
+
+
+def test_unchanged_mapping_files_are_not_parsed_again(
+    runtime: Runtime, settings_mappings: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parsed: list[Path] = []
+    real = service_module.load_mappings
+    monkeypatch.setattr(
+        service_module, "load_mappings", lambda folder: parsed.append(folder) or real(folder)
+    )
+    runtime.reload_mappings()
+    assert runtime.reload_mappings() is False
+    assert len(parsed) == 1  # the second look found the files as they were
+
+    procedure = settings_mappings / "resources" / "procedure.yaml"
+    procedure.write_text(procedure.read_text() + "\n# edited\n")
+    runtime.reload_mappings()
+    assert len(parsed) == 2

@@ -28,7 +28,7 @@ SAMPLE_PARAMS = {
 def _requests(app: FastAPI) -> list[tuple[str, str, list[str]]]:
     found = []
     for path, route in all_routes(app.routes):
-        concrete = re.sub(r"{(\w+)}", lambda m: SAMPLE_PARAMS[m.group(1)], path)
+        concrete = re.sub(r"{(\w+)(?::\w+)?}", lambda m: SAMPLE_PARAMS[m.group(1)], path)
         for method in sorted(route.methods or []):
             found.append((method, concrete, route_access(route)))
     return found

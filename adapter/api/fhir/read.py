@@ -48,7 +48,9 @@ def _history(request: Request, found: list[StoredResource]) -> FhirResponse:
 
 
 @router.get(
-    "/{resource_type}/_history", dependencies=[Negotiated, Searchable], summary="Type history"
+    "/{resource_type:fhir_type}/_history",
+    dependencies=[Negotiated, Searchable],
+    summary="Type history",
 )
 def type_history(
     request: Request,
@@ -63,7 +65,11 @@ def type_history(
     return _history(request, found)
 
 
-@router.get("/{resource_type}/{resource_id}", dependencies=[Negotiated, Readable], summary="read")
+@router.get(
+    "/{resource_type:fhir_type}/{resource_id:fhir_id}",
+    dependencies=[Negotiated, Readable],
+    summary="read",
+)
 async def read(
     runtime: RuntimeDep,
     resource_type: str,
@@ -82,7 +88,7 @@ async def read(
 
 
 @router.get(
-    "/{resource_type}/{resource_id}/_history",
+    "/{resource_type:fhir_type}/{resource_id:fhir_id}/_history",
     dependencies=[Negotiated, Readable],
     summary="Instance history",
 )
@@ -97,7 +103,7 @@ def instance_history(
 
 
 @router.get(
-    "/{resource_type}/{resource_id}/_history/{version_id}",
+    "/{resource_type:fhir_type}/{resource_id:fhir_id}/_history/{version_id}",
     dependencies=[Negotiated, Readable],
     summary="vread",
 )
@@ -119,13 +125,13 @@ def vread(
 
 
 @router.api_route(
-    "/{resource_type}",
+    "/{resource_type:fhir_type}",
     methods=["POST", "PUT", "PATCH", "DELETE"],
     include_in_schema=False,
     dependencies=[Depends(fhir_write)],
 )
 @router.api_route(
-    "/{resource_type}/{resource_id}",
+    "/{resource_type:fhir_type}/{resource_id:fhir_id}",
     methods=["POST", "PUT", "PATCH", "DELETE"],
     include_in_schema=False,
     dependencies=[Depends(fhir_write)],

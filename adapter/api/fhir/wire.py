@@ -9,6 +9,7 @@ from urllib.parse import urlencode
 import orjson
 from fastapi import Depends, Query, Request
 from fastapi.responses import Response
+from starlette.convertors import Convertor, register_url_convertor
 
 from adapter.api.deps import public_base
 from adapter.errors import NotAcceptable, NotFound
@@ -17,6 +18,29 @@ from adapter.fhir.search_params import SEARCH_PARAMS
 FHIR_JSON = "application/fhir+json"
 _JSON_FORMATS = {"json", "application/json", "application/fhir+json"}
 _XML_WORDS = ("xml",)
+
+
+class _Segment(Convertor[str]):
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+class _ResourceType(_Segment):
+    regex = "[A-Z][A-Za-z]{0,63}"
+
+
+class _Id(_Segment):
+    regex = "[A-Za-z0-9.-]{1,64}"
+
+
+register_url_convertor("fhir_type", _ResourceType())
+register_url_convertor("fhir_id", _Id())
+"""Path segments shaped as a resource type and as a FHIR id (R4 datatypes, `id`:
+[A-Za-z0-9\\-\\.]{1,64}). Routes that take them are routed first: a read is matched without
+walking the other routes, and never takes `_history`, `_search`, `$export` or `.well-known`."""
 
 
 class FhirResponse(Response):
