@@ -24,6 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
+from adapter.store import raw
 from adapter.store.tables import UtcDateTime
 from adapter.store.tables import source_record_revisions as revisions
 from adapter.store.tables import source_records as records
@@ -57,6 +58,11 @@ _CURRENT_REVISION = and_(
     revisions.c.revision == records.c.revision,
 )
 """Joins a record to its current revision."""
+_PARSED_CURRENT = (
+    "SELECT r.record_type, r.source_id, v.parsed FROM source_records r "
+    "JOIN source_record_revisions v ON v.record_type = r.record_type AND v.source_id = r.source_id "
+    "AND v.revision = r.revision WHERE r.source_id IN ({})"
+)
 
 
 class WriteConflict(Exception):
@@ -291,21 +297,21 @@ class RecordStore:
         return StoredRecord(**row._mapping) if row else None
 
     def parsed_current(self, keys: Iterable[Key]) -> dict[Key, dict[str, Any]]:
-        """The parsed current revision of each record named (record_type, source_id)."""
+        """The parsed current revision of each record named (record_type, source_id): read for
+        every batch the sync sends, so as one DBAPI statement per 500."""
         wanted = sorted(set(keys))
         found: dict[Key, dict[str, Any]] = {}
-        with self.engine.connect() as connection:
+        with raw.cursor(self.engine) as cursor:
             for start in range(0, len(wanted), 500):
                 chunk = set(wanted[start : start + 500])
-                query = (
-                    select(records.c.record_type, records.c.source_id, revisions.c.parsed)
-                    .join(revisions, _CURRENT_REVISION)
-                    .where(records.c.source_id.in_([source_id for _, source_id in chunk]))
+                ids = sorted({source_id for _, source_id in chunk})
+                cursor.execute(
+                    raw.statement(self.engine, _PARSED_CURRENT.format(", ".join("?" * len(ids)))),
+                    ids,
                 )
-                for row in connection.execute(query):
-                    key = (row.record_type, row.source_id)
-                    if key in chunk:
-                        found[key] = orjson.loads(row.parsed)
+                for record_type, source_id, parsed in cursor.fetchall():
+                    if (record_type, source_id) in chunk:
+                        found[(record_type, source_id)] = orjson.loads(parsed)
         return found
 
     def revision_history(self, record_type: str, source_id: str) -> list[StoredRevision]:
