@@ -2,11 +2,14 @@
 
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 
 from adapter.runtime import Runtime
+from adapter.settings import Settings
+from adapter.store.outbox import Outbox
 from adapter.sync.engine import Sync, sync_once
 from tests.conftest import EXAMPLE_DAY
 from tests.sync.sandbox import SandboxEhr
@@ -146,3 +149,41 @@ def test_resources_never_sent_are_created_without_searching_first(
     assert ehr.stats().get("searches", 0) == before
     sent = [i for i in runtime.outbox.listed(("delivered",), 100) if i.sent_at is not None]
     assert len(sent) == 78
+
+
+def test_every_create_is_noted_in_the_outbox_before_its_bundle_leaves(
+    runtime: Runtime, settings: Settings, ehr: SandboxEhr
+) -> None:
+    """The run stages the next batch while the EHR works on one; whatever the overlap, a
+    create is committed as sent (what a restarted run searches for) before it is sent."""
+    load_example_day(runtime)
+    sync = Sync(
+        settings.model_copy(update={"sync_batch_size": 7}),
+        runtime.store.engine,
+        runtime.store,
+        lambda: runtime.mapping.mapper.mappings.site,
+        sleep=lambda _: None,
+    )
+    unmarked: list[str] = []
+    bundles: list[int] = []
+    send = sync.client.request
+
+    def checked(method: str, path: str, **options: Any) -> Any:
+        body = options.get("body") or {}
+        if body.get("resourceType") == "Bundle":
+            creates = [
+                e["fullUrl"].removeprefix("urn:uuid:")
+                for e in body["entry"]
+                if e["request"]["method"] == "POST"
+            ]
+            noted = Outbox(runtime.store.engine).items(creates)  # another connection: committed
+            unmarked.extend(c for c in creates if noted[c].sent_at is None)
+            bundles.append(len(creates))
+        return send(method, path, **options)
+
+    sync.client.request = checked  # type: ignore[method-assign]
+    report = sync_once(sync, trigger="test")
+
+    assert report.status == "completed", report.error
+    assert len(bundles) >= 10 and sum(bundles) == 78
+    assert unmarked == []
