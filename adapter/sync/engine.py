@@ -215,16 +215,20 @@ def _run(sync: Sync, report: SyncReport, progress: Callable[[int], None]) -> Non
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sync-send") as sender:
         while staged is not None:
             if not sync.lease.renew(sync.clock()):
+                _settle(sync, report, unrecorded)  # what this run did is kept all the same
                 raise LeaseLost
             sending = sender.submit(delivery.send, staged)
             try:
                 following = sync.outbox.due(sync.clock(), staged.batch[-1].item.key, size)
                 will_send = delivery.may_create(following)
                 _settle(sync, report, unrecorded, will_send)
+                unrecorded = []
                 delivery.marked.update(will_send)
                 staged = delivery.stage(following) if following else None
             except BaseException:
-                # What the EHR answered meanwhile is kept before the run stops.
+                # What the EHR answered is kept before the run stops.
+                with suppress(Exception):
+                    _settle(sync, report, unrecorded)
                 with suppress(Exception):
                     _settle(sync, report, sending.result())
                 raise

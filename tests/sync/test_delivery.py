@@ -9,7 +9,8 @@ import pytest
 
 from adapter.runtime import Runtime
 from adapter.settings import Settings
-from adapter.store.outbox import Outbox
+from adapter.store.outbox import STATES, Outbox
+from adapter.sync.delivery import Delivery
 from adapter.sync.engine import Sync, sync_once
 from tests.conftest import EXAMPLE_DAY
 from tests.sync.sandbox import SandboxEhr
@@ -187,3 +188,34 @@ def test_every_create_is_noted_in_the_outbox_before_its_bundle_leaves(
     assert report.status == "completed", report.error
     assert len(bundles) >= 10 and sum(bundles) == 78
     assert unmarked == []
+
+
+def test_a_run_that_fails_while_staging_keeps_what_the_ehr_answered(
+    runtime: Runtime, settings: Settings, ehr: SandboxEhr, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure in the run's own thread while a batch is at the EHR: the run stops, and every
+    resource the EHR stored is recorded with its EHR id (none left to be searched for)."""
+    load_example_day(runtime)
+    sync = Sync(
+        settings.model_copy(update={"sync_batch_size": 7}),
+        runtime.store.engine,
+        runtime.store,
+        lambda: runtime.mapping.mapper.mappings.site,
+        sleep=lambda _: None,
+    )
+    staged = Delivery.stage
+    calls: list[int] = []
+
+    def failing(self: Delivery, batch: Any) -> Any:
+        calls.append(len(batch))
+        if len(calls) == 4:
+            raise RuntimeError("the store went away")
+        return staged(self, batch)
+
+    monkeypatch.setattr(Delivery, "stage", failing)
+    report = sync_once(sync, trigger="test")
+
+    assert report.status == "failed"
+    in_ehr = sum(len(ehr.all(t)) for t in stored_counts(runtime))
+    known = [i for i in runtime.outbox.listed(STATES, 100) if i.ehr_id is not None]
+    assert in_ehr == len(known) == 21  # three batches of 7 sent, each recorded
