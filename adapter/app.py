@@ -8,6 +8,7 @@ from fastapi import Depends, FastAPI
 
 from adapter import __version__
 from adapter.api import audit, auth, fhir, health, mapping, outcome, records, sync
+from adapter.api.fhir.wire import document_format
 from adapter.api.responses import JsonResponse
 from adapter.logs import quiet_url_loggers
 from adapter.runtime import Runtime, open_runtime
@@ -92,6 +93,7 @@ def create_app(settings: Settings | None = None, background: bool = True) -> Fas
     )
     def openapi() -> JsonResponse:
         schema: dict[str, Any] = app.openapi()
+        document_format(app.routes, schema)
         return JsonResponse(schema)
 
     check_routes(app)

@@ -107,9 +107,11 @@ fhir_caller.access = "token"  # type: ignore[attr-defined]
 def fhir_scope(letter: str) -> Callable[..., Awaitable[Caller]]:
     """A dependency: a token whose scopes allow `letter` on the path's resource type."""
 
-    async def dependency(request: Request, resource_type: str) -> Caller:
+    async def dependency(request: Request) -> Caller:
+        # The type is read from the path here, not declared: FastAPI resolves each declared
+        # parameter on every request, and this runs on every read.
         caller = token_caller(request)
-        caller.require(resource_type, letter)
+        caller.require(request.path_params["resource_type"], letter)
         return caller
 
     dependency.access = f"scope:{letter}"  # type: ignore[attr-defined]

@@ -188,3 +188,16 @@ def test_reads_and_searches_survive_the_store_dropping_their_connection(day: Tes
     searched = day.get("/fhir/Observation?_count=2&_total=accurate")
     assert searched.status_code == 200
     assert searched.json()["total"] >= 2
+
+
+def test_the_openapi_states_the_parameters_read_from_the_request(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+
+    def names(path: str, method: str = "get") -> set[str]:
+        return {p["name"] for p in paths[path][method].get("parameters", [])}
+
+    assert {"_format", "If-None-Match"} <= names("/fhir/{resource_type}/{resource_id}")
+    assert "_format" in names("/fhir/{resource_type}")
+    assert "_format" in names("/fhir/{resource_type}/_search", "post")
+    assert "_format" in names("/fhir/metadata")
+    assert "_format" not in names("/fhir/$export")

@@ -1,19 +1,21 @@
 """How FHIR leaves the endpoint: application/fhir+json, stored bytes, Bundles, negotiation."""
 
+import re
 from collections.abc import Iterable
 from datetime import datetime
 from email.utils import format_datetime
-from typing import Annotated, Any
+from typing import Any
 from urllib.parse import urlencode
 
 import orjson
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Request
 from fastapi.responses import Response
 from starlette.convertors import Convertor, register_url_convertor
 
 from adapter.api.deps import public_base
 from adapter.errors import NotAcceptable, NotFound
 from adapter.fhir.search_params import SEARCH_PARAMS
+from adapter.security.access import all_routes
 
 FHIR_JSON = "application/fhir+json"
 _JSON_FORMATS = {"json", "application/json", "application/fhir+json"}
@@ -54,10 +56,11 @@ class FhirResponse(Response):
         return orjson.dumps(content)
 
 
-async def negotiate(
-    request: Request, format_: Annotated[str | None, Query(alias="_format")] = None
-) -> None:
-    """JSON only: an XML `_format` or an Accept that takes no JSON is answered 406."""
+async def negotiate(request: Request) -> None:
+    """JSON only: an XML `_format` or an Accept that takes no JSON is answered 406. `_format`
+    is read from the query here rather than declared (FastAPI resolves each declared parameter
+    on every request, reads included); `document_format` puts it in the OpenAPI."""
+    format_ = request.query_params.get("_format")
     # A `+` left unencoded in a query string arrives as a space (application/fhir json).
     if format_ is not None and format_.split(";")[0].strip().replace(" ", "+") not in _JSON_FORMATS:
         raise NotAcceptable(f"_format {format_!r} is not served; this server speaks {FHIR_JSON}")
@@ -71,6 +74,25 @@ async def negotiate(
 
 
 Negotiated = Depends(negotiate)
+FORMAT_PARAMETER = {
+    "name": "_format",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "string"},
+    "description": "json, application/json or application/fhir+json; XML is answered 406",
+}
+
+
+def document_format(routes: Iterable[Any], schema: dict[str, Any]) -> None:
+    """Add `_format` to the OpenAPI operations of the routes that negotiate."""
+    for path, route in all_routes(routes):
+        if not any(d.call is negotiate for d in route.dependant.dependencies):
+            continue
+        operations = schema["paths"].get(re.sub(r"{(\w+):\w+}", r"{\1}", path), {})
+        for method in route.methods or ():
+            parameters = operations.get(method.lower(), {}).setdefault("parameters", [])
+            if FORMAT_PARAMETER not in parameters:
+                parameters.append(FORMAT_PARAMETER)
 
 
 def fhir_base(request: Request) -> str:
