@@ -24,6 +24,17 @@ def load_example_day(runtime: Runtime) -> None:
     runtime.mapping.run()
 
 
+def in_batches_of(size: int, runtime: Runtime, settings: Settings) -> Sync:
+    """A sync of the example day in small batches: several batches overlap in the pipeline."""
+    return Sync(
+        settings.model_copy(update={"sync_batch_size": size}),
+        runtime.store.engine,
+        runtime.store,
+        lambda: runtime.mapping.mapper.mappings.site,
+        sleep=lambda _: None,
+    )
+
+
 def stored_counts(runtime: Runtime) -> Counter[str]:
     return Counter(r.resource_type for r in runtime.resources.all_current())
 
@@ -158,13 +169,7 @@ def test_every_create_is_noted_in_the_outbox_before_its_bundle_leaves(
     """The run stages the next batch while the EHR works on one; whatever the overlap, a
     create is committed as sent (what a restarted run searches for) before it is sent."""
     load_example_day(runtime)
-    sync = Sync(
-        settings.model_copy(update={"sync_batch_size": 7}),
-        runtime.store.engine,
-        runtime.store,
-        lambda: runtime.mapping.mapper.mappings.site,
-        sleep=lambda _: None,
-    )
+    sync = in_batches_of(7, runtime, settings)
     unmarked: list[str] = []
     bundles: list[int] = []
     send = sync.client.request
@@ -196,13 +201,7 @@ def test_a_run_that_fails_while_staging_keeps_what_the_ehr_answered(
     """A failure in the run's own thread while a batch is at the EHR: the run stops, and every
     resource the EHR stored is recorded with its EHR id (none left to be searched for)."""
     load_example_day(runtime)
-    sync = Sync(
-        settings.model_copy(update={"sync_batch_size": 7}),
-        runtime.store.engine,
-        runtime.store,
-        lambda: runtime.mapping.mapper.mappings.site,
-        sleep=lambda _: None,
-    )
+    sync = in_batches_of(7, runtime, settings)
     staged = Delivery.stage
     calls: list[int] = []
 
