@@ -41,7 +41,7 @@ class Runtime:
     def close(self) -> None:
         """Close the store's connections (the engine of single reads too)."""
         self.store.engine.dispose()
-        self.fhir_reads.single_reads.dispose()
+        self.fhir_reads.engine.dispose()
 
     def reload_mappings(self) -> bool:
         """Apply changed mapping files to intake and mapping; a broken file raises and changes
@@ -90,5 +90,5 @@ def open_runtime(settings: Settings) -> Runtime:
         sync=sync,
         clients=Clients(engine),
         audit=AuditLog(engine),
-        fhir_reads=FhirReader(engine, make_engine(settings.database_url, single_reads=True)),
+        fhir_reads=FhirReader(make_engine(settings.database_url, single_reads=True)),
     )

@@ -129,6 +129,11 @@ AUDIT_EVENT_TYPE = "http://terminology.hl7.org/CodeSystem/audit-event-type"
 RESTFUL_INTERACTION = "http://hl7.org/fhir/restful-interaction"
 DICOM = "http://dicom.nema.org/resources/ontology/DCM"
 DICOM_ROLES = {"110152": "Destination Role ID", "110153": "Source Role ID"}
+AUDIT_ENTITY_TYPE = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
+OBJECT_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"
+QUERY_ROLE = "24"
+"""object-role `Query`: the entity of a BALP Query event that carries the query."""
+SECURITY_SOURCE_TYPE = "http://terminology.hl7.org/CodeSystem/security-source-type"
 BALP_PROFILES: dict[str, dict[str, Any]] = {
     BALP + "Read": {
         "subtypes": frozenset({"read", "vread", "history-instance"}),

@@ -311,6 +311,9 @@ def _balp_checks(event: dict[str, Any], shape: dict[str, Any]) -> Iterator[str]:
     if "source" not in event:
         yield "source: required"
     if shape.get("query") and not any(
-        e.get("role", {}).get("code") == "24" and e.get("query") for e in event.get("entity", [])
+        (e.get("role", {}).get("system"), e.get("role", {}).get("code"))
+        == (rules.OBJECT_ROLE, rules.QUERY_ROLE)
+        and e.get("query")
+        for e in event.get("entity", [])
     ):
         yield "entity: BALP Query needs the query entity (role 24) with the query"

@@ -118,11 +118,11 @@ def fhir_scope(letter: str) -> Callable[..., Awaitable[Caller]]:
     return dependency
 
 
-async def fhir_write(request: Request, resource_type: str) -> Caller:
+async def fhir_write(request: Request) -> Caller:
     """A dependency of the write routes: a token with the write scope (the route then says
-    that this endpoint takes no writes)."""
+    that this endpoint takes no writes). The type is read from the path, as in `fhir_scope`."""
     caller = token_caller(request)
-    caller.require(resource_type, WRITE_LETTERS.get(request.method, "c"))
+    caller.require(request.path_params["resource_type"], WRITE_LETTERS.get(request.method, "c"))
     return caller
 
 

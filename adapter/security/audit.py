@@ -6,7 +6,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -193,7 +193,3 @@ class AuditWriter:
 
 
 _TICK = "tick"
-
-
-def now_utc() -> datetime:
-    return datetime.now(UTC)

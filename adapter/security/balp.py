@@ -10,11 +10,11 @@ from typing import Any
 from adapter.fhir import rules
 from adapter.security.audit import AuditEntry
 
-ENTITY_TYPE = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
-OBJECT_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"
-SOURCE_TYPE = "http://terminology.hl7.org/CodeSystem/security-source-type"
 CLIENT_SYSTEM = "urn:infusion-adapter:client"
 """The identifier system of the adapter's registered clients (their client ids)."""
+
+SYSTEM_OBJECT = {"system": rules.AUDIT_ENTITY_TYPE, "code": "2", "display": "System Object"}
+"""The entity type of every entity the adapter records: resources, records, jobs, queries."""
 
 PROFILED = {
     "read": ("Read", "read"),
@@ -70,16 +70,16 @@ def audit_event(entry: AuditEntry, server: str) -> dict[str, Any]:
                     if entry.resource_type and "/" in reference
                     else {"display": reference}
                 ),
-                "type": {"system": ENTITY_TYPE, "code": "2", "display": "System Object"},
-                "role": {"system": OBJECT_ROLE, "code": "4", "display": "Domain Resource"},
+                "type": SYSTEM_OBJECT,
+                "role": {"system": rules.OBJECT_ROLE, "code": "4", "display": "Domain Resource"},
             }
         )
     if entry.query or profile == "Query":
         raw = f"{entry.method} {entry.path}" + (f"?{entry.query}" if entry.query else "")
         entities.append(
             {
-                "type": {"system": ENTITY_TYPE, "code": "2", "display": "System Object"},
-                "role": {"system": OBJECT_ROLE, "code": "24", "display": "Query"},
+                "type": SYSTEM_OBJECT,
+                "role": {"system": rules.OBJECT_ROLE, "code": rules.QUERY_ROLE, "display": "Query"},
                 "query": base64.b64encode(raw.encode()).decode(),
             }
         )
@@ -94,7 +94,9 @@ def audit_event(entry: AuditEntry, server: str) -> dict[str, Any]:
         "agent": [client, adapter],
         "source": {
             "observer": {"display": "infusion clinic EHR adapter"},
-            "type": [{"system": SOURCE_TYPE, "code": "4", "display": "Application Server"}],
+            "type": [
+                {"system": rules.SECURITY_SOURCE_TYPE, "code": "4", "display": "Application Server"}
+            ],
         },
     }
     if outcome != "0":

@@ -24,10 +24,6 @@ def _runtime() -> Runtime:
     return open_runtime_or_exit(settings_or_exit())
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 def _describe(client: Client) -> str:
     access = f"role {client.role}" if client.kind == "key" else f"scopes {client.scopes}"
     state = f"revoked {client.revoked_at:%Y-%m-%d %H:%M}Z" if client.revoked_at else "active"
@@ -45,7 +41,7 @@ def clients() -> None:
 @click.option("--role", type=click.Choice(ROLES), required=True)
 def add_key(name: str, role: str) -> None:
     """An API key for the intake API (role intake) or the whole API (role admin)."""
-    client, key = _runtime().clients.add_key_client(name, role, _now())
+    client, key = _runtime().clients.add_key_client(name, role, datetime.now(UTC))
     click.echo(f"client {client.id} ({role})")
     click.echo(f"API key (shown once, store it now): {key}")
 
@@ -59,7 +55,9 @@ def add_smart(name: str, scopes: str, jwks_file: Path | None, jwks_url: str | No
     """A SMART Backend Services client of the FHIR endpoint (its public keys and scopes)."""
     try:
         jwks = orjson.loads(jwks_file.read_bytes()) if jwks_file else None
-        client = _runtime().clients.add_smart_client(name, scopes, _now(), jwks, jwks_url)
+        client = _runtime().clients.add_smart_client(
+            name, scopes, datetime.now(UTC), jwks, jwks_url
+        )
     except (ValueError, ScopeError, orjson.JSONDecodeError) as exc:
         click.echo(f"refused: {exc}", err=True)
         sys.exit(2)
@@ -77,7 +75,7 @@ def list_clients() -> None:
 @click.argument("client_id")
 def revoke(client_id: str) -> None:
     """Revoke a client: its key and its tokens stop working (within seconds)."""
-    if not _runtime().clients.revoke(client_id, _now()):
+    if not _runtime().clients.revoke(client_id, datetime.now(UTC)):
         click.echo(f"no active client {client_id}", err=True)
         sys.exit(1)
     click.echo(f"client {client_id} revoked")
@@ -94,9 +92,9 @@ def dev(folder: Path) -> None:
         click.echo("refused: ADAPTER_ENV=production takes no development credentials", err=True)
         sys.exit(2)
     for old in runtime.clients.development_clients():
-        runtime.clients.revoke(old.id, _now())
+        runtime.clients.revoke(old.id, datetime.now(UTC))
     key_client, key = runtime.clients.add_key_client(
-        "development admin", "admin", _now(), development=True
+        "development admin", "admin", datetime.now(UTC), development=True
     )
     private = ECKey.generate_key("P-384", parameters={"kid": "dev-1", "alg": "ES384"})
     folder.mkdir(parents=True, exist_ok=True)
@@ -106,7 +104,7 @@ def dev(folder: Path) -> None:
     smart = runtime.clients.add_smart_client(
         "development FHIR client",
         DEV_SCOPES,
-        _now(),
+        datetime.now(UTC),
         jwks={"keys": [private.as_dict(private=False)]},
         development=True,
     )

@@ -2,6 +2,7 @@
 audit entry for every request once its answer is sent."""
 
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -15,7 +16,6 @@ from adapter.security.audit import (
     UNAUDITED,
     AuditEntry,
     AuditWriter,
-    now_utc,
 )
 
 _STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"')
@@ -136,7 +136,7 @@ class Guard:
         client = scope.get("client")
         self.writer.record(
             AuditEntry(
-                recorded_at=now_utc(),
+                recorded_at=datetime.now(UTC),
                 client_id=caller.client.id if caller is not None else None,
                 interaction=INTERACTIONS.get(name or "", f"admin:{name}" if name else "unrouted"),
                 method=scope.get("method", ""),

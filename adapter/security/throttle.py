@@ -22,9 +22,12 @@ class FailureThrottle:
         self.lock = threading.Lock()
 
     def _recent(self, key: str, now: float) -> deque[float]:
-        found = self.failures.setdefault(key, deque())
+        """The key's failures within the window (an empty one is not kept)."""
+        found = self.failures.get(key, deque())
         while found and found[0] <= now - WINDOW_SECONDS:
             found.popleft()
+        if not found:
+            self.failures.pop(key, None)
         return found
 
     def check(self, *keys: str) -> None:
@@ -46,4 +49,6 @@ class FailureThrottle:
             if len(self.failures) > 100_000:
                 self.failures.clear()
             for key in keys:
-                self._recent(key, now).append(now)
+                recent = self._recent(key, now)
+                recent.append(now)
+                self.failures[key] = recent

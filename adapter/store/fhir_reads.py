@@ -32,11 +32,10 @@ class Hit:
 
 
 class FhirReader:
-    def __init__(self, engine: Engine, single_reads: Engine | None = None) -> None:
+    def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.single_reads = single_reads or engine
-        """The engine of every read here (make_engine's single_reads): autocommit, no ping.
-        Each query stands alone (FHIR promises no snapshot across a search's parts), so none
+        """An engine of single reads (make_engine's `single_reads`): autocommit, no ping. Each
+        query here stands alone (FHIR promises no snapshot across a search's parts), so none
         pays for a ping, a BEGIN and a ROLLBACK: three round trips more than the query."""
 
     def _rows(self, query: Executable) -> list[Row[Any]]:
@@ -44,7 +43,7 @@ class FhirReader:
         once, and a store that still does not answer is StoreUnavailable."""
         for attempt in (1, 2):
             try:
-                with self.single_reads.connect() as connection:
+                with self.engine.connect() as connection:
                     return list(connection.execute(query))
             except OperationalError:
                 if attempt == 2:
@@ -115,7 +114,7 @@ class FhirReader:
         """The current version, by id: the hottest path of the endpoint, so it runs one
         prepared statement on a pooled DBAPI connection, without the ORM layers (about a tenth
         of the time of a Core select on SQLite)."""
-        engine = self.single_reads
+        engine = self.engine
         row = raw.read_once(engine, raw.statement(engine, _READ), (resource_type, resource_id))
         if row is None:
             return None

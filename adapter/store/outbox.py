@@ -10,6 +10,7 @@ from sqlalchemy import Connection, Engine, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from adapter.store import raw
+from adapter.store.tables import UtcDateTime
 from adapter.store.tables import sync_outbox as outbox
 
 DELIVERY_RANK = {"Procedure": 0, "MedicationAdministration": 1, "AdverseEvent": 2, "Observation": 3}
@@ -90,8 +91,9 @@ _COLUMNS = (
 )
 
 
-_MOMENTS = (6, 11, 12)
-"""Positions of the timestamps among _COLUMNS."""
+_MOMENTS = tuple(i for i, column in enumerate(_COLUMNS) if isinstance(column.type, UtcDateTime))
+"""Positions of the timestamps among _COLUMNS, converted by their column type."""
+_DETAIL = next(i for i, column in enumerate(_COLUMNS) if column is outbox.c.detail)
 _SELECTED = ", ".join(f"o.{column.name}" for column in _COLUMNS)
 _QUEUE = (
     f"SELECT {_SELECTED}, r.content, r.source_type, r.source_id "
@@ -111,10 +113,6 @@ _DELIVERED = (
     "WHERE resource_id = ? AND version_id = ?"
 )
 """The common outcome in one statement: the version sent delivered, with the EHR's id."""
-
-
-def _placeholders(count: int) -> str:
-    return ", ".join("?" * count)
 
 
 def enqueue(
@@ -172,10 +170,10 @@ class Outbox:
         """The next due items in delivery order, after the key `after` (of those named, when
         `ids` is given), with their content. One of the sync's hot paths: a DBAPI statement."""
         moment = raw.to_store(self.engine, outbox.c.next_attempt_at)(now)
-        where = f"o.state IN ({_placeholders(len(DUE_STATES))}) AND o.next_attempt_at <= ?"
+        where = f"o.state IN ({raw.placeholders(len(DUE_STATES))}) AND o.next_attempt_at <= ?"
         values: list[Any] = [*DUE_STATES, moment]
         if ids is not None:
-            where += f" AND o.resource_id IN ({_placeholders(len(ids))})"
+            where += f" AND o.resource_id IN ({raw.placeholders(len(ids))})"
             values += ids
         return self._with_content(where, values, after, limit)
 
@@ -198,7 +196,7 @@ class Outbox:
         values = list(row)
         for at in _MOMENTS:
             values[at] = raw.from_store(self.engine, _COLUMNS[at])(values[at])
-        values[7] = orjson.loads(values[7]) if values[7] else None
+        values[_DETAIL] = orjson.loads(values[_DETAIL]) if values[_DETAIL] else None
         return OutboxItem(*values)
 
     def items(self, ids: Iterable[str]) -> dict[str, OutboxItem]:
@@ -208,7 +206,7 @@ class Outbox:
             for start in range(0, len(wanted), 500):
                 chunk = wanted[start : start + 500]
                 sql = f"SELECT {_SELECTED} FROM sync_outbox o "
-                sql += f"WHERE o.resource_id IN ({_placeholders(len(chunk))})"
+                sql += f"WHERE o.resource_id IN ({raw.placeholders(len(chunk))})"
                 cursor.execute(raw.statement(self.engine, sql), chunk)
                 for row in cursor.fetchall():
                     found[row[0]] = self._item(row)
@@ -239,8 +237,11 @@ class Outbox:
             if will_send:
                 self._mark_sent(cursor, will_send, now)
             updated = moment(now)
-            plain = [o for o in outcomes if o.state == "delivered" and o.ehr_id and not o.detail]
-            others = [o for o in outcomes if not (o.state == "delivered" and o.ehr_id) or o.detail]
+            plain: list[Outcome] = []
+            others: list[Outcome] = []
+            for o in outcomes:
+                delivered = o.state == "delivered" and o.ehr_id and not o.detail
+                (plain if delivered else others).append(o)
             known = [o for o in others if o.ehr_id]
             if plain:
                 cursor.executemany(
@@ -280,7 +281,7 @@ class Outbox:
         self, states: Sequence[str], limit: int, after: str | None = None
     ) -> list[OutboxItem]:
         sql = f"SELECT {_SELECTED} FROM sync_outbox o "
-        sql += f"WHERE o.state IN ({_placeholders(len(states))})"
+        sql += f"WHERE o.state IN ({raw.placeholders(len(states))})"
         sql += " AND o.resource_id > ?" if after is not None else ""
         sql += " ORDER BY o.resource_id LIMIT ?"
         values = [*states, *([after] if after is not None else []), limit]

@@ -19,6 +19,11 @@ def statement(engine: Engine, sql: str) -> str:
     return sql if engine.dialect.paramstyle == "qmark" else sql.replace("?", "%s")
 
 
+def placeholders(count: int) -> str:
+    """`?, ?, ...` for an IN list of `count` values (then `statement` for the driver)."""
+    return ", ".join("?" * count)
+
+
 def _same(value: Any) -> Any:
     return value
 

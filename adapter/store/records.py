@@ -306,7 +306,7 @@ class RecordStore:
                 chunk = set(wanted[start : start + 500])
                 ids = sorted({source_id for _, source_id in chunk})
                 cursor.execute(
-                    raw.statement(self.engine, _PARSED_CURRENT.format(", ".join("?" * len(ids)))),
+                    raw.statement(self.engine, _PARSED_CURRENT.format(raw.placeholders(len(ids)))),
                     ids,
                 )
                 for record_type, source_id, parsed in cursor.fetchall():

@@ -25,9 +25,6 @@ class PatientFacts:
     birth_date: str | None
 
 
-NO_FACTS = PatientFacts(None, None)
-
-
 class RecordFacts:
     """The patient facts of clinic records, read from the store once per run: a record maps to
     several resources, which come in different batches. At most `limit` are kept."""
@@ -115,7 +112,7 @@ def mismatch(match: PatientMatch, facts: PatientFacts) -> str | None:
 
 def patient_references(
     resolver: PatientResolver,
-    records: RecordFacts,
+    facts: RecordFacts,
     site: Site,
     batch: Sequence[Pending],
     resources: dict[str, dict[str, Any]],
@@ -128,7 +125,7 @@ def patient_references(
         for p in batch
     }
     matches = resolver.resolve({m for m in mrns.values() if m}, now)
-    facts = records.of((p.source_type, p.source_id) for p in batch if mrns[p.item.resource_id])
+    recorded = facts.of((p.source_type, p.source_id) for p in batch if mrns[p.item.resource_id])
     found: dict[str, str | None] = {}
     held: list[tuple[Pending, dict[str, Any]]] = []
     for pending in batch:
@@ -136,7 +133,7 @@ def patient_references(
         if mrn is None:
             found[pending.item.resource_id] = None
             continue
-        problem = mismatch(matches[mrn], facts[(pending.source_type, pending.source_id)])
+        problem = mismatch(matches[mrn], recorded[(pending.source_type, pending.source_id)])
         if problem:
             held.append((pending, {"reason": problem, "patient_mrn": mrn}))
         else:

@@ -161,7 +161,7 @@ def test_json_formats_are_served(client: TestClient, fmt: str) -> None:
 
 
 def _drop_the_pooled_read_connection(runtime: Runtime) -> None:
-    reads = runtime.fhir_reads.single_reads
+    reads = runtime.fhir_reads.engine
     pooled = reads.raw_connection()  # the connection the last read used, back in the pool after
     cursor = pooled.cursor()
     cursor.execute("SELECT pg_backend_pid()")
