@@ -77,16 +77,7 @@ def type_history(
     "/{resource_type:fhir_type}/{resource_id:fhir_id}",
     dependencies=[Negotiated, Readable],
     summary="read",
-    openapi_extra={
-        "parameters": [
-            {
-                "name": "If-None-Match",
-                "in": "header",
-                "required": False,
-                "schema": {"type": "string"},
-            }
-        ]
-    },
+    openapi_extra={"parameters": [IF_NONE_MATCH]},
 )
 async def read(request: Request, resource_type: str, resource_id: str) -> Response:
     """The busiest route: on the event loop (one primary-key lookup costs less than the hop to
