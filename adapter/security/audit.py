@@ -114,22 +114,10 @@ class AuditLog:
         if interaction is not None:
             query = query.where(audit_events.c.interaction == interaction)
         with self.engine.connect() as connection:
-            return [
-                AuditEntry(
-                    id=row.id,
-                    recorded_at=row.recorded_at,
-                    client_id=row.client_id,
-                    interaction=row.interaction,
-                    method=row.method,
-                    path=row.path,
-                    resource_type=row.resource_type,
-                    resource_ids=orjson.loads(row.resource_ids) if row.resource_ids else None,
-                    query=row.query,
-                    outcome=row.outcome,
-                    address=row.address,
-                )
-                for row in connection.execute(query)
-            ]
+            rows = [dict(row._mapping) for row in connection.execute(query)]
+        for row in rows:
+            row["resource_ids"] = orjson.loads(row["resource_ids"] or "null")
+        return [AuditEntry(**row) for row in rows]
 
 
 class AuditWriter:
