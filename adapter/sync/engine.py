@@ -5,9 +5,9 @@ import os
 import socket
 import time
 import uuid
-from collections import Counter
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -25,7 +25,7 @@ from adapter.store.sync_state import Lease, PatientMatches, SyncRuns
 from adapter.sync.auth import ehr_auth
 from adapter.sync.capabilities import DeliveryPlan, plan_delivery
 from adapter.sync.client import Breaker, EhrClient
-from adapter.sync.delivery import PARTIAL, Delivery
+from adapter.sync.delivery import PARTIAL, Delivery, Staged
 from adapter.sync.errors import EhrAuthError, EhrUnavailable, TemporaryEhrError
 from adapter.sync.patients import PatientResolver
 
@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 CAPABILITIES = "ehr_capabilities"
 BACKOFF = "sync_backoff"
 LONGEST_BACKOFF = 3600.0
+IN_FLIGHT = 2
+"""Batches with the EHR at once: while the EHR works on one, the answer to the other is read."""
+InFlight = tuple[set[str], Future[list[Outcome]]]
+"""The adapter ids of a batch sent, and its outcomes to come."""
 COMPLETION_ROUNDS = 2
 """Rounds of updates, within a run, of resources first delivered without some references."""
 
@@ -209,34 +213,49 @@ def _run(sync: Sync, report: SyncReport, progress: Callable[[int], None]) -> Non
     batch = sync.outbox.due(sync.clock(), None, size)
     staged = delivery.stage(batch) if batch else None
     unrecorded: list[Outcome] = []
-    # A pipeline of two: while the EHR works on one batch (in the sender thread), the next is
-    # read and staged and the outcomes of the one before are recorded. The next batch's
+    in_flight: deque[InFlight] = deque()
+
+    def answered() -> None:
+        """The oldest batch in flight, waited for: its outcomes join those to record."""
+        _, sending = in_flight.popleft()
+        outcomes = sending.result()
+        unrecorded.extend(outcomes)
+        progress(len(outcomes))
+        if sync.client.breaker.open:
+            raise EhrUnavailable("the EHR failed too many requests in a row")
+
+    # A pipeline: while the EHR works on up to IN_FLIGHT batches (in sender threads), the next
+    # is read and staged and the outcomes of those answered are recorded. The next batch's
     # possible creates are noted in that same commit, which lands before the batch is sent.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sync-send") as sender:
-        while staged is not None:
-            if not sync.lease.renew(sync.clock()):
-                _settle(sync, report, unrecorded)  # what this run did is kept all the same
-                raise LeaseLost
-            sending = sender.submit(delivery.send, staged)
-            try:
+    # A batch that references a resource of a batch in flight waits for that batch's answer,
+    # which brings the EHR's id to put in the reference.
+    with ThreadPoolExecutor(max_workers=IN_FLIGHT, thread_name_prefix="sync-send") as sender:
+        try:
+            while staged is not None:
+                if not sync.lease.renew(sync.clock()):
+                    raise LeaseLost  # what this run did is kept all the same, below
+                while in_flight and (len(in_flight) == IN_FLIGHT or _waits_for(staged, in_flight)):
+                    answered()
+                ids = {p.item.resource_id for p in staged.ready}
+                in_flight.append((ids, sender.submit(delivery.send, staged)))
                 following = sync.outbox.due(sync.clock(), staged.batch[-1].item.key, size)
                 will_send = delivery.may_create(following)
+                while in_flight and in_flight[0][1].done():
+                    answered()
                 _settle(sync, report, unrecorded, will_send)
-                unrecorded = []
+                unrecorded.clear()
                 delivery.marked.update(will_send)
                 staged = delivery.stage(following) if following else None
-            except BaseException:
-                # What the EHR answered is kept before the run stops.
-                with suppress(Exception):
-                    _settle(sync, report, unrecorded)
+            while in_flight:
+                answered()
+        except BaseException:
+            # What the EHR answered is kept before the run stops.
+            with suppress(Exception):
+                _settle(sync, report, unrecorded)
+            for _, sending in in_flight:
                 with suppress(Exception):
                     _settle(sync, report, sending.result())
-                raise
-            unrecorded = sending.result()
-            progress(len(unrecorded))
-            if sync.client.breaker.open:
-                _settle(sync, report, unrecorded)
-                raise EhrUnavailable("the EHR failed too many requests in a row")
+            raise
     _settle(sync, report, unrecorded)
     for _ in range(COMPLETION_ROUNDS):
         partial = sorted(delivery.partial)
@@ -245,6 +264,11 @@ def _run(sync: Sync, report: SyncReport, progress: Callable[[int], None]) -> Non
             chunk = partial[start : start + sync.settings.sync_batch_size]
             batch = sync.outbox.due(sync.clock(), None, len(chunk), ids=chunk)
             _settle(sync, report, delivery.deliver(batch))
+
+
+def _waits_for(staged: Staged, in_flight: Iterable[InFlight]) -> bool:
+    """Whether the staged batch references a resource whose EHR id a batch in flight brings."""
+    return any(not ids.isdisjoint(staged.targets) for ids, _ in in_flight)
 
 
 def _settle(
