@@ -101,7 +101,7 @@ _QUEUE = (
     "ORDER BY o.rank, o.resource_id LIMIT ?"
 )
 _AFTER = " AND (o.rank, o.resource_id) > (?, ?)"
-_MARK_SENT = "UPDATE sync_outbox SET sent_at = ? WHERE resource_id = ? AND sent_at IS NULL"
+_MARK_SENT = "UPDATE sync_outbox SET sent_at = ? WHERE resource_id IN ({ids}) AND sent_at IS NULL"
 _EHR_IDS = "UPDATE sync_outbox SET ehr_id = ?, ehr_version = ? WHERE resource_id = ?"
 _OUTCOME = (
     "UPDATE sync_outbox SET state = ?, attempts = attempts + ?, next_attempt_at = ?, "
@@ -159,6 +159,7 @@ class Outbox:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._moments = [(at, raw.from_store(engine, _COLUMNS[at])) for at in _MOMENTS]
 
     def due(
         self,
@@ -194,8 +195,9 @@ class Outbox:
 
     def _item(self, row: Any) -> OutboxItem:
         values = list(row)
-        for at in _MOMENTS:
-            values[at] = raw.from_store(self.engine, _COLUMNS[at])(values[at])
+        for at, moment in self._moments:
+            if values[at] is not None:
+                values[at] = moment(values[at])
         values[_DETAIL] = orjson.loads(values[_DETAIL]) if values[_DETAIL] else None
         return OutboxItem(*values)
 
@@ -221,7 +223,10 @@ class Outbox:
 
     def _mark_sent(self, cursor: Any, ids: Sequence[str], now: datetime) -> None:
         moment = raw.to_store(self.engine, outbox.c.sent_at)(now)
-        cursor.executemany(raw.statement(self.engine, _MARK_SENT), [(moment, key) for key in ids])
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            sql = _MARK_SENT.format(ids=raw.placeholders(len(chunk)))
+            cursor.execute(raw.statement(self.engine, sql), [moment, *chunk])
 
     def record(
         self, outcomes: Sequence[Outcome], now: datetime, will_send: Sequence[str] = ()
@@ -237,6 +242,8 @@ class Outbox:
             if will_send:
                 self._mark_sent(cursor, will_send, now)
             updated = moment(now)
+            # Outcomes of one answer share their time: each is converted once.
+            stamp = {at: moment(at) for at in {o.next_attempt_at for o in outcomes}}
             plain: list[Outcome] = []
             others: list[Outcome] = []
             for o in outcomes:
@@ -247,7 +254,7 @@ class Outbox:
                 cursor.executemany(
                     raw.statement(self.engine, _DELIVERED),
                     [
-                        (moment(o.next_attempt_at), updated, o.ehr_id, o.ehr_version, *o.key)
+                        (stamp[o.next_attempt_at], updated, o.ehr_id, o.ehr_version, *o.key)
                         for o in plain
                     ],
                 )
@@ -266,7 +273,7 @@ class Outbox:
                         (
                             o.state,
                             0 if o.state == "delivered" or not o.attempted else 1,
-                            moment(o.next_attempt_at),
+                            stamp[o.next_attempt_at],
                             orjson.dumps(o.detail).decode() if o.detail else None,
                             o.version_id if o.state == "delivered" else None,
                             updated,

@@ -82,7 +82,7 @@ class EhrClient:
         method: str,
         path: str,
         *,
-        body: dict[str, Any] | None = None,
+        body: dict[str, Any] | str | None = None,
         headers: dict[str, str] | None = None,
         idempotent: bool = True,
         form: dict[str, str] | None = None,
@@ -123,7 +123,7 @@ class EhrClient:
         self,
         method: str,
         path: str,
-        body: dict[str, Any] | None,
+        body: dict[str, Any] | str | None,
         form: dict[str, str] | None,
         headers: dict[str, str],
     ) -> EhrResponse:
@@ -138,7 +138,7 @@ class EhrClient:
         self,
         method: str,
         path: str,
-        body: dict[str, Any] | None,
+        body: dict[str, Any] | str | None,
         form: dict[str, str] | None,
         headers: dict[str, str],
     ) -> EhrResponse:
@@ -153,7 +153,7 @@ class EhrClient:
             answer = self.session.request(
                 method,
                 url,
-                data=orjson.dumps(body) if body is not None else form,
+                data=_encoded(body) if body is not None else form,
                 headers=sent,
                 timeout=self.timeout,
             )
@@ -181,6 +181,11 @@ def _maybe_sent(error: Exception) -> bool:
         return False
     reason = getattr(error.args[0], "reason", None) if error.args else None
     return not isinstance(reason, NewConnectionError)
+
+
+def _encoded(body: dict[str, Any] | str) -> bytes:
+    """A body as sent: JSON text as its caller wrote it, else serialised here."""
+    return body.encode() if isinstance(body, str) else orjson.dumps(body)
 
 
 def _json(answer: requests.Response) -> dict[str, Any] | None:

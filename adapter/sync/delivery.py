@@ -28,7 +28,15 @@ from adapter.sync.ehr_ids import (
     version_of,
 )
 from adapter.sync.errors import EhrError, PermanentEhrError, TemporaryEhrError
-from adapter.sync.outgoing import DROP, EhrCopy, adapter_identifier, ehr_copy, references
+from adapter.sync.outgoing import (
+    DROP,
+    EhrCopy,
+    StoredResources,
+    adapter_identifier,
+    ehr_copy,
+    references,
+    text_copy,
+)
 from adapter.sync.patients import PatientResolver, RecordFacts, patient_references
 
 Json = dict[str, Any]
@@ -45,7 +53,6 @@ class Prepared:
     pending: Pending
     plan: DeliveryPlan
     copy: EhrCopy
-    identifier: tuple[str, str] | None
     partial: bool
     """References to resources that come later were left out; an update brings them."""
     bundled: bool
@@ -131,7 +138,7 @@ class Delivery:
 
     def _stage(self, batch: Sequence[Pending]) -> Staged:
         settled: list[Outcome] = []
-        resources = {p.item.resource_id: orjson.loads(p.content) for p in batch}
+        resources = StoredResources({p.item.resource_id: p.content for p in batch})
         deliverable = []
         for pending in batch:
             plan = self.plans.get(pending.item.resource_type)
@@ -162,7 +169,7 @@ class Delivery:
             resource_id = pending.item.resource_id
             prepared, waits = self._prepare(
                 pending,
-                staged.resources[resource_id],
+                staged.resources,
                 staged.patients[resource_id],
                 in_batch,
                 staged.targets,
@@ -227,7 +234,7 @@ class Delivery:
     def _prepare(
         self,
         pending: Pending,
-        resource: Json,
+        resources: dict[str, Json],
         patient: str | None,
         in_batch: set[str],
         targets: dict[str, OutboxItem],
@@ -261,40 +268,44 @@ class Delivery:
                 waits.append(f"{resource_type}/{target_id}")
             return DROP
 
-        copy = ehr_copy(resource, patient, resolve, self.rules.extra_codings)
+        copy = text_copy(pending.content, patient, resolve, self.rules.extra_codings)
+        if copy is None:  # made by walking the parsed resource, from the start
+            waits, later, bundled = [], [], []
+            resource = resources[item.resource_id]
+            copy = ehr_copy(resource, patient, resolve, self.rules.extra_codings)
         if waits:
             return None, "waits for " + ", ".join(sorted(waits)) + " to be delivered first"
-        identifier = adapter_identifier(resource, self.site.identifier_systems.records)
-        return Prepared(pending, plan, copy, identifier, bool(later), bool(bundled)), ""
+        return Prepared(pending, plan, copy, bool(later), bool(bundled)), ""
 
     def _again(self, p: Prepared, in_batch: set[str]) -> Prepared:
         """The item prepared anew with what the run has learnt since (ids it delivered or
         found), so that its references and its request (create or update) are current."""
-        resource = orjson.loads(p.pending.content)
-        body = p.copy.body
+        resources = StoredResources({p.item.resource_id: p.pending.content})
+        body = p.copy.body()
         patient = (body.get("subject") or body.get("patient") or {}).get("reference")
         targets = self.outbox.items(
             t for t in references([p.pending.content]) if t not in self.known
         )
-        prepared, _ = self._prepare(p.pending, resource, patient, in_batch, targets)
+        prepared, _ = self._prepare(p.pending, resources, patient, in_batch, targets)
         return prepared or p
 
-    def _request(self, p: Prepared, conditional: bool) -> tuple[Json, Json]:
+    def _request(self, p: Prepared, conditional: bool) -> tuple[Json, str]:
         """An update of the EHR's copy where one is known, else a create (conditional where
-        asked and the EHR supports it)."""
-        body = dict(p.copy.body)
+        asked and the EHR supports it); the body as JSON text."""
         resource_type = p.item.resource_type
         ehr = self._ehr_id(p.item)
         if ehr is not None:
-            body["id"] = ehr[0]
             request: Json = {"method": "PUT", "url": f"{resource_type}/{ehr[0]}"}
             if ehr[1] and (p.plan.if_match or resource_type in self.wants_if_match):
                 request["ifMatch"] = f'W/"{ehr[1]}"'
-            return request, body
+            return request, p.copy.with_id(ehr[0])
         request = {"method": "POST", "url": resource_type}
-        if conditional and p.plan.conditional_create and p.identifier:
-            request["ifNoneExist"] = urlencode({"identifier": "|".join(p.identifier)})
-        return request, body
+        if conditional and p.plan.conditional_create:
+            records_system = self.site.identifier_systems.records
+            identifier = adapter_identifier(orjson.loads(p.pending.content), records_system)
+            if identifier:
+                request["ifNoneExist"] = urlencode({"identifier": "|".join(identifier)})
+        return request, p.copy.text
 
     # -- sending -----------------------------------------------------------------------------
 
@@ -305,18 +316,20 @@ class Delivery:
             return []
         in_batch = {p.item.resource_id for p in prepared}
         for attempt in range(self.client.attempts):
-            entries: list[Json] = []
+            # The Bundle is written as text around the copies' own text (no parse, no walk).
+            entries: list[str] = []
+            creates: list[str] = []
             for p in prepared:
                 request, body = self._request(p, conditional=False)
-                entry = {"resource": body, "request": request}
-                entries.append({"fullUrl": f"urn:uuid:{p.item.resource_id}", **entry})
-            creates = [
-                p.item.resource_id
-                for p, e in zip(prepared, entries, strict=True)
-                if e["request"]["method"] == "POST"
-            ]
+                full_url = f"urn:uuid:{p.item.resource_id}"
+                entries.append(
+                    f'{{"fullUrl":"{full_url}","resource":{body},'
+                    f'"request":{orjson.dumps(request).decode()}}}'
+                )
+                if request["method"] == "POST":
+                    creates.append(p.item.resource_id)
             self._mark_sent(creates)
-            bundle = {"resourceType": "Bundle", "type": kind, "entry": entries}
+            bundle = f'{{"resourceType":"Bundle","type":"{kind}","entry":[{",".join(entries)}]}}'
             try:
                 answer = self.client.request("POST", "", body=bundle, idempotent=not creates)
                 break
@@ -335,12 +348,13 @@ class Delivery:
         if len(responses) != len(prepared):
             return self._singles(prepared)
         outcomes = []
+        answered = self.clock()
         for p, entry in zip(prepared, responses, strict=True):
             response = entry.get("response", {})
             status = int(str(response.get("status", "0"))[:3] or 0)
             if 200 <= status < 300:
                 ehr = identity(p.item.resource_type, entry.get("resource"), response)
-                outcomes.append(self._delivered(p, ehr))
+                outcomes.append(self._delivered(p, ehr, answered))
             elif status in TEMPORARY_STATUSES:
                 refused = TemporaryEhrError(status, f"Bundle entry answered {status}")
                 outcomes.append(self._temporary(p.item, refused))
@@ -380,10 +394,11 @@ class Delivery:
             except PermanentEhrError as error:
                 answer = self._recover(p, request, body, error)
                 break
-        return self._delivered(p, identity(p.item.resource_type, answer.body, answer_of(answer)))
+        ehr = identity(p.item.resource_type, answer.body, answer_of(answer))
+        return self._delivered(p, ehr, self.clock())
 
     def _recover(
-        self, p: Prepared, request: Json, body: Json, error: PermanentEhrError
+        self, p: Prepared, request: Json, body: str, error: PermanentEhrError
     ) -> EhrResponse:
         """An update refused for a reason the sync can mend: the EHR's copy is gone (create it
         again), moved on (412: read its version), or If-Match is required (428)."""
@@ -417,7 +432,7 @@ class Delivery:
         raise unheard
 
     def _send(
-        self, request: Json, body: Json, idempotent: bool, item: OutboxItem | None = None
+        self, request: Json, body: str, idempotent: bool, item: OutboxItem | None = None
     ) -> EhrResponse:
         if item is not None and request["method"] == "POST" and "ifNoneExist" not in request:
             self._mark_sent([item.resource_id])
@@ -432,7 +447,9 @@ class Delivery:
 
     # -- outcomes ----------------------------------------------------------------------------
 
-    def _delivered(self, p: Prepared, ehr: tuple[str | None, str | None]) -> Outcome:
+    def _delivered(
+        self, p: Prepared, ehr: tuple[str | None, str | None], answered: datetime
+    ) -> Outcome:
         ehr_id, ehr_version = ehr
         if ehr_id is None:
             unsaid = {"reason": "the EHR accepted the resource but did not say its id"}
@@ -446,14 +463,14 @@ class Delivery:
                 item.resource_id,
                 item.version_id,
                 "pending",
-                self.clock(),
+                answered,
                 detail,
                 ehr_id,
                 ehr_version,
                 attempted=False,
             )
         return Outcome(
-            item.resource_id, item.version_id, "delivered", self.clock(), None, ehr_id, ehr_version
+            item.resource_id, item.version_id, "delivered", answered, None, ehr_id, ehr_version
         )
 
     def _temporary(self, item: OutboxItem, error: TemporaryEhrError) -> Outcome:

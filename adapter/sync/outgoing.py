@@ -2,7 +2,7 @@
 literal reference, the site's extra codings, and nothing of the adapter's bookkeeping."""
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,9 +19,35 @@ Resolver = Callable[[str, str], str | object]
 
 @dataclass
 class EhrCopy:
-    body: Json
+    text: str
+    """The copy as compact JSON, without an id (a create); `with_id` gives that of an update."""
     dropped: list[str] = field(default_factory=list)
     """The adapter references left out (`Type/id`), to be put in by a later update."""
+
+    def body(self) -> Json:
+        parsed: Json = orjson.loads(self.text)
+        return parsed
+
+    def with_id(self, ehr_id: str) -> str:
+        """The copy as the update of the EHR's resource `ehr_id`."""
+        resource_type = _TYPE.match(self.text)
+        if resource_type is None:
+            return orjson.dumps({**self.body(), "id": ehr_id}).decode()
+        return f'{resource_type[0]},"id":{_string(ehr_id)}{self.text[resource_type.end() :]}'
+
+
+class StoredResources(dict[str, Json]):
+    """Stored resources by adapter id, parsed from their stored JSON when first asked for: a
+    batch whose copies are made from the text (`text_copy`) parses only what needs a walk."""
+
+    def __init__(self, contents: Mapping[str, str]) -> None:
+        super().__init__()
+        self.contents = contents
+
+    def __missing__(self, resource_id: str) -> Json:
+        parsed: Json = orjson.loads(self.contents[resource_id])
+        self[resource_id] = parsed
+        return parsed
 
 
 def identifiers(resource: Json) -> list[tuple[str, str]]:
@@ -54,6 +80,86 @@ def references(contents: Iterable[str]) -> set[str]:
     }
 
 
+TEXT_TYPES = frozenset({"Procedure", "Observation", "AdverseEvent", "MedicationAdministration"})
+"""Types whose EHR copy can be made from the stored text: in R4 their `subject` is a
+top-level element only, and none has an element named `patient`."""
+_TYPE = re.compile(r'\{"resourceType":"[A-Za-z]+"')
+_HEAD = re.compile(
+    r'\{"resourceType":"(?P<type>[A-Za-z]+)","id":"[A-Za-z0-9.\-]{1,64}",'
+    r'"meta":\{"versionId":"[^"\\]*","lastUpdated":"[^"\\]*"(?P<end>[,}])'
+)
+"""How the store writes every resource (resources.py): its type, its id, then meta with the
+store's version and time first."""
+_PATIENT = re.compile(
+    r'"(?:subject|patient)":\{(?="type":"Patient","identifier":\{"system":"(?P<system>[^"\\]*)",'
+    r'"value":"(?P<value>[^"\\]*)"\}(?:,"display":"[^"\\]*")?\})'
+)
+"""A patient given by identifier alone (and a display), as the mapping writes it."""
+_TEXT_REFERENCE = re.compile(r'"reference":"(?P<type>[^"/:\\]*)/(?P<id>[^"/:\\]*)"')
+
+
+def _string(value: str) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _shape(content: str) -> tuple[re.Match[str], int] | None:
+    """The stored head of a resource of TEXT_TYPES, and how many `subject`/`patient` keys it
+    has; None when its text is not in the store's own shape (it is then parsed instead)."""
+    head = _HEAD.match(content)
+    if head is None or head["type"] not in TEXT_TYPES or '"contained":' in content:
+        return None
+    return head, content.count('"subject":') + content.count('"patient":')
+
+
+def stored_mrn(content: str, mrn_system: str) -> str | None:
+    """`patient_mrn` of a stored resource, read from its text where its shape allows."""
+    shape = _shape(content)
+    if shape is not None:
+        if shape[1] == 0:
+            return None
+        found = _PATIENT.search(content)
+        if shape[1] == 1 and found is not None:
+            return (found["value"] or None) if found["system"] == mrn_system else None
+    return patient_mrn(orjson.loads(content), mrn_system)
+
+
+def text_copy(
+    content: str, patient_reference: str | None, resolve: Resolver, rules: list[ExtraCoding]
+) -> EhrCopy | None:
+    """`ehr_copy` made from the stored text, without parsing it: the store's id and meta
+    fields taken out, adapter references swapped for the EHR's, the patient's reference put
+    in. None where only the walk of `ehr_copy` can make it: a text not in the store's shape,
+    a reference that must be left out, extra codings for the type."""
+    shape = _shape(content)
+    if shape is None:
+        return None
+    head, patient_keys = shape
+    resource_type = head["type"]
+    if any(rule.resource_type == resource_type for rule in rules):
+        return None
+    start = f'{{"resourceType":"{resource_type}"'
+    rest = content[head.end() :]
+    # Without the store's two fields, meta keeps the rest, or goes when nothing is left.
+    text = f'{start},"meta":{{{rest}' if head["end"] == "," else start + rest
+    references = _TEXT_REFERENCE.findall(text)
+    if len(references) != text.count('"reference":'):
+        return None
+    swaps: dict[tuple[str, str], str] = {}
+    for target_type, target_id in dict.fromkeys(references):
+        target = resolve(target_type, target_id)
+        if target is DROP:
+            return None
+        swaps[(target_type, target_id)] = f'"reference":{_string(str(target))}'
+    text = _TEXT_REFERENCE.sub(lambda found: swaps[(found["type"], found["id"])], text)
+    if patient_reference:
+        found = _PATIENT.search(text)
+        if patient_keys != 1 or found is None:
+            return None
+        at = found.end()
+        text = f'{text[:at]}"reference":{_string(patient_reference)},{text[at:]}'
+    return EhrCopy(text)
+
+
 def patient_mrn(resource: Json, mrn_system: str) -> str | None:
     subject = resource.get("subject") or resource.get("patient") or {}
     identifier = subject.get("identifier") or {}
@@ -75,14 +181,14 @@ def ehr_copy(
         body["meta"] = meta
     else:
         body.pop("meta", None)
-    copy = EhrCopy(body)
+    dropped: list[str] = []
     for key in list(body):
         value = body[key]
         if key == "meta" or not isinstance(value, dict | list):
             continue
         if b'"reference"' not in orjson.dumps(value):
             continue  # nothing to rewrite below: the walk is skipped
-        rewritten = _rewrite(body[key], resolve, copy.dropped)
+        rewritten = _rewrite(body[key], resolve, dropped)
         if rewritten is DROP:
             del body[key]
         else:
@@ -92,7 +198,7 @@ def ehr_copy(
             if isinstance(body.get(key), dict) and "identifier" in body[key]:
                 body[key] = {**body[key], "reference": patient_reference}
     _add_codings(body, extra_codings)
-    return copy
+    return EhrCopy(orjson.dumps(body).decode(), dropped)
 
 
 def _rewrite(value: Any, resolve: Resolver, dropped: list[str]) -> Any:

@@ -68,7 +68,8 @@ def _reconcile(sync: Sync, report: SyncReport, progress: Callable[[int], None] |
                     mrn = patient_mrn(resource, site.identifier_systems.mrn)
                     match = patients.get(mrn) if mrn else None
                     patient = f"Patient/{match.ehr_id}" if match and match.ehr_id else None
-                    ours = ehr_copy(resource, patient, _resolver(targets), rules.extra_codings).body
+                    resolve = _resolver(targets)
+                    ours = ehr_copy(resource, patient, resolve, rules.extra_codings).body()
                     theirs = found[0]
                     if theirs.get("id") != pending.item.ehr_id:
                         version = theirs.get("meta", {}).get("versionId")

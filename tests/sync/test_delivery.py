@@ -176,6 +176,7 @@ def test_every_create_is_noted_in_the_outbox_before_its_bundle_leaves(
 
     def checked(method: str, path: str, **options: Any) -> Any:
         body = options.get("body") or {}
+        body = orjson.loads(body) if isinstance(body, str) else body
         if body.get("resourceType") == "Bundle":
             creates = [
                 e["fullUrl"].removeprefix("urn:uuid:")
