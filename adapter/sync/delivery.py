@@ -148,7 +148,7 @@ class Delivery:
             else:
                 deliverable.append(pending)
         patients, held = patient_references(
-            self.patients, self.facts, self.site, deliverable, resources, self.clock()
+            self.patients, self.facts, self.site, deliverable, self.clock()
         )
         settled += [self._settle(p.item, "waiting", detail, False) for p, detail in held]
         ready = [p for p in deliverable if p.item.resource_id in patients]

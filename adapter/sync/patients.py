@@ -12,7 +12,7 @@ from adapter.store.outbox import Pending
 from adapter.store.records import Key, RecordStore
 from adapter.store.sync_state import PatientMatch, PatientMatches
 from adapter.sync.client import EhrClient
-from adapter.sync.outgoing import patient_mrn
+from adapter.sync.outgoing import stored_mrn
 
 MATCHED = "matched"
 
@@ -115,15 +115,11 @@ def patient_references(
     facts: RecordFacts,
     site: Site,
     batch: Sequence[Pending],
-    resources: dict[str, dict[str, Any]],
     now: datetime,
 ) -> tuple[dict[str, str | None], list[tuple[Pending, dict[str, Any]]]]:
     """The EHR reference of each item's patient (None for a resource without one), and the
     items held back because their patient is not settled, with why."""
-    mrns = {
-        p.item.resource_id: patient_mrn(resources[p.item.resource_id], site.identifier_systems.mrn)
-        for p in batch
-    }
+    mrns = {p.item.resource_id: stored_mrn(p.content, site.identifier_systems.mrn) for p in batch}
     matches = resolver.resolve({m for m in mrns.values() if m}, now)
     recorded = facts.of((p.source_type, p.source_id) for p in batch if mrns[p.item.resource_id])
     found: dict[str, str | None] = {}
