@@ -31,7 +31,7 @@ from adapter.sync.errors import EhrError, PermanentEhrError, TemporaryEhrError
 from adapter.sync.outgoing import (
     DROP,
     EhrCopy,
-    StoredResources,
+    StoredText,
     adapter_identifier,
     ehr_copy,
     references,
@@ -71,7 +71,7 @@ class Staged:
     batch: Sequence[Pending]
     settled: list[Outcome]
     ready: list[Pending] = field(default_factory=list)
-    resources: dict[str, Json] = field(default_factory=dict)
+    texts: dict[str, StoredText] = field(default_factory=dict)
     patients: dict[str, str | None] = field(default_factory=dict)
     targets: dict[str, OutboxItem] = field(default_factory=dict)
 
@@ -138,7 +138,7 @@ class Delivery:
 
     def _stage(self, batch: Sequence[Pending]) -> Staged:
         settled: list[Outcome] = []
-        resources = StoredResources({p.item.resource_id: p.content for p in batch})
+        texts = {p.item.resource_id: StoredText.of(p.content) for p in batch}
         deliverable = []
         for pending in batch:
             plan = self.plans.get(pending.item.resource_type)
@@ -147,19 +147,21 @@ class Delivery:
                 settled.append(self._settle(pending.item, "skipped", {"reason": reason}, False))
             else:
                 deliverable.append(pending)
+        mrn_system = self.site.identifier_systems.mrn
+        mrns = {p.item.resource_id: texts[p.item.resource_id].mrn(mrn_system) for p in deliverable}
         patients, held = patient_references(
-            self.patients, self.facts, self.site, deliverable, self.clock()
+            self.patients, self.facts, deliverable, mrns, self.clock()
         )
         settled += [self._settle(p.item, "waiting", detail, False) for p, detail in held]
         ready = [p for p in deliverable if p.item.resource_id in patients]
-        problems = self._look_up([p for p in ready if self._needs_look_up(p)], resources)
+        problems = self._look_up([p for p in ready if self._needs_look_up(p)], texts)
         settled += [
             self._settle(p.item, "dead", {"reason": problems[p.item.resource_id]})
             for p in ready
             if p.item.resource_id in problems
         ]
         ready = [p for p in ready if p.item.resource_id not in problems]
-        return Staged(batch, settled, ready, resources, patients, self._targets(ready))
+        return Staged(batch, settled, ready, texts, patients, self._targets(ready))
 
     def _send_ready(self, staged: Staged) -> list[Outcome]:
         outcomes: list[Outcome] = []
@@ -169,7 +171,7 @@ class Delivery:
             resource_id = pending.item.resource_id
             prepared, waits = self._prepare(
                 pending,
-                staged.resources,
+                staged.texts[resource_id],
                 staged.patients[resource_id],
                 in_batch,
                 staged.targets,
@@ -210,14 +212,14 @@ class Delivery:
         }
         return {**targets, **self.outbox.items(unknown)}
 
-    def _look_up(self, pending: Sequence[Pending], resources: dict[str, Json]) -> dict[str, str]:
+    def _look_up(self, pending: Sequence[Pending], texts: dict[str, StoredText]) -> dict[str, str]:
         """Search the EHR for the identifiers of these items: one copy found becomes known (and
         is updated rather than created); several are a problem for a person."""
         problems: dict[str, str] = {}
         by_type: dict[str, list[tuple[Pending, tuple[str, str]]]] = {}
         records_system = self.site.identifier_systems.records
         for p in pending:
-            identifier = adapter_identifier(resources[p.item.resource_id], records_system)
+            identifier = adapter_identifier(texts[p.item.resource_id].resource, records_system)
             if identifier:
                 by_type.setdefault(p.item.resource_type, []).append((p, identifier))
         for resource_type, group in by_type.items():
@@ -234,7 +236,7 @@ class Delivery:
     def _prepare(
         self,
         pending: Pending,
-        resources: dict[str, Json],
+        stored: StoredText,
         patient: str | None,
         in_batch: set[str],
         targets: dict[str, OutboxItem],
@@ -268,11 +270,10 @@ class Delivery:
                 waits.append(f"{resource_type}/{target_id}")
             return DROP
 
-        copy = text_copy(pending.content, patient, resolve, self.rules.extra_codings)
+        copy = text_copy(stored, patient, resolve, self.rules.extra_codings)
         if copy is None:  # made by walking the parsed resource, from the start
             waits, later, bundled = [], [], []
-            resource = resources[item.resource_id]
-            copy = ehr_copy(resource, patient, resolve, self.rules.extra_codings)
+            copy = ehr_copy(stored.resource, patient, resolve, self.rules.extra_codings)
         if waits:
             return None, "waits for " + ", ".join(sorted(waits)) + " to be delivered first"
         return Prepared(pending, plan, copy, bool(later), bool(bundled)), ""
@@ -280,13 +281,13 @@ class Delivery:
     def _again(self, p: Prepared, in_batch: set[str]) -> Prepared:
         """The item prepared anew with what the run has learnt since (ids it delivered or
         found), so that its references and its request (create or update) are current."""
-        resources = StoredResources({p.item.resource_id: p.pending.content})
+        stored = StoredText.of(p.pending.content)
         body = p.copy.body()
         patient = (body.get("subject") or body.get("patient") or {}).get("reference")
         targets = self.outbox.items(
             t for t in references([p.pending.content]) if t not in self.known
         )
-        prepared, _ = self._prepare(p.pending, resources, patient, in_batch, targets)
+        prepared, _ = self._prepare(p.pending, stored, patient, in_batch, targets)
         return prepared or p
 
     def _request(self, p: Prepared, conditional: bool) -> tuple[Json, str]:
@@ -302,7 +303,8 @@ class Delivery:
         request = {"method": "POST", "url": resource_type}
         if conditional and p.plan.conditional_create:
             records_system = self.site.identifier_systems.records
-            identifier = adapter_identifier(orjson.loads(p.pending.content), records_system)
+            resource = StoredText.of(p.pending.content).resource
+            identifier = adapter_identifier(resource, records_system)
             if identifier:
                 request["ifNoneExist"] = urlencode({"identifier": "|".join(identifier)})
         return request, p.copy.text
@@ -337,9 +339,9 @@ class Delivery:
                 if not error.sent or attempt + 1 == self.client.attempts:
                     return [self._temporary(p.item, error) for p in prepared]
                 # The EHR may have stored the creates: find them before sending again.
-                resources = {p.item.resource_id: orjson.loads(p.pending.content) for p in prepared}
+                texts = {p.item.resource_id: StoredText.of(p.pending.content) for p in prepared}
                 unknown = [p.pending for p in prepared if self._ehr_id(p.item) is None]
-                self._look_up(unknown, resources)
+                self._look_up(unknown, texts)
                 prepared = [self._again(p, in_batch) for p in prepared]
             except PermanentEhrError:
                 # One entry spoils a transaction: single requests find which, and send the rest.
@@ -386,9 +388,8 @@ class Delivery:
             except TemporaryEhrError as error:
                 if safe or not error.sent or attempt + 1 == self.client.attempts:
                     raise
-                problems = self._look_up(
-                    [p.pending], {p.item.resource_id: orjson.loads(p.pending.content)}
-                )
+                texts = {p.item.resource_id: StoredText.of(p.pending.content)}
+                problems = self._look_up([p.pending], texts)
                 if problems:
                     raise PermanentEhrError(409, problems[p.item.resource_id], None) from None
             except PermanentEhrError as error:

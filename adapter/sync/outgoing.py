@@ -2,8 +2,9 @@
 literal reference, the site's extra codings, and nothing of the adapter's bookkeeping."""
 
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import orjson
@@ -36,20 +37,6 @@ class EhrCopy:
         return f'{resource_type[0]},"id":{_string(ehr_id)}{self.text[resource_type.end() :]}'
 
 
-class StoredResources(dict[str, Json]):
-    """Stored resources by adapter id, parsed from their stored JSON when first asked for: a
-    batch whose copies are made from the text (`text_copy`) parses only what needs a walk."""
-
-    def __init__(self, contents: Mapping[str, str]) -> None:
-        super().__init__()
-        self.contents = contents
-
-    def __missing__(self, resource_id: str) -> Json:
-        parsed: Json = orjson.loads(self.contents[resource_id])
-        self[resource_id] = parsed
-        return parsed
-
-
 def identifiers(resource: Json) -> list[tuple[str, str]]:
     """(system, value) of each identifier (a list in most types, one in AdverseEvent)."""
     found = resource.get("identifier")
@@ -68,18 +55,6 @@ def adapter_identifier(resource: Json, records_system: str) -> tuple[str, str] |
     return None
 
 
-_REFERENCE = re.compile(rb'"reference":"[A-Za-z]+/([^"/]+)"')
-"""A literal `Type/id` reference in compact JSON (FHIR ids hold no quote or slash)."""
-
-
-def references(contents: Iterable[str]) -> set[str]:
-    """The adapter ids that these resources reference (`Type/id`), read from their stored
-    compact JSON in one pass rather than by walking every element."""
-    return {
-        target.decode() for content in contents for target in _REFERENCE.findall(content.encode())
-    }
-
-
 TEXT_TYPES = frozenset({"Procedure", "Observation", "AdverseEvent", "MedicationAdministration"})
 """Types whose EHR copy can be made from the stored text: in R4 their `subject` is a
 top-level element only, and none has an element named `patient`."""
@@ -96,53 +71,73 @@ _PATIENT = re.compile(
 )
 """A patient given by identifier alone (and a display), as the mapping writes it."""
 _TEXT_REFERENCE = re.compile(r'"reference":"(?P<type>[^"/:\\]*)/(?P<id>[^"/:\\]*)"')
+"""A literal `Type/id` reference in compact JSON (FHIR ids hold no quote, slash or colon)."""
 
 
 def _string(value: str) -> str:
     return orjson.dumps(value).decode()
 
 
-def _shape(content: str) -> tuple[re.Match[str], int] | None:
-    """The stored head of a resource of TEXT_TYPES, and how many `subject`/`patient` keys it
-    has; None when its text is not in the store's own shape (it is then parsed instead)."""
-    head = _HEAD.match(content)
-    if head is None or head["type"] not in TEXT_TYPES or '"contained":' in content:
-        return None
-    return head, content.count('"subject":') + content.count('"patient":')
+def references(contents: Iterable[str]) -> set[str]:
+    """The adapter ids that these resources reference (`Type/id`), read from their stored
+    compact JSON in one pass rather than by walking every element."""
+    return {found[1] for content in contents for found in _TEXT_REFERENCE.findall(content)}
 
 
-def stored_mrn(content: str, mrn_system: str) -> str | None:
-    """`patient_mrn` of a stored resource, read from its text where its shape allows."""
-    shape = _shape(content)
-    if shape is not None:
-        if shape[1] == 0:
+@dataclass(frozen=True)
+class StoredText:
+    """A stored resource's JSON text and what the sync reads of it without parsing it, read
+    once when its batch is staged. `head` is None when the text is not in the store's own
+    shape for one of TEXT_TYPES: the resource is then parsed wherever it is read."""
+
+    content: str
+    head: re.Match[str] | None
+    patient_keys: int
+    """How many `subject` and `patient` keys the text holds."""
+    patient: re.Match[str] | None
+    """The one `subject` or `patient`, when it gives the patient by identifier alone."""
+
+    @classmethod
+    def of(cls, content: str) -> "StoredText":
+        head = _HEAD.match(content)
+        if head is None or head["type"] not in TEXT_TYPES or '"contained":' in content:
+            return cls(content, None, 0, None)
+        keys = content.count('"subject":') + content.count('"patient":')
+        return cls(content, head, keys, _PATIENT.search(content) if keys == 1 else None)
+
+    @cached_property
+    def resource(self) -> Json:
+        """The resource parsed, for what only a walk can read."""
+        parsed: Json = orjson.loads(self.content)
+        return parsed
+
+    def mrn(self, mrn_system: str) -> str | None:
+        """`patient_mrn` of the resource, from its text where its shape allows."""
+        if self.head is not None and self.patient_keys == 0:
             return None
-        found = _PATIENT.search(content)
-        if shape[1] == 1 and found is not None:
-            return (found["value"] or None) if found["system"] == mrn_system else None
-    return patient_mrn(orjson.loads(content), mrn_system)
+        if self.head is not None and self.patient is not None:
+            value = self.patient["value"]
+            return (value or None) if self.patient["system"] == mrn_system else None
+        return patient_mrn(self.resource, mrn_system)
 
 
 def text_copy(
-    content: str, patient_reference: str | None, resolve: Resolver, rules: list[ExtraCoding]
+    stored: StoredText, patient_reference: str | None, resolve: Resolver, rules: list[ExtraCoding]
 ) -> EhrCopy | None:
     """`ehr_copy` made from the stored text, without parsing it: the store's id and meta
     fields taken out, adapter references swapped for the EHR's, the patient's reference put
     in. None where only the walk of `ehr_copy` can make it: a text not in the store's shape,
     a reference that must be left out, extra codings for the type."""
-    shape = _shape(content)
-    if shape is None:
+    head, content = stored.head, stored.content
+    if head is None or any(rule.resource_type == head["type"] for rule in rules):
         return None
-    head, patient_keys = shape
-    resource_type = head["type"]
-    if any(rule.resource_type == resource_type for rule in rules):
+    if patient_reference and stored.patient is None:
         return None
-    start = f'{{"resourceType":"{resource_type}"'
-    rest = content[head.end() :]
-    # Without the store's two fields, meta keeps the rest, or goes when nothing is left.
-    text = f'{start},"meta":{{{rest}' if head["end"] == "," else start + rest
-    references = _TEXT_REFERENCE.findall(text)
-    if len(references) != text.count('"reference":'):
+    # The patient's reference goes in just inside its `subject`: the text is cut there.
+    cut = stored.patient.end() if patient_reference and stored.patient else len(content)
+    before, after = content[head.end() : cut], content[cut:]
+    references = _TEXT_REFERENCE.findall(before) + _TEXT_REFERENCE.findall(after)
+    if len(references) != content.count('"reference":'):
         return None
     swaps: dict[tuple[str, str], str] = {}
     for target_type, target_id in dict.fromkeys(references):
@@ -150,14 +145,14 @@ def text_copy(
         if target is DROP:
             return None
         swaps[(target_type, target_id)] = f'"reference":{_string(str(target))}'
-    text = _TEXT_REFERENCE.sub(lambda found: swaps[(found["type"], found["id"])], text)
-    if patient_reference:
-        found = _PATIENT.search(text)
-        if patient_keys != 1 or found is None:
-            return None
-        at = found.end()
-        text = f'{text[:at]}"reference":{_string(patient_reference)},{text[at:]}'
-    return EhrCopy(text)
+
+    def swapped(part: str) -> str:
+        return _TEXT_REFERENCE.sub(lambda found: swaps[(found["type"], found["id"])], part)
+
+    # Without the store's two fields, meta keeps the rest, or goes when nothing is left.
+    start = f'{{"resourceType":"{head["type"]}"' + (',"meta":{' if head["end"] == "," else "")
+    patient = f'"reference":{_string(patient_reference)},' if patient_reference else ""
+    return EhrCopy(start + swapped(before) + patient + swapped(after))
 
 
 def patient_mrn(resource: Json, mrn_system: str) -> str | None:
@@ -175,6 +170,17 @@ def ehr_copy(
     resolve: Resolver,
     extra_codings: list[ExtraCoding],
 ) -> EhrCopy:
+    body, dropped = ehr_body(resource, patient_reference, resolve, extra_codings)
+    return EhrCopy(orjson.dumps(body).decode(), dropped)
+
+
+def ehr_body(
+    resource: Json,
+    patient_reference: str | None,
+    resolve: Resolver,
+    extra_codings: list[ExtraCoding],
+) -> tuple[Json, list[str]]:
+    """The EHR's copy by a walk of the parsed resource, and the references it left out."""
     body = {key: value for key, value in resource.items() if key != "id"}
     meta = {k: v for k, v in body.get("meta", {}).items() if k not in ("versionId", "lastUpdated")}
     if meta:
@@ -198,7 +204,7 @@ def ehr_copy(
             if isinstance(body.get(key), dict) and "identifier" in body[key]:
                 body[key] = {**body[key], "reference": patient_reference}
     _add_codings(body, extra_codings)
-    return EhrCopy(orjson.dumps(body).decode(), dropped)
+    return body, dropped
 
 
 def _rewrite(value: Any, resolve: Resolver, dropped: list[str]) -> Any:

@@ -7,12 +7,10 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
-from adapter.mapping.config import Site
 from adapter.store.outbox import Pending
 from adapter.store.records import Key, RecordStore
 from adapter.store.sync_state import PatientMatch, PatientMatches
 from adapter.sync.client import EhrClient
-from adapter.sync.outgoing import stored_mrn
 
 MATCHED = "matched"
 
@@ -113,13 +111,13 @@ def mismatch(match: PatientMatch, facts: PatientFacts) -> str | None:
 def patient_references(
     resolver: PatientResolver,
     facts: RecordFacts,
-    site: Site,
     batch: Sequence[Pending],
+    mrns: dict[str, str | None],
     now: datetime,
 ) -> tuple[dict[str, str | None], list[tuple[Pending, dict[str, Any]]]]:
-    """The EHR reference of each item's patient (None for a resource without one), and the
-    items held back because their patient is not settled, with why."""
-    mrns = {p.item.resource_id: stored_mrn(p.content, site.identifier_systems.mrn) for p in batch}
+    """The EHR reference of each item's patient (None for a resource without one; `mrns`
+    gives each item's MRN), and the items held back because their patient is not settled,
+    with why."""
     matches = resolver.resolve({m for m in mrns.values() if m}, now)
     recorded = facts.of((p.source_type, p.source_id) for p in batch if mrns[p.item.resource_id])
     found: dict[str, str | None] = {}

@@ -14,7 +14,7 @@ from adapter.sync.outgoing import (
     DROP,
     Resolver,
     adapter_identifier,
-    ehr_copy,
+    ehr_body,
     patient_mrn,
     references,
 )
@@ -69,7 +69,7 @@ def _reconcile(sync: Sync, report: SyncReport, progress: Callable[[int], None] |
                     match = patients.get(mrn) if mrn else None
                     patient = f"Patient/{match.ehr_id}" if match and match.ehr_id else None
                     resolve = _resolver(targets)
-                    ours = ehr_copy(resource, patient, resolve, rules.extra_codings).body()
+                    ours, _ = ehr_body(resource, patient, resolve, rules.extra_codings)
                     theirs = found[0]
                     if theirs.get("id") != pending.item.ehr_id:
                         version = theirs.get("meta", {}).get("versionId")

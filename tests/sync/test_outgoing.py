@@ -10,9 +10,9 @@ from adapter.runtime import Runtime
 from adapter.sync.outgoing import (
     DROP,
     EhrCopy,
+    StoredText,
     ehr_copy,
     patient_mrn,
-    stored_mrn,
     text_copy,
 )
 from tests.sync.test_delivery import MRN_SYSTEM, load_example_day
@@ -49,7 +49,7 @@ PART_OF = [{"reference": "Procedure/proc-1"}]
 
 def same_copy(content: str, patient: str | None, resolve: Any) -> EhrCopy:
     """The text copy, checked against the walk's copy of the same resource."""
-    copy = text_copy(content, patient, resolve, [])
+    copy = text_copy(StoredText.of(content), patient, resolve, [])
     assert copy is not None
     walked = ehr_copy(orjson.loads(content), patient, resolve, [])
     assert copy.body() == walked.body()
@@ -70,7 +70,7 @@ def test_every_mapped_resource_of_the_example_day_is_copied_from_its_text(
     }
     for resource in resources:
         parsed = orjson.loads(resource.content)
-        mrn = stored_mrn(resource.content, MRN_SYSTEM)
+        mrn = StoredText.of(resource.content).mrn(MRN_SYSTEM)
         assert mrn == patient_mrn(parsed, MRN_SYSTEM)
         patient = f"Patient/p-{mrn}" if mrn else None
         for resolve in (to_ehr, by_urn):
@@ -84,6 +84,10 @@ def test_references_are_swapped_and_the_patient_given_by_reference() -> None:
     copy = same_copy(content, "Patient/p-1", to_ehr)
     assert copy.body()["partOf"] == [{"reference": "Procedure/ehr-proc-1"}]
     assert copy.body()["subject"] == {**SUBJECT, "reference": "Patient/p-1"}
+    # A reference before the subject and one after it, the patient's put in between.
+    both_sides = stored(partOf=PART_OF, subject=SUBJECT, focus=[{"reference": "Procedure/p-2"}])
+    copy = same_copy(both_sides, "Patient/p-1", to_ehr)
+    assert copy.body()["focus"] == [{"reference": "Procedure/ehr-p-2"}]
     assert "meta" not in copy.body()
 
 
@@ -111,14 +115,15 @@ def test_what_only_the_walk_can_copy_is_left_to_it() -> None:
     local = stored(subject=SUBJECT, partOf=[{"reference": "#proc"}])
     named = stored(subject={**SUBJECT, "reference": "Patient/old"})
     foreign = orjson.dumps({"resourceType": "Observation", "status": "final"}).decode()
-    assert text_copy(dropped, None, left_out, []) is None
-    assert text_copy(stored(subject=SUBJECT), None, to_ehr, [rule]) is None
-    assert text_copy(contained, None, to_ehr, []) is None
-    assert text_copy(local, None, to_ehr, []) is None
-    assert text_copy(named, "Patient/p-1", to_ehr, []) is None
-    assert text_copy(foreign, None, to_ehr, []) is None
-    for content in (named, foreign):
-        assert ehr_copy(orjson.loads(content), "Patient/p-1", to_ehr, []).body()
+    assert text_copy(StoredText.of(dropped), None, left_out, []) is None
+    assert text_copy(StoredText.of(stored(subject=SUBJECT)), None, to_ehr, [rule]) is None
+    assert text_copy(StoredText.of(contained), None, to_ehr, []) is None
+    assert text_copy(StoredText.of(local), None, to_ehr, []) is None
+    assert text_copy(StoredText.of(named), "Patient/p-1", to_ehr, []) is None
+    assert text_copy(StoredText.of(foreign), None, to_ehr, []) is None
+    walked = ehr_copy(orjson.loads(named), "Patient/p-1", to_ehr, []).body()
+    assert walked["subject"]["reference"] == "Patient/p-1"
+    assert ehr_copy(orjson.loads(foreign), None, to_ehr, []).body() == orjson.loads(foreign)
 
 
 @pytest.mark.parametrize(
@@ -136,4 +141,4 @@ def test_the_mrn_read_from_the_text_is_the_one_the_parsed_resource_gives(
     subject: Json | None,
 ) -> None:
     content = stored(subject=subject) if subject is not None else stored(status="final")
-    assert stored_mrn(content, MRN_SYSTEM) == patient_mrn(orjson.loads(content), MRN_SYSTEM)
+    assert StoredText.of(content).mrn(MRN_SYSTEM) == patient_mrn(orjson.loads(content), MRN_SYSTEM)
