@@ -5,12 +5,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import urlencode
 
 from adapter.store.outbox import Pending
 from adapter.store.records import Key, RecordStore
 from adapter.store.sync_state import PatientMatch, PatientMatches
 from adapter.sync.client import EhrClient
+from adapter.sync.ehr_ids import copies_by_identifier
 
 MATCHED = "matched"
 
@@ -60,37 +60,36 @@ class PatientResolver:
         not found or was ambiguous is asked again on each run, once per run."""
         wanted = {mrn for mrn in mrns if mrn not in self._this_run}
         cached = self.matches.get(wanted)
-        fresh: list[PatientMatch] = []
+        asked: list[str] = []
         for mrn in sorted(wanted):
             known = cached.get(mrn)
             if known and known.state == MATCHED and now - known.checked_at < self.refresh:
                 self._this_run[mrn] = known
-                continue
-            match = self._search(mrn, now)
-            self._this_run[mrn] = match
-            fresh.append(match)
+            else:
+                asked.append(mrn)
+        # One search for the batch's new MRNs (by POST: they stay out of URLs and logs).
+        found = copies_by_identifier(
+            self.client, "Patient", [(self.mrn_system, mrn) for mrn in asked]
+        )
+        fresh = [_match(mrn, found.get((self.mrn_system, mrn), []), now) for mrn in asked]
+        for match in fresh:
+            self._this_run[match.mrn] = match
         self.matches.put(fresh)
         return {mrn: self._this_run[mrn] for mrn in mrns}
 
-    def _search(self, mrn: str, now: datetime) -> PatientMatch:
-        query = urlencode({"identifier": f"{self.mrn_system}|{mrn}", "_count": "5"})
-        answer = self.client.request("GET", f"Patient?{query}")
-        patients = [
-            entry["resource"]
-            for entry in (answer.body or {}).get("entry", [])
-            if entry.get("resource", {}).get("resourceType") == "Patient"
-            and entry.get("search", {}).get("mode", "match") == "match"
-        ]
-        if not patients:
-            return PatientMatch(mrn, "not-found", None, {}, now)
-        if len(patients) > 1:
-            return PatientMatch(mrn, "ambiguous", None, {"candidates": len(patients)}, now)
-        patient = patients[0]
-        detail: dict[str, Any] = {
-            "family": sorted({n["family"] for n in patient.get("name", []) if n.get("family")}),
-            "birth_date": patient.get("birthDate"),
-        }
-        return PatientMatch(mrn, MATCHED, str(patient["id"]), detail, now)
+
+def _match(mrn: str, patients: list[dict[str, Any]], now: datetime) -> PatientMatch:
+    """What the EHR's Patients with this MRN say: none, several, or the one."""
+    if not patients:
+        return PatientMatch(mrn, "not-found", None, {}, now)
+    if len(patients) > 1:
+        return PatientMatch(mrn, "ambiguous", None, {"candidates": len(patients)}, now)
+    patient = patients[0]
+    detail: dict[str, Any] = {
+        "family": sorted({n["family"] for n in patient.get("name", []) if n.get("family")}),
+        "birth_date": patient.get("birthDate"),
+    }
+    return PatientMatch(mrn, MATCHED, str(patient["id"]), detail, now)
 
 
 def mismatch(match: PatientMatch, facts: PatientFacts) -> str | None:

@@ -17,7 +17,7 @@
 // POST /_control/seed creates the resources of a JSON array as they are, whatever the switches.
 // GET /_control/identifiers counts identifiers and copies per type (duplicates at a glance).
 // GET /_control/stats counts the requests by method and outcome (and POST searches as
-// `searches`); POST /_control/reset empties it.
+// `searches`, those of Patients as `patient searches`); POST /_control/reset empties it.
 import { createServer } from 'node:http';
 import { createPublicKey, randomUUID, verify } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -411,7 +411,7 @@ async function handle(req, res, base) {
   const [status, resource] = [getStatus(result[0]), result[1]];
   count(`${req.method} ${status}`);
   if (path.endsWith('/_search')) {
-    count('searches');
+    count(path === 'Patient/_search' ? 'patient searches' : 'searches');
   }
   const headers = {};
   if (resource?.meta?.versionId) {
