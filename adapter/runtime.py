@@ -41,7 +41,7 @@ class Runtime:
     def close(self) -> None:
         """Close the store's connections (the engine of single reads too)."""
         self.store.engine.dispose()
-        self.fhir_reads.engine.dispose()
+        self.fhir_reads.close()
 
     def reload_mappings(self) -> bool:
         """Apply changed mapping files to intake and mapping; a broken file raises and changes

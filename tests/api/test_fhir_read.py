@@ -160,18 +160,29 @@ def test_json_formats_are_served(client: TestClient, fmt: str) -> None:
     assert client.get(f"/fhir/Observation?_format={fmt}").status_code == 200
 
 
+def _terminate(runtime: Runtime, pids: list[int]) -> None:
+    with runtime.store.engine.connect() as connection:
+        for pid in pids:
+            dropped = connection.execute(
+                text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}
+            ).scalar_one()
+            assert dropped is True
+
+
 def _drop_the_pooled_read_connection(runtime: Runtime) -> None:
     reads = runtime.fhir_reads.engine
-    pooled = reads.raw_connection()  # the connection the last read used, back in the pool after
+    pooled = reads.raw_connection()  # the connection the last search used, back in the pool after
     cursor = pooled.cursor()
     cursor.execute("SELECT pg_backend_pid()")
     pid = cursor.fetchone()[0]
     pooled.close()
-    with runtime.store.engine.connect() as connection:
-        dropped = connection.execute(
-            text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}
-        ).scalar_one()
-    assert dropped is True
+    _terminate(runtime, [pid])
+
+
+def _drop_the_read_connections_of_the_loop(runtime: Runtime) -> None:
+    pool = runtime.fhir_reads.loop_reads.pool
+    assert pool is not None and pool.idle  # the connection the last read used, kept
+    _terminate(runtime, [connection.info.backend_pid for connection in pool.idle])
 
 
 def test_reads_and_searches_survive_the_store_dropping_their_connection(day: TestClient) -> None:
@@ -182,7 +193,7 @@ def test_reads_and_searches_survive_the_store_dropping_their_connection(day: Tes
     resource = day.get("/fhir/Observation?_count=1").json()["entry"][0]["resource"]
     assert day.get(f"/fhir/Observation/{resource['id']}").status_code == 200
 
-    _drop_the_pooled_read_connection(runtime)
+    _drop_the_read_connections_of_the_loop(runtime)
     assert day.get(f"/fhir/Observation/{resource['id']}").status_code == 200
     _drop_the_pooled_read_connection(runtime)
     searched = day.get("/fhir/Observation?_count=2&_total=accurate")

@@ -80,12 +80,12 @@ def type_history(
     openapi_extra={"parameters": [IF_NONE_MATCH]},
 )
 async def read(request: Request, resource_type: str, resource_id: str) -> Response:
-    """The busiest route: on the event loop (one primary-key lookup costs less than the hop to
-    the thread pool), and with no parameter or dependency beyond the access check and the
-    format, each of which FastAPI resolves per request; If-None-Match is read directly."""
+    """The busiest route: on the event loop (one primary-key lookup, awaited on PostgreSQL),
+    and with no parameter or dependency beyond the access check and the format, each of which
+    FastAPI resolves per request; If-None-Match is read directly."""
     known_type(resource_type)
     runtime: Runtime = request.app.state.runtime
-    found = runtime.fhir_reads.read(resource_type, resource_id)
+    found = await runtime.fhir_reads.read(resource_type, resource_id)
     if found is None:
         raise NotFound(f"{resource_type}/{resource_id} is not known")
     headers = version_headers(found.version_id, found.last_updated)
