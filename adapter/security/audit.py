@@ -2,12 +2,11 @@
 kept in the store, append-only, written in batches off the request path."""
 
 import logging
-import queue
 import threading
-import time
+from collections import deque
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from sqlalchemy import Engine, insert, select
@@ -15,6 +14,7 @@ from sqlalchemy import Engine, insert, select
 from adapter.store.tables import audit_events
 
 log = logging.getLogger(__name__)
+_Item = TypeVar("_Item")
 FLUSH_SECONDS = 0.5
 BATCH = 500
 MOST_IDS = 100
@@ -121,54 +121,59 @@ class AuditLog:
 
 
 class AuditWriter:
-    """Entries are queued by requests and written by one thread, every half second or every
-    500 entries; `flush` writes what is queued now (reading the record flushes first, and so
-    does stopping the service)."""
+    """Entries are kept by requests and written by one thread, every half second or once 500
+    are waiting; `flush` writes what is kept now (reading the record flushes first, and so
+    does stopping the service). A request only appends to a deque: the thread is woken by a
+    full batch or a flush, not by every request (each wake-up would take the GIL from the
+    request path)."""
 
     def __init__(self, log_: AuditLog) -> None:
         self.audit = log_
-        self.queue: queue.Queue[AuditEntry | threading.Event | str | None] = queue.Queue()
+        self.entries: deque[AuditEntry] = deque()
+        self.flushes: deque[threading.Event] = deque()
+        self.wake = threading.Event()
+        self.stopping = False
         self.thread: threading.Thread | None = None
         self.lock = threading.Lock()
 
     def record(self, entry: AuditEntry) -> None:
-        with self.lock:
-            if self.thread is None:
-                self.thread = threading.Thread(target=self._run, name="audit", daemon=True)
-                self.thread.start()
-        self.queue.put(entry)
+        if self.thread is None:
+            with self.lock:
+                if self.thread is None:
+                    self.thread = threading.Thread(target=self._run, name="audit", daemon=True)
+                    self.thread.start()
+        self.entries.append(entry)
+        if len(self.entries) >= BATCH:
+            self.wake.set()
 
     def flush(self) -> None:
         if self.thread is None:
             return
         done = threading.Event()
-        self.queue.put(done)
+        self.flushes.append(done)
+        self.wake.set()
         done.wait(timeout=30)
 
     def close(self) -> None:
         if self.thread is not None:
-            self.queue.put(None)
+            self.stopping = True
+            self.wake.set()
             self.thread.join(timeout=30)
             self.thread = None
 
     def _run(self) -> None:
-        pending: list[AuditEntry] = []
-        written = time.monotonic()
+        unwritten: list[AuditEntry] = []
         while True:
-            try:
-                item = self.queue.get(timeout=FLUSH_SECONDS)
-            except queue.Empty:
-                item = _TICK
-            if isinstance(item, AuditEntry):
-                pending.append(item)
-                if len(pending) < BATCH and time.monotonic() - written < FLUSH_SECONDS:
-                    continue
-            if pending and self._write(pending):
-                pending = []
-            written = time.monotonic()
-            if isinstance(item, threading.Event):
-                item.set()
-            elif item is None:
+            self.wake.wait(FLUSH_SECONDS)
+            self.wake.clear()
+            stopping = self.stopping
+            flushes = _taken(self.flushes)
+            unwritten.extend(_taken(self.entries))
+            if unwritten and self._write(unwritten):
+                unwritten = []
+            for done in flushes:
+                done.set()
+            if stopping:
                 return
 
     def _write(self, entries: list[AuditEntry]) -> bool:
@@ -180,4 +185,6 @@ class AuditWriter:
         return True
 
 
-_TICK = "tick"
+def _taken(items: deque[_Item]) -> list[_Item]:
+    """What the deque holds now, taken out of it (others may append meanwhile)."""
+    return [items.popleft() for _ in range(len(items))]
