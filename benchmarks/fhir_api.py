@@ -5,7 +5,8 @@ year) through the adapter's resource writer into a fresh store, starts `infusion
 on loopback, and measures from a separate load process, each request with a SMART access token
 (checked, and recorded in the audit, as in use): read by id, a patient search with a
 date and `_count=100`, and a `_lastUpdated=gt` poll. Beside them, in the same run, a bare
-FastAPI endpoint returning the same read bytes from memory: the stack's own limit.
+FastAPI endpoint returning the same read bytes from memory: the stack's own limit. The reads
+of the two are measured in turns, so that a change in the machine's speed weighs on both.
 
     .venv/bin/python -m benchmarks.fhir_api --sizes 10000,100000,1000000 --store both
 """
@@ -111,10 +112,15 @@ def start(command: list[str], port: int, env: dict[str, str]) -> subprocess.Pope
     raise SystemExit(f"{command[0]} did not listen on {port}")
 
 
-def measure(
+Figures = tuple[float, float, float]
+"""p50 ms, p99 ms, requests/s."""
+
+
+def timed(
     port: int, paths: list[str], seconds: float, headers: dict[str, str], threads: int = 4
-) -> tuple[float, float, float]:
-    """p50 ms, p99 ms, requests/s over `seconds` from `threads` keep-alive connections."""
+) -> tuple[list[float], float]:
+    """The latency of each request sent over `seconds` from `threads` keep-alive
+    connections, and the time they took."""
     latencies: list[float] = []
     lock = threading.Lock()
     stop = time.monotonic() + seconds
@@ -141,9 +147,16 @@ def measure(
         thread.start()
     for thread in pool:
         thread.join()
-    elapsed = time.perf_counter() - began
+    return latencies, time.perf_counter() - began
+
+
+def figures_of(latencies: list[float], elapsed: float) -> Figures:
     quantiles = statistics.quantiles(latencies, n=100)
     return quantiles[49] * 1000, quantiles[98] * 1000, len(latencies) / elapsed
+
+
+def measure(port: int, paths: list[str], seconds: float, headers: dict[str, str]) -> Figures:
+    return figures_of(*timed(port, paths, seconds, headers))
 
 
 BARE = """
@@ -175,7 +188,7 @@ def access_token(url: str) -> dict[str, str]:
 def run_size(store: str, url: str, size: int, seconds: float, workdir: Path) -> None:
     load(url, size)
     headers = access_token(url)
-    port = free_port()
+    port, bare_port = free_port(), free_port()
     env = {
         **os.environ,
         "ADAPTER_DATABASE_URL": url,
@@ -183,7 +196,8 @@ def run_size(store: str, url: str, size: int, seconds: float, workdir: Path) -> 
         "ADAPTER_LOG_LEVEL": "WARNING",
         "ADAPTER_PORT": str(port),
     }
-    service = start([sys.executable, "-m", "adapter.cli", "serve"], port, env)
+    body = workdir / "body.json"
+    body.write_bytes(orjson.dumps(observation(0)))
     rng = random.Random(3)
     patients = max(1, size // PER_PATIENT)
     reads = [f"/fhir/Observation/{uuid.UUID(int=rng.randrange(size) + 1)}" for _ in range(500)]
@@ -192,30 +206,46 @@ def run_size(store: str, url: str, size: int, seconds: float, workdir: Path) -> 
         for _ in range(200)
     ]
     polls = ["/fhir/Observation?_lastUpdated=gt2000-01-01T00:00:00Z&_count=100"]
-    try:
-        figures = {
-            name: measure(port, paths, seconds, headers)
-            for name, paths in (("read", reads), ("search", searches), ("poll", polls))
-        }
-    finally:
-        service.terminate()
-        service.wait()
-    body = workdir / "body.json"
-    body.write_bytes(orjson.dumps(observation(0)))
-    bare_port = free_port()
+    service = start([sys.executable, "-m", "adapter.cli", "serve"], port, env)
     bare = start(
         [sys.executable, "-c", BARE, str(bare_port), str(body)], bare_port, dict(os.environ)
     )
     try:
-        bare_figures = measure(bare_port, reads, seconds, headers)
+        read, bare_read = _alternating(port, bare_port, reads, seconds, headers)
+        figures = {
+            "read": read,
+            "search": measure(port, searches, seconds, headers),
+            "poll": measure(port, polls, seconds, headers),
+        }
     finally:
-        bare.terminate()
-        bare.wait()
+        for process in (service, bare):
+            process.terminate()
+            process.wait()
     for name, (p50, p99, rate) in figures.items():
         print(f"{store:<10} {size:>9,} {name:<7} {_figures(p50, p99, rate)}")
-    p50, p99, rate = bare_figures
+    p50, p99, rate = bare_read
     ratio = figures["read"][2] / rate
     print(f"{store:<10} {size:>9,} {'bare':<7} {_figures(p50, p99, rate)}  (read/bare {ratio:.2f})")
+
+
+ROUNDS = 3
+
+
+def _alternating(
+    port: int, bare_port: int, paths: list[str], seconds: float, headers: dict[str, str]
+) -> tuple[Figures, Figures]:
+    """Reads from the service and from the bare endpoint in turns (ROUNDS each, `seconds` in
+    all for each), so that a change in the machine's speed during the run weighs on both."""
+    latencies: dict[int, list[float]] = {port: [], bare_port: []}
+    elapsed = dict.fromkeys(latencies, 0.0)
+    for _ in range(ROUNDS):
+        for target in (port, bare_port):
+            found, took = timed(target, paths, seconds / ROUNDS, headers)
+            latencies[target] += found
+            elapsed[target] += took
+    return figures_of(latencies[port], elapsed[port]), figures_of(
+        latencies[bare_port], elapsed[bare_port]
+    )
 
 
 def _figures(p50: float, p99: float, rate: float) -> str:
