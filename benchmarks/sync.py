@@ -2,12 +2,14 @@
 limit, and the sync process's peak memory.
 
 Synthetic records are imported and mapped into a SQLite store until about `--resources` are
-pending. The baseline, measured first in the same run against a fresh sandbox EHR (Medplum's
+pending. The baseline, measured in the same run against a fresh sandbox EHR (Medplum's
 FhirRouter in Node, tests/ehr-server): a plain client posting the same resources straight to
 the server as transaction Bundles of the same size, with nothing else (no lookups, no
-bookkeeping). Then the EHR is emptied and `infusion-adapter sync --once` runs in its own
-process, whose peak RSS (VmHWM) is read from /proc while it runs. Both runs end with every
-resource in the EHR, which is counted.
+bookkeeping). It runs once before the sync and once after, each time into an emptied EHR, and
+the baseline is the mean of the two, so that a change in the machine's speed during the run
+weighs on both sides. `infusion-adapter sync --once` runs in its own process, whose peak RSS
+(VmHWM) is read from /proc while it runs. Every run ends with every resource in the EHR, which
+is counted after the sync.
 
     .venv/bin/python -m benchmarks.sync --resources 100000
 """
@@ -27,6 +29,7 @@ import requests
 
 from adapter.runtime import open_runtime
 from adapter.settings import Settings
+from adapter.store.resources import StoredResource
 from benchmarks.synthetic import records
 from tests.sync.sandbox import SandboxEhr
 
@@ -60,6 +63,14 @@ def entry(content: str, mrn_to_patient: dict[str, str]) -> bytes:
         resource["subject"] = {**subject, "reference": mrn_to_patient[mrn]}
     request = {"method": "POST", "url": resource["resourceType"]}
     return orjson.dumps({"resource": resource, "request": request})
+
+
+def _plain_bodies(ehr: SandboxEhr, mrns: list[str], stored: list[StoredResource]) -> list[bytes]:
+    """An emptied EHR with the patients, and the plain client's entries for it."""
+    ehr.reset()
+    ehr.add_patients(new_mrns(ehr, mrns))
+    patients = {p["identifier"][0]["value"]: f"Patient/{p['id']}" for p in ehr.all("Patient")}
+    return [entry(resource.content, patients) for resource in stored]
 
 
 def new_mrns(ehr: SandboxEhr, mrns: list[str]) -> list[str]:
@@ -108,13 +119,10 @@ def main() -> None:
         mrns = sorted({orjson.loads(line)["patient"]["mrn"] for line in lines})
         print(f"{len(stored):,} resources pending for {len(mrns):,} patients", flush=True)
 
-        ehr.reset()
-        ehr.add_patients(new_mrns(ehr, mrns))
-        patients = {p["identifier"][0]["value"]: f"Patient/{p['id']}" for p in ehr.all("Patient")}
-        bodies = [entry(resource.content, patients) for resource in stored]
-        baseline = plain_client(ehr, bodies, args.batch)
+        bodies = _plain_bodies(ehr, mrns, stored)
+        before = plain_client(ehr, bodies, args.batch)
         del bodies
-        print(f"plain client, transaction Bundles of {args.batch}: {baseline:,.0f} resources/s")
+        print(f"plain client, transaction Bundles of {args.batch}: {before:,.0f} resources/s")
 
         ehr.reset()
         ehr.add_patients(new_mrns(ehr, mrns))
@@ -147,15 +155,22 @@ def main() -> None:
         rate = delivered / seconds
         peak_mb = peak_kb / 1024
         print(
-            f"adapter sync (process start to exit): {rate:,.0f} resources/s "
-            f"({rate / baseline:.2f} of the plain client), peak RSS {peak_mb:.0f} MB, "
-            f"exit status {status}"
+            f"adapter sync (process start to exit): {rate:,.0f} resources/s, "
+            f"peak RSS {peak_mb:.0f} MB, exit status {status}"
         )
         print(f"sync process CPU time {cpu:.1f} s of {seconds:.1f} s", flush=True)
         waiting = runtime.outbox.listed(("waiting",), 3)
         print(
             f"delivered {delivered:,} of {len(stored):,}; the EHR holds {in_ehr:,} identifiers "
-            f"in {copies:,} copies" + "".join(f"\n  waiting: {i.detail}" for i in waiting)
+            f"in {copies:,} copies" + "".join(f"\n  waiting: {i.detail}" for i in waiting),
+            flush=True,
+        )
+
+        after = plain_client(ehr, _plain_bodies(ehr, mrns, stored), args.batch)
+        baseline = (before + after) / 2
+        print(
+            f"plain client again: {after:,.0f} resources/s; baseline (mean) {baseline:,.0f}\n"
+            f"sync / plain client: {rate / baseline:.2f}"
         )
     finally:
         ehr.stop()
