@@ -44,6 +44,10 @@ PARTIAL = (
     "delivered without its references to resources not yet in the EHR; it is updated once they are"
 )
 LONGEST_BACKOFF = 3600.0
+MINIMAL = {"Prefer": "return=minimal"}
+"""Sent with Bundles: the sync needs only each entry's status, location and ETag, not the EHR's
+copy of every resource back (FHIR R4 http.html, "Managing Return Content"). An EHR that returns
+the resources all the same is read as before."""
 
 
 @dataclass(frozen=True)
@@ -333,7 +337,9 @@ class Delivery:
             self._mark_sent(creates)
             bundle = f'{{"resourceType":"Bundle","type":"{kind}","entry":[{",".join(entries)}]}}'
             try:
-                answer = self.client.request("POST", "", body=bundle, idempotent=not creates)
+                answer = self.client.request(
+                    "POST", "", body=bundle, idempotent=not creates, headers=MINIMAL
+                )
                 break
             except TemporaryEhrError as error:
                 if not error.sent or attempt + 1 == self.client.attempts:

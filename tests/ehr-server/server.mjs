@@ -16,6 +16,9 @@
 // coding are refused with that status (an EHR-side rule a site must fix); DELETE clears it.
 // POST /_control/seed creates the resources of a JSON array as they are, whatever the switches.
 // GET /_control/identifiers counts identifiers and copies per type (duplicates at a glance).
+// A transaction or batch sent with `Prefer: return=minimal` is answered without the resources,
+// each entry's response with its versioned location and ETag (FHIR R4 http.html, "Managing
+// Return Content"), as HAPI FHIR answers; FhirRouter itself always returns them in full.
 // GET /_control/stats counts the requests by method and outcome (and POST searches as
 // `searches`, those of Patients as `patient searches`); POST /_control/reset empties it.
 import { createServer } from 'node:http';
@@ -324,6 +327,19 @@ function send(res, status, body, extra = {}) {
   res.end(text);
 }
 
+function minimal(bundle) {
+  for (const entry of bundle.entry ?? []) {
+    const stored = entry.resource;
+    if (!stored?.meta?.versionId || !entry.response) {
+      continue;
+    }
+    entry.response.location = `${stored.resourceType}/${stored.id}/_history/${stored.meta.versionId}`;
+    entry.response.etag = `W/"${stored.meta.versionId}"`;
+    entry.response.lastModified = stored.meta.lastUpdated;
+    delete entry.resource;
+  }
+}
+
 async function readBody(req) {
   const chunks = [];
   for await (const chunk of req) {
@@ -412,6 +428,9 @@ async function handle(req, res, base) {
   count(`${req.method} ${status}`);
   if (path.endsWith('/_search')) {
     count(path === 'Patient/_search' ? 'patient searches' : 'searches');
+  }
+  if (resource?.resourceType === 'Bundle' && /return=minimal/.test(req.headers.prefer ?? '')) {
+    minimal(resource);
   }
   const headers = {};
   if (resource?.meta?.versionId) {

@@ -219,3 +219,39 @@ def test_a_run_that_fails_while_staging_keeps_what_the_ehr_answered(
     in_ehr = sum(len(ehr.all(t)) for t in stored_counts(runtime))
     known = [i for i in runtime.outbox.listed(STATES, 100) if i.ehr_id is not None]
     assert in_ehr == len(known) == 21  # three batches of 7 sent, each recorded
+
+
+def test_bundles_ask_for_minimal_answers_and_the_ehrs_ids_and_versions_are_kept(
+    runtime: Runtime, settings: Settings, ehr: SandboxEhr
+) -> None:
+    """The sandbox answers `Prefer: return=minimal` as HAPI FHIR does, without the resources:
+    the EHR's id and version of each copy come from its entry's location and ETag."""
+    load_example_day(runtime)
+    sync = in_batches_of(7, runtime, settings)
+    preferences: list[str | None] = []
+    answered_resources = 0
+    send = sync.client.request
+
+    def watched(method: str, path: str, **options: Any) -> Any:
+        nonlocal answered_resources
+        answer = send(method, path, **options)
+        body = options.get("body") or {}
+        if isinstance(body, str) and body.startswith('{"resourceType":"Bundle"'):
+            preferences.append((options.get("headers") or {}).get("Prefer"))
+            answered_resources += sum("resource" in e for e in answer.body["entry"])
+        return answer
+
+    sync.client.request = watched  # type: ignore[method-assign]
+    report = sync_once(sync, trigger="test")
+
+    assert report.status == "completed", report.error
+    assert preferences and set(preferences) == {"return=minimal"}
+    assert answered_resources == 0
+    held = {
+        r["id"]: r["meta"]["versionId"]
+        for resource_type in stored_counts(runtime)
+        for r in ehr.all(resource_type)
+    }
+    delivered = Outbox(runtime.store.engine).listed(("delivered",), 1000)
+    assert len(delivered) == sum(stored_counts(runtime).values())
+    assert {i.ehr_id: i.ehr_version for i in delivered} == held
