@@ -247,12 +247,14 @@ class ResourceStore:
 
     def refresh_statistics(self) -> None:
         """Let the query planner see the tables as they are now, after a large load: without
-        statistics both SQLite and PostgreSQL may scan instead of using the search index."""
+        statistics both SQLite and PostgreSQL may scan instead of using the search index, and
+        PostgreSQL, taking the sync's queue for nearly empty, sorts all of it for each batch
+        (100 ms a batch at 30,000 queued, 0.7 ms by the queue's index)."""
         with self.engine.begin() as connection:
             connection.exec_driver_sql(
                 "ANALYZE"
                 if connection.dialect.name == "sqlite"
-                else "ANALYZE fhir_resources, fhir_search_tokens, source_records"
+                else "ANALYZE fhir_resources, fhir_search_tokens, source_records, sync_outbox"
             )
 
     def get(self, resource_type: str, resource_id: str) -> StoredResource | None:
