@@ -33,8 +33,13 @@ log = logging.getLogger(__name__)
 CAPABILITIES = "ehr_capabilities"
 BACKOFF = "sync_backoff"
 LONGEST_BACKOFF = 3600.0
-IN_FLIGHT = 2
-"""Batches with the EHR at once: while the EHR works on one, the answer to the other is read."""
+IN_FLIGHT = 3
+"""Batches with the EHR at once: while the EHR works on one, the answers to the others are read
+and the next are staged."""
+STAGED_AHEAD = 3
+"""Batches read and staged at a time: one commit records the outcomes answered meanwhile and
+notes these batches' possible creates (each commit writes and syncs the pages it changed, and
+consecutive batches share many of them)."""
 InFlight = tuple[set[str], Future[list[Outcome]]]
 """The adapter ids of a batch sent, and its outcomes to come."""
 COMPLETION_ROUNDS = 2
@@ -210,10 +215,10 @@ def _run(sync: Sync, report: SyncReport, progress: Callable[[int], None]) -> Non
     sync.outbox.requeue(sync.clock(), ["skipped"], resource_types=deliverable)
     sync.outbox.wake_waiting(sync.clock())
     size = sync.settings.sync_batch_size
-    batch = sync.outbox.due(sync.clock(), None, size)
-    staged = delivery.stage(batch) if batch else None
     unrecorded: list[Outcome] = []
     in_flight: deque[InFlight] = deque()
+    ready: deque[Staged] = deque()
+    """Batches staged, their creates noted, in delivery order."""
 
     def answered() -> None:
         """The oldest batch in flight, waited for: its outcomes join those to record."""
@@ -224,28 +229,37 @@ def _run(sync: Sync, report: SyncReport, progress: Callable[[int], None]) -> Non
         if sync.client.breaker.open:
             raise EhrUnavailable("the EHR failed too many requests in a row")
 
+    def read_ahead(after: tuple[int, str] | None) -> None:
+        """The next STAGED_AHEAD batches read and staged; their possible creates noted in one
+        commit with the outcomes answered so far, before any of them is sent."""
+        following = sync.outbox.due(sync.clock(), after, size * STAGED_AHEAD)
+        will_send = delivery.may_create(following)
+        while in_flight and in_flight[0][1].done():
+            answered()
+        _settle(sync, report, unrecorded, will_send)
+        unrecorded.clear()
+        delivery.marked.update(will_send)
+        for start in range(0, len(following), size):
+            ready.append(delivery.stage(following[start : start + size]))
+
     # A pipeline: while the EHR works on up to IN_FLIGHT batches (in sender threads), the next
-    # is read and staged and the outcomes of those answered are recorded. The next batch's
-    # possible creates are noted in that same commit, which lands before the batch is sent.
+    # are read and staged and the outcomes of those answered are recorded. The possible creates
+    # of the batches read are noted in that same commit, which lands before any is sent.
     # A batch that references a resource of a batch in flight waits for that batch's answer,
     # which brings the EHR's id to put in the reference.
     with ThreadPoolExecutor(max_workers=IN_FLIGHT, thread_name_prefix="sync-send") as sender:
         try:
-            while staged is not None:
+            read_ahead(None)
+            while ready:
                 if not sync.lease.renew(sync.clock()):
                     raise LeaseLost  # what this run did is kept all the same, below
+                staged = ready.popleft()
                 while in_flight and (len(in_flight) == IN_FLIGHT or _waits_for(staged, in_flight)):
                     answered()
                 ids = {p.item.resource_id for p in staged.ready}
                 in_flight.append((ids, sender.submit(delivery.send, staged)))
-                following = sync.outbox.due(sync.clock(), staged.batch[-1].item.key, size)
-                will_send = delivery.may_create(following)
-                while in_flight and in_flight[0][1].done():
-                    answered()
-                _settle(sync, report, unrecorded, will_send)
-                unrecorded.clear()
-                delivery.marked.update(will_send)
-                staged = delivery.stage(following) if following else None
+                if not ready:
+                    read_ahead(staged.batch[-1].item.key)
             while in_flight:
                 answered()
         except BaseException:
