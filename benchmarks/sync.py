@@ -1,17 +1,18 @@
 """Sync benchmark: pending resources delivered to the sandbox EHR per second, beside the peer's
 limit, and the sync process's peak memory.
 
-Synthetic records are imported and mapped into a SQLite store until about `--resources` are
-pending. The baseline, measured in the same run against a fresh sandbox EHR (Medplum's
-FhirRouter in Node, tests/ehr-server): a plain client posting the same resources straight to
-the server as transaction Bundles of the same size, with nothing else (no lookups, no
-bookkeeping). It runs once before the sync and once after, each time into an emptied EHR, and
-the baseline is the mean of the two, so that a change in the machine's speed during the run
-weighs on both sides. `infusion-adapter sync --once` runs in its own process, whose peak RSS
-(VmHWM) is read from /proc while it runs. Every run ends with every resource in the EHR, which
-is counted after the sync.
+Synthetic records are imported and mapped into a SQLite store (or, with `--store postgresql`,
+a scratch schema of the test PostgreSQL) until about `--resources` are pending. The baseline,
+measured in the same run against a fresh sandbox EHR (Medplum's FhirRouter in Node,
+tests/ehr-server): a plain client posting the same resources straight to the server as
+transaction Bundles of the same size, with nothing else (no lookups, no bookkeeping). It runs
+once before the sync and once after, each time into an emptied EHR, and the baseline is the mean
+of the two, so that a change in the machine's speed during the run weighs on both sides.
+`infusion-adapter sync --once` runs in its own process, whose peak RSS (VmHWM) is read from
+/proc while it runs. Every run ends with every resource in the EHR, which is counted after the
+sync.
 
-    .venv/bin/python -m benchmarks.sync --resources 100000
+    .venv/bin/python -m benchmarks.sync --resources 100000 [--store postgresql]
 """
 
 import argparse
@@ -27,9 +28,10 @@ from pathlib import Path
 import orjson
 import requests
 
-from adapter.runtime import open_runtime
+from adapter.runtime import Runtime, open_runtime
 from adapter.settings import Settings
 from adapter.store.resources import StoredResource
+from benchmarks.postgres import scratch_schema
 from benchmarks.synthetic import records
 from tests.sync.sandbox import SandboxEhr
 
@@ -99,14 +101,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--resources", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=50)
+    parser.add_argument("--store", choices=["sqlite", "postgresql"], default="sqlite")
     args = parser.parse_args()
+    if args.store == "postgresql":
+        with scratch_schema() as (_, url):
+            run(args, url)
+    else:
+        run(args, None)
 
+
+def run(args: argparse.Namespace, database_url: str | None) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="sync-bench-"))
     shutil.copytree(ROOT / "mappings", workdir / "mappings")
     ehr = SandboxEhr()
+    runtime: Runtime | None = None
     try:
         settings = Settings(
-            database_url=f"sqlite:///{workdir / 'adapter.db'}",
+            database_url=database_url or f"sqlite:///{workdir / 'adapter.db'}",
             mappings_dir=workdir / "mappings",
             ehr_base_url=ehr.base,
             sync_batch_size=args.batch,
@@ -176,6 +187,8 @@ def main() -> None:
             f"sync / plain client: {rate / baseline:.2f}"
         )
     finally:
+        if runtime is not None:
+            runtime.close()
         ehr.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
