@@ -155,11 +155,15 @@ class AuditWriter:
         done.wait(timeout=30)
 
     def close(self) -> None:
-        if self.thread is not None:
-            self.stopping = True
-            self.wake.set()
-            self.thread.join(timeout=30)
-            self.thread = None
+        """Write what is kept and stop the thread; a later entry starts it again (an app can
+        be started and stopped more than once, as tests do)."""
+        with self.lock:
+            if self.thread is not None:
+                self.stopping = True
+                self.wake.set()
+                self.thread.join(timeout=30)
+                self.thread = None
+                self.stopping = False
 
     def _run(self) -> None:
         unwritten: list[AuditEntry] = []

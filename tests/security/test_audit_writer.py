@@ -111,3 +111,20 @@ def test_a_failed_write_keeps_the_entries_for_the_next(tmp_path: Path) -> None:
     writer.close()
 
     assert _paths(log) == ["/fhir/Observation/1", "/fhir/Observation/2"]
+
+
+def test_a_closed_writer_starts_again_for_the_next_entry(tmp_path: Path) -> None:
+    log = _log(tmp_path)
+    writer = AuditWriter(log)
+    writer.record(_entry(1))
+    writer.close()
+
+    began = time.monotonic()
+    for number in (2, 3):
+        writer.record(_entry(number))
+        writer.flush()
+    flushed_in = time.monotonic() - began
+    writer.close()
+
+    assert flushed_in < FLUSH_SECONDS * 2
+    assert _paths(log) == [f"/fhir/Observation/{n}" for n in (1, 2, 3)]
