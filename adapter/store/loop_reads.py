@@ -86,7 +86,7 @@ class LoopReads:
                 raise
             pool.give_back(connection)
             return row
-        return None
+        raise AssertionError("unreachable")
 
     def _pool(self) -> _Pool:
         loop = asyncio.get_running_loop()

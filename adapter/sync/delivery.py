@@ -6,7 +6,7 @@ and no answer came back, the EHR is searched for the adapter's identifiers befor
 again, and what is found there is updated instead."""
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -106,14 +106,19 @@ class Delivery:
 
     def may_create(self, batch: Sequence[Pending]) -> list[str]:
         """The items of a batch that a delivery could create (no EHR id known): the run notes
-        them in the outbox, with the previous batch's outcomes, before the batch is sent."""
+        them in the outbox, with the outcomes answered so far, before the batch is sent; then
+        tells `noted`."""
         return [p.item.resource_id for p in batch if self._ehr_id(p.item) is None]
+
+    def noted(self, ids: Iterable[str]) -> None:
+        """These creates are noted in the outbox (committed): sending them notes nothing more."""
+        self.marked.update(ids)
 
     def _mark_sent(self, ids: list[str]) -> None:
         unmarked = [i for i in ids if i not in self.marked]
         if unmarked:
             self.outbox.mark_sent(unmarked, self.clock())
-            self.marked.update(unmarked)
+            self.noted(unmarked)
 
     def deliver(self, batch: Sequence[Pending]) -> list[Outcome]:
         """Outcomes for every item of the batch; raises only when the whole run must stop."""

@@ -238,7 +238,7 @@ def _run(sync: Sync, report: SyncReport, progress: Callable[[int], None]) -> Non
             answered()
         _settle(sync, report, unrecorded, will_send)
         unrecorded.clear()
-        delivery.marked.update(will_send)
+        delivery.noted(will_send)
         for start in range(0, len(following), size):
             ready.append(delivery.stage(following[start : start + size]))
 
