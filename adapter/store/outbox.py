@@ -204,6 +204,8 @@ class Outbox:
     def items(self, ids: Iterable[str]) -> dict[str, OutboxItem]:
         wanted = sorted(set(ids))
         found: dict[str, OutboxItem] = {}
+        if not wanted:
+            return found
         with raw.cursor(self.engine) as cursor:
             for start in range(0, len(wanted), 500):
                 chunk = wanted[start : start + 500]

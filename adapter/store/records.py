@@ -301,6 +301,8 @@ class RecordStore:
         every batch the sync sends, so as one DBAPI statement per 500."""
         wanted = sorted(set(keys))
         found: dict[Key, dict[str, Any]] = {}
+        if not wanted:
+            return found
         with raw.cursor(self.engine) as cursor:
             for start in range(0, len(wanted), 500):
                 chunk = set(wanted[start : start + 500])

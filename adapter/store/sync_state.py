@@ -157,6 +157,8 @@ class PatientMatches:
     def get(self, mrns: Iterable[str]) -> dict[str, PatientMatch]:
         wanted = sorted(set(mrns))
         found: dict[str, PatientMatch] = {}
+        if not wanted:
+            return found
         with self.engine.connect() as connection:
             for start in range(0, len(wanted), 500):
                 query = select(patients).where(patients.c.mrn.in_(wanted[start : start + 500]))

@@ -163,9 +163,11 @@ sync_outbox = Table(
     Column("updated_at", UtcDateTime(), nullable=False),
     Column("sent_at", UtcDateTime()),
     Index("ix_sync_outbox_queue", "state", "rank", "resource_id"),
+    sqlite_with_rowid=False,
 )
 """One row per resource: the version the EHR should hold, where delivery stands, and the EHR's
-id and version for it once delivered. Written in the transaction that stores each version."""
+id and version for it once delivered. Written in the transaction that stores each version. On
+SQLite the rows are kept in resource_id order, so that a run's writes share pages (0008)."""
 
 sync_runs = Table(
     "sync_runs",

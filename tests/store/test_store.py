@@ -36,6 +36,58 @@ def test_migrations_downgrade_to_nothing_and_back(database_url: str) -> None:
     engine.dispose()
 
 
+def test_the_outbox_kept_in_key_order_keeps_every_item_both_ways(database_url: str) -> None:
+    engine = make_engine(database_url)
+    migrate.upgrade(engine, "0007")
+    row = (
+        "INSERT INTO sync_outbox (resource_id, resource_type, rank, version_id, state, attempts, "
+        "next_attempt_at, detail, ehr_id, ehr_version, delivered_version, updated_at, sent_at) "
+        "VALUES (:id, 'Observation', 3, 2, :state, 1, :at, :detail, :ehr, '7', 1, :at, :sent)"
+    )
+    at = "2026-11-26 10:00:00"
+    items = [
+        {"id": "b-1", "state": "delivered", "at": at, "detail": None, "ehr": "9", "sent": at},
+        {
+            "id": "a-2",
+            "state": "dead",
+            "at": at,
+            "detail": '{"reason": "422"}',
+            "ehr": None,
+            "sent": None,
+        },
+    ]
+    with engine.begin() as connection:
+        connection.execute(text(row), items)
+    query = text(
+        "SELECT resource_id, state, attempts, detail, ehr_id, ehr_version, version_id, "
+        "delivered_version, sent_at IS NULL FROM sync_outbox ORDER BY resource_id"
+    )
+
+    def stored() -> list[tuple[object, ...]]:
+        with engine.connect() as connection:
+            return [tuple(r) for r in connection.execute(query)]
+
+    before = stored()
+    migrate.upgrade(engine)
+    assert stored() == before
+    sqlite = engine.dialect.name == "sqlite"
+    with engine.connect() as connection:
+        if sqlite:  # a WITHOUT ROWID table has no rowid to select
+            ddl = connection.execute(
+                text("SELECT sql FROM sqlite_master WHERE name = 'sync_outbox'")
+            ).scalar_one()
+            assert "WITHOUT ROWID" in ddl
+        indexes = {i["name"] for i in inspect(connection).get_indexes("sync_outbox")}
+    assert "ix_sync_outbox_queue" in indexes
+
+    migrate.downgrade(engine, "0007")
+    assert stored() == before
+    if sqlite:
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT count(rowid) FROM sync_outbox")).scalar() == 2
+    engine.dispose()
+
+
 def test_accepted_records_survive_a_new_connection(runtime: Runtime) -> None:
     runtime.intake.submit([(0, ndjson(session())), (1, ndjson(vitals()))])
     runtime.close()
