@@ -1,5 +1,6 @@
 """The `infusion-adapter` command: serve, import, db, mappings, sync and clients."""
 
+import gc
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -252,5 +253,20 @@ def schema(output: Path | None) -> None:
 main.add_command(sync)
 main.add_command(clients)
 
-if __name__ == "__main__":
+YOUNG_COLLECTION = 20_000
+"""Allocations between collections of the youngest generation (Python's default is 700)."""
+
+
+def entry() -> None:
+    """The `infusion-adapter` command as its own process. What the imports made lives as long as
+    the process, so the cyclic collector stops scanning it (`gc.freeze`); and the youngest
+    generation is collected every YOUNG_COLLECTION allocations, not every 700: a sync run or an
+    import otherwise spends some 7% of its time in collections that find next to nothing
+    (reference counting frees what it makes)."""
+    gc.freeze()
+    gc.set_threshold(YOUNG_COLLECTION, *gc.get_threshold()[1:])
     main()
+
+
+if __name__ == "__main__":
+    entry()
