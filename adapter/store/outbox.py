@@ -1,9 +1,8 @@
 """The sync's outbox: the version of each resource the EHR should hold, and how far it got."""
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from sqlalchemy import Connection, Engine, bindparam, func, select, update
@@ -22,8 +21,10 @@ become pending at the start of each run (`wake_waiting`)."""
 STATES = ("pending", "waiting", "delivered", "dead", "skipped")
 
 
-@dataclass(frozen=True)
-class OutboxItem:
+class OutboxItem(NamedTuple):
+    """One row of the outbox. The queue's rows are named tuples: a run makes one per item, and
+    a tuple is made several times faster than a frozen dataclass."""
+
     resource_id: str
     resource_type: str
     rank: int
@@ -45,8 +46,7 @@ class OutboxItem:
         return (self.rank, self.resource_id)
 
 
-@dataclass(frozen=True)
-class Pending:
+class Pending(NamedTuple):
     """A resource version to deliver, with the stored JSON and the record it came from."""
 
     item: OutboxItem
@@ -55,8 +55,7 @@ class Pending:
     source_id: str
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(NamedTuple):
     """What happened to one delivery attempt. `state` is the item's next state."""
 
     resource_id: str
@@ -191,13 +190,23 @@ class Outbox:
             cursor.execute(raw.statement(self.engine, sql), values)
             rows = cursor.fetchall()
         width = len(_COLUMNS)
-        return [Pending(self._item(row[:width]), *row[width:]) for row in rows]
+        items = self._items(row[:width] for row in rows)
+        return [Pending(item, *row[width:]) for item, row in zip(items, rows, strict=True)]
 
-    def _item(self, row: Any) -> OutboxItem:
+    def _items(self, rows: Iterable[Any]) -> list[OutboxItem]:
+        """Items from their rows. The items queued in one transaction share their times: each
+        time is converted once."""
+        moments: dict[Any, datetime] = {}
+        return [self._item(row, moments) for row in rows]
+
+    def _item(self, row: Any, moments: dict[Any, datetime]) -> OutboxItem:
         values = list(row)
         for at, moment in self._moments:
-            if values[at] is not None:
-                values[at] = moment(values[at])
+            stored = values[at]
+            if stored is not None:
+                if stored not in moments:
+                    moments[stored] = moment(stored)
+                values[at] = moments[stored]
         values[_DETAIL] = orjson.loads(values[_DETAIL]) if values[_DETAIL] else None
         return OutboxItem(*values)
 
@@ -212,8 +221,7 @@ class Outbox:
                 sql = f"SELECT {_SELECTED} FROM sync_outbox o "
                 sql += f"WHERE o.resource_id IN ({raw.placeholders(len(chunk))})"
                 cursor.execute(raw.statement(self.engine, sql), chunk)
-                for row in cursor.fetchall():
-                    found[row[0]] = self._item(row)
+                found.update((item.resource_id, item) for item in self._items(cursor.fetchall()))
         return found
 
     def mark_sent(self, ids: Sequence[str], now: datetime) -> None:
@@ -296,7 +304,7 @@ class Outbox:
         values = [*states, *([after] if after is not None else []), limit]
         with raw.cursor(self.engine) as cursor:
             cursor.execute(raw.statement(self.engine, sql), values)
-            return [self._item(row) for row in cursor.fetchall()]
+            return self._items(cursor.fetchall())
 
     def wake_waiting(self, now: datetime) -> int:
         """Waiting items (patient not settled, reference not delivered) are tried on every run."""

@@ -158,9 +158,8 @@ class EhrClient:
                 timeout=self.timeout,
             )
         except (requests.ConnectionError, requests.Timeout) as exc:
-            raise TemporaryEhrError(
-                None, f"no answer from the EHR ({type(exc).__name__})"
-            ) from None
+            reason = f"no answer from the EHR ({type(exc).__name__})"
+            raise TemporaryEhrError(None, reason, sent=_maybe_sent(exc)) from None
         parsed = _json(answer)
         status = answer.status_code
         if status < 400:

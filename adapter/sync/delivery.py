@@ -418,9 +418,8 @@ class Delivery:
             raise error
         if error.status in (404, 410):
             self.known.pop(p.item.resource_id, None)
-            p = replace(
-                p, pending=replace(p.pending, item=replace(p.item, ehr_id=None, ehr_version=None))
-            )
+            item = p.item._replace(ehr_id=None, ehr_version=None)
+            p = replace(p, pending=p.pending._replace(item=item))
             request, body = self._request(p, conditional=True)
             return self._send(request, body, idempotent="ifNoneExist" in request, item=p.item)
         if error.status == 428:

@@ -1,11 +1,16 @@
-"""How the EHR client reads an EHR's Retry-After."""
+"""How the EHR client reads an EHR's Retry-After, and which failed requests it repeats."""
 
+import socket
+import struct
+import threading
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
 import pytest
 
-from adapter.sync.client import _retry_after
+from adapter.sync.auth import NoAuth
+from adapter.sync.client import Breaker, EhrClient, _retry_after
+from adapter.sync.errors import TemporaryEhrError
 
 
 @pytest.mark.parametrize(
@@ -26,3 +31,57 @@ def test_retry_after_as_an_http_date() -> None:
     waited = _retry_after(later)
 
     assert waited is not None and 80 <= waited <= 91
+
+
+def _client(base_url: str, slept: list[float]) -> EhrClient:
+    return EhrClient(
+        base_url=base_url,
+        auth=NoAuth(),
+        timeout=2.0,
+        attempts=3,
+        max_wait=0.0,
+        breaker=Breaker(10),
+        sleep=slept.append,
+    )
+
+
+def test_a_create_whose_connection_never_opened_is_repeated() -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # nothing listens once it is closed
+    slept: list[float] = []
+
+    with pytest.raises(TemporaryEhrError) as raised:
+        _client(f"http://127.0.0.1:{port}/fhir", slept).request(
+            "POST", "Observation", body={"resourceType": "Observation"}, idempotent=False
+        )
+
+    assert raised.value.sent is False
+    assert len(slept) == 2  # three attempts: the EHR surely never saw the create
+
+
+def test_a_create_cut_off_after_it_was_sent_is_not_repeated() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        received: list[bytes] = []
+
+        def cut_off() -> None:
+            connection, _ = listener.accept()
+            received.append(connection.recv(65536))
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            connection.close()  # a reset, no answer
+
+        server = threading.Thread(target=cut_off)
+        server.start()
+        slept: list[float] = []
+        with pytest.raises(TemporaryEhrError) as raised:
+            _client(f"http://127.0.0.1:{port}/fhir", slept).request(
+                "POST", "Observation", body={"resourceType": "Observation"}, idempotent=False
+            )
+        server.join(5)
+
+    assert received and received[0].startswith(b"POST /fhir/Observation")
+    assert raised.value.sent is True
+    assert slept == []  # the caller searches the EHR before any second create
