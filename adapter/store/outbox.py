@@ -186,7 +186,7 @@ class Outbox:
     ) -> list[Pending]:
         sql = _QUEUE.format(where=where, after=_AFTER if after is not None else "")
         values = [*values, *(after or ()), limit]
-        with raw.cursor(self.engine) as cursor:
+        with raw.reading(self.engine) as cursor:
             cursor.execute(raw.statement(self.engine, sql), values)
             rows = cursor.fetchall()
         width = len(_COLUMNS)
@@ -215,7 +215,7 @@ class Outbox:
         found: dict[str, OutboxItem] = {}
         if not wanted:
             return found
-        with raw.cursor(self.engine) as cursor:
+        with raw.reading(self.engine) as cursor:
             for start in range(0, len(wanted), 500):
                 chunk = wanted[start : start + 500]
                 sql = f"SELECT {_SELECTED} FROM sync_outbox o "
@@ -302,7 +302,7 @@ class Outbox:
         sql += " AND o.resource_id > ?" if after is not None else ""
         sql += " ORDER BY o.resource_id LIMIT ?"
         values = [*states, *([after] if after is not None else []), limit]
-        with raw.cursor(self.engine) as cursor:
+        with raw.reading(self.engine) as cursor:
             cursor.execute(raw.statement(self.engine, sql), values)
             return self._items(cursor.fetchall())
 

@@ -303,7 +303,7 @@ class RecordStore:
         found: dict[Key, dict[str, Any]] = {}
         if not wanted:
             return found
-        with raw.cursor(self.engine) as cursor:
+        with raw.reading(self.engine) as cursor:
             for start in range(0, len(wanted), 500):
                 chunk = set(wanted[start : start + 500])
                 ids = sorted({source_id for _, source_id in chunk})
