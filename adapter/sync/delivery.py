@@ -110,6 +110,11 @@ class Delivery:
         tells `noted`."""
         return [p.item.resource_id for p in batch if self._ehr_id(p.item) is None]
 
+    def read_facts(self, batches: Sequence[Pending]) -> None:
+        """Read the patient facts of these items' records in one go, before their batches are
+        staged one by one (each staging would read its own: a round trip each)."""
+        self.facts.of((p.source_type, p.source_id) for p in batches)
+
     def noted(self, ids: Iterable[str]) -> None:
         """These creates are noted in the outbox (committed): sending them notes nothing more."""
         self.marked.update(ids)

@@ -239,6 +239,7 @@ def _run(sync: Sync, report: SyncReport, progress: Callable[[int], None]) -> Non
         _settle(sync, report, unrecorded, will_send)
         unrecorded.clear()
         delivery.noted(will_send)
+        delivery.read_facts(following)
         for start in range(0, len(following), size):
             ready.append(delivery.stage(following[start : start + size]))
 
