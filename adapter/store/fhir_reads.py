@@ -7,7 +7,6 @@ from typing import Any
 from sqlalchemy import Engine, Executable, Row, and_, func, literal, select
 from sqlalchemy.exc import OperationalError
 
-from adapter.errors import StoreUnavailable
 from adapter.fhir.indexing import REFERENCE_SYSTEM
 from adapter.fhir.search import SearchRequest, keyset, sort_column
 from adapter.store import raw
@@ -49,16 +48,14 @@ class FhirReader:
         self.engine.dispose()
 
     def _rows(self, query: Executable) -> list[Row[Any]]:
-        """The rows of a query; a pooled connection the server dropped (a restart) is replaced
-        once, and a store that still does not answer is StoreUnavailable."""
-        for attempt in (1, 2):
-            try:
-                with self.engine.connect() as connection:
-                    return list(connection.execute(query))
-            except OperationalError:
-                if attempt == 2:
-                    raise StoreUnavailable("the store did not answer; try again") from None
-        raise AssertionError("unreachable")
+        """The rows of a query, read `raw.again_once` (SQLAlchemy replaces a dropped
+        connection itself)."""
+
+        def rows() -> list[Row[Any]]:
+            with self.engine.connect() as connection:
+                return list(connection.execute(query))
+
+        return raw.again_once(rows, OperationalError)
 
     def page(self, request: SearchRequest, backwards: bool = False) -> tuple[list[Hit], bool]:
         """One page in the search's order (fetched in reverse for a previous page), and whether

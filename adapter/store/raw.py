@@ -4,13 +4,14 @@ Values still pass through the columns' own types, so they read and write as ever
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Column, Engine
 
 from adapter.errors import StoreUnavailable
 
 Convert = Callable[[Any], Any]
+T = TypeVar("T")
 _CONVERTERS: dict[tuple[int, str, int], Convert] = {}
 
 
@@ -95,12 +96,24 @@ def cursor(engine: Engine, commit: bool = False) -> Iterator[Any]:
         connection.close()
 
 
+def again_once(read: Callable[[], T], dropped: type[Exception]) -> T:
+    """`read`, run once more when it fails with `dropped` (a pooled connection the server
+    dropped, as at a restart); a store that still does not answer is StoreUnavailable."""
+    try:
+        return read()
+    except dropped:
+        pass
+    try:
+        return read()
+    except dropped:
+        raise StoreUnavailable("the store did not answer; try again") from None
+
+
 def read_once(engine: Engine, sql: str, values: tuple[Any, ...]) -> Any:
-    """The first row of a query on an autocommit engine (None: no row). A pooled connection
-    the server dropped (a restart) is replaced once; a store that still does not answer is
-    StoreUnavailable."""
+    """The first row of a query on an autocommit engine (None: no row), read `again_once`."""
     dropped = engine.dialect.loaded_dbapi.OperationalError
-    for attempt in (1, 2):
+
+    def first_row() -> Any:
         connection = engine.raw_connection()
         try:
             found = connection.cursor()
@@ -110,8 +123,8 @@ def read_once(engine: Engine, sql: str, values: tuple[Any, ...]) -> Any:
             return row
         except dropped:
             connection.invalidate()
-            if attempt == 2:
-                raise StoreUnavailable("the store did not answer; try again") from None
+            raise
         finally:
             connection.close()
-    return None
+
+    return again_once(first_row, dropped)
