@@ -260,9 +260,9 @@ YOUNG_COLLECTION = 20_000
 def entry() -> None:
     """The `infusion-adapter` command as its own process. What the imports made lives as long as
     the process, so the cyclic collector stops scanning it (`gc.freeze`); and the youngest
-    generation is collected every YOUNG_COLLECTION allocations, not every 700: a sync run or an
-    import otherwise spends some 7% of its time in collections that find next to nothing
-    (reference counting frees what it makes)."""
+    generation is collected every YOUNG_COLLECTION allocations, not every 700. A sync run of
+    30,000 resources spent 0.39-0.45 s of its ~4.6 s of CPU in collections that found next to
+    nothing (reference counting frees what it makes); 0.12 s since, all during the imports."""
     gc.freeze()
     gc.set_threshold(YOUNG_COLLECTION, *gc.get_threshold()[1:])
     main()

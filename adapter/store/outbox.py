@@ -228,7 +228,7 @@ class Outbox:
         """Note, before a create is sent, that it may reach the EHR: committed first, so that a
         process killed before it hears the answer leaves the mark for the next run."""
         if ids:
-            with raw.cursor(self.engine, commit=True) as cursor:
+            with raw.writing(self.engine) as cursor:
                 self._mark_sent(cursor, ids, now)
 
     def _mark_sent(self, cursor: Any, ids: Sequence[str], now: datetime) -> None:
@@ -248,7 +248,7 @@ class Outbox:
         if not outcomes and not will_send:
             return
         moment = raw.to_store(self.engine, outbox.c.updated_at)
-        with raw.cursor(self.engine, commit=True) as cursor:
+        with raw.writing(self.engine) as cursor:
             if will_send:
                 self._mark_sent(cursor, will_send, now)
             updated = moment(now)

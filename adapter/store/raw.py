@@ -77,8 +77,8 @@ def reading(engine: Engine) -> Iterator[Any]:
 
 
 @contextmanager
-def cursor(engine: Engine, commit: bool = False) -> Iterator[Any]:
-    """A cursor on a pooled connection, committed at the end when asked (rolled back when
+def writing(engine: Engine) -> Iterator[Any]:
+    """A cursor on a pooled connection in a transaction, committed at the end (rolled back when
     the block fails)."""
     connection = engine.raw_connection()
     try:
@@ -87,8 +87,7 @@ def cursor(engine: Engine, commit: bool = False) -> Iterator[Any]:
             yield found
         finally:
             found.close()
-        if commit:
-            connection.commit()
+        connection.commit()
     except BaseException:
         connection.rollback()
         raise
