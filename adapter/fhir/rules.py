@@ -27,19 +27,27 @@ AdverseEventOutcome = Literal[
     "resolved", "recovering", "ongoing", "resolvedWithSequelae", "fatal", "unknown"
 ]
 
+OBSERVATION_STATUS = frozenset(
+    {
+        "registered",
+        "preliminary",
+        "final",
+        "amended",
+        "corrected",
+        "cancelled",
+        "entered-in-error",
+        "unknown",
+    }
+)
+
 REQUIRED_CODES: dict[tuple[str, str], frozenset[str]] = {
     ("Procedure", "status"): frozenset(get_args(EventStatus)),
-    ("Observation", "status"): frozenset(
-        {
-            "registered",
-            "preliminary",
-            "final",
-            "amended",
-            "corrected",
-            "cancelled",
-            "entered-in-error",
-            "unknown",
-        }
+    ("Observation", "status"): OBSERVATION_STATUS,
+    ("DetectedIssue", "status"): OBSERVATION_STATUS,
+    ("DetectedIssue", "severity"): frozenset({"high", "moderate", "low"}),
+    ("DocumentReference", "status"): frozenset({"current", "superseded", "entered-in-error"}),
+    ("DocumentReference", "docStatus"): frozenset(
+        {"preliminary", "final", "amended", "entered-in-error"}
     ),
     ("MedicationAdministration", "status"): frozenset(get_args(MedicationAdministrationStatus)),
     ("AdverseEvent", "actuality"): frozenset({"actual", "potential"}),
@@ -95,6 +103,10 @@ REFERENCE_TARGETS: dict[tuple[str, str], frozenset[str]] = {
     ("Observation", "device"): frozenset({"Device", "DeviceMetric"}),
     ("MedicationAdministration", "subject"): frozenset({"Patient", "Group"}),
     ("MedicationAdministration", "partOf"): frozenset({"MedicationAdministration", "Procedure"}),
+    ("MedicationAdministration", "contained.subject"): frozenset({"Patient", "Group"}),
+    ("MedicationAdministration", "contained.partOf"): frozenset(
+        {"MedicationAdministration", "Procedure"}
+    ),
     ("MedicationAdministration", "performer.actor"): frozenset(
         {"Practitioner", "PractitionerRole", "Patient", "RelatedPerson", "Device"}
     ),
@@ -115,12 +127,38 @@ REFERENCE_TARGETS: dict[tuple[str, str], frozenset[str]] = {
         }
     ),
     ("AdverseEvent", "extension.valueReference"): frozenset(),
+    ("MedicationAdministration", "reasonReference"): frozenset(
+        {"Condition", "Observation", "DiagnosticReport"}
+    ),
+    ("DetectedIssue", "patient"): frozenset({"Patient"}),
+    ("DetectedIssue", "implicated"): frozenset(),
+    ("DetectedIssue", "evidence.detail"): frozenset(),
+    ("DocumentReference", "subject"): frozenset({"Patient", "Practitioner", "Group", "Device"}),
+    ("DocumentReference", "author"): frozenset(
+        {"Practitioner", "PractitionerRole", "Organization", "Device", "Patient", "RelatedPerson"}
+    ),
+    ("DocumentReference", "context.related"): frozenset(),
 }
 """Allowed target types of each reference element the adapter emits; an empty set means Any.
 A reference element not listed here is an error: every reference the adapter emits is declared."""
 
 UCUM_UNITS = frozenset(
-    {"/min", "mm[Hg]", "%", "Cel", "[degF]", "{score}", "kg", "mg", "ug", "g", "mL", "mg/kg/h", "h"}
+    {
+        "/min",
+        "mm[Hg]",
+        "%",
+        "Cel",
+        "[degF]",
+        "{score}",
+        "kg",
+        "mg",
+        "ug",
+        "g",
+        "mL",
+        "mg/kg/h",
+        "h",
+        "min",
+    }
 )
 """The UCUM codes the adapter may emit, each checked against https://ucum.org/ucum."""
 

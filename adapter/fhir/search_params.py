@@ -83,7 +83,46 @@ SEARCH_PARAMS: dict[str, dict[str, SearchParam]] = {
             SearchParam("actuality", "token", "actuality", "actual or potential"),
         ]
     },
+    "DetectedIssue": {
+        p.name: p
+        for p in [
+            SearchParam("identifier", "token", "identifier", "A business identifier"),
+            SearchParam(
+                "patient",
+                "reference",
+                "patient",
+                "The patient, by identifier (patient:identifier=system|mrn)",
+                "Patient",
+            ),
+            SearchParam("code", "token", "code", "The kind of breach of the protocol"),
+            SearchParam("identified", "date", "identified", "When the breach happened"),
+            SearchParam("implicated", "reference", "implicated", "The session's Procedure"),
+        ]
+    },
+    "DocumentReference": {
+        p.name: p
+        for p in [
+            SearchParam("identifier", "token", "identifier", "A business identifier"),
+            SearchParam("status", "token", "status", "current or entered-in-error"),
+            SearchParam(
+                "patient",
+                "reference",
+                "subject",
+                "The patient, by identifier (patient:identifier=system|mrn)",
+                "Patient",
+            ),
+            SearchParam(
+                "subject",
+                "reference",
+                "subject",
+                "The subject, by identifier (subject:identifier=system|mrn)",
+            ),
+            SearchParam("type", "token", "type", "The kind of note"),
+            SearchParam("category", "token", "category", "The category of the note"),
+            SearchParam("date", "date", "date", "When the note was written"),
+        ]
+    },
 }
 
-REVINCLUDES = {"Procedure": ["Observation:part-of"]}
+REVINCLUDES = {"Procedure": ["Observation:part-of", "DetectedIssue:implicated"]}
 INCLUDES = {"Observation": ["Observation:part-of"]}

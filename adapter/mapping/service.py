@@ -13,16 +13,20 @@ from pydantic import TypeAdapter
 from adapter.fhir.validation import InvalidResource
 from adapter.intake.records import AnyRecord, ClinicRecord, InfusionSession
 from adapter.mapping.config import Mappings, load_mappings
+from adapter.mapping.detected_issue import SOURCE_TYPE as PROTOCOL
 from adapter.mapping.mapper import Mapper, SourceRecord
+from adapter.mapping.protocol import SessionFacts
+from adapter.mapping.session import procedure_reference
 from adapter.store.mapping_queue import (
     FAILED,
     MAPPED,
+    UNCODED,
     WAITING,
     MappingOutcome,
     MappingQueue,
     QueuedRecord,
 )
-from adapter.store.resources import MappedRecord, ResourceWriter, SaveCounts
+from adapter.store.resources import MappedRecord, ResourceStore, ResourceWriter, SaveCounts
 
 log = logging.getLogger(__name__)
 _RECORD = TypeAdapter[AnyRecord](ClinicRecord)
@@ -36,6 +40,7 @@ class MappingReport:
     mapped: int = 0
     waiting: int = 0
     failed: int = 0
+    sessions_checked: int = 0
     resources: SaveCounts = field(default_factory=SaveCounts)
 
 
@@ -56,8 +61,15 @@ def files_stamp(folder: Path) -> str:
 class MappingService:
     """The current mapping and the loop that applies it to every pending record."""
 
-    def __init__(self, queue: MappingQueue, mappings: Mappings, mappings_dir: Path) -> None:
+    def __init__(
+        self,
+        queue: MappingQueue,
+        mappings: Mappings,
+        mappings_dir: Path,
+        resources: ResourceStore | None = None,
+    ) -> None:
         self.queue = queue
+        self.resources = resources or ResourceStore(queue.engine)
         self.mappings_dir = mappings_dir
         self.mapper = Mapper(mappings)
         self.previous_version: str | None = None
@@ -75,7 +87,7 @@ class MappingService:
             return 0
         self.previous_version = stored
         with self.queue.engine.begin() as connection:
-            count = self.queue.requeue(connection, [MAPPED, WAITING, FAILED])
+            count = self.queue.requeue(connection, [MAPPED, UNCODED, WAITING, FAILED])
             self.queue.set_version(connection, self.version)
         log.info("mapping version %s: %d records queued to be mapped again", self.version, count)
         return count
@@ -153,11 +165,60 @@ class MappingService:
                 report.waiting += 1
                 continue
             mapped.append(MappedRecord(item.record_type, item.source_id, built.resources))
-            outcomes.append(MappingOutcome(item, MAPPED, None, mapper.version))
+            if built.uncoded:
+                detail = {"uncoded": [m.as_dict() for m in built.uncoded]}
+                outcomes.append(MappingOutcome(item, UNCODED, detail, mapper.version))
+            else:
+                outcomes.append(MappingOutcome(item, MAPPED, None, mapper.version))
             report.mapped += 1
+        mapped += self._protocol(mapper, batch, parsed)
         with self.queue.engine.begin() as connection:
             counts = ResourceWriter(connection).save(mapped, datetime.now(UTC))
             self.queue.finish(connection, outcomes)
         report.records += len(batch)
+        report.sessions_checked += sum(1 for m in mapped if m.source_type == PROTOCOL)
         for name in ("created", "updated", "unchanged", "withdrawn"):
             setattr(report.resources, name, getattr(report.resources, name) + getattr(counts, name))
+
+    def _protocol(
+        self, mapper: Mapper, batch: list[QueuedRecord], parsed: list[AnyRecord]
+    ) -> list[MappedRecord]:
+        """The protocol checked again for every session the batch's records name, and for
+        the sessions whose series checks a changed session takes part in: their breaches as
+        DetectedIssues (a breach no longer found is withdrawn by the store)."""
+        touched = {item.session_id for item in batch if item.session_id}
+        changed = {record.id for record in parsed if isinstance(record, InfusionSession)}
+        series = {
+            record.series_id
+            for record in parsed
+            if isinstance(record, InfusionSession) and record.series_id
+        }
+        touched |= changed | self.queue.series_members(series)
+        touched |= self.resources.protocol_sources_implicating(
+            {
+                procedure_reference(mapper.vocabulary, session_id)["reference"]
+                for session_id in changed
+            }
+        )
+        results: list[MappedRecord] = []
+        for session_id, rows in self.queue.session_rows(touched).items():
+            if rows.session is None:
+                continue
+            session = _RECORD.validate_json(rows.session)
+            assert isinstance(session, InfusionSession)
+            facts = SessionFacts(
+                session,
+                [_RECORD.validate_json(raw) for raw in rows.records],
+                [
+                    member
+                    for raw in rows.series
+                    if isinstance(member := _RECORD.validate_json(raw), InfusionSession)
+                ],
+            )
+            try:
+                built = mapper.protocol(facts)
+            except InvalidResource as exc:
+                log.error("the protocol checks produced an invalid %s", exc.resource_type)
+                continue
+            results.append(MappedRecord(PROTOCOL, session_id, built.resources))
+        return results

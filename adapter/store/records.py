@@ -49,6 +49,7 @@ RECORD_COLUMNS = (
     "session_id",
     "first_received_at",
     "updated_at",
+    "series_id",
 )
 
 
@@ -87,6 +88,7 @@ class RevisionRow:
     content_hash: str
     raw: str
     parsed: str
+    series_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -238,6 +240,7 @@ class RecordWriter:
                         r.session_id,
                         at,
                         at,
+                        r.series_id,
                     )
                     for r in created
                 ],
@@ -245,7 +248,7 @@ class RecordWriter:
         if amended:
             self._executemany(
                 "UPDATE source_records SET revision = ?, withdrawn = ?, content_hash = ?, "
-                "session_id = ?, updated_at = ?, mapping_state = 'pending', "
+                "session_id = ?, series_id = ?, updated_at = ?, mapping_state = 'pending', "
                 "mapping_seq = mapping_seq + 1 "
                 "WHERE record_type = ? AND source_id = ? AND revision < ?",
                 [
@@ -254,6 +257,7 @@ class RecordWriter:
                         r.withdrawn,
                         r.content_hash,
                         r.session_id,
+                        r.series_id,
                         at,
                         r.record_type,
                         r.source_id,

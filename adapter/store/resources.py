@@ -9,28 +9,55 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, Engine, bindparam, delete, select, update
 
-from adapter.fhir.indexing import index
+from adapter.fhir.indexing import REFERENCE_SYSTEM, index
 from adapter.store.outbox import enqueue
 from adapter.store.tables import fhir_resource_versions as versions
 from adapter.store.tables import fhir_resources as resources
 from adapter.store.tables import fhir_search_tokens as tokens
 
 Json = dict[str, Any]
+WITHDRAWN = "entered-in-error"
 _WITHDRAWN_STATUS = {
-    "Observation": "entered-in-error",
-    "Procedure": "entered-in-error",
-    "MedicationAdministration": "entered-in-error",
+    "Observation": WITHDRAWN,
+    "Procedure": WITHDRAWN,
+    "MedicationAdministration": WITHDRAWN,
+    "DetectedIssue": WITHDRAWN,
+    "DocumentReference": WITHDRAWN,
 }
+"""The status that withdraws a resource of each type the store may have to withdraw itself
+(a resource its record no longer maps to)."""
+_AMENDABLE = frozenset({"Observation", "DetectedIssue"})
+"""Types whose status says `amended` for a version that changed what a final one said
+(http://hl7.org/fhir/R4/valueset-observation-status.html)."""
+MAPPING_TAG_PREFIX = "mapping-"
+"""The code of the meta.tag that names the mapping version that made a resource."""
 
 
 def content_hash(resource: Json) -> str:
-    """A hash of what a resource says: meta.versionId, lastUpdated and the mapping tag aside."""
+    """A hash of what a resource says: everything but meta.versionId, meta.lastUpdated and the
+    tag naming the mapping version (a new mapping that says the same makes no new version).
+    Every other tag counts: a withdrawal carried in a tag is a change."""
     meta = {
         k: v
         for k, v in resource.get("meta", {}).items()
         if k not in ("tag", "versionId", "lastUpdated")
     }
+    tags = [
+        tag
+        for tag in resource.get("meta", {}).get("tag", [])
+        if not str(tag.get("code", "")).startswith(MAPPING_TAG_PREFIX)
+    ]
+    if tags:
+        meta["tag"] = tags
     return hashlib.sha256(orjson.dumps({**resource, "meta": meta})).hexdigest()
+
+
+def amended(resource: Json) -> Json:
+    """A later version of a resource as stored: `final` becomes `amended` where the type
+    has that status, since what the earlier version said has changed."""
+    if resource["resourceType"] in _AMENDABLE and resource.get("status") == "final":
+        return {**resource, "status": "amended"}
+    return resource
 
 
 @dataclass(frozen=True)
@@ -83,7 +110,9 @@ class ResourceWriter:
                 counts.unchanged += 1
                 continue
             version = 1 if found is None else found[0] + 1
-            row = self._row(resource, version, digest, now)
+            # The hash is of the resource as mapped, so that mapping it again is `unchanged`.
+            stored = resource if found is None else amended(resource)
+            row = self._row(stored, version, digest, now)
             history.append(
                 {
                     k: row[k]
@@ -288,6 +317,23 @@ class ResourceStore:
         )
         with self.engine.connect() as connection:
             return [StoredResource(*row) for row in connection.execute(query)]
+
+    def protocol_sources_implicating(self, references: set[str]) -> set[str]:
+        """The sessions whose protocol DetectedIssues implicate any of these references."""
+        if not references:
+            return set()
+        query = (
+            select(resources.c.source_id)
+            .join(tokens, tokens.c.resource_id == resources.c.id)
+            .where(
+                tokens.c.param == "implicated",
+                tokens.c.system == REFERENCE_SYSTEM,
+                tokens.c.code.in_(sorted(references)),
+                resources.c.source_type == "protocol",
+            )
+        )
+        with self.engine.connect() as connection:
+            return {row.source_id for row in connection.execute(query)}
 
     def all_current(self) -> list[StoredResource]:
         query = select(*STORED_COLUMNS).order_by(resources.c.resource_type, resources.c.id)

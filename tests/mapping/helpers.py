@@ -11,6 +11,7 @@ from adapter.intake.records import AnyRecord, ClinicRecord, InfusionSession
 from adapter.mapping.common import Built
 from adapter.mapping.config import load_mappings
 from adapter.mapping.mapper import Mapper, SourceRecord
+from adapter.mapping.protocol import SessionFacts
 from tests.conftest import EXAMPLE_DAY
 
 RECEIVED = datetime(2026, 11, 20, 21, 0, tzinfo=UTC)
@@ -38,13 +39,27 @@ def example_day() -> list[dict[str, Any]]:
 
 
 def map_example_day(mapper: Mapper) -> dict[str, list[dict[str, Any]]]:
-    """Every example record's resources, by record id."""
+    """Every example record's resources, by record id, then each session's protocol breaches
+    (`protocol:{session id}`)."""
     bodies = example_day()
     sessions = {b["id"]: b for b in bodies if b["record_type"] == "infusion_session"}
-    return {
+    mapped = {
         body["id"]: map_record(mapper, body, sessions.get(body.get("session_id", ""))).resources
         for body in bodies
     }
+    for session_id, body in sessions.items():
+        parsed = record(body)
+        assert isinstance(parsed, InfusionSession)
+        named = [record(b) for b in bodies if b.get("session_id") == session_id]
+        series = [
+            s
+            for b in sessions.values()
+            if b.get("series_id") == body.get("series_id") and b["id"] != session_id
+            if isinstance(s := record(b), InfusionSession)
+        ]
+        facts = SessionFacts(parsed, named, series if body.get("series_id") else [])
+        mapped[f"protocol:{session_id}"] = mapper.protocol(facts).resources
+    return mapped
 
 
 def only(resources: list[dict[str, Any]], resource_type: str, suffix: str = "") -> dict[str, Any]:
