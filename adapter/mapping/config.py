@@ -583,6 +583,48 @@ class TypeDelivery(MappingModel):
     mode: Literal["auto", "transaction", "batch", "single"] = "auto"
     conditional_create: Literal["auto", "yes", "no"] = "auto"
     if_match: Literal["auto", "yes", "no"] = "auto"
+    withdraw: Literal["auto", "delete", "update"] = Field(
+        "auto",
+        description="How a withdrawn resource reaches the EHR: `update` sends the withdrawn "
+        "version; `delete` deletes the EHR's copy; `auto` deletes where the type has no status "
+        "(AdverseEvent in R4) and the EHR's CapabilityStatement lists delete, else updates.",
+    )
+
+
+DeliveredType = Literal[
+    "Procedure",
+    "Observation",
+    "AdverseEvent",
+    "MedicationAdministration",
+    "DetectedIssue",
+    "DocumentReference",
+]
+StandInType = Literal["DocumentReference", "Observation"]
+
+
+class StandIn(MappingModel):
+    """What an EHR gets instead of a type it may not take."""
+
+    deliver: Literal["auto", "yes", "no"] = Field(
+        "auto",
+        description="`auto`: when the EHR does not take the type stood in for; `yes`: always, "
+        "besides it; `no`: never.",
+    )
+    types: list[StandInType] = Field(
+        description="DocumentReference: the clinical note; Observation: the coded Observation "
+        "(a side effect only)."
+    )
+
+
+class StandIns(MappingModel):
+    AdverseEvent: StandIn = Field(
+        default_factory=lambda: StandIn(types=["DocumentReference", "Observation"]),
+        description="A side effect for an EHR without AdverseEvent writes.",
+    )
+    DetectedIssue: StandIn = Field(
+        default_factory=lambda: StandIn(types=["DocumentReference"]),
+        description="A protocol breach for an EHR without DetectedIssue writes.",
+    )
 
 
 class CodingMatch(MappingModel):
@@ -601,10 +643,8 @@ class ExtraCoding(MappingModel):
 class EhrRules(MappingModel):
     """mappings/ehr.yaml: what the site overrides in how the sync delivers to its EHR."""
 
-    resource_types: dict[
-        Literal["Procedure", "Observation", "AdverseEvent", "MedicationAdministration"],
-        TypeDelivery,
-    ] = Field(default_factory=dict)
+    resource_types: dict[DeliveredType, TypeDelivery] = Field(default_factory=dict)
+    stand_ins: StandIns = Field(default_factory=StandIns)
     extra_codings: list[ExtraCoding] = Field(default_factory=list)
 
 

@@ -10,7 +10,7 @@ import orjson
 from sqlalchemy import Connection, Engine, bindparam, delete, select, update
 
 from adapter.fhir.indexing import REFERENCE_SYSTEM, index
-from adapter.store.outbox import enqueue
+from adapter.store.outbox import delivery_kind, enqueue
 from adapter.store.tables import fhir_resource_versions as versions
 from adapter.store.tables import fhir_resources as resources
 from adapter.store.tables import fhir_search_tokens as tokens
@@ -100,6 +100,9 @@ class ResourceWriter:
         }
         current = self._current(outputs)
         sources = {(record.source_type, record.source_id) for record in mapped}
+        source_types = {
+            resource_id: record.source_type for resource_id, (record, _) in outputs.items()
+        }
         inserts: list[Json] = []
         changes: list[Json] = []
         history: list[Json] = []
@@ -127,10 +130,11 @@ class ResourceWriter:
             else:
                 changes.append(row)
                 counts.updated += 1
-        for orphan in self._orphans(sources, set(outputs)):
+        for orphan, source_type in self._orphans(sources, set(outputs)):
             withdrawn = _withdraw(orjson.loads(orphan.content))
             if withdrawn is None:
                 continue
+            source_types[orphan.id] = source_type
             row = self._row(withdrawn, orphan.version_id + 1, content_hash(withdrawn), now)
             changes.append(row)
             history.append(
@@ -172,7 +176,15 @@ class ResourceWriter:
             self._connection.execute(versions.insert(), history)
             enqueue(
                 self._connection,
-                [(row["id"], row["resource_type"], row["version_id"]) for row in history],
+                [
+                    (
+                        row["id"],
+                        row["resource_type"],
+                        row["version_id"],
+                        delivery_kind(source_types[row["id"]], row["resource_type"]),
+                    )
+                    for row in history
+                ],
                 now,
             )
         return counts
@@ -227,8 +239,10 @@ class ResourceWriter:
                 found[row.id] = (row.version_id, row.content_hash)
         return found
 
-    def _orphans(self, sources: set[tuple[str, str]], keep: set[str]) -> list[StoredResource]:
-        """Resources a record mapped to before and maps to no longer."""
+    def _orphans(
+        self, sources: set[tuple[str, str]], keep: set[str]
+    ) -> list[tuple[StoredResource, str]]:
+        """Resources a record mapped to before and maps to no longer, with their source type."""
         source_ids = sorted({source_id for _, source_id in sources})
         orphans = []
         for start in range(0, len(source_ids), 500):
@@ -243,11 +257,10 @@ class ResourceWriter:
             ).where(resources.c.source_id.in_(source_ids[start : start + 500]))
             for row in self._connection.execute(query):
                 if (row.source_type, row.source_id) in sources and row.id not in keep:
-                    orphans.append(
-                        StoredResource(
-                            row.resource_type, row.id, row.version_id, row.last_updated, row.content
-                        )
+                    stored = StoredResource(
+                        row.resource_type, row.id, row.version_id, row.last_updated, row.content
                     )
+                    orphans.append((stored, row.source_type))
         return orphans
 
 

@@ -55,9 +55,19 @@ def adapter_identifier(resource: Json, records_system: str) -> tuple[str, str] |
     return None
 
 
-TEXT_TYPES = frozenset({"Procedure", "Observation", "AdverseEvent", "MedicationAdministration"})
-"""Types whose EHR copy can be made from the stored text: in R4 their `subject` is a
-top-level element only, and none has an element named `patient`."""
+TEXT_TYPES = frozenset(
+    {
+        "Procedure",
+        "Observation",
+        "AdverseEvent",
+        "MedicationAdministration",
+        "DetectedIssue",
+        "DocumentReference",
+    }
+)
+"""Types whose EHR copy can be made from the stored text: in R4 the patient is a top-level
+element only (`subject`, or DetectedIssue's `patient`), and no other element has either name.
+A resource with contained resources (an infusion's rate periods) is walked."""
 _TYPE = re.compile(r'\{"resourceType":"[A-Za-z]+"')
 _HEAD = re.compile(
     r'\{"resourceType":"(?P<type>[A-Za-z]+)","id":"[A-Za-z0-9.\-]{1,64}",'
@@ -153,6 +163,23 @@ def text_copy(
     start = f'{{"resourceType":"{head["type"]}"' + (',"meta":{' if head["end"] == "," else "")
     patient = f'"reference":{_string(patient_reference)},' if patient_reference else ""
     return EhrCopy(start + swapped(before) + patient + swapped(after))
+
+
+WITHDRAWN = "entered-in-error"
+
+
+def withdrawn(content: str, local_code_system: str) -> bool:
+    """Whether a stored resource withdraws what its record said: its status, or for a type
+    without one (AdverseEvent in R4), the site's entered-in-error tag."""
+    if WITHDRAWN not in content:
+        return False
+    resource = orjson.loads(content)
+    if resource.get("status") == WITHDRAWN:
+        return True
+    return any(
+        tag.get("system") == local_code_system and tag.get("code") == WITHDRAWN
+        for tag in resource.get("meta", {}).get("tag", [])
+    )
 
 
 def patient_mrn(resource: Json, mrn_system: str) -> str | None:

@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 
 from adapter.mapping.config import load_ehr_rules
-from adapter.store.outbox import OutboxItem, Pending
+from adapter.store.outbox import OutboxItem, Pending, kind_of
 from adapter.sync.ehr_ids import copies_by_identifier
 from adapter.sync.engine import Sync, SyncReport, leased_run
 from adapter.sync.outgoing import (
@@ -17,6 +17,7 @@ from adapter.sync.outgoing import (
     ehr_body,
     patient_mrn,
     references,
+    withdrawn,
 )
 
 Json = dict[str, Any]
@@ -48,7 +49,7 @@ def _reconcile(sync: Sync, report: SyncReport, progress: Callable[[int], None] |
         moved: dict[str, tuple[str | None, str | None]] = {}
         by_type: dict[str, list[tuple[Pending, tuple[str, str]]]] = {}
         for pending in batch:
-            plan = plans.get(pending.item.resource_type)
+            plan = plans.get(kind_of(pending.item))
             identifier = adapter_identifier(
                 resources[pending.item.resource_id], site.identifier_systems.records
             )
@@ -60,7 +61,15 @@ def _reconcile(sync: Sync, report: SyncReport, progress: Callable[[int], None] |
             for pending, identifier in group:
                 found = copies.get(identifier, [])
                 resource = resources[pending.item.resource_id]
-                if not found:
+                plan = plans[kind_of(pending.item)]
+                if plan.withdraw_by_delete and withdrawn(pending.content, site.local_code_system):
+                    # Withdrawn by a DELETE: a copy still in the EHR is deleted again.
+                    if found:
+                        moved[pending.item.resource_id] = (str(found[0]["id"]), None)
+                        different.append(pending.item.resource_id)
+                    else:
+                        report.counts["matching"] += 1
+                elif not found:
                     missing.append(pending.item.resource_id)
                 elif len(found) > 1:
                     report.counts["duplicated"] += 1

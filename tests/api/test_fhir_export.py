@@ -66,16 +66,18 @@ def test_system_export_polls_then_serves_a_manifest_and_ndjson(day: TestClient) 
         and pending.headers["retry-after"]
     )
     assert {(o["type"], o["count"]) for o in manifest["output"]} == {
-        ("Observation", 65),
+        ("Observation", 68),
         ("Procedure", 3),
-        ("MedicationAdministration", 7),
+        ("MedicationAdministration", 5),
         ("AdverseEvent", 3),
+        ("DetectedIssue", 4),
+        ("DocumentReference", 7),
     }
     assert manifest["requiresAccessToken"] is False and manifest["error"] == []
     observations = day.get(next(o["url"] for o in manifest["output"] if o["type"] == "Observation"))
     assert observations.headers["content-type"].startswith("application/fhir+ndjson")
     lines = [orjson.loads(line) for line in observations.text.splitlines()]
-    assert len(lines) == 65 and {r["resourceType"] for r in lines} == {"Observation"}
+    assert len(lines) == 68 and {r["resourceType"] for r in lines} == {"Observation"}
 
 
 def test_type_since_and_group_filters(day: TestClient) -> None:
@@ -106,8 +108,8 @@ def test_type_since_and_group_filters(day: TestClient) -> None:
 
     assert [(o["type"], o["count"]) for o in only_events["output"]] == [("AdverseEvent", 3)]
     assert nothing_new["output"] == []
-    assert [(o["type"], o["count"]) for o in series["output"]] == [("Observation", 54)]
-    assert [(o["type"], o["count"]) for o in everyone["output"]] == [("Observation", 65)]
+    assert [(o["type"], o["count"]) for o in series["output"]] == [("Observation", 56)]
+    assert [(o["type"], o["count"]) for o in everyone["output"]] == [("Observation", 68)]
 
 
 @pytest.mark.parametrize(

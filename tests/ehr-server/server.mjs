@@ -5,6 +5,7 @@
 //   --no-conditional-create   refuse If-None-Exist (Epic's R4 API has no conditional create)
 //   --no-transactions         refuse transaction and batch Bundles (single requests only)
 //   --read-only-types A,B     refuse create and update of these types (Epic reads AdverseEvent only)
+//   --no-delete               list no delete interaction and refuse DELETE with 405 (Epic, Oracle)
 //   --require-if-match        refuse an update without If-Match with 428 (Oracle Health)
 //   --bearer TOKEN            require this static bearer token
 //   --smart-client ID=JWKS    require SMART Backend Services tokens; ID's public keys in JWKS
@@ -47,6 +48,7 @@ const { values } = parseArgs({
     'no-conditional-create': { type: 'boolean', default: false },
     'no-transactions': { type: 'boolean', default: false },
     'read-only-types': { type: 'string', default: '' },
+    'no-delete': { type: 'boolean', default: false },
     'require-if-match': { type: 'boolean', default: false },
     bearer: { type: 'string' },
     'smart-client': { type: 'string', multiple: true, default: [] },
@@ -58,6 +60,7 @@ const config = {
   conditionalCreate: !values['no-conditional-create'],
   transactions: !values['no-transactions'],
   readOnlyTypes: values['read-only-types'].split(',').filter(Boolean),
+  delete: !values['no-delete'],
   requireIfMatch: values['require-if-match'],
   bearer: values.bearer ?? null,
   smartClients: Object.fromEntries(
@@ -72,7 +75,15 @@ let reject = null;
 const stats = {};
 const tokens = new Map();
 const seenJti = new Set();
-const TYPES = ['Patient', 'Procedure', 'Observation', 'AdverseEvent', 'MedicationAdministration'];
+const TYPES = [
+  'Patient',
+  'Procedure',
+  'Observation',
+  'AdverseEvent',
+  'MedicationAdministration',
+  'DetectedIssue',
+  'DocumentReference',
+];
 
 // MemoryRepository evaluates every search against every stored resource (about a millisecond
 // each); like any real server, this one keeps an index for the search the sync leans on:
@@ -166,6 +177,9 @@ function capabilityStatement(base) {
     const all = ['read', 'vread', 'search-type', 'history-instance'];
     if (type !== 'Patient' && !config.readOnlyTypes.includes(type)) {
       all.push('create', 'update');
+      if (config.delete) {
+        all.push('delete');
+      }
     }
     return all.map((code) => ({ code }));
   };
@@ -243,6 +257,9 @@ function refusal(method, path, headers, body) {
   // The EHR-profile rules: [status, text] for a request the configured EHR would refuse.
   if (method === 'POST' && path === '' && body?.resourceType === 'Bundle' && !config.transactions) {
     return [400, 'this server takes single requests only: no batch or transaction Bundles'];
+  }
+  if (method === 'DELETE' && (!config.delete || config.readOnlyTypes.includes(path.split('/')[0]))) {
+    return [405, 'DELETE is not supported on this server'];
   }
   for (const write of writtenTypes(method, path, body)) {
     const ifNoneExist = write.ifNoneExist ?? (write.method === 'POST' && !path.startsWith('Bundle') ? headers['if-none-exist'] : undefined);

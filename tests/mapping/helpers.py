@@ -34,14 +34,14 @@ def map_record(
     return mapper.map(SourceRecord(record(body), RECEIVED, parsed_session))
 
 
-def example_day() -> list[dict[str, Any]]:
-    return [orjson.loads(line) for line in EXAMPLE_DAY.read_bytes().splitlines() if line.strip()]
+def example_day(day: Path = EXAMPLE_DAY) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in day.read_bytes().splitlines() if line.strip()]
 
 
-def map_example_day(mapper: Mapper) -> dict[str, list[dict[str, Any]]]:
-    """Every example record's resources, by record id, then each session's protocol breaches
+def map_example_day(mapper: Mapper, day: Path = EXAMPLE_DAY) -> dict[str, list[dict[str, Any]]]:
+    """Every record's resources, by record id, then each session's protocol breaches
     (`protocol:{session id}`)."""
-    bodies = example_day()
+    bodies = example_day(day)
     sessions = {b["id"]: b for b in bodies if b["record_type"] == "infusion_session"}
     mapped = {
         body["id"]: map_record(mapper, body, sessions.get(body.get("session_id", ""))).resources

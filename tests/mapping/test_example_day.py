@@ -8,7 +8,7 @@ import pytest
 
 from adapter.fhir.models import parse
 from adapter.fhir.validation import own_checks
-from tests.conftest import ROOT, FhirValidator
+from tests.conftest import EXAMPLE_DAY, ROOT, FhirValidator
 from tests.mapping.helpers import map_example_day, mapper
 
 GOLDEN = Path(__file__).parent / "golden" / "day-2026-11-20.json"
@@ -53,9 +53,16 @@ def test_every_record_of_the_day_is_mapped() -> None:
     ]
 
 
+PROTOCOL_DAY = ROOT / "tests" / "fixtures" / "clinic-export" / "protocol-day.ndjson"
+
+
 def _resources() -> list[dict]:  # type: ignore[type-arg]
-    mapped = map_example_day(mapper(ROOT / "mappings"))
-    return [r for resources in mapped.values() for r in resources]
+    """Every resource of the example day, and of the day built to break every protocol rule."""
+    found = []
+    for day in (EXAMPLE_DAY, PROTOCOL_DAY):
+        mapped = map_example_day(mapper(ROOT / "mappings"), day)
+        found += [r for resources in mapped.values() for r in resources]
+    return found
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 import subprocess
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,19 +16,38 @@ DEFAULT_CONFIG = {
     "conditionalCreate": True,
     "transactions": True,
     "readOnlyTypes": [],
+    "delete": True,
     "requireIfMatch": False,
     "bearer": None,
     "smartClients": {},
 }
 PROFILES: dict[str, dict[str, Any]] = {
     "generic": {},
-    "epic": {"conditionalCreate": False, "readOnlyTypes": ["AdverseEvent"]},
-    "oracle": {"requireIfMatch": True},
+    "epic": {
+        "conditionalCreate": False,
+        "readOnlyTypes": ["AdverseEvent", "DetectedIssue"],
+        "delete": False,
+    },
+    "oracle": {"requireIfMatch": True, "delete": False},
     "single": {"transactions": False, "conditionalCreate": False},
 }
 """The EHRs the sync must work with: a FHIR server that does everything; Epic's R4 API (no
-conditional create, AdverseEvent read-only); Oracle Health (If-Match on updates); a server that
-takes single requests only."""
+conditional create, AdverseEvent and DetectedIssue read-only, no DELETE); Oracle Health (If-Match
+on updates, no DELETE); a server that takes single requests only."""
+
+
+def delivered_kinds(profile: str) -> Callable[[str], bool]:
+    """Which delivery kinds (adapter.store.outbox.delivery_kind) reach an EHR of a profile: every
+    type it writes, and the stand-ins of the types it does not."""
+    read_only = set(PROFILES[profile].get("readOnlyTypes", []))
+
+    def delivered(kind: str) -> bool:
+        stood_for, _, stand_in = kind.partition(">")
+        if stand_in:
+            return stood_for in read_only
+        return kind not in read_only
+
+    return delivered
 
 
 class SandboxEhr:

@@ -10,6 +10,7 @@ from pydantic import SecretStr
 from adapter.runtime import Runtime
 from adapter.settings import Settings
 from adapter.sync.engine import Sync, sync_once
+from tests.sync.expected import expected_in_ehr
 from tests.sync.sandbox import SandboxEhr
 from tests.sync.test_delivery import load_example_day
 
@@ -55,7 +56,7 @@ def test_smart_backend_services_token_is_obtained_once_and_renewed_on_401(
     first = sync_once(sync, trigger="test")
 
     assert first.status == "completed", first.error
-    assert runtime.outbox.counts()["delivered"] == len(runtime.resources.all_current())
+    assert runtime.outbox.counts()["delivered"] == sum(expected_in_ehr(runtime).values())
     assert ehr.stats()["token issued"] == 1
     ehr.control("DELETE", "/tokens")
     runtime.outbox.requeue(sync.clock(), ["delivered"])
@@ -101,4 +102,4 @@ def test_a_static_bearer_token(runtime: Runtime, settings: Settings, ehr: Sandbo
 
     assert refused.status == "failed" and runtime.outbox.counts()["dead"] == 0
     assert accepted.status == "completed", accepted.error
-    assert runtime.outbox.counts()["delivered"] == len(runtime.resources.all_current())
+    assert runtime.outbox.counts()["delivered"] == sum(expected_in_ehr(runtime).values())
