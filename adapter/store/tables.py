@@ -104,6 +104,7 @@ fhir_resource_versions = Table(
     Column("resource_type", String(64), nullable=False),
     Column("last_updated", UtcDateTime(), nullable=False),
     Column("content", Text, nullable=False),
+    Index("ix_fhir_resource_versions_type_updated", "resource_type", "last_updated", "id"),
 )
 """Every version of every resource."""
 

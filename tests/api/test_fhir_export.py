@@ -73,7 +73,9 @@ def test_system_export_polls_then_serves_a_manifest_and_ndjson(day: TestClient) 
         ("DetectedIssue", 4),
         ("DocumentReference", 7),
     }
-    assert manifest["requiresAccessToken"] is False and manifest["error"] == []
+    # Every file answers only the client that started the export, with its token.
+    assert manifest["requiresAccessToken"] is True and manifest["error"] == []
+    assert day.get(manifest["output"][0]["url"], headers={"Authorization": ""}).status_code == 401
     observations = day.get(next(o["url"] for o in manifest["output"] if o["type"] == "Observation"))
     assert observations.headers["content-type"].startswith("application/fhir+ndjson")
     lines = [orjson.loads(line) for line in observations.text.splitlines()]
@@ -170,3 +172,61 @@ def test_expired_files_are_removed(day: TestClient, export_settings: Settings) -
     assert exports.expire() == 1
     assert day.get(location).status_code == 404
     assert not (export_settings.export_dir / job_id).exists()
+
+
+def _parameters(*parameters: tuple[str, str, str]) -> bytes:
+    return orjson.dumps(
+        {
+            "resourceType": "Parameters",
+            "parameter": [{"name": name, kind: value} for name, kind, value in parameters],
+        }
+    )
+
+
+def test_a_kick_off_may_post_its_parameters(day: TestClient) -> None:
+    body = _parameters(
+        ("_type", "valueString", "AdverseEvent"),
+        ("_type", "valueString", "Procedure"),
+        ("_outputFormat", "valueString", "application/fhir+ndjson"),
+    )
+    headers = {**ASYNC, "content-type": "application/fhir+json"}
+
+    system = day.post("/fhir/$export", content=body, headers=headers)
+    manifest = _manifest(day, system.headers["content-location"])
+    patients = day.post("/fhir/Patient/$export", content=body, headers=headers)
+    _manifest(day, patients.headers["content-location"])
+    group = day.post("/fhir/Group/series-SER-0088/$export", content=body, headers=headers)
+
+    assert {system.status_code, patients.status_code, group.status_code} == {202}
+    assert {(o["type"], o["count"]) for o in manifest["output"]} == {
+        ("AdverseEvent", 3),
+        ("Procedure", 3),
+    }
+    grouped = _manifest(day, group.headers["content-location"])
+    assert {(o["type"], o["count"]) for o in grouped["output"]} == {
+        ("AdverseEvent", 2),
+        ("Procedure", 1),
+    }
+
+
+@pytest.mark.parametrize(
+    ("body", "expression"),
+    [
+        (b"{not json", None),
+        (orjson.dumps({"resourceType": "Bundle"}), "resourceType"),
+        (
+            _parameters(("_typeFilter", "valueString", "Observation?code=x")),
+            "Parameters.parameter[0]",
+        ),
+        (_parameters(("_since", "valueString", "")), "Parameters.parameter[0]"),
+        (_parameters(("_type", "valueString", "Patient")), "_type"),
+    ],
+)
+def test_a_posted_kick_off_names_what_it_refuses(
+    day: TestClient, body: bytes, expression: str | None
+) -> None:
+    response = day.post("/fhir/$export", content=body, headers=ASYNC)
+
+    assert response.status_code == 400
+    issue = response.json()["issue"][0]
+    assert issue.get("expression", [None])[0] == expression

@@ -37,6 +37,46 @@ def _parameters(
 
 ExportDep = Annotated[ExportParameters, Depends(_parameters)]
 
+_POSTED = {"_type": "valueString", "_since": "valueInstant", "_outputFormat": "valueString"}
+"""The kick-off parameters a POSTed Parameters resource may carry, and the value each takes
+(Bulk Data IG 2.0, "Bulk Data Kick-off Request")."""
+
+
+async def _posted(
+    request: Request, prefer: Annotated[str | None, Header()] = None
+) -> ExportParameters:
+    """The kick-off parameters of a POST: a Parameters resource (`_type` may repeat); a
+    parameter this server does not support is refused, naming it."""
+    body = await request.body()
+    try:
+        resource = orjson.loads(body) if body.strip() else {"resourceType": "Parameters"}
+    except orjson.JSONDecodeError:
+        raise BadRequest("the body is not JSON: send a Parameters resource") from None
+    if not isinstance(resource, dict) or resource.get("resourceType") != "Parameters":
+        raise BadRequest("the body must be a Parameters resource", expression=["resourceType"])
+    found: dict[str, list[str]] = {}
+    for index, parameter in enumerate(resource.get("parameter") or []):
+        name = parameter.get("name") if isinstance(parameter, dict) else None
+        where = f"Parameters.parameter[{index}]"
+        if name not in _POSTED:
+            raise BadRequest(
+                f"{where}: {name!r} is not supported here; supported: {', '.join(_POSTED)}",
+                expression=[where],
+            )
+        value = parameter.get(_POSTED[name])
+        if not isinstance(value, str) or not value:
+            raise BadRequest(f"{where}: {name} needs {_POSTED[name]}", expression=[where])
+        found.setdefault(name, []).append(value)
+    for name in ("_since", "_outputFormat"):
+        if len(found.get(name, [])) > 1:
+            raise BadRequest(f"{name}: given more than once", expression=[name])
+    types = ",".join(found["_type"]) if "_type" in found else None
+    first = {name: values[0] for name, values in found.items()}
+    return ExportParameters(prefer, types, first.get("_since"), first.get("_outputFormat"))
+
+
+PostedDep = Annotated[ExportParameters, Depends(_posted)]
+
 
 async def _exporter(
     request: Request, types: Annotated[str | None, Query(alias="_type")] = None
@@ -50,6 +90,18 @@ async def _exporter(
 
 _exporter.access = "scope:r(exported types)"  # type: ignore[attr-defined]
 Exporter = Annotated[Caller, Depends(_exporter)]
+
+
+async def _posted_exporter(request: Request, asked: PostedDep) -> Caller:
+    """As `_exporter`, for the types a POSTed Parameters resource names."""
+    caller = token_caller(request)
+    for resource_type in exported_types(asked.types):
+        caller.require(resource_type, "r")
+    return caller
+
+
+_posted_exporter.access = "scope:r(exported types)"  # type: ignore[attr-defined]
+PostedExporter = Annotated[Caller, Depends(_posted_exporter)]
 
 
 def _kick_off(
@@ -99,6 +151,33 @@ def export_patients(
 @router.get("/Group/{group_id}/$export", summary="Group level export (all-patients, series-<id>)")
 def export_group(
     request: Request, runtime: RuntimeDep, asked: ExportDep, caller: Exporter, group_id: str
+) -> Response:
+    return _kick_off(request, runtime, "group", asked, caller, group_id)
+
+
+@router.post("/$export", summary="System level export, parameters in a Parameters body")
+def export_system_posted(
+    request: Request, runtime: RuntimeDep, asked: PostedDep, caller: PostedExporter
+) -> Response:
+    return _kick_off(request, runtime, "system", asked, caller)
+
+
+@router.post("/Patient/$export", summary="Patient level export, parameters in a Parameters body")
+def export_patients_posted(
+    request: Request, runtime: RuntimeDep, asked: PostedDep, caller: PostedExporter
+) -> Response:
+    return _kick_off(request, runtime, "patient", asked, caller)
+
+
+@router.post(
+    "/Group/{group_id}/$export", summary="Group level export, parameters in a Parameters body"
+)
+def export_group_posted(
+    request: Request,
+    runtime: RuntimeDep,
+    asked: PostedDep,
+    caller: PostedExporter,
+    group_id: str,
 ) -> Response:
     return _kick_off(request, runtime, "group", asked, caller, group_id)
 

@@ -1,5 +1,6 @@
 """Each session record names its infusion series, so that the protocol checks of a series (its
-session numbers in order, none repeated) find the series' sessions by an index.
+session numbers in order, none repeated) find the series' sessions by an index; and the versions
+of a type are indexed by time, newest first, so that type history pages without a sort.
 
 Revision ID: 0009
 Revises: 0008
@@ -18,6 +19,11 @@ depends_on = None
 
 
 def upgrade() -> None:
+    op.create_index(
+        "ix_fhir_resource_versions_type_updated",
+        "fhir_resource_versions",
+        ["resource_type", "last_updated", "id"],
+    )
     op.add_column("source_records", sa.Column("series_id", sa.String(64)))
     op.create_index("ix_source_records_series", "source_records", ["series_id"])
     bind = op.get_bind()
@@ -44,5 +50,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_index("ix_fhir_resource_versions_type_updated", "fhir_resource_versions")
     op.drop_index("ix_source_records_series", "source_records")
     op.drop_column("source_records", "series_id")
