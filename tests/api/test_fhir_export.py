@@ -230,3 +230,12 @@ def test_a_posted_kick_off_names_what_it_refuses(
     assert response.status_code == 400
     issue = response.json()["issue"][0]
     assert issue.get("expression", [None])[0] == expression
+
+
+def test_a_posted_kick_off_may_carry_its_parameters_in_the_query(day: TestClient) -> None:
+    # As Medplum's bulkExport() sends it: POST, no body, the parameters in the URL.
+    response = day.post("/fhir/$export?_type=AdverseEvent", headers=ASYNC)
+
+    assert response.status_code == 202
+    manifest = _manifest(day, response.headers["content-location"])
+    assert [(o["type"], o["count"]) for o in manifest["output"]] == [("AdverseEvent", 3)]

@@ -43,10 +43,16 @@ _POSTED = {"_type": "valueString", "_since": "valueInstant", "_outputFormat": "v
 
 
 async def _posted(
-    request: Request, prefer: Annotated[str | None, Header()] = None
+    request: Request,
+    prefer: Annotated[str | None, Header()] = None,
+    types: Annotated[str | None, Query(alias="_type")] = None,
+    since: Annotated[str | None, Query(alias="_since")] = None,
+    output_format: Annotated[str | None, Query(alias="_outputFormat")] = None,
 ) -> ExportParameters:
-    """The kick-off parameters of a POST: a Parameters resource (`_type` may repeat); a
-    parameter this server does not support is refused, naming it."""
+    """The kick-off parameters of a POST: a Parameters resource (`_type` may repeat), or, as
+    some clients send them (Medplum's bulkExport), the query's; a parameter this server does
+    not support is refused, naming it."""
+    queried = {"_type": types, "_since": since, "_outputFormat": output_format}
     body = await request.body()
     try:
         resource = orjson.loads(body) if body.strip() else {"resourceType": "Parameters"}
@@ -67,6 +73,9 @@ async def _posted(
         if not isinstance(value, str) or not value:
             raise BadRequest(f"{where}: {name} needs {_POSTED[name]}", expression=[where])
         found.setdefault(name, []).append(value)
+    for name, value in queried.items():
+        if value is not None:
+            found.setdefault(name, []).append(value)
     for name in ("_since", "_outputFormat"):
         if len(found.get(name, [])) > 1:
             raise BadRequest(f"{name}: given more than once", expression=[name])
