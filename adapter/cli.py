@@ -180,8 +180,12 @@ def preview(file: Path, output: str) -> None:
 
 
 def _print_preview(entry: PreviewEntry) -> None:
-    where = f"line {entry.line}" if entry.line is not None else "protocol"
-    what = f"{entry.record_type} {entry.id} revision {entry.revision}" if entry.id else ""
+    where = f"line {entry.line}" if entry.line is not None else entry.state
+    what = (
+        f"{entry.record_type} {entry.id} revision {entry.revision}"
+        if entry.revision is not None
+        else f"{entry.record_type} {entry.id}"
+    )
     if entry.state == "rejected":
         click.echo(f"# {where}: rejected on intake: {'; '.join(entry.reasons)}")
         return
@@ -190,9 +194,14 @@ def _print_preview(entry: PreviewEntry) -> None:
         click.echo(f"# {where}: {what}: {entry.state.upper()}, not applied ({why})")
         return
     built = entry.built
-    marker = {"current": "current", "withdrawn": "current, WITHDRAWN (entered in error)"}.get(
-        entry.state, "checks of the session's protocol"
-    )
+    marker = {
+        "current": "current",
+        "withdrawn": "current, WITHDRAWN (entered in error)",
+        "protocol": "the session's protocol breaches",
+        "encounter": "the session's visit",
+        "series": "the series' care plan",
+        "patient": "the patient",
+    }.get(entry.state, entry.state)
     used = ", ".join(built.used) if built and built.used else "no table rows"
     click.echo(f"# {where}: {what} ({marker}), used {used}")
     for reason in entry.reasons:

@@ -59,6 +59,7 @@ def adverse_event_to_resources(
             drugs[index], given.drug, given.drug
         )
         administration["subject"] = resource["subject"]
+        administration["context"] = vocabulary.encounter(event.session_id)
         administration["effectiveDateTime"] = instant(given.at or event.onset_at)
         administration["partOf"] = [procedure_reference(vocabulary, event.session_id)]
         # Given for the side effect: said in standard elements that every EHR keeps, the coded
@@ -98,6 +99,7 @@ def adverse_event_to_resources(
                 procedure_reference(vocabulary, event.session_id),
             ],
             period=_period(event),
+            encounter=vocabulary.encounter(event.session_id),
             withdrawn=event.withdrawn,
             withdrawn_text=f"{WITHDRAWN_TEXT} (it was: {name}).",
         )
@@ -164,6 +166,7 @@ def _adverse_event(
     else:
         resource["event"] = concept
     resource["subject"] = vocabulary.patient(event.patient.mrn)
+    resource["encounter"] = vocabulary.encounter(event.session_id)
     resource["date"] = instant(event.onset_at)
     resource["recordedDate"] = instant(first_received_at)
     if event.recorded_by:
@@ -201,6 +204,7 @@ def _observation(
     observation["category"] = [{"coding": [vocabulary.coding(notes.side_effect_category)]}]
     observation["code"] = vocabulary.concept(notes.side_effect)
     observation["subject"] = vocabulary.patient(event.patient.mrn)
+    observation["encounter"] = vocabulary.encounter(event.session_id)
     period = _period(event)
     if "end" in period:
         observation["effectivePeriod"] = period

@@ -406,6 +406,76 @@ class NotesMapping(MappingModel):
     side_effect_category: Coding = Field(description="Its Observation.category.")
 
 
+class DataAbsentReason(MappingModel):
+    url: str
+    code: Literal["unknown", "asked-unknown", "not-asked", "masked", "unsupported"]
+
+
+class PatientMapping(MappingModel):
+    """mappings/resources/patient.yaml."""
+
+    mrn_type: Coding
+    gender_not_recorded: Literal["unknown", "other"]
+    data_absent_reason: DataAbsentReason
+
+
+EncounterStatus = Literal[
+    "planned",
+    "arrived",
+    "triaged",
+    "in-progress",
+    "onleave",
+    "finished",
+    "cancelled",
+    "entered-in-error",
+    "unknown",
+]
+
+
+class EncounterStatuses(MappingModel):
+    """Session status -> Encounter.status (http://hl7.org/fhir/encounter-status)."""
+
+    scheduled: EncounterStatus
+    checked_in: EncounterStatus
+    in_progress: EncounterStatus
+    completed: EncounterStatus
+    stopped_early: EncounterStatus
+    cancelled: EncounterStatus
+    no_show: EncounterStatus
+    entered_in_error: Literal["entered-in-error"]
+
+
+class EncounterParticipants(MappingModel):
+    nurse: Concept
+    physician: Concept
+
+
+class EncounterLocation(MappingModel):
+    text: Annotated[str, StringConstraints(min_length=1)]
+    physical_type: Coding
+
+
+class EncounterMapping(MappingModel):
+    """mappings/resources/encounter.yaml."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    status: EncounterStatuses
+    class_: Coding = Field(alias="class")
+    type: Concept
+    participant_types: EncounterParticipants
+    infusion_location: EncounterLocation
+    recovery_location: EncounterLocation
+    discharged_home: Coding
+
+
+class CarePlanMapping(MappingModel):
+    """mappings/resources/care_plan.yaml."""
+
+    category: Concept
+    title: Annotated[str, StringConstraints(min_length=1)]
+
+
 class Range(MappingModel):
     """An inclusive range of plausible values in the unit named beside it."""
 
@@ -475,6 +545,9 @@ class Mappings:
     adverse_event: AdverseEventMapping
     detected_issue: DetectedIssueMapping
     notes: NotesMapping
+    patient: PatientMapping
+    encounter: EncounterMapping
+    care_plan: CarePlanMapping
     version: str
 
 
@@ -492,6 +565,9 @@ FILES: dict[str, type[MappingModel]] = {
     "resources/adverse_event.yaml": AdverseEventMapping,
     "resources/detected_issue.yaml": DetectedIssueMapping,
     "resources/notes.yaml": NotesMapping,
+    "resources/patient.yaml": PatientMapping,
+    "resources/encounter.yaml": EncounterMapping,
+    "resources/care_plan.yaml": CarePlanMapping,
 }
 """Every mapping file, by its path under the mappings folder, and the model it loads into."""
 
@@ -552,12 +628,18 @@ def load_mappings(folder: Path) -> Mappings:
     adverse_event = loaded["resources/adverse_event.yaml"]
     detected_issue = loaded["resources/detected_issue.yaml"]
     notes = loaded["resources/notes.yaml"]
+    patient = loaded["resources/patient.yaml"]
+    encounter = loaded["resources/encounter.yaml"]
+    care_plan = loaded["resources/care_plan.yaml"]
     assert isinstance(site, Site) and isinstance(limits, Limits)
     assert isinstance(procedure, ProcedureMapping)
     assert isinstance(observations, ObservationsMapping)
     assert isinstance(adverse_event, AdverseEventMapping)
     assert isinstance(detected_issue, DetectedIssueMapping)
     assert isinstance(notes, NotesMapping)
+    assert isinstance(patient, PatientMapping)
+    assert isinstance(encounter, EncounterMapping)
+    assert isinstance(care_plan, CarePlanMapping)
     return Mappings(
         site=site,
         limits=limits,
@@ -572,6 +654,9 @@ def load_mappings(folder: Path) -> Mappings:
         adverse_event=adverse_event,
         detected_issue=detected_issue,
         notes=notes,
+        patient=patient,
+        encounter=encounter,
+        care_plan=care_plan,
         version=digest.hexdigest()[:12],
     )
 
@@ -592,6 +677,8 @@ class TypeDelivery(MappingModel):
 
 
 DeliveredType = Literal[
+    "Encounter",
+    "CarePlan",
     "Procedure",
     "Observation",
     "AdverseEvent",

@@ -54,9 +54,11 @@ source_records = Table(
     Column("mapping_detail", Text),
     Column("mapped_version", String(32)),
     Column("series_id", String(64)),
+    Column("mrn", String(64)),
     Index("ix_source_records_session", "session_id"),
     Index("ix_source_records_mapping_state", "mapping_state"),
     Index("ix_source_records_series", "series_id"),
+    Index("ix_source_records_mrn", "mrn"),
 )
 """One row per record: its current revision (number and content hash), withdrawn or not.
 

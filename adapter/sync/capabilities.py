@@ -9,6 +9,8 @@ from adapter.store.outbox import STAND_INS
 
 Mode = Literal["transaction", "batch", "single"]
 DELIVERED_TYPES: tuple[DeliveredType, ...] = (
+    "Encounter",
+    "CarePlan",
     "Procedure",
     "MedicationAdministration",
     "AdverseEvent",

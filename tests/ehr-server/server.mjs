@@ -83,6 +83,8 @@ const TYPES = [
   'MedicationAdministration',
   'DetectedIssue',
   'DocumentReference',
+  'Encounter',
+  'CarePlan',
 ];
 
 // MemoryRepository evaluates every search against every stored resource (about a millisecond

@@ -235,7 +235,7 @@ def test_session_numbers_of_a_series_repeated_or_out_of_order(shipped: Mapper) -
     repeated, disorder = issues["series-number-repeated"], issues["series-out-of-order"]
     assert "also recorded for SES-2" in repeated["detail"]
     assert "SES-4" not in repeated["detail"]
-    assert len(repeated["implicated"]) == 2
+    assert len(repeated["implicated"]) == 3  # the session's Procedure and visit, and SES-2
     assert "session 2 (SES-3" in disorder["detail"]
 
 
@@ -244,7 +244,7 @@ def test_a_recorded_total_far_from_the_rates_is_a_low_issue(shipped: Mapper) -> 
 
     issue = issues["dose-total-mismatch"]
     assert issue["severity"] == "low"
-    assert issue["implicated"][1]["reference"].startswith("MedicationAdministration/")
+    assert issue["implicated"][2]["reference"].startswith("MedicationAdministration/")
 
 
 @pytest.mark.parametrize("status", ["scheduled", "cancelled", "no_show", "entered_in_error"])

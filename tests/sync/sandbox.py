@@ -12,6 +12,7 @@ import requests
 SERVER = Path(__file__).resolve().parent.parent / "ehr-server"
 SANDBOX_PATIENTS = SERVER / "sandbox-patients.json"
 MRN_SYSTEM = "https://ketamine-clinic.example.org/fhir/sid/mrn"
+RECORDS_SYSTEM = "https://ketamine-clinic.example.org/fhir/sid/infusion-charting"
 DEFAULT_CONFIG = {
     "conditionalCreate": True,
     "transactions": True,
@@ -115,11 +116,13 @@ class SandboxEhr:
         return found
 
     def identifier_counts(self, resource_type: str) -> Counter[tuple[str, str]]:
+        """How many copies the EHR holds of each of the adapter's identifiers of a type."""
         counts: Counter[tuple[str, str]] = Counter()
         for resource in self.all(resource_type):
             listed = resource.get("identifier")
             for identifier in listed if isinstance(listed, list) else [listed] if listed else []:
-                counts[(identifier["system"], identifier["value"])] += 1
+                if identifier["system"].startswith(RECORDS_SYSTEM):
+                    counts[(identifier["system"], identifier["value"])] += 1
         return counts
 
     def stats(self) -> dict[str, int]:
