@@ -158,6 +158,13 @@ def _session_problems(record: InfusionSession, limits: Limits) -> Iterator[Field
         and record.discharged_at < record.infusion_start
     ):
         yield FieldError("discharged_at", "is before infusion_start")
+    if record.infusion_end and record.discharged_at and record.discharged_at < record.infusion_end:
+        yield FieldError("discharged_at", "is before infusion_end")
+    for index, change in enumerate(record.rate_changes):
+        if record.infusion_start and change.at < record.infusion_start:
+            yield FieldError(f"rate_changes[{index}].at", "is before infusion_start")
+        if record.infusion_end and change.at > record.infusion_end:
+            yield FieldError(f"rate_changes[{index}].at", "is after infusion_end")
 
 
 def _adverse_event_problems(record: AdverseEvent) -> Iterator[FieldError]:

@@ -62,12 +62,9 @@ def adverse_event_to_resources(
         administration["context"] = vocabulary.encounter(event.session_id)
         administration["effectiveDateTime"] = instant(given.at or event.onset_at)
         administration["partOf"] = [procedure_reference(vocabulary, event.session_id)]
-        # Given for the side effect: said in standard elements that every EHR keeps, the coded
-        # event itself and the side effect's Observation, besides the AdverseEvent.
+        # Given for the side effect: said in a standard element that every EHR keeps, the coded
+        # event itself, besides the reference to the AdverseEvent (which not every EHR takes).
         administration["reasonCode"] = [concept]
-        administration["reasonReference"] = [
-            vocabulary.reference("Observation", RECORD_TYPE, observation_id)
-        ]
         administration["supportingInformation"] = [{"reference": f"AdverseEvent/{resource['id']}"}]
         route = vocabulary.coded(routes[index], given.route) if given.route else None
         dose = _dose(vocabulary, given.dose)

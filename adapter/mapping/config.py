@@ -375,6 +375,7 @@ class IssueRule(Concept):
 class IssueRules(MappingModel):
     fasting_short: IssueRule
     fasting_unattested: IssueRule
+    fasting_attested_late: IssueRule
     clear_liquid_short: IssueRule
     transport_unattested: IssueRule
     transport_none_arranged: IssueRule

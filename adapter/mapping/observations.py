@@ -194,7 +194,7 @@ def transport_to_observation(vocabulary: Vocabulary, attestation: TransportAttes
         words
         for flagged, words in (
             (attestation.mode == "none_arranged", "no transport home arranged"),
-            (attestation.patient_will_not_drive is False, "the patient may drive"),
+            (attestation.patient_will_not_drive is not True, "the patient may drive"),
         )
         if flagged
     ]

@@ -1,5 +1,6 @@
 """The FHIR resources the adapter emits, versioned: a new version only when the content changes."""
 
+import base64
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -269,12 +270,30 @@ class ResourceWriter:
         return orphans
 
 
+WITHDRAWN_NOTE = "Entered in error: what this note said was withdrawn."
+
+
 def _withdraw(resource: Json) -> Json | None:
-    """The resource marked entered-in-error, or None when it already is (or cannot be)."""
+    """The resource marked entered-in-error, or None when it already is (or cannot be). A
+    note (DocumentReference) says so in its own words too: no reader of its text alone takes
+    it for a current one."""
     status = _WITHDRAWN_STATUS.get(resource["resourceType"])
     if status is None or resource.get("status") == status:
         return None
-    return {**resource, "status": status}
+    withdrawn = {**resource, "status": status}
+    if resource["resourceType"] == "DocumentReference":
+        withdrawn["description"] = WITHDRAWN_NOTE
+        withdrawn["content"] = [
+            {
+                **item,
+                "attachment": {
+                    **item.get("attachment", {}),
+                    "data": base64.b64encode(WITHDRAWN_NOTE.encode() + b"\n").decode(),
+                },
+            }
+            for item in resource.get("content", [])
+        ]
+    return withdrawn
 
 
 STORED_COLUMNS = (
