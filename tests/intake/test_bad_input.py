@@ -71,17 +71,13 @@ REFUSED: list[tuple[str, dict[str, Any], str, str]] = [
     ),
     (
         "rate change after the infusion ended",
-        session(
-            rate_changes=[{"at": "2026-11-20T14:00:00-05:00", "rate_mg_per_kg_per_hr": 0.3}]
-        ),
+        session(rate_changes=[{"at": "2026-11-20T14:00:00-05:00", "rate_mg_per_kg_per_hr": 0.3}]),
         "rate_changes[0].at",
         "after infusion_end",
     ),
     (
         "rate change before the infusion started",
-        session(
-            rate_changes=[{"at": "2026-11-20T09:00:00-05:00", "rate_mg_per_kg_per_hr": 0.3}]
-        ),
+        session(rate_changes=[{"at": "2026-11-20T09:00:00-05:00", "rate_mg_per_kg_per_hr": 0.3}]),
         "rate_changes[0].at",
         "before infusion_start",
     ),

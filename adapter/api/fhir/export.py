@@ -48,10 +48,24 @@ async def _posted(
     types: Annotated[str | None, Query(alias="_type")] = None,
     since: Annotated[str | None, Query(alias="_since")] = None,
     output_format: Annotated[str | None, Query(alias="_outputFormat")] = None,
-) -> ExportParameters:
+) -> ExportParameters | BadRequest:
     """The kick-off parameters of a POST: a Parameters resource (`_type` may repeat), or, as
     some clients send them (Medplum's bulkExport), the query's; a parameter this server does
-    not support is refused, naming it."""
+    not support is refused, naming it. The refusal is returned, not raised: it is raised once
+    the caller's access is checked, so that a caller without access learns nothing more."""
+    try:
+        return await _read_posted(request, prefer, types, since, output_format)
+    except BadRequest as refusal:
+        return refusal
+
+
+async def _read_posted(
+    request: Request,
+    prefer: str | None,
+    types: str | None,
+    since: str | None,
+    output_format: str | None,
+) -> ExportParameters:
     queried = {"_type": types, "_since": since, "_outputFormat": output_format}
     body = await request.body()
     try:
@@ -84,7 +98,7 @@ async def _posted(
     return ExportParameters(prefer, types, first.get("_since"), first.get("_outputFormat"))
 
 
-PostedDep = Annotated[ExportParameters, Depends(_posted)]
+PostedDep = Annotated[ExportParameters | BadRequest, Depends(_posted)]
 
 
 async def _exporter(
@@ -102,10 +116,14 @@ Exporter = Annotated[Caller, Depends(_exporter)]
 
 
 async def _posted_exporter(request: Request, asked: PostedDep) -> Caller:
-    """As `_exporter`, for the types a POSTed Parameters resource names."""
+    """As `_exporter`, for the types a POSTed kick-off names (every type when its parameters
+    cannot be read); then a refused kick-off is refused."""
     caller = token_caller(request)
-    for resource_type in exported_types(asked.types):
+    asked_types = asked.types if isinstance(asked, ExportParameters) else None
+    for resource_type in exported_types(asked_types):
         caller.require(resource_type, "r")
+    if isinstance(asked, BadRequest):
+        raise asked
     return caller
 
 
@@ -168,6 +186,7 @@ def export_group(
 def export_system_posted(
     request: Request, runtime: RuntimeDep, asked: PostedDep, caller: PostedExporter
 ) -> Response:
+    assert isinstance(asked, ExportParameters)  # a refusal was raised by PostedExporter
     return _kick_off(request, runtime, "system", asked, caller)
 
 
@@ -175,6 +194,7 @@ def export_system_posted(
 def export_patients_posted(
     request: Request, runtime: RuntimeDep, asked: PostedDep, caller: PostedExporter
 ) -> Response:
+    assert isinstance(asked, ExportParameters)  # a refusal was raised by PostedExporter
     return _kick_off(request, runtime, "patient", asked, caller)
 
 
@@ -188,6 +208,7 @@ def export_group_posted(
     caller: PostedExporter,
     group_id: str,
 ) -> Response:
+    assert isinstance(asked, ExportParameters)  # a refusal was raised by PostedExporter
     return _kick_off(request, runtime, "group", asked, caller, group_id)
 
 
