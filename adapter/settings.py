@@ -110,7 +110,23 @@ class Settings(BaseSettings):
         "process died is taken over after this.",
     )
     ehr_timeout_seconds: float = Field(
-        30.0, gt=0, description="Connect and read timeout of each request to the EHR."
+        30.0,
+        gt=0,
+        description="Longest time one request to the EHR may take, from connecting to the last "
+        "byte of its answer.",
+    )
+    ehr_max_response_bytes: int = Field(
+        32 * 2**20,
+        ge=65536,
+        description="Largest answer read from the EHR; a larger one is cut off and counts as a "
+        "failed request.",
+    )
+    ehr_settle_seconds: float = Field(
+        300.0,
+        ge=0,
+        description="How long a create whose answer was lost (no answer, one cut short or "
+        "unreadable, a 5xx) waits before the EHR is searched for it and it is sent again: an "
+        "EHR can store a write after the adapter stopped waiting for its answer.",
     )
     ehr_retry_attempts: int = Field(
         4,
@@ -120,7 +136,11 @@ class Settings(BaseSettings):
         "or not at all; then the item waits for a later run.",
     )
     ehr_retry_max_wait_seconds: float = Field(
-        30.0, gt=0, description="Longest wait between two attempts (Retry-After included)."
+        30.0,
+        gt=0,
+        description="Longest wait between two attempts within a run (Retry-After included); "
+        "when the EHR asks for a longer wait, the run sends nothing more and the items wait "
+        "until then.",
     )
     ehr_breaker_failures: int = Field(
         5,

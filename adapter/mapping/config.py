@@ -734,6 +734,26 @@ class EhrRules(MappingModel):
     resource_types: dict[DeliveredType, TypeDelivery] = Field(default_factory=dict)
     stand_ins: StandIns = Field(default_factory=StandIns)
     extra_codings: list[ExtraCoding] = Field(default_factory=list)
+    fhir_versions: list[Annotated[str, StringConstraints(pattern=r"^\d+\.\d+(\.\d+)?$")]] = Field(
+        default_factory=lambda: ["4.0"],
+        min_length=1,
+        description="FHIR versions the EHR may announce in its CapabilityStatement "
+        "(`fhirVersion`), each a version or its major.minor: 4.0 takes 4.0.0 and 4.0.1. "
+        "An EHR announcing another is refused: the adapter sends R4 (4.0.1) resources.",
+    )
+    edited_in_ehr: Literal["keep", "overwrite"] = Field(
+        "keep",
+        description="A copy someone changed in the EHR after the adapter delivered it (found "
+        "by reconciliation, or by a 412 to an update): `keep` leaves the change and lists the "
+        "resource as a dead letter for review (a replay then sends the clinic's version over "
+        "that change); `overwrite` sends the clinic's version over it.",
+    )
+    deleted_in_ehr: Literal["keep", "recreate"] = Field(
+        "keep",
+        description="A copy the EHR answers 410 Gone for (deleted there): `keep` leaves it "
+        "deleted and lists the resource as a dead letter (a replay creates it again); "
+        "`recreate` creates it again.",
+    )
 
 
 EHR_FILE = "ehr.yaml"

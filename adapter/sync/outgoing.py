@@ -308,3 +308,32 @@ def _add_codings(body: Json, rules: list[ExtraCoding]) -> None:
             if (added["system"], added["code"]) not in present:
                 codings.append(added)
                 present.add((added["system"], added["code"]))
+
+
+def says_the_same(ours: Json, theirs: Json) -> bool:
+    """Whether the EHR's copy says what ours says: every element we send, unchanged (the EHR
+    may add its own, such as meta or a narrative)."""
+    return all(theirs.get(key) == value for key, value in ours.items() if key != "meta")
+
+
+def provably_ours(
+    copies: list[Json], resource: Json, extra_codings: list[ExtraCoding]
+) -> Json | None:
+    """Of several EHR copies carrying a resource's identifier, the first stored, when every one
+    says what the adapter sends apart from its references (each a write of the adapter's own,
+    stored twice, whose references point at copies of its own Bundle); None when any says
+    something else (someone may have changed it: a person decides)."""
+    ours, _ = ehr_body(resource, None, lambda kind, _: f"{kind}/?", extra_codings)
+    plain = _unreferenced(ours)
+    if not all(says_the_same(plain, _unreferenced(theirs)) for theirs in copies):
+        return None
+    return min(copies, key=lambda c: (str(c.get("meta", {}).get("lastUpdated", "")), str(c["id"])))
+
+
+def _unreferenced(value: Any) -> Any:
+    """A copy of the value without its `reference` elements."""
+    if isinstance(value, list):
+        return [_unreferenced(item) for item in value]
+    if isinstance(value, dict):
+        return {k: _unreferenced(v) for k, v in value.items() if k != "reference"}
+    return value

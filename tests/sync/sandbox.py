@@ -21,6 +21,7 @@ DEFAULT_CONFIG = {
     "requireIfMatch": False,
     "bearer": None,
     "smartClients": {},
+    "quirks": {},
 }
 PROFILES: dict[str, dict[str, Any]] = {
     "generic": {},
@@ -64,8 +65,11 @@ class SandboxEhr:
         line = self.process.stdout.readline()
         if not line:
             raise RuntimeError("the sandbox EHR did not start")
-        self.base = str(orjson.loads(line)["base"])
+        started = orjson.loads(line)
+        self.base = str(started["base"])
         self.origin = self.base.removesuffix("/fhir")
+        self.decoy = str(started["decoy"])
+        """Another origin, with a store of its own, that the `redirect` quirk points at."""
         self.http = requests.Session()
 
     def control(self, method: str, path: str, body: Any = None) -> Any:
@@ -85,6 +89,20 @@ class SandboxEhr:
     def configure(self, **config: Any) -> None:
         self.control("PUT", "/config", config)
 
+    def quirk(self, **quirks: Any) -> None:
+        """Make the EHR misbehave (tests/ehr-server/quirks.mjs); no arguments end it."""
+        self.control("PUT", "/config", {"quirks": quirks})
+
+    def settle(self) -> int:
+        """Store the writes a `lateCommit` EHR is holding; how many there were."""
+        stored: int = self.control("POST", "/settle")["stored"]
+        return stored
+
+    def reached_decoy(self) -> dict[str, Any]:
+        """What reached the decoy origin: requests by method, resources stored by type."""
+        found: dict[str, Any] = self.control("GET", "/decoy")
+        return found
+
     def add_patients(self, mrns: list[str]) -> None:
         """Patients the EHR knows, by MRN."""
         self.control(
@@ -101,18 +119,8 @@ class SandboxEhr:
         )
 
     def all(self, resource_type: str) -> list[dict[str, Any]]:
-        """Every resource of a type the EHR holds, paging to the end."""
-        found: list[dict[str, Any]] = []
-        while True:
-            page = self.http.get(
-                f"{self.base}/{resource_type}",
-                params={"_count": "1000", "_offset": str(len(found))},
-                headers=self._auth(),
-            ).json()
-            entries = [entry["resource"] for entry in page.get("entry", [])]
-            found += entries
-            if len(entries) < 1000:
-                break
+        """Every resource of a type the EHR holds, read from its store (whatever its quirks)."""
+        found: list[dict[str, Any]] = self.control("GET", f"/resources/{resource_type}")
         return found
 
     def identifier_counts(self, resource_type: str) -> Counter[tuple[str, str]]:
@@ -128,10 +136,6 @@ class SandboxEhr:
     def stats(self) -> dict[str, int]:
         found: dict[str, int] = self.control("GET", "/stats")
         return found
-
-    def _auth(self) -> dict[str, str]:
-        config = self.control("GET", "/config")
-        return {"Authorization": f"Bearer {config['bearer']}"} if config.get("bearer") else {}
 
     def stop(self) -> None:
         self.process.terminate()
