@@ -38,10 +38,15 @@ async def _adapter_error(_request: Request, exc: Exception) -> JsonResponse:
     return _respond(exc.status, body, exc.headers)
 
 
+def oauth_error(error: str, description: str) -> dict[str, str]:
+    """The body of an OAuth 2.0 error (RFC 6749, 5.2)."""
+    return {"error": error, "error_description": description}
+
+
 async def _oauth_error(_request: Request, exc: Exception) -> JsonResponse:
     assert isinstance(exc, OAuthError)
-    body = {"error": exc.error, "error_description": exc.description}
-    return _respond(exc.status, body, {"Cache-Control": "no-store"})
+    body = oauth_error(exc.error, exc.description)
+    return _respond(exc.status, body, {"Cache-Control": "no-store", **exc.headers})
 
 
 async def _validation_error(_request: Request, exc: Exception) -> JsonResponse:
@@ -64,14 +69,22 @@ async def _http_error(_request: Request, exc: Exception) -> JsonResponse:
     return _respond(exc.status_code, operation_outcome(code, str(exc.detail)), exc.headers)
 
 
-async def _unexpected(_request: Request, exc: Exception) -> JsonResponse:
-    # The exception's text may quote data; only its type is logged, with the traceback's frames.
+def log_unexpected(exc: BaseException) -> None:
+    """Log an error no handler expected: its type and the traceback's frames, never its text,
+    which may quote what a caller sent."""
     log.error(
         "unexpected error: %s\n%s",
         type(exc).__name__,
         "".join(traceback.format_tb(exc.__traceback__)),
     )
-    return _respond(500, operation_outcome("exception", "internal error; it has been logged"))
+
+
+INTERNAL_ERROR = operation_outcome("exception", "internal error; it has been logged")
+
+
+async def _unexpected(_request: Request, exc: Exception) -> JsonResponse:
+    log_unexpected(exc)
+    return _respond(500, INTERNAL_ERROR)
 
 
 def install(app: FastAPI) -> None:
