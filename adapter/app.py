@@ -10,6 +10,7 @@ from fastapi import Depends, FastAPI
 from adapter import __version__
 from adapter.api import audit, auth, fhir, health, mapping, outcome, records, sync
 from adapter.api.fhir.wire import document_format
+from adapter.api.openapi import document_statuses
 from adapter.api.responses import JsonResponse
 from adapter.logs import quiet_url_loggers
 from adapter.runtime import Runtime, open_runtime
@@ -118,7 +119,8 @@ def create_app(settings: Settings | None = None, background: bool = True) -> Fas
     )
     def openapi() -> JsonResponse:
         schema: dict[str, Any] = app.openapi()
-        document_format(app.routes, schema)
+        negotiating = document_format(app.routes, schema)
+        document_statuses(app.routes, schema, negotiating)
         return JsonResponse(schema)
 
     check_routes(app)

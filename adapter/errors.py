@@ -92,6 +92,13 @@ class NotAcceptable(AdapterError):
     issue_code = "not-supported"
 
 
+class Conflict(AdapterError):
+    """Asked of a service that is not in the state to do it (no EHR configured, say)."""
+
+    status = 409
+    issue_code = "conflict"
+
+
 class PayloadTooLarge(AdapterError):
     status = 413
     issue_code = "too-long"

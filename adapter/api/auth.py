@@ -128,8 +128,15 @@ _TOKEN_FORM = {
                     "properties": {
                         "grant_type": {"type": "string", "enum": ["client_credentials"]},
                         "client_assertion_type": {"type": "string", "enum": [JWT_BEARER]},
-                        "client_assertion": {"type": "string"},
-                        "scope": {"type": "string", "example": "system/*.rs"},
+                        "client_assertion": {
+                            "type": "string",
+                            "pattern": "^[A-Za-z0-9_-]+\\.[A-Za-z0-9_-]+\\.[A-Za-z0-9_-]*$",
+                        },
+                        "scope": {
+                            "type": "string",
+                            "pattern": "\\S",
+                            "example": "system/*.rs",
+                        },
                     },
                 }
             }

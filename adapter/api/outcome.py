@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
 
 from adapter.api.responses import JsonResponse
 from adapter.errors import AdapterError, OAuthError
@@ -32,10 +33,23 @@ def _respond(
     return JsonResponse(body, status_code=status, headers=headers)
 
 
-async def _adapter_error(_request: Request, exc: Exception) -> JsonResponse:
+def _allow(request: Request) -> dict[str, str]:
+    """The Allow header of a 405: every method some route takes at this path (the routes that
+    only refuse writes on the read-only FHIR endpoint take none)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if getattr(route, "name", None) == "refuse_write" or not isinstance(route, Route):
+            continue
+        if route.path_regex.match(request.url.path):
+            methods |= route.methods or set()
+    return {"Allow": ", ".join(sorted(methods))}
+
+
+async def _adapter_error(request: Request, exc: Exception) -> JsonResponse:
     assert isinstance(exc, AdapterError)
     body = operation_outcome(exc.issue_code, exc.message, exc.expression)
-    return _respond(exc.status, body, exc.headers)
+    headers = {**exc.headers, **_allow(request)} if exc.status == 405 else exc.headers
+    return _respond(exc.status, body, headers)
 
 
 def oauth_error(error: str, description: str) -> dict[str, str]:
@@ -63,10 +77,11 @@ async def _validation_error(_request: Request, exc: Exception) -> JsonResponse:
     return _respond(400, {"resourceType": "OperationOutcome", "issue": issues})
 
 
-async def _http_error(_request: Request, exc: Exception) -> JsonResponse:
+async def _http_error(request: Request, exc: Exception) -> JsonResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _HTTP_ISSUE_CODES.get(exc.status_code, "processing")
-    return _respond(exc.status_code, operation_outcome(code, str(exc.detail)), exc.headers)
+    headers = {**(exc.headers or {}), **_allow(request)} if exc.status_code == 405 else exc.headers
+    return _respond(exc.status_code, operation_outcome(code, str(exc.detail)), headers)
 
 
 def log_unexpected(exc: BaseException) -> None:

@@ -62,6 +62,22 @@ def _status_code(outcomes: list[RecordOutcome]) -> int:
     description="One record (JSON object), a JSON array of records, or NDJSON. Each record is "
     "accepted or rejected on its own. 200: all accepted; 207: some rejected; 422: all rejected. "
     "The first 100 errors are given in full (20 a record at most); the rest are counted.",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "anyOf": [
+                            {"type": "object"},
+                            {"type": "array", "items": {"type": "object"}, "minItems": 1},
+                        ]
+                    }
+                },
+                "application/x-ndjson": {"schema": {"type": "string", "pattern": "\\S"}},
+            },
+        }
+    },
 )
 async def submit_records(
     request: Request, intake: IntakeDep, settings: SettingsDep

@@ -50,14 +50,6 @@ class SearchRequest:
     """The search's own parameters, to repeat in paging links."""
 
 
-def _out_of_range(value: str, name: str) -> BadRequest:
-    return BadRequest(
-        f"{name}: {value!r} is outside the instants this server compares (from "
-        "0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z)",
-        expression=[name],
-    )
-
-
 def _after(start: datetime, step: timedelta) -> datetime:
     """The end of a range that starts at `start`; the last instant there is at the far end."""
     try:
@@ -75,11 +67,13 @@ def _next_year_or_month(start: datetime, month_step: bool) -> datetime:
         return _LATEST
 
 
-def _in_utc(moment: datetime, value: str, name: str) -> datetime:
+def _in_utc(moment: datetime) -> datetime:
+    """The moment in UTC; one before the first instant Python holds (0001-01-01T00:00 at a
+    positive offset) or after the last stands at that end (nothing is stored beyond them)."""
     try:
         return moment.astimezone(UTC)
     except OverflowError:
-        raise _out_of_range(value, name) from None
+        return _FAR_PAST if moment.year == 1 else _LATEST
 
 
 def _range(value: str, name: str) -> tuple[datetime, datetime]:
@@ -102,7 +96,7 @@ def _range(value: str, name: str) -> tuple[datetime, datetime]:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     precision = timedelta(seconds=1) if moment.microsecond == 0 else timedelta(microseconds=1)
-    start = _in_utc(moment, value, name)
+    start = _in_utc(moment)
     return start, _after(start, precision)
 
 
@@ -114,7 +108,7 @@ def parse_instant(value: str, name: str) -> datetime:
         raise BadRequest(f"{name}: {value!r} is not an instant", expression=[name]) from None
     if moment.tzinfo is None:
         raise BadRequest(f"{name}: an instant needs a time zone", expression=[name])
-    return _in_utc(moment, value, name)
+    return _in_utc(moment)
 
 
 def date_condition(start_column: Any, end_column: Any, raw: str, name: str) -> ColumnElement[bool]:

@@ -247,7 +247,7 @@ spent_assertions = Table(
 audit_events = Table(
     "audit_events",
     metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
     Column("recorded_at", UtcDateTime(), nullable=False),
     Column("client_id", String(64)),
     Column("interaction", String(32), nullable=False),

@@ -1,6 +1,7 @@
 """The audit record closed to TRUNCATE (PostgreSQL) and to replacing inserts (SQLite), and
 chained: each entry carries an HMAC over the one before and itself, and a one-row head names
-the last entry. Methods of any length fit. Revisions up to 2^53 - 1 on both stores.
+the last entry. Methods of any length fit; entry ids are 64-bit on PostgreSQL too. Revisions
+up to 2^53 - 1 on both stores.
 
 Revision ID: 0009
 Revises: 0008
@@ -33,6 +34,7 @@ def upgrade() -> None:
     if postgresql:
         op.execute(NO_TRUNCATE_POSTGRESQL)
         op.alter_column("audit_events", "method", type_=sa.String(32))
+        op.alter_column("audit_events", "id", type_=sa.BigInteger)
         for table in ("source_records", "source_record_revisions"):
             op.alter_column(table, "revision", type_=sa.BigInteger)
     else:
@@ -55,6 +57,7 @@ def downgrade() -> None:
         for table in ("source_records", "source_record_revisions"):
             op.alter_column(table, "revision", type_=sa.Integer)
         op.alter_column("audit_events", "method", type_=sa.String(8))
+        op.alter_column("audit_events", "id", type_=sa.Integer)
         op.execute("DROP TRIGGER audit_events_no_truncate ON audit_events")
     else:
         op.execute("DROP TRIGGER audit_events_no_replace")
