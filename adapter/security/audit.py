@@ -40,7 +40,8 @@ LONGEST: dict[str, int] = {
 """The longest value kept of each text field; what is longer is cut and ends in `…`."""
 LONGEST_ID = 200
 FINAL_ATTEMPTS = 5
-"""Writes tried when the service stops and the store does not answer, half a second apart."""
+FINAL_PAUSE = 0.5
+"""Writes tried when the service stops and the store does not answer, and the pause between."""
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 UNAVAILABLE = (OperationalError, InterfaceError, DisconnectionError, ConnectionError, TimeoutError)
 """Failures of the store rather than of an entry: the entries wait for the next write."""
@@ -254,7 +255,7 @@ class AuditWriter:
         for _ in range(FINAL_ATTEMPTS):
             if not unwritten:
                 return
-            time.sleep(FLUSH_SECONDS)
+            time.sleep(FINAL_PAUSE)
             unwritten = self._write(unwritten + _taken(self.entries))
         if unwritten:
             log.error("%d audit entries were not written: the store did not answer", len(unwritten))

@@ -1,4 +1,6 @@
-"""The audit record closed to TRUNCATE (PostgreSQL) and to replacing inserts (SQLite), and
+"""Hardening: the audit record closed and chained, methods and revisions that fit.
+
+The audit record is closed to TRUNCATE (PostgreSQL) and to replacing inserts (SQLite), and
 chained: each entry carries an HMAC over the one before and itself, and a one-row head names
 the last entry. Methods of any length fit; entry ids are 64-bit on PostgreSQL too. Revisions
 up to 2^53 - 1 on both stores.
