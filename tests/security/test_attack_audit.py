@@ -143,9 +143,11 @@ def test_truncate_and_replacing_inserts_are_refused(runtime: Runtime) -> None:
             f"REPLACE INTO audit_events {columns} VALUES {values}",
         ]
     for statement in attempts:
-        with pytest.raises((DBAPIError, IntegrityError), match="append-only"):
-            with engine.begin() as connection:
-                connection.execute(text(statement))
+        with (
+            pytest.raises((DBAPIError, IntegrityError), match="append-only"),
+            engine.begin() as connection,
+        ):
+            connection.execute(text(statement))
 
     assert [e.path for e in runtime.audit.query(limit=10)] == [
         "/fhir/Observation/2",
