@@ -209,8 +209,23 @@ def _once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return found
 
 
+_KEY = re.compile(rb'"([^"\\]*)"\s*:')
+
+
+def _maybe_repeated(raw: bytes) -> bool:
+    """Whether a key may appear twice in one object or a text hold a NUL: only then is the
+    record parsed again to look closer. (Any backslash may escape either, so it is a reason
+    too; a key may well recur in different objects.)"""
+    if b"\\" in raw:
+        return True
+    keys = _KEY.findall(raw)
+    return len(set(keys)) < len(keys)
+
+
 def _member_problems(raw: bytes) -> list[FieldError]:
     """Duplicate keys and NUL characters, which the schema's parser cannot see."""
+    if not _maybe_repeated(raw):
+        return []
     try:
         json.loads(raw, object_pairs_hook=_once_each)
     except _Refused as refused:

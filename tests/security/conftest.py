@@ -130,6 +130,7 @@ def running(
 
 
 def is_outcome(answer: httpx.Response) -> bool:
-    """The answer is an OperationOutcome (or, at the token endpoint, OAuth's error object)."""
+    """The answer is an OperationOutcome, OAuth's error object at the token endpoint, or the
+    intake's report of records rejected one by one."""
     body = answer.json()
-    return body.get("resourceType") == "OperationOutcome" or "error" in body
+    return body.get("resourceType") == "OperationOutcome" or "error" in body or "results" in body
