@@ -209,7 +209,11 @@ JSON_VALUES = st.sampled_from(
 )
 QUERY_VALUES = st.sampled_from([*map(str, INTS), *map(str, FLOATS), *TEXTS])
 HEADER_VALUES = st.sampled_from(
-    [t for t in [*map(str, INTS), *TEXTS] if t.isascii() and t.isprintable() and len(t) < 4096]
+    [
+        t
+        for t in [*map(str, INTS), *TEXTS]
+        if t and t == t.strip() and t.isascii() and t.isprintable() and len(t) < 4096
+    ]
 )
 HEADERS = ["Prefer", "If-None-Match", "Accept", "Content-Type", "X-Forwarded-For", "Authorization"]
 RECORDS = [session, vitals, adverse_event, fasting]
