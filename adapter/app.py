@@ -7,10 +7,15 @@ from typing import Any
 from fastapi import Depends, FastAPI
 
 from adapter import __version__
-from adapter.api import audit, auth, fhir, health, mapping, outcome, records, sync
+from adapter.api import audit, auth, fhir, health, mapping, metrics, outcome, records, sync
 from adapter.api.fhir.wire import document_format
 from adapter.api.responses import JsonResponse
+from adapter.console import access as console_access
+from adapter.console import held, history, mappings, today
+from adapter.console import web as console_web
 from adapter.logs import quiet_url_loggers
+from adapter.operations.alerts import AlertWatch
+from adapter.operations.metrics import Metrics
 from adapter.runtime import Runtime, open_runtime
 from adapter.security.access import api_caller, check_routes
 from adapter.security.assertions import KeyFetcher
@@ -18,6 +23,8 @@ from adapter.security.audit import AuditWriter
 from adapter.security.middleware import Guard
 from adapter.security.throttle import FailureThrottle
 from adapter.settings import Settings, get_settings
+from adapter.store.alerts import AlertStore
+from adapter.store.operations import OperationsReadings
 from adapter.worker import Worker
 
 
@@ -34,6 +41,17 @@ def refuse_development_clients(runtime: Runtime) -> None:
         )
 
 
+def alert_watch(runtime: Runtime) -> AlertWatch:
+    engine = runtime.store.engine
+    return AlertWatch(
+        runtime.settings,
+        OperationsReadings(engine),
+        runtime.outbox,
+        AlertStore(engine),
+        runtime.sync.backoff if runtime.sync is not None else None,
+    )
+
+
 def create_app(settings: Settings | None = None, background: bool = True) -> FastAPI:
     """The ASGI app. A broken mapping file, an unreachable store or development credentials in
     production stop it here, not later. `background=False` leaves mapping to explicit calls
@@ -41,8 +59,9 @@ def create_app(settings: Settings | None = None, background: bool = True) -> Fas
     quiet_url_loggers()
     runtime = open_runtime(settings or get_settings())
     refuse_development_clients(runtime)
-    worker = Worker(runtime) if background else None
     writer = AuditWriter(runtime.audit)
+    measured = Metrics(runtime, writer)
+    worker = Worker(runtime, measured, alert_watch(runtime)) if background else None
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -75,9 +94,11 @@ def create_app(settings: Settings | None = None, background: bool = True) -> Fas
     app.state.worker = worker
     app.state.clients = runtime.clients
     app.state.audit_writer = writer
+    app.state.metrics = measured
     app.state.throttle = FailureThrottle(runtime.settings.token_failures_per_minute)
     app.state.key_fetcher = KeyFetcher()
     outcome.install(app)
+    console_web.install(app)
     app.include_router(fhir.router)  # first: the EHR's reads are the busiest requests
     app.include_router(health.router)
     app.include_router(auth.router)
@@ -85,6 +106,10 @@ def create_app(settings: Settings | None = None, background: bool = True) -> Fas
     app.include_router(mapping.router)
     app.include_router(sync.router)
     app.include_router(audit.router)
+    app.include_router(metrics.router)
+    for console in (console_access, today, held, mappings, history):
+        app.include_router(console.router)
+    app.include_router(console_access.signed_in)
 
     @app.get(
         "/openapi.json",
