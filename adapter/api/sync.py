@@ -45,7 +45,11 @@ def waiting(runtime: RuntimeDep, limit: Limit = 100, after: After = None) -> Jso
     return _items(runtime, "waiting", limit, after)
 
 
-@router.get("/runs", summary="The latest sync and reconciliation runs, newest first")
+@router.get(
+    "/runs",
+    summary="The latest sync and reconciliation runs, newest first: `error` says why a run "
+    "stopped, `last_error` the last reason an item of the run was not delivered",
+)
 def runs(
     runtime: RuntimeDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
@@ -66,6 +70,7 @@ def runs(
                     "ended_at": run.ended_at.isoformat() if run.ended_at else None,
                     "counts": run.counts,
                     "error": run.error,
+                    "last_error": run.last_error,
                 }
                 for run in found
             ],

@@ -92,9 +92,19 @@ _exporter.access = "scope:r(exported types)"  # type: ignore[attr-defined]
 Exporter = Annotated[Caller, Depends(_exporter)]
 
 
-async def _posted_exporter(request: Request, asked: PostedDep) -> Caller:
-    """As `_exporter`, for the types a POSTed Parameters resource names."""
+async def _posted_exporter(
+    request: Request, prefer: Annotated[str | None, Header()] = None
+) -> Caller:
+    """As `_exporter`, for the types a POSTed Parameters resource names. The token is checked
+    before the body: a caller whose scopes could not export what the body asks (every type,
+    when the body cannot be read) is refused 403 before anything is said about the body."""
     caller = token_caller(request)
+    try:
+        asked = await _posted(request, prefer)
+    except BadRequest:
+        for resource_type in exported_types(None):
+            caller.require(resource_type, "r")
+        raise
     for resource_type in exported_types(asked.types):
         caller.require(resource_type, "r")
     return caller
@@ -157,14 +167,14 @@ def export_group(
 
 @router.post("/$export", summary="System level export, parameters in a Parameters body")
 def export_system_posted(
-    request: Request, runtime: RuntimeDep, asked: PostedDep, caller: PostedExporter
+    request: Request, runtime: RuntimeDep, caller: PostedExporter, asked: PostedDep
 ) -> Response:
     return _kick_off(request, runtime, "system", asked, caller)
 
 
 @router.post("/Patient/$export", summary="Patient level export, parameters in a Parameters body")
 def export_patients_posted(
-    request: Request, runtime: RuntimeDep, asked: PostedDep, caller: PostedExporter
+    request: Request, runtime: RuntimeDep, caller: PostedExporter, asked: PostedDep
 ) -> Response:
     return _kick_off(request, runtime, "patient", asked, caller)
 
@@ -175,8 +185,8 @@ def export_patients_posted(
 def export_group_posted(
     request: Request,
     runtime: RuntimeDep,
-    asked: PostedDep,
     caller: PostedExporter,
+    asked: PostedDep,
     group_id: str,
 ) -> Response:
     return _kick_off(request, runtime, "group", asked, caller, group_id)
