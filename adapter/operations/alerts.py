@@ -91,14 +91,17 @@ class AlertWatch:
             since, reason = self.readings.run_streak()
             until, _ = self.backoff()
             if since and now - since >= timedelta(minutes=settings.alert_ehr_down_minutes):
-                backing = f"; the sync backs off until {until:%H:%M:%SZ}" if until else ""
                 found.append(
                     Condition(
                         EHR_UNREACHABLE,
                         "EHR",
                         f"The EHR has not been reached for {_minutes(now - since)}: "
-                        f"{reason or 'no answer'}{backing}",
-                        {"since": since.isoformat(), "reason": reason},
+                        f"{reason or 'no answer'}",
+                        {
+                            "since": since.isoformat(),
+                            "reason": reason,
+                            "backing_off_until": until.isoformat() if until else None,
+                        },
                     )
                 )
         late = timedelta(minutes=settings.alert_safety_fact_minutes)

@@ -178,6 +178,9 @@ def leased_run(sync: Sync, trigger: str, work: Callable[[SyncReport], None]) -> 
     if not sync.lease.acquire(sync.clock()):
         return SyncReport("busy")
     report = SyncReport("completed", run_id=sync.runs.start(trigger, sync.holder, sync.clock()))
+    # Each run starts with the breaker closed: the back-off between runs is the wait, and a
+    # breaker left open by the last run would fail every later run without asking the EHR.
+    sync.client.breaker.succeeded()
     try:
         work(report)
         sync.set_backoff(None, 0.0)
