@@ -28,9 +28,7 @@ def ketamine_hcl(**fields: str) -> ProposedRow:
 
 
 @pytest.mark.parametrize("table", TABLES)
-def test_every_shipped_table_is_written_back_byte_for_byte(
-    mappings_dir: Path, table: str
-) -> None:
+def test_every_shipped_table_is_written_back_byte_for_byte(mappings_dir: Path, table: str) -> None:
     text = table_path(mappings_dir, table).read_text(encoding="utf-8")
 
     assert round_trip(text) == text
