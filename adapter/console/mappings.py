@@ -69,8 +69,29 @@ def _row(fields: dict[str, list[str]]) -> ProposedRow:
     )
 
 
-def preview(runtime: Runtime, mappings: Mappings, held: HeldCode) -> list[dict[str, Any]]:
-    """What the first held records of the code would become with these mappings."""
+def concepts(value: Any, row: ProposedRow, path: str) -> list[str]:
+    """The paths of the concepts in a resource that the row makes (its coding, or its text)."""
+    found: list[str] = []
+    if isinstance(value, dict):
+        listed = value.get("coding")
+        codings: list[Any] = listed if isinstance(listed, list) else []
+        if any(c.get("code") == row.code and c.get("system") == row.system for c in codings) or (
+            not codings and not row.code and value.get("text") == row.text
+        ):
+            found.append(path)
+        for key, inner in value.items():
+            found += concepts(inner, row, f"{path}.{key}")
+    elif isinstance(value, list):
+        for inner in value:
+            found += concepts(inner, row, path)
+    return found
+
+
+def preview(
+    runtime: Runtime, mappings: Mappings, held: HeldCode, row: ProposedRow
+) -> list[dict[str, Any]]:
+    """What the first held records of the code would become with these mappings, and where in
+    them the row's concept goes."""
     mapper = Mapper(mappings, runtime.mapping.mapper.validator)
     shown: list[dict[str, Any]] = []
     for record_type, source_id in held.records[:PREVIEWED]:
@@ -93,6 +114,7 @@ def preview(runtime: Runtime, mappings: Mappings, held: HeldCode) -> list[dict[s
             {
                 "record": f"{record_type}/{source_id}",
                 "still": still,
+                "where": [p for r in built.resources for p in concepts(r, row, r["resourceType"])],
                 "resources": [
                     orjson.dumps(r, option=orjson.OPT_INDENT_2).decode() for r in built.resources
                 ],
@@ -137,7 +159,7 @@ def _with_form(runtime: Runtime, row: ProposedRow) -> list[Proposal]:
             if not proposal.problems:
                 try:
                     with trial(runtime.settings.mappings_dir, row) as mappings:
-                        proposal.preview = preview(runtime, mappings, proposal.held)
+                        proposal.preview = preview(runtime, mappings, proposal.held, row)
                 except MappingFileError as exc:
                     proposal.problems = str(exc).splitlines()
     return proposals
@@ -151,11 +173,24 @@ async def console_preview(request: Request) -> HTMLResponse:
 
 
 def save(runtime: Runtime, row: ProposedRow) -> dict[str, Any]:
-    """Write the row, load the mapping files again and map what it covers."""
+    """Write the row, load the mapping files again and map what it covers: how many of the
+    records the code held (or left uncoded) are mapped with it now."""
+    held = [
+        record
+        for code in OperationsReadings(runtime.store.engine).held_codes()
+        if code.table == row.table and code.code.upper() == row.local.strip().upper()
+        for record in code.records
+    ]
     add_row(runtime.settings.mappings_dir, row)
     runtime.reload_mappings()
     report = runtime.mapping.run()
-    return {"mapped": report.mapped, "waiting": report.waiting, "failed": report.failed}
+    states = [runtime.mapping.queue.state(*record)["state"] for record in held]
+    return {
+        "held": len(held),
+        "released": sum(1 for state in states if state == "mapped"),
+        "still": len(held) - sum(1 for state in states if state == "mapped"),
+        "remapped": report.mapped,
+    }
 
 
 @router.post("/mappings/save")

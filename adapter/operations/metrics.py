@@ -24,7 +24,7 @@ from adapter.store.alerts import AlertStore
 from adapter.store.operations import OperationsReadings
 from adapter.sync.engine import SyncReport
 
-disable_created_metrics()  # the `_created` series say when this process started, and no more
+disable_created_metrics()  # type: ignore[no-untyped-call]  # the `_created` series say when this process started, and no more
 RUN_SECONDS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 REQUEST_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
