@@ -36,7 +36,9 @@ def _groups(items: list[HeldItem]) -> list[dict[str, Any]]:
         {
             "state": state,
             "reason": reason,
-            "words": delivery_reason(state, found[0].detail),
+            "words": delivery_reason(
+                state, {k: v for k, v in found[0].detail.items() if k != "patient_mrn"}
+            ),
             "items": found,
         }
         for (state, reason), found in sorted(

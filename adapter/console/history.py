@@ -12,7 +12,7 @@ from adapter.console.access import console_router
 from adapter.console.today import zone_of
 from adapter.console.web import ConsoleRefused, page
 from adapter.operations.alerts import KINDS
-from adapter.operations.outcomes import RUN_STATUSES, legend
+from adapter.operations.outcomes import RUN_STATUSES, SYNC_OUTCOMES, legend
 from adapter.runtime import Runtime
 from adapter.store.alerts import AlertStore
 
@@ -28,7 +28,7 @@ def _runs(runtime: Runtime, before: int | None) -> dict[str, Any]:
     return {
         "zone": zone_of(runtime),
         "runs": runs,
-        "legend": legend(named | {"delivered", "retry_later", "waiting", "dead"}),
+        "legend": legend(named | set(SYNC_OUTCOMES)),
         "statuses": RUN_STATUSES,
         "alerts": AlertStore(runtime.store.engine).recent(30),
         "kinds": KINDS,

@@ -26,6 +26,15 @@ ITEM_OUTCOMES = {
     "duplicated": "reconciliation: the EHR holds more than one copy of the identifier",
 }
 """The counts of a run (sync_runs.counts), each an outcome of one resource."""
+SYNC_OUTCOMES = (
+    "delivered",
+    "delivered_partially",
+    "retry_later",
+    "waiting",
+    "dead",
+    "skipped",
+)
+"""The outcomes a sync run counts (the others are reconciliation's)."""
 
 
 def legend(names: set[str]) -> list[tuple[str, str]]:
