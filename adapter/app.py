@@ -8,11 +8,16 @@ from typing import Any
 from fastapi import Depends, FastAPI
 
 from adapter import __version__
-from adapter.api import audit, auth, fhir, health, mapping, outcome, records, sync
+from adapter.api import audit, auth, fhir, health, mapping, metrics, outcome, records, sync
 from adapter.api.fhir.wire import document_format
 from adapter.api.openapi import document_statuses
 from adapter.api.responses import JsonResponse
+from adapter.console import access as console_access
+from adapter.console import held, history, mappings, today
+from adapter.console import web as console_web
 from adapter.logs import quiet_url_loggers
+from adapter.operations.alerts import AlertWatch
+from adapter.operations.metrics import Metrics
 from adapter.runtime import Runtime, open_runtime
 from adapter.security.access import api_caller, check_routes
 from adapter.security.assertions import KeyFetcher
@@ -20,6 +25,8 @@ from adapter.security.audit import AuditWriter
 from adapter.security.middleware import BodyLimits, Guard
 from adapter.security.throttle import FailureThrottle
 from adapter.settings import Settings, get_settings
+from adapter.store.alerts import AlertStore
+from adapter.store.operations import OperationsReadings
 from adapter.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -55,6 +62,17 @@ def say_assumed_url(settings: Settings) -> None:
         )
 
 
+def alert_watch(runtime: Runtime) -> AlertWatch:
+    engine = runtime.store.engine
+    return AlertWatch(
+        runtime.settings,
+        OperationsReadings(engine),
+        runtime.outbox,
+        AlertStore(engine),
+        runtime.sync.backoff if runtime.sync is not None else None,
+    )
+
+
 def create_app(settings: Settings | None = None, background: bool = True) -> FastAPI:
     """The ASGI app. A broken mapping file, an unreachable store or development credentials in
     production stop it here, not later. `background=False` leaves mapping to explicit calls
@@ -67,8 +85,9 @@ def create_app(settings: Settings | None = None, background: bool = True) -> Fas
         runtime.close()
         raise
     say_assumed_url(runtime.settings)
-    worker = Worker(runtime) if background else None
     writer = AuditWriter(runtime.audit)
+    measured = Metrics(runtime, writer)
+    worker = Worker(runtime, measured, alert_watch(runtime)) if background else None
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -101,9 +120,11 @@ def create_app(settings: Settings | None = None, background: bool = True) -> Fas
     app.state.worker = worker
     app.state.clients = runtime.clients
     app.state.audit_writer = writer
+    app.state.metrics = measured
     app.state.throttle = FailureThrottle(runtime.settings.token_failures_per_minute)
     app.state.key_fetcher = KeyFetcher()
     outcome.install(app)
+    console_web.install(app)
     app.include_router(fhir.router)  # first: the EHR's reads are the busiest requests
     app.include_router(health.router)
     app.include_router(auth.router)
@@ -111,6 +132,10 @@ def create_app(settings: Settings | None = None, background: bool = True) -> Fas
     app.include_router(mapping.router)
     app.include_router(sync.router)
     app.include_router(audit.router)
+    app.include_router(metrics.router)
+    for console in (console_access, today, held, mappings, history):
+        app.include_router(console.router)
+    app.include_router(console_access.signed_in)
 
     @app.get(
         "/openapi.json",

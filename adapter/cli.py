@@ -134,8 +134,9 @@ def db() -> None:
 @db.command()
 def upgrade() -> None:
     """Create or upgrade the store's schema to the newest migration."""
-    migrate.upgrade(make_engine(_settings().database_url))
-    click.echo("store schema is up to date")
+    engine = make_engine(_settings().database_url)
+    if migrate.upgrade(engine) is None:
+        click.echo(f"store schema is up to date ({migrate.current(engine)})")
 
 
 @main.group()

@@ -217,6 +217,39 @@ class Settings(BaseSettings):
         description="Scopes the sync asks the EHR's token endpoint for.",
     )
 
+    console_session_minutes: int = Field(
+        480,
+        gt=0,
+        le=1440,
+        description="How long a console sign-in lasts before the admin API key is asked again.",
+    )
+    alert_webhook_url: str | None = Field(
+        None,
+        description="URL that each alert is posted to as JSON when it fires and when it ends "
+        "(retried when the receiver fails); alerts show in the console either way.",
+    )
+    alert_interval_seconds: float = Field(
+        30.0, gt=0, description="How often the service checks the alert conditions."
+    )
+    alert_ehr_down_minutes: float = Field(
+        15.0,
+        gt=0,
+        description="How long the EHR may stay unreachable (or the sync back off) before an "
+        "alert fires.",
+    )
+    alert_safety_fact_minutes: float = Field(
+        60.0,
+        gt=0,
+        description="How long a serious adverse event or a protocol breach may wait to reach "
+        "the EHR before an alert fires.",
+    )
+    alert_code_pending_hours: float = Field(
+        24.0,
+        gt=0,
+        description="How long a local code may wait for its mapping row (holding a record, or "
+        "sent as text alone) before an alert fires.",
+    )
+
     @field_validator("public_url")
     @classmethod
     def _public_url(cls, value: str | None) -> str | None:

@@ -10,7 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from adapter.api.deps import RuntimeDep, public_base
 from adapter.api.responses import JsonResponse
-from adapter.errors import OAuthError, TooManyRequests
+from adapter.errors import AdapterError, OAuthError, TooManyRequests
 from adapter.fhir.search_params import SEARCH_PARAMS
 from adapter.runtime import Runtime
 from adapter.security.access import Caller, open_access
@@ -161,4 +161,8 @@ async def token(request: Request, runtime: RuntimeDep) -> JsonResponse:
     form = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
     address = request.client.host if request.client else "unknown"
     request.state.audited_query = f"grant_type={form.get('grant_type', '')}"
-    return await run_in_threadpool(_issue, request, runtime, form, address)
+    try:
+        return await run_in_threadpool(_issue, request, runtime, form, address)
+    except (OAuthError, AdapterError):
+        request.app.state.metrics.token_refusals.inc()
+        raise

@@ -99,6 +99,7 @@ async def submit_records(
         batch = items[start : start + settings.intake_batch_size]
         outcomes += await run_in_threadpool(intake.submit, batch)
     wake_worker(request)
+    request.app.state.metrics.received((o.record_type, o.outcome) for o in outcomes)
     request.state.audited_ids = [f"{o.record_type}/{o.id}" for o in outcomes if o.id]
     request.state.audited_query = f"records={len(outcomes)}"
     summary = Counter({name: 0 for name in (*ACCEPTED, "rejected")})

@@ -170,8 +170,12 @@ class AuditLog:
         since: datetime | None = None,
         client_id: str | None = None,
         interaction: str | None = None,
+        until: datetime | None = None,
+        outcomes: tuple[int, int] | None = None,
     ) -> list[AuditEntry]:
-        """Newest first; `before` is the id of the last entry of the previous page."""
+        """Newest first; `before` is the id of the last entry of the previous page; `until`
+        excludes entries from that instant on; `outcomes` keeps statuses from the first to the
+        second, inclusive."""
         query = select(audit_events).order_by(audit_events.c.id.desc()).limit(limit)
         if before is not None:
             query = query.where(audit_events.c.id < before)
@@ -181,6 +185,10 @@ class AuditLog:
             query = query.where(audit_events.c.client_id == client_id)
         if interaction is not None:
             query = query.where(audit_events.c.interaction == interaction)
+        if until is not None:
+            query = query.where(audit_events.c.recorded_at < until)
+        if outcomes is not None:
+            query = query.where(audit_events.c.outcome.between(*outcomes))
         with self.engine.connect() as connection:
             rows = [dict(row._mapping) for row in connection.execute(query)]
         for row in rows:

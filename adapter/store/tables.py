@@ -186,9 +186,11 @@ sync_runs = Table(
     Column("ended_at", UtcDateTime()),
     Column("counts", Text, nullable=False),
     Column("error", Text),
+    Column("last_error", Text),
     Index("ix_sync_runs_started", "started_at"),
 )
-"""Every sync and reconciliation run: when, what it delivered, what failed."""
+"""Every sync and reconciliation run: when, what it delivered, what failed (`error`: why the
+run stopped; `last_error`: the last reason an item of the run was not delivered)."""
 
 sync_patients = Table(
     "sync_patients",
@@ -280,3 +282,33 @@ audit_chain_head = Table(
 )
 """One row: the last chained audit entry, so that entries cut from the end are noticed; its
 update is also the lock that keeps writers of the chain in turn."""
+
+console_sessions = Table(
+    "console_sessions",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("client_id", String(64), nullable=False),
+    Column("csrf", String(64), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("expires_at", UtcDateTime(), nullable=False),
+    Index("ix_console_sessions_expires", "expires_at"),
+)
+"""Console sign-ins: the SHA-256 digest of the cookie, the admin client it was exchanged for,
+the CSRF token of its forms, until when it lasts. Signing out deletes the row."""
+
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("kind", String(32), nullable=False),
+    Column("subject", String(255), nullable=False),
+    Column("summary", Text, nullable=False),
+    Column("detail", Text),
+    Column("opened_at", UtcDateTime(), nullable=False),
+    Column("closed_at", UtcDateTime()),
+    Column("opened_sent_at", UtcDateTime()),
+    Column("closed_sent_at", UtcDateTime()),
+    Index("ix_alerts_open", "closed_at", "kind", "subject"),
+)
+"""One row per incident: what (kind and subject), when it fired and ended, and when the webhook
+was told of each (None: not yet, tried again on the next check)."""
