@@ -25,10 +25,12 @@ PROFILES: dict[str, dict[str, Any]] = {
     "epic": {"conditionalCreate": False, "readOnlyTypes": ["AdverseEvent"]},
     "oracle": {"requireIfMatch": True},
     "single": {"transactions": False, "conditionalCreate": False},
+    "plain": {"conditionalCreate": False},
 }
 """The EHRs the sync must work with: a FHIR server that does everything; Epic's R4 API (no
 conditional create, AdverseEvent read-only); Oracle Health (If-Match on updates); a server that
-takes single requests only."""
+takes single requests only; a server that takes transactions without conditional create (its
+only guard against a second copy is the sync's own)."""
 
 
 class SandboxEhr:

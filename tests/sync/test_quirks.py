@@ -192,6 +192,26 @@ def quick_despite_trickling(case: Case) -> None:
     no_dead_letters(case)
 
 
+def delivered_before(case: Case) -> None:
+    """The day delivered while the EHR behaved; more records arrive before it misbehaves."""
+    case.clock.now = datetime.now(UTC)
+    report = sync_once(case.sync, trigger="cli")
+    assert report.counts["delivered"] and report.status == "completed", report
+    arrive(case.runtime, more_vitals()[-2:])
+
+
+def html_is_no_answer(case: Case) -> None:
+    """An HTML page answering a search is no answer: nothing is missing, nothing is created."""
+    no_dead_letters(case)
+    report = reconcile_once(case.sync)
+    assert report.status == "failed" and report.counts["missing"] == 0, report
+
+
+def nothing_sent(case: Case) -> None:
+    nothing_skipped(case)
+    assert in_the_ehr(case.ehr) == []
+
+
 def no_dead_letters(case: Case) -> None:
     assert case.runtime.outbox.counts()["dead"] == 0
 
@@ -223,6 +243,7 @@ QUIRKS = {
             ({"unreadableBundle": "invalid"}, EXIT_EHR),
             ({"unreadableBundle": "entry-missing"}, 0),
         ),
+        profile="plain",
         check=no_copy_twice,
     ),
     "searches-paged": Quirk({"pageSize": 2}, 0, check=found_on_every_page),
@@ -232,12 +253,18 @@ QUIRKS = {
     ),
     "no-location-single-requests": Quirk({"noLocation": True}, 0, profile="single"),
     "no-location-in-bundles": Quirk({"noLocation": True}, 0),
-    "not-found-on-update": Quirk({"notFoundOnUpdate": True}, 0, check=no_copy_twice),
+    "not-found-on-update": Quirk(
+        {"notFoundOnUpdate": True}, 0, profile="plain", check=no_copy_twice
+    ),
     "redirect-to-another-origin": Quirk(
         {"redirect": True}, EXIT_CONFIGURATION, check=nothing_reached_the_decoy
     ),
     "html-answered": Quirk(
-        {"html": "writes"}, EXIT_EHR, more=(({"html": True}, EXIT_EHR),), check=no_dead_letters
+        {"html": "writes"},
+        EXIT_EHR,
+        more=(({"html": True}, EXIT_EHR),),
+        start=delivered_before,
+        check=html_is_no_answer,
     ),
     "metadata-unreadable": Quirk(
         {"metadata": "empty"},
@@ -264,7 +291,7 @@ QUIRKS = {
         {"fhirVersion": "5.0.0"},
         EXIT_CONFIGURATION,
         more=(({"fhirVersion": "3.0.2"}, EXIT_CONFIGURATION),),
-        check=nothing_skipped,
+        check=nothing_sent,
     ),
     "odd-location": Quirk({"oddLocation": True}, 0, profile="single"),
     "forbidden": Quirk(
