@@ -2,7 +2,6 @@
 
 import gc
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
 import click
@@ -12,14 +11,13 @@ from tqdm import tqdm
 from adapter.cli_support import open_runtime_or_exit as _runtime
 from adapter.cli_support import settings_or_exit as _settings
 from adapter.errors import MappingFileError
-from adapter.fhir.validation import InvalidResource
 from adapter.importer import ImportReport, import_file
 from adapter.intake.body import ndjson_lines
-from adapter.intake.records import InfusionSession
-from adapter.intake.validation import validate_record
 from adapter.logs import configure_logging
 from adapter.mapping.config import json_schemas, load_mappings
-from adapter.mapping.mapper import Mapper, SourceRecord
+from adapter.mapping.mapper import Mapper
+from adapter.mapping.preview import PreviewEntry
+from adapter.mapping.preview import preview as preview_file
 from adapter.mapping.service import MappingReport
 from adapter.runtime import Runtime, intake_context
 from adapter.security.commands import clients
@@ -152,46 +150,78 @@ def check() -> None:
 
 @mappings.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def preview(file: Path) -> None:
-    """Print the FHIR resources the records in FILE would become; store nothing."""
+@click.option(
+    "--format",
+    "output",
+    type=click.Choice(["text", "ndjson"]),
+    default="text",
+    show_default=True,
+    help="ndjson: one JSON object per line of the file, then one per session's protocol checks.",
+)
+def preview(file: Path, output: str) -> None:
+    """Print the FHIR resources the records in FILE would become; store nothing.
+
+    Each line says whether it is the current revision of its record (a later revision in the
+    file makes it stale), whether that revision withdraws the record, and which mapping rows it
+    used or lacks; each session then shows the protocol breaches its records give."""
     settings = _settings()
     try:
         mapper = Mapper(load_mappings(settings.mappings_dir))
     except MappingFileError as exc:
         click.echo(str(exc), err=True)
         sys.exit(2)
-    context = intake_context(mapper.mappings)
-    lines = list(ndjson_lines(file.open("rb")))
-    validated = {number: validate_record(raw, context) for number, raw in lines}
-    sessions = {
-        result.record.id: result.record
-        for result in validated.values()
-        if not isinstance(result, list) and isinstance(result.record, InfusionSession)
-    }
-    now = datetime.now(UTC)
-    for number, result in validated.items():
-        if isinstance(result, list):
-            reasons = "; ".join(f"{e.field}: {e.reason}" for e in result)
-            click.echo(f"# line {number}: rejected on intake: {reasons}")
-            continue
-        record = result.record
-        session = sessions.get(getattr(record, "session_id", "") or "")
-        try:
-            built = mapper.map(SourceRecord(record, now, session))
-        except InvalidResource as exc:
-            click.echo(f"# line {number}: {record.record_type} {record.id}: invalid {exc}")
-            continue
-        used = ", ".join(built.used) or "no table rows"
-        click.echo(f"# line {number}: {record.record_type} {record.id}, used {used}")
-        for missing in built.missing:
-            click.echo(
-                f"#   waiting for a mapping: {missing.table} has no row {missing.code!r} "
-                f"({missing.field})"
-            )
-        if built.waiting_for:
-            click.echo(f"#   waiting for {built.waiting_for}")
-        for resource in built.resources:
-            click.echo(orjson.dumps(resource, option=orjson.OPT_INDENT_2).decode())
+    with file.open("rb") as stream:
+        entries = preview_file(mapper, ndjson_lines(stream), intake_context(mapper.mappings))
+    for entry in entries:
+        if output == "ndjson":
+            click.echo(orjson.dumps(entry.as_json()).decode())
+        else:
+            _print_preview(entry)
+
+
+def _print_preview(entry: PreviewEntry) -> None:
+    where = f"line {entry.line}" if entry.line is not None else entry.state
+    what = (
+        f"{entry.record_type} {entry.id} revision {entry.revision}"
+        if entry.revision is not None
+        else f"{entry.record_type} {entry.id}"
+    )
+    if entry.state == "rejected":
+        click.echo(f"# {where}: rejected on intake: {'; '.join(entry.reasons)}")
+        return
+    if entry.state in ("stale", "repeat"):
+        why = "; ".join(entry.reasons) or "the same revision appears earlier in the file"
+        click.echo(f"# {where}: {what}: {entry.state.upper()}, not applied ({why})")
+        return
+    built = entry.built
+    marker = {
+        "current": "current",
+        "withdrawn": "current, WITHDRAWN (entered in error)",
+        "protocol": "the session's protocol breaches",
+        "encounter": "the session's visit",
+        "series": "the series' care plan",
+        "patient": "the patient",
+    }.get(entry.state, entry.state)
+    used = ", ".join(built.used) if built and built.used else "no table rows"
+    click.echo(f"# {where}: {what} ({marker}), used {used}")
+    for reason in entry.reasons:
+        click.echo(f"#   {reason}")
+    if built is None:
+        return
+    for missing in built.missing:
+        click.echo(
+            f"#   waiting for a mapping: {missing.table} has no row {missing.code!r} "
+            f"({missing.field})"
+        )
+    for missing in built.uncoded:
+        click.echo(
+            f"#   sent as text for now: {missing.table} has no row {missing.code!r} "
+            f"({missing.field})"
+        )
+    if built.waiting_for:
+        click.echo(f"#   waiting for {built.waiting_for}")
+    for resource in built.resources:
+        click.echo(orjson.dumps(resource, option=orjson.OPT_INDENT_2).decode())
 
 
 @mappings.command()
@@ -207,6 +237,11 @@ def pending() -> None:
             why = "; ".join(
                 f"{m['table']} has no row {m['code']!r} ({m['field']})"
                 for m in item.detail["missing"]
+            )
+        elif "uncoded" in item.detail:
+            why = "delivered with text alone until a row is added: " + "; ".join(
+                f"{m['table']} has no row {m['code']!r} ({m['field']})"
+                for m in item.detail["uncoded"]
             )
         elif "waiting_for" in item.detail:
             why = f"waiting for {item.detail['waiting_for']}"

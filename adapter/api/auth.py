@@ -41,6 +41,7 @@ def smart_configuration_body(request: Request) -> dict[str, object]:
         "token_endpoint_auth_methods_supported": ["private_key_jwt"],
         "token_endpoint_auth_signing_alg_values_supported": list(ALGORITHMS),
         "scopes_supported": scopes,
+        "scopes_granted_when_none_asked": "the scopes registered for the client",
         "capabilities": ["client-confidential-asymmetric", "permission-v1", "permission-v2"],
     }
 
@@ -66,8 +67,6 @@ def _issue(request: Request, runtime: Runtime, form: dict[str, str], address: st
     assertion = form.get("client_assertion", "")
     if not assertion:
         raise OAuthError("invalid_request", "client_assertion is required")
-    if not form.get("scope", "").strip():
-        raise OAuthError("invalid_scope", "scope is required (for example system/*.rs)")
     claimed = unverified_issuer(assertion)
     keys = [f"address:{address}"] + ([f"client:{claimed}"] if claimed else [])
     throttle = request.app.state.throttle
@@ -81,10 +80,12 @@ def _issue(request: Request, runtime: Runtime, form: dict[str, str], address: st
         throttle.failed(*keys)
         raise OAuthError("invalid_client", str(refused), status=401) from None
     try:
-        asked = parse_scopes(form["scope"])
+        asked = parse_scopes(form.get("scope", ""))
     except ScopeError as error:
         raise OAuthError("invalid_scope", str(error)) from None
-    grant = verified.client.grant.narrowed(asked)
+    # A request without a scope is granted the client's registered scopes (OAuth 2.0, RFC 6749
+    # section 3.3: the server may use a pre-defined default); scopes beyond them are refused.
+    grant = verified.client.grant.narrowed(asked) if asked else verified.client.grant
     if not grant.scopes:
         raise OAuthError("invalid_scope", "none of the scopes asked for is allowed to this client")
     request.state.caller = Caller(verified.client, grant)

@@ -16,7 +16,8 @@ router = APIRouter(prefix="/api/v1/mapping", tags=["mapping"], dependencies=[Dep
 @router.get(
     "/pending",
     summary="Records held: waiting for a mapping row (with the missing code and its table), "
-    "waiting for their session, or failed to map",
+    "waiting for their session, or failed to map; and records delivered with a code as text "
+    "alone (`uncoded`) until its row is added",
 )
 def pending(
     runtime: RuntimeDep, limit: Annotated[int, Query(ge=1, le=10_000)] = 1000

@@ -9,7 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from adapter.api.responses import JsonResponse
+from adapter.api.responses import JsonResponse, OutcomeResponse
 from adapter.errors import AdapterError, OAuthError
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,9 @@ def operation_outcome(
 def _respond(
     status: int, body: dict[str, Any], headers: Mapping[str, str] | None = None
 ) -> JsonResponse:
-    return JsonResponse(body, status_code=status, headers=headers)
+    """An OperationOutcome as application/fhir+json; any other error body as JSON."""
+    kind = OutcomeResponse if body.get("resourceType") == "OperationOutcome" else JsonResponse
+    return kind(body, status_code=status, headers=headers)
 
 
 async def _adapter_error(_request: Request, exc: Exception) -> JsonResponse:

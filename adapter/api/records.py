@@ -13,6 +13,8 @@ from adapter.errors import NotFound
 from adapter.intake.body import split_body
 from adapter.intake.records import RECORD_TYPES, SOURCE_ID_PATTERN
 from adapter.intake.service import ACCEPTED, RecordOutcome, record_status
+from adapter.mapping.detected_issue import SOURCE_TYPE as PROTOCOL
+from adapter.mapping.detected_issue import breach_summary
 from adapter.runtime import Runtime
 from adapter.security.access import api_caller
 from adapter.store.records import RecordStore, StoredRecord
@@ -91,6 +93,19 @@ def _mapping(runtime: Runtime, stored: StoredRecord) -> dict[str, Any]:
     }
 
 
+def _protocol(runtime: Runtime, stored: StoredRecord) -> dict[str, Any]:
+    """A session's protocol breaches (DetectedIssues), current ones first, withdrawn ones after."""
+    if stored.record_type != "infusion_session":
+        return {}
+    issues = [
+        breach_summary(orjson.loads(r.content))
+        for r in runtime.resources.for_source(PROTOCOL, stored.source_id)
+        if r.resource_type == "DetectedIssue"
+    ]
+    issues.sort(key=lambda issue: (issue["status"] == "entered-in-error", issue["identified"]))
+    return {"protocol_breaches": issues}
+
+
 @router.get("/{record_type}/{source_id}", summary="A record's current revision and status")
 def get_record(
     record_type: RecordType, source_id: SourceId, store: StoreDep, runtime: RuntimeDep
@@ -108,6 +123,7 @@ def get_record(
             "record": orjson.loads(stored.parsed),
             "links": _links(store, stored),
             "mapping": _mapping(runtime, stored),
+            **_protocol(runtime, stored),
             "revisions": [
                 {
                     "revision": item.revision,

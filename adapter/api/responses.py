@@ -11,3 +11,9 @@ class JsonResponse(Response):
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content)
+
+
+class OutcomeResponse(JsonResponse):
+    """An OperationOutcome: FHIR's media type, on the FHIR endpoint and the admin API alike."""
+
+    media_type = "application/fhir+json"

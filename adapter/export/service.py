@@ -295,7 +295,9 @@ class ExportService:
         manifest = {
             "transactionTime": transaction_time.isoformat(),
             "request": job["request_url"],
-            "requiresAccessToken": False,
+            # Every file answers only the client that started the export, with its token
+            # (Bulk Data IG: true when the files need the access token).
+            "requiresAccessToken": True,
             "output": output,
             "error": [],
         }

@@ -27,20 +27,46 @@ AdverseEventOutcome = Literal[
     "resolved", "recovering", "ongoing", "resolvedWithSequelae", "fatal", "unknown"
 ]
 
+OBSERVATION_STATUS = frozenset(
+    {
+        "registered",
+        "preliminary",
+        "final",
+        "amended",
+        "corrected",
+        "cancelled",
+        "entered-in-error",
+        "unknown",
+    }
+)
+
 REQUIRED_CODES: dict[tuple[str, str], frozenset[str]] = {
     ("Procedure", "status"): frozenset(get_args(EventStatus)),
-    ("Observation", "status"): frozenset(
+    ("Observation", "status"): OBSERVATION_STATUS,
+    ("DetectedIssue", "status"): OBSERVATION_STATUS,
+    ("DetectedIssue", "severity"): frozenset({"high", "moderate", "low"}),
+    ("DocumentReference", "status"): frozenset({"current", "superseded", "entered-in-error"}),
+    ("DocumentReference", "docStatus"): frozenset(
+        {"preliminary", "final", "amended", "entered-in-error"}
+    ),
+    ("Encounter", "status"): frozenset(
         {
-            "registered",
-            "preliminary",
-            "final",
-            "amended",
-            "corrected",
+            "planned",
+            "arrived",
+            "triaged",
+            "in-progress",
+            "onleave",
+            "finished",
             "cancelled",
             "entered-in-error",
             "unknown",
         }
     ),
+    ("CarePlan", "status"): frozenset(
+        {"draft", "active", "on-hold", "revoked", "completed", "entered-in-error", "unknown"}
+    ),
+    ("CarePlan", "intent"): frozenset({"proposal", "plan", "order", "option"}),
+    ("Patient", "gender"): frozenset({"male", "female", "other", "unknown"}),
     ("MedicationAdministration", "status"): frozenset(get_args(MedicationAdministrationStatus)),
     ("AdverseEvent", "actuality"): frozenset({"actual", "potential"}),
     ("AuditEvent", "action"): frozenset({"C", "R", "U", "D", "E"}),
@@ -95,6 +121,10 @@ REFERENCE_TARGETS: dict[tuple[str, str], frozenset[str]] = {
     ("Observation", "device"): frozenset({"Device", "DeviceMetric"}),
     ("MedicationAdministration", "subject"): frozenset({"Patient", "Group"}),
     ("MedicationAdministration", "partOf"): frozenset({"MedicationAdministration", "Procedure"}),
+    ("MedicationAdministration", "contained.subject"): frozenset({"Patient", "Group"}),
+    ("MedicationAdministration", "contained.partOf"): frozenset(
+        {"MedicationAdministration", "Procedure"}
+    ),
     ("MedicationAdministration", "performer.actor"): frozenset(
         {"Practitioner", "PractitionerRole", "Patient", "RelatedPerson", "Device"}
     ),
@@ -115,12 +145,51 @@ REFERENCE_TARGETS: dict[tuple[str, str], frozenset[str]] = {
         }
     ),
     ("AdverseEvent", "extension.valueReference"): frozenset(),
+    ("MedicationAdministration", "reasonReference"): frozenset(
+        {"Condition", "Observation", "DiagnosticReport"}
+    ),
+    ("DetectedIssue", "patient"): frozenset({"Patient"}),
+    ("DetectedIssue", "implicated"): frozenset(),
+    ("DetectedIssue", "evidence.detail"): frozenset(),
+    ("DocumentReference", "subject"): frozenset({"Patient", "Practitioner", "Group", "Device"}),
+    ("DocumentReference", "author"): frozenset(
+        {"Practitioner", "PractitionerRole", "Organization", "Device", "Patient", "RelatedPerson"}
+    ),
+    ("DocumentReference", "context.related"): frozenset(),
+    ("DocumentReference", "context.encounter"): frozenset({"Encounter", "EpisodeOfCare"}),
+    ("Procedure", "encounter"): frozenset({"Encounter"}),
+    ("Procedure", "basedOn"): frozenset({"CarePlan", "ServiceRequest"}),
+    ("Observation", "encounter"): frozenset({"Encounter"}),
+    ("MedicationAdministration", "context"): frozenset({"Encounter", "EpisodeOfCare"}),
+    ("AdverseEvent", "encounter"): frozenset({"Encounter"}),
+    ("Encounter", "subject"): frozenset({"Patient", "Group"}),
+    ("Encounter", "participant.individual"): frozenset(
+        {"Practitioner", "PractitionerRole", "RelatedPerson"}
+    ),
+    ("Encounter", "location.location"): frozenset({"Location"}),
+    ("CarePlan", "subject"): frozenset({"Patient", "Group"}),
+    ("CarePlan", "activity.outcomeReference"): frozenset(),
 }
 """Allowed target types of each reference element the adapter emits; an empty set means Any.
 A reference element not listed here is an error: every reference the adapter emits is declared."""
 
 UCUM_UNITS = frozenset(
-    {"/min", "mm[Hg]", "%", "Cel", "[degF]", "{score}", "kg", "mg", "ug", "g", "mL", "mg/kg/h", "h"}
+    {
+        "/min",
+        "mm[Hg]",
+        "%",
+        "Cel",
+        "[degF]",
+        "{score}",
+        "kg",
+        "mg",
+        "ug",
+        "g",
+        "mL",
+        "mg/kg/h",
+        "h",
+        "min",
+    }
 )
 """The UCUM codes the adapter may emit, each checked against https://ucum.org/ucum."""
 

@@ -51,6 +51,7 @@ SEARCH_PARAMS: dict[str, dict[str, SearchParam]] = {
             SearchParam(
                 "part-of", "reference", "partOf", "The procedure it is part of", "Procedure"
             ),
+            SearchParam("encounter", "reference", "encounter", "The visit", "Encounter"),
         ]
     },
     "Procedure": {
@@ -58,6 +59,8 @@ SEARCH_PARAMS: dict[str, dict[str, SearchParam]] = {
         for p in [
             *_common("performed"),
             SearchParam("category", "token", "category", "The classification of the procedure"),
+            SearchParam("encounter", "reference", "encounter", "The visit", "Encounter"),
+            SearchParam("based-on", "reference", "basedOn", "The series' care plan", "CarePlan"),
         ]
     },
     "MedicationAdministration": {
@@ -83,7 +86,93 @@ SEARCH_PARAMS: dict[str, dict[str, SearchParam]] = {
             SearchParam("actuality", "token", "actuality", "actual or potential"),
         ]
     },
+    "Patient": {
+        p.name: p
+        for p in [
+            SearchParam("identifier", "token", "identifier", "A patient identifier (the MRN)"),
+            SearchParam("gender", "token", "gender", "Gender"),
+            SearchParam("birthdate", "date", "birthDate", "The patient's date of birth"),
+        ]
+    },
+    "Encounter": {
+        p.name: p
+        for p in [
+            SearchParam("identifier", "token", "identifier", "A business identifier"),
+            SearchParam("status", "token", "status", "The status"),
+            SearchParam("type", "token", "type", "The kind of visit"),
+            SearchParam(
+                "patient",
+                "reference",
+                "subject",
+                "The patient, by identifier (patient:identifier=system|mrn)",
+                "Patient",
+            ),
+            SearchParam(
+                "subject",
+                "reference",
+                "subject",
+                "The subject, by identifier (subject:identifier=system|mrn)",
+            ),
+            SearchParam("date", "date", "period", "When the visit was"),
+        ]
+    },
+    "CarePlan": {
+        p.name: p
+        for p in [
+            SearchParam("identifier", "token", "identifier", "A business identifier"),
+            SearchParam("status", "token", "status", "The status"),
+            SearchParam("category", "token", "category", "The kind of plan"),
+            SearchParam(
+                "patient",
+                "reference",
+                "subject",
+                "The patient, by identifier (patient:identifier=system|mrn)",
+                "Patient",
+            ),
+            SearchParam("date", "date", "period", "The period the plan covers"),
+        ]
+    },
+    "DetectedIssue": {
+        p.name: p
+        for p in [
+            SearchParam("identifier", "token", "identifier", "A business identifier"),
+            SearchParam(
+                "patient",
+                "reference",
+                "patient",
+                "The patient, by identifier (patient:identifier=system|mrn)",
+                "Patient",
+            ),
+            SearchParam("code", "token", "code", "The kind of breach of the protocol"),
+            SearchParam("identified", "date", "identified", "When the breach happened"),
+            SearchParam("date", "date", "identified", "When the breach happened (as identified)"),
+            SearchParam("implicated", "reference", "implicated", "The session's Procedure"),
+        ]
+    },
+    "DocumentReference": {
+        p.name: p
+        for p in [
+            SearchParam("identifier", "token", "identifier", "A business identifier"),
+            SearchParam("status", "token", "status", "current or entered-in-error"),
+            SearchParam(
+                "patient",
+                "reference",
+                "subject",
+                "The patient, by identifier (patient:identifier=system|mrn)",
+                "Patient",
+            ),
+            SearchParam(
+                "subject",
+                "reference",
+                "subject",
+                "The subject, by identifier (subject:identifier=system|mrn)",
+            ),
+            SearchParam("type", "token", "type", "The kind of note"),
+            SearchParam("category", "token", "category", "The category of the note"),
+            SearchParam("date", "date", "date", "When the note was written"),
+        ]
+    },
 }
 
-REVINCLUDES = {"Procedure": ["Observation:part-of"]}
+REVINCLUDES = {"Procedure": ["Observation:part-of", "DetectedIssue:implicated"]}
 INCLUDES = {"Observation": ["Observation:part-of"]}

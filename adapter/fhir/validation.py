@@ -70,6 +70,17 @@ _REFERENCE_ELEMENTS = frozenset(
         "instance",
         "supportingInformation",
         "valueReference",
+        "patient",
+        "implicated",
+        "detail",
+        "author",
+        "related",
+        "reasonReference",
+        "encounter",
+        "basedOn",
+        "context",
+        "individual",
+        "outcomeReference",
     }
 )
 
@@ -236,7 +247,10 @@ def _own_checks(resource: dict[str, Any], walk: _Walk) -> Iterator[str]:
         if allowed is None:
             yield f"{path}: a reference element the adapter has no target rule for"
             continue
-        target = str(reference.get("reference", "")).split("/")[0] or reference.get("type")
+        literal = str(reference.get("reference", ""))
+        if literal.startswith("#"):
+            continue  # a contained resource, or (`#`) the resource that contains this one
+        target = literal.split("/")[0] or reference.get("type")
         if allowed and target not in allowed:
             yield f"{path}: {target!r} is not an allowed target ({', '.join(sorted(allowed))})"
     for path, quantity in walk.quantities:

@@ -5,7 +5,7 @@ Local codes (indication, event, site, drug, route, actions) are free strings her
 mapping tables know them is the mapping's business, not the sender's fault.
 """
 
-from datetime import date, datetime
+from datetime import date, datetime, timezone
 from functools import cache
 from typing import Annotated, Any, Literal, get_args
 from zoneinfo import ZoneInfo
@@ -33,7 +33,12 @@ def _aware(value: datetime, info: ValidationInfo) -> datetime:
             "timestamp_without_offset",
             "timestamp has no UTC offset and the site configuration names no time zone",
         )
-    return value.replace(tzinfo=zone)
+    # The zone's offset at that moment, fixed: two moments with one ZoneInfo subtract as wall
+    # clock times, wrong by an hour across a change to or from daylight saving time.
+    local = value.replace(tzinfo=zone)
+    offset = local.utcoffset()
+    assert offset is not None
+    return value.replace(tzinfo=timezone(offset))
 
 
 Timestamp = Annotated[datetime, AfterValidator(_aware)]

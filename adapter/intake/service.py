@@ -71,6 +71,8 @@ def _revision_row(item: ValidatedRecord) -> RevisionRow:
         content_hash=item.content_hash,
         raw=item.raw,
         parsed=item.parsed,
+        series_id=getattr(record, "series_id", None),
+        mrn=record.patient.mrn,
     )
 
 

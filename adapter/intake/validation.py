@@ -144,8 +144,8 @@ def _session_problems(record: InfusionSession, limits: Limits) -> Iterator[Field
         and record.infusion_start is None
     ):
         yield FieldError("infusion_start", f"required when status is {record.status}")
-    if record.status == "completed" and record.infusion_end is None:
-        yield FieldError("infusion_end", "required when status is completed")
+    # A completed session without an infusion end is accepted: the infusion was given and the
+    # EHR must learn of it; the protocol checks report the missing end (a DetectedIssue).
     if (
         record.infusion_start
         and record.infusion_end
@@ -158,6 +158,13 @@ def _session_problems(record: InfusionSession, limits: Limits) -> Iterator[Field
         and record.discharged_at < record.infusion_start
     ):
         yield FieldError("discharged_at", "is before infusion_start")
+    if record.infusion_end and record.discharged_at and record.discharged_at < record.infusion_end:
+        yield FieldError("discharged_at", "is before infusion_end")
+    for index, change in enumerate(record.rate_changes):
+        if record.infusion_start and change.at < record.infusion_start:
+            yield FieldError(f"rate_changes[{index}].at", "is before infusion_start")
+        if record.infusion_end and change.at > record.infusion_end:
+            yield FieldError(f"rate_changes[{index}].at", "is after infusion_end")
 
 
 def _adverse_event_problems(record: AdverseEvent) -> Iterator[FieldError]:

@@ -2,7 +2,7 @@
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from adapter.intake.records import Staff
@@ -36,6 +36,29 @@ def instant(moment: datetime) -> str:
     return moment.isoformat()
 
 
+def clock_text(moment: datetime) -> str:
+    """A moment for people: `2026-11-20 10:01 -05:00`, in the offset the clinic recorded."""
+    return moment.strftime("%Y-%m-%d %H:%M ") + moment.isoformat()[-6:].replace("+00:00", "UTC")
+
+
+def whole_minutes(duration: timedelta) -> int:
+    """A duration in whole minutes, rounded toward zero: 7 h 59 min 59 s is 479 minutes, so
+    that a duration stated never reaches a rule it fell short of."""
+    seconds = int(duration.total_seconds())
+    return seconds // 60 if seconds >= 0 else -((-seconds) // 60)
+
+
+def duration_text(duration: timedelta) -> str:
+    """A duration for people, to the minute: `7 h 59 min`, `8 h`, `45 min`."""
+    minutes = whole_minutes(duration)
+    if minutes < 0:
+        return f"minus {duration_text(-duration)}"
+    hours, rest = divmod(minutes, 60)
+    if hours and rest:
+        return f"{hours} h {rest} min"
+    return f"{hours} h" if hours else f"{rest} min"
+
+
 @dataclass(frozen=True)
 class Missing:
     """A local code with no row in its table: the record waits for a mapping."""
@@ -50,11 +73,15 @@ class Missing:
 
 @dataclass
 class Built:
-    """What mapping one record produced, and which table rows it used."""
+    """What mapping one record produced, and which table rows it used or lacked."""
 
     resources: list[Json] = field(default_factory=list)
     used: list[str] = field(default_factory=list)
     missing: list[Missing] = field(default_factory=list)
+    """Rows whose absence holds the record: it waits until they are added."""
+    uncoded: list[Missing] = field(default_factory=list)
+    """Rows whose absence left a concept as text alone: the record went out without them,
+    and a new version with their codings follows once they are added."""
     waiting_for: str | None = None
 
 
@@ -94,14 +121,30 @@ class Vocabulary:
         return body
 
     def lookup(
-        self, table_name: str, table: CodeTable, field_path: str, local: str, built: Built
+        self,
+        table_name: str,
+        table: CodeTable,
+        field_path: str,
+        local: str,
+        built: Built,
+        holds: bool = False,
     ) -> CodeRow | None:
+        """The row of a local code. Without one, the code is listed for IT: as `missing` where
+        the record must wait for it (`holds`), else as `uncoded` (the record goes out now)."""
         row = table.find(local)
         if row is None:
-            built.missing.append(Missing(f"codes/{table_name}.yaml", field_path, local))
+            missing = Missing(f"codes/{table_name}.yaml", field_path, local)
+            (built.missing if holds else built.uncoded).append(missing)
         else:
             built.used.append(f"codes/{table_name}.yaml: {row.local}")
         return row
+
+    def coded(self, row: CodeRow | None, local: str, text: str | None = None) -> Json:
+        """The concept of a row, or, without one, the clinic's own words as its text alone (a
+        CodeableConcept with text only is valid FHIR, and claims nothing more)."""
+        if row is None:
+            return {"text": text or local}
+        return self.concept(row, text)
 
     def identifier(self, record_type: str, value: str) -> Json:
         return {"system": f"{self.systems.records}/{record_type}", "value": value}
@@ -111,7 +154,21 @@ class Vocabulary:
         return {"reference": f"{resource_type}/{resource_id(system, value)}"}
 
     def patient(self, mrn: str) -> Json:
-        return {"type": "Patient", "identifier": {"system": self.systems.mrn, "value": mrn}}
+        """A literal reference to the adapter's Patient of an MRN, keeping the MRN: the sync
+        files the resource under the EHR's own Patient found by it."""
+        return {
+            "reference": f"Patient/{resource_id(self.systems.mrn, mrn)}",
+            "type": "Patient",
+            "identifier": {"system": self.systems.mrn, "value": mrn},
+        }
+
+    def encounter(self, session_id: str) -> Json:
+        """The reference to a session's Encounter (its visit)."""
+        return self.reference("Encounter", "infusion_session", f"{session_id}/encounter")
+
+    def care_plan(self, series_id: str) -> Json:
+        """The reference to a series' CarePlan."""
+        return self.reference("CarePlan", "infusion_series", series_id)
 
     def staff(self, staff: Staff) -> Json:
         if staff.npi:

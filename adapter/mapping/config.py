@@ -45,6 +45,53 @@ class IdentifierSystems(MappingModel):
     npi: str = Field(description="System of US National Provider Identifiers.")
 
 
+class Rule(MappingModel):
+    """A number of the clinic's protocol, with where it comes from."""
+
+    value: float = Field(ge=0)
+    source: Annotated[str, StringConstraints(min_length=1)] = Field(
+        description="Where the number comes from: the clinic's protocol, a guideline."
+    )
+
+
+class Protocol(MappingModel):
+    """The clinic's protocol, checked for every session; a breach becomes a DetectedIssue."""
+
+    fasting_minimum_hours: Rule = Field(
+        description="Least time from the last solid food to the infusion start."
+    )
+    clear_liquid_minimum_hours: Rule | None = Field(
+        None, description="Least time from the last clear liquid to the start; null: not checked."
+    )
+    monitoring_minimum_minutes: Rule = Field(
+        description="Least time on the premises from the infusion end to discharge."
+    )
+    discharge_systolic_max: Rule = Field(
+        description="Highest systolic pressure (mmHg) of the discharge vitals."
+    )
+    discharge_diastolic_max: Rule = Field(
+        description="Highest diastolic pressure (mmHg) of the discharge vitals."
+    )
+    dose_total_tolerance_percent: Rule = Field(
+        description="How far the recorded total dose may differ from the one the rate periods "
+        "and the dosing weight give before it is reported."
+    )
+
+    @field_validator("fasting_minimum_hours", "clear_liquid_minimum_hours")
+    @classmethod
+    def _whole_minutes(cls, rule: Rule | None) -> Rule | None:
+        if rule is None:
+            return None
+        if not 0 < rule.value <= 48:
+            raise ValueError("value: more than 0 and at most 48 hours")
+        if abs(rule.value * 60 - round(rule.value * 60)) > 1e-9:
+            raise ValueError(
+                "value: a whole number of minutes (8, 7.5, 7.75), so that a fast is "
+                "compared with the rule exactly"
+            )
+        return rule
+
+
 class Site(MappingModel):
     """mappings/site.yaml: facts about the clinic site."""
 
@@ -53,7 +100,7 @@ class Site(MappingModel):
         description="IANA time zone that timestamps without a UTC offset are read in; "
         "null refuses such timestamps.",
     )
-    fasting_minimum_hours: float = Field(8, gt=0, le=48, description="The clinic's fasting rule.")
+    protocol: Protocol
     temperature_unit: Literal["Cel", "[degF]"] = Field(
         "Cel", description="UCUM unit body temperature is sent to the EHR in."
     )
@@ -241,6 +288,9 @@ class TransportMapping(Concept):
     modes: TransportModes
     escort: Concept
     will_not_drive: Concept
+    unsafe_interpretation: Coding = Field(
+        description="Interpretation of an unsafe answer: none arranged, or the patient may drive."
+    )
 
 
 class Categories(MappingModel):
@@ -297,6 +347,9 @@ class AdverseEventMapping(MappingModel):
     seriousness: Seriousness
     dose_units: dict[str, str]
     causality_text: str
+    withdrawn_status_extension: str = Field(
+        description="URL of the extension that says a withdrawn AdverseEvent is entered-in-error."
+    )
 
     @field_validator("dose_units")
     @classmethod
@@ -305,6 +358,123 @@ class AdverseEventMapping(MappingModel):
         if unknown:
             raise ValueError(f"not among the UCUM units the adapter emits: {', '.join(unknown)}")
         return units
+
+
+IssueSeverity = Literal["high", "moderate", "low"]
+
+
+class IssueRule(Concept):
+    """One rule of the protocol as a DetectedIssue: its code, and how severe a breach is."""
+
+    severity: IssueSeverity = Field(
+        description="DetectedIssue.severity (required binding: "
+        "http://hl7.org/fhir/R4/valueset-detectedissue-severity.html)."
+    )
+
+
+class IssueRules(MappingModel):
+    fasting_short: IssueRule
+    fasting_unattested: IssueRule
+    fasting_attested_late: IssueRule
+    clear_liquid_short: IssueRule
+    transport_unattested: IssueRule
+    transport_none_arranged: IssueRule
+    transport_patient_drives: IssueRule
+    monitoring_short: IssueRule
+    recovery_vitals_missing: IssueRule
+    discharge_vitals_missing: IssueRule
+    discharge_blood_pressure_high: IssueRule
+    completed_without_end: IssueRule
+    series_number_repeated: IssueRule
+    series_out_of_order: IssueRule
+    dose_total_mismatch: IssueRule
+
+
+class DetectedIssueMapping(MappingModel):
+    """mappings/resources/detected_issue.yaml: each protocol rule as a DetectedIssue."""
+
+    rules: IssueRules
+
+
+class NotesMapping(MappingModel):
+    """mappings/resources/notes.yaml: a side effect and a protocol breach as a clinical note
+    (DocumentReference), and a side effect as a coded Observation, for EHRs that take neither
+    AdverseEvent nor DetectedIssue."""
+
+    type: Concept = Field(description="DocumentReference.type of every note.")
+    category: Concept = Field(description="DocumentReference.category of every note.")
+    side_effect: Concept = Field(description="Observation.code of a side effect's Observation.")
+    side_effect_category: Coding = Field(description="Its Observation.category.")
+
+
+class DataAbsentReason(MappingModel):
+    url: str
+    code: Literal["unknown", "asked-unknown", "not-asked", "masked", "unsupported"]
+
+
+class PatientMapping(MappingModel):
+    """mappings/resources/patient.yaml."""
+
+    mrn_type: Coding
+    gender_not_recorded: Literal["unknown", "other"]
+    data_absent_reason: DataAbsentReason
+
+
+EncounterStatus = Literal[
+    "planned",
+    "arrived",
+    "triaged",
+    "in-progress",
+    "onleave",
+    "finished",
+    "cancelled",
+    "entered-in-error",
+    "unknown",
+]
+
+
+class EncounterStatuses(MappingModel):
+    """Session status -> Encounter.status (http://hl7.org/fhir/encounter-status)."""
+
+    scheduled: EncounterStatus
+    checked_in: EncounterStatus
+    in_progress: EncounterStatus
+    completed: EncounterStatus
+    stopped_early: EncounterStatus
+    cancelled: EncounterStatus
+    no_show: EncounterStatus
+    entered_in_error: Literal["entered-in-error"]
+
+
+class EncounterParticipants(MappingModel):
+    nurse: Concept
+    physician: Concept
+
+
+class EncounterLocation(MappingModel):
+    text: Annotated[str, StringConstraints(min_length=1)]
+    physical_type: Coding
+
+
+class EncounterMapping(MappingModel):
+    """mappings/resources/encounter.yaml."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    status: EncounterStatuses
+    class_: Coding = Field(alias="class")
+    type: Concept
+    participant_types: EncounterParticipants
+    infusion_location: EncounterLocation
+    recovery_location: EncounterLocation
+    discharged_home: Coding
+
+
+class CarePlanMapping(MappingModel):
+    """mappings/resources/care_plan.yaml."""
+
+    category: Concept
+    title: Annotated[str, StringConstraints(min_length=1)]
 
 
 class Range(MappingModel):
@@ -374,6 +544,11 @@ class Mappings:
     procedure: ProcedureMapping
     observations: ObservationsMapping
     adverse_event: AdverseEventMapping
+    detected_issue: DetectedIssueMapping
+    notes: NotesMapping
+    patient: PatientMapping
+    encounter: EncounterMapping
+    care_plan: CarePlanMapping
     version: str
 
 
@@ -389,6 +564,11 @@ FILES: dict[str, type[MappingModel]] = {
     "resources/procedure.yaml": ProcedureMapping,
     "resources/observations.yaml": ObservationsMapping,
     "resources/adverse_event.yaml": AdverseEventMapping,
+    "resources/detected_issue.yaml": DetectedIssueMapping,
+    "resources/notes.yaml": NotesMapping,
+    "resources/patient.yaml": PatientMapping,
+    "resources/encounter.yaml": EncounterMapping,
+    "resources/care_plan.yaml": CarePlanMapping,
 }
 """Every mapping file, by its path under the mappings folder, and the model it loads into."""
 
@@ -447,10 +627,20 @@ def load_mappings(folder: Path) -> Mappings:
     procedure = loaded["resources/procedure.yaml"]
     observations = loaded["resources/observations.yaml"]
     adverse_event = loaded["resources/adverse_event.yaml"]
+    detected_issue = loaded["resources/detected_issue.yaml"]
+    notes = loaded["resources/notes.yaml"]
+    patient = loaded["resources/patient.yaml"]
+    encounter = loaded["resources/encounter.yaml"]
+    care_plan = loaded["resources/care_plan.yaml"]
     assert isinstance(site, Site) and isinstance(limits, Limits)
     assert isinstance(procedure, ProcedureMapping)
     assert isinstance(observations, ObservationsMapping)
     assert isinstance(adverse_event, AdverseEventMapping)
+    assert isinstance(detected_issue, DetectedIssueMapping)
+    assert isinstance(notes, NotesMapping)
+    assert isinstance(patient, PatientMapping)
+    assert isinstance(encounter, EncounterMapping)
+    assert isinstance(care_plan, CarePlanMapping)
     return Mappings(
         site=site,
         limits=limits,
@@ -463,6 +653,11 @@ def load_mappings(folder: Path) -> Mappings:
         procedure=procedure,
         observations=observations,
         adverse_event=adverse_event,
+        detected_issue=detected_issue,
+        notes=notes,
+        patient=patient,
+        encounter=encounter,
+        care_plan=care_plan,
         version=digest.hexdigest()[:12],
     )
 
@@ -474,6 +669,50 @@ class TypeDelivery(MappingModel):
     mode: Literal["auto", "transaction", "batch", "single"] = "auto"
     conditional_create: Literal["auto", "yes", "no"] = "auto"
     if_match: Literal["auto", "yes", "no"] = "auto"
+    withdraw: Literal["auto", "delete", "update"] = Field(
+        "auto",
+        description="How a withdrawn resource reaches the EHR: `update` sends the withdrawn "
+        "version; `delete` deletes the EHR's copy; `auto` deletes where the type has no status "
+        "(AdverseEvent in R4) and the EHR's CapabilityStatement lists delete, else updates.",
+    )
+
+
+DeliveredType = Literal[
+    "Encounter",
+    "CarePlan",
+    "Procedure",
+    "Observation",
+    "AdverseEvent",
+    "MedicationAdministration",
+    "DetectedIssue",
+    "DocumentReference",
+]
+StandInType = Literal["DocumentReference", "Observation"]
+
+
+class StandIn(MappingModel):
+    """What an EHR gets instead of a type it may not take."""
+
+    deliver: Literal["auto", "yes", "no"] = Field(
+        "auto",
+        description="`auto`: when the EHR does not take the type stood in for; `yes`: always, "
+        "besides it; `no`: never.",
+    )
+    types: list[StandInType] = Field(
+        description="DocumentReference: the clinical note; Observation: the coded Observation "
+        "(a side effect only)."
+    )
+
+
+class StandIns(MappingModel):
+    AdverseEvent: StandIn = Field(
+        default_factory=lambda: StandIn(types=["DocumentReference", "Observation"]),
+        description="A side effect for an EHR without AdverseEvent writes.",
+    )
+    DetectedIssue: StandIn = Field(
+        default_factory=lambda: StandIn(types=["DocumentReference"]),
+        description="A protocol breach for an EHR without DetectedIssue writes.",
+    )
 
 
 class CodingMatch(MappingModel):
@@ -492,10 +731,8 @@ class ExtraCoding(MappingModel):
 class EhrRules(MappingModel):
     """mappings/ehr.yaml: what the site overrides in how the sync delivers to its EHR."""
 
-    resource_types: dict[
-        Literal["Procedure", "Observation", "AdverseEvent", "MedicationAdministration"],
-        TypeDelivery,
-    ] = Field(default_factory=dict)
+    resource_types: dict[DeliveredType, TypeDelivery] = Field(default_factory=dict)
+    stand_ins: StandIns = Field(default_factory=StandIns)
     extra_codings: list[ExtraCoding] = Field(default_factory=list)
     fhir_versions: list[Annotated[str, StringConstraints(pattern=r"^\d+\.\d+(\.\d+)?$")]] = Field(
         default_factory=lambda: ["4.0"],

@@ -15,11 +15,13 @@ from adapter.intake.records import (
 from adapter.mapping.adverse_event import adverse_event_to_resources
 from adapter.mapping.common import Built, Vocabulary
 from adapter.mapping.config import Mappings
+from adapter.mapping.detected_issue import protocol_to_resources
 from adapter.mapping.observations import (
     fasting_to_observation,
     transport_to_observation,
     vitals_to_observations,
 )
+from adapter.mapping.protocol import SessionFacts
 from adapter.mapping.session import session_to_resources
 
 
@@ -60,7 +62,14 @@ class Mapper:
 
     def map(self, source: SourceRecord) -> Built:
         """The resources of one record, every one checked; InvalidResource if any fails."""
-        built = self.build(source)
+        return self.checked(self.build(source))
+
+    def protocol(self, facts: SessionFacts) -> Built:
+        """The session's protocol breaches as checked DetectedIssues and their notes."""
+        return self.checked(protocol_to_resources(self.vocabulary, facts))
+
+    def checked(self, built: Built) -> Built:
+        """`built`, every resource checked; InvalidResource if any fails."""
         for resource in built.resources:
             self.validator.check(resource)
         return built

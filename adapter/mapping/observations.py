@@ -1,17 +1,28 @@
 """vitals and attestation records -> Observations, each partOf the session's Procedure."""
 
+from datetime import timedelta
+
 from adapter.intake.records import FastingAttestation, InfusionSession, TransportAttestation, Vitals
-from adapter.mapping.common import Built, Json, Vocabulary, instant, number
+from adapter.mapping.common import (
+    Built,
+    Json,
+    Vocabulary,
+    clock_text,
+    duration_text,
+    instant,
+    whole_minutes,
+)
 from adapter.mapping.config import Measure
 from adapter.mapping.session import procedure_reference
 
 _QUANTITY_MEASURES = ("heart_rate", "spo2", "resp_rate", "etco2", "pain", "sedation_rass")
 
 
-def observation_status(withdrawn: bool, revision: int) -> str:
-    if withdrawn:
-        return "entered-in-error"
-    return "amended" if revision > 1 else "final"
+def observation_status(withdrawn: bool) -> str:
+    """`final`, or `entered-in-error` for a withdrawn record. A later version that changes
+    what a final one said becomes `amended` when it is stored (resources.amended): only what
+    changed is marked so."""
+    return "entered-in-error" if withdrawn else "final"
 
 
 def vitals_to_observations(vocabulary: Vocabulary, vitals: Vitals) -> Built:
@@ -60,8 +71,9 @@ def vitals_to_observations(vocabulary: Vocabulary, vitals: Vitals) -> Built:
 
 def _common(vocabulary: Vocabulary, vitals: Vitals) -> Json:
     common: Json = {
-        "status": observation_status(vitals.withdrawn, vitals.revision),
+        "status": observation_status(vitals.withdrawn),
         "subject": vocabulary.patient(vitals.patient.mrn),
+        "encounter": vocabulary.encounter(vitals.session_id),
         "effectiveDateTime": instant(vitals.taken_at),
         "partOf": [procedure_reference(vocabulary, vitals.session_id)],
     }
@@ -104,6 +116,7 @@ def _observation(
     observation["category"] = vocabulary.category(measure.category)
     observation["code"] = vocabulary.concept(measure)
     observation["subject"] = common["subject"]
+    observation["encounter"] = common["encounter"]
     observation["effectiveDateTime"] = common["effectiveDateTime"]
     observation["partOf"] = common["partOf"]
     if "performer" in common:
@@ -120,54 +133,78 @@ def _observation(
 def fasting_to_observation(
     vocabulary: Vocabulary, attestation: FastingAttestation, session: InfusionSession | None
 ) -> Built:
-    """Fasting status, with hours fasted until the infusion (or its scheduled) start."""
+    """Whether the fast met the site minimum, decided on the exact durations to the infusion
+    start (or, before it starts, to the scheduled start), and the minutes fasted."""
     built = Built()
     if session is None:
         built.waiting_for = f"session {attestation.session_id}: fasting is counted to its start"
         return built
     mapping = vocabulary.mappings.observations.fasting
-    minimum = vocabulary.mappings.site.fasting_minimum_hours
+    rule = vocabulary.mappings.site.protocol.fasting_minimum_hours
+    minimum = timedelta(minutes=round(rule.value * 60))
     start = session.infusion_start or session.scheduled_start
-    hours = round((start - attestation.last_solid_food_at).total_seconds() / 3600, 1)
-    met = hours >= minimum
+    counted_to = "the infusion start" if session.infusion_start else "the scheduled start"
+    fasted = start - attestation.last_solid_food_at
+    met = fasted >= minimum
     observation = _attestation(vocabulary, attestation, vocabulary.concept(mapping))
     observation["valueCodeableConcept"] = {
         "coding": [vocabulary.coding(mapping.answers.met if met else mapping.answers.not_met)]
     }
+    said = (
+        f"Fasted {duration_text(fasted)} from solid food (last at "
+        f"{clock_text(attestation.last_solid_food_at)}) to {counted_to} at {clock_text(start)}"
+    )
     if not met:
         observation["interpretation"] = [
             {
                 "coding": [vocabulary.coding(mapping.below_minimum_interpretation)],
-                "text": f"Fasted {number(hours)} h, under the site minimum of {number(minimum)} h",
+                "text": f"{said}: under the site minimum of {duration_text(minimum)}",
             }
         ]
     components = [
         {
             "code": vocabulary.concept(mapping.duration),
-            "valueQuantity": vocabulary.quantity(hours, "h", "h"),
+            "valueQuantity": vocabulary.quantity(whole_minutes(fasted), "min", "min"),
         }
     ]
     if attestation.last_clear_liquid_at is not None:
-        liquid = round((start - attestation.last_clear_liquid_at).total_seconds() / 3600, 1)
+        liquid = start - attestation.last_clear_liquid_at
         components.append(
             {
                 "code": vocabulary.concept(mapping.clear_liquid),
-                "valueQuantity": vocabulary.quantity(liquid, "h", "h"),
+                "valueQuantity": vocabulary.quantity(whole_minutes(liquid), "min", "min"),
             }
         )
     observation["component"] = components
+    observation["note"] = [{"text": f"{said}; the site minimum is {duration_text(minimum)}."}]
     built.resources.append(observation)
-    built.used.append(f"site.yaml: fasting_minimum_hours {number(minimum)}")
+    built.used.append(f"site.yaml: protocol.fasting_minimum_hours {duration_text(minimum)}")
     return built
 
 
 def transport_to_observation(vocabulary: Vocabulary, attestation: TransportAttestation) -> Built:
-    """Transport home: the mode, the escort, and whether the patient will not drive."""
+    """Transport home: the mode, the escort, and whether the patient will not drive; an
+    unsafe answer (none arranged, or not confirming they will not drive) is flagged."""
     mapping = vocabulary.mappings.observations.transport
     observation = _attestation(vocabulary, attestation, vocabulary.concept(mapping))
     observation["valueCodeableConcept"] = {
         "coding": [vocabulary.coding(getattr(mapping.modes, attestation.mode))]
     }
+    unsafe = [
+        words
+        for flagged, words in (
+            (attestation.mode == "none_arranged", "no transport home arranged"),
+            (attestation.patient_will_not_drive is not True, "the patient may drive"),
+        )
+        if flagged
+    ]
+    if unsafe:
+        observation["interpretation"] = [
+            {
+                "coding": [vocabulary.coding(mapping.unsafe_interpretation)],
+                "text": "Unsafe after sedation: " + " and ".join(unsafe),
+            }
+        ]
     components: list[Json] = []
     escort = attestation.escort
     if escort is not None:
@@ -196,10 +233,11 @@ def _attestation(
     code: Json,
 ) -> Json:
     observation = vocabulary.resource("Observation", "attestation", attestation.id)
-    observation["status"] = observation_status(attestation.withdrawn, attestation.revision)
+    observation["status"] = observation_status(attestation.withdrawn)
     observation["category"] = vocabulary.category("survey")
     observation["code"] = code
     observation["subject"] = vocabulary.patient(attestation.patient.mrn)
+    observation["encounter"] = vocabulary.encounter(attestation.session_id)
     observation["effectiveDateTime"] = instant(attestation.attested_at)
     verifier = attestation.verified_by or attestation.recorded_by
     if verifier:

@@ -13,16 +13,19 @@ from pydantic import TypeAdapter
 from adapter.fhir.validation import InvalidResource
 from adapter.intake.records import AnyRecord, ClinicRecord, InfusionSession
 from adapter.mapping.config import Mappings, load_mappings
+from adapter.mapping.derived import derived_resources
+from adapter.mapping.detected_issue import SOURCE_TYPE as PROTOCOL
 from adapter.mapping.mapper import Mapper, SourceRecord
 from adapter.store.mapping_queue import (
     FAILED,
     MAPPED,
+    UNCODED,
     WAITING,
     MappingOutcome,
     MappingQueue,
     QueuedRecord,
 )
-from adapter.store.resources import MappedRecord, ResourceWriter, SaveCounts
+from adapter.store.resources import MappedRecord, ResourceStore, ResourceWriter, SaveCounts
 
 log = logging.getLogger(__name__)
 _RECORD = TypeAdapter[AnyRecord](ClinicRecord)
@@ -36,6 +39,7 @@ class MappingReport:
     mapped: int = 0
     waiting: int = 0
     failed: int = 0
+    sessions_checked: int = 0
     resources: SaveCounts = field(default_factory=SaveCounts)
 
 
@@ -56,8 +60,15 @@ def files_stamp(folder: Path) -> str:
 class MappingService:
     """The current mapping and the loop that applies it to every pending record."""
 
-    def __init__(self, queue: MappingQueue, mappings: Mappings, mappings_dir: Path) -> None:
+    def __init__(
+        self,
+        queue: MappingQueue,
+        mappings: Mappings,
+        mappings_dir: Path,
+        resources: ResourceStore | None = None,
+    ) -> None:
         self.queue = queue
+        self.resources = resources or ResourceStore(queue.engine)
         self.mappings_dir = mappings_dir
         self.mapper = Mapper(mappings)
         self.previous_version: str | None = None
@@ -75,7 +86,7 @@ class MappingService:
             return 0
         self.previous_version = stored
         with self.queue.engine.begin() as connection:
-            count = self.queue.requeue(connection, [MAPPED, WAITING, FAILED])
+            count = self.queue.requeue(connection, [MAPPED, UNCODED, WAITING, FAILED])
             self.queue.set_version(connection, self.version)
         log.info("mapping version %s: %d records queued to be mapped again", self.version, count)
         return count
@@ -153,11 +164,17 @@ class MappingService:
                 report.waiting += 1
                 continue
             mapped.append(MappedRecord(item.record_type, item.source_id, built.resources))
-            outcomes.append(MappingOutcome(item, MAPPED, None, mapper.version))
+            if built.uncoded:
+                detail = {"uncoded": [m.as_dict() for m in built.uncoded]}
+                outcomes.append(MappingOutcome(item, UNCODED, detail, mapper.version))
+            else:
+                outcomes.append(MappingOutcome(item, MAPPED, None, mapper.version))
             report.mapped += 1
+        mapped += derived_resources(mapper, self.queue, self.resources, batch, parsed)
         with self.queue.engine.begin() as connection:
             counts = ResourceWriter(connection).save(mapped, datetime.now(UTC))
             self.queue.finish(connection, outcomes)
         report.records += len(batch)
+        report.sessions_checked += sum(1 for m in mapped if m.source_type == PROTOCOL)
         for name in ("created", "updated", "unchanged", "withdrawn"):
             setattr(report.resources, name, getattr(report.resources, name) + getattr(counts, name))

@@ -3,7 +3,8 @@
 from datetime import datetime
 
 from adapter.intake.records import InfusionSession
-from adapter.mapping.common import Built, Json, Vocabulary, instant, number
+from adapter.mapping.common import Built, Json, Vocabulary, clock_text, instant, number
+from adapter.mapping.protocol import dose_from_rates, dose_mismatch_text
 
 RECORD_TYPE = "infusion_session"
 
@@ -13,30 +14,44 @@ def procedure_reference(vocabulary: Vocabulary, session_id: str) -> Json:
 
 
 def session_to_resources(vocabulary: Vocabulary, session: InfusionSession) -> Built:
+    """The session's resources. Its `drug` is the one local code that holds a record: the
+    session is the clinic's routine record of what it infused, and a MedicationAdministration
+    whose drug the EHR cannot code escapes its medication list, allergy and interaction checks;
+    the session's safety facts (vitals, side effects, attestations, breaches) travel in records
+    of their own and do not wait for it. An unknown indication, site or route goes out as the
+    clinic's words, listed for IT."""
     built = Built()
     codes = vocabulary.mappings.codes
     indication = vocabulary.lookup(
         "indications", codes.indications, "indication", session.indication, built
     )
-    drug = vocabulary.lookup("drugs", codes.drugs, "drug", session.drug, built)
-    site = session.site and vocabulary.lookup("sites", codes.sites, "site", session.site, built)
-    route = session.route and vocabulary.lookup(
-        "routes", codes.routes, "route", session.route, built
+    drug = vocabulary.lookup("drugs", codes.drugs, "drug", session.drug, built, holds=True)
+    site = (
+        vocabulary.lookup("sites", codes.sites, "site", session.site, built)
+        if session.site
+        else None
     )
-    if built.missing or indication is None or drug is None:
+    route = (
+        vocabulary.lookup("routes", codes.routes, "route", session.route, built)
+        if session.route
+        else None
+    )
+    if built.missing or drug is None:
         return built
     procedure = _procedure(vocabulary, session)
-    procedure["reasonCode"] = [vocabulary.concept(indication)]
+    procedure["reasonCode"] = [vocabulary.coded(indication, session.indication)]
     procedure["usedCode"] = [vocabulary.concept(drug)]
-    if site:
-        procedure["bodySite"] = [vocabulary.concept(site)]
+    site_concept = vocabulary.coded(site, session.site) if session.site else None
+    route_concept = vocabulary.coded(route, session.route) if session.route else None
+    if site_concept:
+        procedure["bodySite"] = [site_concept]
     built.resources.append(procedure)
     administrations = _administrations(
         vocabulary,
         session,
         drug_concept=vocabulary.concept(drug),
-        site=vocabulary.concept(site) if site else None,
-        route=vocabulary.concept(route) if route else None,
+        site=site_concept,
+        route=route_concept,
     )
     built.resources += administrations
     built.resources += _observations(vocabulary, session)
@@ -59,6 +74,9 @@ def _procedure(vocabulary: Vocabulary, session: InfusionSession) -> Json:
         code.setdefault("coding", []).append(vocabulary.coding(mapping.cpt.coding))
     procedure["code"] = code
     procedure["subject"] = vocabulary.patient(session.patient.mrn)
+    procedure["encounter"] = vocabulary.encounter(session.id)
+    if session.series_id:
+        procedure["basedOn"] = [vocabulary.care_plan(session.series_id)]
     period = _period(session.infusion_start, session.infusion_end)
     if period:
         procedure["performedPeriod"] = period
@@ -148,6 +166,7 @@ def _administrations(
         whole["statusReason"] = [{"text": reason}]
     whole["medicationCodeableConcept"] = drug_concept
     whole["subject"] = vocabulary.patient(session.patient.mrn)
+    whole["context"] = vocabulary.encounter(session.id)
     period = _period(session.infusion_start, session.infusion_end)
     if period:
         whole["effectivePeriod"] = period
@@ -160,22 +179,36 @@ def _administrations(
         whole["supportingInformation"] = [
             vocabulary.reference("Observation", RECORD_TYPE, f"{session.id}/body-weight")
         ]
-    dosage = _dosage(vocabulary, session, site, route)
+    periods = (
+        _rate_periods(vocabulary, session, whole, drug_concept, site, route)
+        if session.rate_changes
+        and session.infusion_start
+        and session.dose
+        and session.dose.rate_mg_per_kg_per_hr is not None
+        else []
+    )
+    dosage = _dosage(vocabulary, session, site, route, rate_changes=bool(periods))
     if "dose" in dosage or "rateQuantity" in dosage:
         whole["dosage"] = dosage
     elif dosage:
         # A dosage needs a dose or a rate (mad-1): without either, the rest is kept as a note.
-        planned = [concept["text"] for key in ("route", "site") if (concept := dosage.get(key))]
-        whole["note"] = [{"text": "Planned: " + ", ".join(planned)}]
-    resources = [whole]
-    if (
-        session.rate_changes
-        and session.infusion_start
-        and session.dose
-        and session.dose.rate_mg_per_kg_per_hr is not None
-    ):
-        resources += _rate_periods(vocabulary, session, whole, drug_concept, site, route)
-    return resources
+        said = dosage.get("text") or "Planned: " + ", ".join(
+            concept["text"] for key in ("route", "site") if (concept := dosage.get(key))
+        )
+        whole["note"] = [{"text": said}]
+    if periods:
+        # One infusion is one administration, as a MAR keeps it (one administration, a line per
+        # action: new bag, rate change, stopped). Each rate period is a MedicationAdministration
+        # of its own, as FHIR asks of rate changes (MedicationAdministration.dosage.rate[x]),
+        # contained in the infusion and `partOf` it, so that no consumer that counts
+        # administrations counts a rate period as a dose.
+        whole["contained"] = periods
+    given = dose_from_rates(session)
+    tolerance = vocabulary.mappings.site.protocol.dose_total_tolerance_percent.value
+    total = session.dose.total_mg if session.dose else None
+    if given is not None and total is not None and abs(given - total) > total * tolerance / 100:
+        whole.setdefault("note", []).append({"text": dose_mismatch_text(session, given, tolerance)})
+    return [whole]
 
 
 def _rate(vocabulary: Vocabulary, rate: float) -> Json:
@@ -183,8 +216,15 @@ def _rate(vocabulary: Vocabulary, rate: float) -> Json:
 
 
 def _dosage(
-    vocabulary: Vocabulary, session: InfusionSession, site: Json | None, route: Json | None
+    vocabulary: Vocabulary,
+    session: InfusionSession,
+    site: Json | None,
+    route: Json | None,
+    rate_changes: bool,
 ) -> Json:
+    """The infusion's dosage: its total dose, and its rate unless the rate changed (a single
+    rate for the whole infusion would say something false; FHIR does not use the rate for an
+    average either). The text says the starting rate and every change."""
     dosage: Json = {}
     parts = []
     if site:
@@ -196,10 +236,20 @@ def _dosage(
         dosage["dose"] = vocabulary.quantity(dose.total_mg, "mg", "mg")
         parts.append(f"{number(dose.total_mg)} mg in total")
     if dose and dose.rate_mg_per_kg_per_hr is not None:
-        dosage["rateQuantity"] = _rate(vocabulary, dose.rate_mg_per_kg_per_hr)
+        if not rate_changes:
+            dosage["rateQuantity"] = _rate(vocabulary, dose.rate_mg_per_kg_per_hr)
         parts.insert(0, f"starting at {number(dose.rate_mg_per_kg_per_hr)} mg/kg/h")
     if dose and dose.weight_kg is not None:
         parts.append(f"dosed for {number(dose.weight_kg)} kg")
+    if rate_changes:
+        parts.append(
+            "rate changed to "
+            + "; ".join(
+                f"{number(change.rate_mg_per_kg_per_hr)} mg/kg/h from {clock_text(change.at)}"
+                + (f" ({change.reason})" if change.reason else "")
+                for change in sorted(session.rate_changes, key=lambda change: change.at)
+            )
+        )
     if parts:
         dosage["text"] = ", ".join(parts)
     return dosage
@@ -213,6 +263,7 @@ def _rate_periods(
     site: Json | None,
     route: Json | None,
 ) -> list[Json]:
+    """Each period at one rate, from the start or a rate change to the next or the end."""
     assert (
         session.infusion_start and session.dose and session.dose.rate_mg_per_kg_per_hr is not None
     )
@@ -224,18 +275,17 @@ def _rate_periods(
     periods = []
     for index, (start, rate, reason) in enumerate(starts, start=1):
         end = starts[index][0] if index < len(starts) else session.infusion_end
-        period = vocabulary.resource(
-            "MedicationAdministration", RECORD_TYPE, f"{session.id}/medication/rate-{index}"
-        )
         last = index == len(starts)
         withdrawn = whole["status"] == "entered-in-error"
-        period["status"] = whole["status"] if last or withdrawn else "completed"
-        period["medicationCodeableConcept"] = drug_concept
-        period["subject"] = whole["subject"]
-        period["effectivePeriod"] = _period(start, end)
-        if "performer" in whole:
-            period["performer"] = whole["performer"]
-        period["partOf"] = [{"reference": f"MedicationAdministration/{whole['id']}"}]
+        period: Json = {
+            "resourceType": "MedicationAdministration",
+            "id": f"rate-{index}",
+            "status": whole["status"] if last or withdrawn else "completed",
+            "medicationCodeableConcept": drug_concept,
+            "subject": whole["subject"],
+            "effectivePeriod": _period(start, end),
+            "partOf": [{"reference": "#"}],
+        }
         if reason:
             period["note"] = [{"text": f"Rate changed: {reason}"}]
         dosage: Json = {}
@@ -252,11 +302,7 @@ def _rate_periods(
 def _observations(vocabulary: Vocabulary, session: InfusionSession) -> list[Json]:
     """Pain before and after, and the weight used for dosing, each partOf the Procedure."""
     measures = vocabulary.mappings.observations.measures
-    status = (
-        "entered-in-error"
-        if session.withdrawn
-        else ("amended" if session.revision > 1 else "final")
-    )
+    status = "entered-in-error" if session.withdrawn else "final"
     observations = []
     moments = {
         "pain-before": (session.pain_before, session.infusion_start or session.scheduled_start),
@@ -273,6 +319,7 @@ def _observations(vocabulary: Vocabulary, session: InfusionSession) -> list[Json
         observation["category"] = vocabulary.category(measures.pain.category)
         observation["code"] = vocabulary.concept(measures.pain)
         observation["subject"] = vocabulary.patient(session.patient.mrn)
+        observation["encounter"] = vocabulary.encounter(session.id)
         observation["effectiveDateTime"] = instant(moment)
         observation["partOf"] = [procedure_reference(vocabulary, session.id)]
         assert measures.pain.unit
@@ -299,6 +346,7 @@ def _observations(vocabulary: Vocabulary, session: InfusionSession) -> list[Json
         observation["category"] = vocabulary.category(weight.category)
         observation["code"] = vocabulary.concept(weight)
         observation["subject"] = vocabulary.patient(session.patient.mrn)
+        observation["encounter"] = vocabulary.encounter(session.id)
         observation["effectiveDateTime"] = instant(
             session.infusion_start or session.scheduled_start
         )

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, Executable, Row, and_, func, literal, select
+from sqlalchemy import Engine, Executable, Row, and_, func, literal, or_, select
 from sqlalchemy.exc import OperationalError
 
 from adapter.fhir.indexing import REFERENCE_SYSTEM
@@ -138,15 +138,28 @@ class FhirReader:
         version_id: int | None = None,
         since: datetime | None = None,
         limit: int = 1000,
+        after: tuple[datetime, str, int] | None = None,
     ) -> list[StoredResource]:
-        """Versions, newest first: of one resource, or of a type (since a moment)."""
-        conditions = [versions.c.resource_type == resource_type]
+        """Versions, newest first: of one resource, or of a type (since a moment); `after`
+        (last updated, id, version) of the last one a page showed, for the next page."""
+        conditions = self._version_conditions(resource_type, since)
         if resource_id is not None:
             conditions.append(versions.c.id == resource_id)
         if version_id is not None:
             conditions.append(versions.c.version_id == version_id)
-        if since is not None:
-            conditions.append(versions.c.last_updated > since)
+        if after is not None:
+            moment, last_id, last_version = after
+            conditions.append(
+                or_(
+                    versions.c.last_updated < moment,
+                    and_(versions.c.last_updated == moment, versions.c.id > last_id),
+                    and_(
+                        versions.c.last_updated == moment,
+                        versions.c.id == last_id,
+                        versions.c.version_id < last_version,
+                    ),
+                )
+            )
         query = (
             select(
                 versions.c.resource_type,
@@ -160,3 +173,16 @@ class FhirReader:
             .limit(limit)
         )
         return [StoredResource(*row) for row in self._rows(query)]
+
+    def count_versions(self, resource_type: str, since: datetime | None = None) -> int:
+        """How many versions of a type there are (since a moment): a type history's total."""
+        query = select(func.count()).where(and_(*self._version_conditions(resource_type, since)))
+        rows = self._rows(query)
+        return int(rows[0][0]) if rows else 0
+
+    @staticmethod
+    def _version_conditions(resource_type: str, since: datetime | None) -> list[Any]:
+        conditions: list[Any] = [versions.c.resource_type == resource_type]
+        if since is not None:
+            conditions.append(versions.c.last_updated > since)
+        return conditions

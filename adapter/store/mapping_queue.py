@@ -1,7 +1,7 @@
 """Which source records wait to be mapped, and which wait for a mapping a person must add."""
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -13,6 +13,9 @@ from adapter.store.tables import source_record_revisions as revisions
 from adapter.store.tables import source_records as records
 
 PENDING, MAPPED, WAITING, FAILED = "pending", "mapped", "waiting", "failed"
+UNCODED = "uncoded"
+"""Mapped and sent on, with some local code as text alone for want of a row (listed for IT)."""
+HELD_STATES = (WAITING, FAILED, UNCODED)
 MAPPING_VERSION = "mapping_version"
 
 
@@ -35,6 +38,17 @@ class MappingOutcome:
     state: str
     detail: dict[str, Any] | None
     version: str
+
+
+@dataclass
+class SessionRows:
+    """The parsed current revisions a session's protocol checks read: the session (None until
+    it arrives), the records that name it, and the other sessions of its series."""
+
+    session: str | None = None
+    records: list[str] = field(default_factory=list)
+    series: list[str] = field(default_factory=list)
+    series_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -99,6 +113,83 @@ class MappingQueue:
         with self.engine.connect() as connection:
             return {row.source_id: row.parsed for row in connection.execute(query)}
 
+    def session_rows(self, session_ids: set[str]) -> dict[str, SessionRows]:
+        """What the protocol checks of these sessions read, in three statements per 500."""
+        found = {session_id: SessionRows() for session_id in session_ids}
+        ids = sorted(session_ids)
+        series: dict[str, set[str]] = {}
+        with self.engine.connect() as connection:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                query = (
+                    select(records.c.source_id, records.c.series_id, revisions.c.parsed)
+                    .join(revisions, _current_revision())
+                    .where(
+                        records.c.record_type == "infusion_session",
+                        records.c.source_id.in_(chunk),
+                    )
+                )
+                for row in connection.execute(query):
+                    found[row.source_id].session = row.parsed
+                    found[row.source_id].series_id = row.series_id
+                    if row.series_id:
+                        series.setdefault(row.series_id, set()).add(row.source_id)
+                query = (
+                    select(records.c.session_id, revisions.c.parsed)
+                    .join(revisions, _current_revision())
+                    .where(records.c.session_id.in_(chunk))
+                    .order_by(records.c.session_id, records.c.record_type, records.c.source_id)
+                )
+                for row in connection.execute(query):
+                    found[row.session_id].records.append(row.parsed)
+            names = sorted(series)
+            for start in range(0, len(names), 500):
+                query = (
+                    select(records.c.series_id, records.c.source_id, revisions.c.parsed)
+                    .join(revisions, _current_revision())
+                    .where(
+                        records.c.record_type == "infusion_session",
+                        records.c.series_id.in_(names[start : start + 500]),
+                    )
+                    .order_by(records.c.source_id)
+                )
+                for row in connection.execute(query):
+                    for member in series[row.series_id]:
+                        if member != row.source_id:
+                            found[member].series.append(row.parsed)
+        return found
+
+    def patient_records(self, mrn: str, chunk: int = 100) -> Iterator[str]:
+        """The parsed current revisions of an MRN's records, newest first, read a chunk at a
+        time: a patient's demographics are usually in the newest few."""
+        offset = 0
+        while True:
+            query = (
+                select(revisions.c.parsed)
+                .join(records, _current_revision())
+                .where(records.c.mrn == mrn)
+                .order_by(records.c.updated_at.desc(), records.c.source_id, records.c.record_type)
+                .limit(chunk)
+                .offset(offset)
+            )
+            with self.engine.connect() as connection:
+                rows = [row.parsed for row in connection.execute(query)]
+            yield from rows
+            if len(rows) < chunk:
+                return
+            offset += chunk
+
+    def series_members(self, series_ids: set[str]) -> set[str]:
+        """The sessions of these series."""
+        if not series_ids:
+            return set()
+        query = select(records.c.source_id).where(
+            records.c.record_type == "infusion_session",
+            records.c.series_id.in_(sorted(series_ids)),
+        )
+        with self.engine.connect() as connection:
+            return {row.source_id for row in connection.execute(query)}
+
     def finish(self, connection: Connection, outcomes: Sequence[MappingOutcome]) -> None:
         """Record each outcome, unless the record was queued again while it was being mapped."""
         for outcome in outcomes:
@@ -130,7 +221,7 @@ class MappingQueue:
                 records.c.mapping_detail,
                 records.c.updated_at,
             )
-            .where(records.c.mapping_state.in_([WAITING, FAILED]))
+            .where(records.c.mapping_state.in_(HELD_STATES))
             .order_by(records.c.updated_at, records.c.source_id)
             .limit(limit)
         )

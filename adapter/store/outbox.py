@@ -12,9 +12,43 @@ from adapter.store import raw
 from adapter.store.tables import UtcDateTime
 from adapter.store.tables import sync_outbox as outbox
 
-DELIVERY_RANK = {"Procedure": 0, "MedicationAdministration": 1, "AdverseEvent": 2, "Observation": 3}
-"""Resources that others reference go to the EHR first: sessions, then what points at them."""
+STAND_INS = {
+    ("adverse_event", "Observation"): "AdverseEvent",
+    ("adverse_event", "DocumentReference"): "AdverseEvent",
+    ("protocol", "DocumentReference"): "DetectedIssue",
+}
+"""Resources that stand in for a type an EHR may not take, by (source type, resource type):
+a side effect's coded Observation and clinical note, a protocol breach's note. Delivered when
+the type they stand in for is not (mappings/ehr.yaml `stand_ins`)."""
+DELIVERY_RANK = {
+    "Encounter": -2,
+    "CarePlan": -1,
+    "Procedure": 0,
+    "MedicationAdministration": 1,
+    "AdverseEvent": 2,
+    "Observation": 3,
+    "DetectedIssue": 4,
+    "AdverseEvent>Observation": 5,
+    "AdverseEvent>DocumentReference": 6,
+    "DetectedIssue>DocumentReference": 7,
+}
+"""Resources that others reference go to the EHR first: sessions, then what points at them.
+Each kind of delivery has its rank, so that an item's rank also says its kind."""
 OTHER_RANK = 9
+KIND_BY_RANK = {rank: kind for kind, rank in DELIVERY_RANK.items()}
+
+
+def delivery_kind(source_type: str, resource_type: str) -> str:
+    """How a resource is delivered: as its type, or as a stand-in (`AdverseEvent>Observation`)."""
+    stood_for = STAND_INS.get((source_type, resource_type))
+    return f"{stood_for}>{resource_type}" if stood_for else resource_type
+
+
+def kind_of(item: "OutboxItem") -> str:
+    """The delivery kind of a queued item, read from its rank."""
+    return KIND_BY_RANK.get(item.rank, item.resource_type)
+
+
 DUE_STATES = ("pending",)
 """One state, so that the queue index walks the due items in delivery order; waiting items
 become pending at the start of each run (`wake_waiting`)."""
@@ -115,10 +149,10 @@ _DELIVERED = (
 
 
 def enqueue(
-    connection: Connection, versions: Sequence[tuple[str, str, int]], now: datetime
+    connection: Connection, versions: Sequence[tuple[str, str, int, str]], now: datetime
 ) -> None:
-    """Queue new resource versions (id, type, version) in the caller's transaction: whatever
-    state a resource's delivery was in, its new version is pending."""
+    """Queue new resource versions (id, type, version, delivery kind) in the caller's
+    transaction: whatever state a resource's delivery was in, its new version is pending."""
     if not versions:
         return
     dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
@@ -140,14 +174,14 @@ def enqueue(
             {
                 "resource_id": resource_id,
                 "resource_type": resource_type,
-                "rank": DELIVERY_RANK.get(resource_type, OTHER_RANK),
+                "rank": DELIVERY_RANK.get(kind, OTHER_RANK),
                 "version_id": version,
                 "state": "pending",
                 "attempts": 0,
                 "next_attempt_at": now,
                 "updated_at": now,
             }
-            for resource_id, resource_type, version in versions
+            for resource_id, resource_type, version, kind in versions
         ],
     )
 
@@ -336,17 +370,18 @@ class Outbox:
         now: datetime,
         states: Sequence[str],
         ids: Sequence[str] | None = None,
-        resource_types: Sequence[str] | None = None,
+        kinds: Sequence[str] | None = None,
     ) -> int:
-        """Make items in `states` (all of them, or those named, or those of some types) due
-        now, their attempts reset: a replay after the cause is fixed."""
+        """Make items in `states` (all of them, or those named, or those of some delivery
+        kinds) due now, their attempts reset: a replay after the cause is fixed."""
         statement = (
             update(outbox)
             .where(outbox.c.state.in_(states))
             .values(state="pending", attempts=0, next_attempt_at=now, updated_at=now)
         )
-        if resource_types is not None:
-            statement = statement.where(outbox.c.resource_type.in_(resource_types))
+        if kinds is not None:
+            ranks = sorted({DELIVERY_RANK.get(kind, OTHER_RANK) for kind in kinds})
+            statement = statement.where(outbox.c.rank.in_(ranks))
         with self.engine.begin() as connection:
             if ids is None:
                 return connection.execute(statement).rowcount

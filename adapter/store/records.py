@@ -49,6 +49,8 @@ RECORD_COLUMNS = (
     "session_id",
     "first_received_at",
     "updated_at",
+    "series_id",
+    "mrn",
 )
 
 
@@ -87,6 +89,8 @@ class RevisionRow:
     content_hash: str
     raw: str
     parsed: str
+    series_id: str | None = None
+    mrn: str | None = None
 
 
 @dataclass(frozen=True)
@@ -238,6 +242,8 @@ class RecordWriter:
                         r.session_id,
                         at,
                         at,
+                        r.series_id,
+                        r.mrn,
                     )
                     for r in created
                 ],
@@ -245,8 +251,8 @@ class RecordWriter:
         if amended:
             self._executemany(
                 "UPDATE source_records SET revision = ?, withdrawn = ?, content_hash = ?, "
-                "session_id = ?, updated_at = ?, mapping_state = 'pending', "
-                "mapping_seq = mapping_seq + 1 "
+                "session_id = ?, series_id = ?, mrn = ?, updated_at = ?, "
+                "mapping_state = 'pending', mapping_seq = mapping_seq + 1 "
                 "WHERE record_type = ? AND source_id = ? AND revision < ?",
                 [
                     (
@@ -254,6 +260,8 @@ class RecordWriter:
                         r.withdrawn,
                         r.content_hash,
                         r.session_id,
+                        r.series_id,
+                        r.mrn,
                         at,
                         r.record_type,
                         r.source_id,

@@ -1,5 +1,6 @@
 """The FHIR resources the adapter emits, versioned: a new version only when the content changes."""
 
+import base64
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -9,28 +10,59 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, Engine, bindparam, delete, select, update
 
-from adapter.fhir.indexing import index
-from adapter.store.outbox import enqueue
+from adapter.fhir.indexing import SERIES_PARAM, index
+from adapter.store.outbox import delivery_kind, enqueue
 from adapter.store.tables import fhir_resource_versions as versions
 from adapter.store.tables import fhir_resources as resources
 from adapter.store.tables import fhir_search_tokens as tokens
 
 Json = dict[str, Any]
+WITHDRAWN = "entered-in-error"
 _WITHDRAWN_STATUS = {
-    "Observation": "entered-in-error",
-    "Procedure": "entered-in-error",
-    "MedicationAdministration": "entered-in-error",
+    "Observation": WITHDRAWN,
+    "Procedure": WITHDRAWN,
+    "MedicationAdministration": WITHDRAWN,
+    "DetectedIssue": WITHDRAWN,
+    "DocumentReference": WITHDRAWN,
+    "Encounter": WITHDRAWN,
+    "CarePlan": WITHDRAWN,
 }
+"""The status that withdraws a resource of each type the store may have to withdraw itself
+(a resource its record no longer maps to)."""
+_AMENDABLE = frozenset({"Observation", "DetectedIssue"})
+"""Types whose status says `amended` for a version that changed what a final one said
+(http://hl7.org/fhir/R4/valueset-observation-status.html)."""
+NOT_DELIVERED = frozenset({"Patient"})
+"""Types served on the FHIR endpoint and never queued for the EHR: the EHR owns its patients."""
+MAPPING_TAG_PREFIX = "mapping-"
+"""The code of the meta.tag that names the mapping version that made a resource."""
 
 
 def content_hash(resource: Json) -> str:
-    """A hash of what a resource says: meta.versionId, lastUpdated and the mapping tag aside."""
+    """A hash of what a resource says: everything but meta.versionId, meta.lastUpdated and the
+    tag naming the mapping version (a new mapping that says the same makes no new version).
+    Every other tag counts: a withdrawal carried in a tag is a change."""
     meta = {
         k: v
         for k, v in resource.get("meta", {}).items()
         if k not in ("tag", "versionId", "lastUpdated")
     }
+    tags = [
+        tag
+        for tag in resource.get("meta", {}).get("tag", [])
+        if not str(tag.get("code", "")).startswith(MAPPING_TAG_PREFIX)
+    ]
+    if tags:
+        meta["tag"] = tags
     return hashlib.sha256(orjson.dumps({**resource, "meta": meta})).hexdigest()
+
+
+def amended(resource: Json) -> Json:
+    """A later version of a resource as stored: `final` becomes `amended` where the type
+    has that status, since what the earlier version said has changed."""
+    if resource["resourceType"] in _AMENDABLE and resource.get("status") == "final":
+        return {**resource, "status": "amended"}
+    return resource
 
 
 @dataclass(frozen=True)
@@ -73,6 +105,9 @@ class ResourceWriter:
         }
         current = self._current(outputs)
         sources = {(record.source_type, record.source_id) for record in mapped}
+        source_types = {
+            resource_id: record.source_type for resource_id, (record, _) in outputs.items()
+        }
         inserts: list[Json] = []
         changes: list[Json] = []
         history: list[Json] = []
@@ -83,7 +118,9 @@ class ResourceWriter:
                 counts.unchanged += 1
                 continue
             version = 1 if found is None else found[0] + 1
-            row = self._row(resource, version, digest, now)
+            # The hash is of the resource as mapped, so that mapping it again is `unchanged`.
+            stored = resource if found is None else amended(resource)
+            row = self._row(stored, version, digest, now)
             history.append(
                 {
                     k: row[k]
@@ -98,10 +135,11 @@ class ResourceWriter:
             else:
                 changes.append(row)
                 counts.updated += 1
-        for orphan in self._orphans(sources, set(outputs)):
+        for orphan, source_type in self._orphans(sources, set(outputs)):
             withdrawn = _withdraw(orjson.loads(orphan.content))
             if withdrawn is None:
                 continue
+            source_types[orphan.id] = source_type
             row = self._row(withdrawn, orphan.version_id + 1, content_hash(withdrawn), now)
             changes.append(row)
             history.append(
@@ -141,9 +179,18 @@ class ResourceWriter:
             )
         if history:
             self._connection.execute(versions.insert(), history)
+            history = [row for row in history if row["resource_type"] not in NOT_DELIVERED]
             enqueue(
                 self._connection,
-                [(row["id"], row["resource_type"], row["version_id"]) for row in history],
+                [
+                    (
+                        row["id"],
+                        row["resource_type"],
+                        row["version_id"],
+                        delivery_kind(source_types[row["id"]], row["resource_type"]),
+                    )
+                    for row in history
+                ],
                 now,
             )
         return counts
@@ -198,8 +245,10 @@ class ResourceWriter:
                 found[row.id] = (row.version_id, row.content_hash)
         return found
 
-    def _orphans(self, sources: set[tuple[str, str]], keep: set[str]) -> list[StoredResource]:
-        """Resources a record mapped to before and maps to no longer."""
+    def _orphans(
+        self, sources: set[tuple[str, str]], keep: set[str]
+    ) -> list[tuple[StoredResource, str]]:
+        """Resources a record mapped to before and maps to no longer, with their source type."""
         source_ids = sorted({source_id for _, source_id in sources})
         orphans = []
         for start in range(0, len(source_ids), 500):
@@ -214,20 +263,37 @@ class ResourceWriter:
             ).where(resources.c.source_id.in_(source_ids[start : start + 500]))
             for row in self._connection.execute(query):
                 if (row.source_type, row.source_id) in sources and row.id not in keep:
-                    orphans.append(
-                        StoredResource(
-                            row.resource_type, row.id, row.version_id, row.last_updated, row.content
-                        )
+                    stored = StoredResource(
+                        row.resource_type, row.id, row.version_id, row.last_updated, row.content
                     )
+                    orphans.append((stored, row.source_type))
         return orphans
 
 
+WITHDRAWN_NOTE = "Entered in error: what this note said was withdrawn."
+
+
 def _withdraw(resource: Json) -> Json | None:
-    """The resource marked entered-in-error, or None when it already is (or cannot be)."""
+    """The resource marked entered-in-error, or None when it already is (or cannot be). A
+    note (DocumentReference) says so in its own words too: no reader of its text alone takes
+    it for a current one."""
     status = _WITHDRAWN_STATUS.get(resource["resourceType"])
     if status is None or resource.get("status") == status:
         return None
-    return {**resource, "status": status}
+    withdrawn = {**resource, "status": status}
+    if resource["resourceType"] == "DocumentReference":
+        withdrawn["description"] = WITHDRAWN_NOTE
+        withdrawn["content"] = [
+            {
+                **item,
+                "attachment": {
+                    **item.get("attachment", {}),
+                    "data": base64.b64encode(WITHDRAWN_NOTE.encode() + b"\n").decode(),
+                },
+            }
+            for item in resource.get("content", [])
+        ]
+    return withdrawn
 
 
 STORED_COLUMNS = (
@@ -288,6 +354,17 @@ class ResourceStore:
         )
         with self.engine.connect() as connection:
             return [StoredResource(*row) for row in connection.execute(query)]
+
+    def series_of_procedures(self, references: set[str]) -> set[str]:
+        """The infusion series these stored Procedures (`Procedure/id`) name."""
+        ids = sorted(reference.split("/", 1)[1] for reference in references)
+        if not ids:
+            return set()
+        query = select(tokens.c.code).where(
+            tokens.c.param == SERIES_PARAM, tokens.c.resource_id.in_(ids)
+        )
+        with self.engine.connect() as connection:
+            return {row.code for row in connection.execute(query)}
 
     def all_current(self) -> list[StoredResource]:
         query = select(*STORED_COLUMNS).order_by(resources.c.resource_type, resources.c.id)

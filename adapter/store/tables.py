@@ -53,8 +53,12 @@ source_records = Table(
     Column("mapping_seq", Integer, nullable=False, server_default="0"),
     Column("mapping_detail", Text),
     Column("mapped_version", String(32)),
+    Column("series_id", String(64)),
+    Column("mrn", String(64)),
     Index("ix_source_records_session", "session_id"),
     Index("ix_source_records_mapping_state", "mapping_state"),
+    Index("ix_source_records_series", "series_id"),
+    Index("ix_source_records_mrn", "mrn"),
 )
 """One row per record: its current revision (number and content hash), withdrawn or not.
 
@@ -102,6 +106,7 @@ fhir_resource_versions = Table(
     Column("resource_type", String(64), nullable=False),
     Column("last_updated", UtcDateTime(), nullable=False),
     Column("content", Text, nullable=False),
+    Index("ix_fhir_resource_versions_type_updated", "resource_type", "last_updated", "id"),
 )
 """Every version of every resource."""
 

@@ -1,13 +1,26 @@
 """What the EHR takes, read from its CapabilityStatement and the site's overrides: per resource
 type, whether to deliver it at all, in which kind of request, and with which safeguards."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from adapter.mapping.config import EhrRules, TypeDelivery
+from adapter.mapping.config import DeliveredType, EhrRules, TypeDelivery
+from adapter.store.outbox import STAND_INS
 from adapter.sync.errors import EhrConfigurationError, TemporaryEhrError
 
 Mode = Literal["transaction", "batch", "single"]
+DELIVERED_TYPES: tuple[DeliveredType, ...] = (
+    "Encounter",
+    "CarePlan",
+    "Procedure",
+    "MedicationAdministration",
+    "AdverseEvent",
+    "Observation",
+    "DetectedIssue",
+    "DocumentReference",
+)
+WITHOUT_STATUS = frozenset({"AdverseEvent"})
+"""Types whose withdrawal no status can say in R4: deleted where the EHR allows it."""
 
 
 @dataclass(frozen=True)
@@ -18,6 +31,8 @@ class DeliveryPlan:
     if_match: bool
     reason: str | None = None
     """Why the type is not delivered, when it is not."""
+    withdraw_by_delete: bool = False
+    """A withdrawn resource deletes the EHR's copy rather than updating it."""
 
 
 def _choice(override: str, found: bool) -> bool:
@@ -72,7 +87,7 @@ def plan_delivery(statement: dict[str, Any], rules: EhrRules) -> dict[str, Deliv
     )
     described = {entry.get("type"): entry for entry in rest.get("resource", [])}
     plans: dict[str, DeliveryPlan] = {}
-    for resource_type in ("Procedure", "MedicationAdministration", "AdverseEvent", "Observation"):
+    for resource_type in DELIVERED_TYPES:
         entry = described.get(resource_type, {})
         override = rules.resource_types.get(resource_type, TypeDelivery())
         interactions = {i.get("code") for i in entry.get("interaction", [])}
@@ -94,5 +109,35 @@ def plan_delivery(statement: dict[str, Any], rules: EhrRules) -> dict[str, Deliv
             ),
             if_match=_choice(override.if_match, entry.get("versioning") == "versioned-update"),
             reason=reason,
+            withdraw_by_delete=override.withdraw == "delete"
+            or (
+                override.withdraw == "auto"
+                and resource_type in WITHOUT_STATUS
+                and "delete" in interactions
+            ),
         )
+    for (_, stand_in), stood_for in STAND_INS.items():
+        plans[f"{stood_for}>{stand_in}"] = _stand_in(plans, rules, stood_for, stand_in)
     return plans
+
+
+def _stand_in(
+    plans: dict[str, DeliveryPlan], rules: EhrRules, stood_for: str, resource_type: str
+) -> DeliveryPlan:
+    """The plan of a resource standing in for `stood_for`: its own type's, delivered when the
+    EHR does not take `stood_for` (or as ehr.yaml `stand_ins` says)."""
+    own, original = plans[resource_type], plans[stood_for]
+    rule = getattr(rules.stand_ins, stood_for)
+    wanted = resource_type in rule.types and (
+        rule.deliver == "yes" or (rule.deliver == "auto" and not original.deliver)
+    )
+    reason = None
+    if not wanted:
+        reason = (
+            f"the EHR takes {stood_for}, which this {resource_type} stands in for"
+            if original.deliver and rule.deliver == "auto"
+            else f"mappings/ehr.yaml stand_ins.{stood_for} does not ask for it"
+        )
+    elif not own.deliver:
+        reason = own.reason
+    return replace(own, deliver=wanted and own.deliver, reason=reason)

@@ -18,7 +18,7 @@ from urllib.parse import urlencode
 import orjson
 
 from adapter.mapping.config import EhrRules, Site
-from adapter.store.outbox import Outbox, OutboxItem, Outcome, Pending
+from adapter.store.outbox import Outbox, OutboxItem, Outcome, Pending, kind_of
 from adapter.store.records import RecordStore
 from adapter.sync.capabilities import DeliveryPlan
 from adapter.sync.client import TEMPORARY_STATUSES, EhrClient, EhrResponse
@@ -41,6 +41,7 @@ from adapter.sync.outgoing import (
     references,
     says_the_same,
     text_copy,
+    withdrawn,
 )
 from adapter.sync.patients import PatientResolver, RecordFacts, patient_references
 
@@ -52,6 +53,8 @@ HELD = (
     "delivered without its references to resources the EHR does not have (dead letters, or "
     "items held back or waiting to be tried again); it is updated once they are delivered"
 )
+DELETED = "withdrawn by the clinic: the EHR's copy was deleted"
+NEVER_DELIVERED = "withdrawn by the clinic before it reached the EHR: nothing to delete"
 LONGEST_BACKOFF = 3600.0
 MINIMAL = {"Prefer": "return=minimal"}
 """Sent with Bundles: the sync needs only each entry's status, location and ETag, not the EHR's
@@ -174,13 +177,27 @@ class Delivery:
         settled: list[Outcome] = []
         texts = {p.item.resource_id: StoredText.of(p.content) for p in batch}
         deliverable = []
+        deletions = []
+        local = self.site.local_code_system
         for pending in batch:
-            plan = self.plans.get(pending.item.resource_type)
+            plan = self.plans.get(kind_of(pending.item))
             if plan is None or not plan.deliver:
                 reason = plan.reason if plan else "the adapter does not deliver this type"
                 settled.append(self._settle(pending.item, "skipped", {"reason": reason}, False))
+            elif plan.withdraw_by_delete and withdrawn(pending.content, local):
+                deletions.append(pending)
             else:
                 deliverable.append(pending)
+        # A withdrawal the EHR takes as a DELETE needs no patient: only the EHR's copy, found
+        # by its identifier first where a create of it may have gone unheard.
+        unheard = [p for p in deletions if self._ehr_id(p.item) is None and p.item.sent_at]
+        _, problems = self._look_up(unheard, texts)
+        for pending in deletions:
+            if pending.item.resource_id in problems:
+                detail = {"reason": problems[pending.item.resource_id]}
+                settled.append(self._settle(pending.item, "dead", detail))
+            else:
+                settled.append(self._delete(pending.item))
         mrn_system = self.site.identifier_systems.mrn
         mrns = {p.item.resource_id: texts[p.item.resource_id].mrn(mrn_system) for p in deliverable}
         patients, held = patient_references(
@@ -683,6 +700,25 @@ class Delivery:
             )
         return Outcome(
             item.resource_id, item.version_id, "delivered", answered, None, ehr_id, ehr_version
+        )
+
+    def _delete(self, item: OutboxItem) -> Outcome:
+        """A withdrawn resource's copy deleted from the EHR; nothing to do where it never had
+        one. A copy already gone (404, 410) is as good as deleted."""
+        ehr = self._ehr_id(item)
+        if ehr is None:
+            return self._settle(item, "skipped", {"reason": NEVER_DELIVERED}, False)
+        try:
+            self.client.request("DELETE", f"{item.resource_type}/{ehr[0]}", idempotent=True)
+        except TemporaryEhrError as error:
+            return self._temporary(item, error)
+        except PermanentEhrError as error:
+            if error.status not in (404, 410):
+                detail = {"reason": error.reason, "status": error.status, "outcome": error.outcome}
+                return self._settle(item, "dead", detail)
+        detail = {"reason": DELETED}
+        return Outcome(
+            item.resource_id, item.version_id, "delivered", self.clock(), detail, ehr[0], None
         )
 
     def _temporary(

@@ -246,7 +246,7 @@ def _run(sync: Sync, report: SyncReport, progress: Callable[[int], None]) -> Non
     plans = sync.plans(sync.clock(), rules)
     delivery = sync.delivery(plans, rules)
     deliverable = [t for t, plan in plans.items() if plan.deliver]
-    sync.outbox.requeue(sync.clock(), ["skipped"], resource_types=deliverable)
+    sync.outbox.requeue(sync.clock(), ["skipped"], kinds=deliverable)
     sync.outbox.wake_waiting(sync.clock())
     size = sync.settings.sync_batch_size
     unrecorded: list[Outcome] = []

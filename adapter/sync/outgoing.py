@@ -55,9 +55,21 @@ def adapter_identifier(resource: Json, records_system: str) -> tuple[str, str] |
     return None
 
 
-TEXT_TYPES = frozenset({"Procedure", "Observation", "AdverseEvent", "MedicationAdministration"})
-"""Types whose EHR copy can be made from the stored text: in R4 their `subject` is a
-top-level element only, and none has an element named `patient`."""
+TEXT_TYPES = frozenset(
+    {
+        "Procedure",
+        "Observation",
+        "AdverseEvent",
+        "MedicationAdministration",
+        "DetectedIssue",
+        "DocumentReference",
+        "Encounter",
+        "CarePlan",
+    }
+)
+"""Types whose EHR copy can be made from the stored text: in R4 the patient is a top-level
+element only (`subject`, or DetectedIssue's `patient`), and no other element has either name.
+A resource with contained resources (an infusion's rate periods) is walked."""
 _TYPE = re.compile(r'\{"resourceType":"[A-Za-z]+"')
 _HEAD = re.compile(
     r'\{"resourceType":"(?P<type>[A-Za-z]+)","id":"[A-Za-z0-9.\-]{1,64}",'
@@ -66,10 +78,12 @@ _HEAD = re.compile(
 """How the store writes every resource (resources.py): its type, its id, then meta with the
 store's version and time first."""
 _PATIENT = re.compile(
-    r'"(?:subject|patient)":\{(?="type":"Patient","identifier":\{"system":"(?P<system>[^"\\]*)",'
-    r'"value":"(?P<value>[^"\\]*)"\}(?:,"display":"[^"\\]*")?\})'
+    r'"(?:subject|patient)":\{(?=(?P<own>"reference":"Patient/[^"\\]*",)?"type":"Patient",'
+    r'"identifier":\{"system":"(?P<system>[^"\\]*)","value":"(?P<value>[^"\\]*)"\}'
+    r'(?:,"display":"[^"\\]*")?\})'
 )
-"""A patient given by identifier alone (and a display), as the mapping writes it."""
+"""A patient as the mapping writes it: the adapter's own Patient by reference (or, as stored
+before Patients were served, no reference) and by identifier, and perhaps a display."""
 _TEXT_REFERENCE = re.compile(r'"reference":"(?P<type>[^"/:\\]*)/(?P<id>[^"/:\\]*)"')
 """A literal `Type/id` reference in compact JSON (FHIR ids hold no quote, slash or colon)."""
 
@@ -80,8 +94,14 @@ def _string(value: str) -> str:
 
 def references(contents: Iterable[str]) -> set[str]:
     """The adapter ids that these resources reference (`Type/id`), read from their stored
-    compact JSON in one pass rather than by walking every element."""
-    return {found[1] for content in contents for found in _TEXT_REFERENCE.findall(content)}
+    compact JSON in one pass rather than by walking every element; the adapter's Patients
+    aside, which the EHR never gets (its own Patient is put in their place)."""
+    return {
+        found[1]
+        for content in contents
+        for found in _TEXT_REFERENCE.findall(content)
+        if found[0] != "Patient"
+    }
 
 
 @dataclass(frozen=True)
@@ -133,8 +153,14 @@ def text_copy(
         return None
     if patient_reference and stored.patient is None:
         return None
-    # The patient's reference goes in just inside its `subject`: the text is cut there.
-    cut = stored.patient.end() if patient_reference and stored.patient else len(content)
+    own = bool(stored.patient and stored.patient["own"])
+    if own:
+        # The adapter's Patient is swapped for the EHR's, as any reference is swapped.
+        if not patient_reference:
+            return None
+        resolve = _patient_first(resolve, patient_reference)
+    # Otherwise the patient's reference goes in just inside its `subject`: the text is cut there.
+    cut = stored.patient.end() if patient_reference and stored.patient and not own else len(content)
     before, after = content[head.end() : cut], content[cut:]
     references = _TEXT_REFERENCE.findall(before) + _TEXT_REFERENCE.findall(after)
     if len(references) != content.count('"reference":'):
@@ -151,8 +177,25 @@ def text_copy(
 
     # Without the store's two fields, meta keeps the rest, or goes when nothing is left.
     start = f'{{"resourceType":"{head["type"]}"' + (',"meta":{' if head["end"] == "," else "")
-    patient = f'"reference":{_string(patient_reference)},' if patient_reference else ""
+    patient = f'"reference":{_string(patient_reference)},' if patient_reference and not own else ""
     return EhrCopy(start + swapped(before) + patient + swapped(after))
+
+
+WITHDRAWN = "entered-in-error"
+
+
+def withdrawn(content: str, local_code_system: str) -> bool:
+    """Whether a stored resource withdraws what its record said: its status, or for a type
+    without one (AdverseEvent in R4), the site's entered-in-error tag."""
+    if WITHDRAWN not in content:
+        return False
+    resource = orjson.loads(content)
+    if resource.get("status") == WITHDRAWN:
+        return True
+    return any(
+        tag.get("system") == local_code_system and tag.get("code") == WITHDRAWN
+        for tag in resource.get("meta", {}).get("tag", [])
+    )
 
 
 def patient_mrn(resource: Json, mrn_system: str) -> str | None:
@@ -174,14 +217,35 @@ def ehr_copy(
     return EhrCopy(orjson.dumps(body).decode(), dropped)
 
 
+def _patient_first(resolve: Resolver, patient_reference: str) -> Resolver:
+    """`resolve`, with the adapter's Patients answered by the EHR's Patient."""
+
+    def resolved(resource_type: str, target_id: str) -> str | object:
+        return (
+            patient_reference if resource_type == "Patient" else resolve(resource_type, target_id)
+        )
+
+    return resolved
+
+
 def ehr_body(
     resource: Json,
     patient_reference: str | None,
     resolve: Resolver,
     extra_codings: list[ExtraCoding],
 ) -> tuple[Json, list[str]]:
-    """The EHR's copy by a walk of the parsed resource, and the references it left out."""
+    """The EHR's copy by a walk of the parsed resource, and the references it left out. The
+    adapter's own Patient references become the EHR's Patient, or, with none known, go."""
     body = {key: value for key, value in resource.items() if key != "id"}
+    if patient_reference:
+        resolve = _patient_first(resolve, patient_reference)
+    else:
+        for key in ("subject", "patient"):
+            element = body.get(key)
+            if isinstance(element, dict) and str(element.get("reference", "")).startswith(
+                "Patient/"
+            ):
+                body[key] = {k: v for k, v in element.items() if k != "reference"}
     meta = {k: v for k, v in body.get("meta", {}).items() if k not in ("versionId", "lastUpdated")}
     if meta:
         body["meta"] = meta

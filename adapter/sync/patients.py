@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from adapter.mapping.detected_issue import SOURCE_TYPE as PROTOCOL
 from adapter.store.outbox import Pending
 from adapter.store.records import Key, RecordStore
 from adapter.store.sync_state import PatientMatch, PatientMatches
@@ -43,11 +44,18 @@ class RecordFacts:
         if len(self._known) + len(missing) > self.limit:
             self._known.clear()
             missing = wanted
-        parsed = self.records.parsed_current(missing)
+        parsed = self.records.parsed_current(_record(key) for key in missing)
         for key in missing:
-            patient = parsed.get(key, {}).get("patient", {})
+            patient = parsed.get(_record(key), {}).get("patient", {})
             self._known[key] = PatientFacts(patient.get("family"), patient.get("birth_date"))
         return {key: self._known[key] for key in wanted}
+
+
+def _record(source: Key) -> Key:
+    """The record whose patient facts a resource's source has: the session's, for the
+    resources of its protocol checks."""
+    source_type, source_id = source
+    return ("infusion_session", source_id) if source_type == PROTOCOL else source
 
 
 class PatientResolver:

@@ -48,11 +48,12 @@ def test_search_to_the_end_read_and_revinclude(live_server: LiveServer) -> None:
         .fetch_raw()
     )
 
-    assert len(observations) == 65
-    assert len({o["id"] for o in observations}) == 65
+    # 65 from the vitals, attestations and sessions, and one per side effect (3).
+    assert len(observations) == 68
+    assert len({o["id"] for o in observations}) == 68
     assert read["id"] == heart["id"] and read["code"]["coding"][0]["code"] == "8867-4"
     kinds = [entry["resource"]["resourceType"] for entry in with_parts["entry"]]
-    assert kinds.count("Procedure") == 1 and kinds.count("Observation") == 11
+    assert kinds.count("Procedure") == 1 and kinds.count("Observation") == 12
 
 
 def test_incremental_polling_sees_each_change_once(live_server: LiveServer) -> None:
@@ -77,6 +78,6 @@ def test_incremental_polling_sees_each_change_once(live_server: LiveServer) -> N
         seen.append((resource["id"], resource["meta"]["versionId"]))
 
     assert len(seen) == len(set(seen))
-    assert len({resource_id for resource_id, _ in seen}) == 65
+    assert len({resource_id for resource_id, _ in seen}) == 68
     # VIT-77001 revision 2 keeps 3 of its 7 measures: 3 amended, 4 withdrawn, each seen once more.
     assert sum(1 for _, version in seen if version == "2") == 7

@@ -66,16 +66,23 @@ def test_system_export_polls_then_serves_a_manifest_and_ndjson(day: TestClient) 
         and pending.headers["retry-after"]
     )
     assert {(o["type"], o["count"]) for o in manifest["output"]} == {
-        ("Observation", 65),
+        ("Observation", 68),
         ("Procedure", 3),
-        ("MedicationAdministration", 7),
+        ("MedicationAdministration", 5),
         ("AdverseEvent", 3),
+        ("DetectedIssue", 4),
+        ("DocumentReference", 7),
+        ("Patient", 3),
+        ("Encounter", 3),
+        ("CarePlan", 3),
     }
-    assert manifest["requiresAccessToken"] is False and manifest["error"] == []
+    # Every file answers only the client that started the export, with its token.
+    assert manifest["requiresAccessToken"] is True and manifest["error"] == []
+    assert day.get(manifest["output"][0]["url"], headers={"Authorization": ""}).status_code == 401
     observations = day.get(next(o["url"] for o in manifest["output"] if o["type"] == "Observation"))
     assert observations.headers["content-type"].startswith("application/fhir+ndjson")
     lines = [orjson.loads(line) for line in observations.text.splitlines()]
-    assert len(lines) == 65 and {r["resourceType"] for r in lines} == {"Observation"}
+    assert len(lines) == 68 and {r["resourceType"] for r in lines} == {"Observation"}
 
 
 def test_type_since_and_group_filters(day: TestClient) -> None:
@@ -106,14 +113,14 @@ def test_type_since_and_group_filters(day: TestClient) -> None:
 
     assert [(o["type"], o["count"]) for o in only_events["output"]] == [("AdverseEvent", 3)]
     assert nothing_new["output"] == []
-    assert [(o["type"], o["count"]) for o in series["output"]] == [("Observation", 54)]
-    assert [(o["type"], o["count"]) for o in everyone["output"]] == [("Observation", 65)]
+    assert [(o["type"], o["count"]) for o in series["output"]] == [("Observation", 56)]
+    assert [(o["type"], o["count"]) for o in everyone["output"]] == [("Observation", 68)]
 
 
 @pytest.mark.parametrize(
     ("path", "status"),
     [
-        ("/fhir/$export?_type=Patient", 400),
+        ("/fhir/$export?_type=Practitioner", 400),
         ("/fhir/$export?_since=yesterday", 400),
         ("/fhir/$export?_outputFormat=text/csv", 400),
         ("/fhir/Group/unknown/$export", 404),
@@ -168,3 +175,70 @@ def test_expired_files_are_removed(day: TestClient, export_settings: Settings) -
     assert exports.expire() == 1
     assert day.get(location).status_code == 404
     assert not (export_settings.export_dir / job_id).exists()
+
+
+def _parameters(*parameters: tuple[str, str, str]) -> bytes:
+    return orjson.dumps(
+        {
+            "resourceType": "Parameters",
+            "parameter": [{"name": name, kind: value} for name, kind, value in parameters],
+        }
+    )
+
+
+def test_a_kick_off_may_post_its_parameters(day: TestClient) -> None:
+    body = _parameters(
+        ("_type", "valueString", "AdverseEvent"),
+        ("_type", "valueString", "Procedure"),
+        ("_outputFormat", "valueString", "application/fhir+ndjson"),
+    )
+    headers = {**ASYNC, "content-type": "application/fhir+json"}
+
+    system = day.post("/fhir/$export", content=body, headers=headers)
+    manifest = _manifest(day, system.headers["content-location"])
+    patients = day.post("/fhir/Patient/$export", content=body, headers=headers)
+    _manifest(day, patients.headers["content-location"])
+    group = day.post("/fhir/Group/series-SER-0088/$export", content=body, headers=headers)
+
+    assert {system.status_code, patients.status_code, group.status_code} == {202}
+    assert {(o["type"], o["count"]) for o in manifest["output"]} == {
+        ("AdverseEvent", 3),
+        ("Procedure", 3),
+    }
+    grouped = _manifest(day, group.headers["content-location"])
+    assert {(o["type"], o["count"]) for o in grouped["output"]} == {
+        ("AdverseEvent", 2),
+        ("Procedure", 1),
+    }
+
+
+@pytest.mark.parametrize(
+    ("body", "expression"),
+    [
+        (b"{not json", None),
+        (orjson.dumps({"resourceType": "Bundle"}), "resourceType"),
+        (
+            _parameters(("_typeFilter", "valueString", "Observation?code=x")),
+            "Parameters.parameter[0]",
+        ),
+        (_parameters(("_since", "valueString", "")), "Parameters.parameter[0]"),
+        (_parameters(("_type", "valueString", "Practitioner")), "_type"),
+    ],
+)
+def test_a_posted_kick_off_names_what_it_refuses(
+    day: TestClient, body: bytes, expression: str | None
+) -> None:
+    response = day.post("/fhir/$export", content=body, headers=ASYNC)
+
+    assert response.status_code == 400
+    issue = response.json()["issue"][0]
+    assert issue.get("expression", [None])[0] == expression
+
+
+def test_a_posted_kick_off_may_carry_its_parameters_in_the_query(day: TestClient) -> None:
+    # As Medplum's bulkExport() sends it: POST, no body, the parameters in the URL.
+    response = day.post("/fhir/$export?_type=AdverseEvent", headers=ASYNC)
+
+    assert response.status_code == 202
+    manifest = _manifest(day, response.headers["content-location"])
+    assert [(o["type"], o["count"]) for o in manifest["output"]] == [("AdverseEvent", 3)]

@@ -33,7 +33,17 @@ def test_metadata_lists_what_is_served(
     assert response.headers["content-type"].startswith("application/fhir+json")
     assert statement["fhirVersion"] == "4.0.1"
     served = {r["type"]: r for r in statement["rest"][0]["resource"]}
-    assert set(served) == {"Observation", "Procedure", "MedicationAdministration", "AdverseEvent"}
+    assert set(served) == {
+        "Observation",
+        "Procedure",
+        "MedicationAdministration",
+        "AdverseEvent",
+        "DetectedIssue",
+        "DocumentReference",
+        "Patient",
+        "Encounter",
+        "CarePlan",
+    }
     observation = {p["name"] for p in served["Observation"]["searchParam"]}
     assert {
         "_id",
@@ -45,7 +55,10 @@ def test_metadata_lists_what_is_served(
         "status",
         "part-of",
     } <= observation
-    assert served["Procedure"]["searchRevInclude"] == ["Observation:part-of"]
+    assert served["Procedure"]["searchRevInclude"] == [
+        "Observation:part-of",
+        "DetectedIssue:implicated",
+    ]
     assert [i["code"] for i in served["Observation"]["interaction"]] == [
         "read",
         "vread",
@@ -92,7 +105,8 @@ def test_versions_and_history_follow_an_amendment(client: TestClient) -> None:
     assert first.json()["valueQuantity"]["value"] == 84 and first.headers["etag"] == 'W/"1"'
     assert history["type"] == "history"
     assert [e["response"]["etag"] for e in history["entry"]] == ['W/"2"', 'W/"1"']
-    assert since["total"] == 6  # heart rate, blood pressure, SpO2: two versions each
+    # Only the heart rate changed: its two versions, and the first of blood pressure and SpO2.
+    assert since["total"] == 4
 
 
 def test_a_withdrawn_resource_stays_readable_with_its_status(day: TestClient) -> None:

@@ -104,7 +104,8 @@ def test_patient_by_identifier_modifier_and_chain(day: TestClient) -> None:
     ).json()
     other = day.get("/fhir/Observation", params={"patient:identifier": f"{MRN}|999999"}).json()
 
-    assert len(_ids(by_modifier)) == 11 and _ids(by_modifier) == _ids(by_chain)
+    # 11, and the Observation of the patient's side effect.
+    assert len(_ids(by_modifier)) == 12 and _ids(by_modifier) == _ids(by_chain)
     assert _ids(other) == []
 
 
@@ -134,7 +135,7 @@ def test_revinclude_returns_a_session_with_its_observations(day: TestClient) -> 
 
     modes = [(e["resource"]["resourceType"], e["search"]["mode"]) for e in bundle["entry"]]
     assert modes[0] == ("Procedure", "match")
-    assert modes.count(("Observation", "include")) == 54
+    assert modes.count(("Observation", "include")) == 56  # 54, and two side effects
 
 
 def test_include_follows_part_of(day: TestClient) -> None:
@@ -152,8 +153,8 @@ def test_count_zero_cap_and_summary(day: TestClient) -> None:
     capped = day.get("/fhir/Observation?_count=100000").json()
     summary = day.get("/fhir/Observation?_summary=count").json()
 
-    assert zero["total"] == summary["total"] == 65 and "entry" not in zero
-    assert len(capped["entry"]) == 65 and [link["relation"] for link in capped["link"]] == ["self"]
+    assert zero["total"] == summary["total"] == 68 and "entry" not in zero
+    assert len(capped["entry"]) == 68 and [link["relation"] for link in capped["link"]] == ["self"]
 
 
 def test_default_page_size_is_fifty(day: TestClient) -> None:
@@ -250,4 +251,4 @@ def test_injection_attempts_are_plain_values(day: TestClient, payload: str) -> N
         assert response.status_code in (200, 400)
         if response.status_code == 200:
             assert _ids(response.json()) == []
-    assert day.get("/fhir/Observation?_summary=count").json()["total"] == 65
+    assert day.get("/fhir/Observation?_summary=count").json()["total"] == 68

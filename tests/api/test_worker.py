@@ -28,4 +28,5 @@ def test_posted_records_are_mapped_by_the_background_worker(settings: Settings) 
         record = client.get("/api/v1/records/infusion_session/SES-2026-00412").json()
 
     assert states == {"mapped": 19}
-    assert len(record["mapping"]["resources"]) == 7
+    # The Procedure, the infusion (its rate periods contained in it), pain and weight.
+    assert len(record["mapping"]["resources"]) == 5

@@ -5,15 +5,17 @@
 //   --no-conditional-create   refuse If-None-Exist (Epic's R4 API has no conditional create)
 //   --no-transactions         refuse transaction and batch Bundles (single requests only)
 //   --read-only-types A,B     refuse create and update of these types (Epic reads AdverseEvent only)
+//   --no-delete               list no delete interaction and refuse DELETE with 405 (Epic, Oracle)
 //   --require-if-match        refuse an update without If-Match with 428 (Oracle Health)
 //   --bearer TOKEN            require this static bearer token
 //   --smart-client ID=JWKS    require SMART Backend Services tokens; ID's public keys in JWKS
 //   --seed FILE               create the resources of a JSON array or Bundle at start (patients)
 //   --port N                  listen on N (0, the default, picks a free port)
-// On start it prints one JSON line: {"base": "http://127.0.0.1:PORT/fhir"}.
+// On start it prints one JSON line: {"base": "http://127.0.0.1:PORT/fhir", "decoy": ...}.
 // DELETE /_control/tokens forgets every token issued (as an EHR does that restarts).
-// PUT /_control/reject takes {"system", "code", "status", "message"}: resources carrying that
-// coding are refused with that status (an EHR-side rule a site must fix); DELETE clears it.
+// PUT /_control/reject takes {"system", "code", "status", "message", "resourceType"}: resources
+// (of that type, when given) carrying that coding are refused with that status (an EHR-side
+// rule a site must fix); DELETE clears it.
 // POST /_control/seed creates the resources of a JSON array as they are, whatever the switches.
 // GET /_control/identifiers counts identifiers and copies per type (duplicates at a glance).
 // A transaction or batch sent with `Prefer: return=minimal` is answered without the resources,
@@ -55,6 +57,7 @@ const { values } = parseArgs({
     'no-conditional-create': { type: 'boolean', default: false },
     'no-transactions': { type: 'boolean', default: false },
     'read-only-types': { type: 'string', default: '' },
+    'no-delete': { type: 'boolean', default: false },
     'require-if-match': { type: 'boolean', default: false },
     bearer: { type: 'string' },
     'smart-client': { type: 'string', multiple: true, default: [] },
@@ -66,6 +69,7 @@ const config = {
   conditionalCreate: !values['no-conditional-create'],
   transactions: !values['no-transactions'],
   readOnlyTypes: values['read-only-types'].split(',').filter(Boolean),
+  delete: !values['no-delete'],
   requireIfMatch: values['require-if-match'],
   bearer: values.bearer ?? null,
   quirks: {},
@@ -83,7 +87,17 @@ const decoyStats = {};
 const held = [];
 const tokens = new Map();
 const seenJti = new Set();
-const TYPES = ['Patient', 'Procedure', 'Observation', 'AdverseEvent', 'MedicationAdministration'];
+const TYPES = [
+  'Patient',
+  'Procedure',
+  'Observation',
+  'AdverseEvent',
+  'MedicationAdministration',
+  'DetectedIssue',
+  'DocumentReference',
+  'Encounter',
+  'CarePlan',
+];
 
 // MemoryRepository evaluates every search against every stored resource (about a millisecond
 // each); like any real server, this one keeps an index for the search the sync leans on:
@@ -193,7 +207,10 @@ function capabilityStatement(base) {
   const interactions = (type) => {
     const all = ['read', 'vread', 'search-type', 'history-instance'];
     if (type !== 'Patient' && !config.readOnlyTypes.includes(type)) {
-      all.push('create', 'update', 'delete');
+      all.push('create', 'update');
+      if (config.delete) {
+        all.push('delete');
+      }
     }
     return all.map((code) => ({ code }));
   };
@@ -244,7 +261,7 @@ function outcome(status, text) {
 }
 
 function carriesRejectedCoding(resource) {
-  if (!reject || !resource) {
+  if (!reject || !resource || (reject.resourceType && reject.resourceType !== resource.resourceType)) {
     return false;
   }
   const text = JSON.stringify(resource);
@@ -271,6 +288,9 @@ function refusal(method, path, headers, body) {
   // The EHR-profile rules: [status, text] for a request the configured EHR would refuse.
   if (method === 'POST' && path === '' && body?.resourceType === 'Bundle' && !config.transactions) {
     return [400, 'this server takes single requests only: no batch or transaction Bundles'];
+  }
+  if (method === 'DELETE' && (!config.delete || config.readOnlyTypes.includes(path.split('/')[0]))) {
+    return [405, 'DELETE is not supported on this server'];
   }
   for (const write of writtenTypes(method, path, body)) {
     const ifNoneExist = write.ifNoneExist ?? (write.method === 'POST' && !path.startsWith('Bundle') ? headers['if-none-exist'] : undefined);

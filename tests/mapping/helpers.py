@@ -10,6 +10,7 @@ from pydantic import TypeAdapter
 from adapter.intake.records import AnyRecord, ClinicRecord, InfusionSession
 from adapter.mapping.common import Built
 from adapter.mapping.config import load_mappings
+from adapter.mapping.derived import derived_from
 from adapter.mapping.mapper import Mapper, SourceRecord
 from tests.conftest import EXAMPLE_DAY
 
@@ -33,18 +34,22 @@ def map_record(
     return mapper.map(SourceRecord(record(body), RECEIVED, parsed_session))
 
 
-def example_day() -> list[dict[str, Any]]:
-    return [orjson.loads(line) for line in EXAMPLE_DAY.read_bytes().splitlines() if line.strip()]
+def example_day(day: Path = EXAMPLE_DAY) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in day.read_bytes().splitlines() if line.strip()]
 
 
-def map_example_day(mapper: Mapper) -> dict[str, list[dict[str, Any]]]:
-    """Every example record's resources, by record id."""
-    bodies = example_day()
+def map_example_day(mapper: Mapper, day: Path = EXAMPLE_DAY) -> dict[str, list[dict[str, Any]]]:
+    """Every record's resources, by record id, then each session's protocol breaches
+    (`protocol:{session id}`)."""
+    bodies = example_day(day)
     sessions = {b["id"]: b for b in bodies if b["record_type"] == "infusion_session"}
-    return {
+    mapped = {
         body["id"]: map_record(mapper, body, sessions.get(body.get("session_id", ""))).resources
         for body in bodies
     }
+    for source_type, source_id, built in derived_from(mapper, [record(b) for b in bodies]):
+        mapped[f"{source_type}:{source_id}"] = built.resources
+    return mapped
 
 
 def only(resources: list[dict[str, Any]], resource_type: str, suffix: str = "") -> dict[str, Any]:

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from adapter.cli import main
 from adapter.mapping.config import json_schemas
 from adapter.settings import Settings
-from tests.conftest import EXAMPLE_DAY, ROOT, ndjson, session
+from tests.conftest import EXAMPLE_DAY, ROOT, ndjson, session, vitals
 
 
 def test_check_names_file_and_key(cli_environment: Settings) -> None:
@@ -29,10 +29,16 @@ def test_preview_prints_resources_and_rows_and_stores_nothing(
 
     assert result.exit_code == 0, result.output
     assert (
-        "# line 3: infusion_session SES-2026-00412, used codes/indications.yaml: CRPS_UPPER"
+        "# line 3: infusion_session SES-2026-00412 revision 2 (current), "
+        "used codes/indications.yaml: CRPS_UPPER" in result.output
+    )
+    assert (
+        "# line 13: vitals VIT-77099 revision 2 (current, WITHDRAWN (entered in error))"
         in result.output
     )
-    assert result.output.count('"resourceType": ') == 78
+    assert "# protocol: protocol SES-2026-00415 (the session's protocol breaches)" in result.output
+    # 99 resources, and the 2 rate periods contained in the infusion of SES-2026-00412.
+    assert result.output.count('"resourceType": ') == 101
     assert (
         not Path(cli_environment.database_url.removeprefix("sqlite:///")).exists()
         or "postgresql" in cli_environment.database_url
@@ -41,31 +47,69 @@ def test_preview_prints_resources_and_rows_and_stores_nothing(
 
 def test_preview_shows_what_waits_for_a_mapping(cli_environment: Settings, tmp_path: Path) -> None:
     source = tmp_path / "one.ndjson"
-    source.write_bytes(ndjson(session(indication="WHIPLASH")))
+    source.write_bytes(ndjson(session(drug="ESKETAMINE", indication="WHIPLASH")))
 
     result = CliRunner().invoke(main, ["mappings", "preview", str(source)])
 
+    assert "waiting for a mapping: codes/drugs.yaml has no row 'ESKETAMINE' (drug)" in result.output
     assert (
-        "waiting for a mapping: codes/indications.yaml has no row 'WHIPLASH' (indication)"
+        "sent as text for now: codes/indications.yaml has no row 'WHIPLASH' (indication)"
         in result.output
     )
 
 
+def test_preview_marks_stale_and_withdrawn_revisions_as_ndjson(
+    cli_environment: Settings, tmp_path: Path
+) -> None:
+    source = tmp_path / "revisions.ndjson"
+    source.write_bytes(
+        ndjson(
+            session(),
+            vitals(revision=2, heart_rate=90),
+            vitals(revision=1),
+            vitals(revision=2, heart_rate=90),
+            vitals(id="VIT-2", revision=3, status="entered_in_error"),
+            {"record_type": "vitals", "id": "bad"},
+        )
+    )
+
+    result = CliRunner().invoke(main, ["mappings", "preview", str(source), "--format", "ndjson"])
+
+    assert result.exit_code == 0, result.output
+    entries = [orjson.loads(line) for line in result.output.splitlines()]
+    states = [(e["line"], e["state"], e.get("id"), e.get("revision")) for e in entries]
+    assert states == [
+        (1, "current", "SES-1", 1),
+        (2, "current", "VIT-1", 2),
+        (3, "stale", "VIT-1", 1),
+        (4, "repeat", "VIT-1", 2),
+        (5, "withdrawn", "VIT-2", 3),
+        (6, "rejected", None, None),
+        (None, "protocol", "SES-1", None),
+        (None, "encounter", "SES-1", None),
+        (None, "patient", "900001", None),
+    ]
+    assert entries[2]["reasons"] == ["revision 2 of the record is later in the file"]
+    assert {r["status"] for r in entries[4]["resources"]} == {"entered-in-error"}
+    assert "resources" not in entries[2]
+
+
 def test_pending_and_reload(cli_environment: Settings, tmp_path: Path) -> None:
     source = tmp_path / "one.ndjson"
-    source.write_bytes(ndjson(session(indication="WHIPLASH")))
+    source.write_bytes(ndjson(session(drug="ESKETAMINE", indication="WHIPLASH")))
     CliRunner().invoke(main, ["import", str(source), "--quiet"])
 
     pending = CliRunner().invoke(main, ["mappings", "pending"])
-    table = cli_environment.mappings_dir / "codes" / "indications.yaml"
-    table.write_text(
-        table.read_text() + "  - local: WHIPLASH\n    text: Whiplash injury\n    codings: []\n"
-    )
+    for name, code in (("drugs", "ESKETAMINE"), ("indications", "WHIPLASH")):
+        table = cli_environment.mappings_dir / "codes" / f"{name}.yaml"
+        table.write_text(
+            table.read_text() + f"  - local: {code}\n    text: {code}\n    codings: []\n"
+        )
     reload = CliRunner().invoke(main, ["mappings", "reload"])
     after = CliRunner().invoke(main, ["mappings", "pending"])
 
     assert (
-        "infusion_session SES-1 (revision 1): codes/indications.yaml has no row 'WHIPLASH'"
+        "infusion_session SES-1 (revision 1): codes/drugs.yaml has no row 'ESKETAMINE'"
         in pending.output
     )
     assert "(changed from " in reload.output and "mapped 1 records" in reload.output

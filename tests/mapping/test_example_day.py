@@ -8,7 +8,7 @@ import pytest
 
 from adapter.fhir.models import parse
 from adapter.fhir.validation import own_checks
-from tests.conftest import ROOT, FhirValidator
+from tests.conftest import EXAMPLE_DAY, ROOT, FhirValidator
 from tests.mapping.helpers import map_example_day, mapper
 
 GOLDEN = Path(__file__).parent / "golden" / "day-2026-11-20.json"
@@ -33,14 +33,36 @@ def test_mapping_twice_gives_the_same_ids_and_bytes() -> None:
 def test_every_record_of_the_day_is_mapped() -> None:
     mapped = map_example_day(mapper(ROOT / "mappings"))
 
-    assert all(mapped.values()), [key for key, value in mapped.items() if not value]
+    records = {key: value for key, value in mapped.items() if ":" not in key}
+    assert all(records.values()), [key for key, value in records.items() if not value]
     ids = [r["id"] for resources in mapped.values() for r in resources]
-    assert len(ids) == len(set(ids)) == 78
+    assert len(ids) == len(set(ids)) == 99
+    breaches = sorted(
+        r["code"]["coding"][0]["code"]
+        for key, resources in mapped.items()
+        for r in resources
+        if r["resourceType"] == "DetectedIssue"
+    )
+    # SES-2026-00412: 118 mg recorded, 103.6 mg by its rates. SES-2026-00415: fasted 6 h 20 min,
+    # discharged with no recovery or discharge vitals. SES-2026-00416 was a no-show.
+    assert breaches == [
+        "discharge-vitals-missing",
+        "dose-total-mismatch",
+        "fasting-below-minimum",
+        "recovery-vitals-missing",
+    ]
+
+
+PROTOCOL_DAY = ROOT / "tests" / "fixtures" / "clinic-export" / "protocol-day.ndjson"
 
 
 def _resources() -> list[dict]:  # type: ignore[type-arg]
-    mapped = map_example_day(mapper(ROOT / "mappings"))
-    return [r for resources in mapped.values() for r in resources]
+    """Every resource of the example day, and of the day built to break every protocol rule."""
+    found = []
+    for day in (EXAMPLE_DAY, PROTOCOL_DAY):
+        mapped = map_example_day(mapper(ROOT / "mappings"), day)
+        found += [r for resources in mapped.values() for r in resources]
+    return found
 
 
 @pytest.mark.parametrize(

@@ -39,9 +39,13 @@ def test_the_example_day_is_stored_once_and_remapping_changes_nothing(runtime: R
     third = runtime.mapping.run()
 
     assert (first.mapped, first.waiting, first.failed) == (19, 0, 0)
-    assert first.resources.created == 78
+    # 76 from the records; a note and an Observation per side effect (6); 4 protocol breaches
+    # of the day, each a DetectedIssue with its note (8); an Encounter per session, a CarePlan
+    # per series and a Patient per MRN (3 each).
+    assert first.resources.created == 99
+    assert first.sessions_checked == 3
     assert again.records == 0 and third.records == 0
-    assert len(runtime.resources.all_current()) == 78
+    assert len(runtime.resources.all_current()) == 99
     assert {r.version_id for r in runtime.resources.all_current()} == {1}
 
 
@@ -68,7 +72,7 @@ def test_fasting_before_its_session_waits_and_is_mapped_when_it_arrives(runtime:
     assert "SES-1" in held[0].detail["waiting_for"]
     assert runtime.mapping.queue.held() == []
     observation = _resources(runtime, "attestation", "ATT-1")["ATT-1"]
-    assert observation["component"][0]["valueQuantity"]["value"] == 11.6
+    assert observation["component"][0]["valueQuantity"]["value"] == 695  # 11 h 35 min
 
 
 def test_a_new_session_revision_remaps_its_fasting_attestation(runtime: Runtime) -> None:
@@ -120,23 +124,23 @@ def test_a_withdrawn_record_withdraws_its_resources(runtime: Runtime) -> None:
     assert statuses == {"entered-in-error"}
 
 
-def test_an_unmapped_code_is_held_then_released_by_a_mapping_change(
+def test_an_unmapped_session_drug_is_held_then_released_by_a_mapping_change(
     client: TestClient, settings_mappings: Path
 ) -> None:
-    client.post("/api/v1/records", content=ndjson(session(indication="WHIPLASH")), headers=NDJSON)
+    client.post("/api/v1/records", content=ndjson(session(drug="ESKETAMINE")), headers=NDJSON)
     client.post("/api/v1/mapping/reload")
 
     held = client.get("/api/v1/mapping/pending").json()
     record = client.get("/api/v1/records/infusion_session/SES-1").json()
 
     assert held["records"][0]["missing"] == [
-        {"table": "codes/indications.yaml", "field": "indication", "code": "WHIPLASH"}
+        {"table": "codes/drugs.yaml", "field": "drug", "code": "ESKETAMINE"}
     ]
     assert record["mapping"]["state"] == "waiting" and record["mapping"]["resources"] == []
 
-    table = settings_mappings / "codes" / "indications.yaml"
+    table = settings_mappings / "codes" / "drugs.yaml"
     table.write_text(
-        table.read_text() + "  - local: WHIPLASH\n    text: Whiplash injury\n    codings: []\n"
+        table.read_text() + "  - local: ESKETAMINE\n    text: Esketamine\n    codings: []\n"
     )
     reloaded = client.post("/api/v1/mapping/reload").json()
 
@@ -149,6 +153,41 @@ def test_an_unmapped_code_is_held_then_released_by_a_mapping_change(
         "MedicationAdministration",
         "Observation",
     }
+
+
+def test_an_uncoded_indication_goes_out_and_gets_its_coding_when_the_row_comes(
+    client: TestClient, settings_mappings: Path
+) -> None:
+    client.post("/api/v1/records", content=ndjson(session(indication="WHIPLASH")), headers=NDJSON)
+    client.post("/api/v1/mapping/reload")
+
+    record = client.get("/api/v1/records/infusion_session/SES-1").json()
+    held = client.get("/api/v1/mapping/pending").json()
+    procedure_id = next(
+        r["id"] for r in record["mapping"]["resources"] if r["resourceType"] == "Procedure"
+    )
+    first = client.get(f"/fhir/Procedure/{procedure_id}").json()
+
+    assert record["mapping"]["state"] == "uncoded"
+    assert record["mapping"]["uncoded"] == [
+        {"table": "codes/indications.yaml", "field": "indication", "code": "WHIPLASH"}
+    ]
+    assert held["records"][0]["uncoded"] == record["mapping"]["uncoded"]
+    assert first["reasonCode"] == [{"text": "WHIPLASH"}]
+
+    table = settings_mappings / "codes" / "indications.yaml"
+    table.write_text(
+        table.read_text()
+        + "  - local: WHIPLASH\n    text: Whiplash injury\n    codings:\n"
+        + "      - {system: http://snomed.info/sct, code: '39848009', display: Whiplash injury"
+        + " to neck, source: 'https://browser.ihtsdotools.org/?conceptId1=39848009'}\n"
+    )
+    client.post("/api/v1/mapping/reload")
+
+    later = client.get(f"/fhir/Procedure/{procedure_id}").json()
+    assert later["meta"]["versionId"] == "2"
+    assert later["reasonCode"][0]["coding"][0]["code"] == "39848009"
+    assert client.get("/api/v1/mapping/pending").json()["count"] == 0
 
 
 def test_a_mapping_change_makes_new_versions_only_where_the_output_changed(

@@ -48,7 +48,7 @@ def test_each_session_status(
         assert only(resources, "Procedure")["statusReason"] == {"text": "panic attack"}
 
 
-def test_rate_changes_become_administration_periods(shipped: Mapper) -> None:
+def test_rate_changes_are_periods_contained_in_the_one_infusion(shipped: Mapper) -> None:
     body = session(
         rate_changes=[
             {
@@ -61,15 +61,22 @@ def test_rate_changes_become_administration_periods(shipped: Mapper) -> None:
 
     resources = map_record(shipped, body).resources
 
-    whole = only(resources, "MedicationAdministration", "/medication")
-    first = only(resources, "MedicationAdministration", "/rate-1")
-    second = only(resources, "MedicationAdministration", "/rate-2")
+    given = [r for r in resources if r["resourceType"] == "MedicationAdministration"]
+    assert len(given) == 1, "one infusion, one administration: no period counts as a dose"
+    whole = given[0]
     assert whole["dosage"]["dose"]["value"] == 118
-    assert whole["dosage"]["rateQuantity"]["value"] == 0.5
+    assert "rateQuantity" not in whole["dosage"], "one rate would be false for the whole infusion"
+    assert whole["dosage"]["text"] == (
+        "starting at 0.5 mg/kg/h, 118 mg in total, dosed for 68.5 kg, rate changed to "
+        "0.35 mg/kg/h from 2026-11-20 09:50 -05:00 (blood pressure rising)"
+    )
+    first, second = whole["contained"]
+    assert first["resourceType"] == second["resourceType"] == "MedicationAdministration"
     assert first["effectivePeriod"] == {
         "start": "2026-11-20T09:05:00-05:00",
         "end": "2026-11-20T09:50:00-05:00",
     }
+    assert first["dosage"]["rateQuantity"]["value"] == 0.5
     assert second["dosage"]["rateQuantity"] == {
         "value": 0.35,
         "unit": "mg/kg/h",
@@ -77,7 +84,14 @@ def test_rate_changes_become_administration_periods(shipped: Mapper) -> None:
         "code": "mg/kg/h",
     }
     assert second["note"] == [{"text": "Rate changed: blood pressure rising"}]
-    assert second["partOf"] == [{"reference": f"MedicationAdministration/{whole['id']}"}]
+    assert first["partOf"] == second["partOf"] == [{"reference": "#"}]
+
+
+def test_a_single_rate_stays_on_the_administration(shipped: Mapper) -> None:
+    whole = only(map_record(shipped, session()).resources, "MedicationAdministration")
+
+    assert whole["dosage"]["rateQuantity"]["value"] == 0.5
+    assert "contained" not in whole
 
 
 def test_fahrenheit_is_converted_to_celsius(shipped: Mapper) -> None:
@@ -147,7 +161,8 @@ def test_phase_and_status_of_a_vitals_set(shipped: Mapper) -> None:
         "/heart_rate",
     )
 
-    assert heart["status"] == "amended"
+    # A later revision maps to `final`: the store marks `amended` only what changed.
+    assert heart["status"] == "final"
     assert heart["extension"][0]["valueCode"] == "recovery"
 
 
@@ -202,15 +217,15 @@ def test_adverse_event_keeps_actions_medications_and_suspect(shipped: Mapper) ->
 
 
 @pytest.mark.parametrize(
-    ("last_meal", "hours", "answer", "flagged"),
+    ("last_meal", "minutes", "answer", "flagged"),
     [
-        ("2026-11-19T21:30:00-05:00", 11.6, "Y", False),
-        ("2026-11-20T01:05:00-05:00", 8, "Y", False),
-        ("2026-11-20T04:50:00-05:00", 4.2, "N", True),
+        ("2026-11-19T21:30:00-05:00", 695, "Y", False),
+        ("2026-11-20T01:05:00-05:00", 480, "Y", False),
+        ("2026-11-20T04:50:00-05:00", 255, "N", True),
     ],
 )
 def test_fasting_over_at_and_under_the_minimum(
-    shipped: Mapper, last_meal: str, hours: float, answer: str, flagged: bool
+    shipped: Mapper, last_meal: str, minutes: int, answer: str, flagged: bool
 ) -> None:
     observation = only(
         map_record(shipped, fasting(last_solid_food_at=last_meal), session()).resources,
@@ -219,7 +234,12 @@ def test_fasting_over_at_and_under_the_minimum(
 
     assert observation["code"]["coding"][0]["code"] == "49541-6"
     assert observation["valueCodeableConcept"]["coding"][0]["code"] == answer
-    assert observation["component"][0]["valueQuantity"]["value"] == hours
+    assert observation["component"][0]["valueQuantity"] == {
+        "value": minutes,
+        "unit": "min",
+        "system": "http://unitsofmeasure.org",
+        "code": "min",
+    }
     assert ("interpretation" in observation) is flagged
 
 
@@ -235,7 +255,8 @@ def test_fasting_counts_to_the_scheduled_start_when_the_infusion_has_not_started
         "Observation",
     )
 
-    assert observation["component"][0]["valueQuantity"]["value"] == 8
+    assert observation["component"][0]["valueQuantity"]["value"] == 480
+    assert "to the scheduled start at 2026-11-20 09:00 -05:00" in observation["note"][0]["text"]
 
 
 def test_fasting_waits_for_its_session(shipped: Mapper) -> None:
@@ -268,13 +289,25 @@ def test_transport_keeps_mode_escort_and_driving(shipped: Mapper) -> None:
     ]
 
 
-def test_an_unmapped_code_is_reported_not_invented(shipped: Mapper) -> None:
+def test_an_unmapped_indication_or_site_goes_out_as_the_clinics_words(shipped: Mapper) -> None:
     built = map_record(shipped, session(indication="WHIPLASH", site="NECK"))
+
+    procedure = only(built.resources, "Procedure")
+    assert procedure["reasonCode"] == [{"text": "WHIPLASH"}]
+    assert procedure["bodySite"] == [{"text": "NECK"}]
+    assert built.missing == []
+    assert [(m.table, m.field, m.code) for m in built.uncoded] == [
+        ("codes/indications.yaml", "indication", "WHIPLASH"),
+        ("codes/sites.yaml", "site", "NECK"),
+    ]
+
+
+def test_an_unmapped_session_drug_holds_the_session(shipped: Mapper) -> None:
+    built = map_record(shipped, session(drug="ESKETAMINE"))
 
     assert built.resources == []
     assert [(m.table, m.field, m.code) for m in built.missing] == [
-        ("codes/indications.yaml", "indication", "WHIPLASH"),
-        ("codes/sites.yaml", "site", "NECK"),
+        ("codes/drugs.yaml", "drug", "ESKETAMINE")
     ]
 
 

@@ -103,7 +103,7 @@ def test_injection_through_path_segments_is_harmless(day: TestClient, payload: s
     assert all("set-cookie" not in a.headers for a in statuses.values())
     engine = day.app.state.runtime.store.engine  # type: ignore[attr-defined]
     with engine.connect() as connection:
-        assert connection.execute(text("SELECT count(*) FROM fhir_resources")).scalar_one() == 78
+        assert connection.execute(text("SELECT count(*) FROM fhir_resources")).scalar_one() == 99
 
 
 @pytest.mark.parametrize("payload", INJECTIONS)

@@ -172,6 +172,25 @@ def test_scopes_are_cut_to_what_the_client_may_have(
     assert garbled.status_code == 400 and garbled.json()["error"] == "invalid_scope"
 
 
+def test_a_request_without_scope_is_granted_the_clients_registered_scopes(
+    bare: TestClient, service_runtime: Runtime
+) -> None:
+    key = _key("ES384")
+    client_id = _register(service_runtime, key, "system/Observation.rs system/Procedure.rs").id
+    form = {
+        "grant_type": "client_credentials",
+        "client_assertion_type": JWT_BEARER,
+        "client_assertion": _assertion(client_id, key, "ES384"),
+    }
+
+    granted = bare.post("/auth/token", data=form)
+    beyond = _ask(bare, _assertion(client_id, key, "ES384"), "system/AdverseEvent.rs")
+
+    assert granted.status_code == 200, granted.text
+    assert granted.json()["scope"] == "system/Observation.rs system/Procedure.rs"
+    assert beyond.status_code == 400 and beyond.json()["error"] == "invalid_scope"
+
+
 @pytest.mark.parametrize(
     ("form", "error"),
     [

@@ -12,7 +12,7 @@ NOW = datetime(2026, 11, 26, 8, 0, tzinfo=UTC)
 def _queued(runtime: Runtime, *versions: tuple[str, int]) -> Outbox:
     for resource_id, version in versions:
         with runtime.store.engine.begin() as connection:
-            enqueue(connection, [(resource_id, "Observation", version)], NOW)
+            enqueue(connection, [(resource_id, "Observation", version, "Observation")], NOW)
     return Outbox(runtime.store.engine)
 
 

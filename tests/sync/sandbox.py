@@ -2,6 +2,7 @@
 
 import subprocess
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +12,12 @@ import requests
 SERVER = Path(__file__).resolve().parent.parent / "ehr-server"
 SANDBOX_PATIENTS = SERVER / "sandbox-patients.json"
 MRN_SYSTEM = "https://ketamine-clinic.example.org/fhir/sid/mrn"
+RECORDS_SYSTEM = "https://ketamine-clinic.example.org/fhir/sid/infusion-charting"
 DEFAULT_CONFIG = {
     "conditionalCreate": True,
     "transactions": True,
     "readOnlyTypes": [],
+    "delete": True,
     "requireIfMatch": False,
     "bearer": None,
     "smartClients": {},
@@ -22,15 +25,34 @@ DEFAULT_CONFIG = {
 }
 PROFILES: dict[str, dict[str, Any]] = {
     "generic": {},
-    "epic": {"conditionalCreate": False, "readOnlyTypes": ["AdverseEvent"]},
-    "oracle": {"requireIfMatch": True},
+    "epic": {
+        "conditionalCreate": False,
+        "readOnlyTypes": ["AdverseEvent", "DetectedIssue"],
+        "delete": False,
+    },
+    "oracle": {"requireIfMatch": True, "delete": False},
     "single": {"transactions": False, "conditionalCreate": False},
     "plain": {"conditionalCreate": False},
 }
 """The EHRs the sync must work with: a FHIR server that does everything; Epic's R4 API (no
-conditional create, AdverseEvent read-only); Oracle Health (If-Match on updates); a server that
-takes single requests only; a server that takes transactions without conditional create (its
-only guard against a second copy is the sync's own)."""
+conditional create, AdverseEvent and DetectedIssue read-only, no DELETE); Oracle Health (If-Match
+on updates, no DELETE); a server that takes single requests only; a server that takes
+transactions without conditional create (its only guard against a second copy is the sync's
+own)."""
+
+
+def delivered_kinds(profile: str) -> Callable[[str], bool]:
+    """Which delivery kinds (adapter.store.outbox.delivery_kind) reach an EHR of a profile: every
+    type it writes, and the stand-ins of the types it does not."""
+    read_only = set(PROFILES[profile].get("readOnlyTypes", []))
+
+    def delivered(kind: str) -> bool:
+        stood_for, _, stand_in = kind.partition(">")
+        if stand_in:
+            return stood_for in read_only
+        return kind not in read_only
+
+    return delivered
 
 
 class SandboxEhr:
@@ -105,11 +127,13 @@ class SandboxEhr:
         return found
 
     def identifier_counts(self, resource_type: str) -> Counter[tuple[str, str]]:
+        """How many copies the EHR holds of each of the adapter's identifiers of a type."""
         counts: Counter[tuple[str, str]] = Counter()
         for resource in self.all(resource_type):
             listed = resource.get("identifier")
             for identifier in listed if isinstance(listed, list) else [listed] if listed else []:
-                counts[(identifier["system"], identifier["value"])] += 1
+                if identifier["system"].startswith(RECORDS_SYSTEM):
+                    counts[(identifier["system"], identifier["value"])] += 1
         return counts
 
     def stats(self) -> dict[str, int]:

@@ -10,6 +10,7 @@ from pydantic import SecretStr
 from adapter.runtime import Runtime
 from adapter.settings import Settings
 from adapter.sync.engine import Sync, sync_once
+from tests.sync.expected import expected_in_ehr
 from tests.sync.sandbox import SandboxEhr
 from tests.sync.test_delivery import load_example_day
 
@@ -55,7 +56,7 @@ def test_smart_backend_services_token_is_obtained_once_and_renewed_on_401(
     first = sync_once(sync, trigger="test")
 
     assert first.status == "completed", first.error
-    assert runtime.outbox.counts()["delivered"] == len(runtime.resources.all_current())
+    assert runtime.outbox.counts()["delivered"] == sum(expected_in_ehr(runtime).values())
     assert ehr.stats()["token issued"] == 1
     ehr.control("DELETE", "/tokens")
     runtime.outbox.requeue(sync.clock(), ["delivered"])
@@ -85,7 +86,10 @@ def test_an_assertion_signed_by_an_unregistered_key_fails_the_run_and_loses_noth
     assert report.error and "refused the adapter's client assertion" in report.error
     counts = runtime.outbox.counts()
     assert counts["dead"] == 0 and counts["delivered"] == 0
-    assert counts["pending"] == len(runtime.resources.all_current())
+    # Every resource queued for the EHR (Patients never are: the EHR owns its patients).
+    assert counts["pending"] == sum(
+        1 for r in runtime.resources.all_current() if r.resource_type != "Patient"
+    )
 
 
 def test_a_static_bearer_token(runtime: Runtime, settings: Settings, ehr: SandboxEhr) -> None:
@@ -101,4 +105,4 @@ def test_a_static_bearer_token(runtime: Runtime, settings: Settings, ehr: Sandbo
 
     assert refused.status == "failed" and runtime.outbox.counts()["dead"] == 0
     assert accepted.status == "completed", accepted.error
-    assert runtime.outbox.counts()["delivered"] == len(runtime.resources.all_current())
+    assert runtime.outbox.counts()["delivered"] == sum(expected_in_ehr(runtime).values())

@@ -15,6 +15,7 @@ import pytest
 
 from adapter.runtime import Runtime
 from adapter.settings import Settings
+from tests.sync.expected import expected_in_ehr, not_for_ehr
 from tests.sync.sandbox import SandboxEhr
 from tests.sync.test_faults import load_synthetic
 
@@ -36,11 +37,10 @@ def environment(settings: Settings, ehr: SandboxEhr, lease_seconds: float) -> di
 
 def assert_exactly_once(runtime: Runtime, ehr: SandboxEhr) -> None:
     counts = runtime.outbox.counts()
-    assert counts["delivered"] == len(runtime.resources.all_current()), counts
-    ours: dict[str, int] = {}
-    for resource in runtime.resources.all_current():
-        ours[resource.resource_type] = ours.get(resource.resource_type, 0) + 1
-    for resource_type, count in ours.items():
+    expected = expected_in_ehr(runtime)
+    assert counts["delivered"] == sum(expected.values()), counts
+    assert counts["skipped"] == not_for_ehr(runtime), counts
+    for resource_type, count in expected.items():
         copies = ehr.identifier_counts(resource_type)
         assert len(copies) == count, resource_type
         assert set(copies.values()) == {1}, resource_type
@@ -53,7 +53,7 @@ def test_a_sync_killed_three_times_and_restarted_delivers_everything_once(
         pytest.skip("PostgreSQL's run of processes is the two-worker test below")
     ehr.add_patients(sorted(load_synthetic(runtime, RECORDS)))
     env = environment(settings, ehr, lease_seconds=1.0)
-    total = len(runtime.resources.all_current())
+    total = sum(expected_in_ehr(runtime).values())
     chance = random.Random(11)
     # Random points of the run, by how much of it is done: a kill lands mid-run however fast
     # the sync is (a run of these records takes about two seconds).

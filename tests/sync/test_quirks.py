@@ -18,10 +18,12 @@ from click.testing import CliRunner
 from adapter.cli import main
 from adapter.runtime import Runtime
 from adapter.settings import Settings, get_settings
+from adapter.sync.capabilities import DELIVERED_TYPES
 from adapter.sync.commands import EXIT_CONFIGURATION, EXIT_EHR, EXIT_REFUSED, exit_code
 from adapter.sync.engine import Sync, SyncReport, sync_once
 from adapter.sync.reconcile import reconcile_once
 from tests.conftest import EXAMPLE_DAY
+from tests.sync.expected import expected_in_ehr, not_for_ehr
 from tests.sync.sandbox import MRN_SYSTEM, SandboxEhr
 
 SMALL_DAY = {"SES-2026-00415", "SES-2026-00416"}
@@ -146,7 +148,8 @@ def held_for_the_merge(case: Case) -> None:
 
 def reject_nausea(case: Case) -> None:
     system, code = NAUSEA
-    case.ehr.control("PUT", "/reject", {"system": system, "code": code, "status": 422})
+    rule = {"system": system, "code": code, "status": 422, "resourceType": "AdverseEvent"}
+    case.ehr.control("PUT", "/reject", rule)
 
 
 def no_update_of_what_references_the_dead_letter(case: Case) -> None:
@@ -218,7 +221,7 @@ def no_dead_letters(case: Case) -> None:
 
 def no_copy_twice(case: Case) -> None:
     case.ehr.settle()
-    for resource_type in ("Procedure", "MedicationAdministration", "AdverseEvent", "Observation"):
+    for resource_type in DELIVERED_TYPES:
         assert set(case.ehr.identifier_counts(resource_type).values()) <= {1}, resource_type
 
 
@@ -387,15 +390,17 @@ def test_exactly_once_against_a_misbehaving_ehr(case: Case, name: str) -> None:
         reports += settle(case)
         checked = reconcile_once(case.sync)
 
-    total = len(case.runtime.resources.all_current())
+    expected = expected_in_ehr(case.runtime, quirk.profile)
+    total = sum(expected.values())
     assert exit_code(reports[-1]) == 0 and reports[-1].status == "completed", reports[-1]
     assert exit_code(checked) == 0, checked
     assert {k: v for k, v in checked.counts.items() if v} == {"matching": total}, checked.counts
-    assert_exactly_once(case)
+    assert_exactly_once(case.ehr, expected)
     assert_no_resource_under_an_inactive_patient(case.ehr)
     assert case.ehr.reached_decoy()["stored"].keys() <= {"Patient"}
     counts = case.runtime.outbox.counts()
     assert counts["delivered"] == total, (counts, _stuck(case.runtime))
+    assert counts["skipped"] == not_for_ehr(case.runtime, quirk.profile), counts
     code, listed = cli("runs", "--limit", "100")
     recorded = case.runtime.sync_runs.recent(100)
     assert code == 0 and len(listed.strip().splitlines()) >= len(recorded)
@@ -432,16 +437,7 @@ def small_ids() -> set[str]:
 
 
 def in_the_ehr(ehr: SandboxEhr) -> list[dict[str, Any]]:
-    return [
-        resource
-        for resource_type in (
-            "Procedure",
-            "MedicationAdministration",
-            "AdverseEvent",
-            "Observation",
-        )
-        for resource in ehr.all(resource_type)
-    ]
+    return [resource for resource_type in DELIVERED_TYPES for resource in ehr.all(resource_type)]
 
 
 def _patient_of(resource: dict[str, Any]) -> str | None:
@@ -450,11 +446,11 @@ def _patient_of(resource: dict[str, Any]) -> str | None:
     return str(reference).removeprefix("Patient/") if reference else None
 
 
-def assert_exactly_once(case: Case) -> None:
-    ours = Counter(r.resource_type for r in case.runtime.resources.all_current())
-    for resource_type, count in ours.items():
-        copies = case.ehr.identifier_counts(resource_type)
-        assert len(copies) == count and set(copies.values()) == {1}, (resource_type, copies)
+def assert_exactly_once(ehr: SandboxEhr, expected: Counter[str]) -> None:
+    for resource_type in DELIVERED_TYPES:
+        copies = ehr.identifier_counts(resource_type)
+        assert len(copies) == expected[resource_type], (resource_type, copies)
+        assert set(copies.values()) <= {1}, (resource_type, copies)
 
 
 def assert_no_resource_under_an_inactive_patient(ehr: SandboxEhr) -> None:

@@ -37,6 +37,69 @@ def _parameters(
 
 ExportDep = Annotated[ExportParameters, Depends(_parameters)]
 
+_POSTED = {"_type": "valueString", "_since": "valueInstant", "_outputFormat": "valueString"}
+"""The kick-off parameters a POSTed Parameters resource may carry, and the value each takes
+(Bulk Data IG 2.0, "Bulk Data Kick-off Request")."""
+
+
+async def _posted(
+    request: Request,
+    prefer: Annotated[str | None, Header()] = None,
+    types: Annotated[str | None, Query(alias="_type")] = None,
+    since: Annotated[str | None, Query(alias="_since")] = None,
+    output_format: Annotated[str | None, Query(alias="_outputFormat")] = None,
+) -> ExportParameters | BadRequest:
+    """The kick-off parameters of a POST: a Parameters resource (`_type` may repeat), or, as
+    some clients send them (Medplum's bulkExport), the query's; a parameter this server does
+    not support is refused, naming it. The refusal is returned, not raised: it is raised once
+    the caller's access is checked, so that a caller without access learns nothing more."""
+    try:
+        return await _read_posted(request, prefer, types, since, output_format)
+    except BadRequest as refusal:
+        return refusal
+
+
+async def _read_posted(
+    request: Request,
+    prefer: str | None,
+    types: str | None,
+    since: str | None,
+    output_format: str | None,
+) -> ExportParameters:
+    queried = {"_type": types, "_since": since, "_outputFormat": output_format}
+    body = await request.body()
+    try:
+        resource = orjson.loads(body) if body.strip() else {"resourceType": "Parameters"}
+    except orjson.JSONDecodeError:
+        raise BadRequest("the body is not JSON: send a Parameters resource") from None
+    if not isinstance(resource, dict) or resource.get("resourceType") != "Parameters":
+        raise BadRequest("the body must be a Parameters resource", expression=["resourceType"])
+    found: dict[str, list[str]] = {}
+    for index, parameter in enumerate(resource.get("parameter") or []):
+        name = parameter.get("name") if isinstance(parameter, dict) else None
+        where = f"Parameters.parameter[{index}]"
+        if name not in _POSTED:
+            raise BadRequest(
+                f"{where}: {name!r} is not supported here; supported: {', '.join(_POSTED)}",
+                expression=[where],
+            )
+        value = parameter.get(_POSTED[name])
+        if not isinstance(value, str) or not value:
+            raise BadRequest(f"{where}: {name} needs {_POSTED[name]}", expression=[where])
+        found.setdefault(name, []).append(value)
+    for name, value in queried.items():
+        if value is not None:
+            found.setdefault(name, []).append(value)
+    for name in ("_since", "_outputFormat"):
+        if len(found.get(name, [])) > 1:
+            raise BadRequest(f"{name}: given more than once", expression=[name])
+    types = ",".join(found["_type"]) if "_type" in found else None
+    first = {name: values[0] for name, values in found.items()}
+    return ExportParameters(prefer, types, first.get("_since"), first.get("_outputFormat"))
+
+
+PostedDep = Annotated[ExportParameters | BadRequest, Depends(_posted)]
+
 
 async def _exporter(
     request: Request, types: Annotated[str | None, Query(alias="_type")] = None
@@ -50,6 +113,22 @@ async def _exporter(
 
 _exporter.access = "scope:r(exported types)"  # type: ignore[attr-defined]
 Exporter = Annotated[Caller, Depends(_exporter)]
+
+
+async def _posted_exporter(request: Request, asked: PostedDep) -> Caller:
+    """As `_exporter`, for the types a POSTed kick-off names (every type when its parameters
+    cannot be read); then a refused kick-off is refused."""
+    caller = token_caller(request)
+    asked_types = asked.types if isinstance(asked, ExportParameters) else None
+    for resource_type in exported_types(asked_types):
+        caller.require(resource_type, "r")
+    if isinstance(asked, BadRequest):
+        raise asked
+    return caller
+
+
+_posted_exporter.access = "scope:r(exported types)"  # type: ignore[attr-defined]
+PostedExporter = Annotated[Caller, Depends(_posted_exporter)]
 
 
 def _kick_off(
@@ -100,6 +179,36 @@ def export_patients(
 def export_group(
     request: Request, runtime: RuntimeDep, asked: ExportDep, caller: Exporter, group_id: str
 ) -> Response:
+    return _kick_off(request, runtime, "group", asked, caller, group_id)
+
+
+@router.post("/$export", summary="System level export, parameters in a Parameters body")
+def export_system_posted(
+    request: Request, runtime: RuntimeDep, asked: PostedDep, caller: PostedExporter
+) -> Response:
+    assert isinstance(asked, ExportParameters)  # a refusal was raised by PostedExporter
+    return _kick_off(request, runtime, "system", asked, caller)
+
+
+@router.post("/Patient/$export", summary="Patient level export, parameters in a Parameters body")
+def export_patients_posted(
+    request: Request, runtime: RuntimeDep, asked: PostedDep, caller: PostedExporter
+) -> Response:
+    assert isinstance(asked, ExportParameters)  # a refusal was raised by PostedExporter
+    return _kick_off(request, runtime, "patient", asked, caller)
+
+
+@router.post(
+    "/Group/{group_id}/$export", summary="Group level export, parameters in a Parameters body"
+)
+def export_group_posted(
+    request: Request,
+    runtime: RuntimeDep,
+    asked: PostedDep,
+    caller: PostedExporter,
+    group_id: str,
+) -> Response:
+    assert isinstance(asked, ExportParameters)  # a refusal was raised by PostedExporter
     return _kick_off(request, runtime, "group", asked, caller, group_id)
 
 

@@ -1,6 +1,7 @@
 """read, vread and history; writes are refused (the endpoint is read-only)."""
 
 import re
+from datetime import datetime
 from typing import Annotated
 
 import orjson
@@ -14,10 +15,11 @@ from adapter.api.fhir.wire import (
     bundle,
     fhir_base,
     known_type,
+    link,
     version_headers,
 )
-from adapter.errors import MethodNotAllowed, NotFound
-from adapter.fhir.search import MAX_COUNT, parse_instant
+from adapter.errors import BadRequest, MethodNotAllowed, NotFound
+from adapter.fhir.search import MAX_COUNT, decode_cursor, encode_cursor, parse_instant
 from adapter.runtime import Runtime
 from adapter.security.access import fhir_scope, fhir_write
 from adapter.store.resources import StoredResource
@@ -36,7 +38,9 @@ Searchable = Depends(fhir_scope("s"))
 
 def _history_entry(base: str, version: StoredResource) -> str:
     first = version.version_id == 1
-    request = {"method": "POST" if first else "PUT", "url": f"{version.resource_type}/{version.id}"}
+    # A create is made on the type, an update on the instance (FHIR R4 http.html#history).
+    url = version.resource_type if first else f"{version.resource_type}/{version.id}"
+    request = {"method": "POST" if first else "PUT", "url": url}
     response = {
         "status": "201 Created" if first else "200 OK",
         "etag": f'W/"{version.version_id}"',
@@ -49,16 +53,34 @@ def _history_entry(base: str, version: StoredResource) -> str:
     )
 
 
-def _history(request: Request, found: list[StoredResource]) -> FhirResponse:
+def _history(
+    request: Request,
+    found: list[StoredResource],
+    links: list[tuple[str, str]] | None = None,
+    total: int | None = None,
+) -> FhirResponse:
     base = fhir_base(request)
     entries = [_history_entry(base, version) for version in found]
-    return FhirResponse(bundle("history", entries, [("self", str(request.url))], len(found)))
+    links = links or [("self", str(request.url))]
+    return FhirResponse(bundle("history", entries, links, len(found) if total is None else total))
+
+
+def _history_position(cursor: str, secret: str) -> tuple[datetime, str, int]:
+    """Where the previous page of a type history ended, from the cursor it issued."""
+    position = decode_cursor(cursor, secret)
+    if (
+        set(position) != {"t", "id", "v"}
+        or not isinstance(position["v"], int)
+        or not isinstance(position["id"], str)
+    ):
+        raise BadRequest("_cursor: not a cursor of this history", expression=["_cursor"])
+    return parse_instant(str(position["t"]), "_cursor"), position["id"], position["v"]
 
 
 @router.get(
     "/{resource_type:fhir_type}/_history",
     dependencies=[Negotiated, Searchable],
-    summary="Type history",
+    summary="Type history, newest first, paged by an opaque cursor in the `next` link",
 )
 def type_history(
     request: Request,
@@ -66,11 +88,33 @@ def type_history(
     resource_type: str,
     since: Annotated[str | None, Query(alias="_since")] = None,
     count: Annotated[int, Query(alias="_count", ge=0)] = 100,
+    cursor: Annotated[str | None, Query(alias="_cursor")] = None,
 ) -> FhirResponse:
     known_type(resource_type)
     moment = parse_instant(since, "_since") if since is not None else None
-    found = runtime.fhir_reads.versions(resource_type, since=moment, limit=min(count, MAX_COUNT))
-    return _history(request, found)
+    secret = runtime.settings.secret_key
+    after = _history_position(cursor, secret) if cursor is not None else None
+    limit = min(count, MAX_COUNT)
+    found = (
+        runtime.fhir_reads.versions(resource_type, since=moment, limit=limit + 1, after=after)
+        if limit
+        else []
+    )
+    total = runtime.fhir_reads.count_versions(resource_type, since=moment)
+    page = found[:limit]
+    query = [(k, v) for k, v in (("_since", since), ("_count", str(count))) if v is not None]
+    base = fhir_base(request)
+    here = [*query, ("_cursor", cursor)] if cursor else query
+    links = [("self", link(base, f"{resource_type}/_history", here))]
+    if len(found) > limit:
+        last = page[-1]
+        token = encode_cursor(
+            {"t": last.last_updated.isoformat(), "id": last.id, "v": last.version_id}, secret
+        )
+        links.append(
+            ("next", link(base, f"{resource_type}/_history", [*query, ("_cursor", token)]))
+        )
+    return _history(request, page, links, total)
 
 
 @router.get(
