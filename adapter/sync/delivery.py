@@ -49,12 +49,12 @@ Json = dict[str, Any]
 PARTIAL = (
     "delivered without its references to resources not yet in the EHR; it is updated once they are"
 )
-DELETED = "withdrawn by the clinic: the EHR's copy was deleted"
-NEVER_DELIVERED = "withdrawn by the clinic before it reached the EHR: nothing to delete"
 HELD = (
     "delivered without its references to resources the EHR does not have (dead letters, or "
     "items held back or waiting to be tried again); it is updated once they are delivered"
 )
+DELETED = "withdrawn by the clinic: the EHR's copy was deleted"
+NEVER_DELIVERED = "withdrawn by the clinic before it reached the EHR: nothing to delete"
 LONGEST_BACKOFF = 3600.0
 MINIMAL = {"Prefer": "return=minimal"}
 """Sent with Bundles: the sync needs only each entry's status, location and ETag, not the EHR's

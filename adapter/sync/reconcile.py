@@ -12,7 +12,7 @@ import orjson
 
 from adapter.mapping.config import EhrRules, load_ehr_rules
 from adapter.store.outbox import DELIVERY_RANK, OTHER_RANK, OutboxItem, Outcome, Pending, kind_of
-from adapter.sync.capabilities import deletable, plan_delivery
+from adapter.sync.capabilities import DeliveryPlan, deletable, plan_delivery
 from adapter.sync.delivery import deleted_in_ehr, edited_in_ehr
 from adapter.sync.ehr_ids import copies_by_identifier
 from adapter.sync.engine import Sync, SyncReport, leased_run
@@ -85,109 +85,126 @@ def _reconcile(sync: Sync, report: SyncReport, progress: Callable[[int], None] |
             by_type.setdefault(pending.item.resource_type, []).append((pending, identifier))
         for resource_type, group in by_type.items():
             copies = copies_by_identifier(sync.client, resource_type, [i for _, i in group])
+            removable = resource_type in deletable(statement)
             for pending, identifier in group:
-                item = pending.item
-                resource = resources[item.resource_id]
+                resource = resources[pending.item.resource_id]
                 mrn = patient_mrn(resource, site.identifier_systems.mrn)
                 match = matches.get(mrn) if mrn else None
                 patient = f"Patient/{match.ehr_id}" if match and match.state == MATCHED else None
                 ours, _ = ehr_body(resource, patient, _resolver(targets), rules.extra_codings)
                 found = copies.get(identifier, [])
-                plan = plans[kind_of(item)]
-                if plan.withdraw_by_delete and withdrawn(pending.content, site.local_code_system):
+                plan = plans[kind_of(pending.item)]
+                if _withdrawn_by_delete(plan, pending, site.local_code_system):
                     # Withdrawn by a DELETE: a copy still in the EHR is deleted again.
                     if found:
-                        findings.seen[item.resource_id] = (str(found[0]["id"]), None)
-                        findings.different.append(item.resource_id)
+                        findings.seen[pending.item.resource_id] = (str(found[0]["id"]), None)
+                        findings.different.append(pending.item.resource_id)
                     else:
                         report.counts["matching"] += 1
                     continue
-                if not found:
-                    at_id = _at_recorded_id(sync, item)
-                    if at_id == "gone" and rules.deleted_in_ehr == "keep":
-                        findings.kept.append(_dead(sync, item, deleted_in_ehr()))
-                        report.counts["deleted_in_ehr"] += 1
-                        continue
-                    if not isinstance(at_id, dict):
-                        findings.missing.append(item.resource_id)
-                        continue
-                    found = [at_id]
-                theirs = _ours_among(found, item, resource, rules)
-                if theirs is None:
-                    report.counts["duplicated"] += 1
-                    continue
-                for extra in (c for c in found if c is not theirs):
-                    if provably_ours([extra], resource, rules.extra_codings) is not None and (
-                        resource_type in deletable(statement)
-                    ):
-                        rank = DELIVERY_RANK.get(resource_type, OTHER_RANK)
-                        strays.append((rank, resource_type, str(extra["id"])))
-                    else:
-                        report.counts["duplicated"] += 1
-                _compare(sync, item, ours, theirs, rules, findings, report)
+                check = Check(sync, pending.item, resource, ours, rules, findings, report)
+                strays += check.against(found, removable)
         _record(sync, findings, report)
         if progress:
             progress(len(batch))
     _remove(sync, strays, report)
 
 
-def _ours_among(
-    copies: list[Json], item: OutboxItem, resource: Json, rules: EhrRules
-) -> Json | None:
-    """The copy to hold the resource: the only one, the one whose id was recorded, or the first
-    stored when every copy says what the adapter sends."""
-    if len(copies) <= 1:
-        return copies[0] if copies else None
-    recorded = next((c for c in copies if c.get("id") == item.ehr_id), None)
-    return recorded or provably_ours(copies, resource, rules.extra_codings)
+def _withdrawn_by_delete(plan: DeliveryPlan, pending: Pending, local_code_system: str) -> bool:
+    return plan.withdraw_by_delete and withdrawn(pending.content, local_code_system)
 
 
-def _at_recorded_id(sync: Sync, item: OutboxItem) -> Json | str:
-    """What the EHR holds at the recorded id when a search by identifier finds nothing: the
-    copy (someone removed the adapter's identifier there), `gone` (410: deleted there) or
-    `absent`."""
-    if not item.ehr_id:
-        return "absent"
-    try:
-        answer = sync.client.request("GET", f"{item.resource_type}/{item.ehr_id}")
-    except PermanentEhrError as error:
-        return "gone" if error.status == 410 else "absent"
-    body = answer.body or {}
-    return body if body.get("resourceType") == item.resource_type else "absent"
+@dataclass
+class Check:
+    """One delivered resource against what the EHR holds for its identifier."""
 
+    sync: Sync
+    item: OutboxItem
+    resource: Json
+    ours: Json
+    """Our copy as the EHR should hold it."""
+    rules: EhrRules
+    findings: Findings
+    report: SyncReport
 
-def _dead(sync: Sync, item: OutboxItem, detail: Json) -> Outcome:
-    return Outcome(item.resource_id, item.version_id, "dead", sync.clock(), detail, attempted=False)
+    def against(self, found: list[Json], removable: bool) -> list[tuple[int, str, str]]:
+        """Record what the copies found say; returns the extra copies to delete (rank, type,
+        id): those that provably are the adapter's own, where the EHR allows DELETE."""
+        if not found:
+            at_id = self._at_recorded_id()
+            if at_id == "gone" and self.rules.deleted_in_ehr == "keep":
+                self.findings.kept.append(self._dead(deleted_in_ehr()))
+                self.report.counts["deleted_in_ehr"] += 1
+                return []
+            if not isinstance(at_id, dict):
+                self.findings.missing.append(self.item.resource_id)
+                return []
+            found = [at_id]
+        theirs = self._ours_among(found)
+        if theirs is None:
+            self.report.counts["duplicated"] += 1
+            return []
+        strays = []
+        for extra in (c for c in found if c is not theirs):
+            mine = provably_ours([extra], self.resource, self.rules.extra_codings) is not None
+            if mine and removable:
+                rank = DELIVERY_RANK.get(self.item.resource_type, OTHER_RANK)
+                strays.append((rank, self.item.resource_type, str(extra["id"])))
+            else:
+                self.report.counts["duplicated"] += 1
+        self._compare(theirs)
+        return strays
 
+    def _ours_among(self, copies: list[Json]) -> Json | None:
+        """The copy to hold the resource: the only one, the one whose id was recorded, or the
+        first stored when every copy says what the adapter sends."""
+        if len(copies) == 1:
+            return copies[0]
+        recorded = next((c for c in copies if c.get("id") == self.item.ehr_id), None)
+        return recorded or provably_ours(copies, self.resource, self.rules.extra_codings)
 
-def _compare(
-    sync: Sync,
-    item: OutboxItem,
-    ours: Json,
-    theirs: Json,
-    rules: EhrRules,
-    findings: Findings,
-    report: SyncReport,
-) -> None:
-    """One delivered resource against the EHR's copy."""
-    ehr_id = str(theirs["id"])
-    stored = theirs.get("meta", {}).get("versionId")
-    version = str(stored) if stored else (item.ehr_version if ehr_id == item.ehr_id else None)
-    if (ehr_id, version) != (item.ehr_id, item.ehr_version):
-        findings.seen[item.resource_id] = (ehr_id, version)
-    if says_the_same(ours, theirs):
-        if ehr_id == item.ehr_id:
-            report.counts["matching"] += 1
-        else:
-            findings.different.append(item.resource_id)
-        return
-    edited = ehr_id == item.ehr_id and version and item.ehr_version and version != item.ehr_version
-    if edited and rules.edited_in_ehr == "keep":
-        findings.kept.append(_dead(sync, item, edited_in_ehr(version)))
-        findings.seen.pop(item.resource_id, None)  # the recorded version stays the sync's own
-        report.counts["edited_in_ehr"] += 1
-        return
-    findings.different.append(item.resource_id)
+    def _at_recorded_id(self) -> Json | str:
+        """What the EHR holds at the recorded id when a search by identifier finds nothing: the
+        copy (someone removed the adapter's identifier there), `gone` (410: deleted there) or
+        `absent`."""
+        if not self.item.ehr_id:
+            return "absent"
+        try:
+            answer = self.sync.client.request(
+                "GET", f"{self.item.resource_type}/{self.item.ehr_id}"
+            )
+        except PermanentEhrError as error:
+            return "gone" if error.status == 410 else "absent"
+        body = answer.body or {}
+        return body if body.get("resourceType") == self.item.resource_type else "absent"
+
+    def _compare(self, theirs: Json) -> None:
+        item, findings = self.item, self.findings
+        ehr_id = str(theirs["id"])
+        stored = theirs.get("meta", {}).get("versionId")
+        version = str(stored) if stored else (item.ehr_version if ehr_id == item.ehr_id else None)
+        if (ehr_id, version) != (item.ehr_id, item.ehr_version):
+            findings.seen[item.resource_id] = (ehr_id, version)
+        if says_the_same(self.ours, theirs):
+            if ehr_id == item.ehr_id:
+                self.report.counts["matching"] += 1
+            else:
+                findings.different.append(item.resource_id)
+            return
+        edited = ehr_id == item.ehr_id and version and item.ehr_version != version
+        if edited and item.ehr_version and self.rules.edited_in_ehr == "keep":
+            # Someone changed the copy at the EHR since the sync wrote it: kept, for review.
+            findings.kept.append(self._dead(edited_in_ehr(version)))
+            findings.seen.pop(item.resource_id, None)
+            self.report.counts["edited_in_ehr"] += 1
+            return
+        findings.different.append(item.resource_id)
+
+    def _dead(self, detail: Json) -> Outcome:
+        item = self.item
+        return Outcome(
+            item.resource_id, item.version_id, "dead", self.sync.clock(), detail, attempted=False
+        )
 
 
 def _record(sync: Sync, findings: Findings, report: SyncReport) -> None:

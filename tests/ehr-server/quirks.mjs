@@ -10,9 +10,12 @@
 //                             `_getpages` paging: the search stays on the server, no MRN in a URL)
 //   noLocation: true          no Location header; creates and updates answered without a body;
 //                             Bundle entries without their location and resource
+//   oddLocation: true         Locations with a query (`.../Type/id?_format=json?_format=json`,
+//                             no version); creates and updates answered without a body
 //   notFoundOnUpdate: true    every update (PUT) answered 404 though the resource is there
 //   redirect: true            every request but GET metadata answered 307 to the decoy's origin
-//   html: true                every request but GET metadata answered 200 with an HTML page
+//   html: true | writes       every request but GET metadata (or every write) answered 200 with
+//                             an HTML page, without acting on it (a proxy's sign-in page)
 //   metadata: KIND            GET metadata answered `empty` ({}), `html`, `invalid` JSON, or
 //                             `forbidden` (403)
 //   retryAfter: SECONDS       every request but GET metadata answered 429 with Retry-After
@@ -84,7 +87,7 @@ export function beforeRouter(quirks, { method, path, search, decoyOrigin }) {
     throttled.headers['retry-after'] = String(quirks.retryAfter);
     return throttled;
   }
-  if (quirks.html) {
+  if (quirks.html === true || (quirks.html === 'writes' && isWrite(method, path))) {
     return html();
   }
   if (quirks.lateCommit && isWrite(method, path)) {
@@ -136,7 +139,7 @@ export function afterRouter(quirks, { method, path, origin }, reply) {
       }
       return { ...reply, headers, text: JSON.stringify(bundle) };
     }
-    return { ...reply, headers };
+    return isWrite(method, path) ? { ...reply, headers, text: '' } : { ...reply, headers };
   }
   if (quirks.pageSize && ok && reply.text.includes('"searchset"')) {
     const bundle = JSON.parse(reply.text);

@@ -11,10 +11,11 @@
 //   --smart-client ID=JWKS    require SMART Backend Services tokens; ID's public keys in JWKS
 //   --seed FILE               create the resources of a JSON array or Bundle at start (patients)
 //   --port N                  listen on N (0, the default, picks a free port)
-// On start it prints one JSON line: {"base": "http://127.0.0.1:PORT/fhir"}.
+// On start it prints one JSON line: {"base": "http://127.0.0.1:PORT/fhir", "decoy": ...}.
 // DELETE /_control/tokens forgets every token issued (as an EHR does that restarts).
-// PUT /_control/reject takes {"system", "code", "status", "message"}: resources carrying that
-// coding are refused with that status (an EHR-side rule a site must fix); DELETE clears it.
+// PUT /_control/reject takes {"system", "code", "status", "message", "resourceType"}: resources
+// (of that type, when given) carrying that coding are refused with that status (an EHR-side
+// rule a site must fix); DELETE clears it.
 // POST /_control/seed creates the resources of a JSON array as they are, whatever the switches.
 // GET /_control/identifiers counts identifiers and copies per type (duplicates at a glance).
 // A transaction or batch sent with `Prefer: return=minimal` is answered without the resources,
@@ -260,7 +261,7 @@ function outcome(status, text) {
 }
 
 function carriesRejectedCoding(resource) {
-  if (!reject || !resource) {
+  if (!reject || !resource || (reject.resourceType && reject.resourceType !== resource.resourceType)) {
     return false;
   }
   const text = JSON.stringify(resource);

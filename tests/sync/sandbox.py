@@ -32,10 +32,13 @@ PROFILES: dict[str, dict[str, Any]] = {
     },
     "oracle": {"requireIfMatch": True, "delete": False},
     "single": {"transactions": False, "conditionalCreate": False},
+    "plain": {"conditionalCreate": False},
 }
 """The EHRs the sync must work with: a FHIR server that does everything; Epic's R4 API (no
 conditional create, AdverseEvent and DetectedIssue read-only, no DELETE); Oracle Health (If-Match
-on updates, no DELETE); a server that takes single requests only."""
+on updates, no DELETE); a server that takes single requests only; a server that takes
+transactions without conditional create (its only guard against a second copy is the sync's
+own)."""
 
 
 def delivered_kinds(profile: str) -> Callable[[str], bool]:

@@ -5,6 +5,7 @@ every resource exactly once, none under an inactive Patient, nothing reached ano
 item is stuck, and the runs recorded (`sync runs`) say what each run did."""
 
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -17,11 +18,12 @@ from click.testing import CliRunner
 from adapter.cli import main
 from adapter.runtime import Runtime
 from adapter.settings import Settings, get_settings
+from adapter.sync.capabilities import DELIVERED_TYPES
 from adapter.sync.commands import EXIT_CONFIGURATION, EXIT_EHR, EXIT_REFUSED, exit_code
 from adapter.sync.engine import Sync, SyncReport, sync_once
 from adapter.sync.reconcile import reconcile_once
 from tests.conftest import EXAMPLE_DAY
-from tests.sync.expected import expected_in_ehr
+from tests.sync.expected import expected_in_ehr, not_for_ehr
 from tests.sync.sandbox import MRN_SYSTEM, SandboxEhr
 
 SMALL_DAY = {"SES-2026-00415", "SES-2026-00416"}
@@ -31,8 +33,7 @@ each other; 26 resources."""
 ALSO = {"SES-2026-00412", "AE-2292"}
 MERGED_MRN = "100871"
 SURVIVOR = "survivor-of-100871"
-MILD_EVENT = ("http://terminology.hl7.org/CodeSystem/adverse-event-severity", "mild")
-"""A coding only AE-2292 carries (its rescue administration carries its event as reasonCode)."""
+NAUSEA = ("http://snomed.info/sct", "422587007")
 CLIENT_TIMEOUT = 0.25
 
 
@@ -145,9 +146,10 @@ def held_for_the_merge(case: Case) -> None:
     assert merged and not [r for r in in_the_ehr(case.ehr) if _patient_of(r) in merged]
 
 
-def reject_the_mild_event(case: Case) -> None:
-    system, code = MILD_EVENT
-    case.ehr.control("PUT", "/reject", {"system": system, "code": code, "status": 422})
+def reject_nausea(case: Case) -> None:
+    system, code = NAUSEA
+    rule = {"system": system, "code": code, "status": 422, "resourceType": "AdverseEvent"}
+    case.ehr.control("PUT", "/reject", rule)
 
 
 def no_update_of_what_references_the_dead_letter(case: Case) -> None:
@@ -193,13 +195,33 @@ def quick_despite_trickling(case: Case) -> None:
     no_dead_letters(case)
 
 
+def delivered_before(case: Case) -> None:
+    """The day delivered while the EHR behaved; more records arrive before it misbehaves."""
+    case.clock.now = datetime.now(UTC)
+    report = sync_once(case.sync, trigger="cli")
+    assert report.counts["delivered"] and report.status == "completed", report
+    arrive(case.runtime, more_vitals()[-2:])
+
+
+def html_is_no_answer(case: Case) -> None:
+    """An HTML page answering a search is no answer: nothing is missing, nothing is created."""
+    no_dead_letters(case)
+    report = reconcile_once(case.sync)
+    assert report.status == "failed" and report.counts["missing"] == 0, report
+
+
+def nothing_sent(case: Case) -> None:
+    nothing_skipped(case)
+    assert in_the_ehr(case.ehr) == []
+
+
 def no_dead_letters(case: Case) -> None:
     assert case.runtime.outbox.counts()["dead"] == 0
 
 
 def no_copy_twice(case: Case) -> None:
     case.ehr.settle()
-    for resource_type in ("Procedure", "MedicationAdministration", "AdverseEvent", "Observation"):
+    for resource_type in DELIVERED_TYPES:
         assert set(case.ehr.identifier_counts(resource_type).values()) <= {1}, resource_type
 
 
@@ -224,6 +246,7 @@ QUIRKS = {
             ({"unreadableBundle": "invalid"}, EXIT_EHR),
             ({"unreadableBundle": "entry-missing"}, 0),
         ),
+        profile="plain",
         check=no_copy_twice,
     ),
     "searches-paged": Quirk({"pageSize": 2}, 0, check=found_on_every_page),
@@ -233,12 +256,18 @@ QUIRKS = {
     ),
     "no-location-single-requests": Quirk({"noLocation": True}, 0, profile="single"),
     "no-location-in-bundles": Quirk({"noLocation": True}, 0),
-    "not-found-on-update": Quirk({"notFoundOnUpdate": True}, 0, check=no_copy_twice),
+    "not-found-on-update": Quirk(
+        {"notFoundOnUpdate": True}, 0, profile="plain", check=no_copy_twice
+    ),
     "redirect-to-another-origin": Quirk(
         {"redirect": True}, EXIT_CONFIGURATION, check=nothing_reached_the_decoy
     ),
     "html-answered": Quirk(
-        {"html": "writes"}, EXIT_EHR, more=(({"html": True}, EXIT_EHR),), check=no_dead_letters
+        {"html": "writes"},
+        EXIT_EHR,
+        more=(({"html": True}, EXIT_EHR),),
+        start=delivered_before,
+        check=html_is_no_answer,
     ),
     "metadata-unreadable": Quirk(
         {"metadata": "empty"},
@@ -249,7 +278,7 @@ QUIRKS = {
     "reference-to-a-dead-letter": Quirk(
         {},
         EXIT_REFUSED,
-        start=reject_the_mild_event,
+        start=reject_nausea,
         check=no_update_of_what_references_the_dead_letter,
         end=lift_the_rejection_and_replay,
     ),
@@ -265,7 +294,7 @@ QUIRKS = {
         {"fhirVersion": "5.0.0"},
         EXIT_CONFIGURATION,
         more=(({"fhirVersion": "3.0.2"}, EXIT_CONFIGURATION),),
-        check=nothing_skipped,
+        check=nothing_sent,
     ),
     "odd-location": Quirk({"oddLocation": True}, 0, profile="single"),
     "forbidden": Quirk(
@@ -361,15 +390,17 @@ def test_exactly_once_against_a_misbehaving_ehr(case: Case, name: str) -> None:
         reports += settle(case)
         checked = reconcile_once(case.sync)
 
-    total = sum(expected_in_ehr(case.runtime).values())
+    expected = expected_in_ehr(case.runtime, quirk.profile)
+    total = sum(expected.values())
     assert exit_code(reports[-1]) == 0 and reports[-1].status == "completed", reports[-1]
     assert exit_code(checked) == 0, checked
     assert {k: v for k, v in checked.counts.items() if v} == {"matching": total}, checked.counts
-    assert_exactly_once(case)
+    assert_exactly_once(case.ehr, expected)
     assert_no_resource_under_an_inactive_patient(case.ehr)
     assert case.ehr.reached_decoy()["stored"].keys() <= {"Patient"}
     counts = case.runtime.outbox.counts()
     assert counts["delivered"] == total, (counts, _stuck(case.runtime))
+    assert counts["skipped"] == not_for_ehr(case.runtime, quirk.profile), counts
     code, listed = cli("runs", "--limit", "100")
     recorded = case.runtime.sync_runs.recent(100)
     assert code == 0 and len(listed.strip().splitlines()) >= len(recorded)
@@ -406,20 +437,7 @@ def small_ids() -> set[str]:
 
 
 def in_the_ehr(ehr: SandboxEhr) -> list[dict[str, Any]]:
-    return [
-        resource
-        for resource_type in (
-            "Encounter",
-            "CarePlan",
-            "Procedure",
-            "MedicationAdministration",
-            "AdverseEvent",
-            "Observation",
-            "DetectedIssue",
-            "DocumentReference",
-        )
-        for resource in ehr.all(resource_type)
-    ]
+    return [resource for resource_type in DELIVERED_TYPES for resource in ehr.all(resource_type)]
 
 
 def _patient_of(resource: dict[str, Any]) -> str | None:
@@ -428,10 +446,11 @@ def _patient_of(resource: dict[str, Any]) -> str | None:
     return str(reference).removeprefix("Patient/") if reference else None
 
 
-def assert_exactly_once(case: Case) -> None:
-    for resource_type, count in expected_in_ehr(case.runtime).items():
-        copies = case.ehr.identifier_counts(resource_type)
-        assert len(copies) == count and set(copies.values()) == {1}, (resource_type, copies)
+def assert_exactly_once(ehr: SandboxEhr, expected: Counter[str]) -> None:
+    for resource_type in DELIVERED_TYPES:
+        copies = ehr.identifier_counts(resource_type)
+        assert len(copies) == expected[resource_type], (resource_type, copies)
+        assert set(copies.values()) <= {1}, (resource_type, copies)
 
 
 def assert_no_resource_under_an_inactive_patient(ehr: SandboxEhr) -> None:
