@@ -7,7 +7,7 @@ import orjson
 from fastapi.testclient import TestClient
 
 from adapter.runtime import Runtime
-from tests.conftest import adverse_event, fasting, ndjson, session, vitals
+from tests.conftest import adverse_event, fasting, ndjson, session, transport, vitals
 
 NDJSON = {"content-type": "application/x-ndjson"}
 
@@ -103,18 +103,7 @@ def test_a_breach_is_withdrawn_when_the_record_that_ends_it_arrives(runtime: Run
     _submit(runtime, session(), fasting())
     raised = _issues(runtime, "SES-1")["transport-unattested"]
 
-    transport = {
-        "record_type": "attestation",
-        "id": "ATT-2",
-        "revision": 1,
-        "session_id": "SES-1",
-        "patient": {"mrn": "900001"},
-        "kind": "transport",
-        "attested_at": "2026-11-20T08:41:00-05:00",
-        "mode": "escort_private_vehicle",
-        "patient_will_not_drive": True,
-    }
-    _submit(runtime, transport)
+    _submit(runtime, transport())
 
     withdrawn = _issues(runtime, "SES-1")["transport-unattested"]
     assert raised["status"] == "final"
