@@ -597,10 +597,10 @@ class Delivery:
     def _may_overwrite(self, p: Prepared, error: PermanentEhrError) -> bool:
         """Whether a 412 may be answered by sending the clinic's version over the EHR's: the
         site says so, or the version the EHR holds may be the sync's own (an update of it went
-        unanswered, in this run or an earlier one)."""
+        unanswered, in this run or an earlier one: the version recorded was then forgotten)."""
         detail = p.item.detail or {}
-        unconfirmed = detail.get("unconfirmed") or detail.get("edited_in_ehr") == "*"
-        return self.rules.edited_in_ehr == "overwrite" or error.after_unheard or bool(unconfirmed)
+        unknown = p.item.ehr_version is None or detail.get("edited_in_ehr") == "*"
+        return self.rules.edited_in_ehr == "overwrite" or error.after_unheard or unknown
 
     def _edited(self, p: Prepared, request: Json) -> Outcome:
         """A 412 where the EHR's copy may have been changed there: when it says what is sent,
@@ -729,6 +729,7 @@ class Delivery:
         backoff = min(LONGEST_BACKOFF, 30.0 * 2**item.attempts) * random.uniform(0.5, 1.0)
         wait = max(backoff, error.retry_after or 0.0)
         detail: Json = {"reason": error.reason, "status": error.status}
+        ehr_id = None
         if request is not None and error.sent:
             detail["unconfirmed"] = True
             if request["method"] == "POST":
@@ -737,9 +738,13 @@ class Delivery:
                     f"{error.reason}; the EHR may still store it: it is searched for by "
                     f"identifier from {self.settle.total_seconds():g} s on, before it is sent again"
                 )
+            else:
+                # The update may have been stored: the version the EHR holds is not known now,
+                # and the next update goes over whatever version it is (a 412 is not an edit).
+                ehr_id = _updated_id(request)
         self.failures.append(error.reason)
         later = self.clock() + timedelta(seconds=wait)
-        return Outcome(item.resource_id, item.version_id, "pending", later, detail)
+        return Outcome(item.resource_id, item.version_id, "pending", later, detail, ehr_id, None)
 
     def _forbidden(self, p: Prepared) -> Outcome:
         """An item not sent (or refused 403) because the EHR forbids the adapter to write its
