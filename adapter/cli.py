@@ -1,4 +1,4 @@
-"""The `infusion-adapter` command: serve, import, db, mappings, sync and clients."""
+"""The `infusion-adapter` command: serve, import, db, mappings, sync, clients and audit."""
 
 import gc
 import sys
@@ -20,6 +20,7 @@ from adapter.mapping.preview import PreviewEntry
 from adapter.mapping.preview import preview as preview_file
 from adapter.mapping.service import MappingReport
 from adapter.runtime import Runtime, intake_context
+from adapter.security.audit_commands import audit
 from adapter.security.commands import clients
 from adapter.store import migrate
 from adapter.store.engine import make_engine
@@ -41,6 +42,7 @@ def serve(host: str | None, port: int | None) -> None:
     import uvicorn
 
     from adapter.app import create_app
+    from adapter.serving import server_config
 
     settings = _settings()
     try:
@@ -56,8 +58,7 @@ def serve(host: str | None, port: int | None) -> None:
         f"infusion-adapter serving on http://{host}:{port}  (FHIR: /fhir, health: /healthz, "
         "OpenAPI: /openapi.json with an API key)"
     )
-    # No access log: request lines carry search parameters, and those can name a patient.
-    uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower(), access_log=False)
+    uvicorn.Server(server_config(app, settings, host, port)).run()
 
 
 @main.command("import")
@@ -80,7 +81,13 @@ def import_command(file: Path, batch_size: int | None, quiet: bool, no_map: bool
         bar.update(report.records - bar.n)
         bar.set_postfix(accepted=report.accepted, rejected=report.counts["rejected"], refresh=False)
 
-    report = import_file(runtime.intake, file, batch_size or settings.intake_batch_size, progress)
+    report = import_file(
+        runtime.intake,
+        file,
+        batch_size or settings.intake_batch_size,
+        progress,
+        longest_line=settings.max_body_bytes,
+    )
     bar.close()
     counts = ", ".join(
         f"{name} {report.counts[name]}"
@@ -127,8 +134,9 @@ def db() -> None:
 @db.command()
 def upgrade() -> None:
     """Create or upgrade the store's schema to the newest migration."""
-    migrate.upgrade(make_engine(_settings().database_url))
-    click.echo("store schema is up to date")
+    engine = make_engine(_settings().database_url)
+    if migrate.upgrade(engine) is None:
+        click.echo(f"store schema is up to date ({migrate.current(engine)})")
 
 
 @main.group()
@@ -287,6 +295,7 @@ def schema(output: Path | None) -> None:
 
 main.add_command(sync)
 main.add_command(clients)
+main.add_command(audit)
 
 YOUNG_COLLECTION = 20_000
 """Allocations between collections of the youngest generation (Python's default is 700)."""

@@ -1,15 +1,33 @@
 """Logging set-up. The adapter's own log lines never carry record contents; libraries that log
-request URLs (which carry search parameters such as a patient's MRN) are held at WARNING."""
+request URLs (which carry search parameters such as a patient's MRN) are held at WARNING, and
+so are the libraries that would log on every idle tick of the scheduler or every command."""
 
 import logging
 
 URL_LOGGERS = ("urllib3", "httpx", "httpcore", "uvicorn.access")
 """Loggers whose DEBUG and INFO lines name full request URLs."""
+TICK_LOGGERS = ("apscheduler.executors", "apscheduler.scheduler", "alembic")
+"""Loggers that speak on every tick of a job ("Running job...", "...executed successfully")
+or every start of a command (Alembic's "Context impl SQLiteImpl."); their warnings and errors
+still show, and the store says itself when a migration changed something."""
+SKIPPED_RUN = "maximum number of running instances reached"
+"""APScheduler's warning when a tick comes while the job's previous run goes on: by design
+(one run at a time), and said every tick of a long run."""
+
+
+class SkippedTicks(logging.Filter):
+    """Drops APScheduler's "skipped: maximum number of running instances reached"."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return SKIPPED_RUN not in record.getMessage()
 
 
 def quiet_url_loggers() -> None:
-    for name in URL_LOGGERS:
+    for name in URL_LOGGERS + TICK_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    scheduler = logging.getLogger("apscheduler.scheduler")
+    if not any(isinstance(f, SkippedTicks) for f in scheduler.filters):
+        scheduler.addFilter(SkippedTicks())
 
 
 def configure_logging(level: str) -> None:

@@ -1,8 +1,10 @@
 """Service settings, read from ADAPTER_* environment variables."""
 
 from functools import lru_cache
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from apscheduler.triggers.cron import CronTrigger
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -40,11 +42,26 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         10 * 1024 * 1024, gt=0, description="Largest request body accepted; larger gets 413."
     )
+    header_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="Time a connection has to send a request's headers before it is closed "
+        "(`infusion-adapter serve`).",
+    )
+    body_timeout_seconds: float = Field(
+        30.0, gt=0, description="Time a request has to send its whole body; slower gets 408."
+    )
     public_url: str | None = Field(
         None,
         description="The adapter's base URL as its clients reach it (behind a proxy, the proxy's "
-        "URL); links, the token URL and the `aud` of client assertions use it. Unset: the URL "
-        "each request arrived at.",
+        "URL); links, the token URL and the `aud` of client assertions use it. Required in "
+        "production; in development, unset, the URL each request arrived at.",
+    )
+    trusted_proxies: str = Field(
+        "",
+        description="Comma-separated addresses or networks (`10.0.0.5, 10.1.0.0/16`) of the "
+        "reverse proxies whose `X-Forwarded-For` names the caller; from any other peer the "
+        "header is ignored.",
     )
     access_token_seconds: int = Field(
         300, gt=0, le=300, description="Lifetime of an access token issued at /auth/token."
@@ -60,6 +77,13 @@ class Settings(BaseSettings):
     )
     exports_per_client: int = Field(
         2, gt=0, description="Bulk exports one client may have queued or running at once."
+    )
+    intake_max_records: int = Field(
+        10_000,
+        gt=0,
+        le=100_000,
+        description="Records one intake request may hold; more gets 413 (send several "
+        "requests, or use `infusion-adapter import`).",
     )
     intake_batch_size: int = Field(
         1000, gt=0, le=50_000, description="Records stored per database transaction on import."
@@ -193,6 +217,81 @@ class Settings(BaseSettings):
         description="Scopes the sync asks the EHR's token endpoint for.",
     )
 
+    console_session_minutes: int = Field(
+        480,
+        gt=0,
+        le=1440,
+        description="How long a console sign-in lasts before the admin API key is asked again.",
+    )
+    alert_webhook_url: str | None = Field(
+        None,
+        description="URL that each alert is posted to as JSON when it fires and when it ends "
+        "(retried when the receiver fails); alerts show in the console either way.",
+    )
+    alert_interval_seconds: float = Field(
+        30.0, gt=0, description="How often the service checks the alert conditions."
+    )
+    alert_ehr_down_minutes: float = Field(
+        15.0,
+        gt=0,
+        description="How long the EHR may stay unreachable (or the sync back off) before an "
+        "alert fires.",
+    )
+    alert_safety_fact_minutes: float = Field(
+        60.0,
+        gt=0,
+        description="How long a serious adverse event or a protocol breach may wait to reach "
+        "the EHR before an alert fires.",
+    )
+    alert_code_pending_hours: float = Field(
+        24.0,
+        gt=0,
+        description="How long a local code may wait for its mapping row (holding a record, or "
+        "sent as text alone) before an alert fires.",
+    )
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ValueError("must be an absolute http(s) URL, such as https://adapter.example")
+            if parts.query or parts.fragment:
+                raise ValueError("must have no query and no fragment")
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _trusted_proxies(cls, value: str) -> str:
+        for item in value.split(","):
+            if item.strip():
+                try:
+                    ip_network(item.strip(), strict=False)
+                except ValueError:
+                    raise ValueError(f"{item.strip()!r} is not an address or a network") from None
+        return value
+
+    def proxy_networks(self) -> list[IPv4Network | IPv6Network]:
+        """The trusted proxies as networks (a single address is a network of one)."""
+        return [
+            ip_network(item.strip(), strict=False)
+            for item in self.trusted_proxies.split(",")
+            if item.strip()
+        ]
+
+    def production_gaps(self) -> list[str]:
+        """What production needs that is not set (empty in development)."""
+        if self.env != "production":
+            return []
+        gaps = []
+        if self.public_url is None:
+            gaps.append(
+                "ADAPTER_PUBLIC_URL: required in production (the token URL, links and the "
+                "`aud` of client assertions must not follow the Host header)"
+            )
+        return gaps
+
     @field_validator("sync_cron", "reconcile_cron")
     @classmethod
     def _crontab(cls, value: str | None) -> str | None:
@@ -212,8 +311,8 @@ class Settings(BaseSettings):
                 "ADAPTER_SECRET_KEY: the development default is refused when "
                 f"ADAPTER_ENV={self.env}; set a secret of your own"
             )
-        if self.env != "development" and len(self.secret_key) < 32:
-            raise ValueError("ADAPTER_SECRET_KEY: must be at least 32 characters in production")
+        if self.env != "development":
+            _check_production_secret(self.secret_key)
         if self.ehr_auth == "bearer" and self.ehr_bearer_token is None:
             raise ValueError("ADAPTER_EHR_BEARER_TOKEN: required when ADAPTER_EHR_AUTH=bearer")
         if self.ehr_auth == "smart" and (
@@ -224,6 +323,27 @@ class Settings(BaseSettings):
                 "ADAPTER_EHR_AUTH=smart"
             )
         return self
+
+
+SECRET_LENGTH = 32
+SECRET_VARIETY = 8
+
+
+def _check_production_secret(secret: str) -> None:
+    """A production secret: at least SECRET_LENGTH characters, no surrounding whitespace, and
+    at least SECRET_VARIETY different characters (32 spaces or one letter repeated is no
+    secret)."""
+    if len(secret) < SECRET_LENGTH:
+        raise ValueError(
+            f"ADAPTER_SECRET_KEY: must be at least {SECRET_LENGTH} characters in production"
+        )
+    if secret != secret.strip():
+        raise ValueError("ADAPTER_SECRET_KEY: must not begin or end with whitespace")
+    if len(set(secret)) < SECRET_VARIETY:
+        raise ValueError(
+            f"ADAPTER_SECRET_KEY: must hold at least {SECRET_VARIETY} different characters "
+            "(make one with `python -c 'import secrets; print(secrets.token_urlsafe(48))'`)"
+        )
 
 
 @lru_cache

@@ -1,6 +1,8 @@
-"""The service's background work: mapping pending records, picking up edited mapping files."""
+"""The service's background work: mapping pending records, picking up edited mapping files,
+exports, the sync to the EHR and the alert checks."""
 
 import logging
+import time
 from datetime import UTC, datetime
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -10,6 +12,8 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from adapter.errors import MappingFileError
+from adapter.operations.alerts import AlertWatch
+from adapter.operations.metrics import Metrics
 from adapter.runtime import Runtime
 from adapter.settings import Settings
 from adapter.sync.engine import sync_once
@@ -22,6 +26,7 @@ LARGE_LOAD = 10_000
 EXPORT_JOB = "run-exports"
 SYNC_JOB = "sync-to-ehr"
 RECONCILE_JOB = "reconcile-with-ehr"
+ALERT_JOB = "check-alerts"
 
 
 def map_pending(runtime: Runtime) -> None:
@@ -58,10 +63,20 @@ def run_exports(runtime: Runtime) -> None:
         log.info("exports: %d completed, %d expired", done, expired)
 
 
-def sync_to_ehr(runtime: Runtime) -> None:
+def sync_to_ehr(runtime: Runtime, metrics: Metrics | None = None) -> None:
     """One scheduled sync run (the lease keeps it to one at a time across processes)."""
     if runtime.sync is not None:
-        sync_once(runtime.sync, trigger="schedule")
+        started = time.monotonic()
+        report = sync_once(runtime.sync, trigger="schedule")
+        if metrics is not None:
+            metrics.run("schedule", report, started)
+
+
+def check_alerts(watch: AlertWatch) -> None:
+    try:
+        watch.check()
+    except Exception as exc:  # the store is down: the next check tries again
+        log.error("the alert check failed: %s", type(exc).__name__)
 
 
 def reconcile_with_ehr(runtime: Runtime) -> None:
@@ -75,12 +90,14 @@ def sync_trigger(settings: Settings) -> BaseTrigger:
     return IntervalTrigger(seconds=settings.sync_interval_seconds, timezone=UTC)
 
 
-def add_sync_jobs(scheduler: BaseScheduler, runtime: Runtime) -> None:
+def add_sync_jobs(
+    scheduler: BaseScheduler, runtime: Runtime, metrics: Metrics | None = None
+) -> None:
     """The sync on its interval or cron, from now on, and the nightly reconciliation."""
     scheduler.add_job(
         sync_to_ehr,
         sync_trigger(runtime.settings),
-        args=[runtime],
+        args=[runtime, metrics],
         id=SYNC_JOB,
         max_instances=1,
         coalesce=True,
@@ -100,11 +117,23 @@ class Worker:
     """APScheduler in the service process: mapping, exports and the sync to the EHR, one pass
     of each at a time, woken early by intake, by export requests and by IT asking for a run."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(
+        self, runtime: Runtime, metrics: Metrics | None = None, alerts: AlertWatch | None = None
+    ) -> None:
         self.scheduler = BackgroundScheduler(timezone=UTC)
         runtime.exports.resume()
         if runtime.sync is not None:
-            add_sync_jobs(self.scheduler, runtime)
+            add_sync_jobs(self.scheduler, runtime, metrics)
+        if alerts is not None:
+            self.scheduler.add_job(
+                check_alerts,
+                "interval",
+                args=[alerts],
+                seconds=runtime.settings.alert_interval_seconds,
+                id=ALERT_JOB,
+                max_instances=1,
+                coalesce=True,
+            )
         for job_id, function in ((MAP_JOB, map_pending), (EXPORT_JOB, run_exports)):
             self.scheduler.add_job(
                 function,

@@ -1,5 +1,6 @@
 """Sync API for clinic IT: runs, dead letters and waiting items, replay, a run now."""
 
+import time
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -9,7 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from adapter.api.deps import RuntimeDep
 from adapter.api.responses import JsonResponse
-from adapter.errors import BadRequest
+from adapter.errors import Conflict
+from adapter.operations.metrics import Metrics
 from adapter.runtime import Runtime
 from adapter.security.access import api_caller
 from adapter.sync.commands import item_json
@@ -45,12 +47,16 @@ def waiting(runtime: RuntimeDep, limit: Limit = 100, after: After = None) -> Jso
     return _items(runtime, "waiting", limit, after)
 
 
-@router.get("/runs", summary="The latest sync and reconciliation runs, newest first")
+@router.get(
+    "/runs",
+    summary="The latest sync and reconciliation runs, newest first: `error` says why a run "
+    "stopped, `last_error` the last reason an item of the run was not delivered",
+)
 def runs(
     runtime: RuntimeDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     before: Annotated[
-        int | None, Query(ge=1, le=2**63 - 1, description="Run id to list before.")
+        int | None, Query(ge=1, le=2**31 - 1, description="Run id to list before.")
     ] = None,
 ) -> JsonResponse:
     found = runtime.sync_runs.recent(limit, before)
@@ -66,6 +72,7 @@ def runs(
                     "ended_at": run.ended_at.isoformat() if run.ended_at else None,
                     "counts": run.counts,
                     "error": run.error,
+                    "last_error": run.last_error,
                 }
                 for run in found
             ],
@@ -100,7 +107,16 @@ def _dead_only() -> list[ReplayState]:
 
 
 class ReplayRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["ids"], "properties": {"ids": {"minItems": 1}}},
+                {"required": ["all"], "properties": {"all": {"const": True}}},
+            ]
+        },
+    )
 
     ids: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
         default_factory=list, max_length=10_000, description="Resource ids to replay."
@@ -126,17 +142,19 @@ def replay(runtime: RuntimeDep, body: ReplayRequest, request: Request) -> JsonRe
 @router.post("/run", status_code=202, summary="Run the sync now (the service's worker runs it)")
 async def run_now(runtime: RuntimeDep, request: Request) -> JsonResponse:
     if runtime.sync is None:
-        raise BadRequest("ADAPTER_EHR_BASE_URL is not set: there is no EHR to sync to")
+        raise Conflict("ADAPTER_EHR_BASE_URL is not set: there is no EHR to sync to")
     if request.app.state.worker is None:
-        report = await run_in_threadpool(_run, runtime)
+        report = await run_in_threadpool(_run, runtime, request.app.state.metrics)
         return JsonResponse(report, status_code=200)
     _wake(request)
     return JsonResponse({"scheduled": True}, status_code=202)
 
 
-def _run(runtime: Runtime) -> dict[str, Any]:
+def _run(runtime: Runtime, metrics: Metrics) -> dict[str, Any]:
     assert runtime.sync is not None
+    started = time.monotonic()
     report = sync_once(runtime.sync, trigger="api")
+    metrics.run("api", report, started)
     return {"run_id": report.run_id, "status": report.status, "counts": dict(report.counts)}
 
 

@@ -88,7 +88,10 @@ class MappingService:
         with self.queue.engine.begin() as connection:
             count = self.queue.requeue(connection, [MAPPED, UNCODED, WAITING, FAILED])
             self.queue.set_version(connection, self.version)
-        log.info("mapping version %s: %d records queued to be mapped again", self.version, count)
+        if count:
+            log.info(
+                "mapping version %s: %d records queued to be mapped again", self.version, count
+            )
         return count
 
     def reload(self) -> bool:

@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from adapter.security.scopes import Grant
 from adapter.store.tables import access_tokens, api_clients, spent_assertions
 
-ROLES = ("intake", "admin")
+ROLES = ("intake", "admin", "metrics")
 KEY_PREFIX = "iak_"
 TOKEN_PREFIX = "iat_"
 CACHE_SECONDS = 10.0

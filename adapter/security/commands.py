@@ -40,7 +40,8 @@ def clients() -> None:
 @click.argument("name")
 @click.option("--role", type=click.Choice(ROLES), required=True)
 def add_key(name: str, role: str) -> None:
-    """An API key for the intake API (role intake) or the whole API (role admin)."""
+    """An API key for the intake API (role intake), the whole API (role admin) or /metrics
+    alone (role metrics, for a Prometheus scraper)."""
     client, key = _runtime().clients.add_key_client(name, role, datetime.now(UTC))
     click.echo(f"client {client.id} ({role})")
     click.echo(f"API key (shown once, store it now): {key}")

@@ -1,5 +1,6 @@
 """Creates and upgrades the store's schema with the Alembic migrations shipped in the package."""
 
+import logging
 from pathlib import Path
 
 from alembic import command
@@ -8,6 +9,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
+log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
@@ -17,20 +19,34 @@ def _config() -> Config:
     return config
 
 
-def upgrade(engine: Engine, target: str = "head") -> None:
-    """Bring the schema to `target` (the newest by default); a current schema is left as it is."""
+def current(engine: Engine) -> str | None:
+    """The revision the store's schema is at (None: an empty store)."""
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def upgrade(engine: Engine, target: str = "head") -> str | None:
+    """Bring the schema to `target` (the newest by default); a current schema is left as it is,
+    silently. Returns the revision it was at when it changed, and says so in one log line."""
     config = _config()
+    before = current(engine)
+    head = ScriptDirectory.from_config(config).get_current_head()
+    if before == head and target == "head":
+        return None
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, target)
+    after = current(engine)
+    if after == before:
+        return None
+    log.info("store schema upgraded from %s to %s", before or "empty", after)
+    return before or "empty"
 
 
 def pending(engine: Engine) -> bool:
     """True when the database is behind the newest migration."""
     head = ScriptDirectory.from_config(_config()).get_current_head()
-    with engine.connect() as connection:
-        current = MigrationContext.configure(connection).get_current_revision()
-    return current != head
+    return current(engine) != head
 
 
 def downgrade(engine: Engine, target: str) -> None:

@@ -6,10 +6,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, or_, select, update
+from sqlalchemy import Connection, Engine, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from adapter.store.tables import sync_leases as leases
+from adapter.store.tables import sync_outbox as outbox
 from adapter.store.tables import sync_patients as patients
 from adapter.store.tables import sync_runs as runs
 
@@ -24,6 +25,13 @@ class SyncRun:
     ended_at: datetime | None
     counts: dict[str, int]
     error: str | None
+    last_error: str | None = None
+    """The last reason an item of the run was not delivered (retried later, held, refused)."""
+
+    @property
+    def problem(self) -> str | None:
+        """What went wrong in the run: why it stopped, else the last item's reason."""
+        return self.error or self.last_error
 
 
 @dataclass(frozen=True)
@@ -58,11 +66,18 @@ class SyncRuns:
         self, run_id: int, status: str, counts: dict[str, int], error: str | None, now: datetime
     ) -> None:
         with self.engine.begin() as connection:
+            started = connection.execute(
+                select(runs.c.started_at).where(runs.c.id == run_id)
+            ).scalar_one()
             connection.execute(
                 update(runs)
                 .where(runs.c.id == run_id)
                 .values(
-                    status=status, counts=orjson.dumps(counts).decode(), error=error, ended_at=now
+                    status=status,
+                    counts=orjson.dumps(counts).decode(),
+                    error=error,
+                    last_error=_last_problem(connection, started),
+                    ended_at=now,
                 )
             )
 
@@ -81,9 +96,31 @@ class SyncRuns:
                     row.ended_at,
                     orjson.loads(row.counts),
                     row.error,
+                    row.last_error,
                 )
                 for row in connection.execute(query)
             ]
+
+
+def _last_problem(connection: Connection, since: datetime) -> str | None:
+    """The reason of the outbox item last left undelivered since `since` (a run's start): what
+    a run that completed still could not do, read from the outbox the run wrote. A resource
+    delivered without some references (`left_out`, to be completed) is no problem."""
+    rows = connection.execute(
+        select(outbox.c.detail)
+        .where(
+            outbox.c.updated_at >= since,
+            outbox.c.state.in_(("pending", "waiting", "dead")),
+            outbox.c.detail.is_not(None),
+        )
+        .order_by(outbox.c.updated_at.desc())
+        .limit(50)
+    )
+    for row in rows:
+        detail = orjson.loads(row.detail)
+        if detail.get("reason") and "left_out" not in detail:
+            return str(detail["reason"])
+    return None
 
 
 class Lease:
@@ -171,6 +208,14 @@ class PatientMatches:
                         row.checked_at,
                     )
         return found
+
+    def forget(self, mrns: Iterable[str]) -> int:
+        """Drop the cached matches of these MRNs: the next run asks the EHR again (a replay
+        after the patient was corrected there)."""
+        wanted = sorted(set(mrns))
+        with self.engine.begin() as connection:
+            result = connection.execute(patients.delete().where(patients.c.mrn.in_(wanted)))
+        return int(result.rowcount or 0)
 
     def put(self, matches: Iterable[PatientMatch]) -> None:
         rows = [

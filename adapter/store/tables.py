@@ -4,6 +4,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     DateTime,
@@ -43,7 +44,7 @@ source_records = Table(
     metadata,
     Column("source_id", String(64), primary_key=True),
     Column("record_type", String(32), primary_key=True),
-    Column("revision", Integer, nullable=False),
+    Column("revision", BigInteger, nullable=False),
     Column("withdrawn", Boolean, nullable=False),
     Column("content_hash", String(64), nullable=False),
     Column("session_id", String(64)),
@@ -70,7 +71,7 @@ source_record_revisions = Table(
     metadata,
     Column("source_id", String(64), primary_key=True),
     Column("record_type", String(32), primary_key=True),
-    Column("revision", Integer, primary_key=True),
+    Column("revision", BigInteger, primary_key=True),
     Column("withdrawn", Boolean, nullable=False),
     Column("content_hash", String(64), nullable=False),
     Column("raw", Text, nullable=False),
@@ -185,9 +186,11 @@ sync_runs = Table(
     Column("ended_at", UtcDateTime()),
     Column("counts", Text, nullable=False),
     Column("error", Text),
+    Column("last_error", Text),
     Index("ix_sync_runs_started", "started_at"),
 )
-"""Every sync and reconciliation run: when, what it delivered, what failed."""
+"""Every sync and reconciliation run: when, what it delivered, what failed (`error`: why the
+run stopped; `last_error`: the last reason an item of the run was not delivered)."""
 
 sync_patients = Table(
     "sync_patients",
@@ -251,19 +254,61 @@ spent_assertions = Table(
 audit_events = Table(
     "audit_events",
     metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
     Column("recorded_at", UtcDateTime(), nullable=False),
     Column("client_id", String(64)),
     Column("interaction", String(32), nullable=False),
-    Column("method", String(8), nullable=False),
+    Column("method", String(32), nullable=False),
     Column("path", Text, nullable=False),
     Column("resource_type", String(64)),
     Column("resource_ids", Text),
     Column("query", Text),
     Column("outcome", Integer, nullable=False),
     Column("address", String(64)),
+    Column("chain", String(64)),
     Index("ix_audit_events_recorded", "recorded_at"),
     Index("ix_audit_events_client", "client_id", "id"),
 )
 """Every access: when, who, what interaction on what, and the HTTP outcome. Append-only: the
-migration adds triggers that refuse UPDATE and DELETE."""
+migrations add triggers that refuse UPDATE, DELETE, TRUNCATE and replacing inserts. `chain` is
+an HMAC over the previous entry's chain and this entry (adapter/security/audit.py)."""
+
+audit_chain_head = Table(
+    "audit_chain_head",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("last_id", BigInteger, nullable=False),
+    Column("last_chain", String(64)),
+)
+"""One row: the last chained audit entry, so that entries cut from the end are noticed; its
+update is also the lock that keeps writers of the chain in turn."""
+
+console_sessions = Table(
+    "console_sessions",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("client_id", String(64), nullable=False),
+    Column("csrf", String(64), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("expires_at", UtcDateTime(), nullable=False),
+    Index("ix_console_sessions_expires", "expires_at"),
+)
+"""Console sign-ins: the SHA-256 digest of the cookie, the admin client it was exchanged for,
+the CSRF token of its forms, until when it lasts. Signing out deletes the row."""
+
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("kind", String(32), nullable=False),
+    Column("subject", String(255), nullable=False),
+    Column("summary", Text, nullable=False),
+    Column("detail", Text),
+    Column("opened_at", UtcDateTime(), nullable=False),
+    Column("closed_at", UtcDateTime()),
+    Column("opened_sent_at", UtcDateTime()),
+    Column("closed_sent_at", UtcDateTime()),
+    Index("ix_alerts_open", "closed_at", "kind", "subject"),
+)
+"""One row per incident: what (kind and subject), when it fired and ended, and when the webhook
+was told of each (None: not yet, tried again on the next check)."""

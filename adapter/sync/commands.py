@@ -12,6 +12,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from tqdm import tqdm
 
 from adapter.cli_support import open_runtime_or_exit, settings_or_exit
+from adapter.operations.outcomes import legend
 from adapter.runtime import Runtime
 from adapter.store.outbox import OutboxItem
 from adapter.sync.engine import Sync, SyncReport, sync_once
@@ -176,15 +177,19 @@ def replay(ids: tuple[str, ...], everything: bool, with_waiting: bool) -> None:
 @sync.command()
 @click.option("--limit", type=int, default=20, show_default=True)
 def runs(limit: int) -> None:
-    """The latest sync and reconciliation runs."""
+    """The latest sync and reconciliation runs, each with its last error, and what the counts
+    shown mean."""
     runtime = open_runtime_or_exit(settings_or_exit())
-    for run in runtime.sync_runs.recent(limit):
+    found = runtime.sync_runs.recent(limit)
+    for run in found:
         counts = ", ".join(f"{k} {v}" for k, v in sorted(run.counts.items()))
         ended = f"{run.ended_at:%H:%M:%SZ}" if run.ended_at else "running"
         click.echo(
             f"{run.id}  {run.trigger}  {run.started_at:%Y-%m-%d %H:%M:%SZ} - {ended}  "
-            f"{run.status}  {counts}" + (f"\n    {run.error}" if run.error else "")
+            f"{run.status}  {counts}" + (f"\n    {run.problem}" if run.problem else "")
         )
+    for name, meaning in legend({name for run in found for name in run.counts}):
+        click.echo(f"{name}: {meaning}")
 
 
 @sync.command()

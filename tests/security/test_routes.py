@@ -22,7 +22,9 @@ SAMPLE_PARAMS = {
     "record_type": "vitals",
     "source_id": "VIT-1",
     "revision": "1",
+    "session_id": "SES-1",
 }
+CONSOLE = "console:admin"
 
 
 def _requests(app: FastAPI) -> list[tuple[str, str, list[str]]]:
@@ -44,7 +46,7 @@ def _call(client: TestClient, method: str, path: str, token: str | None = None) 
 
 def test_every_route_but_the_open_ones_needs_credentials(bare: TestClient) -> None:
     walked = _requests(bare.app)  # type: ignore[arg-type]
-    closed = [(m, p) for m, p, access in walked if OPEN not in access]
+    closed = [(m, p) for m, p, access in walked if OPEN not in access and CONSOLE not in access]
 
     answers = {(m, p): bare.request(m, p) for m, p in closed}
 
@@ -61,7 +63,18 @@ def test_every_route_but_the_open_ones_needs_credentials(bare: TestClient) -> No
         "/.well-known/smart-configuration",
         "/fhir/.well-known/smart-configuration",
         "/auth/token",
+        "/console/sign-in",
     }
+
+
+def test_every_console_page_sends_a_caller_without_a_sign_in_to_sign_in(bare: TestClient) -> None:
+    console = [(m, p) for m, p, access in _requests(bare.app) if CONSOLE in access]  # type: ignore[arg-type]
+
+    answers = {(m, p): bare.request(m, p, follow_redirects=False) for m, p in console}
+
+    assert len(console) >= 9
+    assert {key: a.status_code for key, a in answers.items() if a.status_code != 303} == {}
+    assert {a.headers["location"] for a in answers.values()} == {"/console/sign-in"}
 
 
 def test_the_wrong_role_or_scope_is_403(bare: TestClient, service_runtime: Runtime) -> None:

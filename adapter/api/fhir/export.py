@@ -184,7 +184,7 @@ def export_group(
 
 @router.post("/$export", summary="System level export, parameters in a Parameters body")
 def export_system_posted(
-    request: Request, runtime: RuntimeDep, asked: PostedDep, caller: PostedExporter
+    request: Request, runtime: RuntimeDep, caller: PostedExporter, asked: PostedDep
 ) -> Response:
     assert isinstance(asked, ExportParameters)  # a refusal was raised by PostedExporter
     return _kick_off(request, runtime, "system", asked, caller)
@@ -192,7 +192,7 @@ def export_system_posted(
 
 @router.post("/Patient/$export", summary="Patient level export, parameters in a Parameters body")
 def export_patients_posted(
-    request: Request, runtime: RuntimeDep, asked: PostedDep, caller: PostedExporter
+    request: Request, runtime: RuntimeDep, caller: PostedExporter, asked: PostedDep
 ) -> Response:
     assert isinstance(asked, ExportParameters)  # a refusal was raised by PostedExporter
     return _kick_off(request, runtime, "patient", asked, caller)
@@ -204,8 +204,8 @@ def export_patients_posted(
 def export_group_posted(
     request: Request,
     runtime: RuntimeDep,
-    asked: PostedDep,
     caller: PostedExporter,
+    asked: PostedDep,
     group_id: str,
 ) -> Response:
     assert isinstance(asked, ExportParameters)  # a refusal was raised by PostedExporter

@@ -1,0 +1,1 @@
+"""Operating the adapter: the words for run outcomes, the Prometheus metrics, and the alerts."""

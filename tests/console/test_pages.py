@@ -1,0 +1,79 @@
+"""Every console page renders from each store with the example day in it, and says what the
+store says: the day's sessions by MRN and initials (never a name), a held drug code with its
+form, and a broken row refused with the file and key."""
+
+import re
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from adapter.app import create_app
+from adapter.runtime import Runtime
+from adapter.settings import Settings
+from tests.conftest import EXAMPLE_DAY, grant
+from tests.console.test_access import page_csrf, sign_in
+
+
+@pytest.fixture
+def signed_in(settings: Settings) -> Iterator[TestClient]:
+    app = create_app(settings, background=False)
+    with TestClient(app, follow_redirects=False) as client:
+        runtime: Runtime = app.state.runtime
+        day = EXAMPLE_DAY.read_bytes().replace(b'"drug": "KETAMINE"', b'"drug": "KETAMINE HCL"', 1)
+        lines = [line for line in day.splitlines() if line.strip()]
+        runtime.intake.submit(list(enumerate(lines, start=1)))
+        runtime.mapping.run()
+        sign_in(client, grant(runtime).api_key)
+        yield client
+
+
+def test_every_page_renders_what_the_store_holds(signed_in: TestClient) -> None:
+    today = signed_in.get("/console", params={"day": "2026-11-20"}).text
+    session = signed_in.get("/console/sessions/SES-2026-00415").text
+    held = signed_in.get("/console/held").text
+    mappings = signed_in.get("/console/mappings").text
+    runs = signed_in.get("/console/runs").text
+    audit = signed_in.get("/console/audit", params={"outcome": "2xx", "since": "2026-01-01"})
+
+    assert re.findall(r'data-session="([^"]+)"', today) == [
+        "SES-2026-00412",
+        "SES-2026-00415",
+        "SES-2026-00416",
+    ]
+    assert "MRN 100234 · A.R." in today and "Rivera" not in today
+    assert "the drug code “KETAMINE HCL” has no row in codes/drugs.yaml" in today
+    assert "No EHR is configured" in today
+    assert "PANIC_ATTACK (severe)" in session and "Fasted less than the site minimum" in session
+    assert "Nothing is held back or refused." in held
+    assert 'data-code="KETAMINE HCL"' in mappings and "holds 1 record(s)" in mappings
+    assert "No run yet." in runs and "delivered_partially" in runs
+    assert audit.status_code == 200 and "GET /console/held" in audit.text
+
+
+def test_a_row_that_would_break_the_table_is_refused_and_the_file_kept(
+    signed_in: TestClient, settings: Settings
+) -> None:
+    drugs = settings.mappings_dir / "codes" / "drugs.yaml"
+    before = drugs.read_text()
+    form = {
+        "csrf": page_csrf(signed_in, "/console/mappings"),
+        "table": "drugs",
+        "local": "KETAMINE HCL",
+        "text": "Ketamine hydrochloride",
+        "system": "http://www.nlm.nih.gov/research/umls/rxnorm",
+        "code": "6130",
+        "display": "ketamine",
+        "source": "",
+    }
+
+    refused = signed_in.post("/console/mappings/save", data=form)
+    previewed = signed_in.post("/console/mappings/preview", data=form)
+    bad_day = signed_in.get("/console", params={"day": "2026-02-30"})
+
+    assert refused.status_code == 422
+    assert "source: say where the code comes from" in refused.text
+    assert drugs.read_text() == before
+    assert "source: say where the code comes from" in previewed.text
+    assert "would become" not in previewed.text
+    assert bad_day.status_code == 400 and "not a calendar date" in bad_day.text

@@ -1,0 +1,93 @@
+"""Logs say one line per run and per notable event: nothing on an idle tick of the scheduler,
+no warning each tick a long job is still running, and a command prints what was asked for."""
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from adapter.logs import quiet_url_loggers
+from adapter.runtime import Runtime
+from adapter.worker import Worker
+
+
+class Kept(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(f"{record.name}: {record.getMessage()}")
+
+
+@pytest.fixture
+def kept() -> Iterator[Kept]:
+    """Every line that reaches the root logger at INFO, as the service's logging passes them."""
+    root = logging.getLogger()
+    handler, level = Kept(), root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    quiet_url_loggers()
+    yield handler
+    root.removeHandler(handler)
+    root.setLevel(level)
+
+
+def test_idle_ticks_of_the_service_log_nothing(runtime: Runtime, kept: Kept) -> None:
+    fast = runtime.settings.model_copy(update={"mapping_interval_seconds": 0.02})
+    worker = Worker(Runtime(**{**runtime.__dict__, "settings": fast}))
+
+    worker.start()
+    time.sleep(0.5)  # some twenty idle ticks of the mapping and export jobs
+    worker.stop()
+
+    assert kept.lines == []
+
+
+def test_a_tick_while_the_job_still_runs_is_not_warned_of(kept: Kept) -> None:
+    scheduler = BackgroundScheduler(timezone=UTC)
+    release = threading.Event()
+    scheduler.add_job(
+        release.wait, "interval", seconds=0.02, max_instances=1, next_run_time=datetime.now(UTC)
+    )
+
+    scheduler.start()
+    time.sleep(0.3)
+    release.set()
+    scheduler.shutdown(wait=True)
+
+    assert [line for line in kept.lines if "maximum number of running instances" in line] == []
+
+
+def command(database: Path, *args: str) -> list[str]:
+    """The lines `infusion-adapter ARGS` prints, standard output and error together."""
+    environment = {**os.environ, "ADAPTER_DATABASE_URL": f"sqlite:///{database}"}
+    done = subprocess.run(
+        [sys.executable, "-c", "from adapter.cli import entry; entry()", *args],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=60,
+        check=True,
+    )
+    return (done.stdout + done.stderr).splitlines()
+
+
+def test_commands_print_what_was_asked_and_migrations_only_a_change(tmp_path: Path) -> None:
+    database = tmp_path / "adapter.db"
+
+    first = command(database, "db", "upgrade")
+    again = command(database, "db", "upgrade")
+    runs = command(database, "sync", "runs")
+
+    assert len(first) == 1 and first[0].endswith("store schema upgraded from empty to 0010")
+    assert again == ["store schema is up to date (0010)"]
+    assert runs == []
