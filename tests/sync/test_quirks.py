@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -466,3 +467,19 @@ def _stuck(runtime: Runtime) -> list[Any]:
         (i.resource_type, i.state, i.detail)
         for i in runtime.outbox.listed(("pending", "waiting", "dead", "skipped"), 10)
     ]
+
+
+def test_an_ehr_announcing_a_version_the_site_accepts_is_delivered_to(
+    runtime: Runtime, sync: Sync, ehr: SandboxEhr, settings_mappings: Path
+) -> None:
+    """`fhir_versions` in mappings/ehr.yaml: a site whose EHR announces R4B or R5 and takes R4
+    resources says so, and the sync delivers."""
+    ehr.quirk(fhirVersion="4.3.0")
+    arrive(runtime, small_day())
+    assert sync_once(sync, trigger="cli").status == "failed"
+
+    (settings_mappings / "ehr.yaml").write_text('fhir_versions: ["4.0", "4.3"]\n')
+    report = sync_once(sync, trigger="cli")
+
+    assert report.status == "completed" and exit_code(report) == 0, report
+    assert report.counts["delivered"] == sum(expected_in_ehr(runtime).values())

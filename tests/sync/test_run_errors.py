@@ -49,10 +49,11 @@ def test_a_run_that_delivered_nothing_keeps_why(
     run = runtime.sync_runs.recent(1)[0]
     printed = CliRunner().invoke(main, ["sync", "runs", "--limit", "1"]).output
 
-    assert report.status == "completed" and report.counts["retry_later"] == 5
-    assert run.error is None
+    # Nothing delivered because of the EHR: the run failed, and says why.
+    assert report.status == "failed" and report.counts["retry_later"] == 5
+    assert run.error and "no answer from the EHR (ConnectionError)" in run.error
     assert run.last_error == "no answer from the EHR (ConnectionError)"
-    assert "    no answer from the EHR (ConnectionError)\n" in printed
+    assert "no answer from the EHR (ConnectionError)" in printed
     assert "retry_later: the EHR did not answer" in printed
 
 
