@@ -45,6 +45,9 @@ SUCCESSES: dict[str, dict[int, str]] = {
     "export_system": {202: "Accepted; poll Content-Location"},
     "export_patients": {202: "Accepted; poll Content-Location"},
     "export_group": {202: "Accepted; poll Content-Location"},
+    "export_system_posted": {202: "Accepted; poll Content-Location"},
+    "export_patients_posted": {202: "Accepted; poll Content-Location"},
+    "export_group_posted": {202: "Accepted; poll Content-Location"},
     "export_status": {202: "Still running; see X-Progress and Retry-After"},
     "export_cancel": {202: "Cancelled"},
     "submit_records": {207: "Some records rejected", 422: "Every record rejected"},
@@ -52,7 +55,15 @@ SUCCESSES: dict[str, dict[int, str]] = {
     "health": {503: "The store does not answer"},
 }
 """Statuses routes answer by design beside 200, by the route's function name."""
-LIMITED = {"export_system", "export_patients", "export_group", "token"}
+LIMITED = {
+    "export_system",
+    "export_patients",
+    "export_group",
+    "export_system_posted",
+    "export_patients_posted",
+    "export_group_posted",
+    "token",
+}
 MEDIA_CHECKED = {"submit_records"}
 UNAVAILABLE = {"submit_records"}
 CONFLICTING = {"run_now"}

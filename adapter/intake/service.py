@@ -137,6 +137,7 @@ class Intake:
         self, writer: RecordWriter, accepted: list[tuple[int, ValidatedRecord]], indexes: list[int]
     ) -> list[tuple[int, RecordOutcome]]:
         state: dict[Key, CurrentRevision] = writer.current(item.key for _, item in accepted)
+        previous = dict(state)
         new_revisions: list[RevisionRow] = []
         created: dict[Key, RevisionRow] = {}
         amended: dict[Key, RevisionRow] = {}
@@ -199,4 +200,13 @@ class Intake:
         sessions = {row.source_id for row in written if row.record_type == "infusion_session"}
         if sessions:
             writer.requeue_dependants(sessions)
+        left = {
+            before.session_id
+            for row in amended.values()
+            if (before := previous.get((row.record_type, row.source_id))) is not None
+            and before.session_id
+            and before.session_id != row.session_id
+        }
+        if left:
+            writer.requeue_sessions(left)
         return results

@@ -27,7 +27,10 @@ from adapter.security.forwarded import Networks, caller_address
 from adapter.security.json_depth import json_depth
 
 TOKEN_PATH = "/auth/token"
+CONSOLE_PATH = "/console"
 LONGEST_FORM = 16 * 1024
+"""The largest body of a form posted without a bearer credential: the token request, and the
+console's forms (signed in by a cookie, each checked for its CSRF token by the console)."""
 """The largest body of the token endpoint, the one open route that takes a body."""
 BODILESS = ("GET", "HEAD", "DELETE", "OPTIONS")
 DEPTH_ON_LOOP = 64 * 1024
@@ -164,7 +167,8 @@ class Guard:
         if scope["method"] in BODILESS:
             return receive
         headers = _headers(scope)
-        if scope["path"] == TOKEN_PATH:
+        path = scope["path"]
+        if path in (TOKEN_PATH, CONSOLE_PATH) or path.startswith(CONSOLE_PATH + "/"):
             largest = min(self.limits.max_bytes, LONGEST_FORM)
         else:
             client_id = await self._authenticated(headers)

@@ -75,6 +75,7 @@ class WriteConflict(Exception):
 class CurrentRevision:
     revision: int
     content_hash: str
+    session_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -130,12 +131,15 @@ class RecordWriter:
             ids_by_type.setdefault(record_type, set()).add(source_id)
         found: dict[Key, CurrentRevision] = {}
         for record_type, ids in ids_by_type.items():
-            query = select(records.c.source_id, records.c.revision, records.c.content_hash).where(
-                records.c.record_type == record_type, self._one_of(records.c.source_id, ids)
-            )
+            query = select(
+                records.c.source_id,
+                records.c.revision,
+                records.c.content_hash,
+                records.c.session_id,
+            ).where(records.c.record_type == record_type, self._one_of(records.c.source_id, ids))
             for row in self._connection.execute(query):
                 found[(record_type, row.source_id)] = CurrentRevision(
-                    row.revision, row.content_hash
+                    row.revision, row.content_hash, row.session_id
                 )
         return found
 
@@ -172,6 +176,20 @@ class RecordWriter:
         self._executemany(
             f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders})", rows
         )
+
+    def requeue_sessions(self, session_ids: set[str]) -> None:
+        """Sessions a record has left (an amendment named another session): mapped again, so
+        that their protocol checks see the record gone."""
+        ids = sorted(session_ids)
+        for start in range(0, len(ids), 500):
+            self._connection.execute(
+                update(records)
+                .where(
+                    records.c.record_type == "infusion_session",
+                    self._one_of(records.c.source_id, set(ids[start : start + 500])),
+                )
+                .values(mapping_state="pending", mapping_seq=records.c.mapping_seq + 1)
+            )
 
     def requeue_dependants(self, session_ids: set[str]) -> None:
         """Attestations are mapped with their session's times: a new session re-maps them."""

@@ -218,3 +218,15 @@ def test_breaches_are_searchable_on_the_fhir_endpoint(client: TestClient) -> Non
         "Procedure",
         "DetectedIssue",
     }
+
+
+def test_a_record_moved_to_another_session_leaves_its_old_session_checked_again(
+    runtime: Runtime,
+) -> None:
+    _submit(runtime, session(), session(id="SES-2"), fasting())
+    assert "fasting-unattested" not in _issues(runtime, "SES-1")
+
+    _submit(runtime, fasting(revision=2, session_id="SES-2"))
+
+    assert _issues(runtime, "SES-1")["fasting-unattested"]["status"] == "final"
+    assert _issues(runtime, "SES-2")["fasting-unattested"]["status"] == "entered-in-error"

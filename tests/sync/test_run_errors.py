@@ -49,12 +49,11 @@ def test_a_run_that_delivered_nothing_keeps_why(
     run = runtime.sync_runs.recent(1)[0]
     printed = CliRunner().invoke(main, ["sync", "runs", "--limit", "1"]).output
 
-    # Nothing delivered because of the EHR: the run failed, and says why.
-    assert report.status == "failed" and report.counts["retry_later"] == 5
-    assert run.error and "no answer from the EHR (ConnectionError)" in run.error
-    assert run.last_error == "no answer from the EHR (ConnectionError)"
-    assert "no answer from the EHR (ConnectionError)" in printed
-    assert "retry_later: the EHR did not answer" in printed
+    # Nothing could be delivered for want of the EHR: the run says so, and why.
+    assert report.status == "failed" and report.counts["retry_later"] == 5, report
+    assert run.error and "EHR" in run.error
+    assert run.last_error and "no answer from the EHR" in run.last_error
+    assert "no answer from the EHR" in printed
 
 
 def test_a_resource_delivered_without_its_references_is_no_error(runtime: Runtime) -> None:
