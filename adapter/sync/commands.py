@@ -68,7 +68,14 @@ def _report(report: SyncReport) -> None:
 
 
 @click.group(invoke_without_command=True)
-@click.option("--once", is_flag=True, help="One run now, with a progress bar, then exit.")
+@click.option(
+    "--once",
+    is_flag=True,
+    help="One run now, with a progress bar, then exit: 0 when it completed and left nothing for "
+    "a person, 1 when the EHR refused resources (dead letters), 2 when the EHR or the settings "
+    "need a person (credentials, 403, a redirect, the FHIR version), 3 when the EHR was "
+    "unavailable and nothing was delivered, 4 when the run failed for another reason.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 def sync(context: click.Context, once: bool, quiet: bool) -> None:
@@ -195,7 +202,9 @@ def runs(limit: int) -> None:
 @sync.command()
 def reconcile() -> None:
     """Compare what the EHR holds for the adapter's identifiers with what was delivered, and
-    queue again what is missing or different there."""
+    queue again what is missing or different there; changes made at the EHR are kept or undone
+    as mappings/ehr.yaml says, and the adapter's own extra copies removed. Exits as `sync
+    --once` does (1: something there needs a person)."""
     runtime = open_runtime_or_exit(settings_or_exit())
     report = reconcile_once(_sync(runtime))
     _report(report)

@@ -205,6 +205,9 @@ class Delivery:
         )
         settled += [self._settle(p.item, "waiting", detail, False) for p, detail in held]
         ready = [p for p in deliverable if p.item.resource_id in patients]
+        unsettled = [p for p in ready if self._unsettled(p)]
+        settled += [self._settling(p.item) for p in unsettled]
+        ready = [p for p in ready if p not in unsettled]
         _, problems = self._look_up([p for p in ready if self._needs_look_up(p)], texts)
         settled += [
             self._settle(p.item, "dead", {"reason": problems[p.item.resource_id]})
@@ -256,6 +259,28 @@ class Delivery:
         plan = self.plans[pending.item.resource_type]
         unheard = self._ehr_id(pending.item) is None and pending.item.sent_at is not None
         return unheard and (plan.mode != "single" or not plan.conditional_create)
+
+    def _unsettled(self, pending: Pending) -> bool:
+        """A create sent so recently, its outcome never heard (the process stopped before the
+        answer came), that the EHR may not have stored it yet: a search now could miss it."""
+        sent = pending.item.sent_at
+        return (
+            self._needs_look_up(pending)
+            and sent is not None
+            and sent + self.settle > self.clock()
+            and not (pending.item.detail or {}).get("unconfirmed")
+        )
+
+    def _settling(self, item: OutboxItem) -> Outcome:
+        assert item.sent_at is not None
+        later = item.sent_at + self.settle
+        detail = {
+            "reason": "a create of it was sent and its answer never heard (the sync stopped "
+            "meanwhile); the EHR may still store it: it is searched for by identifier from "
+            f"{later:%Y-%m-%dT%H:%M:%SZ} on, before it is sent again",
+            "unconfirmed": True,
+        }
+        return Outcome(item.resource_id, item.version_id, "pending", later, detail, attempted=False)
 
     def _targets(self, ready: Sequence[Pending]) -> dict[str, OutboxItem]:
         """The outbox items that these resources reference and the run does not know the EHR's
@@ -597,10 +622,10 @@ class Delivery:
     def _may_overwrite(self, p: Prepared, error: PermanentEhrError) -> bool:
         """Whether a 412 may be answered by sending the clinic's version over the EHR's: the
         site says so, or the version the EHR holds may be the sync's own (an update of it went
-        unanswered, in this run or an earlier one)."""
+        unanswered, in this run or an earlier one: the version recorded was then forgotten)."""
         detail = p.item.detail or {}
-        unconfirmed = detail.get("unconfirmed") or detail.get("edited_in_ehr") == "*"
-        return self.rules.edited_in_ehr == "overwrite" or error.after_unheard or bool(unconfirmed)
+        unknown = p.item.ehr_version is None or detail.get("edited_in_ehr") == "*"
+        return self.rules.edited_in_ehr == "overwrite" or error.after_unheard or unknown
 
     def _edited(self, p: Prepared, request: Json) -> Outcome:
         """A 412 where the EHR's copy may have been changed there: when it says what is sent,
@@ -729,6 +754,7 @@ class Delivery:
         backoff = min(LONGEST_BACKOFF, 30.0 * 2**item.attempts) * random.uniform(0.5, 1.0)
         wait = max(backoff, error.retry_after or 0.0)
         detail: Json = {"reason": error.reason, "status": error.status}
+        ehr_id = None
         if request is not None and error.sent:
             detail["unconfirmed"] = True
             if request["method"] == "POST":
@@ -737,9 +763,13 @@ class Delivery:
                     f"{error.reason}; the EHR may still store it: it is searched for by "
                     f"identifier from {self.settle.total_seconds():g} s on, before it is sent again"
                 )
+            else:
+                # The update may have been stored: the version the EHR holds is not known now,
+                # and the next update goes over whatever version it is (a 412 is not an edit).
+                ehr_id = _updated_id(request)
         self.failures.append(error.reason)
         later = self.clock() + timedelta(seconds=wait)
-        return Outcome(item.resource_id, item.version_id, "pending", later, detail)
+        return Outcome(item.resource_id, item.version_id, "pending", later, detail, ehr_id, None)
 
     def _forbidden(self, p: Prepared) -> Outcome:
         """An item not sent (or refused 403) because the EHR forbids the adapter to write its

@@ -316,10 +316,10 @@ def _run(sync: Sync, report: SyncReport, progress: Callable[[int], None]) -> Non
             chunk = partial[start : start + sync.settings.sync_batch_size]
             batch = sync.outbox.due(sync.clock(), None, len(chunk), ids=chunk)
             _settle(sync, report, delivery.deliver(batch))
-    _stopped_by_the_ehr(report, delivery)
+    _stopped_by_the_ehr(report, delivery, sync.client.asked_to_wait)
 
 
-def _stopped_by_the_ehr(report: SyncReport, delivery: Delivery) -> None:
+def _stopped_by_the_ehr(report: SyncReport, delivery: Delivery, asked: float | None) -> None:
     """A run that the EHR forbade writes to fails as a configuration error; one whose every
     item waits for the EHR (nothing delivered, nothing refused) fails as the EHR's."""
     if delivery.forbidden:
@@ -329,7 +329,9 @@ def _stopped_by_the_ehr(report: SyncReport, delivery: Delivery) -> None:
     waited = sum(report.counts[kind] for kind in WAITED_FOR)
     if waited and not any(report.counts[kind] for kind in ACTED_ON):
         last = delivery.failures[-1] if delivery.failures else "no answer"
-        raise EhrUnavailable(f"nothing was delivered; {waited} resources wait for it: {last}")
+        raise EhrUnavailable(
+            f"nothing was delivered; {waited} resources wait for it: {last}", asked
+        )
 
 
 def _waits_for(staged: Staged, in_flight: Iterable[InFlight]) -> bool:

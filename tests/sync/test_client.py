@@ -1,4 +1,5 @@
-"""How the EHR client reads an EHR's Retry-After, and which failed requests it repeats."""
+"""How the EHR client reads an EHR's Retry-After and Location, and which failed requests it
+repeats."""
 
 import socket
 import struct
@@ -8,6 +9,7 @@ from email.utils import format_datetime
 
 import pytest
 
+from adapter.sync import ehr_ids
 from adapter.sync.auth import NoAuth
 from adapter.sync.client import Breaker, EhrClient, _retry_after
 from adapter.sync.errors import TemporaryEhrError
@@ -85,3 +87,37 @@ def test_a_create_cut_off_after_it_was_sent_is_not_repeated() -> None:
     assert received and received[0].startswith(b"POST /fhir/Observation")
     assert raised.value.sent is True
     assert slept == []  # the caller searches the EHR before any second create
+
+
+@pytest.mark.parametrize(
+    ("location", "expected"),
+    [
+        ("Observation/pro-2/_history/3", ("pro-2", "3")),
+        ("http://ehr.example/fhir/Observation/pro-2/_history/3", ("pro-2", "3")),
+        ("http://ehr.example/fhir/Observation/pro-2?_format=json?_format=json", ("pro-2", None)),
+        ("Observation/pro-2/_history/3?_format=json", ("pro-2", "3")),
+        ("https://ehr.example/fhir/Observation/pro-2/", ("pro-2", None)),
+        ("Procedure/pro-2/_history/3", (None, None)),
+        ("Observation/not an id/_history/3", (None, None)),
+        ("Observation/" + "x" * 65, (None, None)),
+        ("", (None, None)),
+        (None, (None, None)),
+    ],
+)
+def test_a_location_is_read_as_fhir_defines_it(
+    location: str | None, expected: tuple[str | None, str | None]
+) -> None:
+    assert ehr_ids.location("Observation", location) == expected
+
+
+def test_an_update_keeps_the_id_it_was_sent_to_whatever_the_answer_says() -> None:
+    answer = {"location": None, "etag": 'W/"7"'}
+
+    assert ehr_ids.identity("Observation", None, answer, updated="ehr-1") == ("ehr-1", "7")
+    assert ehr_ids.identity("Observation", None, answer) == (None, "7")
+    assert ehr_ids.identity(
+        "Observation", {"resourceType": "Observation", "id": "a b"}, answer
+    ) == (
+        None,
+        "7",
+    )

@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -466,3 +467,56 @@ def _stuck(runtime: Runtime) -> list[Any]:
         (i.resource_type, i.state, i.detail)
         for i in runtime.outbox.listed(("pending", "waiting", "dead", "skipped"), 10)
     ]
+
+
+def test_an_ehr_announcing_a_version_the_site_accepts_is_delivered_to(
+    runtime: Runtime, sync: Sync, ehr: SandboxEhr, settings_mappings: Path
+) -> None:
+    """`fhir_versions` in mappings/ehr.yaml: a site whose EHR announces R4B or R5 and takes R4
+    resources says so, and the sync delivers."""
+    ehr.quirk(fhirVersion="4.3.0")
+    arrive(runtime, small_day())
+    assert sync_once(sync, trigger="cli").status == "failed"
+
+    (settings_mappings / "ehr.yaml").write_text('fhir_versions: ["4.0", "4.3"]\n')
+    report = sync_once(sync, trigger="cli")
+
+    assert report.status == "completed" and exit_code(report) == 0, report
+    assert report.counts["delivered"] == sum(expected_in_ehr(runtime).values())
+
+
+def test_a_create_cut_off_by_a_stopped_process_waits_for_the_ehr_to_settle(
+    runtime: Runtime, settings: Settings, ehr: SandboxEhr
+) -> None:
+    """A process that sent creates and died before their answers came: the next run does not
+    search for them (the EHR may store them later), and once the EHR has settled it finds
+    what it stored and creates only the rest."""
+    arrive(runtime, small_day())
+    clock = SteppingClock()
+    sync = Sync(
+        settings,
+        runtime.store.engine,
+        runtime.store,
+        lambda: runtime.mapping.mapper.mappings.site,
+        clock=clock,
+        sleep=lambda _: None,
+    )
+    items = runtime.outbox.listed(("pending",), 100)
+    runtime.outbox.mark_sent([i.resource_id for i in items], clock())
+    procedure = next(r for r in runtime.resources.all_current() if r.resource_type == "Procedure")
+    stored = orjson.loads(procedure.content)
+
+    clock.now += timedelta(seconds=10)
+    early = sync_once(sync, trigger="cli")
+    asked = ehr.stats()
+    sent = in_the_ehr(ehr)
+    late = {k: v for k, v in stored.items() if k not in ("id", "meta", "subject", "partOf")}
+    ehr.control("POST", "/seed", [late])  # the EHR stores the lost create, late
+    clock.advance()
+    settled = sync_once(sync, trigger="cli")
+
+    assert early.counts["unconfirmed"] == sum(expected_in_ehr(runtime).values()), early
+    assert sent == [] and "searches" not in asked, asked  # neither sent nor searched for
+    assert asked.get("POST 200") == asked.get("patient searches"), asked
+    assert settled.status == "completed", settled
+    assert_exactly_once(ehr, expected_in_ehr(runtime))
