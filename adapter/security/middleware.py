@@ -259,12 +259,13 @@ class Guard:
             ids = [f"{params.get('record_type')}/{params['source_id']}"]
         query = state.get("audited_query") or scope.get("query_string", b"").decode("latin-1")
         client = scope.get("client")
+        # The caller the route settled on; or, for a request refused before its route ran,
+        # the client whose credentials were checked before its body was read.
+        client_id = caller.client.id if caller is not None else state.get("authenticated_client")
         self.writer.record(
             AuditEntry(
                 recorded_at=datetime.now(UTC),
-                client_id=caller.client.id
-                if caller is not None
-                else state.get("authenticated_client"),
+                client_id=client_id,
                 interaction=INTERACTIONS.get(name or "", f"admin:{name}" if name else "unrouted"),
                 method=scope.get("method", ""),
                 path=scope.get("path", ""),
