@@ -1,5 +1,6 @@
 """Builds the service: settings, mappings, store and routes, checked before the first request."""
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -9,6 +10,7 @@ from fastapi import Depends, FastAPI
 from adapter import __version__
 from adapter.api import audit, auth, fhir, health, mapping, metrics, outcome, records, sync
 from adapter.api.fhir.wire import document_format
+from adapter.api.openapi import document_statuses
 from adapter.api.responses import JsonResponse
 from adapter.console import access as console_access
 from adapter.console import held, history, mappings, today
@@ -20,24 +22,43 @@ from adapter.runtime import Runtime, open_runtime
 from adapter.security.access import api_caller, check_routes
 from adapter.security.assertions import KeyFetcher
 from adapter.security.audit import AuditWriter
-from adapter.security.middleware import Guard
+from adapter.security.middleware import BodyLimits, Guard
 from adapter.security.throttle import FailureThrottle
 from adapter.settings import Settings, get_settings
 from adapter.store.alerts import AlertStore
 from adapter.store.operations import OperationsReadings
 from adapter.worker import Worker
 
+log = logging.getLogger(__name__)
 
-def refuse_development_clients(runtime: Runtime) -> None:
-    """In production, development clients (made by `clients dev`) must be revoked first."""
-    if runtime.settings.env != "production":
+
+def refuse_unsafe_production(runtime: Runtime) -> None:
+    """In production, what docs/security.md asks an operator to set must be set, and
+    development clients (made by `clients dev`) must be revoked first."""
+    settings = runtime.settings
+    if settings.env != "production":
         return
+    gaps = settings.production_gaps()
     found = runtime.clients.development_clients()
     if found:
         names = ", ".join(client.id for client in found)
-        raise RuntimeError(
+        gaps.append(
             f"ADAPTER_ENV=production refuses development clients ({names}): revoke them with "
             "`infusion-adapter clients revoke <client id>`"
+        )
+    if gaps:
+        raise RuntimeError("; ".join(gaps))
+
+
+def say_assumed_url(settings: Settings) -> None:
+    """In development without ADAPTER_PUBLIC_URL, say which URL links and `aud` follow."""
+    if settings.public_url is None:
+        log.warning(
+            "ADAPTER_PUBLIC_URL is unset: the token URL, links and the `aud` of client "
+            "assertions follow each request's own URL (Host header), http://%s:%d when called "
+            "directly; production refuses to start without it",
+            settings.host,
+            settings.port,
         )
 
 
@@ -58,7 +79,12 @@ def create_app(settings: Settings | None = None, background: bool = True) -> Fas
     (tests, tools)."""
     quiet_url_loggers()
     runtime = open_runtime(settings or get_settings())
-    refuse_development_clients(runtime)
+    try:
+        refuse_unsafe_production(runtime)
+    except RuntimeError:
+        runtime.close()
+        raise
+    say_assumed_url(runtime.settings)
     writer = AuditWriter(runtime.audit)
     measured = Metrics(runtime, writer)
     worker = Worker(runtime, measured, alert_watch(runtime)) if background else None
@@ -118,14 +144,21 @@ def create_app(settings: Settings | None = None, background: bool = True) -> Fas
     )
     def openapi() -> JsonResponse:
         schema: dict[str, Any] = app.openapi()
-        document_format(app.routes, schema)
+        negotiating = document_format(app.routes, schema)
+        document_statuses(app.routes, schema, negotiating)
         return JsonResponse(schema)
 
     check_routes(app)
     app.add_middleware(
         Guard,
         writer=writer,
-        max_body=runtime.settings.max_body_bytes,
-        max_depth=runtime.settings.json_max_depth,
+        clients=runtime.clients,
+        limits=BodyLimits(
+            max_bytes=runtime.settings.max_body_bytes,
+            max_depth=runtime.settings.json_max_depth,
+            timeout_seconds=runtime.settings.body_timeout_seconds,
+        ),
+        proxies=runtime.settings.proxy_networks(),
+        routes=app.router.routes,
     )
     return app

@@ -1,4 +1,4 @@
-"""The `infusion-adapter` command: serve, import, db, mappings, sync and clients."""
+"""The `infusion-adapter` command: serve, import, db, mappings, sync, clients and audit."""
 
 import gc
 import sys
@@ -20,6 +20,7 @@ from adapter.mapping.preview import PreviewEntry
 from adapter.mapping.preview import preview as preview_file
 from adapter.mapping.service import MappingReport
 from adapter.runtime import Runtime, intake_context
+from adapter.security.audit_commands import audit
 from adapter.security.commands import clients
 from adapter.store import migrate
 from adapter.store.engine import make_engine
@@ -41,6 +42,7 @@ def serve(host: str | None, port: int | None) -> None:
     import uvicorn
 
     from adapter.app import create_app
+    from adapter.serving import server_config
 
     settings = _settings()
     try:
@@ -56,8 +58,7 @@ def serve(host: str | None, port: int | None) -> None:
         f"infusion-adapter serving on http://{host}:{port}  (FHIR: /fhir, health: /healthz, "
         "OpenAPI: /openapi.json with an API key)"
     )
-    # No access log: request lines carry search parameters, and those can name a patient.
-    uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower(), access_log=False)
+    uvicorn.Server(server_config(app, settings, host, port)).run()
 
 
 @main.command("import")
@@ -80,7 +81,13 @@ def import_command(file: Path, batch_size: int | None, quiet: bool, no_map: bool
         bar.update(report.records - bar.n)
         bar.set_postfix(accepted=report.accepted, rejected=report.counts["rejected"], refresh=False)
 
-    report = import_file(runtime.intake, file, batch_size or settings.intake_batch_size, progress)
+    report = import_file(
+        runtime.intake,
+        file,
+        batch_size or settings.intake_batch_size,
+        progress,
+        longest_line=settings.max_body_bytes,
+    )
     bar.close()
     counts = ", ".join(
         f"{name} {report.counts[name]}"
@@ -181,8 +188,12 @@ def preview(file: Path, output: str) -> None:
 
 
 def _print_preview(entry: PreviewEntry) -> None:
-    where = f"line {entry.line}" if entry.line is not None else "protocol"
-    what = f"{entry.record_type} {entry.id} revision {entry.revision}" if entry.id else ""
+    where = f"line {entry.line}" if entry.line is not None else entry.state
+    what = (
+        f"{entry.record_type} {entry.id} revision {entry.revision}"
+        if entry.revision is not None
+        else f"{entry.record_type} {entry.id}"
+    )
     if entry.state == "rejected":
         click.echo(f"# {where}: rejected on intake: {'; '.join(entry.reasons)}")
         return
@@ -191,9 +202,14 @@ def _print_preview(entry: PreviewEntry) -> None:
         click.echo(f"# {where}: {what}: {entry.state.upper()}, not applied ({why})")
         return
     built = entry.built
-    marker = {"current": "current", "withdrawn": "current, WITHDRAWN (entered in error)"}.get(
-        entry.state, "checks of the session's protocol"
-    )
+    marker = {
+        "current": "current",
+        "withdrawn": "current, WITHDRAWN (entered in error)",
+        "protocol": "the session's protocol breaches",
+        "encounter": "the session's visit",
+        "series": "the series' care plan",
+        "patient": "the patient",
+    }.get(entry.state, entry.state)
     used = ", ".join(built.used) if built and built.used else "no table rows"
     click.echo(f"# {where}: {what} ({marker}), used {used}")
     for reason in entry.reasons:
@@ -279,6 +295,7 @@ def schema(output: Path | None) -> None:
 
 main.add_command(sync)
 main.add_command(clients)
+main.add_command(audit)
 
 YOUNG_COLLECTION = 20_000
 """Allocations between collections of the youngest generation (Python's default is 700)."""

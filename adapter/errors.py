@@ -70,6 +70,13 @@ class TooManyRequests(AdapterError):
         super().__init__(message, headers={"Retry-After": str(retry_after)})
 
 
+class RequestTimeout(AdapterError):
+    """A request whose body did not arrive in time."""
+
+    status = 408
+    issue_code = "timeout"
+
+
 class NotFound(AdapterError):
     status = 404
     issue_code = "not-found"
@@ -83,6 +90,13 @@ class MethodNotAllowed(AdapterError):
 class NotAcceptable(AdapterError):
     status = 406
     issue_code = "not-supported"
+
+
+class Conflict(AdapterError):
+    """Asked of a service that is not in the state to do it (no EHR configured, say)."""
+
+    status = 409
+    issue_code = "conflict"
 
 
 class PayloadTooLarge(AdapterError):
@@ -103,11 +117,18 @@ class StoreUnavailable(AdapterError):
 class OAuthError(Exception):
     """An error of the token endpoint, answered as OAuth 2.0 says (RFC 6749, 5.2)."""
 
-    def __init__(self, error: str, description: str, status: int = 400) -> None:
+    def __init__(
+        self,
+        error: str,
+        description: str,
+        status: int = 400,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(description)
         self.error = error
         self.description = description
         self.status = status
+        self.headers = headers or {}
 
 
 class MappingFileError(Exception):

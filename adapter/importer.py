@@ -10,6 +10,7 @@ from typing import BinaryIO
 
 import orjson
 
+from adapter.errors import FieldError
 from adapter.intake.body import ndjson_lines
 from adapter.intake.service import Intake, RecordOutcome
 
@@ -45,17 +46,42 @@ def _batches(lines: Iterator[tuple[int, bytes]], size: int) -> Iterator[list[tup
         yield batch
 
 
-class _CountingReader:
-    """Yields a binary file's lines and counts the bytes read, for the progress estimate."""
+CHUNK = 1024 * 1024
 
-    def __init__(self, handle: BinaryIO) -> None:
+
+class _CountingReader:
+    """Yields a binary file's lines, each read up to `longest` bytes (a longer one is read past
+    in chunks, its size kept in `sizes`), and counts the bytes read, for
+    the progress estimate."""
+
+    def __init__(self, handle: BinaryIO, longest: int) -> None:
         self.handle = handle
+        self.longest = longest
         self.bytes_read = 0
+        self.sizes: dict[int, int] = {}
+        """Line number of each line over the limit, and its size."""
 
     def __iter__(self) -> Iterator[bytes]:
-        for line in self.handle:
+        number = 0
+        while line := self.handle.readline(self.longest + 2):
+            number += 1
             self.bytes_read += len(line)
-            yield line
+            if len(line.rstrip(b"\r\n")) <= self.longest:
+                yield line
+                continue
+            size = len(line)
+            while not line.endswith(b"\n") and (line := self.handle.readline(CHUNK)):
+                size += len(line)
+                self.bytes_read += len(line)
+            self.sizes[number] = size
+            yield b"(too long)"
+
+
+def _too_long(number: int, size: int, longest: int) -> RecordOutcome:
+    reason = f"the line is {size} bytes; a record may be at most {longest} bytes"
+    return RecordOutcome(
+        number, "rejected", None, None, None, errors=[FieldError("(record)", reason)]
+    )
 
 
 def import_file(
@@ -63,18 +89,24 @@ def import_file(
     source: Path,
     batch_size: int,
     on_batch: Callable[[ImportReport], None] | None = None,
+    longest_line: int = 10 * 1024 * 1024,
 ) -> ImportReport:
-    """Import every line of `source`; rejected lines and their reasons go to a file beside it."""
+    """Import every line of `source`; rejected lines and their reasons go to a file beside it.
+    A line over `longest_line` bytes is rejected without being read whole."""
     report = ImportReport()
     target = rejected_path(source)
     started = time.perf_counter()
     rejected_out: BinaryIO | None = None
     try:
         with source.open("rb") as handle:
-            reader = _CountingReader(handle)
+            reader = _CountingReader(handle, longest_line)
             for batch in _batches(ndjson_lines(reader), batch_size):
                 raw_by_line = dict(batch)
-                outcomes: list[RecordOutcome] = intake.submit(batch)
+                too_long = {n: reader.sizes.pop(n) for n, _ in batch if n in reader.sizes}
+                outcomes: list[RecordOutcome] = intake.submit(
+                    [item for item in batch if item[0] not in too_long]
+                )
+                outcomes += [_too_long(n, size, longest_line) for n, size in too_long.items()]
                 for outcome in outcomes:
                     report.counts[outcome.outcome] += 1
                     if outcome.outcome != "rejected":
@@ -84,7 +116,9 @@ def import_file(
                     line = {
                         "line": outcome.index,
                         "errors": [error.as_dict() for error in outcome.errors],
-                        "record": raw_by_line[outcome.index].decode("utf-8", "replace"),
+                        "record": None
+                        if outcome.index in too_long
+                        else raw_by_line[outcome.index].decode("utf-8", "replace"),
                     }
                     rejected_out.write(orjson.dumps(line) + b"\n")
                 report.bytes_read = reader.bytes_read

@@ -89,6 +89,6 @@ def open_runtime(settings: Settings) -> Runtime:
         sync_runs=SyncRuns(engine),
         sync=sync,
         clients=Clients(engine),
-        audit=AuditLog(engine),
+        audit=AuditLog(engine, settings.secret_key),
         fhir_reads=FhirReader(make_engine(settings.database_url, single_reads=True)),
     )

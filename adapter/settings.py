@@ -1,8 +1,10 @@
 """Service settings, read from ADAPTER_* environment variables."""
 
 from functools import lru_cache
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from apscheduler.triggers.cron import CronTrigger
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -40,11 +42,26 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         10 * 1024 * 1024, gt=0, description="Largest request body accepted; larger gets 413."
     )
+    header_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="Time a connection has to send a request's headers before it is closed "
+        "(`infusion-adapter serve`).",
+    )
+    body_timeout_seconds: float = Field(
+        30.0, gt=0, description="Time a request has to send its whole body; slower gets 408."
+    )
     public_url: str | None = Field(
         None,
         description="The adapter's base URL as its clients reach it (behind a proxy, the proxy's "
-        "URL); links, the token URL and the `aud` of client assertions use it. Unset: the URL "
-        "each request arrived at.",
+        "URL); links, the token URL and the `aud` of client assertions use it. Required in "
+        "production; in development, unset, the URL each request arrived at.",
+    )
+    trusted_proxies: str = Field(
+        "",
+        description="Comma-separated addresses or networks (`10.0.0.5, 10.1.0.0/16`) of the "
+        "reverse proxies whose `X-Forwarded-For` names the caller; from any other peer the "
+        "header is ignored.",
     )
     access_token_seconds: int = Field(
         300, gt=0, le=300, description="Lifetime of an access token issued at /auth/token."
@@ -60,6 +77,13 @@ class Settings(BaseSettings):
     )
     exports_per_client: int = Field(
         2, gt=0, description="Bulk exports one client may have queued or running at once."
+    )
+    intake_max_records: int = Field(
+        10_000,
+        gt=0,
+        le=100_000,
+        description="Records one intake request may hold; more gets 413 (send several "
+        "requests, or use `infusion-adapter import`).",
     )
     intake_batch_size: int = Field(
         1000, gt=0, le=50_000, description="Records stored per database transaction on import."
@@ -110,7 +134,23 @@ class Settings(BaseSettings):
         "process died is taken over after this.",
     )
     ehr_timeout_seconds: float = Field(
-        30.0, gt=0, description="Connect and read timeout of each request to the EHR."
+        30.0,
+        gt=0,
+        description="Longest time one request to the EHR may take, from connecting to the last "
+        "byte of its answer.",
+    )
+    ehr_max_response_bytes: int = Field(
+        32 * 2**20,
+        ge=65536,
+        description="Largest answer read from the EHR; a larger one is cut off and counts as a "
+        "failed request.",
+    )
+    ehr_settle_seconds: float = Field(
+        300.0,
+        ge=0,
+        description="How long a create whose answer was lost (no answer, one cut short or "
+        "unreadable, a 5xx) waits before the EHR is searched for it and it is sent again: an "
+        "EHR can store a write after the adapter stopped waiting for its answer.",
     )
     ehr_retry_attempts: int = Field(
         4,
@@ -120,7 +160,11 @@ class Settings(BaseSettings):
         "or not at all; then the item waits for a later run.",
     )
     ehr_retry_max_wait_seconds: float = Field(
-        30.0, gt=0, description="Longest wait between two attempts (Retry-After included)."
+        30.0,
+        gt=0,
+        description="Longest wait between two attempts within a run (Retry-After included); "
+        "when the EHR asks for a longer wait, the run sends nothing more and the items wait "
+        "until then.",
     )
     ehr_breaker_failures: int = Field(
         5,
@@ -206,6 +250,48 @@ class Settings(BaseSettings):
         "sent as text alone) before an alert fires.",
     )
 
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ValueError("must be an absolute http(s) URL, such as https://adapter.example")
+            if parts.query or parts.fragment:
+                raise ValueError("must have no query and no fragment")
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _trusted_proxies(cls, value: str) -> str:
+        for item in value.split(","):
+            if item.strip():
+                try:
+                    ip_network(item.strip(), strict=False)
+                except ValueError:
+                    raise ValueError(f"{item.strip()!r} is not an address or a network") from None
+        return value
+
+    def proxy_networks(self) -> list[IPv4Network | IPv6Network]:
+        """The trusted proxies as networks (a single address is a network of one)."""
+        return [
+            ip_network(item.strip(), strict=False)
+            for item in self.trusted_proxies.split(",")
+            if item.strip()
+        ]
+
+    def production_gaps(self) -> list[str]:
+        """What production needs that is not set (empty in development)."""
+        if self.env != "production":
+            return []
+        gaps = []
+        if self.public_url is None:
+            gaps.append(
+                "ADAPTER_PUBLIC_URL: required in production (the token URL, links and the "
+                "`aud` of client assertions must not follow the Host header)"
+            )
+        return gaps
+
     @field_validator("sync_cron", "reconcile_cron")
     @classmethod
     def _crontab(cls, value: str | None) -> str | None:
@@ -225,8 +311,8 @@ class Settings(BaseSettings):
                 "ADAPTER_SECRET_KEY: the development default is refused when "
                 f"ADAPTER_ENV={self.env}; set a secret of your own"
             )
-        if self.env != "development" and len(self.secret_key) < 32:
-            raise ValueError("ADAPTER_SECRET_KEY: must be at least 32 characters in production")
+        if self.env != "development":
+            _check_production_secret(self.secret_key)
         if self.ehr_auth == "bearer" and self.ehr_bearer_token is None:
             raise ValueError("ADAPTER_EHR_BEARER_TOKEN: required when ADAPTER_EHR_AUTH=bearer")
         if self.ehr_auth == "smart" and (
@@ -237,6 +323,27 @@ class Settings(BaseSettings):
                 "ADAPTER_EHR_AUTH=smart"
             )
         return self
+
+
+SECRET_LENGTH = 32
+SECRET_VARIETY = 8
+
+
+def _check_production_secret(secret: str) -> None:
+    """A production secret: at least SECRET_LENGTH characters, no surrounding whitespace, and
+    at least SECRET_VARIETY different characters (32 spaces or one letter repeated is no
+    secret)."""
+    if len(secret) < SECRET_LENGTH:
+        raise ValueError(
+            f"ADAPTER_SECRET_KEY: must be at least {SECRET_LENGTH} characters in production"
+        )
+    if secret != secret.strip():
+        raise ValueError("ADAPTER_SECRET_KEY: must not begin or end with whitespace")
+    if len(set(secret)) < SECRET_VARIETY:
+        raise ValueError(
+            f"ADAPTER_SECRET_KEY: must hold at least {SECRET_VARIETY} different characters "
+            "(make one with `python -c 'import secrets; print(secrets.token_urlsafe(48))'`)"
+        )
 
 
 @lru_cache

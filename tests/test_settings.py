@@ -43,16 +43,31 @@ def test_production_refuses_a_short_secret() -> None:
 
 
 def test_production_accepts_a_real_secret() -> None:
-    settings = Settings(env="production", secret_key="s" * 40)
+    settings = Settings(env="production", secret_key="kX9-q2Lr_Tz7" * 4)
 
     assert settings.secret_key != DEVELOPMENT_SECRET
 
 
-def test_every_setting_is_in_the_readme_configuration_table() -> None:
-    readme = (ROOT / "README.md").read_text()
+@pytest.mark.parametrize(
+    ("secret", "reason"),
+    [
+        (" " * 32, "whitespace"),
+        ("\t" * 40, "whitespace"),
+        (" padded-secret-of-enough-characters-x ", "whitespace"),
+        ("s" * 40, "different characters"),
+        ("abababababababababababababababab", "different characters"),
+    ],
+)
+def test_production_refuses_a_blank_or_uniform_secret(secret: str, reason: str) -> None:
+    with pytest.raises(ValidationError, match=reason):
+        Settings(env="production", secret_key=secret)
+
+
+def test_every_setting_is_in_the_configuration_table() -> None:
+    table = (ROOT / "docs" / "configuration.md").read_text()
 
     missing = [
-        name for name in Settings.model_fields if f"| `ADAPTER_{name.upper()}` |" not in readme
+        name for name in Settings.model_fields if f"| `ADAPTER_{name.upper()}` |" not in table
     ]
 
     assert missing == []

@@ -20,7 +20,10 @@ def audit(
     runtime: RuntimeDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     before: Annotated[int | None, Query(ge=1, le=2**63 - 1, description="Entry id")] = None,
-    since: Annotated[str | None, Query(description="Instant, with its offset")] = None,
+    since: Annotated[
+        str | None,
+        Query(description="Instant, with its offset", json_schema_extra={"format": "date-time"}),
+    ] = None,
     client_id: Annotated[str | None, Query(max_length=64)] = None,
     interaction: Annotated[str | None, Query(max_length=32)] = None,
     format: Annotated[Literal["json", "fhir"], Query(alias="format")] = "json",

@@ -3,14 +3,14 @@ endpoint, where a registered client trades a signed assertion for a short-lived 
 See https://hl7.org/fhir/smart-app-launch/backend-services.html and conformance.html."""
 
 from datetime import UTC, datetime
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 
 from adapter.api.deps import RuntimeDep, public_base
 from adapter.api.responses import JsonResponse
-from adapter.errors import AdapterError, OAuthError
+from adapter.errors import AdapterError, OAuthError, TooManyRequests
 from adapter.fhir.search_params import SEARCH_PARAMS
 from adapter.runtime import Runtime
 from adapter.security.access import Caller, open_access
@@ -20,11 +20,12 @@ from adapter.security.assertions import (
     unverified_issuer,
     verify_assertion,
 )
+from adapter.security.middleware import LONGEST_FORM
 from adapter.security.scopes import ScopeError, parse_scopes
+from adapter.security.throttle import FailureThrottle
 
 router = APIRouter(tags=["auth"], dependencies=[Depends(open_access)])
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-LONGEST_FORM = 16 * 1024
 
 
 def token_url(request: Request) -> str:
@@ -68,17 +69,22 @@ def _issue(request: Request, runtime: Runtime, form: dict[str, str], address: st
     if not assertion:
         raise OAuthError("invalid_request", "client_assertion is required")
     claimed = unverified_issuer(assertion)
-    keys = [f"address:{address}"] + ([f"client:{claimed}"] if claimed else [])
-    throttle = request.app.state.throttle
-    throttle.check(*keys)
+    if claimed:
+        request.state.audited_query += "&" + urlencode({"iss": claimed})
+    throttle: FailureThrottle = request.app.state.throttle
+    by_address = f"address:{address}"
+    _throttled(throttle, by_address)
     now = datetime.now(UTC)
     try:
         verified = verify_assertion(
             assertion, {token_url(request)}, runtime.clients, request.app.state.key_fetcher, now
         )
     except AssertionRefused as refused:
-        throttle.failed(*keys)
+        # Only a refusal after the signature verified counts against the client: an unsigned
+        # assertion naming a client must not lock that client out.
+        throttle.failed(by_address, *([f"client:{refused.client_id}"] * bool(refused.client_id)))
         raise OAuthError("invalid_client", str(refused), status=401) from None
+    _throttled(throttle, f"client:{verified.client.id}")
     try:
         asked = parse_scopes(form.get("scope", ""))
     except ScopeError as error:
@@ -97,6 +103,16 @@ def _issue(request: Request, runtime: Runtime, form: dict[str, str], address: st
     )
 
 
+def _throttled(throttle: FailureThrottle, key: str) -> None:
+    """429, as an OAuth error, when `key` has failed too often of late."""
+    try:
+        throttle.check(key)
+    except TooManyRequests as too_many:
+        raise OAuthError(
+            "temporarily_unavailable", too_many.message, status=429, headers=too_many.headers
+        ) from None
+
+
 _TOKEN_FORM = {
     "requestBody": {
         "required": True,
@@ -113,8 +129,15 @@ _TOKEN_FORM = {
                     "properties": {
                         "grant_type": {"type": "string", "enum": ["client_credentials"]},
                         "client_assertion_type": {"type": "string", "enum": [JWT_BEARER]},
-                        "client_assertion": {"type": "string"},
-                        "scope": {"type": "string", "example": "system/*.rs"},
+                        "client_assertion": {
+                            "type": "string",
+                            "pattern": "^[A-Za-z0-9_-]+\\.[A-Za-z0-9_-]+\\.[A-Za-z0-9_-]*$",
+                        },
+                        "scope": {
+                            "type": "string",
+                            "pattern": "\\S",
+                            "example": "system/*.rs",
+                        },
                     },
                 }
             }

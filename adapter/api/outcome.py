@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
 
 from adapter.api.responses import JsonResponse, OutcomeResponse
 from adapter.errors import AdapterError, OAuthError
@@ -34,16 +35,34 @@ def _respond(
     return kind(body, status_code=status, headers=headers)
 
 
-async def _adapter_error(_request: Request, exc: Exception) -> JsonResponse:
+def _allow(request: Request) -> dict[str, str]:
+    """The Allow header of a 405: every method some route takes at this path (the routes that
+    only refuse writes on the read-only FHIR endpoint take none)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if getattr(route, "name", None) == "refuse_write" or not isinstance(route, Route):
+            continue
+        if route.path_regex.match(request.url.path):
+            methods |= route.methods or set()
+    return {"Allow": ", ".join(sorted(methods))}
+
+
+async def _adapter_error(request: Request, exc: Exception) -> JsonResponse:
     assert isinstance(exc, AdapterError)
     body = operation_outcome(exc.issue_code, exc.message, exc.expression)
-    return _respond(exc.status, body, exc.headers)
+    headers = {**exc.headers, **_allow(request)} if exc.status == 405 else exc.headers
+    return _respond(exc.status, body, headers)
+
+
+def oauth_error(error: str, description: str) -> dict[str, str]:
+    """The body of an OAuth 2.0 error (RFC 6749, 5.2)."""
+    return {"error": error, "error_description": description}
 
 
 async def _oauth_error(_request: Request, exc: Exception) -> JsonResponse:
     assert isinstance(exc, OAuthError)
-    body = {"error": exc.error, "error_description": exc.description}
-    return _respond(exc.status, body, {"Cache-Control": "no-store"})
+    body = oauth_error(exc.error, exc.description)
+    return _respond(exc.status, body, {"Cache-Control": "no-store", **exc.headers})
 
 
 async def _validation_error(_request: Request, exc: Exception) -> JsonResponse:
@@ -60,20 +79,29 @@ async def _validation_error(_request: Request, exc: Exception) -> JsonResponse:
     return _respond(400, {"resourceType": "OperationOutcome", "issue": issues})
 
 
-async def _http_error(_request: Request, exc: Exception) -> JsonResponse:
+async def _http_error(request: Request, exc: Exception) -> JsonResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _HTTP_ISSUE_CODES.get(exc.status_code, "processing")
-    return _respond(exc.status_code, operation_outcome(code, str(exc.detail)), exc.headers)
+    headers = {**(exc.headers or {}), **_allow(request)} if exc.status_code == 405 else exc.headers
+    return _respond(exc.status_code, operation_outcome(code, str(exc.detail)), headers)
 
 
-async def _unexpected(_request: Request, exc: Exception) -> JsonResponse:
-    # The exception's text may quote data; only its type is logged, with the traceback's frames.
+def log_unexpected(exc: BaseException) -> None:
+    """Log an error no handler expected: its type and the traceback's frames, never its text,
+    which may quote what a caller sent."""
     log.error(
         "unexpected error: %s\n%s",
         type(exc).__name__,
         "".join(traceback.format_tb(exc.__traceback__)),
     )
-    return _respond(500, operation_outcome("exception", "internal error; it has been logged"))
+
+
+INTERNAL_ERROR = operation_outcome("exception", "internal error; it has been logged")
+
+
+async def _unexpected(_request: Request, exc: Exception) -> JsonResponse:
+    log_unexpected(exc)
+    return _respond(500, INTERNAL_ERROR)
 
 
 def install(app: FastAPI) -> None:

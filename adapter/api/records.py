@@ -9,7 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from adapter.api.deps import IntakeDep, RuntimeDep, SettingsDep, StoreDep, wake_worker
 from adapter.api.responses import JsonResponse
-from adapter.errors import NotFound
+from adapter.errors import NotFound, PayloadTooLarge
 from adapter.intake.body import split_body
 from adapter.intake.records import RECORD_TYPES, SOURCE_ID_PATTERN
 from adapter.intake.service import ACCEPTED, RecordOutcome, record_status
@@ -27,6 +27,30 @@ RecordType = Annotated[str, Path(description=f"one of {', '.join(RECORD_TYPES)}"
 SourceId = Annotated[str, Path(pattern=SOURCE_ID_PATTERN, description="the record's source id")]
 
 
+MOST_ERRORS_SHOWN = 100
+"""Errors given in full in one answer; later rejected records say how many they had."""
+MOST_ERRORS_PER_RECORD = 20
+
+
+def _results(outcomes: list[RecordOutcome], position_key: str) -> tuple[list[Any], int]:
+    """Each record's outcome line, with the first MOST_ERRORS_SHOWN errors in full (at most
+    MOST_ERRORS_PER_RECORD a record); and how many errors were left out."""
+    results, shown, left_out = [], 0, 0
+    for outcome in outcomes:
+        result = outcome.as_dict()
+        result[position_key] = result.pop("index")
+        errors = result.pop("errors", [])
+        room = max(0, min(MOST_ERRORS_PER_RECORD, MOST_ERRORS_SHOWN - shown))
+        if errors[:room]:
+            result["errors"] = errors[:room]
+        if len(errors) > room:
+            result["errors_not_shown"] = len(errors) - room
+        shown += min(room, len(errors))
+        left_out += max(0, len(errors) - room)
+        results.append(result)
+    return results, left_out
+
+
 def _status_code(outcomes: list[RecordOutcome]) -> int:
     rejected = sum(outcome.outcome == "rejected" for outcome in outcomes)
     if rejected == 0:
@@ -38,13 +62,38 @@ def _status_code(outcomes: list[RecordOutcome]) -> int:
     "",
     summary="Submit records",
     description="One record (JSON object), a JSON array of records, or NDJSON. Each record is "
-    "accepted or rejected on its own. 200: all accepted; 207: some rejected; 422: all rejected.",
+    "accepted or rejected on its own. 200: all accepted; 207: some rejected; 422: all rejected. "
+    "The first 100 errors are given in full (20 a record at most); the rest are counted.",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "anyOf": [
+                            {"type": "object"},
+                            {"type": "array", "items": {"type": "object"}, "minItems": 1},
+                        ]
+                    }
+                },
+                "application/x-ndjson": {"schema": {"type": "string", "pattern": "\\S"}},
+            },
+        }
+    },
 )
 async def submit_records(
     request: Request, intake: IntakeDep, settings: SettingsDep
 ) -> JsonResponse:
-    body = await request.body()  # within ADAPTER_MAX_BODY_BYTES: the Guard middleware saw to it
-    position_key, items = split_body(request.headers.get("content-type", ""), body)
+    # Within ADAPTER_MAX_BODY_BYTES (the Guard middleware saw to it), and parsed off the loop.
+    body = await request.body()
+    position_key, items = await run_in_threadpool(
+        split_body, request.headers.get("content-type", ""), body
+    )
+    if len(items) > settings.intake_max_records:
+        raise PayloadTooLarge(
+            f"the body holds {len(items)} records; at most {settings.intake_max_records} are "
+            "taken in one request (send several, or import a file with `infusion-adapter import`)"
+        )
     outcomes: list[RecordOutcome] = []
     for start in range(0, len(items), settings.intake_batch_size):
         batch = items[start : start + settings.intake_batch_size]
@@ -55,15 +104,12 @@ async def submit_records(
     request.state.audited_query = f"records={len(outcomes)}"
     summary = Counter({name: 0 for name in (*ACCEPTED, "rejected")})
     summary.update(outcome.outcome for outcome in outcomes)
-    results = []
-    for outcome in outcomes:
-        result = outcome.as_dict()
-        result[position_key] = result.pop("index")
-        results.append(result)
-    return JsonResponse(
-        {"received": len(outcomes), "summary": dict(summary), "results": results},
-        status_code=_status_code(outcomes),
-    )
+    results, left_out = _results(outcomes, position_key)
+    answer: dict[str, Any] = {"received": len(outcomes), "summary": dict(summary)}
+    if left_out:
+        answer["errors_not_shown"] = left_out
+    answer["results"] = results
+    return JsonResponse(answer, status_code=_status_code(outcomes))
 
 
 def _require(store: RecordStore, record_type: str, source_id: str) -> StoredRecord:

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from adapter.api.deps import RuntimeDep
 from adapter.api.responses import JsonResponse
-from adapter.errors import BadRequest
+from adapter.errors import Conflict
 from adapter.operations.metrics import Metrics
 from adapter.runtime import Runtime
 from adapter.security.access import api_caller
@@ -56,7 +56,7 @@ def runs(
     runtime: RuntimeDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     before: Annotated[
-        int | None, Query(ge=1, le=2**63 - 1, description="Run id to list before.")
+        int | None, Query(ge=1, le=2**31 - 1, description="Run id to list before.")
     ] = None,
 ) -> JsonResponse:
     found = runtime.sync_runs.recent(limit, before)
@@ -107,7 +107,16 @@ def _dead_only() -> list[ReplayState]:
 
 
 class ReplayRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["ids"], "properties": {"ids": {"minItems": 1}}},
+                {"required": ["all"], "properties": {"all": {"const": True}}},
+            ]
+        },
+    )
 
     ids: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
         default_factory=list, max_length=10_000, description="Resource ids to replay."
@@ -133,7 +142,7 @@ def replay(runtime: RuntimeDep, body: ReplayRequest, request: Request) -> JsonRe
 @router.post("/run", status_code=202, summary="Run the sync now (the service's worker runs it)")
 async def run_now(runtime: RuntimeDep, request: Request) -> JsonResponse:
     if runtime.sync is None:
-        raise BadRequest("ADAPTER_EHR_BASE_URL is not set: there is no EHR to sync to")
+        raise Conflict("ADAPTER_EHR_BASE_URL is not set: there is no EHR to sync to")
     if request.app.state.worker is None:
         report = await run_in_threadpool(_run, runtime, request.app.state.metrics)
         return JsonResponse(report, status_code=200)

@@ -17,6 +17,7 @@ from sqlalchemy import Engine, and_, func, select, update
 
 from adapter.errors import BadRequest, NotFound, TooManyRequests
 from adapter.fhir.indexing import SERIES_PARAM
+from adapter.fhir.search import parse_instant
 from adapter.fhir.search_params import SEARCH_PARAMS
 from adapter.store.tables import export_jobs as jobs
 from adapter.store.tables import fhir_resources as resources
@@ -83,16 +84,7 @@ class ExportService:
             raise BadRequest(
                 "_outputFormat: only application/fhir+ndjson", expression=["_outputFormat"]
             )
-        moment = None
-        if since:
-            try:
-                moment = datetime.fromisoformat(since.replace("Z", "+00:00"))
-            except ValueError:
-                raise BadRequest(
-                    f"_since: {since!r} is not an instant", expression=["_since"]
-                ) from None
-            if moment.tzinfo is None:
-                raise BadRequest("_since: an instant needs a time zone", expression=["_since"])
+        moment = parse_instant(since, "_since") if since else None
         if (
             group_id is not None
             and group_id != ALL_PATIENTS

@@ -49,6 +49,24 @@ REQUIRED_CODES: dict[tuple[str, str], frozenset[str]] = {
     ("DocumentReference", "docStatus"): frozenset(
         {"preliminary", "final", "amended", "entered-in-error"}
     ),
+    ("Encounter", "status"): frozenset(
+        {
+            "planned",
+            "arrived",
+            "triaged",
+            "in-progress",
+            "onleave",
+            "finished",
+            "cancelled",
+            "entered-in-error",
+            "unknown",
+        }
+    ),
+    ("CarePlan", "status"): frozenset(
+        {"draft", "active", "on-hold", "revoked", "completed", "entered-in-error", "unknown"}
+    ),
+    ("CarePlan", "intent"): frozenset({"proposal", "plan", "order", "option"}),
+    ("Patient", "gender"): frozenset({"male", "female", "other", "unknown"}),
     ("MedicationAdministration", "status"): frozenset(get_args(MedicationAdministrationStatus)),
     ("AdverseEvent", "actuality"): frozenset({"actual", "potential"}),
     ("AuditEvent", "action"): frozenset({"C", "R", "U", "D", "E"}),
@@ -138,6 +156,19 @@ REFERENCE_TARGETS: dict[tuple[str, str], frozenset[str]] = {
         {"Practitioner", "PractitionerRole", "Organization", "Device", "Patient", "RelatedPerson"}
     ),
     ("DocumentReference", "context.related"): frozenset(),
+    ("DocumentReference", "context.encounter"): frozenset({"Encounter", "EpisodeOfCare"}),
+    ("Procedure", "encounter"): frozenset({"Encounter"}),
+    ("Procedure", "basedOn"): frozenset({"CarePlan", "ServiceRequest"}),
+    ("Observation", "encounter"): frozenset({"Encounter"}),
+    ("MedicationAdministration", "context"): frozenset({"Encounter", "EpisodeOfCare"}),
+    ("AdverseEvent", "encounter"): frozenset({"Encounter"}),
+    ("Encounter", "subject"): frozenset({"Patient", "Group"}),
+    ("Encounter", "participant.individual"): frozenset(
+        {"Practitioner", "PractitionerRole", "RelatedPerson"}
+    ),
+    ("Encounter", "location.location"): frozenset({"Location"}),
+    ("CarePlan", "subject"): frozenset({"Patient", "Group"}),
+    ("CarePlan", "activity.outcomeReference"): frozenset(),
 }
 """Allowed target types of each reference element the adapter emits; an empty set means Any.
 A reference element not listed here is an error: every reference the adapter emits is declared."""

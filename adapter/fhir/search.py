@@ -28,6 +28,9 @@ SORTS = {
 PREFIXES = ("eq", "ne", "lt", "le", "gt", "ge", "sa", "eb")
 _FAR_PAST = datetime(1, 1, 1, tzinfo=UTC)
 _FAR_FUTURE = datetime(9999, 12, 31, tzinfo=UTC)
+_LATEST = datetime.max.replace(tzinfo=UTC)
+LONGEST_COUNT = 9
+"""Digits of a `_count` read as a number (any larger asks for no more than MAX_COUNT)."""
 
 
 @dataclass
@@ -47,23 +50,44 @@ class SearchRequest:
     """The search's own parameters, to repeat in paging links."""
 
 
+def _after(start: datetime, step: timedelta) -> datetime:
+    """The end of a range that starts at `start`; the last instant there is at the far end."""
+    try:
+        return start + step
+    except OverflowError:
+        return _LATEST
+
+
+def _next_year_or_month(start: datetime, month_step: bool) -> datetime:
+    try:
+        if not month_step or start.month == 12:
+            return start.replace(year=start.year + 1, month=1)
+        return start.replace(month=start.month + 1)
+    except ValueError:  # past the year 9999
+        return _LATEST
+
+
+def _in_utc(moment: datetime) -> datetime:
+    """The moment in UTC; one before the first instant Python holds (0001-01-01T00:00 at a
+    positive offset) or after the last stands at that end (nothing is stored beyond them)."""
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        return _FAR_PAST if moment.year == 1 else _LATEST
+
+
 def _range(value: str, name: str) -> tuple[datetime, datetime]:
     """A FHIR date/dateTime search value as [start, end): its implicit range by precision."""
     try:
         if len(value) == 4:
             start = datetime(int(value), 1, 1, tzinfo=UTC)
-            return start, start.replace(year=start.year + 1)
+            return start, _next_year_or_month(start, month_step=False)
         if len(value) == 7:
-            year, month = int(value[:4]), int(value[5:7])
-            start = datetime(year, month, 1, tzinfo=UTC)
-            return start, (
-                start.replace(year=year + 1, month=1)
-                if month == 12
-                else start.replace(month=month + 1)
-            )
+            start = datetime(int(value[:4]), int(value[5:7]), 1, tzinfo=UTC)
+            return start, _next_year_or_month(start, month_step=True)
         if len(value) == 10:
             start = datetime.fromisoformat(value).replace(tzinfo=UTC)
-            return start, start + timedelta(days=1)
+            return start, _after(start, timedelta(days=1))
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise BadRequest(
@@ -72,7 +96,8 @@ def _range(value: str, name: str) -> tuple[datetime, datetime]:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     precision = timedelta(seconds=1) if moment.microsecond == 0 else timedelta(microseconds=1)
-    return moment.astimezone(UTC), moment.astimezone(UTC) + precision
+    start = _in_utc(moment)
+    return start, _after(start, precision)
 
 
 def parse_instant(value: str, name: str) -> datetime:
@@ -83,7 +108,7 @@ def parse_instant(value: str, name: str) -> datetime:
         raise BadRequest(f"{name}: {value!r} is not an instant", expression=[name]) from None
     if moment.tzinfo is None:
         raise BadRequest(f"{name}: an instant needs a time zone", expression=[name])
-    return moment
+    return _in_utc(moment)
 
 
 def date_condition(start_column: Any, end_column: Any, raw: str, name: str) -> ColumnElement[bool]:
@@ -192,6 +217,8 @@ def parse(
     request = SearchRequest(resource_type)
     request.where.append(resources.c.resource_type == resource_type)
     for name, value in params:
+        if "\x00" in name or "\x00" in value:
+            raise BadRequest(f"{name[:64]!r}: a search value may not hold a NUL character")
         if name in CONTROL:
             _control(request, name, value, secret)
             continue
@@ -206,7 +233,20 @@ def parse(
             continue
         request.where.append(condition)
         request.query.append((name, value))
+    if request.cursor is not None and request.cursor.get("s") != search_digest(request):
+        raise BadRequest(
+            "_cursor: the cursor belongs to another search (other parameters or another "
+            "_sort); follow the links of this search's own pages",
+            expression=["_cursor"],
+        )
     return request
+
+
+def search_digest(request: SearchRequest) -> str:
+    """What a cursor is bound to: the search's parameters and order, so that a cursor taken
+    to another search is refused rather than read against a column it was not made for."""
+    body = orjson.dumps([request.resource_type, sorted(request.query)])
+    return hashlib.sha256(body).hexdigest()[:16]
 
 
 def _known(resource_type: str, name: str) -> bool:
@@ -218,8 +258,10 @@ def _control(request: SearchRequest, name: str, value: str, secret: str) -> None
     if name == "_count":
         if not (value.isascii() and value.isdigit()):
             raise BadRequest(f"_count: {value!r} is not a whole number", expression=["_count"])
-        request.count = min(int(value), MAX_COUNT)
-        request.summary_count = request.summary_count or int(value) == 0
+        digits = value.lstrip("0") or "0"
+        count = int(digits) if len(digits) <= LONGEST_COUNT else MAX_COUNT
+        request.count = min(count, MAX_COUNT)
+        request.summary_count = request.summary_count or count == 0
     elif name == "_sort":
         key = value.lstrip("-")
         if key not in SORTS or "," in value:

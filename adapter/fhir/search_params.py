@@ -51,6 +51,7 @@ SEARCH_PARAMS: dict[str, dict[str, SearchParam]] = {
             SearchParam(
                 "part-of", "reference", "partOf", "The procedure it is part of", "Procedure"
             ),
+            SearchParam("encounter", "reference", "encounter", "The visit", "Encounter"),
         ]
     },
     "Procedure": {
@@ -58,6 +59,8 @@ SEARCH_PARAMS: dict[str, dict[str, SearchParam]] = {
         for p in [
             *_common("performed"),
             SearchParam("category", "token", "category", "The classification of the procedure"),
+            SearchParam("encounter", "reference", "encounter", "The visit", "Encounter"),
+            SearchParam("based-on", "reference", "basedOn", "The series' care plan", "CarePlan"),
         ]
     },
     "MedicationAdministration": {
@@ -81,6 +84,52 @@ SEARCH_PARAMS: dict[str, dict[str, SearchParam]] = {
             SearchParam("seriousness", "token", "seriousness", "Seriousness of the event"),
             SearchParam("severity", "token", "severity", "Severity of the event"),
             SearchParam("actuality", "token", "actuality", "actual or potential"),
+        ]
+    },
+    "Patient": {
+        p.name: p
+        for p in [
+            SearchParam("identifier", "token", "identifier", "A patient identifier (the MRN)"),
+            SearchParam("gender", "token", "gender", "Gender"),
+            SearchParam("birthdate", "date", "birthDate", "The patient's date of birth"),
+        ]
+    },
+    "Encounter": {
+        p.name: p
+        for p in [
+            SearchParam("identifier", "token", "identifier", "A business identifier"),
+            SearchParam("status", "token", "status", "The status"),
+            SearchParam("type", "token", "type", "The kind of visit"),
+            SearchParam(
+                "patient",
+                "reference",
+                "subject",
+                "The patient, by identifier (patient:identifier=system|mrn)",
+                "Patient",
+            ),
+            SearchParam(
+                "subject",
+                "reference",
+                "subject",
+                "The subject, by identifier (subject:identifier=system|mrn)",
+            ),
+            SearchParam("date", "date", "period", "When the visit was"),
+        ]
+    },
+    "CarePlan": {
+        p.name: p
+        for p in [
+            SearchParam("identifier", "token", "identifier", "A business identifier"),
+            SearchParam("status", "token", "status", "The status"),
+            SearchParam("category", "token", "category", "The kind of plan"),
+            SearchParam(
+                "patient",
+                "reference",
+                "subject",
+                "The patient, by identifier (patient:identifier=system|mrn)",
+                "Patient",
+            ),
+            SearchParam("date", "date", "period", "The period the plan covers"),
         ]
     },
     "DetectedIssue": {

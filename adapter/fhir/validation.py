@@ -76,6 +76,11 @@ _REFERENCE_ELEMENTS = frozenset(
         "author",
         "related",
         "reasonReference",
+        "encounter",
+        "basedOn",
+        "context",
+        "individual",
+        "outcomeReference",
     }
 )
 

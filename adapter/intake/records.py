@@ -5,7 +5,7 @@ Local codes (indication, event, site, drug, route, actions) are free strings her
 mapping tables know them is the mapping's business, not the sender's fault.
 """
 
-from datetime import date, datetime
+from datetime import date, datetime, timezone
 from functools import cache
 from typing import Annotated, Any, Literal, get_args
 from zoneinfo import ZoneInfo
@@ -21,6 +21,15 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 SOURCE_ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+MAX_REVISION = 2**53 - 1
+"""The highest revision: the largest whole number every JSON reader holds exactly, and the
+same on both stores. A record at this revision can be amended no further."""
+MOST_RATE_CHANGES = 500
+"""Rate changes of one session: one a minute through an eight-hour infusion is under 500."""
+MOST_ACTIONS = 20
+MOST_MEDICATIONS_GIVEN = 50
+MOST_SESSIONS = 1000
+"""The highest session_number and sessions_planned of a series."""
 
 
 def _aware(value: datetime, info: ValidationInfo) -> datetime:
@@ -33,7 +42,12 @@ def _aware(value: datetime, info: ValidationInfo) -> datetime:
             "timestamp_without_offset",
             "timestamp has no UTC offset and the site configuration names no time zone",
         )
-    return value.replace(tzinfo=zone)
+    # The zone's offset at that moment, fixed: two moments with one ZoneInfo subtract as wall
+    # clock times, wrong by an hour across a change to or from daylight saving time.
+    local = value.replace(tzinfo=zone)
+    offset = local.utcoffset()
+    assert offset is not None
+    return value.replace(tzinfo=timezone(offset))
 
 
 Timestamp = Annotated[datetime, AfterValidator(_aware)]
@@ -66,7 +80,7 @@ class Staff(Part):
 
 class RecordBase(Part):
     id: SourceId
-    revision: Annotated[int, Field(ge=1)]
+    revision: Annotated[int, Field(ge=1, le=MAX_REVISION)]
     patient: Patient
     recorded_by: Staff | None = None
 
@@ -107,8 +121,8 @@ class InfusionSession(RecordBase):
     record_type: Literal["infusion_session"]
     status: SessionStatus
     series_id: SourceId | None = None
-    session_number: Annotated[int, Field(ge=1)] | None = None
-    sessions_planned: Annotated[int, Field(ge=1)] | None = None
+    session_number: Annotated[int, Field(ge=1, le=MOST_SESSIONS)] | None = None
+    sessions_planned: Annotated[int, Field(ge=1, le=MOST_SESSIONS)] | None = None
     indication: LocalCode
     stop_reason: Text | None = None
     scheduled_start: Timestamp
@@ -119,7 +133,7 @@ class InfusionSession(RecordBase):
     route: LocalCode | None = None
     site: LocalCode | None = None
     dose: Dose | None = None
-    rate_changes: list[RateChange] = Field(default_factory=list)
+    rate_changes: list[RateChange] = Field(default_factory=list, max_length=MOST_RATE_CHANGES)
     performer: Staff | None = None
     physician: Staff | None = None
     location: Text | None = None
@@ -181,8 +195,10 @@ class AdverseEvent(RecordBase):
     resolved_at: Timestamp | None = None
     severity: Literal["mild", "moderate", "severe"] | None = None
     serious: bool | None = None
-    actions: list[LocalCode] = Field(default_factory=list)
-    medications_given: list[MedicationGiven] = Field(default_factory=list)
+    actions: list[LocalCode] = Field(default_factory=list, max_length=MOST_ACTIONS)
+    medications_given: list[MedicationGiven] = Field(
+        default_factory=list, max_length=MOST_MEDICATIONS_GIVEN
+    )
     outcome: (
         Literal[
             "resolved", "resolving", "not_resolved", "resolved_with_sequelae", "fatal", "unknown"

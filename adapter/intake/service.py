@@ -72,6 +72,7 @@ def _revision_row(item: ValidatedRecord) -> RevisionRow:
         raw=item.raw,
         parsed=item.parsed,
         series_id=getattr(record, "series_id", None),
+        mrn=record.patient.mrn,
     )
 
 

@@ -1,6 +1,7 @@
 """Turns one received record (JSON bytes) into a validated record or the reasons it is refused."""
 
 import hashlib
+import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -158,6 +159,13 @@ def _session_problems(record: InfusionSession, limits: Limits) -> Iterator[Field
         and record.discharged_at < record.infusion_start
     ):
         yield FieldError("discharged_at", "is before infusion_start")
+    if record.infusion_end and record.discharged_at and record.discharged_at < record.infusion_end:
+        yield FieldError("discharged_at", "is before infusion_end")
+    for index, change in enumerate(record.rate_changes):
+        if record.infusion_start and change.at < record.infusion_start:
+            yield FieldError(f"rate_changes[{index}].at", "is before infusion_start")
+        if record.infusion_end and change.at > record.infusion_end:
+            yield FieldError(f"rate_changes[{index}].at", "is after infusion_end")
 
 
 def _adverse_event_problems(record: AdverseEvent) -> Iterator[FieldError]:
@@ -175,9 +183,8 @@ def _fasting_problems(record: FastingAttestation) -> Iterator[FieldError]:
 
 
 def plausibility_problems(record: AnyRecord, limits: Limits) -> list[FieldError]:
-    """What the schema cannot say: impossible values and fields that contradict each other."""
-    if record.withdrawn:
-        return []
+    """What the schema cannot say: impossible values and fields that contradict each other.
+    A withdrawn record is checked too: what it says is stored and shown, withdrawn or not."""
     if isinstance(record, Vitals):
         return list(_vitals_problems(record, limits))
     if isinstance(record, InfusionSession):
@@ -189,8 +196,57 @@ def plausibility_problems(record: AnyRecord, limits: Limits) -> list[FieldError]
     return []
 
 
+class _Refused(ValueError):
+    def __init__(self, error: FieldError) -> None:
+        super().__init__(error.reason)
+        self.error = error
+
+
+def _once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object's members, refused when a key is given twice (a JSON parser would keep one
+    of them without a word) or a key or text holds a NUL character."""
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise _Refused(FieldError(key, "given more than once in the same object"))
+        texts = value if isinstance(value, list) else [value]
+        if "\x00" in key or any(isinstance(text, str) and "\x00" in text for text in texts):
+            raise _Refused(FieldError(key, "holds a NUL character (\\u0000)"))
+        found[key] = value
+    return found
+
+
+_KEY = re.compile(rb'"([^"\\]*)"\s*:')
+
+
+def _maybe_repeated(raw: bytes) -> bool:
+    """Whether a key may appear twice in one object or a text hold a NUL: only then is the
+    record parsed again to look closer. (Any backslash may escape either, so it is a reason
+    too; a key may well recur in different objects.)"""
+    if b"\\" in raw:
+        return True
+    keys = _KEY.findall(raw)
+    return len(set(keys)) < len(keys)
+
+
+def _member_problems(raw: bytes) -> list[FieldError]:
+    """Duplicate keys and NUL characters, which the schema's parser cannot see."""
+    if not _maybe_repeated(raw):
+        return []
+    try:
+        json.loads(raw, object_pairs_hook=_once_each)
+    except _Refused as refused:
+        return [refused.error]
+    except (ValueError, RecursionError):
+        return []  # malformed: the schema's parser says where
+    return []
+
+
 def validate_record(raw: bytes, context: IntakeContext) -> ValidatedRecord | list[FieldError]:
     """Validate one record's JSON; the result is the record or every reason it was refused."""
+    members = _member_problems(raw)
+    if members:
+        return members
     try:
         record = _RECORD.validate_json(raw, strict=True, context={"time_zone": context.time_zone})
     except ValidationError as exc:

@@ -59,14 +59,12 @@ def adverse_event_to_resources(
             drugs[index], given.drug, given.drug
         )
         administration["subject"] = resource["subject"]
+        administration["context"] = vocabulary.encounter(event.session_id)
         administration["effectiveDateTime"] = instant(given.at or event.onset_at)
         administration["partOf"] = [procedure_reference(vocabulary, event.session_id)]
-        # Given for the side effect: said in standard elements that every EHR keeps, the coded
-        # event itself and the side effect's Observation, besides the AdverseEvent.
+        # Given for the side effect: said in a standard element that every EHR keeps, the coded
+        # event itself, besides the reference to the AdverseEvent (which not every EHR takes).
         administration["reasonCode"] = [concept]
-        administration["reasonReference"] = [
-            vocabulary.reference("Observation", RECORD_TYPE, observation_id)
-        ]
         administration["supportingInformation"] = [{"reference": f"AdverseEvent/{resource['id']}"}]
         route = vocabulary.coded(routes[index], given.route) if given.route else None
         dose = _dose(vocabulary, given.dose)
@@ -98,6 +96,7 @@ def adverse_event_to_resources(
                 procedure_reference(vocabulary, event.session_id),
             ],
             period=_period(event),
+            encounter=vocabulary.encounter(event.session_id),
             withdrawn=event.withdrawn,
             withdrawn_text=f"{WITHDRAWN_TEXT} (it was: {name}).",
         )
@@ -164,6 +163,7 @@ def _adverse_event(
     else:
         resource["event"] = concept
     resource["subject"] = vocabulary.patient(event.patient.mrn)
+    resource["encounter"] = vocabulary.encounter(event.session_id)
     resource["date"] = instant(event.onset_at)
     resource["recordedDate"] = instant(first_received_at)
     if event.recorded_by:
@@ -201,6 +201,7 @@ def _observation(
     observation["category"] = [{"coding": [vocabulary.coding(notes.side_effect_category)]}]
     observation["code"] = vocabulary.concept(notes.side_effect)
     observation["subject"] = vocabulary.patient(event.patient.mrn)
+    observation["encounter"] = vocabulary.encounter(event.session_id)
     period = _period(event)
     if "end" in period:
         observation["effectivePeriod"] = period

@@ -154,7 +154,21 @@ class Vocabulary:
         return {"reference": f"{resource_type}/{resource_id(system, value)}"}
 
     def patient(self, mrn: str) -> Json:
-        return {"type": "Patient", "identifier": {"system": self.systems.mrn, "value": mrn}}
+        """A literal reference to the adapter's Patient of an MRN, keeping the MRN: the sync
+        files the resource under the EHR's own Patient found by it."""
+        return {
+            "reference": f"Patient/{resource_id(self.systems.mrn, mrn)}",
+            "type": "Patient",
+            "identifier": {"system": self.systems.mrn, "value": mrn},
+        }
+
+    def encounter(self, session_id: str) -> Json:
+        """The reference to a session's Encounter (its visit)."""
+        return self.reference("Encounter", "infusion_session", f"{session_id}/encounter")
+
+    def care_plan(self, series_id: str) -> Json:
+        """The reference to a series' CarePlan."""
+        return self.reference("CarePlan", "infusion_series", series_id)
 
     def staff(self, staff: Staff) -> Json:
         if staff.npi:

@@ -375,6 +375,7 @@ class IssueRule(Concept):
 class IssueRules(MappingModel):
     fasting_short: IssueRule
     fasting_unattested: IssueRule
+    fasting_attested_late: IssueRule
     clear_liquid_short: IssueRule
     transport_unattested: IssueRule
     transport_none_arranged: IssueRule
@@ -404,6 +405,76 @@ class NotesMapping(MappingModel):
     category: Concept = Field(description="DocumentReference.category of every note.")
     side_effect: Concept = Field(description="Observation.code of a side effect's Observation.")
     side_effect_category: Coding = Field(description="Its Observation.category.")
+
+
+class DataAbsentReason(MappingModel):
+    url: str
+    code: Literal["unknown", "asked-unknown", "not-asked", "masked", "unsupported"]
+
+
+class PatientMapping(MappingModel):
+    """mappings/resources/patient.yaml."""
+
+    mrn_type: Coding
+    gender_not_recorded: Literal["unknown", "other"]
+    data_absent_reason: DataAbsentReason
+
+
+EncounterStatus = Literal[
+    "planned",
+    "arrived",
+    "triaged",
+    "in-progress",
+    "onleave",
+    "finished",
+    "cancelled",
+    "entered-in-error",
+    "unknown",
+]
+
+
+class EncounterStatuses(MappingModel):
+    """Session status -> Encounter.status (http://hl7.org/fhir/encounter-status)."""
+
+    scheduled: EncounterStatus
+    checked_in: EncounterStatus
+    in_progress: EncounterStatus
+    completed: EncounterStatus
+    stopped_early: EncounterStatus
+    cancelled: EncounterStatus
+    no_show: EncounterStatus
+    entered_in_error: Literal["entered-in-error"]
+
+
+class EncounterParticipants(MappingModel):
+    nurse: Concept
+    physician: Concept
+
+
+class EncounterLocation(MappingModel):
+    text: Annotated[str, StringConstraints(min_length=1)]
+    physical_type: Coding
+
+
+class EncounterMapping(MappingModel):
+    """mappings/resources/encounter.yaml."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    status: EncounterStatuses
+    class_: Coding = Field(alias="class")
+    type: Concept
+    participant_types: EncounterParticipants
+    infusion_location: EncounterLocation
+    recovery_location: EncounterLocation
+    discharged_home: Coding
+
+
+class CarePlanMapping(MappingModel):
+    """mappings/resources/care_plan.yaml."""
+
+    category: Concept
+    title: Annotated[str, StringConstraints(min_length=1)]
 
 
 class Range(MappingModel):
@@ -475,6 +546,9 @@ class Mappings:
     adverse_event: AdverseEventMapping
     detected_issue: DetectedIssueMapping
     notes: NotesMapping
+    patient: PatientMapping
+    encounter: EncounterMapping
+    care_plan: CarePlanMapping
     version: str
 
 
@@ -492,6 +566,9 @@ FILES: dict[str, type[MappingModel]] = {
     "resources/adverse_event.yaml": AdverseEventMapping,
     "resources/detected_issue.yaml": DetectedIssueMapping,
     "resources/notes.yaml": NotesMapping,
+    "resources/patient.yaml": PatientMapping,
+    "resources/encounter.yaml": EncounterMapping,
+    "resources/care_plan.yaml": CarePlanMapping,
 }
 """Every mapping file, by its path under the mappings folder, and the model it loads into."""
 
@@ -552,12 +629,18 @@ def load_mappings(folder: Path) -> Mappings:
     adverse_event = loaded["resources/adverse_event.yaml"]
     detected_issue = loaded["resources/detected_issue.yaml"]
     notes = loaded["resources/notes.yaml"]
+    patient = loaded["resources/patient.yaml"]
+    encounter = loaded["resources/encounter.yaml"]
+    care_plan = loaded["resources/care_plan.yaml"]
     assert isinstance(site, Site) and isinstance(limits, Limits)
     assert isinstance(procedure, ProcedureMapping)
     assert isinstance(observations, ObservationsMapping)
     assert isinstance(adverse_event, AdverseEventMapping)
     assert isinstance(detected_issue, DetectedIssueMapping)
     assert isinstance(notes, NotesMapping)
+    assert isinstance(patient, PatientMapping)
+    assert isinstance(encounter, EncounterMapping)
+    assert isinstance(care_plan, CarePlanMapping)
     return Mappings(
         site=site,
         limits=limits,
@@ -572,6 +655,9 @@ def load_mappings(folder: Path) -> Mappings:
         adverse_event=adverse_event,
         detected_issue=detected_issue,
         notes=notes,
+        patient=patient,
+        encounter=encounter,
+        care_plan=care_plan,
         version=digest.hexdigest()[:12],
     )
 
@@ -592,6 +678,8 @@ class TypeDelivery(MappingModel):
 
 
 DeliveredType = Literal[
+    "Encounter",
+    "CarePlan",
     "Procedure",
     "Observation",
     "AdverseEvent",
@@ -646,6 +734,26 @@ class EhrRules(MappingModel):
     resource_types: dict[DeliveredType, TypeDelivery] = Field(default_factory=dict)
     stand_ins: StandIns = Field(default_factory=StandIns)
     extra_codings: list[ExtraCoding] = Field(default_factory=list)
+    fhir_versions: list[Annotated[str, StringConstraints(pattern=r"^\d+\.\d+(\.\d+)?$")]] = Field(
+        default_factory=lambda: ["4.0"],
+        min_length=1,
+        description="FHIR versions the EHR may announce in its CapabilityStatement "
+        "(`fhirVersion`), each a version or its major.minor: 4.0 takes 4.0.0 and 4.0.1. "
+        "An EHR announcing another is refused: the adapter sends R4 (4.0.1) resources.",
+    )
+    edited_in_ehr: Literal["keep", "overwrite"] = Field(
+        "keep",
+        description="A copy someone changed in the EHR after the adapter delivered it (found "
+        "by reconciliation, or by a 412 to an update): `keep` leaves the change and lists the "
+        "resource as a dead letter for review (a replay then sends the clinic's version over "
+        "that change); `overwrite` sends the clinic's version over it.",
+    )
+    deleted_in_ehr: Literal["keep", "recreate"] = Field(
+        "keep",
+        description="A copy the EHR answers 410 Gone for (deleted there): `keep` leaves it "
+        "deleted and lists the resource as a dead letter (a replay creates it again); "
+        "`recreate` creates it again.",
+    )
 
 
 EHR_FILE = "ehr.yaml"

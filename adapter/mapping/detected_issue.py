@@ -25,7 +25,7 @@ def protocol_to_resources(vocabulary: Vocabulary, facts: SessionFacts) -> Built:
         issue["severity"] = rule.severity
         issue["patient"] = vocabulary.patient(session.patient.mrn)
         issue["identifiedDateTime"] = instant(breach.identified)
-        issue["implicated"] = [procedure, *breach.implicated]
+        issue["implicated"] = [procedure, vocabulary.encounter(session.id), *breach.implicated]
         if breach.evidence:
             issue["evidence"] = [{"detail": breach.evidence}]
         issue["detail"] = breach.detail
@@ -53,6 +53,7 @@ def protocol_to_resources(vocabulary: Vocabulary, facts: SessionFacts) -> Built:
                 text=text + "\n",
                 related=[{"reference": f"DetectedIssue/{issue['id']}"}, procedure],
                 period=None,
+                encounter=vocabulary.encounter(session.id),
                 withdrawn=False,
                 withdrawn_text="",
             )

@@ -62,13 +62,14 @@ class Mapper:
 
     def map(self, source: SourceRecord) -> Built:
         """The resources of one record, every one checked; InvalidResource if any fails."""
-        return self._checked(self.build(source))
+        return self.checked(self.build(source))
 
     def protocol(self, facts: SessionFacts) -> Built:
         """The session's protocol breaches as checked DetectedIssues and their notes."""
-        return self._checked(protocol_to_resources(self.vocabulary, facts))
+        return self.checked(protocol_to_resources(self.vocabulary, facts))
 
-    def _checked(self, built: Built) -> Built:
+    def checked(self, built: Built) -> Built:
+        """`built`, every resource checked; InvalidResource if any fails."""
         for resource in built.resources:
             self.validator.check(resource)
         return built

@@ -21,6 +21,7 @@ def note(
     text: str,
     related: list[Json],
     period: Json | None,
+    encounter: Json,
     withdrawn: bool,
     withdrawn_text: str,
 ) -> Json:
@@ -47,7 +48,7 @@ def note(
             }
         }
     ]
-    context: Json = {"related": related}
+    context: Json = {"encounter": [encounter], "related": related}
     if period:
         context["period"] = period
     document["context"] = context

@@ -73,6 +73,7 @@ def _common(vocabulary: Vocabulary, vitals: Vitals) -> Json:
     common: Json = {
         "status": observation_status(vitals.withdrawn),
         "subject": vocabulary.patient(vitals.patient.mrn),
+        "encounter": vocabulary.encounter(vitals.session_id),
         "effectiveDateTime": instant(vitals.taken_at),
         "partOf": [procedure_reference(vocabulary, vitals.session_id)],
     }
@@ -115,6 +116,7 @@ def _observation(
     observation["category"] = vocabulary.category(measure.category)
     observation["code"] = vocabulary.concept(measure)
     observation["subject"] = common["subject"]
+    observation["encounter"] = common["encounter"]
     observation["effectiveDateTime"] = common["effectiveDateTime"]
     observation["partOf"] = common["partOf"]
     if "performer" in common:
@@ -192,7 +194,7 @@ def transport_to_observation(vocabulary: Vocabulary, attestation: TransportAttes
         words
         for flagged, words in (
             (attestation.mode == "none_arranged", "no transport home arranged"),
-            (attestation.patient_will_not_drive is False, "the patient may drive"),
+            (attestation.patient_will_not_drive is not True, "the patient may drive"),
         )
         if flagged
     ]
@@ -235,6 +237,7 @@ def _attestation(
     observation["category"] = vocabulary.category("survey")
     observation["code"] = code
     observation["subject"] = vocabulary.patient(attestation.patient.mrn)
+    observation["encounter"] = vocabulary.encounter(attestation.session_id)
     observation["effectiveDateTime"] = instant(attestation.attested_at)
     verifier = attestation.verified_by or attestation.recorded_by
     if verifier:

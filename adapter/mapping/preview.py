@@ -10,8 +10,8 @@ from adapter.fhir.validation import InvalidResource
 from adapter.intake.records import AnyRecord, InfusionSession
 from adapter.intake.validation import IntakeContext, validate_record
 from adapter.mapping.common import Built
+from adapter.mapping.derived import derived_from
 from adapter.mapping.mapper import Mapper, SourceRecord
-from adapter.mapping.protocol import SessionFacts
 
 Json = dict[str, Any]
 CURRENT, STALE, REPEAT, WITHDRAWN, REJECTED = "current", "stale", "repeat", "withdrawn", "rejected"
@@ -19,12 +19,14 @@ CURRENT, STALE, REPEAT, WITHDRAWN, REJECTED = "current", "stale", "repeat", "wit
 
 @dataclass
 class PreviewEntry:
-    """One line of the file, or one session's protocol checks (`line` None)."""
+    """One line of the file, or what several records make together (`line` None): a
+    session's protocol breaches or Encounter, a series' CarePlan, a patient's Patient."""
 
     line: int | None
     state: str
     """current, withdrawn (the current revision withdraws the record), stale (a later revision
-    of the record is in the file), repeat (the same revision again), rejected, or protocol."""
+    of the record is in the file), repeat (the same revision again), rejected; or, for what
+    records make together, its source: protocol, encounter, series, patient."""
     record_type: str | None = None
     id: str | None = None
     revision: int | None = None
@@ -101,22 +103,11 @@ def preview(
         except InvalidResource as exc:
             entry.reasons.append(f"invalid {exc}")
         entries.append(entry)
-    by_session: dict[str, list[AnyRecord]] = {}
-    for _, record in latest.values():
-        session_id = getattr(record, "session_id", None)
-        if session_id:
-            by_session.setdefault(session_id, []).append(record)
-    for session in sessions.values():
-        series = [
-            other
-            for other in sessions.values()
-            if other.series_id == session.series_id and session.series_id
-        ]
-        facts = SessionFacts(session, by_session.get(session.id, []), series)
-        entry = PreviewEntry(None, "protocol", session.record_type, session.id, session.revision)
-        try:
-            entry.built = mapper.protocol(facts)
-        except InvalidResource as exc:
-            entry.reasons.append(f"invalid {exc}")
-        entries.append(entry)
+    try:
+        derived = derived_from(mapper, [record for _, record in records])
+    except InvalidResource as exc:
+        entries.append(PreviewEntry(None, "derived", reasons=[f"invalid {exc}"]))
+        derived = []
+    for source_type, source_id, built in derived:
+        entries.append(PreviewEntry(None, source_type, source_type, source_id, built=built))
     return sorted(entries, key=lambda e: (e.line is None, e.line or 0))

@@ -72,18 +72,8 @@ def _fasting(vocabulary: Vocabulary, facts: SessionFacts) -> Iterator[Breach]:
     attestations = [a for a in _of(facts, FastingAttestation) if isinstance(a, FastingAttestation)]
     if start is None:
         return
-    timely = [a for a in attestations if a.attested_at <= start]
-    if not timely:
-        if attestations:
-            late = min(a.attested_at for a in attestations)
-            yield Breach(
-                "fasting_unattested",
-                f"Fasting was attested at {clock_text(late)}, after the infusion started at "
-                f"{clock_text(start)}.",
-                start,
-                [_attestation_reference(vocabulary, a) for a in attestations],
-            )
-        elif _ended(session):
+    if not attestations:
+        if _ended(session):
             yield Breach(
                 "fasting_unattested",
                 f"No fasting attestation was recorded before the infusion started at "
@@ -91,7 +81,18 @@ def _fasting(vocabulary: Vocabulary, facts: SessionFacts) -> Iterator[Breach]:
                 start,
             )
         return
-    attestation = max(timely, key=lambda a: a.attested_at)
+    timely = [a for a in attestations if a.attested_at <= start]
+    if not timely:
+        late = min(a.attested_at for a in attestations)
+        yield Breach(
+            "fasting_attested_late",
+            f"Fasting was attested at {clock_text(late)}, after the infusion started at "
+            f"{clock_text(start)}.",
+            start,
+            [_attestation_reference(vocabulary, a) for a in attestations],
+        )
+    # The fast itself is judged whenever it was attested: a late attestation hides nothing.
+    attestation = max(timely or attestations, key=lambda a: a.attested_at)
     evidence = [_attestation_reference(vocabulary, attestation)]
     fasted = start - attestation.last_solid_food_at
     minimum = _hours(rules.fasting_minimum_hours.value)
@@ -146,7 +147,7 @@ def _transport(vocabulary: Vocabulary, facts: SessionFacts) -> Iterator[Breach]:
             start,
             evidence,
         )
-    if latest.patient_will_not_drive is False:
+    if latest.patient_will_not_drive is not True:
         yield Breach(
             "transport_patient_drives",
             f"The patient did not confirm they will not drive (attested at "
@@ -172,14 +173,16 @@ def _monitoring(vocabulary: Vocabulary, facts: SessionFacts) -> Iterator[Breach]
                 f"{duration_text(minimum)} of monitoring.",
                 discharged,
             )
-    vitals = [v for v in _of(facts, Vitals) if isinstance(v, Vitals)]
-    if not any(v.phase == "recovery" for v in vitals):
+    vitals = [v for v in _of(facts, Vitals) if isinstance(v, Vitals) and v.taken_at <= discharged]
+    after_end = [v for v in vitals if end is None or v.taken_at >= end]
+    if not any(v.phase == "recovery" for v in after_end):
         yield Breach(
             "recovery_vitals_missing",
-            f"No recovery vitals were recorded before the discharge at {clock_text(discharged)}.",
+            f"No recovery vitals were recorded between the infusion end and the discharge at "
+            f"{clock_text(discharged)}.",
             discharged,
         )
-    if not any(v.phase == "discharge" for v in vitals):
+    if not any(v.phase == "discharge" for v in after_end):
         yield Breach(
             "discharge_vitals_missing",
             f"No discharge vitals were recorded for the discharge at {clock_text(discharged)}.",
@@ -202,11 +205,11 @@ def _discharge_pressure(vocabulary: Vocabulary, facts: SessionFacts) -> Iterator
     last = max(readings, key=lambda v: v.taken_at)
     assert last.systolic is not None and last.diastolic is not None
     systolic_max, diastolic_max = rules.discharge_systolic_max, rules.discharge_diastolic_max
-    if last.systolic > systolic_max.value or last.diastolic > diastolic_max.value:
+    if last.systolic >= systolic_max.value or last.diastolic >= diastolic_max.value:
         yield Breach(
             "discharge_blood_pressure_high",
             f"Blood pressure at discharge {number(last.systolic)}/{number(last.diastolic)} mmHg "
-            f"(taken at {clock_text(last.taken_at)}) is above the site's discharge limit of "
+            f"(taken at {clock_text(last.taken_at)}) is not below the site's discharge limit of "
             f"{number(systolic_max.value)}/{number(diastolic_max.value)} mmHg.",
             last.taken_at,
             [vocabulary.reference("Observation", "vitals", f"{last.id}/blood_pressure")],
@@ -215,10 +218,11 @@ def _discharge_pressure(vocabulary: Vocabulary, facts: SessionFacts) -> Iterator
 
 def _completion(vocabulary: Vocabulary, facts: SessionFacts) -> Iterator[Breach]:
     session = facts.session
-    if session.status == "completed" and session.infusion_end is None:
+    if session.status in ENDED_STATUSES and session.infusion_end is None:
         yield Breach(
             "completed_without_end",
-            "The session is marked completed but no infusion end time was recorded.",
+            f"The session is marked {session.status.replace('_', ' ')} but no infusion end time "
+            "was recorded: the monitoring after it cannot be verified.",
             session.discharged_at or session.infusion_start or session.scheduled_start,
         )
 
@@ -232,6 +236,7 @@ def _series(vocabulary: Vocabulary, facts: SessionFacts) -> Iterator[Breach]:
         other
         for other in facts.series
         if other.id != session.id
+        and other.patient.mrn == session.patient.mrn
         and not other.withdrawn
         and other.status not in ("cancelled", "no_show")
         and other.session_number is not None
@@ -299,7 +304,7 @@ def dose_from_rates(session: InfusionSession) -> float | None:
     if dose.weight_kg is None or dose.rate_mg_per_kg_per_hr is None:
         return None
     changes = sorted(session.rate_changes, key=lambda change: change.at)
-    moments = [start, *(change.at for change in changes), end]
+    moments = [start, *(min(max(change.at, start), end) for change in changes), end]
     rates = [dose.rate_mg_per_kg_per_hr, *(change.rate_mg_per_kg_per_hr for change in changes)]
     total = 0.0
     for index, rate in enumerate(rates):

@@ -13,10 +13,9 @@ from pydantic import TypeAdapter
 from adapter.fhir.validation import InvalidResource
 from adapter.intake.records import AnyRecord, ClinicRecord, InfusionSession
 from adapter.mapping.config import Mappings, load_mappings
+from adapter.mapping.derived import derived_resources
 from adapter.mapping.detected_issue import SOURCE_TYPE as PROTOCOL
 from adapter.mapping.mapper import Mapper, SourceRecord
-from adapter.mapping.protocol import SessionFacts
-from adapter.mapping.session import procedure_reference
 from adapter.store.mapping_queue import (
     FAILED,
     MAPPED,
@@ -174,7 +173,7 @@ class MappingService:
             else:
                 outcomes.append(MappingOutcome(item, MAPPED, None, mapper.version))
             report.mapped += 1
-        mapped += self._protocol(mapper, batch, parsed)
+        mapped += derived_resources(mapper, self.queue, self.resources, batch, parsed)
         with self.queue.engine.begin() as connection:
             counts = ResourceWriter(connection).save(mapped, datetime.now(UTC))
             self.queue.finish(connection, outcomes)
@@ -182,46 +181,3 @@ class MappingService:
         report.sessions_checked += sum(1 for m in mapped if m.source_type == PROTOCOL)
         for name in ("created", "updated", "unchanged", "withdrawn"):
             setattr(report.resources, name, getattr(report.resources, name) + getattr(counts, name))
-
-    def _protocol(
-        self, mapper: Mapper, batch: list[QueuedRecord], parsed: list[AnyRecord]
-    ) -> list[MappedRecord]:
-        """The protocol checked again for every session the batch's records name, and for
-        the sessions whose series checks a changed session takes part in: their breaches as
-        DetectedIssues (a breach no longer found is withdrawn by the store)."""
-        touched = {item.session_id for item in batch if item.session_id}
-        changed = {record.id for record in parsed if isinstance(record, InfusionSession)}
-        series = {
-            record.series_id
-            for record in parsed
-            if isinstance(record, InfusionSession) and record.series_id
-        }
-        touched |= changed | self.queue.series_members(series)
-        touched |= self.resources.protocol_sources_implicating(
-            {
-                procedure_reference(mapper.vocabulary, session_id)["reference"]
-                for session_id in changed
-            }
-        )
-        results: list[MappedRecord] = []
-        for session_id, rows in self.queue.session_rows(touched).items():
-            if rows.session is None:
-                continue
-            session = _RECORD.validate_json(rows.session)
-            assert isinstance(session, InfusionSession)
-            facts = SessionFacts(
-                session,
-                [_RECORD.validate_json(raw) for raw in rows.records],
-                [
-                    member
-                    for raw in rows.series
-                    if isinstance(member := _RECORD.validate_json(raw), InfusionSession)
-                ],
-            )
-            try:
-                built = mapper.protocol(facts)
-            except InvalidResource as exc:
-                log.error("the protocol checks produced an invalid %s", exc.resource_type)
-                continue
-            results.append(MappedRecord(PROTOCOL, session_id, built.resources))
-        return results

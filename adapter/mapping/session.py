@@ -74,6 +74,9 @@ def _procedure(vocabulary: Vocabulary, session: InfusionSession) -> Json:
         code.setdefault("coding", []).append(vocabulary.coding(mapping.cpt.coding))
     procedure["code"] = code
     procedure["subject"] = vocabulary.patient(session.patient.mrn)
+    procedure["encounter"] = vocabulary.encounter(session.id)
+    if session.series_id:
+        procedure["basedOn"] = [vocabulary.care_plan(session.series_id)]
     period = _period(session.infusion_start, session.infusion_end)
     if period:
         procedure["performedPeriod"] = period
@@ -163,6 +166,7 @@ def _administrations(
         whole["statusReason"] = [{"text": reason}]
     whole["medicationCodeableConcept"] = drug_concept
     whole["subject"] = vocabulary.patient(session.patient.mrn)
+    whole["context"] = vocabulary.encounter(session.id)
     period = _period(session.infusion_start, session.infusion_end)
     if period:
         whole["effectivePeriod"] = period
@@ -315,6 +319,7 @@ def _observations(vocabulary: Vocabulary, session: InfusionSession) -> list[Json
         observation["category"] = vocabulary.category(measures.pain.category)
         observation["code"] = vocabulary.concept(measures.pain)
         observation["subject"] = vocabulary.patient(session.patient.mrn)
+        observation["encounter"] = vocabulary.encounter(session.id)
         observation["effectiveDateTime"] = instant(moment)
         observation["partOf"] = [procedure_reference(vocabulary, session.id)]
         assert measures.pain.unit
@@ -341,6 +346,7 @@ def _observations(vocabulary: Vocabulary, session: InfusionSession) -> list[Json
         observation["category"] = vocabulary.category(weight.category)
         observation["code"] = vocabulary.concept(weight)
         observation["subject"] = vocabulary.patient(session.patient.mrn)
+        observation["encounter"] = vocabulary.encounter(session.id)
         observation["effectiveDateTime"] = instant(
             session.infusion_start or session.scheduled_start
         )

@@ -5,6 +5,7 @@ token URL, `exp` in the future and at most five minutes ahead, a `jti` never see
 
 import base64
 import binascii
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -27,8 +28,21 @@ CLOCK_SKEW = timedelta(seconds=30)
 JWKS_CACHE_SECONDS = 300.0
 
 
+LATEST_TIME = 2**35
+"""The largest claim time taken as a time (seconds since the epoch: the year 3058)."""
+CLIENT_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+"""The shape of a client id; an `iss` of any other shape names no client."""
+PRINTABLE = re.compile(r"[\x21-\x7e]{1,255}")
+
+
 class AssertionRefused(Exception):
-    """Why an assertion is refused, in words safe to give back to the caller."""
+    """Why an assertion is refused, in words safe to give back to the caller. `client_id` is
+    set when the assertion's signature verified: the client itself (or whoever holds its key)
+    sent it, and the refusal counts against that client."""
+
+    def __init__(self, reason: str, client_id: str | None = None) -> None:
+        super().__init__(reason)
+        self.client_id = client_id
 
 
 @dataclass(frozen=True)
@@ -49,7 +63,8 @@ def _segment(part: str) -> dict[str, Any]:
 
 
 def unverified_issuer(assertion: str) -> str | None:
-    """The `iss` an assertion claims, before anything is checked (to count failures by)."""
+    """The `iss` an assertion claims, before anything is checked (for the audit record; a
+    claim of any other shape than a client id's comes back cut to 64 characters)."""
     parts = assertion.split(".")
     if len(parts) != 3:
         return None
@@ -57,7 +72,7 @@ def unverified_issuer(assertion: str) -> str | None:
         issuer = _segment(parts[1]).get("iss")
     except AssertionRefused:
         return None
-    return issuer if isinstance(issuer, str) and len(issuer) <= 64 else None
+    return issuer[:64] if isinstance(issuer, str) and issuer else None
 
 
 class KeyFetcher:
@@ -125,7 +140,9 @@ def verify_assertion(
     kid = header.get("kid") if isinstance(header.get("kid"), str) else None
     claimed = _segment(parts[1])
     issuer = claimed.get("iss")
-    client = clients.get(issuer) if isinstance(issuer, str) and len(issuer) <= 64 else None
+    client = (
+        clients.get(issuer) if isinstance(issuer, str) and CLIENT_ID.fullmatch(issuer) else None
+    )
     if client is None or client.kind != "smart" or client.revoked_at is not None:
         raise AssertionRefused("iss is not a registered, active SMART client")
     jwks = client.jwks if client.jwks is not None else fetcher.jwks(client.jwks_url or "", kid)
@@ -138,35 +155,51 @@ def verify_assertion(
             continue
     if claims is None:
         raise AssertionRefused("the signature does not verify with any key of the client")
-    _check_claims(claims, client.id, token_urls, now)
-    expires_at = datetime.fromtimestamp(claims["exp"], UTC)
+    try:
+        expires_at = _check_claims(claims, client.id, token_urls, now)
+    except AssertionRefused as refused:
+        raise AssertionRefused(str(refused), client.id) from None
     jti = claims["jti"]
     if not clients.spend_assertion(client.id, jti, expires_at, now):
-        raise AssertionRefused("jti was used before: an assertion is accepted once")
+        raise AssertionRefused("jti was used before: an assertion is accepted once", client.id)
     return Verified(client, jti, expires_at)
+
+
+def _moment(value: Any, name: str) -> datetime | None:
+    """A claim's time; None when absent, refused when not a plausible time."""
+    if value is None:
+        return None
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise AssertionRefused(f"{name} must be a number (seconds since the epoch)")
+    if not 0 <= value <= LATEST_TIME:
+        raise AssertionRefused(f"{name} is not a time this server accepts")
+    return datetime.fromtimestamp(value, UTC)
 
 
 def _check_claims(
     claims: dict[str, Any], client_id: str, token_urls: set[str], now: datetime
-) -> None:
+) -> datetime:
+    """When the assertion expires, once its claims hold."""
     if claims.get("iss") != client_id or claims.get("sub") != client_id:
         raise AssertionRefused("iss and sub must both be the client id")
     audience = claims.get("aud")
     audiences = audience if isinstance(audience, list) else [audience]
     if not any(a in token_urls for a in audiences if isinstance(a, str)):
         raise AssertionRefused("aud must be this server's token URL")
-    exp = claims.get("exp")
-    if not isinstance(exp, int | float) or isinstance(exp, bool):
+    expires = _moment(claims.get("exp"), "exp")
+    if expires is None:
         raise AssertionRefused("exp is required (seconds since the epoch)")
-    expires = datetime.fromtimestamp(exp, UTC)
     if expires <= now:
         raise AssertionRefused("the assertion has expired")
     if expires > now + LONGEST_LIFETIME + CLOCK_SKEW:
         raise AssertionRefused("exp must be at most five minutes ahead")
     for name in ("iat", "nbf"):
-        value = claims.get(name)
-        if isinstance(value, int | float) and datetime.fromtimestamp(value, UTC) > now + CLOCK_SKEW:
+        moment = _moment(claims.get(name), name)
+        if moment is not None and moment > now + CLOCK_SKEW:
             raise AssertionRefused(f"{name} is in the future")
     jti = claims.get("jti")
-    if not isinstance(jti, str) or not jti or len(jti) > 255:
-        raise AssertionRefused("jti is required (a unique id of at most 255 characters)")
+    if not isinstance(jti, str) or not PRINTABLE.fullmatch(jti):
+        raise AssertionRefused(
+            "jti is required (a unique id of 1 to 255 printable ASCII characters)"
+        )
+    return expires

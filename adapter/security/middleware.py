@@ -1,129 +1,262 @@
-"""The outermost layer of the service: request bodies within size and nesting limits, and an
-audit entry for every request once its answer is sent."""
+"""The outermost layer of the service: the caller's address, request targets and bodies within
+limits (a body is read only once its sender has authenticated), no error's text in a log, and
+an audit entry for every request once its answer is sent."""
 
-import re
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import anyio.to_thread
 import orjson
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from adapter.api.outcome import operation_outcome
-from adapter.errors import AdapterError, MalformedJson, PayloadTooLarge
-from adapter.security.audit import (
-    INTERACTIONS,
-    MOST_IDS,
-    UNAUDITED,
-    AuditEntry,
-    AuditWriter,
+from adapter.api.outcome import INTERNAL_ERROR, log_unexpected, oauth_error, operation_outcome
+from adapter.errors import (
+    AdapterError,
+    BadRequest,
+    MalformedJson,
+    PayloadTooLarge,
+    RequestTimeout,
 )
+from adapter.security.audit import INTERACTIONS, MOST_IDS, UNAUDITED, AuditEntry, AuditWriter
+from adapter.security.clients import KEY_PREFIX, TOKEN_PREFIX, Clients
+from adapter.security.forwarded import Networks, caller_address
+from adapter.security.json_depth import json_depth
+from adapter.store.console_sessions import ConsoleSessions, cookie_value
 
-_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"')
-_BRACKETS = re.compile(rb"[\[\]{}]")
-JSON_TYPES = ("json", "ndjson")
+TOKEN_PATH = "/auth/token"
+CONSOLE_SIGN_IN = "/console/sign-in"
+OPEN_FORMS = (TOKEN_PATH, CONSOLE_SIGN_IN)
+LONGEST_FORM = 16 * 1024
+"""The largest body of the token endpoint and the console's sign-in form, the open routes that
+take a body (each authenticates its callers itself)."""
+BODILESS = ("GET", "HEAD", "DELETE", "OPTIONS")
+DEPTH_ON_LOOP = 64 * 1024
+"""Bodies up to this size are checked for depth on the event loop (well under a millisecond);
+larger ones in a worker thread, so that no body holds the other requests."""
 
 
-def json_depth(body: bytes) -> int:
-    """The deepest nesting of arrays and objects in a JSON (or NDJSON) body."""
-    depth = deepest = 0
-    for bracket in _BRACKETS.findall(_STRINGS.sub(b"", body)):
-        if bracket in (b"[", b"{"):
-            depth += 1
-            deepest = max(deepest, depth)
-        else:
-            depth -= 1
-    return deepest
+@dataclass(frozen=True)
+class BodyLimits:
+    max_bytes: int
+    max_depth: int
+    timeout_seconds: float
 
 
-async def _refuse(send: Send, error: AdapterError) -> None:
-    """The OperationOutcome of an error found before the app's exception handlers are in reach."""
-    body = orjson.dumps(operation_outcome(error.issue_code, error.message))
-    await send(
-        {
-            "type": "http.response.start",
-            "status": error.status,
-            "headers": [
-                (b"content-type", b"application/fhir+json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
+def _headers(scope: Scope) -> dict[bytes, bytes]:
+    return dict(scope.get("headers", []))
+
+
+def _is_json(headers: dict[bytes, bytes]) -> bool:
+    """JSON by its media type, or no media type at all (FastAPI reads such a body as JSON)."""
+    content_type = headers.get(b"content-type", b"").decode("latin-1").lower()
+    return not content_type.strip() or "json" in content_type
+
+
+def _with_nul(scope: Scope) -> bool:
+    """A NUL in the path or query: no id, search value or filter may hold one (PostgreSQL's
+    text cannot)."""
+    return "\x00" in scope.get("path", "") or b"%00" in scope.get("query_string", b"")
+
+
+async def _refuse(send: Send, error: AdapterError, oauth: bool) -> None:
+    """The answer to an error found before the app's exception handlers are in reach: an
+    OperationOutcome, or OAuth's error object at the token endpoint."""
+    if oauth:
+        body = orjson.dumps(oauth_error("invalid_request", error.message))
+        media_type = b"application/json"
+    else:
+        body = orjson.dumps(operation_outcome(error.issue_code, error.message))
+        media_type = b"application/fhir+json"
+    headers = [(b"content-type", media_type), (b"content-length", str(len(body)).encode())]
+    headers += [(name.lower().encode(), value.encode()) for name, value in error.headers.items()]
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
-class Guard:
-    """ASGI middleware: body limits, then the audit entry of the request."""
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive that hands the app `body` once, then whatever the connection says next."""
+    sent = False
 
-    def __init__(self, app: ASGIApp, writer: AuditWriter, max_body: int, max_depth: int) -> None:
+    async def replay() -> Message:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
+
+
+class Guard:
+    """ASGI middleware: caller address, limits, then the audit entry of the request."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        writer: AuditWriter,
+        clients: Clients,
+        limits: BodyLimits,
+        proxies: Networks,
+        routes: Sequence[BaseRoute],
+    ) -> None:
         self.app = app
         self.writer = writer
-        self.max_body = max_body
-        self.max_depth = max_depth
+        self.clients = clients
+        self.limits = limits
+        self.proxies = proxies
+        self.routes = routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        status = {"code": 500}
+        scope = self._addressed(scope)
+        status = {"code": 500, "started": False}
 
         async def remember(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
+                status["started"] = True
             await send(message)
 
         try:
             refused = await self._limits(scope, receive)
             if isinstance(refused, AdapterError):
                 status["code"] = refused.status
-                await _refuse(send, refused)
+                await _refuse(send, refused, oauth=scope["path"] == TOKEN_PATH)
             else:
                 await self.app(scope, refused, remember)
+        except Exception as exc:  # no handler took it: answer 500, log no text of it
+            log_unexpected(exc)
+            if not status["started"]:
+                status["code"] = 500
+                body = orjson.dumps(INTERNAL_ERROR)
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 500,
+                        "headers": [(b"content-type", b"application/fhir+json")],
+                    }
+                )
+                await send({"type": "http.response.body", "body": body})
         finally:
-            self._audit(scope, status["code"])
+            self._audit(scope, int(status["code"]))
+
+    def _addressed(self, scope: Scope) -> Scope:
+        """The scope with the caller's address: a forwarded one only from a trusted proxy."""
+        client = scope.get("client")
+        if not self.proxies or not client:
+            return scope
+        forwarded = _headers(scope).get(b"x-forwarded-for", b"").decode("latin-1")
+        address = caller_address(client[0], forwarded, self.proxies)
+        if address == client[0]:
+            return scope
+        return {**scope, "client": (address, 0)}
 
     async def _limits(self, scope: Scope, receive: Receive) -> Receive | AdapterError:
-        """The body, read within the size limit and checked for depth when it is JSON, handed
-        on; or why it is refused."""
-        if scope["method"] in ("GET", "HEAD", "DELETE", "OPTIONS"):
+        """The body, read within the limits once its sender is known, handed on; or why the
+        request is refused. An unknown sender's body is never read: the app answers 401."""
+        if _with_nul(scope):
+            return BadRequest(
+                "the path or query holds a NUL character (%00), which no id, "
+                "search value or filter may contain"
+            )
+        if scope["method"] in BODILESS:
             return receive
-        headers = dict(scope["headers"])
+        headers = _headers(scope)
+        if scope["path"] in OPEN_FORMS:
+            largest = min(self.limits.max_bytes, LONGEST_FORM)
+        else:
+            client_id = await self._authenticated(headers)
+            if client_id is None:
+                return _replay(b"", receive)
+            scope.setdefault("state", {})["authenticated_client"] = client_id
+            largest = self.limits.max_bytes
         declared = headers.get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.max_body:
-            return PayloadTooLarge(f"the body is over the limit of {self.max_body} bytes")
-        chunks, size, more = [], 0, True
+        if declared.isdigit() and int(declared) > largest:
+            return PayloadTooLarge(f"the body is over the limit of {largest} bytes")
+        try:
+            async with asyncio.timeout(self.limits.timeout_seconds):
+                body = await self._read(receive, largest)
+        except TimeoutError:
+            return RequestTimeout(
+                f"the body did not arrive within {self.limits.timeout_seconds:g} seconds"
+            )
+        if isinstance(body, AdapterError) or body is None:
+            return body or receive
+        if _is_json(headers):
+            depth = (
+                json_depth(body)
+                if len(body) <= DEPTH_ON_LOOP
+                else await anyio.to_thread.run_sync(json_depth, body)
+            )
+            if depth > self.limits.max_depth:
+                return MalformedJson(f"JSON nested deeper than {self.limits.max_depth} levels")
+        return _replay(body, receive)
+
+    @staticmethod
+    async def _read(receive: Receive, largest: int) -> bytes | AdapterError | None:
+        """The whole body, refused past `largest` bytes; None when the caller went away."""
+        chunks: list[bytes] = []
+        size, more = 0, True
         while more:
             message = await receive()
             if message["type"] == "http.disconnect":
-                return receive
+                return None
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             more = message.get("more_body", False)
-            if size > self.max_body:
-                return PayloadTooLarge(f"the body is over the limit of {self.max_body} bytes")
-        body = b"".join(chunks)
-        content_type = headers.get(b"content-type", b"").decode("latin-1").lower()
-        if any(kind in content_type for kind in JSON_TYPES) and json_depth(body) > self.max_depth:
-            return MalformedJson(f"JSON nested deeper than {self.max_depth} levels")
-        sent = False
+            if size > largest:
+                return PayloadTooLarge(f"the body is over the limit of {largest} bytes")
+        return b"".join(chunks)
 
-        async def replay() -> Message:
-            nonlocal sent
-            if sent:
-                return await receive()
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
+    async def _authenticated(self, headers: dict[bytes, bytes]) -> str | None:
+        """The id of the active client whose API key or access token the request carries, or
+        who signed in to the console with its cookie."""
+        scheme, _, value = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+        credential = value.strip()
+        if scheme.lower() != "bearer" or not credential:
+            cookie = cookie_value(headers.get(b"cookie", b"").decode("latin-1"))
+            return await anyio.to_thread.run_sync(self._signed_in, cookie) if cookie else None
+        if credential.startswith(KEY_PREFIX):
+            client = await anyio.to_thread.run_sync(self.clients.by_key, credential)
+            return client.id if client else None
+        if credential.startswith(TOKEN_PREFIX):
+            holder = await anyio.to_thread.run_sync(
+                self.clients.by_token, credential, datetime.now(UTC)
+            )
+            return holder.client.id if holder else None
+        return None
 
-        return replay
+    def _signed_in(self, cookie: str) -> str | None:
+        """The active client of a console sign-in."""
+        found = ConsoleSessions(self.clients.engine).find(cookie, datetime.now(UTC))
+        client = self.clients.get(found.client_id) if found else None
+        return client.id if client and client.revoked_at is None else None
+
+    def _route(self, scope: Scope) -> tuple[str | None, dict[str, Any]]:
+        """The endpoint's name and path parameters: from the routing, or, for a request
+        refused before it, from matching the routes here."""
+        endpoint = scope.get("endpoint")
+        if endpoint is not None:
+            return getattr(endpoint, "__name__", None), scope.get("path_params", {})
+        for route in self.routes:
+            match, child = route.matches(scope)
+            if match == Match.FULL:
+                name = getattr(child.get("endpoint"), "__name__", None)
+                return name, child.get("path_params", {})
+        return None, {}
 
     def _audit(self, scope: Scope, outcome: int) -> None:
-        endpoint = scope.get("endpoint")
-        name = getattr(endpoint, "__name__", None)
+        name, params = self._route(scope)
         if name in UNAUDITED:
             return
         state: dict[str, Any] = scope.get("state", {})
         caller = state.get("caller")
-        params: dict[str, Any] = scope.get("path_params", {})
-        path = scope.get("path", "")
         ids = state.get("audited_ids")
         if ids is None and "resource_id" in params:
             version = f"/_history/{params['version_id']}" if "version_id" in params else ""
@@ -137,13 +270,15 @@ class Guard:
         self.writer.record(
             AuditEntry(
                 recorded_at=datetime.now(UTC),
-                client_id=caller.client.id if caller is not None else None,
+                client_id=caller.client.id
+                if caller is not None
+                else state.get("authenticated_client"),
                 interaction=INTERACTIONS.get(name or "", f"admin:{name}" if name else "unrouted"),
                 method=scope.get("method", ""),
-                path=path[:2000],
+                path=scope.get("path", ""),
                 resource_type=params.get("resource_type"),
                 resource_ids=(ids or [])[:MOST_IDS] or None,
-                query=query[:8000] or None,
+                query=query or None,
                 outcome=outcome,
                 address=client[0] if client else None,
             )

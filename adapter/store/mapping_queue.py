@@ -1,6 +1,6 @@
 """Which source records wait to be mapped, and which wait for a mapping a person must add."""
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -158,6 +158,26 @@ class MappingQueue:
                         if member != row.source_id:
                             found[member].series.append(row.parsed)
         return found
+
+    def patient_records(self, mrn: str, chunk: int = 100) -> Iterator[str]:
+        """The parsed current revisions of an MRN's records, newest first, read a chunk at a
+        time: a patient's demographics are usually in the newest few."""
+        offset = 0
+        while True:
+            query = (
+                select(revisions.c.parsed)
+                .join(records, _current_revision())
+                .where(records.c.mrn == mrn)
+                .order_by(records.c.updated_at.desc(), records.c.source_id, records.c.record_type)
+                .limit(chunk)
+                .offset(offset)
+            )
+            with self.engine.connect() as connection:
+                rows = [row.parsed for row in connection.execute(query)]
+            yield from rows
+            if len(rows) < chunk:
+                return
+            offset += chunk
 
     def series_members(self, series_ids: set[str]) -> set[str]:
         """The sessions of these series."""

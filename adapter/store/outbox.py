@@ -21,6 +21,8 @@ STAND_INS = {
 a side effect's coded Observation and clinical note, a protocol breach's note. Delivered when
 the type they stand in for is not (mappings/ehr.yaml `stand_ins`)."""
 DELIVERY_RANK = {
+    "Encounter": -2,
+    "CarePlan": -1,
     "Procedure": 0,
     "MedicationAdministration": 1,
     "AdverseEvent": 2,

@@ -50,6 +50,7 @@ RECORD_COLUMNS = (
     "first_received_at",
     "updated_at",
     "series_id",
+    "mrn",
 )
 
 
@@ -89,6 +90,7 @@ class RevisionRow:
     raw: str
     parsed: str
     series_id: str | None = None
+    mrn: str | None = None
 
 
 @dataclass(frozen=True)
@@ -241,6 +243,7 @@ class RecordWriter:
                         at,
                         at,
                         r.series_id,
+                        r.mrn,
                     )
                     for r in created
                 ],
@@ -248,8 +251,8 @@ class RecordWriter:
         if amended:
             self._executemany(
                 "UPDATE source_records SET revision = ?, withdrawn = ?, content_hash = ?, "
-                "session_id = ?, series_id = ?, updated_at = ?, mapping_state = 'pending', "
-                "mapping_seq = mapping_seq + 1 "
+                "session_id = ?, series_id = ?, mrn = ?, updated_at = ?, "
+                "mapping_state = 'pending', mapping_seq = mapping_seq + 1 "
                 "WHERE record_type = ? AND source_id = ? AND revision < ?",
                 [
                     (
@@ -258,6 +261,7 @@ class RecordWriter:
                         r.content_hash,
                         r.session_id,
                         r.series_id,
+                        r.mrn,
                         at,
                         r.record_type,
                         r.source_id,

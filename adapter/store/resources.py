@@ -1,5 +1,6 @@
 """The FHIR resources the adapter emits, versioned: a new version only when the content changes."""
 
+import base64
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -9,7 +10,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, Engine, bindparam, delete, select, update
 
-from adapter.fhir.indexing import REFERENCE_SYSTEM, index
+from adapter.fhir.indexing import SERIES_PARAM, index
 from adapter.store.outbox import delivery_kind, enqueue
 from adapter.store.tables import fhir_resource_versions as versions
 from adapter.store.tables import fhir_resources as resources
@@ -23,12 +24,16 @@ _WITHDRAWN_STATUS = {
     "MedicationAdministration": WITHDRAWN,
     "DetectedIssue": WITHDRAWN,
     "DocumentReference": WITHDRAWN,
+    "Encounter": WITHDRAWN,
+    "CarePlan": WITHDRAWN,
 }
 """The status that withdraws a resource of each type the store may have to withdraw itself
 (a resource its record no longer maps to)."""
 _AMENDABLE = frozenset({"Observation", "DetectedIssue"})
 """Types whose status says `amended` for a version that changed what a final one said
 (http://hl7.org/fhir/R4/valueset-observation-status.html)."""
+NOT_DELIVERED = frozenset({"Patient"})
+"""Types served on the FHIR endpoint and never queued for the EHR: the EHR owns its patients."""
 MAPPING_TAG_PREFIX = "mapping-"
 """The code of the meta.tag that names the mapping version that made a resource."""
 
@@ -174,6 +179,7 @@ class ResourceWriter:
             )
         if history:
             self._connection.execute(versions.insert(), history)
+            history = [row for row in history if row["resource_type"] not in NOT_DELIVERED]
             enqueue(
                 self._connection,
                 [
@@ -264,12 +270,30 @@ class ResourceWriter:
         return orphans
 
 
+WITHDRAWN_NOTE = "Entered in error: what this note said was withdrawn."
+
+
 def _withdraw(resource: Json) -> Json | None:
-    """The resource marked entered-in-error, or None when it already is (or cannot be)."""
+    """The resource marked entered-in-error, or None when it already is (or cannot be). A
+    note (DocumentReference) says so in its own words too: no reader of its text alone takes
+    it for a current one."""
     status = _WITHDRAWN_STATUS.get(resource["resourceType"])
     if status is None or resource.get("status") == status:
         return None
-    return {**resource, "status": status}
+    withdrawn = {**resource, "status": status}
+    if resource["resourceType"] == "DocumentReference":
+        withdrawn["description"] = WITHDRAWN_NOTE
+        withdrawn["content"] = [
+            {
+                **item,
+                "attachment": {
+                    **item.get("attachment", {}),
+                    "data": base64.b64encode(WITHDRAWN_NOTE.encode() + b"\n").decode(),
+                },
+            }
+            for item in resource.get("content", [])
+        ]
+    return withdrawn
 
 
 STORED_COLUMNS = (
@@ -331,22 +355,16 @@ class ResourceStore:
         with self.engine.connect() as connection:
             return [StoredResource(*row) for row in connection.execute(query)]
 
-    def protocol_sources_implicating(self, references: set[str]) -> set[str]:
-        """The sessions whose protocol DetectedIssues implicate any of these references."""
-        if not references:
+    def series_of_procedures(self, references: set[str]) -> set[str]:
+        """The infusion series these stored Procedures (`Procedure/id`) name."""
+        ids = sorted(reference.split("/", 1)[1] for reference in references)
+        if not ids:
             return set()
-        query = (
-            select(resources.c.source_id)
-            .join(tokens, tokens.c.resource_id == resources.c.id)
-            .where(
-                tokens.c.param == "implicated",
-                tokens.c.system == REFERENCE_SYSTEM,
-                tokens.c.code.in_(sorted(references)),
-                resources.c.source_type == "protocol",
-            )
+        query = select(tokens.c.code).where(
+            tokens.c.param == SERIES_PARAM, tokens.c.resource_id.in_(ids)
         )
         with self.engine.connect() as connection:
-            return {row.source_id for row in connection.execute(query)}
+            return {row.code for row in connection.execute(query)}
 
     def all_current(self) -> list[StoredResource]:
         query = select(*STORED_COLUMNS).order_by(resources.c.resource_type, resources.c.id)

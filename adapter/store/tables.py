@@ -4,6 +4,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     DateTime,
@@ -43,7 +44,7 @@ source_records = Table(
     metadata,
     Column("source_id", String(64), primary_key=True),
     Column("record_type", String(32), primary_key=True),
-    Column("revision", Integer, nullable=False),
+    Column("revision", BigInteger, nullable=False),
     Column("withdrawn", Boolean, nullable=False),
     Column("content_hash", String(64), nullable=False),
     Column("session_id", String(64)),
@@ -54,9 +55,11 @@ source_records = Table(
     Column("mapping_detail", Text),
     Column("mapped_version", String(32)),
     Column("series_id", String(64)),
+    Column("mrn", String(64)),
     Index("ix_source_records_session", "session_id"),
     Index("ix_source_records_mapping_state", "mapping_state"),
     Index("ix_source_records_series", "series_id"),
+    Index("ix_source_records_mrn", "mrn"),
 )
 """One row per record: its current revision (number and content hash), withdrawn or not.
 
@@ -68,7 +71,7 @@ source_record_revisions = Table(
     metadata,
     Column("source_id", String(64), primary_key=True),
     Column("record_type", String(32), primary_key=True),
-    Column("revision", Integer, primary_key=True),
+    Column("revision", BigInteger, primary_key=True),
     Column("withdrawn", Boolean, nullable=False),
     Column("content_hash", String(64), nullable=False),
     Column("raw", Text, nullable=False),
@@ -251,22 +254,34 @@ spent_assertions = Table(
 audit_events = Table(
     "audit_events",
     metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
     Column("recorded_at", UtcDateTime(), nullable=False),
     Column("client_id", String(64)),
     Column("interaction", String(32), nullable=False),
-    Column("method", String(8), nullable=False),
+    Column("method", String(32), nullable=False),
     Column("path", Text, nullable=False),
     Column("resource_type", String(64)),
     Column("resource_ids", Text),
     Column("query", Text),
     Column("outcome", Integer, nullable=False),
     Column("address", String(64)),
+    Column("chain", String(64)),
     Index("ix_audit_events_recorded", "recorded_at"),
     Index("ix_audit_events_client", "client_id", "id"),
 )
 """Every access: when, who, what interaction on what, and the HTTP outcome. Append-only: the
-migration adds triggers that refuse UPDATE and DELETE."""
+migrations add triggers that refuse UPDATE, DELETE, TRUNCATE and replacing inserts. `chain` is
+an HMAC over the previous entry's chain and this entry (adapter/security/audit.py)."""
+
+audit_chain_head = Table(
+    "audit_chain_head",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("last_id", BigInteger, nullable=False),
+    Column("last_chain", String(64)),
+)
+"""One row: the last chained audit entry, so that entries cut from the end are noticed; its
+update is also the lock that keeps writers of the chain in turn."""
 
 console_sessions = Table(
     "console_sessions",

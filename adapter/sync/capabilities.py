@@ -6,9 +6,12 @@ from typing import Any, Literal
 
 from adapter.mapping.config import DeliveredType, EhrRules, TypeDelivery
 from adapter.store.outbox import STAND_INS
+from adapter.sync.errors import EhrConfigurationError, TemporaryEhrError
 
 Mode = Literal["transaction", "batch", "single"]
 DELIVERED_TYPES: tuple[DeliveredType, ...] = (
+    "Encounter",
+    "CarePlan",
     "Procedure",
     "MedicationAdministration",
     "AdverseEvent",
@@ -34,6 +37,42 @@ class DeliveryPlan:
 
 def _choice(override: str, found: bool) -> bool:
     return found if override == "auto" else override == "yes"
+
+
+def check_statement(statement: dict[str, Any] | None, rules: EhrRules) -> dict[str, Any]:
+    """The EHR's answer to `GET metadata` when it is a CapabilityStatement of a server that
+    speaks a FHIR version the site accepts. An answer that is not one is the EHR failing (an
+    error, never read as "the EHR accepts nothing"); another FHIR version is for a person to
+    decide (`fhir_versions` in mappings/ehr.yaml)."""
+    if not statement or statement.get("resourceType") != "CapabilityStatement":
+        kind = (statement or {}).get("resourceType", "nothing")
+        raise TemporaryEhrError(
+            200, f"GET metadata answered {kind}, not a CapabilityStatement", sent=False
+        )
+    if not any(part.get("mode") == "server" for part in statement.get("rest", [])):
+        raise TemporaryEhrError(
+            200, "the EHR's CapabilityStatement describes no server (rest.mode)", sent=False
+        )
+    announced = str(statement.get("fhirVersion") or "")
+    if not any(announced == v or announced.startswith(f"{v}.") for v in rules.fhir_versions):
+        raise EhrConfigurationError(
+            f"the EHR announces FHIR version {announced or '(none)'} and the adapter sends R4 "
+            f"(4.0.1) resources: the site accepts {', '.join(rules.fhir_versions)} "
+            "(fhir_versions in mappings/ehr.yaml); nothing is sent"
+        )
+    return statement
+
+
+def deletable(statement: dict[str, Any]) -> set[str]:
+    """The resource types whose CapabilityStatement entry lists `delete`."""
+    rest: dict[str, Any] = next(
+        (part for part in statement.get("rest", []) if part.get("mode") == "server"), {}
+    )
+    return {
+        str(entry.get("type"))
+        for entry in rest.get("resource", [])
+        if any(i.get("code") == "delete" for i in entry.get("interaction", []))
+    }
 
 
 def plan_delivery(statement: dict[str, Any], rules: EhrRules) -> dict[str, DeliveryPlan]:

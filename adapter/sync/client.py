@@ -1,7 +1,8 @@
 """The EHR's FHIR API as the sync sees it: every answer sorted once into delivered, temporary
-(retried with backoff) or permanent (a person must act)."""
+(retried with backoff) or permanent (a person must act), within a deadline and a size cap."""
 
 import email.utils
+import http.client
 import logging
 import threading
 import time
@@ -9,15 +10,24 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urljoin, urlsplit
 
 import orjson
 import requests
+import urllib3.exceptions
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 from tenacity.wait import wait_exponential_jitter
 from urllib3.exceptions import NewConnectionError
 
 from adapter.sync.auth import EhrAuth
-from adapter.sync.errors import EhrAuthError, EhrUnavailable, PermanentEhrError, TemporaryEhrError
+from adapter.sync.errors import (
+    EhrAuthError,
+    EhrConfigurationError,
+    EhrForbidden,
+    EhrUnavailable,
+    PermanentEhrError,
+    TemporaryEhrError,
+)
 
 log = logging.getLogger(__name__)
 FHIR_JSON = "application/fhir+json"
@@ -26,12 +36,14 @@ TEMPORARY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 (501, 505) say the request can never work and are permanent."""
 NOT_ACTED_ON = frozenset({408, 429, 503})
 """Answers that say the server did not act on the request (RFC 9110, 15.5.9, 15.6.4; RFC 6585)."""
+READ_SIZE = 65536
 
 
 @dataclass(frozen=True)
 class EhrResponse:
     status: int
     body: dict[str, Any] | None
+    """The FHIR resource answered (a JSON object with a resourceType), or None for no body."""
     headers: dict[str, str]
 
 
@@ -63,12 +75,18 @@ class EhrClient:
     base_url: str
     auth: EhrAuth
     timeout: float
+    """The longest one request may take, from connecting to the last byte of its answer."""
     attempts: int
     max_wait: float
     breaker: Breaker
     proxy: str | None = None
+    max_response_bytes: int = 32 * 2**20
+    """The largest answer read; a larger one is cut off and counts as a failed request."""
     session: requests.Session = field(default_factory=requests.Session)
     sleep: Callable[[float], None] = time.sleep
+    asked_to_wait: float | None = None
+    """Seconds the EHR asked the sync to wait (Retry-After) beyond what a run waits: nothing
+    more is sent in this run."""
 
     def __post_init__(self) -> None:
         # The environment's proxy variables and ~/.netrc are not consulted on every request:
@@ -76,6 +94,12 @@ class EhrClient:
         self.session.trust_env = False
         if self.proxy:
             self.session.proxies = {"http": self.proxy, "https": self.proxy}
+
+    def start_run(self) -> None:
+        """A new run tries the EHR afresh: what the last run learnt of its failures is over
+        (the sync as a whole backed off meanwhile)."""
+        self.breaker.succeeded()
+        self.asked_to_wait = None
 
     def request(
         self,
@@ -89,13 +113,35 @@ class EhrClient:
     ) -> EhrResponse:
         """One FHIR interaction, retried while the EHR's answers are temporary; raises
         TemporaryEhrError when the attempts are spent, PermanentEhrError on a refusal. A
-        request that is not idempotent (a plain create) is repeated only when the EHR surely
-        did not act on it; otherwise the caller decides (it searches before sending again)."""
+        request that is not idempotent (a create) is repeated only when the EHR surely did not
+        act on it; otherwise the caller decides (it waits for the EHR to settle, then searches
+        before sending again). A Retry-After longer than `max_wait` is not slept: the request
+        fails at once, and nothing more is sent in this run."""
         if self.breaker.open:
             raise EhrUnavailable("the EHR failed too many requests in a row")
+        if self.asked_to_wait is not None:
+            reason = f"not sent: the EHR asked the sync to wait {self.asked_to_wait:.0f} s"
+            raise TemporaryEhrError(None, reason, self.asked_to_wait, sent=False)
 
         def worth_repeating(error: BaseException) -> bool:
-            return isinstance(error, TemporaryEhrError) and (idempotent or not error.sent)
+            if not isinstance(error, TemporaryEhrError):
+                return False
+            if error.retry_after is not None and error.retry_after > self.max_wait:
+                return False
+            return idempotent or not error.sent
+
+        unheard = False
+
+        def attempt() -> EhrResponse:
+            nonlocal unheard
+            try:
+                return self._send_authorised(method, path, body, form, headers or {})
+            except TemporaryEhrError as error:
+                unheard = unheard or error.sent
+                raise
+            except PermanentEhrError as error:
+                error.after_unheard = unheard
+                raise
 
         retrying = Retrying(
             retry=retry_if_exception(worth_repeating),
@@ -105,8 +151,10 @@ class EhrClient:
             reraise=True,
         )
         try:
-            response = retrying(self._send_authorised, method, path, body, form, headers or {})
-        except TemporaryEhrError:
+            response = retrying(attempt)
+        except TemporaryEhrError as error:
+            if error.retry_after is not None and error.retry_after > self.max_wait:
+                self.asked_to_wait = max(self.asked_to_wait or 0.0, error.retry_after)
             self.breaker.failed()
             raise
         self.breaker.succeeded()
@@ -134,6 +182,19 @@ class EhrClient:
             self.auth.refresh()
             return self._send(method, path, body, form, headers)
 
+    def url(self, path: str) -> str:
+        """The URL of `path`, relative to the base URL, or absolute on its origin (a paging
+        link): a URL on another origin is refused, since following it would carry the
+        request, and any patient data in it, elsewhere."""
+        if not path.startswith(("http://", "https://")):
+            return f"{self.base_url.rstrip('/')}/{path.lstrip('/')}" if path else self.base_url
+        if origin(path) != origin(self.base_url):
+            raise EhrConfigurationError(
+                f"the EHR links to another origin ({origin(path)}); the sync does not follow it: "
+                "set ADAPTER_EHR_BASE_URL to the address the EHR answers at"
+            )
+        return path
+
     def _send(
         self,
         method: str,
@@ -142,7 +203,9 @@ class EhrClient:
         form: dict[str, str] | None,
         headers: dict[str, str],
     ) -> EhrResponse:
-        url = f"{self.base_url.rstrip('/')}/{path.lstrip('/')}" if path else self.base_url
+        url = self.url(path)
+        where = f"{method} {_path_only(path)}"
+        deadline = time.monotonic() + self.timeout
         sent = {"Accept": FHIR_JSON, **headers}
         if body is not None:
             sent["Content-Type"] = FHIR_JSON
@@ -156,22 +219,90 @@ class EhrClient:
                 data=_encoded(body) if body is not None else form,
                 headers=sent,
                 timeout=self.timeout,
+                allow_redirects=False,
+                stream=True,
             )
         except (requests.ConnectionError, requests.Timeout) as exc:
             reason = f"no answer from the EHR ({type(exc).__name__})"
             raise TemporaryEhrError(None, reason, sent=_maybe_sent(exc)) from None
-        parsed = _json(answer)
+        except requests.RequestException as exc:
+            reason = f"no answer from the EHR ({type(exc).__name__})"
+            raise TemporaryEhrError(None, reason) from None
+        try:
+            content = self._content(answer, deadline, where)
+        except BaseException:
+            answer.close()  # the connection, part read, is not used again
+            raise
+        answer.raw.release_conn()  # read to its end: kept alive for the next request
         status = answer.status_code
-        if status < 400:
-            return EhrResponse(status, parsed, dict(answer.headers))
-        reason = f"{method} {_path_only(path)} answered {status}"
+        if 300 <= status < 400:
+            raise EhrConfigurationError(_redirected(where, status, url, answer, self.base_url))
+        if status < 300:
+            return EhrResponse(status, _fhir(content, answer, where), dict(answer.headers))
+        reason = f"{where} answered {status}"
         if status == 401:
             raise EhrAuthError(reason)
+        if status == 403:
+            raise EhrForbidden(
+                f"{reason} (Forbidden): the EHR does not allow the adapter's client this; "
+                "check its scopes and permissions at the EHR"
+            )
         if status in TEMPORARY_STATUSES:
             retry_after = _retry_after(answer.headers.get("Retry-After"))
             raise TemporaryEhrError(status, reason, retry_after, sent=status not in NOT_ACTED_ON)
+        parsed = _json(content)
         outcome = parsed if parsed and parsed.get("resourceType") == "OperationOutcome" else None
         raise PermanentEhrError(status, reason, outcome)
+
+    def _content(self, answer: requests.Response, deadline: float, where: str) -> bytes:
+        """The answer's body, read until the request's deadline and up to the size cap; an
+        answer cut short, too slow or too large fails as temporary (the EHR may have acted)."""
+        declared = answer.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > self.max_response_bytes:
+            raise TemporaryEhrError(answer.status_code, self._too_large(where))
+        raw = answer.raw
+        connection = getattr(raw, "connection", None)
+        sock = getattr(connection, "sock", None)
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    reason = f"{where}: the EHR's answer took longer than {self.timeout:g} s"
+                    raise TemporaryEhrError(answer.status_code, reason)
+                if sock is not None:
+                    sock.settimeout(left)
+                chunk = raw.read1(READ_SIZE, decode_content=True)
+                if not chunk:
+                    return b"".join(chunks)
+                size += len(chunk)
+                if size > self.max_response_bytes:
+                    raise TemporaryEhrError(answer.status_code, self._too_large(where))
+                chunks.append(chunk)
+        except (urllib3.exceptions.HTTPError, OSError, http.client.HTTPException) as exc:
+            reason = f"{where}: the EHR's answer was cut short ({type(exc).__name__})"
+            raise TemporaryEhrError(answer.status_code, reason) from None
+
+    def _too_large(self, where: str) -> str:
+        return f"{where}: the EHR's answer is larger than {self.max_response_bytes} bytes"
+
+
+def origin(url: str) -> str:
+    """scheme://host:port of a URL, the port written out."""
+    parts = urlsplit(url)
+    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme, 0)
+    return f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}"
+
+
+def _redirected(where: str, status: int, url: str, answer: requests.Response, base_url: str) -> str:
+    target = urljoin(url, answer.headers.get("Location") or "")
+    elsewhere = "another origin, " if origin(target) != origin(base_url) else ""
+    return (
+        f"{where} answered {status}: the EHR redirects to {elsewhere}{origin(target)}; the sync "
+        "never follows a redirect (it would carry patient data where it was not configured "
+        "to): set ADAPTER_EHR_BASE_URL to the address the EHR answers at"
+    )
 
 
 def _maybe_sent(error: Exception) -> bool:
@@ -187,14 +318,28 @@ def _encoded(body: dict[str, Any] | str) -> bytes:
     return body.encode() if isinstance(body, str) else orjson.dumps(body)
 
 
-def _json(answer: requests.Response) -> dict[str, Any] | None:
-    if not answer.content:
+def _json(content: bytes) -> dict[str, Any] | None:
+    if not content:
         return None
     try:
-        parsed = orjson.loads(answer.content)
+        parsed = orjson.loads(content)
     except orjson.JSONDecodeError:
         return None
     return parsed if isinstance(parsed, dict) else None
+
+
+def _fhir(content: bytes, answer: requests.Response, where: str) -> dict[str, Any] | None:
+    """A success's body as FHIR: none, or a JSON object naming its resourceType. Anything else
+    (an HTML page from a proxy, invalid JSON) means the answer cannot be read: whether the EHR
+    acted is unknown, as if no answer had come."""
+    if not content.strip():
+        return None
+    parsed = _json(content)
+    if parsed is None or not isinstance(parsed.get("resourceType"), str):
+        kind = answer.headers.get("Content-Type", "no content type").split(";")[0]
+        reason = f"{where} answered {answer.status_code} with a body that is not FHIR ({kind})"
+        raise TemporaryEhrError(answer.status_code, reason)
+    return parsed
 
 
 def _path_only(path: str) -> str:

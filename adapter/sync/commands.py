@@ -27,6 +27,34 @@ def _sync(runtime: Runtime) -> Sync:
     return runtime.sync
 
 
+EXIT_REFUSED = 1
+"""The run left dead letters (the EHR refused resources, or reconciliation found copies changed
+or deleted there, or duplicates it could not remove): a person must look."""
+EXIT_CONFIGURATION = 2
+"""The EHR or the adapter's settings need a person: refused credentials, a 403, a redirect, a
+FHIR version the site does not accept."""
+EXIT_EHR = 3
+"""The EHR was unavailable: the run delivered nothing because of it, or stopped for it (down,
+throttling, failing every request). The sync backs off and tries again by itself."""
+EXIT_FAILED = 4
+"""The run failed for another reason (the store, a lost lease): see the service log."""
+NEEDS_A_PERSON = ("dead", "duplicated", "edited_in_ehr", "deleted_in_ehr")
+
+
+def exit_code(report: SyncReport) -> int:
+    """What `sync --once` and `sync reconcile` exit with: 0 when the run completed and left
+    nothing for a person, else the most pressing of the codes above."""
+    if report.status == "failed" and report.cause == "configuration":
+        return EXIT_CONFIGURATION
+    if report.status == "failed" and report.cause == "internal":
+        return EXIT_FAILED
+    if any(report.counts[kind] for kind in NEEDS_A_PERSON):
+        return EXIT_REFUSED
+    if report.status == "failed":
+        return EXIT_EHR
+    return 0
+
+
 def _report(report: SyncReport) -> None:
     counts = ", ".join(f"{name} {count}" for name, count in sorted(report.counts.items()))
     if report.status == "busy":
@@ -56,7 +84,7 @@ def sync(context: click.Context, once: bool, quiet: bool) -> None:
         report = sync_once(engine, trigger="cli", progress=bar.update)
         bar.close()
         _report(report)
-        sys.exit(0 if report.status in ("completed", "busy") else 1)
+        sys.exit(exit_code(report))
     _run_scheduled(runtime)
 
 
@@ -171,4 +199,4 @@ def reconcile() -> None:
     runtime = open_runtime_or_exit(settings_or_exit())
     report = reconcile_once(_sync(runtime))
     _report(report)
-    sys.exit(0 if report.status in ("completed", "busy") else 1)
+    sys.exit(exit_code(report))

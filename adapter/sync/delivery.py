@@ -1,9 +1,12 @@
 """Delivering one batch of the outbox to the EHR, in the kind of request each type's plan says,
 so that the EHR ends up with exactly one copy of each resource, as its latest version says.
 
-A create is never sent twice blindly: when a request that creates may have reached the EHR
-and no answer came back, the EHR is searched for the adapter's identifiers before it is sent
-again, and what is found there is updated instead."""
+A create is never sent twice blindly. When a request that creates may have reached the EHR
+and no readable answer came back, its outcome is unknown until the EHR settles (it can store
+a write after the adapter stopped waiting): the item waits `settle`, then the EHR is searched
+for the adapter's identifiers before anything is sent again, and what is found there is
+updated instead. An answer that says the EHR stored something without saying its id is
+followed by that search at once."""
 
 import random
 from collections.abc import Callable, Iterable, Sequence
@@ -27,14 +30,16 @@ from adapter.sync.ehr_ids import (
     identity,
     version_of,
 )
-from adapter.sync.errors import EhrError, PermanentEhrError, TemporaryEhrError
+from adapter.sync.errors import EhrForbidden, PermanentEhrError, TemporaryEhrError
 from adapter.sync.outgoing import (
     DROP,
     EhrCopy,
     StoredText,
     adapter_identifier,
     ehr_copy,
+    provably_ours,
     references,
+    says_the_same,
     text_copy,
     withdrawn,
 )
@@ -46,6 +51,10 @@ PARTIAL = (
 )
 DELETED = "withdrawn by the clinic: the EHR's copy was deleted"
 NEVER_DELIVERED = "withdrawn by the clinic before it reached the EHR: nothing to delete"
+HELD = (
+    "delivered without its references to resources the EHR does not have (dead letters, or "
+    "items held back or waiting to be tried again); it is updated once they are delivered"
+)
 LONGEST_BACKOFF = 3600.0
 MINIMAL = {"Prefer": "return=minimal"}
 """Sent with Bundles: the sync needs only each entry's status, location and ETag, not the EHR's
@@ -61,7 +70,11 @@ class Prepared:
     plan: DeliveryPlan
     copy: EhrCopy
     partial: bool
-    """References to resources that come later were left out; an update brings them."""
+    """References to resources that come later in this run were left out; an update in the
+    same run brings them."""
+    held: bool
+    """References to resources that cannot come in this run (dead letters, items held back or
+    backing off) were left out; a later run's update brings them."""
     bundled: bool
     """References to resources of the same transaction Bundle are given as its urn:uuids."""
 
@@ -95,6 +108,8 @@ class Delivery:
     site: Site
     rules: EhrRules
     clock: Callable[[], datetime]
+    settle: timedelta = timedelta(minutes=5)
+    """How long a create whose answer was lost waits before the EHR is searched for it."""
     known: dict[str, EhrId] = field(default_factory=dict)
     """Adapter id -> the EHR's id and version, as far as this run has learnt."""
     partial: set[str] = field(default_factory=set)
@@ -102,6 +117,11 @@ class Delivery:
     wants_if_match: set[str] = field(default_factory=set)
     marked: set[str] = field(default_factory=set)
     """Adapter ids whose create this run has noted in the outbox (`sent_at`) already."""
+    forbidden: dict[str, str] = field(default_factory=dict)
+    """Resource types the EHR answered 403 to a write of in this run, with its reason: the rest
+    of their items are not sent in this run."""
+    failures: list[str] = field(default_factory=list)
+    """Reasons of the temporary failures of this run, for its report."""
     facts: RecordFacts = field(init=False)
 
     def __post_init__(self) -> None:
@@ -171,7 +191,7 @@ class Delivery:
         # A withdrawal the EHR takes as a DELETE needs no patient: only the EHR's copy, found
         # by its identifier first where a create of it may have gone unheard.
         unheard = [p for p in deletions if self._ehr_id(p.item) is None and p.item.sent_at]
-        problems = self._look_up(unheard, texts)
+        _, problems = self._look_up(unheard, texts)
         for pending in deletions:
             if pending.item.resource_id in problems:
                 detail = {"reason": problems[pending.item.resource_id]}
@@ -185,7 +205,7 @@ class Delivery:
         )
         settled += [self._settle(p.item, "waiting", detail, False) for p, detail in held]
         ready = [p for p in deliverable if p.item.resource_id in patients]
-        problems = self._look_up([p for p in ready if self._needs_look_up(p)], texts)
+        _, problems = self._look_up([p for p in ready if self._needs_look_up(p)], texts)
         settled += [
             self._settle(p.item, "dead", {"reason": problems[p.item.resource_id]})
             for p in ready
@@ -209,6 +229,8 @@ class Delivery:
             )
             if prepared is None:
                 outcomes.append(self._settle(pending.item, "waiting", {"reason": waits}, False))
+            elif self._nothing_new(prepared):
+                outcomes.append(self._unsent(prepared))
             else:
                 groups[prepared.plan.mode].append(prepared)
         outcomes += self._bundle("transaction", groups["transaction"])
@@ -222,12 +244,15 @@ class Delivery:
         known = self.known.get(item.resource_id)
         if known:
             return known
+        if (item.detail or {}).get("deleted_in_ehr"):
+            return None  # replayed after the EHR deleted its copy: created again
         return (item.ehr_id, item.ehr_version) if item.ehr_id else None
 
     def _needs_look_up(self, pending: Pending) -> bool:
         """A create that was sent before without its answer being heard (a process killed
-        mid-request) may have left a copy in the EHR: in Bundles, and where the EHR has no
-        conditional create, the adapter's identifier is searched for first."""
+        mid-request, an answer lost or unreadable) may have left a copy in the EHR: in Bundles,
+        and where the EHR has no conditional create, the adapter's identifier is searched for
+        first."""
         plan = self.plans[pending.item.resource_type]
         unheard = self._ehr_id(pending.item) is None and pending.item.sent_at is not None
         return unheard and (plan.mode != "single" or not plan.conditional_create)
@@ -243,9 +268,15 @@ class Delivery:
         }
         return {**targets, **self.outbox.items(unknown)}
 
-    def _look_up(self, pending: Sequence[Pending], texts: dict[str, StoredText]) -> dict[str, str]:
-        """Search the EHR for the identifiers of these items: one copy found becomes known (and
-        is updated rather than created); several are a problem for a person."""
+    def _look_up(
+        self, pending: Sequence[Pending], texts: dict[str, StoredText]
+    ) -> tuple[dict[str, EhrId], dict[str, str]]:
+        """Search the EHR for the identifiers of these items: the copy found becomes known (and
+        is updated rather than created); several copies are a problem for a person, unless
+        all of them say what the adapter sent (its own writes, stored twice): then the first
+        stored is taken, and reconciliation removes the others. Returns what was found, and
+        the problems."""
+        found: dict[str, EhrId] = {}
         problems: dict[str, str] = {}
         by_type: dict[str, list[tuple[Pending, tuple[str, str]]]] = {}
         records_system = self.site.identifier_systems.records
@@ -256,13 +287,22 @@ class Delivery:
         for resource_type, group in by_type.items():
             copies = copies_by_identifier(self.client, resource_type, [i for _, i in group])
             for p, identifier in group:
-                found = copies.get(identifier, [])
-                if len(found) == 1:
-                    version = found[0].get("meta", {}).get("versionId")
-                    self.known[p.item.resource_id] = (str(found[0]["id"]), version)
-                elif len(found) > 1:
-                    problems[p.item.resource_id] = duplicates(len(found))
-        return problems
+                held = copies.get(identifier, [])
+                ours = self._ours(held, texts[p.item.resource_id].resource)
+                if ours is not None:
+                    version = ours.get("meta", {}).get("versionId")
+                    ehr: EhrId = (str(ours["id"]), str(version) if version else None)
+                    self.known[p.item.resource_id] = found[p.item.resource_id] = ehr
+                elif held:
+                    problems[p.item.resource_id] = duplicates(len(held))
+        return found, problems
+
+    def _ours(self, copies: list[Json], resource: Json) -> Json | None:
+        """The EHR's copy of the resource among those carrying its identifier: the one, or the
+        first stored of several that all say what the adapter sends."""
+        if len(copies) <= 1:
+            return copies[0] if copies else None
+        return provably_ours(copies, resource, self.rules.extra_codings)
 
     def _prepare(
         self,
@@ -276,8 +316,10 @@ class Delivery:
         before it (in delivery order) that the EHR does not have."""
         item = pending.item
         plan = self.plans[item.resource_type]
+        now = self.clock()
         waits: list[str] = []
         later: list[str] = []
+        held: list[str] = []
         bundled: list[str] = []
 
         def resolve(resource_type: str, target_id: str) -> str | object:
@@ -295,19 +337,51 @@ class Delivery:
             if target_id in in_batch and plan.mode == target_plan.mode == "transaction":
                 bundled.append(target_id)
                 return f"urn:uuid:{target_id}"
-            if target.key > item.key or target_id in in_batch:
+            coming = target.state == "pending" and target.next_attempt_at <= now
+            if target_id in in_batch or (target.key > item.key and coming):
                 later.append(target_id)
+            elif target.key > item.key:
+                held.append(target_id)  # a dead letter, held back, or backing off
             else:
                 waits.append(f"{resource_type}/{target_id}")
             return DROP
 
         copy = text_copy(stored, patient, resolve, self.rules.extra_codings)
         if copy is None:  # made by walking the parsed resource, from the start
-            waits, later, bundled = [], [], []
+            waits, later, held, bundled = [], [], [], []
             copy = ehr_copy(stored.resource, patient, resolve, self.rules.extra_codings)
         if waits:
             return None, "waits for " + ", ".join(sorted(waits)) + " to be delivered first"
-        return Prepared(pending, plan, copy, bool(later), bool(bundled)), ""
+        return Prepared(pending, plan, copy, bool(later), bool(held), bool(bundled)), ""
+
+    def _nothing_new(self, p: Prepared) -> bool:
+        """Whether sending would only repeat what the EHR holds: this version was delivered
+        without some references, and none of them can be given now."""
+        detail = p.item.detail or {}
+        if detail.get("reason") not in (PARTIAL, HELD) or self._ehr_id(p.item) is None:
+            return False
+        return set(p.copy.dropped) >= set(detail.get("left_out", []))
+
+    def _unsent(self, p: Prepared) -> Outcome:
+        """An item whose EHR copy is as complete as it can be for now, not sent again: updated
+        in this run's completion rounds when what it references comes in this run, else held
+        until a later run delivers that."""
+        ehr_id, ehr_version = self._ehr_id(p.item) or (None, None)
+        detail: Json = {"reason": PARTIAL if p.partial else HELD, "left_out": p.copy.dropped}
+        if p.partial:
+            self.partial.add(p.item.resource_id)
+        state = "pending" if p.partial else "waiting"
+        item = p.item
+        return Outcome(
+            item.resource_id,
+            item.version_id,
+            state,
+            self.clock(),
+            detail,
+            ehr_id,
+            ehr_version,
+            attempted=False,
+        )
 
     def _again(self, p: Prepared, in_batch: set[str]) -> Prepared:
         """The item prepared anew with what the run has learnt since (ids it delivered or
@@ -323,12 +397,17 @@ class Delivery:
 
     def _request(self, p: Prepared, conditional: bool) -> tuple[Json, str]:
         """An update of the EHR's copy where one is known, else a create (conditional where
-        asked and the EHR supports it); the body as JSON text."""
+        asked and the EHR supports it); the body as JSON text. An update replayed after the
+        EHR's copy was changed there goes against the version the person reviewed."""
         resource_type = p.item.resource_type
         ehr = self._ehr_id(p.item)
         if ehr is not None:
             request: Json = {"method": "PUT", "url": f"{resource_type}/{ehr[0]}"}
-            if ehr[1] and (p.plan.if_match or resource_type in self.wants_if_match):
+            reviewed = (p.item.detail or {}).get("edited_in_ehr")
+            if reviewed:
+                if reviewed != "*":  # "*": the EHR's version was not known; sent over it
+                    request["ifMatch"] = f'W/"{reviewed}"'
+            elif ehr[1] and (p.plan.if_match or resource_type in self.wants_if_match):
                 request["ifMatch"] = f'W/"{ehr[1]}"'
             return request, p.copy.with_id(ehr[0])
         request = {"method": "POST", "url": resource_type}
@@ -342,68 +421,116 @@ class Delivery:
 
     # -- sending -----------------------------------------------------------------------------
 
+    def _allowed(self, prepared: list[Prepared]) -> tuple[list[Prepared], list[Outcome]]:
+        """The items of types the EHR has not forbidden in this run, and outcomes for the rest."""
+        allowed = [p for p in prepared if p.item.resource_type not in self.forbidden]
+        refused = [self._forbidden(p) for p in prepared if p.item.resource_type in self.forbidden]
+        return allowed, refused
+
     def _bundle(self, kind: str, prepared: list[Prepared]) -> list[Outcome]:
         """A transaction (all or nothing, references between its entries as urn:uuids) or a
         batch (each entry on its own) of the items."""
+        prepared, outcomes = self._allowed(prepared)
         if not prepared:
-            return []
-        in_batch = {p.item.resource_id for p in prepared}
-        for attempt in range(self.client.attempts):
-            # The Bundle is written as text around the copies' own text (no parse, no walk).
-            entries: list[str] = []
-            creates: list[str] = []
-            for p in prepared:
-                request, body = self._request(p, conditional=False)
-                full_url = f"urn:uuid:{p.item.resource_id}"
-                entries.append(
-                    f'{{"fullUrl":"{full_url}","resource":{body},'
-                    f'"request":{orjson.dumps(request).decode()}}}'
-                )
-                if request["method"] == "POST":
-                    creates.append(p.item.resource_id)
-            self._mark_sent(creates)
-            bundle = f'{{"resourceType":"Bundle","type":"{kind}","entry":[{",".join(entries)}]}}'
-            try:
-                answer = self.client.request(
-                    "POST", "", body=bundle, idempotent=not creates, headers=MINIMAL
-                )
-                break
-            except TemporaryEhrError as error:
-                if not error.sent or attempt + 1 == self.client.attempts:
-                    return [self._temporary(p.item, error) for p in prepared]
-                # The EHR may have stored the creates: find them before sending again.
-                texts = {p.item.resource_id: StoredText.of(p.pending.content) for p in prepared}
-                unknown = [p.pending for p in prepared if self._ehr_id(p.item) is None]
-                self._look_up(unknown, texts)
-                prepared = [self._again(p, in_batch) for p in prepared]
-            except PermanentEhrError:
-                # One entry spoils a transaction: single requests find which, and send the rest.
-                return self._singles(prepared)
-        responses = (answer.body or {}).get("entry", [])
-        if len(responses) != len(prepared):
-            return self._singles(prepared)
-        outcomes = []
+            return outcomes
+        # The Bundle is written as text around the copies' own text (no parse, no walk).
+        entries: list[str] = []
+        requests: dict[str, Json] = {}
+        for p in prepared:
+            request, body = self._request(p, conditional=False)
+            requests[p.item.resource_id] = request
+            full_url = f"urn:uuid:{p.item.resource_id}"
+            entries.append(
+                f'{{"fullUrl":"{full_url}","resource":{body},'
+                f'"request":{orjson.dumps(request).decode()}}}'
+            )
+        creates = [i for i, request in requests.items() if request["method"] == "POST"]
+        self._mark_sent(creates)
+        bundle = f'{{"resourceType":"Bundle","type":"{kind}","entry":[{",".join(entries)}]}}'
+        try:
+            answer = self.client.request(
+                "POST", "", body=bundle, idempotent=not creates, headers=MINIMAL
+            )
+        except TemporaryEhrError as error:
+            # Whether the EHR stored the creates is unknown until it settles: each waits, and
+            # is searched for before anything is sent again.
+            return outcomes + [
+                self._temporary(p.item, error, requests[p.item.resource_id]) for p in prepared
+            ]
+        except (PermanentEhrError, EhrForbidden):
+            # One entry spoils a transaction: single requests find which, and send the rest.
+            return outcomes + self._singles(prepared)
+        answered_bundle = answer.body or {}
+        responses = (
+            answered_bundle.get("entry")
+            if answered_bundle.get("resourceType") == "Bundle"
+            else None
+        )
+        unread = f"the EHR answered the {kind} {answer.status} without an entry for each resource"
+        if not isinstance(responses, list) or len(responses) != len(prepared):
+            # It acted on the Bundle (a transaction, on all of it): what it stored is searched.
+            return outcomes + self._identify(prepared, unread)
+        unknown: list[Prepared] = []
         answered = self.clock()
         for p, entry in zip(prepared, responses, strict=True):
-            response = entry.get("response", {})
-            status = int(str(response.get("status", "0"))[:3] or 0)
-            if 200 <= status < 300:
-                ehr = identity(p.item.resource_type, entry.get("resource"), response)
-                outcomes.append(self._delivered(p, ehr, answered))
+            request = requests[p.item.resource_id]
+            response = entry.get("response") if isinstance(entry, dict) else None
+            status = _status(response)
+            if status is None or response is None:
+                unknown.append(p)
+            elif 200 <= status < 300:
+                updated = _updated_id(request)
+                ehr = identity(p.item.resource_type, entry.get("resource"), response, updated)
+                if ehr[0] is None:
+                    unknown.append(p)
+                else:
+                    outcomes.append(self._delivered(p, ehr, answered))
             elif status in TEMPORARY_STATUSES:
                 refused = TemporaryEhrError(status, f"Bundle entry answered {status}")
                 outcomes.append(self._temporary(p.item, refused))
             else:
                 outcomes += self._singles([p])
+        unsaid = f"the EHR answered the {kind} without saying the id of every resource it stored"
+        return outcomes + self._identify(unknown, unsaid)
+
+    def _identify(self, prepared: list[Prepared], reason: str) -> list[Outcome]:
+        """Items the EHR answered for, saying it stored them but not their ids: searched for by
+        identifier. Found: delivered; several: a problem for a person; none yet: the item
+        waits for the EHR to settle, and is searched for again before it is sent again."""
+        if not prepared:
+            return []
+        texts = {p.item.resource_id: StoredText.of(p.pending.content) for p in prepared}
+        try:
+            found, problems = self._look_up([p.pending for p in prepared], texts)
+        except TemporaryEhrError as error:
+            unknown = TemporaryEhrError(None, f"{reason}; searching for them failed: {error}")
+            return [self._temporary(p.item, unknown, {"method": "POST"}) for p in prepared]
+        outcomes: list[Outcome] = []
+        answered = self.clock()
+        for p in prepared:
+            resource_id = p.item.resource_id
+            if resource_id in problems:
+                outcomes.append(self._settle(p.item, "dead", {"reason": problems[resource_id]}))
+            elif resource_id in found:
+                outcomes.append(self._delivered(p, found[resource_id], answered))
+            else:
+                missing = TemporaryEhrError(None, f"{reason}; no copy found yet")
+                outcomes.append(self._temporary(p.item, missing, {"method": "POST"}))
         return outcomes
 
     def _singles(self, prepared: list[Prepared]) -> list[Outcome]:
         outcomes = []
         for p in prepared:
+            if p.item.resource_type in self.forbidden:
+                outcomes.append(self._forbidden(p))
+                continue
             try:
                 outcomes.append(self._single(p))
             except TemporaryEhrError as error:
                 outcomes.append(self._temporary(p.item, error))
+            except EhrForbidden as error:
+                self.forbidden[p.item.resource_type] = error.reason
+                outcomes.append(self._forbidden(p))
             except PermanentEhrError as error:
                 detail = {"reason": error.reason, "status": error.status, "outcome": error.outcome}
                 outcomes.append(self._settle(p.item, "dead", detail))
@@ -412,57 +539,125 @@ class Delivery:
     def _single(self, p: Prepared) -> Outcome:
         if p.partial or p.bundled:
             p = self._again(p, set())
-        for attempt in range(self.client.attempts):
-            request, body = self._request(p, conditional=True)
-            safe = request["method"] == "PUT" or "ifNoneExist" in request
-            try:
-                answer = self._send(request, body, idempotent=safe, item=p.item)
-                break
-            except TemporaryEhrError as error:
-                if safe or not error.sent or attempt + 1 == self.client.attempts:
-                    raise
-                texts = {p.item.resource_id: StoredText.of(p.pending.content)}
-                problems = self._look_up([p.pending], texts)
-                if problems:
-                    raise PermanentEhrError(409, problems[p.item.resource_id], None) from None
-            except PermanentEhrError as error:
-                answer = self._recover(p, request, body, error)
-                break
-        ehr = identity(p.item.resource_type, answer.body, answer_of(answer))
+        request, body = self._request(p, conditional=True)
+        try:
+            # A create, conditional or not, is not repeated at once when its answer is lost:
+            # a second create that meets the first still unstored makes a second copy.
+            answer = self._send(request, body, request["method"] == "PUT", p.item)
+        except TemporaryEhrError as error:
+            return self._temporary(p.item, error, request)
+        except PermanentEhrError as error:
+            return self._recover(p, request, body, error)
+        return self._answered(p, request, answer)
+
+    def _answered(self, p: Prepared, request: Json, answer: EhrResponse) -> Outcome:
+        """The outcome of a single request the EHR accepted."""
+        updated = _updated_id(request)
+        ehr = identity(p.item.resource_type, answer.body, answer_of(answer), updated)
+        if ehr[0] is None:
+            unsaid = f"{request['method']} {p.item.resource_type} answered {answer.status} "
+            return self._identify([p], unsaid + "without saying the id of what it stored")[0]
         return self._delivered(p, ehr, self.clock())
 
-    def _recover(
-        self, p: Prepared, request: Json, body: str, error: PermanentEhrError
-    ) -> EhrResponse:
-        """An update refused for a reason the sync can mend: the EHR's copy is gone (create it
-        again), moved on (412: read its version), or If-Match is required (428)."""
+    def _recover(self, p: Prepared, request: Json, body: str, error: PermanentEhrError) -> Outcome:
+        """An update refused for a reason the sync can mend: the EHR's copy is not where it was
+        (404, 410: searched for), moved on (412: read its version), or If-Match is required
+        (428). A copy deleted or changed by someone at the EHR is kept as ehr.yaml says."""
         if request["method"] != "PUT" or error.status not in (404, 410, 412, 428):
             raise error
         if error.status in (404, 410):
-            self.known.pop(p.item.resource_id, None)
-            item = p.item._replace(ehr_id=None, ehr_version=None)
-            p = replace(p, pending=p.pending._replace(item=item))
-            request, body = self._request(p, conditional=True)
-            return self._send(request, body, idempotent="ifNoneExist" in request, item=p.item)
+            return self._lost(p, request, error)
         if error.status == 428:
             self.wants_if_match.add(p.item.resource_type)
+        if error.status == 412 and not self._may_overwrite(p, error):
+            return self._edited(p, request)
         # A 412 can also answer the repeat of an update that went through unheard: whichever,
         # the latest version is sent against the version the EHR holds now.
-        unheard: EhrError = error
+        unheard: PermanentEhrError | TemporaryEhrError = error
         for _ in range(self.client.attempts):
-            version = version_of(self.client.request("GET", request["url"]))
+            try:
+                version = version_of(self.client.request("GET", request["url"]))
+            except TemporaryEhrError as again:
+                return self._temporary(p.item, again)
             request = {**request, "ifMatch": f'W/"{version}"'} if version else request
             try:
-                return self._send(request, body, idempotent=False)
+                return self._answered(p, request, self._send(request, body, idempotent=False))
             except PermanentEhrError as again:
                 if again.status != 412:
                     raise
                 unheard = again
             except TemporaryEhrError as again:
                 if not again.sent:
-                    raise
+                    return self._temporary(p.item, again, request)
                 unheard = again
+        if isinstance(unheard, TemporaryEhrError):
+            return self._temporary(p.item, unheard, request)
         raise unheard
+
+    def _may_overwrite(self, p: Prepared, error: PermanentEhrError) -> bool:
+        """Whether a 412 may be answered by sending the clinic's version over the EHR's: the
+        site says so, or the version the EHR holds may be the sync's own (an update of it went
+        unanswered, in this run or an earlier one)."""
+        detail = p.item.detail or {}
+        unconfirmed = detail.get("unconfirmed") or detail.get("edited_in_ehr") == "*"
+        return self.rules.edited_in_ehr == "overwrite" or error.after_unheard or bool(unconfirmed)
+
+    def _edited(self, p: Prepared, request: Json) -> Outcome:
+        """A 412 where the EHR's copy may have been changed there: when it says what is sent,
+        it is delivered; otherwise the change is kept and the item is a dead letter for a
+        person to review (a replay sends the clinic's version over that EHR version)."""
+        try:
+            answer = self.client.request("GET", request["url"])
+        except TemporaryEhrError as error:
+            return self._temporary(p.item, error)
+        theirs = answer.body or {}
+        version = version_of(answer)
+        if says_the_same(p.copy.body(), theirs):
+            ehr_id = str(theirs.get("id") or request["url"].split("/", 1)[1])
+            return self._delivered(p, (ehr_id, version), self.clock())
+        return self._settle(p.item, "dead", edited_in_ehr(version))
+
+    def _lost(self, p: Prepared, request: Json, error: PermanentEhrError) -> Outcome:
+        """An update answered 404 or 410: the EHR is searched for the adapter's identifier
+        first. Its copy found under another id is updated there; found under the same id, the
+        update is tried again later; none found, it is created again (410: as ehr.yaml says)."""
+        resource = StoredText.of(p.pending.content).resource
+        identifier = adapter_identifier(resource, self.site.identifier_systems.records)
+        try:
+            copies = (
+                copies_by_identifier(self.client, p.item.resource_type, [identifier]).get(
+                    identifier, []
+                )
+                if identifier
+                else []
+            )
+        except TemporaryEhrError as again:
+            return self._temporary(p.item, again)
+        ours = self._ours(copies, resource)
+        if copies and ours is None:
+            raise PermanentEhrError(409, duplicates(len(copies)), None)
+        if ours is not None and str(ours["id"]) == _updated_id(request):
+            reason = (
+                f"{request['method']} {p.item.resource_type} answered {error.status} though the "
+                "EHR holds the copy; tried again later"
+            )
+            raise TemporaryEhrError(error.status, reason, sent=False)
+        if ours is None and error.status == 410 and self.rules.deleted_in_ehr == "keep":
+            return self._settle(p.item, "dead", deleted_in_ehr())
+        if ours is not None:
+            version = ours.get("meta", {}).get("versionId")
+            self.known[p.item.resource_id] = (str(ours["id"]), str(version) if version else None)
+            item = p.item._replace(ehr_id=str(ours["id"]), ehr_version=None)
+        else:
+            self.known.pop(p.item.resource_id, None)
+            item = p.item._replace(ehr_id=None, ehr_version=None, detail=None)
+        p = replace(p, pending=p.pending._replace(item=item))
+        request, body = self._request(p, conditional=True)
+        try:
+            answer = self._send(request, body, request["method"] == "PUT", item=p.item)
+        except TemporaryEhrError as again:
+            return self._temporary(p.item, again, request)
+        return self._answered(p, request, answer)
 
     def _send(
         self, request: Json, body: str, idempotent: bool, item: OutboxItem | None = None
@@ -489,13 +684,14 @@ class Delivery:
             return self._settle(p.item, "dead", unsaid)
         self.known[p.item.resource_id] = (ehr_id, ehr_version)
         item = p.item
-        if p.partial:
-            self.partial.add(item.resource_id)
-            detail: Json = {"reason": PARTIAL, "left_out": p.copy.dropped}
+        if p.partial or p.held:
+            if p.partial:
+                self.partial.add(item.resource_id)
+            detail: Json = {"reason": PARTIAL if p.partial else HELD, "left_out": p.copy.dropped}
             return Outcome(
                 item.resource_id,
                 item.version_id,
-                "pending",
+                "pending" if p.partial else "waiting",
                 answered,
                 detail,
                 ehr_id,
@@ -525,14 +721,71 @@ class Delivery:
             item.resource_id, item.version_id, "delivered", self.clock(), detail, ehr[0], None
         )
 
-    def _temporary(self, item: OutboxItem, error: TemporaryEhrError) -> Outcome:
+    def _temporary(
+        self, item: OutboxItem, error: TemporaryEhrError, request: Json | None = None
+    ) -> Outcome:
+        """The item tried again later, with backoff (at least what the EHR asked for). A write
+        the EHR may have acted on is unconfirmed: a create waits for the EHR to settle."""
         backoff = min(LONGEST_BACKOFF, 30.0 * 2**item.attempts) * random.uniform(0.5, 1.0)
         wait = max(backoff, error.retry_after or 0.0)
-        detail = {"reason": error.reason, "status": error.status}
+        detail: Json = {"reason": error.reason, "status": error.status}
+        if request is not None and error.sent:
+            detail["unconfirmed"] = True
+            if request["method"] == "POST":
+                wait = max(wait, self.settle.total_seconds())
+                detail["reason"] = (
+                    f"{error.reason}; the EHR may still store it: it is searched for by "
+                    f"identifier from {self.settle.total_seconds():g} s on, before it is sent again"
+                )
+        self.failures.append(error.reason)
         later = self.clock() + timedelta(seconds=wait)
+        return Outcome(item.resource_id, item.version_id, "pending", later, detail)
+
+    def _forbidden(self, p: Prepared) -> Outcome:
+        """An item not sent (or refused 403) because the EHR forbids the adapter to write its
+        type: tried again later, never a dead letter (no resource is at fault)."""
+        item = p.item
+        backoff = min(LONGEST_BACKOFF, 30.0 * 2**item.attempts) * random.uniform(0.5, 1.0)
+        reason = self.forbidden[item.resource_type]
+        detail = {"reason": f"not delivered: {reason}", "status": 403, "forbidden": True}
+        later = self.clock() + timedelta(seconds=backoff)
         return Outcome(item.resource_id, item.version_id, "pending", later, detail)
 
     def _settle(self, item: OutboxItem, state: str, detail: Json, tried: bool = True) -> Outcome:
         return Outcome(
             item.resource_id, item.version_id, state, self.clock(), detail, attempted=tried
         )
+
+
+def edited_in_ehr(version: str | None) -> Json:
+    """A dead letter's detail for a copy someone changed in the EHR, kept as ehr.yaml says."""
+    return {
+        "reason": f"the EHR's copy was changed there after the adapter delivered it (its version "
+        f"{version or 'unknown'}); the change is kept (edited_in_ehr: keep in mappings/ehr.yaml): "
+        "review it, and replay to send the clinic's version over it",
+        "status": 412,
+        "edited_in_ehr": version or "*",
+    }
+
+
+def deleted_in_ehr() -> Json:
+    """A dead letter's detail for a copy the EHR deleted (410 Gone), kept as ehr.yaml says."""
+    return {
+        "reason": "the EHR's copy was deleted there (410 Gone); it stays deleted "
+        "(deleted_in_ehr: keep in mappings/ehr.yaml): replay to create it again",
+        "status": 410,
+        "deleted_in_ehr": True,
+    }
+
+
+def _status(response: Any) -> int | None:
+    """A Bundle entry's HTTP status (`"201 Created"`), or None when it gives none."""
+    if not isinstance(response, dict):
+        return None
+    code = str(response.get("status", "")).strip()[:3]
+    return int(code) if len(code) == 3 and code.isdigit() else None
+
+
+def _updated_id(request: Json) -> str | None:
+    """The id an update was sent to."""
+    return str(request["url"]).split("/", 1)[1] if request["method"] == "PUT" else None

@@ -23,10 +23,16 @@ from adapter.store.records import RecordStore
 from adapter.store.state import read_state, write_state
 from adapter.store.sync_state import Lease, PatientMatches, SyncRuns
 from adapter.sync.auth import ehr_auth
-from adapter.sync.capabilities import DeliveryPlan, plan_delivery
+from adapter.sync.capabilities import DeliveryPlan, check_statement, plan_delivery
 from adapter.sync.client import Breaker, EhrClient
 from adapter.sync.delivery import PARTIAL, Delivery, Staged
-from adapter.sync.errors import EhrAuthError, EhrUnavailable, TemporaryEhrError
+from adapter.sync.errors import (
+    EhrAuthError,
+    EhrConfigurationError,
+    EhrForbidden,
+    EhrUnavailable,
+    TemporaryEhrError,
+)
 from adapter.sync.patients import PatientResolver
 
 log = logging.getLogger(__name__)
@@ -44,6 +50,10 @@ InFlight = tuple[set[str], Future[list[Outcome]]]
 """The adapter ids of a batch sent, and its outcomes to come."""
 COMPLETION_ROUNDS = 2
 """Rounds of updates, within a run, of resources first delivered without some references."""
+ACTED_ON = ("delivered", "delivered_partially", "dead")
+"""Outcomes that show the EHR answered: a run with none of these and some of WAITED_FOR
+delivered nothing because of the EHR."""
+WAITED_FOR = ("retry_later", "unconfirmed", "forbidden")
 
 
 def utc_now() -> datetime:
@@ -63,6 +73,9 @@ class SyncReport:
     counts: Counter[str] = field(default_factory=Counter)
     error: str | None = None
     resume_at: datetime | None = None
+    cause: str | None = None
+    """Why a failed run failed: `ehr` (unavailable, throttling, failing every request),
+    `configuration` (the EHR or the adapter's settings need a person) or `internal`."""
 
 
 class Sync:
@@ -100,20 +113,26 @@ class Sync:
             max_wait=settings.ehr_retry_max_wait_seconds,
             breaker=Breaker(settings.ehr_breaker_failures),
             proxy=settings.ehr_proxy_url,
+            max_response_bytes=settings.ehr_max_response_bytes,
             sleep=sleep,
         )
 
     def plans(self, now: datetime, rules: EhrRules) -> dict[str, DeliveryPlan]:
-        """Delivery plans from the EHR's CapabilityStatement, read again when the cached copy
-        is older than the refresh setting; an EHR that cannot answer now leaves the cached
-        copy in use."""
+        """Delivery plans from the EHR's CapabilityStatement (`statement`)."""
+        return plan_delivery(self.statement(now, rules), rules)
+
+    def statement(self, now: datetime, rules: EhrRules) -> dict[str, Any]:
+        """The EHR's CapabilityStatement, read again when the cached copy is older than the
+        refresh setting; an EHR that cannot answer now, or answers something else, leaves the
+        cached copy in use. Only a CapabilityStatement is cached, and one announcing a FHIR
+        version the site does not accept stops the run."""
         with self.engine.connect() as connection:
             cached = read_state(connection, CAPABILITIES)
         stored = orjson.loads(cached) if cached else None
         age = timedelta(minutes=self.settings.ehr_capabilities_refresh_minutes)
         if stored is None or now - datetime.fromisoformat(stored["fetched_at"]) >= age:
             try:
-                statement = self.client.request("GET", "metadata").body or {}
+                statement = check_statement(self.client.request("GET", "metadata").body, rules)
             except TemporaryEhrError:
                 if stored is None:
                     raise
@@ -121,7 +140,7 @@ class Sync:
                 stored = {"fetched_at": now.isoformat(), "statement": statement}
                 with self.engine.begin() as connection:
                     write_state(connection, CAPABILITIES, orjson.dumps(stored).decode())
-        return plan_delivery(stored["statement"], rules)
+        return check_statement(stored["statement"], rules)
 
     def delivery(self, plans: dict[str, DeliveryPlan], rules: EhrRules) -> Delivery:
         """A run's deliveries, with what it learns of the EHR kept for the run."""
@@ -138,6 +157,7 @@ class Sync:
             site=site,
             rules=rules,
             clock=self.clock,
+            settle=timedelta(seconds=self.settings.ehr_settle_seconds),
         )
 
     def backoff(self) -> tuple[datetime | None, float]:
@@ -173,33 +193,33 @@ def _quiet(_: int) -> None:
 
 
 def leased_run(sync: Sync, trigger: str, work: Callable[[SyncReport], None]) -> SyncReport:
-    """Run `work` holding the sync lease, recorded in the runs table; an EHR that is down
-    sets the whole sync's back-off, and a successful run clears it."""
+    """Run `work` holding the sync lease, recorded in the runs table; an EHR that is down,
+    and a configuration the EHR refuses, set the whole sync's back-off (the EHR's Retry-After
+    at least), and a successful run clears it."""
     if not sync.lease.acquire(sync.clock()):
         return SyncReport("busy")
     report = SyncReport("completed", run_id=sync.runs.start(trigger, sync.holder, sync.clock()))
-    # Each run starts with the breaker closed: the back-off between runs is the wait, and a
-    # breaker left open by the last run would fail every later run without asking the EHR.
-    sync.client.breaker.succeeded()
+    sync.client.start_run()
     try:
         work(report)
         sync.set_backoff(None, 0.0)
     except (EhrUnavailable, TemporaryEhrError) as exc:
-        _, seconds = sync.backoff()
-        seconds = min(LONGEST_BACKOFF, seconds * 2 or sync.settings.ehr_breaker_seconds)
-        report.resume_at = sync.clock() + timedelta(seconds=seconds)
-        sync.set_backoff(report.resume_at, seconds)
-        report.status = "failed"
-        report.error = (
-            f"the EHR is unavailable ({exc}); the sync backs off until "
-            f"{report.resume_at:%Y-%m-%dT%H:%M:%SZ}"
-        )
+        asked = exc.retry_after if isinstance(exc, EhrUnavailable) else None
+        until = _back_off(sync, report, asked)
+        report.status, report.cause = "failed", "ehr"
+        report.error = f"the EHR is unavailable ({exc}); the sync backs off until {until}"
+    except EhrConfigurationError as exc:
+        until = _back_off(sync, report, None)
+        report.status, report.cause = "failed", "configuration"
+        report.error = f"{exc}; the sync backs off until {until}"
     except EhrAuthError as exc:
-        report.status, report.error = "failed", str(exc)
+        report.status, report.cause, report.error = "failed", "configuration", str(exc)
     except LeaseLost:
         report.status, report.error = "failed", "another process took over the sync lease"
+        report.cause = "internal"
     except Exception as exc:
         report.status, report.error = "failed", f"{type(exc).__name__} (see the service log)"
+        report.cause = "internal"
         log.exception("sync run %d failed", report.run_id)
     finally:
         assert report.run_id is not None
@@ -208,6 +228,17 @@ def leased_run(sync: Sync, trigger: str, work: Callable[[SyncReport], None]) -> 
         sync.lease.release()
     log.info("%s run %d %s: %s", trigger, report.run_id, report.status, dict(report.counts))
     return report
+
+
+def _back_off(sync: Sync, report: SyncReport, asked: float | None) -> str:
+    """The whole sync backs off: the first back-off, doubled on each failed run up to an hour,
+    and at least what the EHR asked for."""
+    _, seconds = sync.backoff()
+    seconds = min(LONGEST_BACKOFF, seconds * 2 or sync.settings.ehr_breaker_seconds)
+    seconds = max(seconds, asked or 0.0)
+    report.resume_at = sync.clock() + timedelta(seconds=seconds)
+    sync.set_backoff(report.resume_at, seconds)
+    return f"{report.resume_at:%Y-%m-%dT%H:%M:%SZ}"
 
 
 def _run(sync: Sync, report: SyncReport, progress: Callable[[int], None]) -> None:
@@ -231,6 +262,9 @@ def _run(sync: Sync, report: SyncReport, progress: Callable[[int], None]) -> Non
         progress(len(outcomes))
         if sync.client.breaker.open:
             raise EhrUnavailable("the EHR failed too many requests in a row")
+        if sync.client.asked_to_wait is not None:
+            asked = sync.client.asked_to_wait
+            raise EhrUnavailable(f"the EHR asked the sync to wait {asked:.0f} s", asked)
 
     def read_ahead(after: tuple[int, str] | None) -> None:
         """The next STAGED_AHEAD batches read and staged; their possible creates noted in one
@@ -282,6 +316,20 @@ def _run(sync: Sync, report: SyncReport, progress: Callable[[int], None]) -> Non
             chunk = partial[start : start + sync.settings.sync_batch_size]
             batch = sync.outbox.due(sync.clock(), None, len(chunk), ids=chunk)
             _settle(sync, report, delivery.deliver(batch))
+    _stopped_by_the_ehr(report, delivery)
+
+
+def _stopped_by_the_ehr(report: SyncReport, delivery: Delivery) -> None:
+    """A run that the EHR forbade writes to fails as a configuration error; one whose every
+    item waits for the EHR (nothing delivered, nothing refused) fails as the EHR's."""
+    if delivery.forbidden:
+        types = ", ".join(sorted(delivery.forbidden))
+        reason = next(iter(delivery.forbidden.values()))
+        raise EhrForbidden(f"the EHR forbids the adapter to write {types}: {reason}")
+    waited = sum(report.counts[kind] for kind in WAITED_FOR)
+    if waited and not any(report.counts[kind] for kind in ACTED_ON):
+        last = delivery.failures[-1] if delivery.failures else "no answer"
+        raise EhrUnavailable(f"nothing was delivered; {waited} resources wait for it: {last}")
 
 
 def _waits_for(staged: Staged, in_flight: Iterable[InFlight]) -> bool:
@@ -301,4 +349,8 @@ def _kind(outcome: Outcome) -> str:
     if outcome.state != "pending":
         return outcome.state
     detail: dict[str, Any] = outcome.detail or {}
-    return "delivered_partially" if detail.get("reason") == PARTIAL else "retry_later"
+    if detail.get("reason") == PARTIAL:
+        return "delivered_partially"
+    if detail.get("forbidden"):
+        return "forbidden"
+    return "unconfirmed" if detail.get("unconfirmed") else "retry_later"

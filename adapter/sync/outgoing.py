@@ -63,6 +63,8 @@ TEXT_TYPES = frozenset(
         "MedicationAdministration",
         "DetectedIssue",
         "DocumentReference",
+        "Encounter",
+        "CarePlan",
     }
 )
 """Types whose EHR copy can be made from the stored text: in R4 the patient is a top-level
@@ -76,10 +78,12 @@ _HEAD = re.compile(
 """How the store writes every resource (resources.py): its type, its id, then meta with the
 store's version and time first."""
 _PATIENT = re.compile(
-    r'"(?:subject|patient)":\{(?="type":"Patient","identifier":\{"system":"(?P<system>[^"\\]*)",'
-    r'"value":"(?P<value>[^"\\]*)"\}(?:,"display":"[^"\\]*")?\})'
+    r'"(?:subject|patient)":\{(?=(?P<own>"reference":"Patient/[^"\\]*",)?"type":"Patient",'
+    r'"identifier":\{"system":"(?P<system>[^"\\]*)","value":"(?P<value>[^"\\]*)"\}'
+    r'(?:,"display":"[^"\\]*")?\})'
 )
-"""A patient given by identifier alone (and a display), as the mapping writes it."""
+"""A patient as the mapping writes it: the adapter's own Patient by reference (or, as stored
+before Patients were served, no reference) and by identifier, and perhaps a display."""
 _TEXT_REFERENCE = re.compile(r'"reference":"(?P<type>[^"/:\\]*)/(?P<id>[^"/:\\]*)"')
 """A literal `Type/id` reference in compact JSON (FHIR ids hold no quote, slash or colon)."""
 
@@ -90,8 +94,14 @@ def _string(value: str) -> str:
 
 def references(contents: Iterable[str]) -> set[str]:
     """The adapter ids that these resources reference (`Type/id`), read from their stored
-    compact JSON in one pass rather than by walking every element."""
-    return {found[1] for content in contents for found in _TEXT_REFERENCE.findall(content)}
+    compact JSON in one pass rather than by walking every element; the adapter's Patients
+    aside, which the EHR never gets (its own Patient is put in their place)."""
+    return {
+        found[1]
+        for content in contents
+        for found in _TEXT_REFERENCE.findall(content)
+        if found[0] != "Patient"
+    }
 
 
 @dataclass(frozen=True)
@@ -143,8 +153,14 @@ def text_copy(
         return None
     if patient_reference and stored.patient is None:
         return None
-    # The patient's reference goes in just inside its `subject`: the text is cut there.
-    cut = stored.patient.end() if patient_reference and stored.patient else len(content)
+    own = bool(stored.patient and stored.patient["own"])
+    if own:
+        # The adapter's Patient is swapped for the EHR's, as any reference is swapped.
+        if not patient_reference:
+            return None
+        resolve = _patient_first(resolve, patient_reference)
+    # Otherwise the patient's reference goes in just inside its `subject`: the text is cut there.
+    cut = stored.patient.end() if patient_reference and stored.patient and not own else len(content)
     before, after = content[head.end() : cut], content[cut:]
     references = _TEXT_REFERENCE.findall(before) + _TEXT_REFERENCE.findall(after)
     if len(references) != content.count('"reference":'):
@@ -161,7 +177,7 @@ def text_copy(
 
     # Without the store's two fields, meta keeps the rest, or goes when nothing is left.
     start = f'{{"resourceType":"{head["type"]}"' + (',"meta":{' if head["end"] == "," else "")
-    patient = f'"reference":{_string(patient_reference)},' if patient_reference else ""
+    patient = f'"reference":{_string(patient_reference)},' if patient_reference and not own else ""
     return EhrCopy(start + swapped(before) + patient + swapped(after))
 
 
@@ -201,14 +217,35 @@ def ehr_copy(
     return EhrCopy(orjson.dumps(body).decode(), dropped)
 
 
+def _patient_first(resolve: Resolver, patient_reference: str) -> Resolver:
+    """`resolve`, with the adapter's Patients answered by the EHR's Patient."""
+
+    def resolved(resource_type: str, target_id: str) -> str | object:
+        return (
+            patient_reference if resource_type == "Patient" else resolve(resource_type, target_id)
+        )
+
+    return resolved
+
+
 def ehr_body(
     resource: Json,
     patient_reference: str | None,
     resolve: Resolver,
     extra_codings: list[ExtraCoding],
 ) -> tuple[Json, list[str]]:
-    """The EHR's copy by a walk of the parsed resource, and the references it left out."""
+    """The EHR's copy by a walk of the parsed resource, and the references it left out. The
+    adapter's own Patient references become the EHR's Patient, or, with none known, go."""
     body = {key: value for key, value in resource.items() if key != "id"}
+    if patient_reference:
+        resolve = _patient_first(resolve, patient_reference)
+    else:
+        for key in ("subject", "patient"):
+            element = body.get(key)
+            if isinstance(element, dict) and str(element.get("reference", "")).startswith(
+                "Patient/"
+            ):
+                body[key] = {k: v for k, v in element.items() if k != "reference"}
     meta = {k: v for k, v in body.get("meta", {}).items() if k not in ("versionId", "lastUpdated")}
     if meta:
         body["meta"] = meta
@@ -271,3 +308,32 @@ def _add_codings(body: Json, rules: list[ExtraCoding]) -> None:
             if (added["system"], added["code"]) not in present:
                 codings.append(added)
                 present.add((added["system"], added["code"]))
+
+
+def says_the_same(ours: Json, theirs: Json) -> bool:
+    """Whether the EHR's copy says what ours says: every element we send, unchanged (the EHR
+    may add its own, such as meta or a narrative)."""
+    return all(theirs.get(key) == value for key, value in ours.items() if key != "meta")
+
+
+def provably_ours(
+    copies: list[Json], resource: Json, extra_codings: list[ExtraCoding]
+) -> Json | None:
+    """Of several EHR copies carrying a resource's identifier, the first stored, when every one
+    says what the adapter sends apart from its references (each a write of the adapter's own,
+    stored twice, whose references point at copies of its own Bundle); None when any says
+    something else (someone may have changed it: a person decides)."""
+    ours, _ = ehr_body(resource, None, lambda kind, _: f"{kind}/?", extra_codings)
+    plain = _unreferenced(ours)
+    if not all(says_the_same(plain, _unreferenced(theirs)) for theirs in copies):
+        return None
+    return min(copies, key=lambda c: (str(c.get("meta", {}).get("lastUpdated", "")), str(c["id"])))
+
+
+def _unreferenced(value: Any) -> Any:
+    """A copy of the value without its `reference` elements."""
+    if isinstance(value, list):
+        return [_unreferenced(item) for item in value]
+    if isinstance(value, dict):
+        return {k: _unreferenced(v) for k, v in value.items() if k != "reference"}
+    return value

@@ -1,5 +1,6 @@
-"""The EHR's Patient behind each MRN: found by identifier, confirmed by family name and birth
-date where the clinic's record has them, and never guessed."""
+"""The EHR's Patient behind each MRN: found by identifier, followed to the surviving record
+where the EHR merged it, confirmed by family name and birth date where the clinic's record has
+them, and never guessed. Nothing is filed under an inactive Patient."""
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -11,9 +12,13 @@ from adapter.store.outbox import Pending
 from adapter.store.records import Key, RecordStore
 from adapter.store.sync_state import PatientMatch, PatientMatches
 from adapter.sync.client import EhrClient
-from adapter.sync.ehr_ids import copies_by_identifier
+from adapter.sync.ehr_ids import copies_by_identifier, location
+from adapter.sync.errors import PermanentEhrError
 
 MATCHED = "matched"
+MAX_LINKS = 5
+"""`replaced-by` links followed from one Patient at most (a merge of a merge...)."""
+Json = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -79,25 +84,69 @@ class PatientResolver:
         found = copies_by_identifier(
             self.client, "Patient", [(self.mrn_system, mrn) for mrn in asked]
         )
-        fresh = [_match(mrn, found.get((self.mrn_system, mrn), []), now) for mrn in asked]
+        fresh = [self._match(mrn, found.get((self.mrn_system, mrn), []), now) for mrn in asked]
         for match in fresh:
             self._this_run[match.mrn] = match
         self.matches.put(fresh)
         return {mrn: self._this_run[mrn] for mrn in mrns}
 
+    def _match(self, mrn: str, patients: list[Json], now: datetime) -> PatientMatch:
+        """What the EHR's Patients with this MRN say: none, several, or the one, each inactive
+        one followed to the record that replaced it (FHIR R4 Patient.link, `replaced-by`)."""
+        if not patients:
+            return PatientMatch(mrn, "not-found", None, {}, now)
+        survivors: dict[str, Json] = {}
+        states: set[str] = set()
+        for patient in patients:
+            state, survivor = self._survivor(patient)
+            states.add(state)
+            if survivor is not None:
+                survivors[str(survivor["id"])] = survivor
+        if "unconfirmed" in states:
+            return PatientMatch(mrn, "unconfirmed", None, {}, now)
+        if len(survivors) > 1:
+            return PatientMatch(mrn, "ambiguous", None, {"candidates": len(survivors)}, now)
+        if not survivors:
+            return PatientMatch(mrn, "inactive", None, {}, now)
+        patient = next(iter(survivors.values()))
+        detail: dict[str, Any] = {
+            "family": sorted({n["family"] for n in patient.get("name", []) if n.get("family")}),
+            "birth_date": patient.get("birthDate"),
+        }
+        if "merged" in states:
+            detail["merged"] = True
+        return PatientMatch(mrn, MATCHED, str(patient["id"]), detail, now)
 
-def _match(mrn: str, patients: list[dict[str, Any]], now: datetime) -> PatientMatch:
-    """What the EHR's Patients with this MRN say: none, several, or the one."""
-    if not patients:
-        return PatientMatch(mrn, "not-found", None, {}, now)
-    if len(patients) > 1:
-        return PatientMatch(mrn, "ambiguous", None, {"candidates": len(patients)}, now)
-    patient = patients[0]
-    detail: dict[str, Any] = {
-        "family": sorted({n["family"] for n in patient.get("name", []) if n.get("family")}),
-        "birth_date": patient.get("birthDate"),
-    }
-    return PatientMatch(mrn, MATCHED, str(patient["id"]), detail, now)
+    def _survivor(self, patient: Json) -> tuple[str, Json | None]:
+        """The active record a Patient stands for: itself (`active`), the record its chain of
+        `replaced-by` links ends at (`merged`), none (`inactive`: no link to follow), or none
+        that could be confirmed (`unconfirmed`: a link to a record the EHR does not show, to
+        an inactive one, or a loop)."""
+        current, followed = patient, 0
+        seen = {str(patient.get("id"))}
+        while current.get("active") is False:
+            target = next(
+                (
+                    link.get("other", {}).get("reference")
+                    for link in current.get("link", [])
+                    if link.get("type") == "replaced-by"
+                ),
+                None,
+            )
+            if not target:
+                return ("inactive" if followed == 0 else "unconfirmed"), None
+            target_id, _ = location("Patient", target)
+            if target_id is None or target_id in seen or followed == MAX_LINKS:
+                return "unconfirmed", None
+            seen.add(target_id)
+            followed += 1
+            try:
+                current = self.client.request("GET", f"Patient/{target_id}").body or {}
+            except PermanentEhrError:
+                return "unconfirmed", None
+            if current.get("resourceType") != "Patient" or current.get("id") != target_id:
+                return "unconfirmed", None
+        return ("merged" if followed else "active"), current
 
 
 def mismatch(match: PatientMatch, facts: PatientFacts) -> str | None:
@@ -106,6 +155,14 @@ def mismatch(match: PatientMatch, facts: PatientFacts) -> str | None:
         return "no Patient in the EHR has this MRN"
     if match.state == "ambiguous":
         return "several Patients in the EHR have this MRN"
+    if match.state == "inactive":
+        return "the EHR's Patient with this MRN is inactive and names no record that replaced it"
+    if match.state == "unconfirmed":
+        return (
+            "the EHR's Patient with this MRN was merged into another record (link replaced-by) "
+            "that the EHR does not show as active: held until the surviving record can be "
+            "confirmed"
+        )
     families = {name.casefold() for name in match.detail.get("family", [])}
     if facts.family and families and facts.family.casefold() not in families:
         return "the EHR's Patient with this MRN has a different family name than the record"

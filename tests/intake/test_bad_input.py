@@ -64,6 +64,24 @@ REFUSED: list[tuple[str, dict[str, Any], str, str]] = [
         "before infusion_start",
     ),
     (
+        "discharged before the infusion ended",
+        session(discharged_at="2026-11-20T12:00:00-05:00"),
+        "discharged_at",
+        "before infusion_end",
+    ),
+    (
+        "rate change after the infusion ended",
+        session(rate_changes=[{"at": "2026-11-20T14:00:00-05:00", "rate_mg_per_kg_per_hr": 0.3}]),
+        "rate_changes[0].at",
+        "after infusion_end",
+    ),
+    (
+        "rate change before the infusion started",
+        session(rate_changes=[{"at": "2026-11-20T09:00:00-05:00", "rate_mg_per_kg_per_hr": 0.3}]),
+        "rate_changes[0].at",
+        "before infusion_start",
+    ),
+    (
         "completed without start",
         session(infusion_start=None, infusion_end=None),
         "infusion_start",

@@ -3,10 +3,11 @@
 from pathlib import Path
 
 import orjson
+import pytest
 from click.testing import CliRunner
 
 from adapter.cli import main
-from adapter.settings import Settings
+from adapter.settings import Settings, get_settings
 from tests.conftest import ndjson, session, vitals
 
 
@@ -75,3 +76,26 @@ def test_a_broken_mapping_stops_the_import(
 
     assert result.exit_code == 2
     assert "limits.yaml: vitals.heart_rate: Field required" in result.output
+
+
+def test_a_line_over_the_limit_is_rejected_without_being_read_whole(
+    cli_environment: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ADAPTER_MAX_BODY_BYTES", "10000")
+    get_settings.cache_clear()
+    huge = orjson.dumps(vitals(id="VIT-HUGE", device="m", notes="x" * 50_000))
+    source = tmp_path / "backfill.ndjson"
+    source.write_bytes(ndjson(session()) + huge + b"\n" + ndjson(vitals(id="VIT-2")))
+
+    result = CliRunner().invoke(main, ["import", str(source), "--quiet", "--no-map"])
+
+    assert result.exit_code == 1
+    assert "created 2" in result.output and "rejected 1" in result.output
+    rejected = orjson.loads((tmp_path / "backfill.ndjson.rejected.ndjson").read_bytes())
+    assert rejected["line"] == 2 and rejected["record"] is None
+    assert rejected["errors"] == [
+        {
+            "field": "(record)",
+            "reason": f"the line is {len(huge) + 1} bytes; a record may be at most 10000 bytes",
+        }
+    ]

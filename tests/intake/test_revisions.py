@@ -77,10 +77,16 @@ def test_entered_in_error_withdraws_and_keeps_the_record(client: TestClient) -> 
     assert [r["status"] for r in record["revisions"]] == ["active", "entered_in_error"]
 
 
-def test_withdrawn_record_skips_plausibility_since_it_never_existed(client: TestClient) -> None:
-    withdrawn = vitals(revision=2, status="entered_in_error", heart_rate=400)
+def test_a_withdrawn_record_is_checked_for_plausibility_too(client: TestClient) -> None:
+    """What a withdrawn record says is stored and mapped (entered-in-error), so an impossible
+    value is refused there as anywhere: a withdrawn heart rate of 9999 is no heart rate."""
+    implausible = vitals(revision=2, status="entered_in_error", heart_rate=9999)
+    plausible = vitals(revision=2, status="entered_in_error")
 
-    assert _outcomes(client, withdrawn) == ["created"]
+    answer = client.post("/api/v1/records", json=implausible).json()
+    assert answer["results"][0]["errors"][0]["field"] == "heart_rate"
+    assert client.get("/api/v1/records/vitals/VIT-1").status_code == 404
+    assert _outcomes(client, plausible) == ["created"]
     assert client.get("/api/v1/records/vitals/VIT-1").json()["status"] == "entered_in_error"
 
 

@@ -10,8 +10,8 @@ from pydantic import TypeAdapter
 from adapter.intake.records import AnyRecord, ClinicRecord, InfusionSession
 from adapter.mapping.common import Built
 from adapter.mapping.config import load_mappings
+from adapter.mapping.derived import derived_from
 from adapter.mapping.mapper import Mapper, SourceRecord
-from adapter.mapping.protocol import SessionFacts
 from tests.conftest import EXAMPLE_DAY
 
 RECEIVED = datetime(2026, 11, 20, 21, 0, tzinfo=UTC)
@@ -47,18 +47,8 @@ def map_example_day(mapper: Mapper, day: Path = EXAMPLE_DAY) -> dict[str, list[d
         body["id"]: map_record(mapper, body, sessions.get(body.get("session_id", ""))).resources
         for body in bodies
     }
-    for session_id, body in sessions.items():
-        parsed = record(body)
-        assert isinstance(parsed, InfusionSession)
-        named = [record(b) for b in bodies if b.get("session_id") == session_id]
-        series = [
-            s
-            for b in sessions.values()
-            if b.get("series_id") == body.get("series_id") and b["id"] != session_id
-            if isinstance(s := record(b), InfusionSession)
-        ]
-        facts = SessionFacts(parsed, named, series if body.get("series_id") else [])
-        mapped[f"protocol:{session_id}"] = mapper.protocol(facts).resources
+    for source_type, source_id, built in derived_from(mapper, [record(b) for b in bodies]):
+        mapped[f"{source_type}:{source_id}"] = built.resources
     return mapped
 
 

@@ -36,9 +36,9 @@ def test_preview_prints_resources_and_rows_and_stores_nothing(
         "# line 13: vitals VIT-77099 revision 2 (current, WITHDRAWN (entered in error))"
         in result.output
     )
-    assert "# protocol: infusion_session SES-2026-00415 revision 1" in result.output
-    # 90 resources, and the 2 rate periods contained in the infusion of SES-2026-00412.
-    assert result.output.count('"resourceType": ') == 92
+    assert "# protocol: protocol SES-2026-00415 (the session's protocol breaches)" in result.output
+    # 99 resources, and the 2 rate periods contained in the infusion of SES-2026-00412.
+    assert result.output.count('"resourceType": ') == 101
     assert (
         not Path(cli_environment.database_url.removeprefix("sqlite:///")).exists()
         or "postgresql" in cli_environment.database_url
@@ -85,7 +85,9 @@ def test_preview_marks_stale_and_withdrawn_revisions_as_ndjson(
         (4, "repeat", "VIT-1", 2),
         (5, "withdrawn", "VIT-2", 3),
         (6, "rejected", None, None),
-        (None, "protocol", "SES-1", 1),
+        (None, "protocol", "SES-1", None),
+        (None, "encounter", "SES-1", None),
+        (None, "patient", "900001", None),
     ]
     assert entries[2]["reasons"] == ["revision 2 of the record is later in the file"]
     assert {r["status"] for r in entries[4]["resources"]} == {"entered-in-error"}

@@ -40,11 +40,12 @@ def test_the_example_day_is_stored_once_and_remapping_changes_nothing(runtime: R
 
     assert (first.mapped, first.waiting, first.failed) == (19, 0, 0)
     # 76 from the records; a note and an Observation per side effect (6); 4 protocol breaches
-    # of the day, each a DetectedIssue with its note (8).
-    assert first.resources.created == 90
+    # of the day, each a DetectedIssue with its note (8); an Encounter per session, a CarePlan
+    # per series and a Patient per MRN (3 each).
+    assert first.resources.created == 99
     assert first.sessions_checked == 3
     assert again.records == 0 and third.records == 0
-    assert len(runtime.resources.all_current()) == 90
+    assert len(runtime.resources.all_current()) == 99
     assert {r.version_id for r in runtime.resources.all_current()} == {1}
 
 

@@ -132,7 +132,49 @@ def test_a_fast_attested_after_the_start_is_an_issue(shipped: Mapper) -> None:
 
     issues = check(shipped, records=replace(SAFE_DAY, 0, late))
 
-    assert "after the infusion started" in issues["fasting-not-attested"]["detail"]
+    assert list(issues) == ["fasting-attested-late"]
+    assert "after the infusion started" in issues["fasting-attested-late"]["detail"]
+    assert issues["fasting-attested-late"]["severity"] == "moderate"
+
+
+def test_a_late_attestation_does_not_hide_a_short_fast(shipped: Mapper) -> None:
+    late_and_short = fasting(
+        attested_at="2026-11-20T09:30:00-05:00", last_solid_food_at="2026-11-20T07:00:00-05:00"
+    )
+
+    issues = check(shipped, records=replace(SAFE_DAY, 0, late_and_short))
+
+    assert sorted(issues) == ["fasting-attested-late", "fasting-below-minimum"]
+
+
+def test_absent_will_not_drive_is_not_taken_for_safe(shipped: Mapper) -> None:
+    unsaid = transport(patient_will_not_drive=None)
+    unsaid.pop("patient_will_not_drive")
+
+    assert list(check(shipped, records=replace(SAFE_DAY, 1, unsaid))) == [
+        "transport-patient-may-drive"
+    ]
+
+
+def test_a_series_is_checked_among_the_sessions_of_one_patient(shipped: Mapper) -> None:
+    third = {**SAFE_SESSION, "series_id": "SER-1", "session_number": 3}
+    someone_else = session(
+        id="SES-9", series_id="SER-1", session_number=3, patient={"mrn": "900002"}
+    )
+
+    assert check(shipped, third, series=[someone_else]) == {}
+
+
+def test_vitals_after_the_discharge_do_not_count_for_it(shipped: Mapper) -> None:
+    after = [
+        *SAFE_DAY[:2],
+        vitals(id="VIT-R", phase="recovery", taken_at="2026-11-20T14:30:00-05:00"),
+        vitals(id="VIT-D", phase="discharge", taken_at="2026-11-20T14:40:00-05:00"),
+    ]
+
+    assert {"recovery-vitals-missing", "discharge-vitals-missing"} <= set(
+        check(shipped, records=after)
+    )
 
 
 @pytest.mark.parametrize(
@@ -198,7 +240,7 @@ def test_withdrawn_vitals_do_not_count(shipped: Mapper) -> None:
 
 @pytest.mark.parametrize(
     ("systolic", "diastolic", "high"),
-    [(160, 100, False), (161, 90, True), (150, 101, True)],
+    [(159, 99, False), (160, 90, True), (150, 100, True)],
 )
 def test_blood_pressure_above_the_discharge_limit_is_an_issue(
     shipped: Mapper, systolic: int, diastolic: int, high: bool
@@ -214,12 +256,14 @@ def test_blood_pressure_above_the_discharge_limit_is_an_issue(
         assert issue["evidence"][0]["detail"][0]["reference"].startswith("Observation/")
 
 
-def test_completed_without_an_infusion_end_is_an_issue(shipped: Mapper) -> None:
-    body = {**SAFE_SESSION}
+@pytest.mark.parametrize("status", ["completed", "stopped_early"])
+def test_an_ended_session_without_an_infusion_end_is_an_issue(shipped: Mapper, status: str) -> None:
+    body = {**SAFE_SESSION, "status": status}
     body.pop("infusion_end")
-    body.pop("discharged_at")
 
-    assert "completed-without-infusion-end" in check(shipped, body)
+    issue = check(shipped, body)["ended-without-infusion-end"]
+
+    assert "cannot be verified" in issue["detail"]
 
 
 def test_session_numbers_of_a_series_repeated_or_out_of_order(shipped: Mapper) -> None:
@@ -235,7 +279,7 @@ def test_session_numbers_of_a_series_repeated_or_out_of_order(shipped: Mapper) -
     repeated, disorder = issues["series-number-repeated"], issues["series-out-of-order"]
     assert "also recorded for SES-2" in repeated["detail"]
     assert "SES-4" not in repeated["detail"]
-    assert len(repeated["implicated"]) == 2
+    assert len(repeated["implicated"]) == 3  # the session's Procedure and visit, and SES-2
     assert "session 2 (SES-3" in disorder["detail"]
 
 
@@ -244,7 +288,7 @@ def test_a_recorded_total_far_from_the_rates_is_a_low_issue(shipped: Mapper) -> 
 
     issue = issues["dose-total-mismatch"]
     assert issue["severity"] == "low"
-    assert issue["implicated"][1]["reference"].startswith("MedicationAdministration/")
+    assert issue["implicated"][2]["reference"].startswith("MedicationAdministration/")
 
 
 @pytest.mark.parametrize("status", ["scheduled", "cancelled", "no_show", "entered_in_error"])

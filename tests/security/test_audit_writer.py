@@ -9,6 +9,7 @@ from pathlib import Path
 from sqlalchemy import Engine
 
 from adapter.security.audit import BATCH, FLUSH_SECONDS, AuditEntry, AuditLog, AuditWriter
+from adapter.settings import DEVELOPMENT_SECRET
 from adapter.store import migrate
 from adapter.store.engine import make_engine
 
@@ -32,7 +33,7 @@ class FailingOnce(AuditLog):
     """The store's audit log, whose first write fails as a store that is down would."""
 
     def __init__(self, engine: Engine) -> None:
-        super().__init__(engine)
+        super().__init__(engine, DEVELOPMENT_SECRET)
         self.failed = threading.Event()
 
     def append(self, entries: list[AuditEntry]) -> None:
@@ -45,7 +46,7 @@ class FailingOnce(AuditLog):
 def _log(tmp_path: Path) -> AuditLog:
     engine = make_engine(f"sqlite:///{tmp_path}/audit.db")
     migrate.upgrade(engine)
-    return AuditLog(engine)
+    return AuditLog(engine, DEVELOPMENT_SECRET)
 
 
 def _paths(log: AuditLog) -> list[str]:

@@ -17,6 +17,8 @@ from tests.sync.conftest import ehr, sandbox_server  # noqa: F401 (fixtures)
 from tests.sync.sandbox import SandboxEhr
 
 IDENTIFYING = {"mrn", "family", "given", "birth_date", "phone", "notes", "name"}
+QUOTING = "Invalid isoformat string: 'Rivera 100234 1979-03-14'"
+"""The text of an error that quotes what a caller sent (as datetime.fromisoformat's does)."""
 
 
 def _identifying_values() -> set[str]:
@@ -99,6 +101,27 @@ def _whole_surface(client: TestClient, ehr: SandboxEhr) -> None:  # noqa: F811
     client.post("/api/v1/sync/replay", json={"all": True})
     client.get("/api/v1/audit")
     client.get("/api/v1/audit", params={"format": "fhir"})
+    _error_paths(client)
+
+
+def _error_paths(client: TestClient) -> None:
+    """Refusals whose input names a patient, and an unexpected error whose text quotes one."""
+    client.get("/fhir/Observation", params={"date": "Rivera", "_cursor": "100234"})
+    client.get("/fhir/Patient/100234/_history/Rivera")
+    client.get("/api/v1/audit", params={"since": "1979-03-14T99:00", "client_id": "Rivera"})
+    client.post("/api/v1/records", content=b'{"patient": {"mrn": "100234"}, "a": 1, "a": 2}')
+    client.post("/fhir/Observation/_search", data={"patient": "Rivera\u0000"})
+    runtime = client.app.state.runtime  # type: ignore[attr-defined]
+    versions = runtime.fhir_reads.versions
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise ValueError(QUOTING)  # a traceback shows this line: the text is not in it
+
+    runtime.fhir_reads.versions = broken
+    try:
+        assert client.get("/fhir/Observation/_history").status_code == 500
+    finally:
+        runtime.fhir_reads.versions = versions
 
 
 def test_no_identifying_value_reaches_a_log_line(

@@ -133,7 +133,7 @@ def test_statistics_can_be_refreshed_after_a_large_load(runtime: Runtime) -> Non
 
     runtime.resources.refresh_statistics()
 
-    assert len(runtime.resources.all_current()) == 3
+    assert len(runtime.resources.all_current()) == 4  # 3 Observations and the Patient
     # The sync's queue too: a planner that takes it for empty sorts all of it for each batch.
     with runtime.store.engine.connect() as connection:
         if connection.dialect.name == "sqlite":

@@ -12,6 +12,7 @@ import requests
 SERVER = Path(__file__).resolve().parent.parent / "ehr-server"
 SANDBOX_PATIENTS = SERVER / "sandbox-patients.json"
 MRN_SYSTEM = "https://ketamine-clinic.example.org/fhir/sid/mrn"
+RECORDS_SYSTEM = "https://ketamine-clinic.example.org/fhir/sid/infusion-charting"
 DEFAULT_CONFIG = {
     "conditionalCreate": True,
     "transactions": True,
@@ -20,6 +21,7 @@ DEFAULT_CONFIG = {
     "requireIfMatch": False,
     "bearer": None,
     "smartClients": {},
+    "quirks": {},
 }
 PROFILES: dict[str, dict[str, Any]] = {
     "generic": {},
@@ -63,8 +65,11 @@ class SandboxEhr:
         line = self.process.stdout.readline()
         if not line:
             raise RuntimeError("the sandbox EHR did not start")
-        self.base = str(orjson.loads(line)["base"])
+        started = orjson.loads(line)
+        self.base = str(started["base"])
         self.origin = self.base.removesuffix("/fhir")
+        self.decoy = str(started["decoy"])
+        """Another origin, with a store of its own, that the `redirect` quirk points at."""
         self.http = requests.Session()
 
     def control(self, method: str, path: str, body: Any = None) -> Any:
@@ -84,6 +89,20 @@ class SandboxEhr:
     def configure(self, **config: Any) -> None:
         self.control("PUT", "/config", config)
 
+    def quirk(self, **quirks: Any) -> None:
+        """Make the EHR misbehave (tests/ehr-server/quirks.mjs); no arguments end it."""
+        self.control("PUT", "/config", {"quirks": quirks})
+
+    def settle(self) -> int:
+        """Store the writes a `lateCommit` EHR is holding; how many there were."""
+        stored: int = self.control("POST", "/settle")["stored"]
+        return stored
+
+    def reached_decoy(self) -> dict[str, Any]:
+        """What reached the decoy origin: requests by method, resources stored by type."""
+        found: dict[str, Any] = self.control("GET", "/decoy")
+        return found
+
     def add_patients(self, mrns: list[str]) -> None:
         """Patients the EHR knows, by MRN."""
         self.control(
@@ -100,35 +119,23 @@ class SandboxEhr:
         )
 
     def all(self, resource_type: str) -> list[dict[str, Any]]:
-        """Every resource of a type the EHR holds, paging to the end."""
-        found: list[dict[str, Any]] = []
-        while True:
-            page = self.http.get(
-                f"{self.base}/{resource_type}",
-                params={"_count": "1000", "_offset": str(len(found))},
-                headers=self._auth(),
-            ).json()
-            entries = [entry["resource"] for entry in page.get("entry", [])]
-            found += entries
-            if len(entries) < 1000:
-                break
+        """Every resource of a type the EHR holds, read from its store (whatever its quirks)."""
+        found: list[dict[str, Any]] = self.control("GET", f"/resources/{resource_type}")
         return found
 
     def identifier_counts(self, resource_type: str) -> Counter[tuple[str, str]]:
+        """How many copies the EHR holds of each of the adapter's identifiers of a type."""
         counts: Counter[tuple[str, str]] = Counter()
         for resource in self.all(resource_type):
             listed = resource.get("identifier")
             for identifier in listed if isinstance(listed, list) else [listed] if listed else []:
-                counts[(identifier["system"], identifier["value"])] += 1
+                if identifier["system"].startswith(RECORDS_SYSTEM):
+                    counts[(identifier["system"], identifier["value"])] += 1
         return counts
 
     def stats(self) -> dict[str, int]:
         found: dict[str, int] = self.control("GET", "/stats")
         return found
-
-    def _auth(self) -> dict[str, str]:
-        config = self.control("GET", "/config")
-        return {"Authorization": f"Bearer {config['bearer']}"} if config.get("bearer") else {}
 
     def stop(self) -> None:
         self.process.terminate()

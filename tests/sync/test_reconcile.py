@@ -2,6 +2,7 @@
 that is down stops the run and defers the schedule instead of being hammered."""
 
 from datetime import timedelta
+from pathlib import Path
 
 import orjson
 import requests
@@ -17,8 +18,12 @@ from tests.sync.test_delivery import load_example_day
 
 
 def test_a_copy_deleted_or_changed_in_the_ehr_is_found_and_put_right(
-    runtime: Runtime, sync: Sync, ehr: SandboxEhr
+    runtime: Runtime, sync: Sync, ehr: SandboxEhr, settings_mappings: Path
 ) -> None:
+    """Where the site chose to undo changes made at the EHR (mappings/ehr.yaml)."""
+    (settings_mappings / "ehr.yaml").write_text(
+        "edited_in_ehr: overwrite\ndeleted_in_ehr: recreate\n"
+    )
     load_example_day(runtime)
     sync_once(sync, trigger="test")
     deleted, changed = ehr.all("Observation")[:2]

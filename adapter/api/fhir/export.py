@@ -43,10 +43,30 @@ _POSTED = {"_type": "valueString", "_since": "valueInstant", "_outputFormat": "v
 
 
 async def _posted(
-    request: Request, prefer: Annotated[str | None, Header()] = None
+    request: Request,
+    prefer: Annotated[str | None, Header()] = None,
+    types: Annotated[str | None, Query(alias="_type")] = None,
+    since: Annotated[str | None, Query(alias="_since")] = None,
+    output_format: Annotated[str | None, Query(alias="_outputFormat")] = None,
+) -> ExportParameters | BadRequest:
+    """The kick-off parameters of a POST: a Parameters resource (`_type` may repeat), or, as
+    some clients send them (Medplum's bulkExport), the query's; a parameter this server does
+    not support is refused, naming it. The refusal is returned, not raised: it is raised once
+    the caller's access is checked, so that a caller without access learns nothing more."""
+    try:
+        return await _read_posted(request, prefer, types, since, output_format)
+    except BadRequest as refusal:
+        return refusal
+
+
+async def _read_posted(
+    request: Request,
+    prefer: str | None,
+    types: str | None,
+    since: str | None,
+    output_format: str | None,
 ) -> ExportParameters:
-    """The kick-off parameters of a POST: a Parameters resource (`_type` may repeat); a
-    parameter this server does not support is refused, naming it."""
+    queried = {"_type": types, "_since": since, "_outputFormat": output_format}
     body = await request.body()
     try:
         resource = orjson.loads(body) if body.strip() else {"resourceType": "Parameters"}
@@ -67,6 +87,9 @@ async def _posted(
         if not isinstance(value, str) or not value:
             raise BadRequest(f"{where}: {name} needs {_POSTED[name]}", expression=[where])
         found.setdefault(name, []).append(value)
+    for name, value in queried.items():
+        if value is not None:
+            found.setdefault(name, []).append(value)
     for name in ("_since", "_outputFormat"):
         if len(found.get(name, [])) > 1:
             raise BadRequest(f"{name}: given more than once", expression=[name])
@@ -75,7 +98,7 @@ async def _posted(
     return ExportParameters(prefer, types, first.get("_since"), first.get("_outputFormat"))
 
 
-PostedDep = Annotated[ExportParameters, Depends(_posted)]
+PostedDep = Annotated[ExportParameters | BadRequest, Depends(_posted)]
 
 
 async def _exporter(
@@ -92,21 +115,15 @@ _exporter.access = "scope:r(exported types)"  # type: ignore[attr-defined]
 Exporter = Annotated[Caller, Depends(_exporter)]
 
 
-async def _posted_exporter(
-    request: Request, prefer: Annotated[str | None, Header()] = None
-) -> Caller:
-    """As `_exporter`, for the types a POSTed Parameters resource names. The token is checked
-    before the body: a caller whose scopes could not export what the body asks (every type,
-    when the body cannot be read) is refused 403 before anything is said about the body."""
+async def _posted_exporter(request: Request, asked: PostedDep) -> Caller:
+    """As `_exporter`, for the types a POSTed kick-off names (every type when its parameters
+    cannot be read); then a refused kick-off is refused."""
     caller = token_caller(request)
-    try:
-        asked = await _posted(request, prefer)
-    except BadRequest:
-        for resource_type in exported_types(None):
-            caller.require(resource_type, "r")
-        raise
-    for resource_type in exported_types(asked.types):
+    asked_types = asked.types if isinstance(asked, ExportParameters) else None
+    for resource_type in exported_types(asked_types):
         caller.require(resource_type, "r")
+    if isinstance(asked, BadRequest):
+        raise asked
     return caller
 
 
@@ -169,6 +186,7 @@ def export_group(
 def export_system_posted(
     request: Request, runtime: RuntimeDep, caller: PostedExporter, asked: PostedDep
 ) -> Response:
+    assert isinstance(asked, ExportParameters)  # a refusal was raised by PostedExporter
     return _kick_off(request, runtime, "system", asked, caller)
 
 
@@ -176,6 +194,7 @@ def export_system_posted(
 def export_patients_posted(
     request: Request, runtime: RuntimeDep, caller: PostedExporter, asked: PostedDep
 ) -> Response:
+    assert isinstance(asked, ExportParameters)  # a refusal was raised by PostedExporter
     return _kick_off(request, runtime, "patient", asked, caller)
 
 
@@ -189,6 +208,7 @@ def export_group_posted(
     asked: PostedDep,
     group_id: str,
 ) -> Response:
+    assert isinstance(asked, ExportParameters)  # a refusal was raised by PostedExporter
     return _kick_off(request, runtime, "group", asked, caller, group_id)
 
 

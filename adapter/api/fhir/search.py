@@ -17,7 +17,13 @@ from adapter.api.fhir.wire import (
     link,
 )
 from adapter.api.outcome import operation_outcome
-from adapter.fhir.search import SearchRequest, encode_cursor, included_types, parse
+from adapter.fhir.search import (
+    SearchRequest,
+    encode_cursor,
+    included_types,
+    parse,
+    search_digest,
+)
 from adapter.runtime import Runtime
 from adapter.security.access import Caller, fhir_scope
 from adapter.store.fhir_reads import Hit
@@ -30,9 +36,10 @@ def _strict(prefer: str | None) -> bool:
     return bool(prefer) and "handling=strict" in (prefer or "").replace(" ", "")
 
 
-def _cursor(hit: Hit, secret: str, direction: str) -> str:
+def _cursor(search: SearchRequest, hit: Hit, secret: str, direction: str) -> str:
     value = hit.sort_value.isoformat() if hasattr(hit.sort_value, "isoformat") else hit.sort_value
-    return encode_cursor({"v": value, "id": hit.id, "d": direction}, secret)
+    payload = {"v": value, "id": hit.id, "d": direction, "s": search_digest(search)}
+    return encode_cursor(payload, secret)
 
 
 def _search(
@@ -93,7 +100,7 @@ def _search(
                 link(
                     base,
                     resource_type,
-                    [*search.query, ("_cursor", _cursor(hits[-1], secret, "next"))],
+                    [*search.query, ("_cursor", _cursor(search, hits[-1], secret, "next"))],
                 ),
             )
         )
@@ -104,7 +111,7 @@ def _search(
                 link(
                     base,
                     resource_type,
-                    [*search.query, ("_cursor", _cursor(hits[0], secret, "prev"))],
+                    [*search.query, ("_cursor", _cursor(search, hits[0], secret, "prev"))],
                 ),
             )
         )

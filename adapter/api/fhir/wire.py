@@ -78,21 +78,24 @@ FORMAT_PARAMETER = {
     "name": "_format",
     "in": "query",
     "required": False,
-    "schema": {"type": "string"},
+    "schema": {"type": "string", "enum": sorted(_JSON_FORMATS)},
     "description": "json, application/json or application/fhir+json; XML is answered 406",
 }
 
 
-def document_format(routes: Iterable[Any], schema: dict[str, Any]) -> None:
-    """Add `_format` to the OpenAPI operations of the routes that negotiate."""
+def document_format(routes: Iterable[Any], schema: dict[str, Any]) -> set[str]:
+    """Add `_format` to the OpenAPI operations of the routes that negotiate; their names."""
+    negotiating: set[str] = set()
     for path, route in all_routes(routes):
         if not any(d.call is negotiate for d in route.dependant.dependencies):
             continue
+        negotiating.add(route.endpoint.__name__)
         operations = schema["paths"].get(re.sub(r"{(\w+):\w+}", r"{\1}", path), {})
         for method in route.methods or ():
             parameters = operations.get(method.lower(), {}).setdefault("parameters", [])
             if FORMAT_PARAMETER not in parameters:
                 parameters.append(FORMAT_PARAMETER)
+    return negotiating
 
 
 def fhir_base(request: Request) -> str:
