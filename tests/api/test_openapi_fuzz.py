@@ -4,6 +4,7 @@ type or header the document does not state, every error an OperationOutcome (OAu
 object at the token endpoint), and nothing but the open routes answers 2xx without
 credentials."""
 
+import json
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -58,7 +59,12 @@ def _ndjson(_context: Any, value: Any) -> dict[str, bytes]:
     any JSON value, sent as its text."""
     if isinstance(value, bytes):
         return {"data": value}
-    return {"data": value.encode() if isinstance(value, str) else orjson.dumps(value)}
+    if isinstance(value, str):
+        return {"data": value.encode()}
+    try:
+        return {"data": orjson.dumps(value)}
+    except TypeError:  # an integer beyond 64 bits, which orjson does not write
+        return {"data": json.dumps(value).encode()}
 
 
 def _schema(service: tuple[FastAPI, Credentials]) -> Any:
