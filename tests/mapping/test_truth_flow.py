@@ -219,3 +219,17 @@ def test_a_record_moved_to_another_session_leaves_its_old_session_checked_again(
 
     assert _issues(runtime, "SES-1")["fasting-unattested"]["status"] == "final"
     assert _issues(runtime, "SES-2")["fasting-unattested"]["status"] == "entered-in-error"
+
+
+def test_a_session_at_the_edge_of_the_calendar_is_mapped_and_indexed(runtime: Runtime) -> None:
+    edge = session(
+        status="scheduled",
+        scheduled_start="0001-01-01T00:00:00+01:00",
+        infusion_start=None,
+        infusion_end=None,
+    )
+
+    _submit(runtime, edge)
+
+    encounter = next(r for r in _by_identifier(runtime, "encounter", "SES-1").values())
+    assert encounter["period"]["start"] == "0001-01-01T00:00:00+01:00"
