@@ -111,26 +111,26 @@ def _without_credentials(case: Case) -> None:
 
 
 @sqlite_schema.parametrize()
-@settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 def test_sqlite_with_credentials(case: Case) -> None:
     _with_credentials(case, _SQLITE[1])
 
 
 @sqlite_schema.parametrize()
-@settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 def test_sqlite_without_credentials(case: Case) -> None:
     _without_credentials(case)
 
 
 @pytest.mark.postgres
 @postgresql_schema.parametrize()
-@settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 def test_postgresql_with_credentials(case: Case) -> None:
     _with_credentials(case, _POSTGRESQL[1])
 
 
 @pytest.mark.postgres
 @postgresql_schema.parametrize()
-@settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 def test_postgresql_without_credentials(case: Case) -> None:
     _without_credentials(case)
