@@ -205,9 +205,6 @@ class Delivery:
         )
         settled += [self._settle(p.item, "waiting", detail, False) for p, detail in held]
         ready = [p for p in deliverable if p.item.resource_id in patients]
-        unsettled = [p for p in ready if self._unsettled(p)]
-        settled += [self._settling(p.item) for p in unsettled]
-        ready = [p for p in ready if p not in unsettled]
         _, problems = self._look_up([p for p in ready if self._needs_look_up(p)], texts)
         settled += [
             self._settle(p.item, "dead", {"reason": problems[p.item.resource_id]})
@@ -259,28 +256,6 @@ class Delivery:
         plan = self.plans[pending.item.resource_type]
         unheard = self._ehr_id(pending.item) is None and pending.item.sent_at is not None
         return unheard and (plan.mode != "single" or not plan.conditional_create)
-
-    def _unsettled(self, pending: Pending) -> bool:
-        """A create sent so recently, its outcome never heard (the process stopped before the
-        answer came), that the EHR may not have stored it yet: a search now could miss it."""
-        sent = pending.item.sent_at
-        return (
-            self._needs_look_up(pending)
-            and sent is not None
-            and sent + self.settle > self.clock()
-            and not (pending.item.detail or {}).get("unconfirmed")
-        )
-
-    def _settling(self, item: OutboxItem) -> Outcome:
-        assert item.sent_at is not None
-        later = item.sent_at + self.settle
-        detail = {
-            "reason": "a create of it was sent and its answer never heard (the sync stopped "
-            "meanwhile); the EHR may still store it: it is searched for by identifier from "
-            f"{later:%Y-%m-%dT%H:%M:%SZ} on, before it is sent again",
-            "unconfirmed": True,
-        }
-        return Outcome(item.resource_id, item.version_id, "pending", later, detail, attempted=False)
 
     def _targets(self, ready: Sequence[Pending]) -> dict[str, OutboxItem]:
         """The outbox items that these resources reference and the run does not know the EHR's

@@ -31,9 +31,6 @@ def environment(settings: Settings, ehr: SandboxEhr, lease_seconds: float) -> di
         "ADAPTER_EHR_BASE_URL": ehr.base,
         "ADAPTER_SYNC_LEASE_SECONDS": str(lease_seconds),
         "ADAPTER_SYNC_INTERVAL_SECONDS": "0.2",
-        # The sandbox stores each write before it answers: a create cut off by the kill is
-        # searched for at once rather than after an EHR's usual settling time.
-        "ADAPTER_EHR_SETTLE_SECONDS": "0",
         "ADAPTER_LOG_LEVEL": "WARNING",
     }
 
