@@ -230,6 +230,23 @@ def fasting(**fields: Any) -> dict[str, Any]:
     return _apply(record, fields)
 
 
+def transport(**fields: Any) -> dict[str, Any]:
+    """A valid transport attestation for SES-1 (a ride with an escort, the patient will not
+    drive); keyword arguments replace or add fields (None removes one)."""
+    record: dict[str, Any] = {
+        "record_type": "attestation",
+        "id": "ATT-2",
+        "revision": 1,
+        "session_id": "SES-1",
+        "patient": {"mrn": "900001"},
+        "kind": "transport",
+        "attested_at": "2026-11-20T08:41:00-05:00",
+        "mode": "escort_private_vehicle",
+        "patient_will_not_drive": True,
+    }
+    return _apply(record, fields)
+
+
 def adverse_event(**fields: Any) -> dict[str, Any]:
     """A valid adverse event of SES-1 (nausea, ondansetron given); keyword arguments replace."""
     record: dict[str, Any] = {

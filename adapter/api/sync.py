@@ -118,8 +118,8 @@ class ReplayRequest(BaseModel):
         },
     )
 
-    ids: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
-        default_factory=list, max_length=10_000, description="Resource ids to replay."
+    ids: list[Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9.\-]+$")]] = (
+        Field(default_factory=list, max_length=10_000, description="Resource ids to replay.")
     )
     all: bool = Field(False, description="Replay every item in the states named.")
     states: list[ReplayState] = Field(default_factory=_dead_only, min_length=1)

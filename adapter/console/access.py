@@ -23,9 +23,8 @@ from adapter.errors import TooManyRequests
 from adapter.runtime import Runtime
 from adapter.security.access import Caller, open_access
 from adapter.security.clients import Client
-from adapter.store.console_sessions import ConsoleSessions
+from adapter.store.console_sessions import COOKIE, ConsoleSessions
 
-COOKIE = "adapter_console"
 SIGN_IN_COOKIE = "adapter_console_sign_in"
 PATH = "/console"
 

@@ -21,7 +21,11 @@ def _instant(value: str, end: bool = False) -> datetime:
     moment = datetime.fromisoformat(value)
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        # At the very edge of the calendar (year 1 or 9999 with an offset): the edge itself.
+        return (datetime.min if moment.year == 1 else datetime.max).replace(tzinfo=UTC)
 
 
 def _items(value: Any) -> list[Any]:

@@ -20,23 +20,30 @@ class SearchParam:
     target: str | None = None
 
 
-def _common(date_element: str, code_element: str = "code") -> list[SearchParam]:
+def _patient(element: str) -> list[SearchParam]:
+    """`patient` and `subject`, by the reference element that holds the patient."""
     return [
-        SearchParam("identifier", "token", "identifier", "A business identifier"),
-        SearchParam("status", "token", "status", "The status"),
         SearchParam(
             "patient",
             "reference",
-            "subject",
+            element,
             "The patient, by identifier (patient:identifier=system|mrn)",
             "Patient",
         ),
         SearchParam(
             "subject",
             "reference",
-            "subject",
+            element,
             "The subject, by identifier (subject:identifier=system|mrn)",
         ),
+    ]
+
+
+def _common(date_element: str, code_element: str = "code") -> list[SearchParam]:
+    return [
+        SearchParam("identifier", "token", "identifier", "A business identifier"),
+        SearchParam("status", "token", "status", "The status"),
+        *_patient("subject"),
         SearchParam("code", "token", code_element, "The code"),
         SearchParam("date", "date", date_element, "When it happened"),
     ]
@@ -100,19 +107,7 @@ SEARCH_PARAMS: dict[str, dict[str, SearchParam]] = {
             SearchParam("identifier", "token", "identifier", "A business identifier"),
             SearchParam("status", "token", "status", "The status"),
             SearchParam("type", "token", "type", "The kind of visit"),
-            SearchParam(
-                "patient",
-                "reference",
-                "subject",
-                "The patient, by identifier (patient:identifier=system|mrn)",
-                "Patient",
-            ),
-            SearchParam(
-                "subject",
-                "reference",
-                "subject",
-                "The subject, by identifier (subject:identifier=system|mrn)",
-            ),
+            *_patient("subject"),
             SearchParam("date", "date", "period", "When the visit was"),
         ]
     },
@@ -122,13 +117,7 @@ SEARCH_PARAMS: dict[str, dict[str, SearchParam]] = {
             SearchParam("identifier", "token", "identifier", "A business identifier"),
             SearchParam("status", "token", "status", "The status"),
             SearchParam("category", "token", "category", "The kind of plan"),
-            SearchParam(
-                "patient",
-                "reference",
-                "subject",
-                "The patient, by identifier (patient:identifier=system|mrn)",
-                "Patient",
-            ),
+            _patient("subject")[0],
             SearchParam("date", "date", "period", "The period the plan covers"),
         ]
     },
@@ -136,13 +125,7 @@ SEARCH_PARAMS: dict[str, dict[str, SearchParam]] = {
         p.name: p
         for p in [
             SearchParam("identifier", "token", "identifier", "A business identifier"),
-            SearchParam(
-                "patient",
-                "reference",
-                "patient",
-                "The patient, by identifier (patient:identifier=system|mrn)",
-                "Patient",
-            ),
+            _patient("patient")[0],
             SearchParam("code", "token", "code", "The kind of breach of the protocol"),
             SearchParam("identified", "date", "identified", "When the breach happened"),
             SearchParam("date", "date", "identified", "When the breach happened (as identified)"),
@@ -154,19 +137,7 @@ SEARCH_PARAMS: dict[str, dict[str, SearchParam]] = {
         for p in [
             SearchParam("identifier", "token", "identifier", "A business identifier"),
             SearchParam("status", "token", "status", "current or entered-in-error"),
-            SearchParam(
-                "patient",
-                "reference",
-                "subject",
-                "The patient, by identifier (patient:identifier=system|mrn)",
-                "Patient",
-            ),
-            SearchParam(
-                "subject",
-                "reference",
-                "subject",
-                "The subject, by identifier (subject:identifier=system|mrn)",
-            ),
+            *_patient("subject"),
             SearchParam("type", "token", "type", "The kind of note"),
             SearchParam("category", "token", "category", "The category of the note"),
             SearchParam("date", "date", "date", "When the note was written"),

@@ -25,13 +25,14 @@ from adapter.security.audit import INTERACTIONS, MOST_IDS, UNAUDITED, AuditEntry
 from adapter.security.clients import KEY_PREFIX, TOKEN_PREFIX, Clients
 from adapter.security.forwarded import Networks, caller_address
 from adapter.security.json_depth import json_depth
+from adapter.store.console_sessions import ConsoleSessions, cookie_value
 
 TOKEN_PATH = "/auth/token"
-CONSOLE_PATH = "/console"
+CONSOLE_SIGN_IN = "/console/sign-in"
+OPEN_FORMS = (TOKEN_PATH, CONSOLE_SIGN_IN)
 LONGEST_FORM = 16 * 1024
-"""The largest body of a form posted without a bearer credential: the token request, and the
-console's forms (signed in by a cookie, each checked for its CSRF token by the console)."""
-"""The largest body of the token endpoint, the one open route that takes a body."""
+"""The largest body of the token endpoint and the console's sign-in form, the open routes that
+take a body (each authenticates its callers itself)."""
 BODILESS = ("GET", "HEAD", "DELETE", "OPTIONS")
 DEPTH_ON_LOOP = 64 * 1024
 """Bodies up to this size are checked for depth on the event loop (well under a millisecond);
@@ -167,8 +168,7 @@ class Guard:
         if scope["method"] in BODILESS:
             return receive
         headers = _headers(scope)
-        path = scope["path"]
-        if path in (TOKEN_PATH, CONSOLE_PATH) or path.startswith(CONSOLE_PATH + "/"):
+        if scope["path"] in OPEN_FORMS:
             largest = min(self.limits.max_bytes, LONGEST_FORM)
         else:
             client_id = await self._authenticated(headers)
@@ -215,11 +215,13 @@ class Guard:
         return b"".join(chunks)
 
     async def _authenticated(self, headers: dict[bytes, bytes]) -> str | None:
-        """The id of the active client whose API key or access token the request carries."""
+        """The id of the active client whose API key or access token the request carries, or
+        who signed in to the console with its cookie."""
         scheme, _, value = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
         credential = value.strip()
         if scheme.lower() != "bearer" or not credential:
-            return None
+            cookie = cookie_value(headers.get(b"cookie", b"").decode("latin-1"))
+            return await anyio.to_thread.run_sync(self._signed_in, cookie) if cookie else None
         if credential.startswith(KEY_PREFIX):
             client = await anyio.to_thread.run_sync(self.clients.by_key, credential)
             return client.id if client else None
@@ -229,6 +231,12 @@ class Guard:
             )
             return holder.client.id if holder else None
         return None
+
+    def _signed_in(self, cookie: str) -> str | None:
+        """The active client of a console sign-in."""
+        found = ConsoleSessions(self.clients.engine).find(cookie, datetime.now(UTC))
+        client = self.clients.get(found.client_id) if found else None
+        return client.id if client and client.revoked_at is None else None
 
     def _route(self, scope: Scope) -> tuple[str | None, dict[str, Any]]:
         """The endpoint's name and path parameters: from the routing, or, for a request
@@ -259,12 +267,13 @@ class Guard:
             ids = [f"{params.get('record_type')}/{params['source_id']}"]
         query = state.get("audited_query") or scope.get("query_string", b"").decode("latin-1")
         client = scope.get("client")
+        # The caller the route settled on; or, for a request refused before its route ran,
+        # the client whose credentials were checked before its body was read.
+        client_id = caller.client.id if caller is not None else state.get("authenticated_client")
         self.writer.record(
             AuditEntry(
                 recorded_at=datetime.now(UTC),
-                client_id=caller.client.id
-                if caller is not None
-                else state.get("authenticated_client"),
+                client_id=client_id,
                 interaction=INTERACTIONS.get(name or "", f"admin:{name}" if name else "unrouted"),
                 method=scope.get("method", ""),
                 path=scope.get("path", ""),

@@ -5,11 +5,14 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from http.cookies import CookieError, SimpleCookie
 
 from sqlalchemy import Engine, delete, select
 
 from adapter.store.tables import console_sessions as sessions
 
+COOKIE = "adapter_console"
+"""The name of the console's sign-in cookie."""
 COOKIE_PREFIX = "cs_"
 
 
@@ -60,3 +63,13 @@ class ConsoleSessions:
     def end(self, cookie: str) -> None:
         with self.engine.begin() as connection:
             connection.execute(delete(sessions).where(sessions.c.token_hash == _digest(cookie)))
+
+
+def cookie_value(header: str) -> str | None:
+    """The console's sign-in cookie in a Cookie header, if any."""
+    try:
+        parsed = SimpleCookie(header)
+    except CookieError:
+        return None
+    found = parsed.get(COOKIE)
+    return found.value if found is not None and found.value else None

@@ -180,26 +180,21 @@ class RecordWriter:
     def requeue_sessions(self, session_ids: set[str]) -> None:
         """Sessions a record has left (an amendment named another session): mapped again, so
         that their protocol checks see the record gone."""
-        ids = sorted(session_ids)
-        for start in range(0, len(ids), 500):
-            self._connection.execute(
-                update(records)
-                .where(
-                    records.c.record_type == "infusion_session",
-                    self._one_of(records.c.source_id, set(ids[start : start + 500])),
-                )
-                .values(mapping_state="pending", mapping_seq=records.c.mapping_seq + 1)
-            )
+        self._requeue("infusion_session", records.c.source_id, session_ids)
 
     def requeue_dependants(self, session_ids: set[str]) -> None:
         """Attestations are mapped with their session's times: a new session re-maps them."""
-        ids = sorted(session_ids)
-        for start in range(0, len(ids), 500):
+        self._requeue("attestation", records.c.session_id, session_ids)
+
+    def _requeue(self, record_type: str, column: Column[str], values: set[str]) -> None:
+        """Records of a type whose `column` is one of `values`, pending again."""
+        ordered = sorted(values)
+        for start in range(0, len(ordered), 500):
             self._connection.execute(
                 update(records)
                 .where(
-                    records.c.record_type == "attestation",
-                    self._one_of(records.c.session_id, set(ids[start : start + 500])),
+                    records.c.record_type == record_type,
+                    self._one_of(column, set(ordered[start : start + 500])),
                 )
                 .values(mapping_state="pending", mapping_seq=records.c.mapping_seq + 1)
             )

@@ -63,7 +63,7 @@ def test_outside_development_the_cookie_is_secure(database_url: str, mappings_di
         database_url=database_url,
         mappings_dir=mappings_dir,
         env="production",
-        secret_key="a-production-secret-of-enough-different-characters-0123",
+        secret_key="a production secret of forty-odd characters 1234",
         public_url="https://adapter.example.org",
     )
     app = create_app(settings, background=False)

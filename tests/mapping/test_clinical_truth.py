@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from adapter.mapping.mapper import Mapper
-from tests.conftest import ROOT, adverse_event, fasting, session
+from tests.conftest import ROOT, adverse_event, fasting, session, transport
 from tests.mapping.helpers import map_record, mapper, only
 
 
@@ -147,18 +147,7 @@ def test_a_withdrawn_side_effect_claims_no_current_event(shipped: Mapper) -> Non
 
 
 def _transport(shipped: Mapper, **fields: Any) -> dict[str, Any]:
-    body = {
-        "record_type": "attestation",
-        "id": "ATT-2",
-        "revision": 1,
-        "session_id": "SES-1",
-        "patient": {"mrn": "900001"},
-        "kind": "transport",
-        "attested_at": "2026-11-20T08:41:00-05:00",
-        "mode": "escort_private_vehicle",
-        "patient_will_not_drive": True,
-        **fields,
-    }
+    body = transport(**fields)
     return only(map_record(shipped, body).resources, "Observation")
 
 

@@ -8,29 +8,13 @@ import pytest
 from adapter.intake.records import InfusionSession
 from adapter.mapping.mapper import Mapper
 from adapter.mapping.protocol import SessionFacts
-from tests.conftest import ROOT, fasting, session, vitals
+from tests.conftest import ROOT, fasting, session, transport, vitals
 from tests.mapping.helpers import mapper, record
 
 
 @pytest.fixture(scope="module")
 def shipped() -> Mapper:
     return mapper(ROOT / "mappings")
-
-
-def transport(**fields: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "record_type": "attestation",
-        "id": "ATT-2",
-        "revision": 1,
-        "session_id": "SES-1",
-        "patient": {"mrn": "900001"},
-        "kind": "transport",
-        "attested_at": "2026-11-20T08:41:00-05:00",
-        "mode": "escort_private_vehicle",
-        "patient_will_not_drive": True,
-    }
-    body.update(fields)
-    return body
 
 
 SAFE_DAY = [
@@ -149,7 +133,6 @@ def test_a_late_attestation_does_not_hide_a_short_fast(shipped: Mapper) -> None:
 
 def test_absent_will_not_drive_is_not_taken_for_safe(shipped: Mapper) -> None:
     unsaid = transport(patient_will_not_drive=None)
-    unsaid.pop("patient_will_not_drive")
 
     assert list(check(shipped, records=replace(SAFE_DAY, 1, unsaid))) == [
         "transport-patient-may-drive"

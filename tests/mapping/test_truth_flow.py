@@ -7,7 +7,7 @@ import orjson
 from fastapi.testclient import TestClient
 
 from adapter.runtime import Runtime
-from tests.conftest import adverse_event, fasting, ndjson, session, vitals
+from tests.conftest import adverse_event, fasting, ndjson, session, transport, vitals
 
 NDJSON = {"content-type": "application/x-ndjson"}
 
@@ -103,18 +103,7 @@ def test_a_breach_is_withdrawn_when_the_record_that_ends_it_arrives(runtime: Run
     _submit(runtime, session(), fasting())
     raised = _issues(runtime, "SES-1")["transport-unattested"]
 
-    transport = {
-        "record_type": "attestation",
-        "id": "ATT-2",
-        "revision": 1,
-        "session_id": "SES-1",
-        "patient": {"mrn": "900001"},
-        "kind": "transport",
-        "attested_at": "2026-11-20T08:41:00-05:00",
-        "mode": "escort_private_vehicle",
-        "patient_will_not_drive": True,
-    }
-    _submit(runtime, transport)
+    _submit(runtime, transport())
 
     withdrawn = _issues(runtime, "SES-1")["transport-unattested"]
     assert raised["status"] == "final"
@@ -230,3 +219,17 @@ def test_a_record_moved_to_another_session_leaves_its_old_session_checked_again(
 
     assert _issues(runtime, "SES-1")["fasting-unattested"]["status"] == "final"
     assert _issues(runtime, "SES-2")["fasting-unattested"]["status"] == "entered-in-error"
+
+
+def test_a_session_at_the_edge_of_the_calendar_is_mapped_and_indexed(runtime: Runtime) -> None:
+    edge = session(
+        status="scheduled",
+        scheduled_start="0001-01-01T00:00:00+01:00",
+        infusion_start=None,
+        infusion_end=None,
+    )
+
+    _submit(runtime, edge)
+
+    encounter = next(r for r in _by_identifier(runtime, "encounter", "SES-1").values())
+    assert encounter["period"]["start"] == "0001-01-01T00:00:00+01:00"

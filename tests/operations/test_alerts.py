@@ -141,7 +141,14 @@ def test_late_safety_facts_dead_letters_and_waiting_codes_are_incidents(
     serious = adverse_event(serious=True, severity="severe", session_id="SES-9")
     runtime.intake.submit(list(enumerate(ndjson(unmapped, serious).splitlines(), start=1)))
     runtime.mapping.run()
+    no_ehr = {
+        c.kind
+        for c in watch_of(runtime, settings, None).conditions(
+            datetime.now(UTC) + timedelta(hours=25)
+        )
+    }
     watch = watch_of(runtime, settings, None)
+    watch.backoff = lambda: (None, 0.0)  # an EHR that was never reached
     now = datetime.now(UTC)
 
     soon = {c.kind for c in watch.conditions(now + timedelta(minutes=5))}
@@ -151,6 +158,7 @@ def test_late_safety_facts_dead_letters_and_waiting_codes_are_incidents(
     dead = {c.kind for c in watch.conditions(now)}
 
     assert soon == set()
+    assert no_ehr == {CODE_PENDING}
     assert later[(SAFETY_FACT_LATE, "adverse_event/AE-1")].summary.startswith(
         "The serious side effect AE-1 is not in the EHR after 25 h"
     )

@@ -52,6 +52,13 @@ class RunningService:
     runtime: Runtime
     credentials: Credentials
     store: str
+    server: uvicorn.Server
+
+    def settled(self) -> None:
+        """Wait until the server has finished every request it took (its last log line too)."""
+        deadline = time.monotonic() + 10
+        while self.server.server_state.tasks and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     def client(self, forwarded_for: str | None = None, **options: Any) -> httpx.Client:
         """A client from 127.0.0.1; with `forwarded_for`, from the trusted proxy in its name."""
@@ -119,7 +126,7 @@ def running(
     runtime: Runtime = app.state.runtime
     try:
         yield RunningService(
-            f"http://127.0.0.1:{port}", app, runtime, grant(runtime), request.param
+            f"http://127.0.0.1:{port}", app, runtime, grant(runtime), request.param, server
         )
     finally:
         server.should_exit = True

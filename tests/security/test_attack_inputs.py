@@ -296,7 +296,7 @@ def _request(
         return client.request(method, path, params=params, headers=headers, content=content)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
 def test_values_at_and_beyond_every_limit_never_answer_5xx(
     day: RunningService, operations: list[tuple[str, str, list[str]]], data: st.DataObject

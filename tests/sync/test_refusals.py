@@ -134,7 +134,16 @@ def test_dead_letters_and_runs_are_listed_and_replayed_through_the_api(
     assert client.get("/api/v1/sync/dead-letters").json()["count"] == 0
 
 
-@pytest.mark.parametrize("body", [{}, {"ids": []}, {"all": True, "states": ["delivered"]}])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"ids": []},
+        {"all": True, "states": ["delivered"]},
+        {"ids": ["a\u0000b"]},  # PostgreSQL's text holds no NUL: it was a 500 there
+        {"ids": ["../x"]},
+    ],
+)
 def test_a_replay_without_a_target_is_refused(client: TestClient, body: dict[str, object]) -> None:
     answer = client.post("/api/v1/sync/replay", json=body)
 
