@@ -144,7 +144,9 @@ SEARCH_PARAMS: dict[str, dict[str, SearchParam]] = {
             SearchParam("code", "token", "code", "The kind of breach of the protocol"),
             SearchParam("identified", "date", "identified", "When the breach happened"),
             SearchParam("date", "date", "identified", "When the breach happened (as identified)"),
-            SearchParam("implicated", "reference", "implicated", "The session's Procedure"),
+            SearchParam(
+                "implicated", "reference", "implicated", "The session's Procedure", "Procedure"
+            ),
         ]
     },
     "DocumentReference": {
