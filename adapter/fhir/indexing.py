@@ -106,7 +106,7 @@ def _date_range(resource: dict[str, Any], stem: str) -> tuple[datetime | None, d
         if isinstance(resource.get(key), str):
             moment = _instant(resource[key])
             return moment, moment
-    period = resource.get(f"{stem}Period")
+    period = resource.get(f"{stem}Period", resource.get(stem))
     if isinstance(period, dict) and ("start" in period or "end" in period):
         start = _instant(period["start"]) if "start" in period else None
         end = _instant(period["end"]) if "end" in period else None

@@ -5,7 +5,11 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import text
 
+from adapter.settings import Settings
+from adapter.store import migrate
+from adapter.store.engine import make_engine
 from tests.conftest import EXAMPLE_DAY, ndjson, session
 
 NDJSON = {"content-type": "application/x-ndjson"}
@@ -145,3 +149,40 @@ def test_an_include_that_is_not_a_reference_here_is_refused(day: TestClient, val
 
     assert answer.status_code == 400
     assert "_include" in answer.json()["issue"][0]["diagnostics"]
+
+
+def test_visits_and_series_by_date(day: TestClient) -> None:
+    def count(resource_type: str, value: str) -> int:
+        bundle = day.get(f"/fhir/{resource_type}", params={"date": value}).json()
+        return len(_matches(bundle))
+
+    # Two visits ended that day; the no-show's has no end, and each series runs on.
+    assert count("Encounter", "2026-11-20") == 2
+    assert count("Encounter", "ge2026-11-20") == 3
+    assert count("Encounter", "lt2026-11-20") == 0
+    assert count("CarePlan", "2026-11-20") == 0
+    assert count("CarePlan", "ge2026-11-20") == 3
+    assert count("CarePlan", "gt2026-12-31") == 3
+
+
+def test_an_upgrade_indexes_what_was_stored_before(day: TestClient, settings: Settings) -> None:
+    """Resources stored before names and periods were indexed are found once migrated."""
+    engine = make_engine(settings.database_url)
+    with engine.begin() as connection:
+        connection.execute(
+            text("DELETE FROM fhir_search_tokens WHERE param IN ('name', 'family', 'given')")
+        )
+        connection.execute(
+            text(
+                "UPDATE fhir_resources SET date_start = NULL, date_end = NULL "
+                "WHERE resource_type IN ('Encounter', 'CarePlan')"
+            )
+        )
+    assert _families(day, name="riv") == []
+
+    migrate.downgrade(engine, "0011")
+    migrate.upgrade(engine)
+    engine.dispose()
+
+    assert _families(day, name="riv") == ["Rivera"]
+    assert len(_matches(day.get("/fhir/Encounter", params={"date": "2026-11-20"}).json())) == 2

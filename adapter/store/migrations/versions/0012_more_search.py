@@ -1,6 +1,7 @@
 """Patients are searched by name (name, family, given), a MedicationAdministration by its visit
-(context) and a DocumentReference by its visit (encounter): the search index of the current
-Patients, MedicationAdministrations and DocumentReferences is written again.
+(context) and a DocumentReference by its visit (encounter), and an Encounter's or a CarePlan's
+period is indexed for `date`: the search index of the current resources of these types is
+written again.
 
 Revision ID: 0012
 Revises: 0011
@@ -19,10 +20,11 @@ down_revision = "0011"
 branch_labels = None
 depends_on = None
 
-TYPES = ("Patient", "MedicationAdministration", "DocumentReference")
+TYPES = ("Patient", "MedicationAdministration", "DocumentReference", "Encounter", "CarePlan")
 
 
 def _reindex() -> None:
+    """Tokens, and the date range, of each current resource of TYPES."""
     bind = op.get_bind()
     rows = bind.execute(
         sa.text("SELECT id, content FROM fhir_resources WHERE resource_type IN :types").bindparams(
@@ -38,11 +40,21 @@ def _reindex() -> None:
             ),
             {"ids": [row[0] for row in chunk]},
         )
+        indexed = {row[0]: index(json.loads(row[1])) for row in chunk}
         values = [
-            {"resource_id": row[0], "param": param, "system": system, "code": code}
-            for row in chunk
-            for param, system, code in index(json.loads(row[1])).tokens
+            {"resource_id": resource_id, "param": param, "system": system, "code": code}
+            for resource_id, search in indexed.items()
+            for param, system, code in search.tokens
         ]
+        bind.execute(
+            sa.text(
+                "UPDATE fhir_resources SET date_start = :start, date_end = :end WHERE id = :id"
+            ),
+            [
+                {"id": resource_id, "start": search.date_start, "end": search.date_end}
+                for resource_id, search in indexed.items()
+            ],
+        )
         if values:
             bind.execute(
                 sa.text(
