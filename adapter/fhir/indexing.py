@@ -140,7 +140,17 @@ SERIES_PARAM = "_series"
 
 
 def _series(resource: dict[str, Any]) -> list[tuple[str, str | None, str]]:
+    """The series a Procedure is `basedOn` (its CarePlan, by identifier), or names in the
+    `infusion-series` extension (as stored before series had CarePlans)."""
     found: list[tuple[str, str | None, str]] = []
+    for based_on in resource.get("basedOn", []):
+        identifier = based_on.get("identifier") if isinstance(based_on, dict) else None
+        if (
+            str(based_on.get("reference", "")).startswith("CarePlan/")
+            and isinstance(identifier, dict)
+            and "value" in identifier
+        ):
+            found.append((SERIES_PARAM, identifier.get("system"), identifier["value"]))
     for extension in resource.get("extension", []):
         for part in extension.get("extension", []):
             identifier = part.get("valueIdentifier")

@@ -24,14 +24,16 @@ DEVIATIONS = {
 """Parameters that are not R4's, so have no answer to compare with."""
 
 
-def _medplum_form(search: str, patients: dict[str, str]) -> str:
+def _medplum_form(search: str, holders: dict[tuple[str, str], str]) -> str:
     """The search as Medplum is asked it. Its in-memory search has no `:identifier` modifier
-    on references (it matches nothing), so a patient by identifier is asked as the literal
-    reference of the Patient that holds that identifier: the same set, by R4's definitions."""
+    on references (it matches nothing), so a reference by identifier is asked as the literal
+    reference of the resource that holds that identifier: the same set, by R4's definitions."""
     resource_type, query = search.split("?", 1)
     name, value = query.split("=", 1)
     if name.endswith(":identifier"):
-        return f"{resource_type}?{name.removesuffix(':identifier')}=Patient/{patients[value]}"
+        base = name.removesuffix(":identifier")
+        target = SEARCH_PARAMS[resource_type][base].target or "Patient"
+        return f"{resource_type}?{base}={target}/{holders[(target, value)]}"
     return search
 
 
@@ -123,13 +125,12 @@ def test_every_parameter_answers_as_medplum_does(client: TestClient, tmp_path: P
     client.post("/api/v1/mapping/reload")
     resources = _everything(client)
     searches = _searches(resources)
-    patients = {
-        f"{i['system']}|{i['value']}": r["id"]
+    holders = {
+        (r["resourceType"], f"{i.get('system')}|{i.get('value')}"): r["id"]
         for r in resources
-        if r["resourceType"] == "Patient"
-        for i in r["identifier"]
+        for i in (r["identifier"] if isinstance(r.get("identifier"), list) else [])
     }
-    asked = {search: _medplum_form(search, patients) for search in searches}
+    asked = {search: _medplum_form(search, holders) for search in searches}
     theirs = _medplum(resources, sorted(set(asked.values())), tmp_path)
 
     differences = []
