@@ -149,6 +149,7 @@ class PatientResolver:
         return ("merged" if followed else "active"), current
 
 
+NOT_FOUND = "no Patient in the EHR has this MRN"
 FAMILY_DIFFERS = "the EHR's Patient with this MRN has a different family name than the record"
 BIRTH_DATE_DIFFERS = "the EHR's Patient with this MRN has a different birth date than the record"
 CONFIRMABLE = (FAMILY_DIFFERS, BIRTH_DATE_DIFFERS)
@@ -175,7 +176,7 @@ def mismatch(
     `confirmed` is an admin's confirmation of the MRN's EHR Patient: the facts it names as
     differing are then no reason, for that Patient alone."""
     if match.state == "not-found":
-        return "no Patient in the EHR has this MRN"
+        return NOT_FOUND
     if match.state == "ambiguous":
         return "several Patients in the EHR have this MRN"
     if match.state == "inactive":
