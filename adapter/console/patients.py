@@ -57,6 +57,7 @@ def _patient(runtime: Runtime, mrn: str) -> dict[str, Any]:
         "zone": zone_of(runtime),
         "mrn": mrn,
         "match": match,
+        "asked": found is not None,
         "held": held,
         "facts": facts,
         "differs": differs,

@@ -79,6 +79,7 @@ def test_an_admin_confirms_the_ehrs_patient_and_the_replay_delivers_to_it(
     assert without_token.status_code == 403
     assert other_patient.status_code == 409 and "load the page again" in other_patient.text
     assert confirmed.status_code == 200 and 'id="confirmed"' in confirmed.text
+    assert 'id="confirm"' not in confirmed.text and "Withdraw the confirmation" in confirmed.text
     assert replayed.status_code == 200
     assert waiting(runtime) == []
     procedures = ehr.all("Procedure")
@@ -130,6 +131,7 @@ def test_a_patient_page_of_an_mrn_nothing_waits_for_offers_nothing_to_confirm(
     refused = held.post("/console/patients/999999/confirm", data={"csrf": csrf, "ehr_id": "x"})
 
     assert page.status_code == 200 and 'id="confirm"' not in page.text
+    assert 'id="not-asked"' in page.text
     assert script.status_code == 200 and "<script>" not in script.text
     assert "&lt;script&gt;" in script.text
     assert refused.status_code == 409
