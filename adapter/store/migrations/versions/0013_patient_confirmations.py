@@ -1,8 +1,8 @@
 """Patient confirmations: an admin's word that the EHR's Patient found by a clinic MRN is the
 record's patient although its family name or birth date differs (who, when, which Patient).
 
-Revision ID: 0012
-Revises: 0011
+Revision ID: 0013
+Revises: 0012
 Create Date: 2026-12-01
 """
 
@@ -11,8 +11,8 @@ from alembic import op
 
 from adapter.store.tables import UtcDateTime
 
-revision = "0012"
-down_revision = "0011"
+revision = "0013"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 
