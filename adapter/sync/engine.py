@@ -226,7 +226,10 @@ def leased_run(sync: Sync, trigger: str, work: Callable[[SyncReport], None]) -> 
         counts = dict(report.counts)
         sync.runs.finish(report.run_id, report.status, counts, report.error, sync.clock())
         sync.lease.release()
-    log.info("%s run %d %s: %s", trigger, report.run_id, report.status, dict(report.counts))
+    if report.status == "failed":
+        log.warning("%s run %d failed: %s %s", trigger, report.run_id, report.error, counts)
+    else:
+        log.info("%s run %d %s: %s", trigger, report.run_id, report.status, counts)
     return report
 
 
