@@ -143,13 +143,15 @@ def test_medplum_logs_in_with_its_own_client_credentials_call(day: LiveServer) -
     assert answer == {"loggedIn": True, "found": 1}
 
 
-def test_medplum_bulk_export_end_to_end(day: LiveServer) -> None:
+@pytest.mark.parametrize("client", ["medplum", "fhir-kit-client"])
+def test_bulk_export_end_to_end(day: LiveServer, client: str) -> None:
     token_url = f"{day.url}/auth/token"
     answer = _drive(
         {
-            "client": "medplum",
+            "client": client,
             "task": "export",
             "base": day.url,
+            "token": day.credentials.token,
             "tokenUrl": token_url,
             "clientId": day.credentials.smart.id,
             "assertion": _auth(day).assertion(token_url),
@@ -165,6 +167,12 @@ def test_medplum_bulk_export_end_to_end(day: LiveServer) -> None:
     assert answer["lines"]["Patient"] == len(EVERY_PATIENT)
     for kind, count in expected.items():
         assert answer["lines"].get(kind, 0) == count, kind
+
+
+def test_fhir_kit_client_discovers_the_token_endpoint(day: LiveServer) -> None:
+    answer = _drive({"client": "fhir-kit-client", "task": "discover", "base": day.url, "token": ""})
+
+    assert answer == {"tokenUrl": f"{day.url}/auth/token"}
 
 
 def test_fhir_kit_client_pages_type_history_to_the_end(day: LiveServer) -> None:

@@ -6,10 +6,12 @@
 //            then resolve every reference of every resource through the client's own reference
 //            handling (fhir-kit-client's `resolve`, Medplum's `readReference`)
 //   history  (fhir-kit-client) `GET <type>/_history?_count=<count>`, then `nextPage` to the end
-//   export   (medplum) `bulkExport` of the patients, polled to the manifest, each file fetched
+//   export   Bulk Data export of the patients, polled to the manifest, each file fetched: Medplum's
+//            `bulkExport`; fhir-kit-client's `operation` kick-off, polled with its `request`
+//   discover (fhir-kit-client) `smartAuthMetadata`: where the token endpoint is
 // Authentication: fhir-kit-client takes the bearer token it is given (it has no login of its
 // own); Medplum logs in with `startJwtAssertionLogin` and the signed client assertion it is given.
-import { Client } from 'fhir-kit-client';
+import { Client, RESPONSE_KEY } from 'fhir-kit-client';
 import { MedplumClient } from '@medplum/core';
 
 const PATIENT_PARAM = {
@@ -138,6 +140,36 @@ async function fhirKit(job) {
     );
     const versions = history.resources.map((r) => `${r.id}/${r.meta.versionId}`);
     return { versions: versions.length, distinct: new Set(versions).size, pages: history.pages.length };
+  }
+  if (job.task === 'discover') {
+    const found = await client.smartAuthMetadata();
+    return { tokenUrl: String(found.tokenUrl) };
+  }
+  if (job.task === 'export') {
+    const kickOff = await client.operation({
+      name: 'export',
+      resourceType: 'Patient',
+      method: 'GET',
+      options: { headers: { prefer: 'respond-async' } },
+    });
+    const status = kickOff[RESPONSE_KEY].headers.get('content-location');
+    let manifest;
+    for (let polls = 0; polls < 600 && !manifest; polls += 1) {
+      const answer = await client.request(status);
+      if (answer[RESPONSE_KEY].status === 200) {
+        manifest = answer;
+      } else {
+        await new Promise((resolve) => setTimeout(resolve, 200));
+      }
+    }
+    // NDJSON is not JSON: fhir-kit-client cannot read a file; each is fetched with the token.
+    const lines = {};
+    for (const output of manifest?.output ?? []) {
+      const file = await fetch(output.url, { headers: { authorization: `Bearer ${job.token}` } });
+      const rows = (await file.text()).split('\n').filter((line) => line.trim());
+      lines[output.type] = (lines[output.type] ?? 0) + rows.length;
+    }
+    return { requiresAccessToken: manifest?.requiresAccessToken, lines };
   }
   throw new Error(`fhir-kit-client: no task ${job.task}`);
 }
