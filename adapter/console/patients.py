@@ -68,7 +68,7 @@ def _patient(runtime: Runtime, mrn: str) -> dict[str, Any]:
     }
 
 
-@router.get("/patients/{mrn}")
+@router.get("/patients/{mrn:path}")
 async def console_patient(request: Request, mrn: Mrn) -> HTMLResponse:
     context = await run_in_threadpool(_patient, request.app.state.runtime, mrn)
     if context["match"]:
@@ -98,7 +98,7 @@ def confirm(runtime: Runtime, mrn: str, ehr_id: str, client_id: str) -> dict[str
     return {**context, "confirmation": confirmation}
 
 
-@router.post("/patients/{mrn}/confirm")
+@router.post("/patients/{mrn:path}/confirm")
 async def console_confirm_patient(request: Request, mrn: Mrn) -> HTMLResponse:
     fields = await checked_form(request)
     ehr_id = one(fields, "ehr_id", 128)
@@ -109,7 +109,7 @@ async def console_confirm_patient(request: Request, mrn: Mrn) -> HTMLResponse:
     return page(request, "patient.html", section="held", confirmed=True, **context)
 
 
-@router.post("/patients/{mrn}/withdraw")
+@router.post("/patients/{mrn:path}/withdraw")
 async def console_withdraw_patient(request: Request, mrn: Mrn) -> HTMLResponse:
     await checked_form(request)
     runtime: Runtime = request.app.state.runtime

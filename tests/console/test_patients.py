@@ -127,11 +127,13 @@ def test_a_patient_page_of_an_mrn_nothing_waits_for_offers_nothing_to_confirm(
 ) -> None:
     page = held.get("/console/patients/999999")
     script = held.get("/console/patients/%3Cscript%3Ex")
+    slashed = held.get("/console/patients/A/17")
     csrf = page_csrf(held, PAGE)
     refused = held.post("/console/patients/999999/confirm", data={"csrf": csrf, "ehr_id": "x"})
 
     assert page.status_code == 200 and 'id="confirm"' not in page.text
     assert 'id="not-asked"' in page.text
     assert script.status_code == 200 and "<script>" not in script.text
+    assert slashed.status_code == 200 and "MRN A/17" in slashed.text
     assert "&lt;script&gt;" in script.text
     assert refused.status_code == 409
