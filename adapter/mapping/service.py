@@ -113,12 +113,13 @@ class MappingService:
     def run(
         self, batch_size: int = 500, on_batch: Callable[[MappingReport], None] | None = None
     ) -> MappingReport:
-        """Map every pending record once; records queued meanwhile wait for the next run."""
+        """Map every pending record once; records queued meanwhile wait for the next run, and
+        records another mapping process holds are its to map."""
         report = MappingReport()
         after: tuple[str, str] | None = None
         with self._lock:
             mapper = self.mapper
-            while batch := self.queue.next_batch(batch_size, after):
+            while batch := self.queue.claim_batch(batch_size, datetime.now(UTC), after):
                 after = (batch[-1].record_type, batch[-1].source_id)
                 self._map_batch(mapper, batch, report)
                 if on_batch:
@@ -173,9 +174,18 @@ class MappingService:
             else:
                 outcomes.append(MappingOutcome(item, MAPPED, None, mapper.version))
             report.mapped += 1
-        mapped += derived_resources(mapper, self.queue, self.resources, batch, parsed)
         with self.queue.engine.begin() as connection:
-            counts = ResourceWriter(connection).save(mapped, datetime.now(UTC))
+            writer = ResourceWriter(connection)
+            now = writer.turn(datetime.now(UTC))
+            if not self.queue.hold(connection, batch):
+                # Mapped for longer than a claim lasts, and another batch took some records.
+                log.warning("a mapping batch outlasted its claim; its records wait for the next run")
+                self.queue.release(connection, batch)
+                return
+            # Read after the turn, what a session or a patient's records say now includes every
+            # batch stored before this one: no batch stores a session's checks from older facts.
+            mapped += derived_resources(mapper, self.queue, self.resources, batch, parsed)
+            counts = writer.save(mapped, now)
             self.queue.finish(connection, outcomes)
         report.records += len(batch)
         report.sessions_checked += sum(1 for m in mapped if m.source_type == PROTOCOL)
