@@ -179,7 +179,9 @@ class MappingService:
             now = writer.turn(datetime.now(UTC))
             if not self.queue.hold(connection, batch):
                 # Mapped for longer than a claim lasts, and another batch took some records.
-                log.warning("a mapping batch outlasted its claim; its records wait for the next run")
+                log.warning(
+                    "a mapping batch outlasted its claim; its records wait for the next run"
+                )
                 self.queue.release(connection, batch)
                 return
             # Read after the turn, what a session or a patient's records say now includes every

@@ -20,16 +20,21 @@ TICK = timedelta(microseconds=1)
 
 def take_turn(connection: Connection, wanted: datetime) -> datetime:
     """Wait for the transaction that holds the clock to end, then hold it until this one ends;
-    the moment returned is `wanted`, or one tick after the last turn's if that is not earlier.
+    the moment returned is `wanted`, or one tick after the last turn's if that is not earlier
+    (never on a whole second).
     Run it as the transaction's first statement: on SQLite it then takes the write lock before
     the transaction reads anything."""
-    last = connection.execute(
+    last: datetime = connection.execute(
         update(clock)
         .where(clock.c.id == 1)
         .values(turns=clock.c.turns + 1)
         .returning(clock.c.last_updated)
     ).scalar_one()
     moment = max(wanted, last + TICK)
+    if moment.microsecond == 0:
+        # Written without a fraction, a lastUpdated given back as `_lastUpdated=gt` would be
+        # read at the precision of a second, and pass over the rest of that second.
+        moment += TICK
     connection.execute(update(clock).where(clock.c.id == 1).values(last_updated=moment))
     return moment
 

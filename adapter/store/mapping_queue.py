@@ -117,11 +117,19 @@ class MappingQueue:
                 (records.c.source_id > after[1])
                 | and_(records.c.source_id == after[1], records.c.record_type > after[0])
             )
+        # Materialized, the candidates are chosen once: PostgreSQL may otherwise run a LIMIT
+        # subquery again for the UPDATE and claim more rows than asked for.
+        chosen = candidates.cte("chosen").prefix_with("MATERIALIZED")
         claim = str(uuid.uuid4())
         with self.engine.begin() as connection:
             keys = connection.execute(
                 update(records)
-                .where(tuple_(records.c.source_id, records.c.record_type).in_(candidates), free)
+                .where(
+                    tuple_(records.c.source_id, records.c.record_type).in_(
+                        select(chosen.c.source_id, chosen.c.record_type)
+                    ),
+                    free,
+                )
                 .values(mapping_claim=claim, mapping_claimed_until=now + CLAIM_FOR)
                 .returning(records.c.source_id, records.c.record_type)
             ).all()
