@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import func, select
 
 from adapter.mapping.mapper import SourceRecord
+from adapter.mapping.service import MappingReport
 from adapter.runtime import Runtime, open_runtime
 from adapter.settings import Settings
 from adapter.store.mapping_queue import CLAIM_FOR, MAPPED, MappingOutcome
@@ -73,9 +74,11 @@ def test_a_batch_that_outlasted_its_claim_stores_nothing(
     stale = runtime.mapping.queue.claim_batch(100, long_ago)
     report = second.mapping.run()
 
-    runtime.mapping._map_batch(runtime.mapping.mapper, stale, report.__class__())
+    lost = MappingReport()
+    runtime.mapping._map_batch(runtime.mapping.mapper, stale, lost)
 
     assert report.mapped == 11
+    assert lost.mapped == 0 and lost.records == 0
     with runtime.store.engine.connect() as connection:
         versions = connection.execute(select(func.max(fhir_resource_versions.c.version_id)))
         assert versions.scalar_one() == 1
