@@ -57,6 +57,10 @@ def files_stamp(folder: Path) -> str:
     return digest.hexdigest()
 
 
+class _ClaimLost(Exception):
+    """A batch no longer holds every record it claimed: its transaction is rolled back."""
+
+
 class MappingService:
     """The current mapping and the loop that applies it to every pending record."""
 
@@ -113,12 +117,13 @@ class MappingService:
     def run(
         self, batch_size: int = 500, on_batch: Callable[[MappingReport], None] | None = None
     ) -> MappingReport:
-        """Map every pending record once; records queued meanwhile wait for the next run."""
+        """Map every pending record once; records queued meanwhile wait for the next run, and
+        records another mapping process holds are its to map."""
         report = MappingReport()
         after: tuple[str, str] | None = None
         with self._lock:
             mapper = self.mapper
-            while batch := self.queue.next_batch(batch_size, after):
+            while batch := self.queue.claim_batch(batch_size, datetime.now(UTC), after):
                 after = (batch[-1].record_type, batch[-1].source_id)
                 self._map_batch(mapper, batch, report)
                 if on_batch:
@@ -139,6 +144,7 @@ class MappingService:
         }
         outcomes: list[MappingOutcome] = []
         mapped: list[MappedRecord] = []
+        counted = (report.mapped, report.waiting, report.failed)
         for item, record in zip(batch, parsed, strict=True):
             source = SourceRecord(
                 record, item.first_received_at, sessions.get(item.session_id or "")
@@ -173,10 +179,26 @@ class MappingService:
             else:
                 outcomes.append(MappingOutcome(item, MAPPED, None, mapper.version))
             report.mapped += 1
-        mapped += derived_resources(mapper, self.queue, self.resources, batch, parsed)
-        with self.queue.engine.begin() as connection:
-            counts = ResourceWriter(connection).save(mapped, datetime.now(UTC))
-            self.queue.finish(connection, outcomes)
+        try:
+            with self.queue.engine.begin() as connection:
+                writer = ResourceWriter(connection)
+                now = writer.turn(datetime.now(UTC))
+                # Read after the turn, what a session's or a patient's records say includes
+                # every batch stored before this one: none stores their resources from older
+                # facts than a batch stored before it.
+                mapped += derived_resources(mapper, self.queue, self.resources, batch, parsed)
+                counts = writer.save(mapped, now)
+                if not self.queue.hold(connection, batch):
+                    raise _ClaimLost
+                self.queue.finish(connection, outcomes)
+        except _ClaimLost:
+            # Mapped for longer than a claim lasts, and another batch took some of its records:
+            # nothing of it is stored, and what it still holds goes back to the queue.
+            log.warning("a mapping batch outlasted its claim; its records wait for the next run")
+            with self.queue.engine.begin() as connection:
+                self.queue.release(connection, batch)
+            report.mapped, report.waiting, report.failed = counted
+            return
         report.records += len(batch)
         report.sessions_checked += sum(1 for m in mapped if m.source_type == PROTOCOL)
         for name in ("created", "updated", "unchanged", "withdrawn"):

@@ -11,6 +11,7 @@ import orjson
 from sqlalchemy import Connection, Engine, bindparam, delete, select, update
 
 from adapter.fhir.indexing import SERIES_PARAM, index
+from adapter.store.clock import take_turn
 from adapter.store.outbox import delivery_kind, enqueue
 from adapter.store.tables import fhir_resource_versions as versions
 from adapter.store.tables import fhir_resources as resources
@@ -93,12 +94,24 @@ class StoredResource:
 
 class ResourceWriter:
     """Writes resource versions inside the caller's transaction, and queues each new version
-    for the EHR in that same transaction."""
+    for the EHR in that same transaction. The transaction takes its turn on the version clock
+    first (adapter/store/clock.py): writers on the store commit one after another, each with
+    a lastUpdated later than the last one committed."""
 
     def __init__(self, connection: Connection) -> None:
         self._connection = connection
+        self._moment: datetime | None = None
+
+    def turn(self, now: datetime) -> datetime:
+        """This transaction's lastUpdated, its turn taken on the first call: after it, what the
+        transaction reads includes every version committed before its own."""
+        if self._moment is None:
+            self._moment = take_turn(self._connection, now)
+        return self._moment
 
     def save(self, mapped: Sequence[MappedRecord], now: datetime) -> SaveCounts:
+        """Store what the records map to now; every version written has the turn's time."""
+        now = self.turn(now)
         counts = SaveCounts()
         outputs = {
             resource["id"]: (record, resource) for record in mapped for resource in record.resources

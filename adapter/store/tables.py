@@ -56,12 +56,16 @@ source_records = Table(
     Column("mapped_version", String(32)),
     Column("series_id", String(64)),
     Column("mrn", String(64)),
+    Column("mapping_claim", String(36)),
+    Column("mapping_claimed_until", UtcDateTime()),
     Index("ix_source_records_session", "session_id"),
     Index("ix_source_records_mapping_state", "mapping_state"),
     Index("ix_source_records_series", "series_id"),
     Index("ix_source_records_mrn", "mrn"),
 )
-"""One row per record: its current revision (number and content hash), withdrawn or not.
+"""One row per record: its current revision (number and content hash), withdrawn or not, and
+where its mapping stands (`mapping_claim`: the mapping batch that holds it, until
+`mapping_claimed_until`, so that two mapping processes never map it at once).
 
 source_id leads the key so that a batch's look-up by ids uses it even before PostgreSQL has
 gathered statistics on a freshly loaded table."""
@@ -110,6 +114,17 @@ fhir_resource_versions = Table(
     Index("ix_fhir_resource_versions_type_updated", "resource_type", "last_updated", "id"),
 )
 """Every version of every resource."""
+
+version_clock = Table(
+    "version_clock",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("turns", BigInteger, nullable=False),
+    Column("last_updated", UtcDateTime(), nullable=False),
+)
+"""One row: the lastUpdated of the last transaction that wrote resource versions (or fixed an
+export's transactionTime), and how many have. A writer updates the row first, and its lock,
+held to commit, makes writers commit in the order of their times (adapter/store/clock.py)."""
 
 adapter_state = Table(
     "adapter_state",
