@@ -88,6 +88,6 @@ def test_commands_print_what_was_asked_and_migrations_only_a_change(tmp_path: Pa
     again = command(database, "db", "upgrade")
     runs = command(database, "sync", "runs")
 
-    assert len(first) == 1 and first[0].endswith("store schema upgraded from empty to 0011")
-    assert again == ["store schema is up to date (0011)"]
+    assert len(first) == 1 and first[0].endswith("store schema upgraded from empty to 0012")
+    assert again == ["store schema is up to date (0012)"]
     assert runs == []

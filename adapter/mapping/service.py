@@ -4,7 +4,7 @@ import hashlib
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -113,13 +113,29 @@ class MappingService:
     def run(
         self, batch_size: int = 500, on_batch: Callable[[MappingReport], None] | None = None
     ) -> MappingReport:
-        """Map every pending record once; records queued meanwhile wait for the next run."""
+        """Map every pending record once, in key order. Records received while the run works
+        are mapped before its next batch (side effects first), so that a backlog (a new mapping
+        version re-maps everything) does not hold them; other records queued meanwhile wait
+        for the next run."""
         report = MappingReport()
         after: tuple[str, str] | None = None
+        started = datetime.now(UTC)
+        seen: set[tuple[str, str, int]] = set()
         with self._lock:
             mapper = self.mapper
-            while batch := self.queue.next_batch(batch_size, after):
-                after = (batch[-1].record_type, batch[-1].source_id)
+            while True:
+                batch = [
+                    item
+                    for item in self.queue.arrivals(started, batch_size)
+                    if (item.record_type, item.source_id, item.mapping_seq) not in seen
+                ]
+                if batch:
+                    seen.update((i.record_type, i.source_id, i.mapping_seq) for i in batch)
+                else:
+                    batch = self.queue.next_batch(batch_size, after)
+                    if not batch:
+                        break
+                    after = (batch[-1].record_type, batch[-1].source_id)
                 self._map_batch(mapper, batch, report)
                 if on_batch:
                     on_batch(report)
@@ -166,14 +182,21 @@ class MappingService:
                 outcomes.append(MappingOutcome(item, WAITING, detail, mapper.version))
                 report.waiting += 1
                 continue
-            mapped.append(MappedRecord(item.record_type, item.source_id, built.resources))
+            mapped.append(
+                MappedRecord(item.record_type, item.source_id, built.resources, item.received_at)
+            )
             if built.uncoded:
                 detail = {"uncoded": [m.as_dict() for m in built.uncoded]}
                 outcomes.append(MappingOutcome(item, UNCODED, detail, mapper.version))
             else:
                 outcomes.append(MappingOutcome(item, MAPPED, None, mapper.version))
             report.mapped += 1
-        mapped += derived_resources(mapper, self.queue, self.resources, batch, parsed)
+        # A protocol check's findings start their journey with the newest record of the batch.
+        newest = max(item.received_at for item in batch)
+        mapped += [
+            replace(derived, received_at=newest)
+            for derived in derived_resources(mapper, self.queue, self.resources, batch, parsed)
+        ]
         with self.queue.engine.begin() as connection:
             counts = ResourceWriter(connection).save(mapped, datetime.now(UTC))
             self.queue.finish(connection, outcomes)

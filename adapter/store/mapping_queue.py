@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, and_, func, select, update
+from sqlalchemy import Connection, Engine, and_, case, func, select, update
 
 from adapter.store.state import read_state, write_state
 from adapter.store.tables import source_record_revisions as revisions
@@ -16,6 +16,8 @@ PENDING, MAPPED, WAITING, FAILED = "pending", "mapped", "waiting", "failed"
 UNCODED = "uncoded"
 """Mapped and sent on, with some local code as text alone for want of a row (listed for IT)."""
 HELD_STATES = (WAITING, FAILED, UNCODED)
+URGENT_RECORD = "adverse_event"
+"""The record type mapped first among those that arrive while a run works through a backlog."""
 MAPPING_VERSION = "mapping_version"
 
 
@@ -28,6 +30,8 @@ class QueuedRecord:
     session_id: str | None
     first_received_at: datetime
     parsed: str
+    received_at: datetime
+    """When the current revision was received."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,20 @@ class HeldRecord:
     updated_at: datetime
 
 
+def _queued() -> Any:
+    """What mapping reads of each queued record (the order of QueuedRecord's fields)."""
+    return select(
+        records.c.record_type,
+        records.c.source_id,
+        records.c.revision,
+        records.c.mapping_seq,
+        records.c.session_id,
+        records.c.first_received_at,
+        revisions.c.parsed,
+        records.c.updated_at,
+    ).join(revisions, _current_revision())
+
+
 def _current_revision() -> Any:
     return and_(
         revisions.c.record_type == records.c.record_type,
@@ -76,16 +94,7 @@ class MappingQueue:
     def next_batch(self, limit: int, after: tuple[str, str] | None = None) -> list[QueuedRecord]:
         """Pending records in key order, after `after` (so a run passes over each once)."""
         query = (
-            select(
-                records.c.record_type,
-                records.c.source_id,
-                records.c.revision,
-                records.c.mapping_seq,
-                records.c.session_id,
-                records.c.first_received_at,
-                revisions.c.parsed,
-            )
-            .join(revisions, _current_revision())
+            _queued()
             .where(records.c.mapping_state == PENDING)
             .order_by(records.c.source_id, records.c.record_type)
             .limit(limit)
@@ -95,6 +104,22 @@ class MappingQueue:
                 (records.c.source_id > after[1])
                 | and_(records.c.source_id == after[1], records.c.record_type > after[0])
             )
+        with self.engine.connect() as connection:
+            return [QueuedRecord(*row) for row in connection.execute(query)]
+
+    def arrivals(self, since: datetime, limit: int) -> list[QueuedRecord]:
+        """Pending records received since `since` (while a run works through a backlog), side
+        effects first, then in the order they came."""
+        query = (
+            _queued()
+            .where(records.c.mapping_state == PENDING, records.c.updated_at >= since)
+            .order_by(
+                case((records.c.record_type == URGENT_RECORD, 0), else_=1),
+                records.c.updated_at,
+                records.c.source_id,
+            )
+            .limit(limit)
+        )
         with self.engine.connect() as connection:
             return [QueuedRecord(*row) for row in connection.execute(query)]
 
