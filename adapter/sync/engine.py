@@ -18,7 +18,7 @@ from sqlalchemy import Engine
 
 from adapter.mapping.config import EhrRules, Site, load_ehr_rules
 from adapter.settings import Settings
-from adapter.store.outbox import Outbox, Outcome
+from adapter.store.outbox import Outbox, Outcome, Pending
 from adapter.store.records import RecordStore
 from adapter.store.state import read_state, write_state
 from adapter.store.sync_state import Lease, PatientMatches, SyncRuns
@@ -33,6 +33,7 @@ from adapter.sync.errors import (
     EhrUnavailable,
     TemporaryEhrError,
 )
+from adapter.sync.outgoing import references
 from adapter.sync.patients import PatientResolver
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,9 @@ ACTED_ON = ("delivered", "delivered_partially", "dead")
 delivered nothing because of the EHR."""
 WAITED_FOR = ("retry_later", "unconfirmed", "forbidden")
 IN_EHR = ("delivered", "delivered_partially")
+REFERENCE_DEPTH = 4
+"""Steps of references followed from an urgent item to the due items it needs in the EHR first
+(an Observation names its Procedure, which names its Encounter, which names its CarePlan)."""
 UNASKED = ("schedule", "event")
 """Runs nobody asked for: deferred while the sync backs off, idle when nothing is due."""
 
@@ -283,7 +287,7 @@ def _run(sync: Sync, report: SyncReport, progress: Callable[[int], None]) -> Non
     position: tuple[int, str] | None = None
     """The key of the last item read in delivery order."""
     taken: set[str] = set()
-    """The urgent items read by this run: read once, whatever order they were found in."""
+    """The items read by this run: each is read once, whichever way it was found."""
 
     def read_ahead() -> None:
         """The urgent items due (side effects, protocol breaches, vitals outside their
@@ -293,13 +297,13 @@ def _run(sync: Sync, report: SyncReport, progress: Callable[[int], None]) -> Non
         nonlocal position
         urgent = sync.outbox.due(sync.clock(), None, size * STAGED_AHEAD + len(taken), urgent=True)
         urgent = [p for p in urgent if p.item.resource_id not in taken][: size * STAGED_AHEAD]
-        urgent.sort(key=lambda p: p.item.key)
+        urgent = _with_references(sync, urgent, taken)
         taken.update(p.item.resource_id for p in urgent)
         following = sync.outbox.due(sync.clock(), position, size * STAGED_AHEAD)
         if following:
             position = following[-1].item.key
         following = [p for p in following if p.item.resource_id not in taken]
-        taken.update(p.item.resource_id for p in following if p.item.urgent)
+        taken.update(p.item.resource_id for p in following)
         read = urgent + following
         report.received.update(
             (p.item.resource_id, p.item.received_at) for p in read if p.item.received_at
@@ -367,6 +371,20 @@ def _stopped_by_the_ehr(report: SyncReport, delivery: Delivery, asked: float | N
         raise EhrUnavailable(
             f"nothing was delivered; {waited} resources wait for it: {last}", asked
         )
+
+
+def _with_references(sync: Sync, urgent: list[Pending], taken: set[str]) -> list[Pending]:
+    """The urgent items with the due items they reference (an Encounter, a Procedure, and
+    what those reference), which must be in the EHR first, in delivery order."""
+    found = {p.item.resource_id: p for p in urgent}
+    wanted = references(p.content for p in urgent) - found.keys() - taken
+    for _ in range(REFERENCE_DEPTH):
+        if not wanted:
+            break
+        more = sync.outbox.due(sync.clock(), None, len(wanted), ids=sorted(wanted))
+        found.update((p.item.resource_id, p) for p in more)
+        wanted = references(p.content for p in more) - found.keys() - taken
+    return sorted(found.values(), key=lambda p: p.item.key)
 
 
 def _send(sync: Sync, delivery: Delivery, staged: Staged) -> list[Outcome]:
