@@ -56,6 +56,7 @@ ACTED_ON = ("delivered", "delivered_partially", "dead")
 delivered nothing because of the EHR."""
 WAITED_FOR = ("retry_later", "unconfirmed", "forbidden")
 IN_EHR = ("delivered", "delivered_partially")
+NEEDS_NOTICE = ("dead", "forbidden")
 REFERENCE_DEPTH = 4
 """Steps of references followed from an urgent item to the due items it needs in the EHR first
 (an Observation names its Procedure, which names its Encounter, which names its CarePlan)."""
@@ -197,7 +198,10 @@ def sync_once(
     unasked = trigger in UNASKED
     if unasked and until is not None and until > sync.clock():
         return SyncReport("deferred", resume_at=until)
-    if unasked and sync.outbox.count_due(sync.clock(), waiting=True) == 0:
+    # Waiting items (a patient not in the EHR yet) are tried by every run, but do not make an
+    # event's run by themselves: a wake with nothing new due does nothing.
+    waiting = trigger == "schedule"
+    if unasked and sync.outbox.count_due(sync.clock(), waiting=waiting) == 0:
         return SyncReport("idle")
     return leased_run(sync, trigger, lambda report: _run(sync, report, progress or _quiet))
 
@@ -240,9 +244,9 @@ def leased_run(sync: Sync, trigger: str, work: Callable[[SyncReport], None]) -> 
         counts = dict(report.counts)
         sync.runs.finish(report.run_id, report.status, counts, report.error, sync.clock())
         sync.lease.release()
-    # Runs woken by events are many and alike: one that delivered everything it tried is
-    # logged at DEBUG; any other is logged as every scheduled run is.
-    plain = report.status == "completed" and set(report.counts) <= set(IN_EHR)
+    # Runs woken by events are many and alike: logged at DEBUG unless one failed or the EHR
+    # refused something in it (what waits is listed for IT, not logged by every run).
+    plain = report.status == "completed" and not set(report.counts) & set(NEEDS_NOTICE)
     level = logging.DEBUG if trigger == "event" and plain else logging.INFO
     log.log(level, "%s run %d %s: %s", trigger, report.run_id, report.status, dict(report.counts))
     return report
