@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 MAP_JOB = "map-pending-records"
 LARGE_LOAD = 10_000
 """Resources created in one mapping pass after which the planner statistics are refreshed."""
+SERVICE_BATCH = 200
+"""Records per mapping batch in the service: a record received while a backlog is mapped waits
+for at most the batch under way, and the sync starts on each batch as it is stored."""
 EXPORT_JOB = "run-exports"
 SYNC_JOB = "sync-to-ehr"
 RECONCILE_JOB = "reconcile-with-ehr"
@@ -60,7 +63,7 @@ def map_now(
             on_queued()
         queued = changed
 
-    report = runtime.mapping.run(on_batch=batch_done)
+    report = runtime.mapping.run(SERVICE_BATCH, on_batch=batch_done)
     if report.resources.created >= LARGE_LOAD:
         runtime.resources.refresh_statistics()
     if report.records:
