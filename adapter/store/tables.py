@@ -181,7 +181,7 @@ sync_outbox = Table(
 )
 """One row per resource: the version the EHR should hold, where delivery stands, the EHR's id
 and version for it once delivered, and the version's journey: when its record was received, when
-it was mapped (queued), sent to the EHR and answered (0012). `urgent`: a side effect, a protocol
+it was mapped (queued), sent to the EHR and answered (0014). `urgent`: a side effect, a protocol
 breach or a vital sign outside its thresholds, delivered ahead of a backlog. Written in the
 transaction that stores each version. On
 SQLite the rows are kept in resource_id order, so that a run's writes share pages (0008)."""
@@ -213,6 +213,19 @@ sync_patients = Table(
     Column("checked_at", UtcDateTime(), nullable=False),
 )
 """The EHR's Patient for each MRN, as last resolved (or why it could not be)."""
+
+sync_patient_confirmations = Table(
+    "sync_patient_confirmations",
+    metadata,
+    Column("mrn", String(64), primary_key=True),
+    Column("ehr_id", String(128), nullable=False),
+    Column("differs", Text, nullable=False),
+    Column("confirmed_by", String(64), nullable=False),
+    Column("confirmed_at", UtcDateTime(), nullable=False),
+)
+"""An admin's word that the EHR's Patient `ehr_id`, found by the MRN, is the clinic's patient
+although the facts in `differs` (family name, birth date) disagree; it holds for that Patient
+alone."""
 
 sync_leases = Table(
     "sync_leases",

@@ -3,8 +3,8 @@ EHR and answered, kept on its outbox row; the outbox's urgent items (side effect
 breaches, vitals outside their thresholds) found ahead of a backlog; records received while a
 mapping run works found ahead of its backlog.
 
-Revision ID: 0012
-Revises: 0011
+Revision ID: 0014
+Revises: 0013
 Create Date: 2026-12-01
 """
 
@@ -13,8 +13,8 @@ from alembic import op
 
 from adapter.store.tables import UtcDateTime
 
-revision = "0012"
-down_revision = "0011"
+revision = "0014"
+down_revision = "0013"
 branch_labels = None
 depends_on = None
 
