@@ -4,7 +4,7 @@ import hashlib
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -117,14 +117,30 @@ class MappingService:
     def run(
         self, batch_size: int = 500, on_batch: Callable[[MappingReport], None] | None = None
     ) -> MappingReport:
-        """Map every pending record once; records queued meanwhile wait for the next run, and
-        records another mapping process holds are its to map."""
+        """Map every pending record once, in key order. Records received while the run works
+        are mapped before its next batch (side effects first), so that a backlog (a new mapping
+        version re-maps everything) does not hold them; other records queued meanwhile wait
+        for the next run, and records another mapping process holds are its to map."""
         report = MappingReport()
         after: tuple[str, str] | None = None
+        started = datetime.now(UTC)
+        seen: set[tuple[str, str, int]] = set()
         with self._lock:
             mapper = self.mapper
-            while batch := self.queue.claim_batch(batch_size, datetime.now(UTC), after):
-                after = (batch[-1].record_type, batch[-1].source_id)
+            while True:
+                now = datetime.now(UTC)
+                batch = [
+                    item
+                    for item in self.queue.claim_arrivals(started, batch_size, now)
+                    if (item.record_type, item.source_id, item.mapping_seq) not in seen
+                ]
+                if batch:
+                    seen.update((i.record_type, i.source_id, i.mapping_seq) for i in batch)
+                else:
+                    batch = self.queue.claim_batch(batch_size, now, after)
+                    if not batch:
+                        break
+                    after = (batch[-1].record_type, batch[-1].source_id)
                 self._map_batch(mapper, batch, report)
                 if on_batch:
                     on_batch(report)
@@ -172,13 +188,17 @@ class MappingService:
                 outcomes.append(MappingOutcome(item, WAITING, detail, mapper.version))
                 report.waiting += 1
                 continue
-            mapped.append(MappedRecord(item.record_type, item.source_id, built.resources))
+            mapped.append(
+                MappedRecord(item.record_type, item.source_id, built.resources, item.received_at)
+            )
             if built.uncoded:
                 detail = {"uncoded": [m.as_dict() for m in built.uncoded]}
                 outcomes.append(MappingOutcome(item, UNCODED, detail, mapper.version))
             else:
                 outcomes.append(MappingOutcome(item, MAPPED, None, mapper.version))
             report.mapped += 1
+        # A protocol check's findings start their journey with the newest record of the batch.
+        newest = max(item.received_at for item in batch)
         try:
             with self.queue.engine.begin() as connection:
                 writer = ResourceWriter(connection)
@@ -186,7 +206,12 @@ class MappingService:
                 # Read after the turn, what a session's or a patient's records say includes
                 # every batch stored before this one: none stores their resources from older
                 # facts than a batch stored before it.
-                mapped += derived_resources(mapper, self.queue, self.resources, batch, parsed)
+                mapped += [
+                    replace(derived, received_at=newest)
+                    for derived in derived_resources(
+                        mapper, self.queue, self.resources, batch, parsed
+                    )
+                ]
                 counts = writer.save(mapped, now)
                 if not self.queue.hold(connection, batch):
                     raise _ClaimLost

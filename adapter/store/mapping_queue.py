@@ -7,7 +7,19 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, Connection, Engine, and_, func, or_, select, tuple_, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Select,
+    and_,
+    case,
+    func,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 
 from adapter.store.state import read_state, write_state
 from adapter.store.tables import source_record_revisions as revisions
@@ -17,6 +29,8 @@ PENDING, MAPPED, WAITING, FAILED = "pending", "mapped", "waiting", "failed"
 UNCODED = "uncoded"
 """Mapped and sent on, with some local code as text alone for want of a row (listed for IT)."""
 HELD_STATES = (WAITING, FAILED, UNCODED)
+URGENT_RECORD = "adverse_event"
+"""The record type mapped first among those that arrive while a run works through a backlog."""
 MAPPING_VERSION = "mapping_version"
 CLAIM_FOR = timedelta(minutes=10)
 """How long a mapping batch holds its records: far longer than mapping and storing a batch
@@ -33,6 +47,8 @@ class QueuedRecord:
     session_id: str | None
     first_received_at: datetime
     parsed: str
+    received_at: datetime
+    """When the current revision was received."""
     claim: str
     """The mapping batch that holds the record (MappingQueue.claim_batch)."""
 
@@ -90,6 +106,14 @@ def _by_claim(batch: Sequence[QueuedRecord]) -> dict[str, list[tuple[str, str]]]
     return claims
 
 
+def _free(now: datetime) -> ColumnElement[bool]:
+    """Pending, and held by no mapping batch (or by one whose claim ran out)."""
+    return and_(
+        records.c.mapping_state == PENDING,
+        or_(records.c.mapping_claim.is_(None), records.c.mapping_claimed_until < now),
+    )
+
+
 class MappingQueue:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -98,28 +122,47 @@ class MappingQueue:
         self, limit: int, now: datetime, after: tuple[str, str] | None = None
     ) -> list[QueuedRecord]:
         """Pending records that no other mapping batch holds, in key order after `after` (so a
-        run passes over each once), claimed for a new batch until `now` + CLAIM_FOR. Two
-        mapping processes never get the same record: on PostgreSQL a claim passes over the
-        rows another is claiming (SKIP LOCKED), on SQLite it has the store to itself."""
-        free = and_(
-            records.c.mapping_state == PENDING,
-            or_(records.c.mapping_claim.is_(None), records.c.mapping_claimed_until < now),
-        )
+        run passes over each once), claimed for a new batch until `now` + CLAIM_FOR."""
         candidates = (
             select(records.c.source_id, records.c.record_type)
-            .where(free)
+            .where(_free(now))
             .order_by(records.c.source_id, records.c.record_type)
             .limit(limit)
-            .with_for_update(skip_locked=True)
         )
         if after is not None:
             candidates = candidates.where(
                 (records.c.source_id > after[1])
                 | and_(records.c.source_id == after[1], records.c.record_type > after[0])
             )
+        found = self._claim(candidates, now)
+        return sorted(found, key=lambda item: (item.source_id, item.record_type))
+
+    def claim_arrivals(self, since: datetime, limit: int, now: datetime) -> list[QueuedRecord]:
+        """Pending records received since `since` (while a run works through a backlog) that no
+        other batch holds, side effects first, then in the order they came; claimed as
+        `claim_batch` claims."""
+        urgent_first = case((records.c.record_type == URGENT_RECORD, 0), else_=1)
+        candidates = (
+            select(records.c.source_id, records.c.record_type)
+            .where(_free(now), records.c.updated_at >= since)
+            .order_by(urgent_first, records.c.updated_at, records.c.source_id)
+            .limit(limit)
+        )
+        found = self._claim(candidates, now)
+        return sorted(
+            found,
+            key=lambda item: (item.record_type != URGENT_RECORD, item.received_at, item.source_id),
+        )
+
+    def _claim(self, candidates: Select[Any], now: datetime) -> list[QueuedRecord]:
+        """Claim the candidate records for a new batch. Two mapping processes never get the
+        same record: on PostgreSQL a claim passes over the rows another is claiming (SKIP
+        LOCKED), on SQLite it has the store to itself."""
         # Materialized, the candidates are chosen once: PostgreSQL may otherwise run a LIMIT
         # subquery again for the UPDATE and claim more rows than asked for.
-        chosen = candidates.cte("chosen").prefix_with("MATERIALIZED")
+        chosen = (
+            candidates.with_for_update(skip_locked=True).cte("chosen").prefix_with("MATERIALIZED")
+        )
         claim = str(uuid.uuid4())
         with self.engine.begin() as connection:
             keys = connection.execute(
@@ -128,7 +171,7 @@ class MappingQueue:
                     tuple_(records.c.source_id, records.c.record_type).in_(
                         select(chosen.c.source_id, chosen.c.record_type)
                     ),
-                    free,
+                    _free(now),
                 )
                 .values(mapping_claim=claim, mapping_claimed_until=now + CLAIM_FOR)
                 .returning(records.c.source_id, records.c.record_type)
@@ -144,13 +187,14 @@ class MappingQueue:
                         records.c.session_id,
                         records.c.first_received_at,
                         revisions.c.parsed,
+                        records.c.updated_at,
                         records.c.mapping_claim,
                     )
                     .join(revisions, _current_revision())
                     .where(_keys(keys[start : start + _CHUNK]))
                 )
                 found += [QueuedRecord(*row) for row in connection.execute(query)]
-        return sorted(found, key=lambda item: (item.source_id, item.record_type))
+        return found
 
     def hold(self, connection: Connection, batch: Sequence[QueuedRecord]) -> bool:
         """In the transaction that stores a batch's resources: whether the batch still holds

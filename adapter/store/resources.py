@@ -12,7 +12,7 @@ from sqlalchemy import Connection, Engine, bindparam, delete, select, update
 
 from adapter.fhir.indexing import SERIES_PARAM, index
 from adapter.store.clock import take_turn
-from adapter.store.outbox import delivery_kind, enqueue
+from adapter.store.outbox import Queued, delivery_kind, enqueue, is_urgent
 from adapter.store.tables import fhir_resource_versions as versions
 from adapter.store.tables import fhir_resources as resources
 from adapter.store.tables import fhir_search_tokens as tokens
@@ -73,6 +73,9 @@ class MappedRecord:
     source_type: str
     source_id: str
     resources: list[Json]
+    received_at: datetime | None = None
+    """When the revision mapped was received (None: the resources' journey starts as they are
+    stored)."""
 
 
 @dataclass
@@ -121,6 +124,7 @@ class ResourceWriter:
         source_types = {
             resource_id: record.source_type for resource_id, (record, _) in outputs.items()
         }
+        received = {resource_id: record.received_at for resource_id, (record, _) in outputs.items()}
         inserts: list[Json] = []
         changes: list[Json] = []
         history: list[Json] = []
@@ -193,19 +197,20 @@ class ResourceWriter:
         if history:
             self._connection.execute(versions.insert(), history)
             history = [row for row in history if row["resource_type"] not in NOT_DELIVERED]
-            enqueue(
-                self._connection,
-                [
-                    (
+            queued = []
+            for row in history:
+                kind = delivery_kind(source_types[row["id"]], row["resource_type"])
+                queued.append(
+                    Queued(
                         row["id"],
                         row["resource_type"],
                         row["version_id"],
-                        delivery_kind(source_types[row["id"]], row["resource_type"]),
+                        kind,
+                        is_urgent(kind, row["content"]),
+                        received.get(row["id"]),
                     )
-                    for row in history
-                ],
-                now,
-            )
+                )
+            enqueue(self._connection, queued, now)
         return counts
 
     def _index(self, new: list[Json], changed: list[Json]) -> None:

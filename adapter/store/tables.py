@@ -16,6 +16,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    false,
 )
 
 
@@ -62,6 +63,7 @@ source_records = Table(
     Index("ix_source_records_mapping_state", "mapping_state"),
     Index("ix_source_records_series", "series_id"),
     Index("ix_source_records_mrn", "mrn"),
+    Index("ix_source_records_arrival", "mapping_state", "updated_at"),
 )
 """One row per record: its current revision (number and content hash), withdrawn or not, and
 where its mapping stands (`mapping_claim`: the mapping batch that holds it, until
@@ -183,11 +185,20 @@ sync_outbox = Table(
     Column("delivered_version", Integer),
     Column("updated_at", UtcDateTime(), nullable=False),
     Column("sent_at", UtcDateTime()),
+    Column("urgent", Boolean, nullable=False, server_default=false()),
+    Column("received_at", UtcDateTime()),
+    Column("mapped_at", UtcDateTime()),
+    Column("requested_at", UtcDateTime()),
+    Column("answered_at", UtcDateTime()),
     Index("ix_sync_outbox_queue", "state", "rank", "resource_id"),
+    Index("ix_sync_outbox_urgent", "urgent", "state", "received_at"),
     sqlite_with_rowid=False,
 )
-"""One row per resource: the version the EHR should hold, where delivery stands, and the EHR's
-id and version for it once delivered. Written in the transaction that stores each version. On
+"""One row per resource: the version the EHR should hold, where delivery stands, the EHR's id
+and version for it once delivered, and the version's journey: when its record was received, when
+it was mapped (queued), sent to the EHR and answered (0015). `urgent`: a side effect, a protocol
+breach or a vital sign outside its thresholds, delivered ahead of a backlog. Written in the
+transaction that stores each version. On
 SQLite the rows are kept in resource_id order, so that a run's writes share pages (0008)."""
 
 sync_runs = Table(
