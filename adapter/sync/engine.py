@@ -183,7 +183,7 @@ def sync_once(
     until, _ = sync.backoff()
     if trigger == "schedule" and until is not None and until > sync.clock():
         return SyncReport("deferred", resume_at=until)
-    if trigger == "schedule" and sync.outbox.count_due(sync.clock(), waiting=True) == 0:
+    if trigger == "schedule" and not sync.outbox.run_wanted(sync.clock()):
         return SyncReport("idle")
     return leased_run(sync, trigger, lambda report: _run(sync, report, progress or _quiet))
 
@@ -310,7 +310,10 @@ def _run(sync: Sync, report: SyncReport, progress: Callable[[int], None]) -> Non
             raise
     _settle(sync, report, unrecorded)
     for _ in range(COMPLETION_ROUNDS):
-        partial = sorted(delivery.partial)
+        late = delivery.completable()
+        if late:
+            sync.outbox.requeue(sync.clock(), ["waiting"], ids=late)
+        partial = sorted(delivery.partial.union(late))
         delivery.partial.clear()
         for start in range(0, len(partial), sync.settings.sync_batch_size):
             chunk = partial[start : start + sync.settings.sync_batch_size]
