@@ -495,6 +495,18 @@ class Outbox:
         with self.engine.connect() as connection:
             return int(connection.execute(query).scalar_one())
 
+    def run_wanted(self, now: datetime) -> bool:
+        """Whether a scheduled run has anything to do: items due, or waiting ones to try again.
+        An item waiting only for what it references to be delivered (`left_out`) is not: that
+        resource is due itself when it can come, and the run that delivers it updates the item."""
+        due = outbox.c.state.in_(DUE_STATES) | (
+            (outbox.c.state == "waiting")
+            & (outbox.c.detail.is_(None) | outbox.c.detail.not_like('%"left_out"%'))
+        )
+        query = select(outbox.c.resource_id).where(due, outbox.c.next_attempt_at <= now).limit(1)
+        with self.engine.connect() as connection:
+            return connection.execute(query).first() is not None
+
     def counts(self) -> dict[str, int]:
         query = select(outbox.c.state, func.count()).group_by(outbox.c.state)
         with self.engine.connect() as connection:

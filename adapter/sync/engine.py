@@ -207,10 +207,14 @@ def sync_once(
     unasked = trigger in UNASKED
     if unasked and until is not None and until > sync.clock():
         return SyncReport("deferred", resume_at=until)
-    # Waiting items (a patient not in the EHR yet) are tried by every run, but do not make an
-    # event's run by themselves: a wake with nothing new due does nothing.
-    waiting = trigger == "schedule"
-    if unasked and sync.outbox.count_due(sync.clock(), waiting=waiting) == 0:
+    # Waiting items (a patient not in the EHR yet) are tried by every scheduled run, but do not
+    # make an event's run by themselves: a wake with nothing new due does nothing. An item that
+    # waits only for what it references makes no run either (the run delivering that does).
+    if trigger == "schedule":
+        idle = not sync.outbox.run_wanted(sync.clock())
+    else:
+        idle = unasked and sync.outbox.count_due(sync.clock()) == 0
+    if idle:
         return SyncReport("idle")
     return leased_run(sync, trigger, lambda report: _run(sync, report, progress or _quiet))
 
@@ -365,7 +369,10 @@ def _run(sync: Sync, report: SyncReport, progress: Callable[[int], None]) -> Non
             raise
     _settle(sync, report, unrecorded)
     for _ in range(COMPLETION_ROUNDS):
-        partial = sorted(delivery.partial)
+        late = delivery.completable()
+        if late:
+            sync.outbox.requeue(sync.clock(), ["waiting"], ids=late)
+        partial = sorted(delivery.partial.union(late))
         delivery.partial.clear()
         for start in range(0, len(partial), sync.settings.sync_batch_size):
             chunk = partial[start : start + sync.settings.sync_batch_size]
