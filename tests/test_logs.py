@@ -123,15 +123,18 @@ def test_a_run_that_cannot_reach_the_ehr_exits_non_zero_and_says_why(tmp_path: P
     assert runs[1].strip().startswith(why)
 
 
+@pytest.mark.parametrize("event_delivery", [True, False], ids=["events", "schedule"])
 def test_wakes_from_concurrent_requests_during_a_mapping_pass_log_nothing(
-    runtime: Runtime, kept: Kept, monkeypatch: pytest.MonkeyPatch
+    runtime: Runtime, kept: Kept, monkeypatch: pytest.MonkeyPatch, event_delivery: bool
 ) -> None:
-    """Every intake request wakes the mapping job; while a pass runs, hundreds of wakes from
-    requests at once are coalesced without a line each (APScheduler warns of each by itself)."""
+    """Every intake request wakes the mapping; while a pass runs, hundreds of wakes from
+    requests at once are coalesced without a line each, by the event path or, with it off, by
+    the scheduler's job (APScheduler warns of each by itself)."""
+    monkeypatch.setattr(runtime.settings, "event_delivery", event_delivery)
     running, release = threading.Event(), threading.Event()
     passes: list[int] = []
 
-    def slow_pass(_: Runtime) -> None:
+    def slow_pass(_: Runtime, on_queued: object = None) -> None:
         passes.append(1)
         running.set()
         release.wait(timeout=10)
