@@ -66,13 +66,14 @@ def line(found: SessionDay) -> SessionLine:
         waiting=found.count("waiting"),
         refused=found.count("dead"),
     )
+    delivery: list[str] = []
     for resource in found.resources:
         if resource.resource_type == "DetectedIssue" and resource.content.get("status") != (
             "entered-in-error"
         ):
             summary.breaches.append(str(resource.content.get("code", {}).get("text", "breach")))
         if resource.state in ("waiting", "dead"):
-            summary.problems.append(
+            delivery.append(
                 f"{resource.resource_type}: {delivery_reason(resource.state, resource.detail)}"
             )
     for record in records:
@@ -86,7 +87,8 @@ def line(found: SessionDay) -> SessionLine:
                 f"{record.record_type} {record.source_id}: "
                 f"{mapping_reason(record.mapping_state, record.detail)}"
             )
-    summary.problems = list(dict.fromkeys(summary.problems))
+    # A record held for a mapping comes first: what its resources wait for follows from it.
+    summary.problems = list(dict.fromkeys([*summary.problems, *delivery]))
     return summary
 
 

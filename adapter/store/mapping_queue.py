@@ -32,9 +32,11 @@ HELD_STATES = (WAITING, FAILED, UNCODED)
 URGENT_RECORD = "adverse_event"
 """The record type mapped first among those that arrive while a run works through a backlog."""
 MAPPING_VERSION = "mapping_version"
-CLAIM_FOR = timedelta(minutes=10)
-"""How long a mapping batch holds its records: far longer than mapping and storing a batch
-takes. Records a stopped process held wait this long for another mapper."""
+CLAIM_FOR = timedelta(seconds=30)
+"""How long a mapping batch holds its records: far longer than mapping and storing a batch of a
+few hundred takes, and short, because the records of a process stopped mid-batch (a side effect
+among them) wait this long for another pass. A batch that outlasts its claim still stores what
+it mapped unless another batch claimed some of its records meanwhile (`hold`)."""
 _CHUNK = 500
 
 

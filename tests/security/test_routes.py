@@ -23,6 +23,7 @@ SAMPLE_PARAMS = {
     "source_id": "VIT-1",
     "revision": "1",
     "session_id": "SES-1",
+    "mrn": "100234",
 }
 CONSOLE = "console:admin"
 
