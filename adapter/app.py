@@ -13,7 +13,7 @@ from adapter.api.fhir.wire import document_format
 from adapter.api.openapi import document_statuses
 from adapter.api.responses import JsonResponse
 from adapter.console import access as console_access
-from adapter.console import held, history, mappings, today
+from adapter.console import held, history, mappings, patients, today
 from adapter.console import web as console_web
 from adapter.logs import quiet_url_loggers
 from adapter.operations.alerts import AlertWatch
@@ -133,7 +133,7 @@ def create_app(settings: Settings | None = None, background: bool = True) -> Fas
     app.include_router(sync.router)
     app.include_router(audit.router)
     app.include_router(metrics.router)
-    for console in (console_access, today, held, mappings, history):
+    for console in (console_access, today, held, patients, mappings, history):
         app.include_router(console.router)
     app.include_router(console_access.signed_in)
 

@@ -55,8 +55,8 @@ def serve(host: str | None, port: int | None) -> None:
         sys.exit(2)
     host, port = host or settings.host, port or settings.port
     click.echo(
-        f"infusion-adapter serving on http://{host}:{port}  (FHIR: /fhir, health: /healthz, "
-        "OpenAPI: /openapi.json with an API key)"
+        f"infusion-adapter serving on http://{host}:{port}  (console: /console, FHIR: /fhir, "
+        "health: /healthz, metrics: /metrics, OpenAPI: /openapi.json with an API key)"
     )
     uvicorn.Server(server_config(app, settings, host, port)).run()
 

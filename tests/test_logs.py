@@ -3,6 +3,7 @@ no warning each tick a long job is still running, and a command prints what was 
 
 import logging
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -17,6 +18,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from adapter.logs import quiet_url_loggers
 from adapter.runtime import Runtime
 from adapter.worker import Worker
+from tests.conftest import EXAMPLE_DAY
 
 
 class Kept(logging.Handler):
@@ -67,17 +69,23 @@ def test_a_tick_while_the_job_still_runs_is_not_warned_of(kept: Kept) -> None:
     assert [line for line in kept.lines if "maximum number of running instances" in line] == []
 
 
-def command(database: Path, *args: str) -> list[str]:
-    """The lines `infusion-adapter ARGS` prints, standard output and error together."""
-    environment = {**os.environ, "ADAPTER_DATABASE_URL": f"sqlite:///{database}"}
+def command(database: Path, *args: str, exits: int = 0, **settings: str) -> list[str]:
+    """The lines `infusion-adapter ARGS` prints, standard output and error together, with
+    these ADAPTER_ settings; it must exit with `exits`."""
+    environment = {
+        **os.environ,
+        "ADAPTER_DATABASE_URL": f"sqlite:///{database}",
+        **{f"ADAPTER_{name.upper()}": value for name, value in settings.items()},
+    }
     done = subprocess.run(
         [sys.executable, "-c", "from adapter.cli import entry; entry()", *args],
         capture_output=True,
         text=True,
         env=environment,
         timeout=60,
-        check=True,
+        check=False,
     )
+    assert done.returncode == exits, done.stdout + done.stderr
     return (done.stdout + done.stderr).splitlines()
 
 
@@ -88,6 +96,28 @@ def test_commands_print_what_was_asked_and_migrations_only_a_change(tmp_path: Pa
     again = command(database, "db", "upgrade")
     runs = command(database, "sync", "runs")
 
-    assert len(first) == 1 and first[0].endswith("store schema upgraded from empty to 0011")
-    assert again == ["store schema is up to date (0011)"]
+    assert len(first) == 1 and first[0].endswith("store schema upgraded from empty to 0013")
+    assert again == ["store schema is up to date (0013)"]
     assert runs == []
+
+
+def test_a_run_that_cannot_reach_the_ehr_exits_non_zero_and_says_why(tmp_path: Path) -> None:
+    database = tmp_path / "adapter.db"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    unreachable = {
+        "ehr_base_url": f"http://127.0.0.1:{closed}/fhir",
+        "ehr_retry_attempts": "1",
+        "ehr_retry_max_wait_seconds": "0.01",
+    }
+    command(database, "db", "upgrade")
+    command(database, "import", str(EXAMPLE_DAY), "--quiet")
+
+    once = command(database, "sync", "--once", "--quiet", exits=3, **unreachable)
+    runs = command(database, "sync", "runs", **unreachable)
+
+    why = "the EHR is unavailable (no answer from the EHR (ConnectionError))"
+    assert len(once) == 1 and once[0].startswith(f"run 1 failed: {why}; the sync backs off")
+    assert runs[0].split()[:2] == ["1", "cli"] and "failed" in runs[0]
+    assert runs[1].strip().startswith(why)

@@ -13,7 +13,7 @@ from fastapi.responses import HTMLResponse
 from adapter.console.access import checked_form, console_router
 from adapter.console.today import zone_of
 from adapter.console.web import ConsoleRefused, one, page
-from adapter.console.words import DELIVERY_STATES, delivery_reason, mapping_reason
+from adapter.console.words import DELIVERY_STATES, delivery_reason, mapping_reason, what_to_do
 from adapter.operations.metrics import Metrics
 from adapter.runtime import Runtime
 from adapter.store.operations import HeldItem, OperationsReadings
@@ -40,6 +40,7 @@ def _groups(items: list[HeldItem]) -> list[dict[str, Any]]:
                 state, {k: v for k, v in found[0].detail.items() if k != "patient_mrn"}
             ),
             "items": found,
+            "to_do": what_to_do(state, reason),
         }
         for (state, reason), found in sorted(
             grouped.items(), key=lambda g: (g[0][0] != "dead", -len(g[1]))

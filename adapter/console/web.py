@@ -4,16 +4,20 @@ token."""
 
 import hmac
 import secrets
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl
 from zoneinfo import ZoneInfo
 
 from fastapi import Request
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 LONGEST_FORM = 64 * 1024
+Handler = Callable[[Request, Exception], Awaitable[Response]]
 environment = Environment(
     loader=PackageLoader("adapter.console", "templates"),
     autoescape=select_autoescape(["html"]),
@@ -112,7 +116,30 @@ async def _refused(request: Request, exc: Exception) -> HTMLResponse:
     return page(request, "refused.html", status=exc.status, message=exc.message)
 
 
+def _for_people(handler: Handler) -> Handler:
+    """A handler of the API's errors that answers a console page's with a page: a query
+    parameter out of shape, a page that is not there."""
+
+    async def answer(request: Request, exc: Exception) -> Response:
+        if not request.url.path.startswith("/console"):
+            return await handler(request, exc)
+        if isinstance(exc, RequestValidationError):
+            said = "; ".join(
+                f"{'.'.join(str(part) for part in error['loc'][1:])}: {error['msg']}"
+                for error in exc.errors()[:5]
+            )
+            return page(request, "refused.html", status=400, message=said)
+        status = exc.status_code if isinstance(exc, StarletteHTTPException) else 400
+        message = "no such page in the console" if status == 404 else "that was not understood"
+        return page(request, "refused.html", status=status, message=message)
+
+    return answer
+
+
 def install(app: Any) -> None:
-    """The console's two errors, answered as pages: sign in, or what was wrong."""
+    """The console's two errors, answered as pages: sign in, or what was wrong; and the API's
+    errors about a console page too. Installed after the API's handlers, which it wraps."""
     app.add_exception_handler(SignInNeeded, _sign_in_needed)
     app.add_exception_handler(ConsoleRefused, _refused)
+    for kind in (RequestValidationError, StarletteHTTPException):
+        app.add_exception_handler(kind, _for_people(app.exception_handlers[kind]))

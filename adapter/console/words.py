@@ -3,6 +3,7 @@
 from typing import Any
 
 from adapter.operations.outcomes import ITEM_OUTCOMES
+from adapter.sync.patients import CONFIRMABLE, NOT_FOUND
 
 DELIVERY_STATES = {
     "delivered": "in the EHR",
@@ -71,3 +72,20 @@ def delivery_reason(state: str | None, detail: dict[str, Any]) -> str:
     if state == "pending" and reason:
         return f"to be tried again: {reason}"
     return reason or DELIVERY_STATES.get(state, state or "")
+
+
+def what_to_do(state: str, reason: str) -> str:
+    """What a person does about a held or refused reason."""
+    if reason in CONFIRMABLE:
+        return (
+            "Open the MRN to compare the EHR's Patient with the clinic's records; confirm it there "
+            "if it is the same person, then replay."
+        )
+    if reason == NOT_FOUND:
+        return (
+            "The MRN is wrong in the EHR or in the clinic's system: correct it there (the clinic's "
+            "system sends a new revision of the record), then replay."
+        )
+    if state == "dead":
+        return "Fix what the EHR says (a mapping row, the EHR's settings), then replay."
+    return ""

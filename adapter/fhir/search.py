@@ -12,7 +12,7 @@ import orjson
 from sqlalchemy import ColumnElement, and_, false, literal, not_, or_, select, true
 
 from adapter.errors import BadRequest
-from adapter.fhir.indexing import REFERENCE_SYSTEM
+from adapter.fhir.indexing import EXACT_SYSTEM, REFERENCE_SYSTEM, STRING_SYSTEM, normalized
 from adapter.fhir.search_params import INCLUDES, REVINCLUDES, SEARCH_PARAMS, SearchParam
 from adapter.store.tables import fhir_resources as resources
 from adapter.store.tables import fhir_search_tokens as tokens
@@ -157,6 +157,23 @@ def _token_match(param: str, raw: str) -> ColumnElement[bool]:
     return resources.c.id.in_(select(tokens.c.resource_id).where(condition))
 
 
+def _string_match(param: str, raw: str, modifier: str) -> ColumnElement[bool]:
+    """FHIR string search: by default a part that starts with the value, ignoring case and
+    accents; `:contains` anywhere in a part; `:exact` the whole part as written."""
+    condition = tokens.c.param == param
+    if modifier == "exact":
+        condition = and_(condition, tokens.c.system == EXACT_SYSTEM, tokens.c.code == raw)
+    else:
+        value = normalized(raw)
+        match = (
+            tokens.c.code.contains(value, autoescape=True)
+            if modifier == "contains"
+            else tokens.c.code.startswith(value, autoescape=True)
+        )
+        condition = and_(condition, tokens.c.system == STRING_SYSTEM, match)
+    return resources.c.id.in_(select(tokens.c.resource_id).where(condition))
+
+
 def _reference_match(param: SearchParam, raw: str) -> ColumnElement[bool]:
     value = raw if "/" in raw or param.target is None else f"{param.target}/{raw}"
     condition = and_(tokens.c.param == param.name, tokens.c.system == REFERENCE_SYSTEM)
@@ -194,6 +211,13 @@ def _condition(resource_type: str, name: str, value: str) -> ColumnElement[bool]
         return _any(
             [date_condition(resources.c.date_start, resources.c.date_end, v, name) for v in values]
         )
+    if param.type == "string":
+        if modifier not in ("", "exact", "contains"):
+            raise BadRequest(
+                f"{name}: the :{modifier} modifier is not supported (:exact and :contains are)",
+                expression=[name],
+            )
+        return _any([_string_match(param.name, v, modifier) for v in values])
     if param.type == "token":
         if modifier:
             raise BadRequest(
@@ -278,19 +302,33 @@ def _control(request: SearchRequest, name: str, value: str, secret: str) -> None
         if value not in ("none", "estimate", "accurate"):
             raise BadRequest("_total: none, estimate or accurate", expression=["_total"])
         request.total = value == "accurate"
-    elif name == "_include":
-        if value not in INCLUDES.get(request.resource_type, []):
-            raise BadRequest(f"_include: {value!r} is not supported", expression=["_include"])
-        request.includes.append(value)
-    elif name == "_revinclude":
-        if value not in REVINCLUDES.get(request.resource_type, []):
-            raise BadRequest(f"_revinclude: {value!r} is not supported", expression=["_revinclude"])
-        request.revincludes.append(value)
+    elif name in ("_include", "_revinclude"):
+        supported = (INCLUDES if name == "_include" else REVINCLUDES).get(request.resource_type, [])
+        spec = _include_spec(value)
+        if spec not in supported:
+            raise BadRequest(
+                f"{name}: {value!r} is not supported here; supported: "
+                f"{', '.join(supported) or 'none'}",
+                expression=[name],
+            )
+        (request.includes if name == "_include" else request.revincludes).append(spec)
     elif name == "_cursor":
         request.cursor = decode_cursor(value, secret)
         return
     if name != "_format":
         request.query.append((name, value))
+
+
+def _include_spec(value: str) -> str:
+    """`Type:param` of an `_include` or `_revinclude` value; a third part, the target type,
+    may name the one type the parameter points at (`Observation:patient:Patient`)."""
+    parts = value.split(":")
+    if len(parts) == 3:
+        params = SEARCH_PARAMS.get(parts[0], {})
+        param = params.get(parts[1])
+        if param is not None and param.target == parts[2]:
+            return f"{parts[0]}:{parts[1]}"
+    return value
 
 
 def encode_cursor(payload: dict[str, Any], secret: str) -> str:

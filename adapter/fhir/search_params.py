@@ -6,7 +6,7 @@ Names and types follow the R4 SearchParameter registry (https://hl7.org/fhir/R4/
 from dataclasses import dataclass
 from typing import Literal
 
-ParamType = Literal["token", "reference", "date"]
+ParamType = Literal["token", "reference", "date", "string"]
 
 
 @dataclass(frozen=True)
@@ -18,6 +18,9 @@ class SearchParam:
     date element given by its [x] stem (`effective` reads effectiveDateTime / effectivePeriod)."""
     description: str
     target: str | None = None
+    """The type a reference parameter points at (every subject here is a Patient)."""
+    parts: tuple[str, ...] = ()
+    """For a string parameter on a HumanName: the parts it reads (family, given, ...)."""
 
 
 def _patient(element: str) -> list[SearchParam]:
@@ -35,6 +38,7 @@ def _patient(element: str) -> list[SearchParam]:
             "reference",
             element,
             "The subject, by identifier (subject:identifier=system|mrn)",
+            "Patient",
         ),
     ]
 
@@ -75,6 +79,7 @@ SEARCH_PARAMS: dict[str, dict[str, SearchParam]] = {
         for p in [
             *[q for q in _common("effective", "medicationCodeableConcept") if q.name != "date"],
             SearchParam("effective-time", "date", "effective", "When the medication was given"),
+            SearchParam("context", "reference", "context", "The visit", "Encounter"),
         ]
     },
     "AdverseEvent": {
@@ -85,6 +90,7 @@ SEARCH_PARAMS: dict[str, dict[str, SearchParam]] = {
                 "reference",
                 "subject",
                 "The subject, by identifier (subject:identifier=system|mrn)",
+                "Patient",
             ),
             SearchParam("date", "date", "date", "When the event occurred"),
             SearchParam("event", "token", "event", "The type of event"),
@@ -99,6 +105,15 @@ SEARCH_PARAMS: dict[str, dict[str, SearchParam]] = {
             SearchParam("identifier", "token", "identifier", "A patient identifier (the MRN)"),
             SearchParam("gender", "token", "gender", "Gender"),
             SearchParam("birthdate", "date", "birthDate", "The patient's date of birth"),
+            SearchParam(
+                "name",
+                "string",
+                "name",
+                "Any part of the name: starts with, ignoring case and accents",
+                parts=("text", "family", "given", "prefix", "suffix"),
+            ),
+            SearchParam("family", "string", "name", "The family name", parts=("family",)),
+            SearchParam("given", "string", "name", "A given name", parts=("given",)),
         ]
     },
     "Encounter": {
@@ -129,7 +144,9 @@ SEARCH_PARAMS: dict[str, dict[str, SearchParam]] = {
             SearchParam("code", "token", "code", "The kind of breach of the protocol"),
             SearchParam("identified", "date", "identified", "When the breach happened"),
             SearchParam("date", "date", "identified", "When the breach happened (as identified)"),
-            SearchParam("implicated", "reference", "implicated", "The session's Procedure"),
+            SearchParam(
+                "implicated", "reference", "implicated", "The session's Procedure", "Procedure"
+            ),
         ]
     },
     "DocumentReference": {
@@ -141,9 +158,23 @@ SEARCH_PARAMS: dict[str, dict[str, SearchParam]] = {
             SearchParam("type", "token", "type", "The kind of note"),
             SearchParam("category", "token", "category", "The category of the note"),
             SearchParam("date", "date", "date", "When the note was written"),
+            SearchParam("encounter", "reference", "context.encounter", "The visit", "Encounter"),
         ]
     },
 }
 
-REVINCLUDES = {"Procedure": ["Observation:part-of", "DetectedIssue:implicated"]}
-INCLUDES = {"Observation": ["Observation:part-of"]}
+
+def _includes() -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """`_include` and `_revinclude` values: every reference parameter, from its type to its
+    target's and back (`Observation:encounter` on Observation, and on Encounter)."""
+    includes: dict[str, list[str]] = {}
+    revincludes: dict[str, list[str]] = {}
+    for source, params in SEARCH_PARAMS.items():
+        for param in params.values():
+            if param.type == "reference" and param.target is not None:
+                includes.setdefault(source, []).append(f"{source}:{param.name}")
+                revincludes.setdefault(param.target, []).append(f"{source}:{param.name}")
+    return includes, revincludes
+
+
+INCLUDES, REVINCLUDES = _includes()

@@ -5,7 +5,8 @@ Resources built by the same code path share a structure, so the structure is val
 model once per shape (the keys, their nesting and their JSON types), and each later resource of
 that shape has its primitive values checked by the very validators the model uses for those
 elements. A value the model would refuse is refused either way; the adapter's own checks
-(required bindings, reference targets, UCUM units, the vital signs profile) run on every resource.
+(required bindings, reference targets, UCUM units, the vital signs profile, the US Core profiles
+the resource claims) run on every resource.
 """
 
 import typing
@@ -16,7 +17,7 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from adapter.fhir import rules
+from adapter.fhir import rules, us_core
 from adapter.fhir.models import FHIRAbstractModel, ValidationError, model_class, parse
 
 
@@ -264,6 +265,7 @@ def _own_checks(resource: dict[str, Any], walk: _Walk) -> Iterator[str]:
             yield "dosage: mad-1, a dosage needs a dose or a rate"
     if rules.VITAL_SIGNS_PROFILE in resource.get("meta", {}).get("profile", []):
         yield from _vital_signs_checks(resource)
+    yield from us_core.problems(resource)
     for profile in resource.get("meta", {}).get("profile", []):
         if profile in rules.BALP_PROFILES:
             yield from _balp_checks(resource, rules.BALP_PROFILES[profile])

@@ -167,8 +167,12 @@ class Vocabulary:
         return self.reference("Encounter", "infusion_session", f"{session_id}/encounter")
 
     def care_plan(self, series_id: str) -> Json:
-        """The reference to a series' CarePlan."""
-        return self.reference("CarePlan", "infusion_series", series_id)
+        """The reference to a series' CarePlan, with the series' identifier: which series a
+        session belongs to stays readable (and searchable) without reading the CarePlan."""
+        return {
+            **self.reference("CarePlan", "infusion_series", series_id),
+            "identifier": {"system": self.systems.series, "value": series_id},
+        }
 
     def staff(self, staff: Staff) -> Json:
         if staff.npi:

@@ -715,6 +715,33 @@ class StandIns(MappingModel):
     )
 
 
+class Encounters(MappingModel):
+    """Which Encounter the delivered resources name as their visit."""
+
+    use: Literal["auto", "create", "ehr", "omit"] = Field(
+        "auto",
+        description="`create`: the adapter's own Encounter is delivered and referenced; `ehr`: "
+        "the EHR's own Encounter for the visit is found by identifier (`identifier_system` "
+        "and the session id) and referenced, and the adapter's is never sent; `omit`: the "
+        "reference is left out; `auto`: `create` where the EHR's CapabilityStatement lists "
+        "create and update for Encounter, else `omit`.",
+    )
+    identifier_system: str | None = Field(
+        None,
+        description="With `use: ehr`: the system under which the EHR holds the clinic's "
+        "session id as an identifier of its Encounter for the visit.",
+    )
+
+    @model_validator(mode="after")
+    def _system_for_ehr(self) -> Self:
+        if self.use == "ehr" and not self.identifier_system:
+            raise ValueError(
+                "identifier_system is required with use: ehr (the system under which the "
+                "EHR holds the clinic's session id)"
+            )
+        return self
+
+
 class CodingMatch(MappingModel):
     system: str
     code: Annotated[str, StringConstraints(min_length=1)]
@@ -733,6 +760,7 @@ class EhrRules(MappingModel):
 
     resource_types: dict[DeliveredType, TypeDelivery] = Field(default_factory=dict)
     stand_ins: StandIns = Field(default_factory=StandIns)
+    encounters: Encounters = Field(default_factory=Encounters)
     extra_codings: list[ExtraCoding] = Field(default_factory=list)
     fhir_versions: list[Annotated[str, StringConstraints(pattern=r"^\d+\.\d+(\.\d+)?$")]] = Field(
         default_factory=lambda: ["4.0"],

@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 from datetime import datetime
 
+from adapter.fhir import us_core
 from adapter.fhir.validation import InvalidResource, ResourceValidator
 from adapter.intake.records import (
     AdverseEvent,
@@ -71,6 +72,7 @@ class Mapper:
     def checked(self, built: Built) -> Built:
         """`built`, every resource checked; InvalidResource if any fails."""
         for resource in built.resources:
+            us_core.claim(resource)
             self.validator.check(resource)
         return built
 

@@ -48,6 +48,9 @@ class ProposedRow:
             found.append("system, code, display: give all three, or none for text alone")
         if all(given) and not self.source.strip():
             found.append("source: say where the code comes from (a page of its publisher)")
+        for name in ("local", "text", "system", "code", "display", "source"):
+            if any(ord(char) < 32 or ord(char) == 127 for char in getattr(self, name)):
+                found.append(f"{name}: one line, without control characters")
         return found
 
 

@@ -123,27 +123,19 @@ def _period(start: datetime | None, end: datetime | None) -> Json | None:
 
 
 def _session_extensions(vocabulary: Vocabulary, session: InfusionSession) -> list[Json]:
+    """What no standard element of the Procedure says: the scheduled start (R4's Encounter has
+    no planned start), and the place in a series of a session that names no series (a session
+    of a series is `basedOn` its CarePlan, whose activities say "session 3 of 5")."""
     extensions: list[Json] = []
     series: list[Json] = []
-    if session.series_id:
-        series.append(
-            {
-                "url": "series",
-                "valueIdentifier": {
-                    "system": vocabulary.systems.series,
-                    "value": session.series_id,
-                },
-            }
-        )
-    if session.session_number:
-        series.append({"url": "sessionNumber", "valuePositiveInt": session.session_number})
-    if session.sessions_planned:
-        series.append({"url": "sessionsPlanned", "valuePositiveInt": session.sessions_planned})
+    if not session.series_id:
+        if session.session_number:
+            series.append({"url": "sessionNumber", "valuePositiveInt": session.session_number})
+        if session.sessions_planned:
+            series.append({"url": "sessionsPlanned", "valuePositiveInt": session.sessions_planned})
     if series:
         extensions.append({"url": vocabulary.extension("infusion-series"), "extension": series})
     timing = [{"url": "scheduledStart", "valueDateTime": instant(session.scheduled_start)}]
-    if session.discharged_at:
-        timing.append({"url": "dischargedAt", "valueDateTime": instant(session.discharged_at)})
     extensions.append({"url": vocabulary.extension("infusion-timing"), "extension": timing})
     return extensions
 

@@ -258,6 +258,19 @@ class Outbox:
                 found.update((item.resource_id, item) for item in self._items(cursor.fetchall()))
         return found
 
+    def sources(self, ids: Iterable[str]) -> dict[str, str]:
+        """The source id of each of these stored resources (a visit's Encounter: its session)."""
+        wanted = sorted(set(ids))
+        found: dict[str, str] = {}
+        with raw.reading(self.engine) as cursor:
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start : start + 500]
+                sql = "SELECT id, source_id FROM fhir_resources "
+                sql += f"WHERE id IN ({raw.placeholders(len(chunk))})"
+                cursor.execute(raw.statement(self.engine, sql), chunk)
+                found.update((str(row[0]), str(row[1])) for row in cursor.fetchall())
+        return found
+
     def mark_sent(self, ids: Sequence[str], now: datetime) -> None:
         """Note, before a create is sent, that it may reach the EHR: committed first, so that a
         process killed before it hears the answer leaves the mark for the next run."""

@@ -11,6 +11,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from adapter.store.tables import sync_leases as leases
 from adapter.store.tables import sync_outbox as outbox
+from adapter.store.tables import sync_patient_confirmations as confirmations
 from adapter.store.tables import sync_patients as patients
 from adapter.store.tables import sync_runs as runs
 
@@ -32,6 +33,18 @@ class SyncRun:
     def problem(self) -> str | None:
         """What went wrong in the run: why it stopped, else the last item's reason."""
         return self.error or self.last_error
+
+
+@dataclass(frozen=True)
+class PatientConfirmation:
+    """An admin's word that the EHR's Patient `ehr_id` is the patient of the MRN although
+    `differs` (its family name, its birth date) disagrees with the clinic's records."""
+
+    mrn: str
+    ehr_id: str
+    differs: list[str]
+    confirmed_by: str
+    confirmed_at: datetime
 
 
 @dataclass(frozen=True)
@@ -241,3 +254,42 @@ class PatientMatches:
                 },
             )
             connection.execute(statement, rows)
+
+    def confirmations(self, mrns: Iterable[str]) -> dict[str, PatientConfirmation]:
+        """The confirmed EHR Patients of these MRNs."""
+        wanted = sorted(set(mrns))
+        found: dict[str, PatientConfirmation] = {}
+        if not wanted:
+            return found
+        with self.engine.connect() as connection:
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start : start + 500]
+                query = select(confirmations).where(confirmations.c.mrn.in_(chunk))
+                for row in connection.execute(query):
+                    found[row.mrn] = PatientConfirmation(
+                        row.mrn,
+                        row.ehr_id,
+                        orjson.loads(row.differs),
+                        row.confirmed_by,
+                        row.confirmed_at,
+                    )
+        return found
+
+    def confirm(self, confirmation: PatientConfirmation) -> None:
+        """Keep the confirmation, in place of an earlier one of the MRN."""
+        row = {
+            "mrn": confirmation.mrn,
+            "ehr_id": confirmation.ehr_id,
+            "differs": orjson.dumps(confirmation.differs).decode(),
+            "confirmed_by": confirmation.confirmed_by,
+            "confirmed_at": confirmation.confirmed_at,
+        }
+        with self.engine.begin() as connection:
+            connection.execute(confirmations.delete().where(confirmations.c.mrn == row["mrn"]))
+            connection.execute(confirmations.insert().values(**row))
+
+    def withdraw(self, mrn: str) -> bool:
+        """Drop the MRN's confirmation: its records are checked by name and birth date again."""
+        with self.engine.begin() as connection:
+            result = connection.execute(confirmations.delete().where(confirmations.c.mrn == mrn))
+        return bool(result.rowcount)

@@ -203,6 +203,19 @@ sync_patients = Table(
 )
 """The EHR's Patient for each MRN, as last resolved (or why it could not be)."""
 
+sync_patient_confirmations = Table(
+    "sync_patient_confirmations",
+    metadata,
+    Column("mrn", String(64), primary_key=True),
+    Column("ehr_id", String(128), nullable=False),
+    Column("differs", Text, nullable=False),
+    Column("confirmed_by", String(64), nullable=False),
+    Column("confirmed_at", UtcDateTime(), nullable=False),
+)
+"""An admin's word that the EHR's Patient `ehr_id`, found by the MRN, is the clinic's patient
+although the facts in `differs` (family name, birth date) disagree; it holds for that Patient
+alone."""
+
 sync_leases = Table(
     "sync_leases",
     metadata,

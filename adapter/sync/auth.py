@@ -74,8 +74,8 @@ class SmartBackendAuth:
     def refresh(self) -> None:
         self._token = None
 
-    def _fetch(self, session: requests.Session, timeout: float) -> None:
-        token_url = self.token_url or self._discover(session, timeout)
+    def assertion(self, token_url: str) -> str:
+        """A signed client assertion for the token endpoint at `token_url`."""
         now = int(time.time())
         header = {"alg": self.algorithm, "typ": "JWT"}
         if self.key_id:
@@ -88,7 +88,11 @@ class SmartBackendAuth:
             "iat": now,
             "jti": str(uuid.uuid4()),
         }
-        assertion = jwt.encode(header, claims, self.key, algorithms=[self.algorithm])
+        return jwt.encode(header, claims, self.key, algorithms=[self.algorithm])
+
+    def _fetch(self, session: requests.Session, timeout: float) -> None:
+        token_url = self.token_url or self._discover(session, timeout)
+        assertion = self.assertion(token_url)
         form = {
             "grant_type": "client_credentials",
             "scope": self.scopes,

@@ -116,9 +116,33 @@ def plan_delivery(statement: dict[str, Any], rules: EhrRules) -> dict[str, Deliv
                 and "delete" in interactions
             ),
         )
+    plans["Encounter"] = _encounters(plans["Encounter"], rules)
     for (_, stand_in), stood_for in STAND_INS.items():
         plans[f"{stood_for}>{stand_in}"] = _stand_in(plans, rules, stood_for, stand_in)
     return plans
+
+
+def _encounters(plan: DeliveryPlan, rules: EhrRules) -> DeliveryPlan:
+    """The adapter's Encounters are delivered as ehr.yaml `encounters.use` says: `auto` as the
+    CapabilityStatement allows; `create` always; never with `ehr` (the EHR's own is named)
+    or `omit` (none is)."""
+    use = rules.encounters.use
+    if use == "create":
+        return replace(plan, deliver=True, reason=None)
+    if use == "ehr":
+        return replace(
+            plan,
+            deliver=False,
+            reason="mappings/ehr.yaml encounters.use is ehr: the EHR's own Encounter for the "
+            "visit is referenced instead",
+        )
+    if use == "omit":
+        return replace(
+            plan,
+            deliver=False,
+            reason="mappings/ehr.yaml encounters.use is omit: no Encounter is referenced",
+        )
+    return plan
 
 
 def _stand_in(

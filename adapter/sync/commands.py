@@ -1,5 +1,6 @@
 """`infusion-adapter sync`: run the sync, see what failed and why, replay it."""
 
+import logging
 import signal
 import sys
 import threading
@@ -55,16 +56,24 @@ def exit_code(report: SyncReport) -> int:
     return 0
 
 
+def _printed_here() -> None:
+    """A run started from the command line is reported by the command, not by the run's log
+    line as well (its errors still show)."""
+    logging.getLogger("adapter.sync.engine").setLevel(logging.ERROR)
+
+
 def _report(report: SyncReport) -> None:
     counts = ", ".join(f"{name} {count}" for name, count in sorted(report.counts.items()))
     if report.status == "busy":
         click.echo("another sync run holds the lease; nothing was done")
     elif report.status == "deferred":
         click.echo(f"the sync backs off from the EHR until {report.resume_at:%Y-%m-%d %H:%M:%SZ}")
+    elif report.status == "failed":
+        # Why it failed is what the user needs; what it did before, if anything, follows.
+        done = f" ({counts})" if counts else ""
+        click.echo(f"run {report.run_id} failed: {report.error}{done}")
     else:
         click.echo(f"run {report.run_id} {report.status}: {counts or 'nothing to do'}")
-    if report.error:
-        click.echo(report.error, err=True)
 
 
 @click.group(invoke_without_command=True)
@@ -86,6 +95,7 @@ def sync(context: click.Context, once: bool, quiet: bool) -> None:
     runtime = open_runtime_or_exit(settings_or_exit())
     engine = _sync(runtime)
     if once:
+        _printed_here()
         due = runtime.outbox.count_due(datetime.now(UTC), waiting=True)
         bar = tqdm(total=due, unit="res", desc="syncing", disable=quiet, dynamic_ncols=True)
         report = sync_once(engine, trigger="cli", progress=bar.update)
@@ -206,6 +216,7 @@ def reconcile() -> None:
     as mappings/ehr.yaml says, and the adapter's own extra copies removed. Exits as `sync
     --once` does (1: something there needs a person)."""
     runtime = open_runtime_or_exit(settings_or_exit())
+    _printed_here()
     report = reconcile_once(_sync(runtime))
     _report(report)
     sys.exit(exit_code(report))

@@ -30,6 +30,7 @@ from adapter.sync.ehr_ids import (
     identity,
     version_of,
 )
+from adapter.sync.encounters import EhrEncounters
 from adapter.sync.errors import EhrForbidden, PermanentEhrError, TemporaryEhrError
 from adapter.sync.outgoing import (
     DROP,
@@ -122,6 +123,8 @@ class Delivery:
     of their items are not sent in this run."""
     failures: list[str] = field(default_factory=list)
     """Reasons of the temporary failures of this run, for its report."""
+    encounters: EhrEncounters | None = None
+    """With ehr.yaml `encounters.use: ehr`: the EHR's own Encounters, looked up by identifier."""
     facts: RecordFacts = field(init=False)
 
     def __post_init__(self) -> None:
@@ -212,6 +215,8 @@ class Delivery:
             if p.item.resource_id in problems
         ]
         ready = [p for p in ready if p.item.resource_id not in problems]
+        if self.encounters is not None:
+            self.encounters.look_up(p.content for p in ready)
         return Staged(batch, settled, ready, texts, patients, self._targets(ready))
 
     def _send_ready(self, staged: Staged) -> list[Outcome]:
@@ -323,6 +328,12 @@ class Delivery:
         bundled: list[str] = []
 
         def resolve(resource_type: str, target_id: str) -> str | object:
+            if resource_type == "Encounter" and self.encounters is not None:
+                found = self.encounters.reference(target_id)
+                if found is None:
+                    held.append(target_id)  # sent without; updated once the EHR has the visit
+                    return DROP
+                return found
             target = targets.get(target_id)
             ehr = self.known.get(target_id) or (
                 (target.ehr_id, target.ehr_version) if target and target.ehr_id else None

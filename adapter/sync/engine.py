@@ -26,6 +26,7 @@ from adapter.sync.auth import ehr_auth
 from adapter.sync.capabilities import DeliveryPlan, check_statement, plan_delivery
 from adapter.sync.client import Breaker, EhrClient
 from adapter.sync.delivery import PARTIAL, Delivery, Staged
+from adapter.sync.encounters import EhrEncounters
 from adapter.sync.errors import (
     EhrAuthError,
     EhrConfigurationError,
@@ -158,7 +159,15 @@ class Sync:
             rules=rules,
             clock=self.clock,
             settle=timedelta(seconds=self.settings.ehr_settle_seconds),
+            encounters=self._ehr_encounters(rules),
         )
+
+    def _ehr_encounters(self, rules: EhrRules) -> EhrEncounters | None:
+        """The EHR's own Encounters, where ehr.yaml says its visits are the EHR's to keep."""
+        system = rules.encounters.identifier_system
+        if rules.encounters.use != "ehr" or system is None:
+            return None
+        return EhrEncounters(self.client, self.outbox, system)
 
     def backoff(self) -> tuple[datetime | None, float]:
         with self.engine.connect() as connection:
@@ -226,7 +235,10 @@ def leased_run(sync: Sync, trigger: str, work: Callable[[SyncReport], None]) -> 
         counts = dict(report.counts)
         sync.runs.finish(report.run_id, report.status, counts, report.error, sync.clock())
         sync.lease.release()
-    log.info("%s run %d %s: %s", trigger, report.run_id, report.status, dict(report.counts))
+    if report.status == "failed":
+        log.warning("%s run %d failed: %s %s", trigger, report.run_id, report.error, counts)
+    else:
+        log.info("%s run %d %s: %s", trigger, report.run_id, report.status, counts)
     return report
 
 

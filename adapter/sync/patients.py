@@ -10,7 +10,7 @@ from typing import Any
 from adapter.mapping.detected_issue import SOURCE_TYPE as PROTOCOL
 from adapter.store.outbox import Pending
 from adapter.store.records import Key, RecordStore
-from adapter.store.sync_state import PatientMatch, PatientMatches
+from adapter.store.sync_state import PatientConfirmation, PatientMatch, PatientMatches
 from adapter.sync.client import EhrClient
 from adapter.sync.ehr_ids import copies_by_identifier, location
 from adapter.sync.errors import PermanentEhrError
@@ -149,10 +149,34 @@ class PatientResolver:
         return ("merged" if followed else "active"), current
 
 
-def mismatch(match: PatientMatch, facts: PatientFacts) -> str | None:
-    """Why the EHR's patient is not the record's, or None. Names what differs, not the values."""
+NOT_FOUND = "no Patient in the EHR has this MRN"
+FAMILY_DIFFERS = "the EHR's Patient with this MRN has a different family name than the record"
+BIRTH_DATE_DIFFERS = "the EHR's Patient with this MRN has a different birth date than the record"
+CONFIRMABLE = (FAMILY_DIFFERS, BIRTH_DATE_DIFFERS)
+"""The reasons an admin may settle from the console by confirming the EHR's Patient."""
+
+
+def differences(match: PatientMatch, facts: PatientFacts) -> list[str]:
+    """What of the record's patient the EHR's Patient of the MRN disagrees with: `family`,
+    `birth_date` (a fact either side does not give cannot disagree)."""
+    found: list[str] = []
+    families = {name.casefold() for name in match.detail.get("family", [])}
+    if facts.family and families and facts.family.casefold() not in families:
+        found.append("family")
+    birth_date = match.detail.get("birth_date")
+    if facts.birth_date and birth_date and facts.birth_date != birth_date:
+        found.append("birth_date")
+    return found
+
+
+def mismatch(
+    match: PatientMatch, facts: PatientFacts, confirmed: PatientConfirmation | None = None
+) -> str | None:
+    """Why the EHR's patient is not the record's, or None. Names what differs, not the values.
+    `confirmed` is an admin's confirmation of the MRN's EHR Patient: the facts it names as
+    differing are then no reason, for that Patient alone."""
     if match.state == "not-found":
-        return "no Patient in the EHR has this MRN"
+        return NOT_FOUND
     if match.state == "ambiguous":
         return "several Patients in the EHR have this MRN"
     if match.state == "inactive":
@@ -163,13 +187,12 @@ def mismatch(match: PatientMatch, facts: PatientFacts) -> str | None:
             "that the EHR does not show as active: held until the surviving record can be "
             "confirmed"
         )
-    families = {name.casefold() for name in match.detail.get("family", [])}
-    if facts.family and families and facts.family.casefold() not in families:
-        return "the EHR's Patient with this MRN has a different family name than the record"
-    birth_date = match.detail.get("birth_date")
-    if facts.birth_date and birth_date and facts.birth_date != birth_date:
-        return "the EHR's Patient with this MRN has a different birth date than the record"
-    return None
+    differs = differences(match, facts)
+    if confirmed is not None and confirmed.ehr_id == match.ehr_id:
+        differs = [name for name in differs if name not in confirmed.differs]
+    if not differs:
+        return None
+    return FAMILY_DIFFERS if "family" in differs else BIRTH_DATE_DIFFERS
 
 
 def patient_references(
@@ -183,6 +206,9 @@ def patient_references(
     gives each item's MRN), and the items held back because their patient is not settled,
     with why."""
     matches = resolver.resolve({m for m in mrns.values() if m}, now)
+    confirmed = resolver.matches.confirmations(
+        mrn for mrn, match in matches.items() if match.state == MATCHED
+    )
     recorded = facts.of((p.source_type, p.source_id) for p in batch if mrns[p.item.resource_id])
     found: dict[str, str | None] = {}
     held: list[tuple[Pending, dict[str, Any]]] = []
@@ -191,7 +217,8 @@ def patient_references(
         if mrn is None:
             found[pending.item.resource_id] = None
             continue
-        problem = mismatch(matches[mrn], recorded[(pending.source_type, pending.source_id)])
+        facts_of = recorded[(pending.source_type, pending.source_id)]
+        problem = mismatch(matches[mrn], facts_of, confirmed.get(mrn))
         if problem:
             held.append((pending, {"reason": problem, "patient_mrn": mrn}))
         else:

@@ -15,6 +15,7 @@ from adapter.store.outbox import DELIVERY_RANK, OTHER_RANK, OutboxItem, Outcome,
 from adapter.sync.capabilities import DeliveryPlan, deletable, plan_delivery
 from adapter.sync.delivery import deleted_in_ehr, edited_in_ehr
 from adapter.sync.ehr_ids import copies_by_identifier
+from adapter.sync.encounters import EhrEncounters
 from adapter.sync.engine import Sync, SyncReport, leased_run
 from adapter.sync.errors import PermanentEhrError, TemporaryEhrError
 from adapter.sync.outgoing import (
@@ -62,6 +63,12 @@ def _reconcile(sync: Sync, report: SyncReport, progress: Callable[[int], None] |
     patients = PatientResolver(
         sync.client, sync.patient_matches, site.identifier_systems.mrn, timedelta(0)
     )
+    system = rules.encounters.identifier_system
+    encounters = (
+        EhrEncounters(sync.client, sync.outbox, system)
+        if rules.encounters.use == "ehr" and system
+        else None
+    )
     strays: list[tuple[int, str, str]] = []
     after = None
     while True:
@@ -71,6 +78,8 @@ def _reconcile(sync: Sync, report: SyncReport, progress: Callable[[int], None] |
         after = batch[-1].item.key
         resources = {p.item.resource_id: orjson.loads(p.content) for p in batch}
         targets = sync.outbox.items(references(p.content for p in batch))
+        if encounters is not None:
+            encounters.look_up(p.content for p in batch)
         mrns = {patient_mrn(r, site.identifier_systems.mrn) for r in resources.values()}
         matches = patients.resolve({m for m in mrns if m}, sync.clock())
         findings = Findings()
@@ -91,7 +100,9 @@ def _reconcile(sync: Sync, report: SyncReport, progress: Callable[[int], None] |
                 mrn = patient_mrn(resource, site.identifier_systems.mrn)
                 match = matches.get(mrn) if mrn else None
                 patient = f"Patient/{match.ehr_id}" if match and match.state == MATCHED else None
-                ours, _ = ehr_body(resource, patient, _resolver(targets), rules.extra_codings)
+                ours, _ = ehr_body(
+                    resource, patient, _resolver(targets, encounters), rules.extra_codings
+                )
                 found = copies.get(identifier, [])
                 plan = plans[kind_of(pending.item)]
                 if _withdrawn_by_delete(plan, pending, site.local_code_system):
@@ -234,10 +245,13 @@ def _remove(sync: Sync, strays: list[tuple[int, str, str]], report: SyncReport) 
             report.counts["duplicates_removed"] += 1
 
 
-def _resolver(targets: dict[str, OutboxItem]) -> Resolver:
-    """References as the EHR holds them: to the EHR's copies of the targets."""
+def _resolver(targets: dict[str, OutboxItem], encounters: EhrEncounters | None) -> Resolver:
+    """References as the EHR holds them: to the EHR's copies of the targets, and to the EHR's
+    own Encounters where its visits are its own."""
 
     def resolve(kind: str, target_id: str) -> str | object:
+        if kind == "Encounter" and encounters is not None:
+            return encounters.reference(target_id) or DROP
         target = targets.get(target_id)
         return f"{kind}/{target.ehr_id}" if target and target.ehr_id else DROP
 

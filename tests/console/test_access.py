@@ -104,10 +104,12 @@ def test_every_form_needs_the_sign_ins_csrf_token(console: TestClient) -> None:
         console.post("/console/mappings/preview", data=row),
         console.post("/console/mappings/save", data={**row, "csrf": "other"}),
         console.post("/console/sign-out", data={"csrf": ""}),
+        console.post("/console/patients/100234/confirm", data={"ehr_id": "x"}),
+        console.post("/console/patients/100234/withdraw", data={"csrf": token[:-1]}),
     ]
     accepted = console.post("/console/replay", data={"id": "x", "csrf": token})
 
-    assert [a.status_code for a in refused] == [403] * 5
+    assert [a.status_code for a in refused] == [403] * 7
     assert "security token does not match" in refused[0].text
     assert accepted.status_code == 409  # past the check: nothing of that id to replay
     assert console.get("/console").status_code == 200  # still signed in

@@ -1,8 +1,9 @@
 """The console in a real browser (Debian's Chromium, driven by Playwright) against the running
-service, with the example day as today's: every screen is walked, and clinic IT finds out why
-yesterday's session of a patient is not in the EHR (an MRN the EHR does not know, a drug code
-without its row), fixes it, replays it and sees it delivered. Screenshots are saved for the
-documentation (ADAPTER_SCREENSHOTS names their folder)."""
+service, with the example day as today's: every screen is walked, and clinic IT finds out, from
+the console alone, why yesterday's session of a patient is not in the EHR (the EHR's Patient of
+the MRN has another family name, a drug code has no row), fixes both, replays and sees the
+session delivered. Screenshots are saved for the documentation (ADAPTER_SCREENSHOTS names their
+folder)."""
 
 import os
 import re
@@ -17,7 +18,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import orjson
 import pytest
 import requests
 from playwright.sync_api import Page, expect, sync_playwright
@@ -34,7 +34,9 @@ NAUSEA = "422587007"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 KETAMINE_SOURCE = "https://mor.nlm.nih.gov/RxNav/search?searchBy=RXCUI&searchTerm=6130"
 HELD = "SES-Y-0001"
-NEW_MRN, MISTYPED_MRN = "101150", "101105"
+NEW_MRN = "101150"
+EHR_FAMILY = "Lindqvist Berg"
+"""The family name the EHR registered the patient under; the clinic charted "Lindqvist"."""
 
 
 def chromium() -> str:
@@ -109,8 +111,9 @@ class Service:
 @pytest.fixture
 def service(tmp_path: Path, ehr: SandboxEhr) -> Iterator[Service]:
     """`infusion-adapter serve` as a process of its own, on SQLite, syncing to the sandbox EHR
-    (which knows the new patient under a mistyped MRN, and refuses the nausea code)."""
-    ehr.control("POST", "/seed", [_patient(MISTYPED_MRN)])
+    (which knows the new patient by her MRN under a longer family name, and refuses the nausea
+    code)."""
+    ehr.control("POST", "/seed", [_patient(NEW_MRN)])
     ehr.control(
         "PUT",
         "/reject",
@@ -169,7 +172,7 @@ def _patient(mrn: str) -> dict[str, object]:
     return {
         "resourceType": "Patient",
         "identifier": [{"system": MRN_SYSTEM, "value": mrn}],
-        "name": [{"family": "Lindqvist", "given": ["Maja"]}],
+        "name": [{"family": EHR_FAMILY, "given": ["Maja"]}],
         "birthDate": "1984-02-09",
     }
 
@@ -229,6 +232,9 @@ def test_clinic_it_finds_fixes_and_replays_yesterdays_session(
     assert [line for line in logged if "Lindqvist" in line or NEW_MRN in line] == []
 
 
+FAMILY_DIFFERS = "the EHR's Patient with this MRN has a different family name than the record"
+
+
 def _walk(walk: Walk, service: Service, ehr: SandboxEhr, yesterday: str) -> None:
     page = walk.page
 
@@ -257,7 +263,7 @@ def _walk(walk: Walk, service: Service, ehr: SandboxEhr, yesterday: str) -> None
     expect(row).to_contain_text("not all in the EHR")
     expect(row).to_contain_text("MRN 101150 · M.L.")
     expect(row).to_contain_text("the drug code “KETAMINE HCL” has no row in codes/drugs.yaml")
-    expect(row).to_contain_text(f"no Patient in the EHR has this MRN (MRN {NEW_MRN})")
+    expect(row).to_contain_text(f"{FAMILY_DIFFERS} (MRN {NEW_MRN})")
     page.click(f"a[href='/console/sessions/{HELD}']")
     expect(page.locator("#why")).to_contain_text("waiting for a mapping row")
     expect(page.locator("#resources")).to_contain_text("held back")
@@ -287,22 +293,23 @@ def _walk(walk: Walk, service: Service, ehr: SandboxEhr, yesterday: str) -> None
     assert after.startswith(before) and "local: KETAMINE HCL" in after[len(before) :]
     expect(page.locator("section.code[data-code='KETAMINE HCL']")).to_have_count(0)
 
-    # The MRN: registration corrects the patient in the EHR (the adapter writes no Patients).
-    found = ehr.http.get(
-        f"{ehr.base}/Patient", params={"identifier": f"{MRN_SYSTEM}|{MISTYPED_MRN}"}
-    )
-    patient = found.json()["entry"][0]["resource"]
-    patient["identifier"][0]["value"] = NEW_MRN
-    ehr.http.put(
-        f"{ehr.base}/Patient/{patient['id']}",
-        data=orjson.dumps(patient),
-        headers={"Content-Type": "application/fhir+json"},
-    ).raise_for_status()
+    # The patient: from the session's page to the MRN's, where the EHR's Patient and the
+    # clinic's records stand side by side; the family names differ, the birth dates agree, and
+    # clinic IT confirms that the EHR's Patient is the same person.
+    walk.go(f"/console/sessions/{HELD}")
+    page.click("#patient")
+    expect(page.locator("#ehr-patient")).to_contain_text(EHR_FAMILY)
+    expect(page.locator("#records-patient")).to_contain_text("Lindqvist")
+    expect(page.locator("#records-patient")).to_contain_text("1984-02-09")
+    expect(page.locator("#held tbody tr")).not_to_have_count(0)
+    walk.shot("console-patient")
+    page.locator("#confirm button").click()
+    expect(page.locator("#confirmed")).to_contain_text("is this MRN's patient")
 
     # Waiting and refused: every item of the patient's reason replayed at once.
     page.click("nav a[href='/console/held']")
     waiting = page.locator("section.group[data-state='waiting']")
-    expect(waiting).to_contain_text("no Patient in the EHR has this MRN")
+    expect(waiting).to_contain_text(FAMILY_DIFFERS)
     refused = page.locator("section.group[data-state='dead']").first
     expect(refused).to_contain_text("the EHR answered 422")
     expect(refused).to_contain_text("422587007 is not in this site's list")
@@ -315,6 +322,22 @@ def _walk(walk: Walk, service: Service, ehr: SandboxEhr, yesterday: str) -> None
         replayed.count()
     )
     walk.shot("console-replayed")
+
+    # Yesterday's session is in the EHR now, under the patient's chart.
+    walk.go(f"/console?day={yesterday}")
+    expect(page.locator(f"tr[data-session='{HELD}']")).to_contain_text("in the EHR")
+    patient = next(
+        p
+        for p in ehr.all("Patient")
+        if any(i.get("value") == NEW_MRN for i in p.get("identifier", []))
+    )
+    procedures = [
+        p
+        for p in ehr.all("Procedure")
+        if any(i.get("value") == HELD for i in p.get("identifier", []))
+    ]
+    assert len(procedures) == 1
+    assert procedures[0]["subject"]["reference"] == f"Patient/{patient['id']}"
 
     # The refused: the EHR's rule is lifted. The side effect replayed on its own waits for the
     # medication given for it (refused too, and each references the other); replayed with it
@@ -331,25 +354,14 @@ def _walk(walk: Walk, service: Service, ehr: SandboxEhr, yesterday: str) -> None
     page.click("nav a[href='/console/held']")
     expect(page.locator("main")).to_contain_text("Nothing is held back or refused.")
 
-    # Yesterday's session is in the EHR now, under the patient's chart.
-    walk.go(f"/console?day={yesterday}")
-    expect(page.locator(f"tr[data-session='{HELD}']")).to_contain_text("in the EHR")
-    procedures = [
-        p
-        for p in ehr.all("Procedure")
-        if any(i.get("value") == HELD for i in p.get("identifier", []))
-    ]
-    assert len(procedures) == 1
-    assert procedures[0]["subject"]["reference"] == f"Patient/{patient['id']}"
-
     # Runs with their last errors and what the counts mean; the alerts.
     page.click("nav a[href='/console/runs']")
     expect(page.locator("#runs tbody tr")).to_have_count(5)  # start-up, row saved, 3 replays
-    expect(page.locator("#runs")).to_contain_text("no Patient in the EHR has this MRN")
+    expect(page.locator("#runs")).to_contain_text(FAMILY_DIFFERS)
     expect(page.locator("#legend")).to_contain_text("delivered_partially")
     walk.shot("console-runs")
 
-    # The audit, searched: who saved the mapping row.
+    # The audit, searched: who saved the mapping row, who confirmed the patient.
     page.click("nav a[href='/console/audit']")
     page.fill("#interaction", "admin:console_save_row")
     page.click("#filters button[type=submit]")
@@ -357,6 +369,10 @@ def _walk(walk: Walk, service: Service, ehr: SandboxEhr, yesterday: str) -> None
     expect(entries).to_have_count(1)
     expect(entries).to_contain_text("clinic IT")
     expect(entries).to_contain_text("codes/drugs.yaml#KETAMINE HCL")
+    page.fill("#interaction", "admin:console_confirm_patient")
+    page.click("#filters button[type=submit]")
+    expect(entries).to_have_count(1)
+    expect(entries).to_contain_text(f"Patient/{patient['id']}")
     walk.go("/console/audit")
     walk.shot("console-audit")
 

@@ -42,6 +42,7 @@ def test_every_page_renders_what_the_store_holds(signed_in: TestClient) -> None:
         "SES-2026-00416",
     ]
     assert "MRN 100234 · A.R." in today and "Rivera" not in today
+    assert "<td>MRN 101002</td>" in today  # a patient charted without a name
     assert "the drug code “KETAMINE HCL” has no row in codes/drugs.yaml" in today
     assert "No EHR is configured" in today
     assert "PANIC_ATTACK (severe)" in session and "Fasted less than the site minimum" in session

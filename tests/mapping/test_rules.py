@@ -139,7 +139,11 @@ def test_blood_pressure_is_a_panel_with_flags(shipped: Mapper) -> None:
         for c in panel["component"]
     ]
     assert codes == [("8480-6", 182, "HH"), ("8462-4", 104, "H")]
-    assert panel["meta"]["profile"] == ["http://hl7.org/fhir/StructureDefinition/vitalsigns"]
+    assert panel["meta"]["profile"] == [
+        "http://hl7.org/fhir/StructureDefinition/vitalsigns",
+        "http://hl7.org/fhir/us/core/StructureDefinition/us-core-vital-signs",
+        "http://hl7.org/fhir/us/core/StructureDefinition/us-core-blood-pressure",
+    ]
 
 
 def test_spo2_carries_both_loinc_codes_and_pain_is_a_survey(shipped: Mapper) -> None:

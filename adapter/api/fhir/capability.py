@@ -9,6 +9,7 @@ from adapter.api.deps import public_base
 from adapter.api.fhir.wire import FHIR_JSON, FhirResponse, Negotiated, fhir_base
 from adapter.fhir import FHIR_VERSION
 from adapter.fhir.search_params import INCLUDES, REVINCLUDES, SEARCH_PARAMS
+from adapter.fhir.us_core import SUPPORTED_PROFILES
 from adapter.security.access import open_access
 
 router = APIRouter()
@@ -31,9 +32,11 @@ _OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-
 def capability_statement(base: str, token_url: str) -> dict[str, Any]:
     resources = []
     for resource_type, params in SEARCH_PARAMS.items():
+        profiles = SUPPORTED_PROFILES.get(resource_type)
         resources.append(
             {
                 "type": resource_type,
+                **({"supportedProfile": profiles} if profiles else {}),
                 "interaction": [
                     {"code": code}
                     for code in ("read", "vread", "history-instance", "history-type", "search-type")
