@@ -124,6 +124,19 @@ class Settings(BaseSettings):
         "30 2 * * *",
         description="Crontab schedule (UTC) of the nightly reconciliation with the EHR.",
     )
+    event_delivery: bool = Field(
+        True,
+        description="Records accepted wake the mapping and resources mapped wake the sync "
+        "(across processes on PostgreSQL, by LISTEN/NOTIFY); the schedule remains as the safety "
+        "net. `false`: mapping and the sync run on their intervals alone.",
+    )
+    event_gather_seconds: float = Field(
+        0.05,
+        ge=0,
+        le=5,
+        description="How long a wake waits for more of a burst before its pass starts: the wakes "
+        "meanwhile make one pass.",
+    )
     sync_batch_size: int = Field(
         50, gt=0, le=1000, description="Resources per Bundle (or per round of single requests)."
     )

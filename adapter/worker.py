@@ -2,7 +2,9 @@
 exports, the sync to the EHR and the alert checks."""
 
 import logging
+import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -12,36 +14,61 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from adapter.errors import MappingFileError
+from adapter.mapping.service import MappingReport
 from adapter.operations.alerts import AlertWatch
 from adapter.operations.metrics import Metrics
 from adapter.runtime import Runtime
 from adapter.settings import Settings
-from adapter.sync.engine import sync_once
+from adapter.store import notices
+from adapter.store.notices import NoticeListener
+from adapter.sync.engine import SyncReport, sync_once
 from adapter.sync.reconcile import reconcile_once
+from adapter.wakeups import Wakeup
 
 log = logging.getLogger(__name__)
 MAP_JOB = "map-pending-records"
 LARGE_LOAD = 10_000
 """Resources created in one mapping pass after which the planner statistics are refreshed."""
+SERVICE_BATCH = 200
+"""Records per mapping batch in the service: a record received while a backlog is mapped waits
+for at most the batch under way, and the sync starts on each batch as it is stored."""
 EXPORT_JOB = "run-exports"
 SYNC_JOB = "sync-to-ehr"
 RECONCILE_JOB = "reconcile-with-ehr"
 ALERT_JOB = "check-alerts"
 
 
-def map_pending(runtime: Runtime) -> None:
-    """One mapping pass: reload changed mapping files, then map what is pending."""
+def map_pending(runtime: Runtime, on_queued: Callable[[], None] | None = None) -> None:
+    """One scheduled mapping pass: reload changed mapping files, then map what is pending."""
     try:
         runtime.reload_mappings()
     except MappingFileError as exc:
         log.error(
             "mapping files changed but are broken; the previous mapping stays in use:\n%s", exc
         )
-    report = runtime.mapping.run()
+    map_now(runtime, on_queued)
+
+
+def map_now(
+    runtime: Runtime, on_queued: Callable[[], None] | None = None, level: int = logging.INFO
+) -> None:
+    """Map what is pending; `on_queued` is called after each batch that queued resources for
+    the EHR (it wakes the sync while the rest is mapped)."""
+    queued = 0
+
+    def batch_done(so_far: MappingReport) -> None:
+        nonlocal queued
+        changed = so_far.resources.created + so_far.resources.updated + so_far.resources.withdrawn
+        if changed > queued and on_queued is not None:
+            on_queued()
+        queued = changed
+
+    report = runtime.mapping.run(SERVICE_BATCH, on_batch=batch_done)
     if report.resources.created >= LARGE_LOAD:
         runtime.resources.refresh_statistics()
     if report.records:
-        log.info(
+        log.log(
+            level if not report.failed else logging.INFO,
             "mapped %d records: %d mapped, %d waiting for a mapping, %d failed; resources: "
             "%d created, %d updated, %d unchanged, %d withdrawn",
             report.records,
@@ -63,13 +90,29 @@ def run_exports(runtime: Runtime) -> None:
         log.info("exports: %d completed, %d expired", done, expired)
 
 
-def sync_to_ehr(runtime: Runtime, metrics: Metrics | None = None) -> None:
+class SyncRunner:
+    """Runs the sync for this process, one run at a time whoever asks (the schedule, an event):
+    a run asked for while another runs here waits for it rather than finding the lease taken."""
+
+    def __init__(self, runtime: Runtime, metrics: Metrics | None = None) -> None:
+        self.runtime = runtime
+        self.metrics = metrics
+        self._lock = threading.Lock()
+
+    def run(self, trigger: str) -> SyncReport | None:
+        if self.runtime.sync is None:
+            return None
+        with self._lock:
+            started = time.monotonic()
+            report = sync_once(self.runtime.sync, trigger=trigger)
+        if self.metrics is not None:
+            self.metrics.run(trigger, report, started)
+        return report
+
+
+def sync_to_ehr(runner: SyncRunner) -> None:
     """One scheduled sync run (the lease keeps it to one at a time across processes)."""
-    if runtime.sync is not None:
-        started = time.monotonic()
-        report = sync_once(runtime.sync, trigger="schedule")
-        if metrics is not None:
-            metrics.run("schedule", report, started)
+    runner.run("schedule")
 
 
 def check_alerts(watch: AlertWatch) -> None:
@@ -90,14 +133,13 @@ def sync_trigger(settings: Settings) -> BaseTrigger:
     return IntervalTrigger(seconds=settings.sync_interval_seconds, timezone=UTC)
 
 
-def add_sync_jobs(
-    scheduler: BaseScheduler, runtime: Runtime, metrics: Metrics | None = None
-) -> None:
+def add_sync_jobs(scheduler: BaseScheduler, runner: SyncRunner) -> None:
     """The sync on its interval or cron, from now on, and the nightly reconciliation."""
+    runtime = runner.runtime
     scheduler.add_job(
         sync_to_ehr,
         sync_trigger(runtime.settings),
-        args=[runtime, metrics],
+        args=[runner],
         id=SYNC_JOB,
         max_instances=1,
         coalesce=True,
@@ -113,17 +155,81 @@ def add_sync_jobs(
     )
 
 
+class EventDelivery:
+    """The event path (`ADAPTER_EVENT_DELIVERY`): records accepted wake the mapping (with
+    `mapping`), resources queued wake the sync (with an EHR), in this process directly and, on
+    PostgreSQL, from any process through LISTEN/NOTIFY."""
+
+    def __init__(self, runtime: Runtime, runner: SyncRunner, mapping: bool) -> None:
+        gather = runtime.settings.event_gather_seconds
+        self.sync = (
+            Wakeup("sync-on-event", lambda: _sync_on_event(runner), gather)
+            if runtime.sync is not None
+            else None
+        )
+        queued = self.sync.pulse if self.sync is not None else None
+        self.mapping = (
+            Wakeup("map-on-event", lambda: _map_on_event(runtime, queued), gather)
+            if mapping
+            else None
+        )
+        channels = {
+            channel: wakeup.pulse
+            for channel, wakeup in ((notices.RECORDS, self.mapping), (notices.OUTBOX, self.sync))
+            if wakeup is not None
+        }
+        engine = runtime.store.engine
+        self.listener = (
+            NoticeListener(engine, channels)
+            if channels and engine.dialect.name == "postgresql"
+            else None
+        )
+
+    def start(self) -> None:
+        for part in (self.mapping, self.sync, self.listener):
+            if part is not None:
+                part.start()
+
+    def stop(self) -> None:
+        for part in (self.listener, self.mapping, self.sync):
+            if part is not None:
+                part.stop()
+
+    def resources_queued(self) -> None:
+        if self.sync is not None:
+            self.sync.pulse()
+
+
+def _map_on_event(runtime: Runtime, on_queued: Callable[[], None] | None) -> bool:
+    map_now(runtime, on_queued, level=logging.DEBUG)
+    return False
+
+
+def _sync_on_event(runner: SyncRunner) -> bool:
+    """An event's run; True (try again soon) when another process holds the lease."""
+    report = runner.run("event")
+    return report is not None and report.status == "busy"
+
+
 class Worker:
     """APScheduler in the service process: mapping, exports and the sync to the EHR, one pass
-    of each at a time, woken early by intake, by export requests and by IT asking for a run."""
+    of each at a time, woken early by intake, by export requests and by IT asking for a run;
+    with the event path on, mapping and the sync are woken by what arrives, and the schedule
+    is the safety net (and runs the nightly reconciliation)."""
 
     def __init__(
         self, runtime: Runtime, metrics: Metrics | None = None, alerts: AlertWatch | None = None
     ) -> None:
         self.scheduler = BackgroundScheduler(timezone=UTC)
         runtime.exports.resume()
+        runner = SyncRunner(runtime, metrics)
+        self.events = (
+            EventDelivery(runtime, runner, mapping=True)
+            if runtime.settings.event_delivery
+            else None
+        )
         if runtime.sync is not None:
-            add_sync_jobs(self.scheduler, runtime, metrics)
+            add_sync_jobs(self.scheduler, runner)
         if alerts is not None:
             self.scheduler.add_job(
                 check_alerts,
@@ -134,11 +240,13 @@ class Worker:
                 max_instances=1,
                 coalesce=True,
             )
-        for job_id, function in ((MAP_JOB, map_pending), (EXPORT_JOB, run_exports)):
+        queued = self.events.resources_queued if self.events is not None else None
+        jobs = ((MAP_JOB, map_pending, [runtime, queued]), (EXPORT_JOB, run_exports, [runtime]))
+        for job_id, function, args in jobs:
             self.scheduler.add_job(
                 function,
                 "interval",
-                args=[runtime],
+                args=args,
                 seconds=runtime.settings.mapping_interval_seconds,
                 id=job_id,
                 max_instances=1,
@@ -148,12 +256,18 @@ class Worker:
 
     def start(self) -> None:
         self.scheduler.start()
+        if self.events is not None:
+            self.events.start()
 
     def wake(self, job: str = MAP_JOB) -> None:
         """Run a job soon: records have just arrived, or an export or a sync was asked for."""
-        if self.scheduler.running and self.scheduler.get_job(job) is not None:
+        if job == MAP_JOB and self.events is not None and self.events.mapping is not None:
+            self.events.mapping.pulse()
+        elif self.scheduler.running and self.scheduler.get_job(job) is not None:
             self.scheduler.modify_job(job, next_run_time=datetime.now(UTC))
 
     def stop(self) -> None:
+        if self.events is not None:
+            self.events.stop()
         if self.scheduler.running:
             self.scheduler.shutdown(wait=True)

@@ -96,8 +96,8 @@ def test_commands_print_what_was_asked_and_migrations_only_a_change(tmp_path: Pa
     again = command(database, "db", "upgrade")
     runs = command(database, "sync", "runs")
 
-    assert len(first) == 1 and first[0].endswith("store schema upgraded from empty to 0013")
-    assert again == ["store schema is up to date (0013)"]
+    assert len(first) == 1 and first[0].endswith("store schema upgraded from empty to 0015")
+    assert again == ["store schema is up to date (0015)"]
     assert runs == []
 
 
@@ -121,3 +121,42 @@ def test_a_run_that_cannot_reach_the_ehr_exits_non_zero_and_says_why(tmp_path: P
     assert len(once) == 1 and once[0].startswith(f"run 1 failed: {why}; the sync backs off")
     assert runs[0].split()[:2] == ["1", "cli"] and "failed" in runs[0]
     assert runs[1].strip().startswith(why)
+
+
+@pytest.mark.parametrize("event_delivery", [True, False], ids=["events", "schedule"])
+def test_wakes_from_concurrent_requests_during_a_mapping_pass_log_nothing(
+    runtime: Runtime, kept: Kept, monkeypatch: pytest.MonkeyPatch, event_delivery: bool
+) -> None:
+    """Every intake request wakes the mapping; while a pass runs, hundreds of wakes from
+    requests at once are coalesced without a line each, by the event path or, with it off, by
+    the scheduler's job (APScheduler warns of each by itself)."""
+    monkeypatch.setattr(runtime.settings, "event_delivery", event_delivery)
+    running, release = threading.Event(), threading.Event()
+    passes: list[int] = []
+
+    def slow_pass(_: Runtime, on_queued: object = None) -> None:
+        passes.append(1)
+        running.set()
+        release.wait(timeout=10)
+
+    monkeypatch.setattr("adapter.worker.map_pending", slow_pass)
+    worker = Worker(runtime)
+    worker.start()
+    assert running.wait(timeout=10)
+
+    def requests() -> None:
+        for _ in range(100):
+            worker.wake()
+            time.sleep(0.001)
+
+    threads = [threading.Thread(target=requests) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    time.sleep(0.1)  # the scheduler's thread acts on the last wakes
+    release.set()
+    worker.stop()
+
+    assert len(passes) >= 1
+    assert [line for line in kept.lines if "apscheduler" in line] == []

@@ -131,10 +131,16 @@ def _links(store: RecordStore, stored: StoredRecord) -> dict[str, Any]:
 def _mapping(runtime: Runtime, stored: StoredRecord) -> dict[str, Any]:
     state = runtime.mapping.queue.state(stored.record_type, stored.source_id)
     resources = runtime.resources.for_source(stored.record_type, stored.source_id)
+    journeys = runtime.outbox.journeys([r.id for r in resources])
     return {
         **state,
         "resources": [
-            {"resourceType": r.resource_type, "id": r.id, "versionId": str(r.version_id)}
+            {
+                "resourceType": r.resource_type,
+                "id": r.id,
+                "versionId": str(r.version_id),
+                **({"journey": journeys[r.id]} if r.id in journeys else {}),
+            }
             for r in resources
         ],
     }

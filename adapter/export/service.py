@@ -19,6 +19,7 @@ from adapter.errors import BadRequest, NotFound, TooManyRequests
 from adapter.fhir.indexing import SERIES_PARAM
 from adapter.fhir.search import parse_instant
 from adapter.fhir.search_params import SEARCH_PARAMS
+from adapter.store.clock import horizon
 from adapter.store.tables import export_jobs as jobs
 from adapter.store.tables import fhir_resources as resources
 from adapter.store.tables import fhir_search_tokens as tokens
@@ -250,7 +251,9 @@ class ExportService:
         folder = self.folder / job["id"]
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
-        transaction_time = datetime.now(UTC)
+        # Every version at or before the transactionTime has committed, and any later one
+        # will be after it: a client's next `_since` of this time misses none.
+        transaction_time = horizon(self.engine, datetime.now(UTC))
         patients = self._patients(job)
         output = []
         types = orjson.loads(job["types"])

@@ -32,7 +32,12 @@ class InvalidResource(Exception):
 
 Leaf = Callable[[Any], Any]
 Shape = tuple[Any, ...]
-_ACCEPTED_LIMIT = 200_000
+ACCEPTED_LIMIT = 20_000
+"""Values remembered as accepted, at most: the codes, systems and units that recur are back
+within a batch after the set is emptied, and the values seen once (ids, times, text) are what
+fill it. At 200,000 it held some 40 MB of a long-running service's memory."""
+PLANS_LIMIT = 2_000
+"""Resource shapes remembered, at most (a few dozen in a day of the clinic's records)."""
 
 
 @cache
@@ -192,6 +197,8 @@ class ResourceValidator:
                 return ["resourceType: not a FHIR R4 resource type"]
             except ValidationError as exc:
                 return _model_problems(exc)
+            if len(self._plans) >= PLANS_LIMIT:
+                self._plans.clear()
             self._plans[shape] = _Plan(_leaf_plan(model, resource))
             return []
         problems = []
@@ -205,7 +212,7 @@ class ResourceValidator:
             except ValidationError as exc:
                 problems.append(exc.errors(include_url=False)[0]["msg"])
                 continue
-            if len(accepted) > _ACCEPTED_LIMIT:
+            if len(accepted) >= ACCEPTED_LIMIT:
                 accepted.clear()
             accepted.add(key)
         if problems:

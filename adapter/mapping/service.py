@@ -4,7 +4,7 @@ import hashlib
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -55,6 +55,10 @@ def files_stamp(folder: Path) -> str:
         if content is not None:
             digest.update(str(path.relative_to(folder)).encode() + b"\0" + content + b"\0")
     return digest.hexdigest()
+
+
+class _ClaimLost(Exception):
+    """A batch no longer holds every record it claimed: its transaction is rolled back."""
 
 
 class MappingService:
@@ -113,13 +117,30 @@ class MappingService:
     def run(
         self, batch_size: int = 500, on_batch: Callable[[MappingReport], None] | None = None
     ) -> MappingReport:
-        """Map every pending record once; records queued meanwhile wait for the next run."""
+        """Map every pending record once, in key order. Records received while the run works
+        are mapped before its next batch (side effects first), so that a backlog (a new mapping
+        version re-maps everything) does not hold them; other records queued meanwhile wait
+        for the next run, and records another mapping process holds are its to map."""
         report = MappingReport()
         after: tuple[str, str] | None = None
+        started = datetime.now(UTC)
+        seen: set[tuple[str, str, int]] = set()
         with self._lock:
             mapper = self.mapper
-            while batch := self.queue.next_batch(batch_size, after):
-                after = (batch[-1].record_type, batch[-1].source_id)
+            while True:
+                now = datetime.now(UTC)
+                batch = [
+                    item
+                    for item in self.queue.claim_arrivals(started, batch_size, now)
+                    if (item.record_type, item.source_id, item.mapping_seq) not in seen
+                ]
+                if batch:
+                    seen.update((i.record_type, i.source_id, i.mapping_seq) for i in batch)
+                else:
+                    batch = self.queue.claim_batch(batch_size, now, after)
+                    if not batch:
+                        break
+                    after = (batch[-1].record_type, batch[-1].source_id)
                 self._map_batch(mapper, batch, report)
                 if on_batch:
                     on_batch(report)
@@ -139,6 +160,7 @@ class MappingService:
         }
         outcomes: list[MappingOutcome] = []
         mapped: list[MappedRecord] = []
+        counted = (report.mapped, report.waiting, report.failed)
         for item, record in zip(batch, parsed, strict=True):
             source = SourceRecord(
                 record, item.first_received_at, sessions.get(item.session_id or "")
@@ -166,17 +188,42 @@ class MappingService:
                 outcomes.append(MappingOutcome(item, WAITING, detail, mapper.version))
                 report.waiting += 1
                 continue
-            mapped.append(MappedRecord(item.record_type, item.source_id, built.resources))
+            mapped.append(
+                MappedRecord(item.record_type, item.source_id, built.resources, item.received_at)
+            )
             if built.uncoded:
                 detail = {"uncoded": [m.as_dict() for m in built.uncoded]}
                 outcomes.append(MappingOutcome(item, UNCODED, detail, mapper.version))
             else:
                 outcomes.append(MappingOutcome(item, MAPPED, None, mapper.version))
             report.mapped += 1
-        mapped += derived_resources(mapper, self.queue, self.resources, batch, parsed)
-        with self.queue.engine.begin() as connection:
-            counts = ResourceWriter(connection).save(mapped, datetime.now(UTC))
-            self.queue.finish(connection, outcomes)
+        # A protocol check's findings start their journey with the newest record of the batch.
+        newest = max(item.received_at for item in batch)
+        try:
+            with self.queue.engine.begin() as connection:
+                writer = ResourceWriter(connection)
+                now = writer.turn(datetime.now(UTC))
+                # Read after the turn, what a session's or a patient's records say includes
+                # every batch stored before this one: none stores their resources from older
+                # facts than a batch stored before it.
+                mapped += [
+                    replace(derived, received_at=newest)
+                    for derived in derived_resources(
+                        mapper, self.queue, self.resources, batch, parsed
+                    )
+                ]
+                counts = writer.save(mapped, now)
+                if not self.queue.hold(connection, batch):
+                    raise _ClaimLost
+                self.queue.finish(connection, outcomes)
+        except _ClaimLost:
+            # Mapped for longer than a claim lasts, and another batch took some of its records:
+            # nothing of it is stored, and what it still holds goes back to the queue.
+            log.warning("a mapping batch outlasted its claim; its records wait for the next run")
+            with self.queue.engine.begin() as connection:
+                self.queue.release(connection, batch)
+            report.mapped, report.waiting, report.failed = counted
+            return
         report.records += len(batch)
         report.sessions_checked += sum(1 for m in mapped if m.source_type == PROTOCOL)
         for name in ("created", "updated", "unchanged", "withdrawn"):

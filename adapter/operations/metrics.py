@@ -27,6 +27,7 @@ from adapter.sync.engine import SyncReport
 disable_created_metrics()  # type: ignore[no-untyped-call]  # the `_created` series say when this process started, and no more
 RUN_SECONDS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 REQUEST_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+JOURNEY_SECONDS = (0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, 3600, 14400, 86400)
 
 
 class StoreCollector(Collector):
@@ -156,6 +157,13 @@ class Metrics:
             buckets=RUN_SECONDS,
             registry=self.registry,
         )
+        self.journey = Histogram(
+            "adapter_record_to_ehr_seconds",
+            "From a record's receipt at intake to its resource's first answer from the EHR "
+            "(delivered), for each resource version the sync runs of this process delivered.",
+            buckets=JOURNEY_SECONDS,
+            registry=self.registry,
+        )
         self.ehr_requests = Histogram(
             "adapter_ehr_request_duration_seconds",
             "Time to the EHR's answer, by method and status code.",
@@ -182,6 +190,8 @@ class Metrics:
         self.sync_duration.observe(time.monotonic() - started)
         for outcome, count in report.counts.items():
             self.sync_outcomes.labels(outcome).inc(count)
+        for seconds in report.journeys:
+            self.journey.observe(seconds)
 
     def received(self, outcomes: Iterable[tuple[str | None, str]]) -> None:
         for record_type, outcome in outcomes:

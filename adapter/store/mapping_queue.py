@@ -1,12 +1,25 @@
 """Which source records wait to be mapped, and which wait for a mapping a person must add."""
 
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, and_, func, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Select,
+    and_,
+    case,
+    func,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 
 from adapter.store.state import read_state, write_state
 from adapter.store.tables import source_record_revisions as revisions
@@ -16,7 +29,13 @@ PENDING, MAPPED, WAITING, FAILED = "pending", "mapped", "waiting", "failed"
 UNCODED = "uncoded"
 """Mapped and sent on, with some local code as text alone for want of a row (listed for IT)."""
 HELD_STATES = (WAITING, FAILED, UNCODED)
+URGENT_RECORD = "adverse_event"
+"""The record type mapped first among those that arrive while a run works through a backlog."""
 MAPPING_VERSION = "mapping_version"
+CLAIM_FOR = timedelta(minutes=10)
+"""How long a mapping batch holds its records: far longer than mapping and storing a batch
+takes. Records a stopped process held wait this long for another mapper."""
+_CHUNK = 500
 
 
 @dataclass(frozen=True)
@@ -28,6 +47,10 @@ class QueuedRecord:
     session_id: str | None
     first_received_at: datetime
     parsed: str
+    received_at: datetime
+    """When the current revision was received."""
+    claim: str
+    """The mapping batch that holds the record (MappingQueue.claim_batch)."""
 
 
 @dataclass(frozen=True)
@@ -69,34 +92,134 @@ def _current_revision() -> Any:
     )
 
 
+def _keys(keys: Sequence[Any]) -> ColumnElement[bool]:
+    """Records by (source_id, record_type)."""
+    return tuple_(records.c.source_id, records.c.record_type).in_(
+        [(key[0], key[1]) for key in keys]
+    )
+
+
+def _by_claim(batch: Sequence[QueuedRecord]) -> dict[str, list[tuple[str, str]]]:
+    claims: dict[str, list[tuple[str, str]]] = {}
+    for item in batch:
+        claims.setdefault(item.claim, []).append((item.source_id, item.record_type))
+    return claims
+
+
+def _free(now: datetime) -> ColumnElement[bool]:
+    """Pending, and held by no mapping batch (or by one whose claim ran out)."""
+    return and_(
+        records.c.mapping_state == PENDING,
+        or_(records.c.mapping_claim.is_(None), records.c.mapping_claimed_until < now),
+    )
+
+
 class MappingQueue:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def next_batch(self, limit: int, after: tuple[str, str] | None = None) -> list[QueuedRecord]:
-        """Pending records in key order, after `after` (so a run passes over each once)."""
-        query = (
-            select(
-                records.c.record_type,
-                records.c.source_id,
-                records.c.revision,
-                records.c.mapping_seq,
-                records.c.session_id,
-                records.c.first_received_at,
-                revisions.c.parsed,
-            )
-            .join(revisions, _current_revision())
-            .where(records.c.mapping_state == PENDING)
+    def claim_batch(
+        self, limit: int, now: datetime, after: tuple[str, str] | None = None
+    ) -> list[QueuedRecord]:
+        """Pending records that no other mapping batch holds, in key order after `after` (so a
+        run passes over each once), claimed for a new batch until `now` + CLAIM_FOR."""
+        candidates = (
+            select(records.c.source_id, records.c.record_type)
+            .where(_free(now))
             .order_by(records.c.source_id, records.c.record_type)
             .limit(limit)
         )
         if after is not None:
-            query = query.where(
+            candidates = candidates.where(
                 (records.c.source_id > after[1])
                 | and_(records.c.source_id == after[1], records.c.record_type > after[0])
             )
-        with self.engine.connect() as connection:
-            return [QueuedRecord(*row) for row in connection.execute(query)]
+        found = self._claim(candidates, now)
+        return sorted(found, key=lambda item: (item.source_id, item.record_type))
+
+    def claim_arrivals(self, since: datetime, limit: int, now: datetime) -> list[QueuedRecord]:
+        """Pending records received since `since` (while a run works through a backlog) that no
+        other batch holds, side effects first, then in the order they came; claimed as
+        `claim_batch` claims."""
+        urgent_first = case((records.c.record_type == URGENT_RECORD, 0), else_=1)
+        candidates = (
+            select(records.c.source_id, records.c.record_type)
+            .where(_free(now), records.c.updated_at >= since)
+            .order_by(urgent_first, records.c.updated_at, records.c.source_id)
+            .limit(limit)
+        )
+        found = self._claim(candidates, now)
+        return sorted(
+            found,
+            key=lambda item: (item.record_type != URGENT_RECORD, item.received_at, item.source_id),
+        )
+
+    def _claim(self, candidates: Select[Any], now: datetime) -> list[QueuedRecord]:
+        """Claim the candidate records for a new batch. Two mapping processes never get the
+        same record: on PostgreSQL a claim passes over the rows another is claiming (SKIP
+        LOCKED), on SQLite it has the store to itself."""
+        # Materialized, the candidates are chosen once: PostgreSQL may otherwise run a LIMIT
+        # subquery again for the UPDATE and claim more rows than asked for.
+        chosen = (
+            candidates.with_for_update(skip_locked=True).cte("chosen").prefix_with("MATERIALIZED")
+        )
+        claim = str(uuid.uuid4())
+        with self.engine.begin() as connection:
+            keys = connection.execute(
+                update(records)
+                .where(
+                    tuple_(records.c.source_id, records.c.record_type).in_(
+                        select(chosen.c.source_id, chosen.c.record_type)
+                    ),
+                    _free(now),
+                )
+                .values(mapping_claim=claim, mapping_claimed_until=now + CLAIM_FOR)
+                .returning(records.c.source_id, records.c.record_type)
+            ).all()
+            found: list[QueuedRecord] = []
+            for start in range(0, len(keys), _CHUNK):
+                query = (
+                    select(
+                        records.c.record_type,
+                        records.c.source_id,
+                        records.c.revision,
+                        records.c.mapping_seq,
+                        records.c.session_id,
+                        records.c.first_received_at,
+                        revisions.c.parsed,
+                        records.c.updated_at,
+                        records.c.mapping_claim,
+                    )
+                    .join(revisions, _current_revision())
+                    .where(_keys(keys[start : start + _CHUNK]))
+                )
+                found += [QueuedRecord(*row) for row in connection.execute(query)]
+        return found
+
+    def hold(self, connection: Connection, batch: Sequence[QueuedRecord]) -> bool:
+        """In the transaction that stores a batch's resources: whether the batch still holds
+        every record it claimed (none was claimed again after its claim ran out). Their rows
+        are then the transaction's until it ends: no other batch can claim them meanwhile."""
+        held = 0
+        for claim, keys in _by_claim(batch).items():
+            for start in range(0, len(keys), _CHUNK):
+                result = connection.execute(
+                    update(records)
+                    .where(records.c.mapping_claim == claim, _keys(keys[start : start + _CHUNK]))
+                    .values(mapping_claimed_until=records.c.mapping_claimed_until)
+                )
+                held += int(result.rowcount or 0)
+        return held == len(batch)
+
+    def release(self, connection: Connection, batch: Sequence[QueuedRecord]) -> None:
+        """Let go of the records a batch still holds (their state stays as it is)."""
+        for claim, keys in _by_claim(batch).items():
+            for start in range(0, len(keys), _CHUNK):
+                connection.execute(
+                    update(records)
+                    .where(records.c.mapping_claim == claim, _keys(keys[start : start + _CHUNK]))
+                    .values(mapping_claim=None, mapping_claimed_until=None)
+                )
 
     def sessions(self, session_ids: set[str]) -> dict[str, str]:
         """The parsed current revision of each of these sessions that has arrived."""
@@ -191,7 +314,8 @@ class MappingQueue:
             return {row.source_id for row in connection.execute(query)}
 
     def finish(self, connection: Connection, outcomes: Sequence[MappingOutcome]) -> None:
-        """Record each outcome, unless the record was queued again while it was being mapped."""
+        """Record each outcome, unless the record was queued again while it was being mapped,
+        and let go of the batch's claims."""
         for outcome in outcomes:
             record = outcome.record
             connection.execute(
@@ -200,8 +324,11 @@ class MappingQueue:
                     records.c.record_type == record.record_type,
                     records.c.source_id == record.source_id,
                     records.c.mapping_seq == record.mapping_seq,
+                    records.c.mapping_claim == record.claim,
                 )
                 .values(
+                    mapping_claim=None,
+                    mapping_claimed_until=None,
                     mapping_state=outcome.state,
                     mapping_detail=orjson.dumps(outcome.detail).decode()
                     if outcome.detail
@@ -209,6 +336,7 @@ class MappingQueue:
                     mapped_version=outcome.version,
                 )
             )
+        self.release(connection, [outcome.record for outcome in outcomes])
 
     def held(self, limit: int = 1000) -> list[HeldRecord]:
         """Records waiting for a mapping (or that failed to map), with the reason, oldest first."""

@@ -8,7 +8,7 @@ import orjson
 from sqlalchemy import Connection, Engine, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from adapter.store import raw
+from adapter.store import notices, raw
 from adapter.store.tables import UtcDateTime
 from adapter.store.tables import sync_outbox as outbox
 
@@ -38,10 +38,43 @@ OTHER_RANK = 9
 KIND_BY_RANK = {rank: kind for kind, rank in DELIVERY_RANK.items()}
 
 
+URGENT_KINDS = frozenset({"AdverseEvent", "DetectedIssue"})
+"""Side effects and protocol breaches, and whatever stands in for them."""
+
+
+def is_urgent(kind: str, content: str) -> bool:
+    """Whether a resource goes to the EHR ahead of a backlog: a side effect, a protocol breach
+    (or their stand-ins), or an Observation the mapping flagged outside its thresholds (the
+    only Observations that carry an `interpretation`)."""
+    return kind.split(">", 1)[0] in URGENT_KINDS or (
+        kind == "Observation" and '"interpretation":' in content
+    )
+
+
+class Queued(NamedTuple):
+    """A resource version to queue: its id, type, version and delivery kind, whether it is
+    urgent, and when the record it came from was received (None: as it is queued)."""
+
+    resource_id: str
+    resource_type: str
+    version: int
+    kind: str
+    urgent: bool = False
+    received_at: datetime | None = None
+
+
 def delivery_kind(source_type: str, resource_type: str) -> str:
     """How a resource is delivered: as its type, or as a stand-in (`AdverseEvent>Observation`)."""
     stood_for = STAND_INS.get((source_type, resource_type))
     return f"{stood_for}>{resource_type}" if stood_for else resource_type
+
+
+def in_ehr(outcome: "Outcome") -> bool:
+    """Whether an outcome puts its version in the EHR: delivered, or delivered for now without
+    references to resources not there yet."""
+    return outcome.state == "delivered" or (
+        outcome.detail is not None and "left_out" in outcome.detail
+    )
 
 
 def kind_of(item: "OutboxItem") -> str:
@@ -74,6 +107,9 @@ class OutboxItem(NamedTuple):
     sent_at: datetime | None
     """When a create of this resource was first sent to the EHR (None: never): only a resource
     sent before, with no EHR id known, can have a copy in the EHR that the sync did not hear of."""
+    urgent: bool
+    received_at: datetime | None
+    """When the record of this version was received: where its journey to the EHR starts."""
 
     @property
     def key(self) -> tuple[int, str]:
@@ -100,6 +136,8 @@ class Outcome(NamedTuple):
     ehr_id: str | None = None
     ehr_version: str | None = None
     attempted: bool = True
+    requested_at: datetime | None = None
+    """When the request that brought this outcome was sent (None: not known here)."""
 
     @property
     def key(self) -> tuple[str, int]:
@@ -121,6 +159,8 @@ _COLUMNS = (
     outbox.c.delivered_version,
     outbox.c.updated_at,
     outbox.c.sent_at,
+    outbox.c.urgent,
+    outbox.c.received_at,
 )
 
 
@@ -131,30 +171,39 @@ _SELECTED = ", ".join(f"o.{column.name}" for column in _COLUMNS)
 _QUEUE = (
     f"SELECT {_SELECTED}, r.content, r.source_type, r.source_id "
     "FROM sync_outbox o JOIN fhir_resources r ON r.id = o.resource_id WHERE {where}{after} "
-    "ORDER BY o.rank, o.resource_id LIMIT ?"
+    "ORDER BY {order} LIMIT ?"
 )
+_IN_ORDER = "o.rank, o.resource_id"
+_NEWEST_FIRST = "o.received_at DESC, o.rank, o.resource_id"
+"""The urgent items: the latest received first, so that a new side effect goes ahead of the
+urgent items of a backlog too."""
 _AFTER = " AND (o.rank, o.resource_id) > (?, ?)"
 _MARK_SENT = "UPDATE sync_outbox SET sent_at = ? WHERE resource_id IN ({ids}) AND sent_at IS NULL"
 _EHR_IDS = "UPDATE sync_outbox SET ehr_id = ?, ehr_version = ? WHERE resource_id = ?"
 _OUTCOME = (
     "UPDATE sync_outbox SET state = ?, attempts = attempts + ?, next_attempt_at = ?, "
-    "detail = ?, delivered_version = ?, updated_at = ? WHERE resource_id = ? AND version_id = ?"
+    "detail = ?, delivered_version = ?, updated_at = ?, "
+    "requested_at = COALESCE(?, requested_at), answered_at = COALESCE(answered_at, ?) "
+    "WHERE resource_id = ? AND version_id = ?"
 )
+"""`answered_at` is the first answer that put the version in the EHR (delivered, or delivered
+for now without some references): a later update of the same version does not move it."""
 _DELIVERED = (
     "UPDATE sync_outbox SET state = 'delivered', next_attempt_at = ?, detail = NULL, "
-    "delivered_version = version_id, updated_at = ?, ehr_id = ?, ehr_version = ? "
+    "delivered_version = version_id, updated_at = ?, ehr_id = ?, ehr_version = ?, "
+    "requested_at = COALESCE(?, requested_at), answered_at = COALESCE(answered_at, ?) "
     "WHERE resource_id = ? AND version_id = ?"
 )
 """The common outcome in one statement: the version sent delivered, with the EHR's id."""
 
 
-def enqueue(
-    connection: Connection, versions: Sequence[tuple[str, str, int, str]], now: datetime
-) -> None:
-    """Queue new resource versions (id, type, version, delivery kind) in the caller's
-    transaction: whatever state a resource's delivery was in, its new version is pending."""
+def enqueue(connection: Connection, versions: Sequence[tuple[Any, ...]], now: datetime) -> None:
+    """Queue new resource versions (`Queued`, or its first four fields) in the caller's
+    transaction: whatever state a resource's delivery was in, its new version is pending, its
+    journey starts afresh, and on PostgreSQL the processes listening hear of it at commit."""
     if not versions:
         return
+    queued = [Queued(*version) for version in versions]
     dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
     statement = dialect.insert(outbox)
     statement = statement.on_conflict_do_update(
@@ -166,24 +215,33 @@ def enqueue(
             "next_attempt_at": statement.excluded.next_attempt_at,
             "detail": None,
             "updated_at": statement.excluded.updated_at,
+            "urgent": statement.excluded.urgent,
+            "received_at": statement.excluded.received_at,
+            "mapped_at": statement.excluded.mapped_at,
+            "requested_at": None,
+            "answered_at": None,
         },
     )
     connection.execute(
         statement,
         [
             {
-                "resource_id": resource_id,
-                "resource_type": resource_type,
-                "rank": DELIVERY_RANK.get(kind, OTHER_RANK),
-                "version_id": version,
+                "resource_id": q.resource_id,
+                "resource_type": q.resource_type,
+                "rank": DELIVERY_RANK.get(q.kind, OTHER_RANK),
+                "version_id": q.version,
                 "state": "pending",
                 "attempts": 0,
                 "next_attempt_at": now,
                 "updated_at": now,
+                "urgent": q.urgent,
+                "received_at": q.received_at or now,
+                "mapped_at": now,
             }
-            for resource_id, resource_type, version, kind in versions
+            for q in queued
         ],
     )
+    notices.announce(connection, notices.OUTBOX)
 
 
 class Outbox:
@@ -200,25 +258,36 @@ class Outbox:
         after: tuple[int, str] | None,
         limit: int,
         ids: Sequence[str] | None = None,
+        urgent: bool = False,
     ) -> list[Pending]:
         """The next due items in delivery order, after the key `after` (of those named, when
-        `ids` is given), with their content. One of the sync's hot paths: a DBAPI statement."""
+        `ids` is given; the urgent ones alone, with `urgent`), with their content. One of the
+        sync's hot paths: a DBAPI statement."""
         moment = raw.to_store(self.engine, outbox.c.next_attempt_at)(now)
         where = f"o.state IN ({raw.placeholders(len(DUE_STATES))}) AND o.next_attempt_at <= ?"
         values: list[Any] = [*DUE_STATES, moment]
+        order = _IN_ORDER
+        if urgent:
+            where, order = "o.urgent = ? AND " + where, _NEWEST_FIRST
+            values.insert(0, True)
         if ids is not None:
             where += f" AND o.resource_id IN ({raw.placeholders(len(ids))})"
             values += ids
-        return self._with_content(where, values, after, limit)
+        return self._with_content(where, values, after, limit, order)
 
     def delivered(self, after: tuple[int, str] | None, limit: int) -> list[Pending]:
         """Delivered items in delivery order, with their content: what reconciliation checks."""
         return self._with_content("o.state = ?", ["delivered"], after, limit)
 
     def _with_content(
-        self, where: str, values: list[Any], after: tuple[int, str] | None, limit: int
+        self,
+        where: str,
+        values: list[Any],
+        after: tuple[int, str] | None,
+        limit: int,
+        order: str = _IN_ORDER,
     ) -> list[Pending]:
-        sql = _QUEUE.format(where=where, after=_AFTER if after is not None else "")
+        sql = _QUEUE.format(where=where, after=_AFTER if after is not None else "", order=order)
         values = [*values, *(after or ()), limit]
         with raw.reading(self.engine) as cursor:
             cursor.execute(raw.statement(self.engine, sql), values)
@@ -256,6 +325,44 @@ class Outbox:
                 sql += f"WHERE o.resource_id IN ({raw.placeholders(len(chunk))})"
                 cursor.execute(raw.statement(self.engine, sql), chunk)
                 found.update((item.resource_id, item) for item in self._items(cursor.fetchall()))
+        return found
+
+    def journeys(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The journey of the queued version of each of these resources: its delivery state,
+        whether it went as urgent, and when its record was received, it was mapped, sent to
+        the EHR and first answered there (null: not yet)."""
+        if not ids:
+            return {}
+        query = select(
+            outbox.c.resource_id,
+            outbox.c.version_id,
+            outbox.c.state,
+            outbox.c.urgent,
+            outbox.c.received_at,
+            outbox.c.mapped_at,
+            outbox.c.requested_at,
+            outbox.c.answered_at,
+        ).where(outbox.c.resource_id.in_(sorted(ids)))
+        found: dict[str, dict[str, Any]] = {}
+        with self.engine.connect() as connection:
+            for row in connection.execute(query):
+                moments = {
+                    "received": row.received_at,
+                    "mapped": row.mapped_at,
+                    "sent": row.requested_at,
+                    "answered": row.answered_at,
+                }
+                journey: dict[str, Any] = {
+                    "versionId": str(row.version_id),
+                    "state": row.state,
+                    "urgent": bool(row.urgent),
+                    **{k: v.isoformat() if v else None for k, v in moments.items()},
+                }
+                if row.received_at and row.answered_at:
+                    journey["seconds_to_ehr"] = round(
+                        (row.answered_at - row.received_at).total_seconds(), 3
+                    )
+                found[row.resource_id] = journey
         return found
 
     def sources(self, ids: Iterable[str]) -> dict[str, str]:
@@ -301,6 +408,12 @@ class Outbox:
             updated = moment(now)
             # Outcomes of one answer share their time: each is converted once.
             stamp = {at: moment(at) for at in {o.next_attempt_at for o in outcomes}}
+            sent = {o.requested_at for o in outcomes if o.requested_at is not None}
+            stamp.update((at, moment(at)) for at in sent if at not in stamp)
+
+            def requested(at: datetime | None) -> Any:
+                return stamp[at] if at is not None else None
+
             plain: list[Outcome] = []
             others: list[Outcome] = []
             for o in outcomes:
@@ -311,7 +424,15 @@ class Outbox:
                 cursor.executemany(
                     raw.statement(self.engine, _DELIVERED),
                     [
-                        (stamp[o.next_attempt_at], updated, o.ehr_id, o.ehr_version, *o.key)
+                        (
+                            stamp[o.next_attempt_at],
+                            updated,
+                            o.ehr_id,
+                            o.ehr_version,
+                            requested(o.requested_at),
+                            updated,
+                            *o.key,
+                        )
                         for o in plain
                     ],
                 )
@@ -334,6 +455,8 @@ class Outbox:
                             orjson.dumps(o.detail).decode() if o.detail else None,
                             o.version_id if o.state == "delivered" else None,
                             updated,
+                            requested(o.requested_at),
+                            updated if in_ehr(o) else None,
                             o.resource_id,
                             o.version_id,
                         )
@@ -371,6 +494,18 @@ class Outbox:
         )
         with self.engine.connect() as connection:
             return int(connection.execute(query).scalar_one())
+
+    def run_wanted(self, now: datetime) -> bool:
+        """Whether a scheduled run has anything to do: items due, or waiting ones to try again.
+        An item waiting only for what it references to be delivered (`left_out`) is not: that
+        resource is due itself when it can come, and the run that delivers it updates the item."""
+        due = outbox.c.state.in_(DUE_STATES) | (
+            (outbox.c.state == "waiting")
+            & (outbox.c.detail.is_(None) | outbox.c.detail.not_like('%"left_out"%'))
+        )
+        query = select(outbox.c.resource_id).where(due, outbox.c.next_attempt_at <= now).limit(1)
+        with self.engine.connect() as connection:
+            return connection.execute(query).first() is not None
 
     def counts(self) -> dict[str, int]:
         query = select(outbox.c.state, func.count()).group_by(outbox.c.state)

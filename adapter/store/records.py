@@ -24,7 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
-from adapter.store import raw
+from adapter.store import notices, raw
 from adapter.store.tables import UtcDateTime
 from adapter.store.tables import source_record_revisions as revisions
 from adapter.store.tables import source_records as records
@@ -221,7 +221,8 @@ class RecordWriter:
         amended: Sequence[RevisionRow],
         received_at: datetime,
     ) -> None:
-        """Store revisions, create new records, and move amended records to a newer revision."""
+        """Store revisions, create new records, and move amended records to a newer revision;
+        the processes listening hear of it at commit."""
         at = self._timestamp(received_at)
         if new_revisions:
             self._insert(
@@ -283,6 +284,8 @@ class RecordWriter:
                     for r in amended
                 ],
             )
+        if created or amended:
+            notices.announce(self._connection, notices.RECORDS)
 
 
 class RecordStore:

@@ -11,7 +11,8 @@ import orjson
 from sqlalchemy import Connection, Engine, bindparam, delete, select, update
 
 from adapter.fhir.indexing import SERIES_PARAM, index
-from adapter.store.outbox import delivery_kind, enqueue
+from adapter.store.clock import take_turn
+from adapter.store.outbox import Queued, delivery_kind, enqueue, is_urgent
 from adapter.store.tables import fhir_resource_versions as versions
 from adapter.store.tables import fhir_resources as resources
 from adapter.store.tables import fhir_search_tokens as tokens
@@ -72,6 +73,9 @@ class MappedRecord:
     source_type: str
     source_id: str
     resources: list[Json]
+    received_at: datetime | None = None
+    """When the revision mapped was received (None: the resources' journey starts as they are
+    stored)."""
 
 
 @dataclass
@@ -93,12 +97,24 @@ class StoredResource:
 
 class ResourceWriter:
     """Writes resource versions inside the caller's transaction, and queues each new version
-    for the EHR in that same transaction."""
+    for the EHR in that same transaction. The transaction takes its turn on the version clock
+    first (adapter/store/clock.py): writers on the store commit one after another, each with
+    a lastUpdated later than the last one committed."""
 
     def __init__(self, connection: Connection) -> None:
         self._connection = connection
+        self._moment: datetime | None = None
+
+    def turn(self, now: datetime) -> datetime:
+        """This transaction's lastUpdated, its turn taken on the first call: after it, what the
+        transaction reads includes every version committed before its own."""
+        if self._moment is None:
+            self._moment = take_turn(self._connection, now)
+        return self._moment
 
     def save(self, mapped: Sequence[MappedRecord], now: datetime) -> SaveCounts:
+        """Store what the records map to now; every version written has the turn's time."""
+        now = self.turn(now)
         counts = SaveCounts()
         outputs = {
             resource["id"]: (record, resource) for record in mapped for resource in record.resources
@@ -108,6 +124,7 @@ class ResourceWriter:
         source_types = {
             resource_id: record.source_type for resource_id, (record, _) in outputs.items()
         }
+        received = {resource_id: record.received_at for resource_id, (record, _) in outputs.items()}
         inserts: list[Json] = []
         changes: list[Json] = []
         history: list[Json] = []
@@ -180,19 +197,20 @@ class ResourceWriter:
         if history:
             self._connection.execute(versions.insert(), history)
             history = [row for row in history if row["resource_type"] not in NOT_DELIVERED]
-            enqueue(
-                self._connection,
-                [
-                    (
+            queued = []
+            for row in history:
+                kind = delivery_kind(source_types[row["id"]], row["resource_type"])
+                queued.append(
+                    Queued(
                         row["id"],
                         row["resource_type"],
                         row["version_id"],
-                        delivery_kind(source_types[row["id"]], row["resource_type"]),
+                        kind,
+                        is_urgent(kind, row["content"]),
+                        received.get(row["id"]),
                     )
-                    for row in history
-                ],
-                now,
-            )
+                )
+            enqueue(self._connection, queued, now)
         return counts
 
     def _index(self, new: list[Json], changed: list[Json]) -> None:

@@ -16,6 +16,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    false,
 )
 
 
@@ -56,12 +57,17 @@ source_records = Table(
     Column("mapped_version", String(32)),
     Column("series_id", String(64)),
     Column("mrn", String(64)),
+    Column("mapping_claim", String(36)),
+    Column("mapping_claimed_until", UtcDateTime()),
     Index("ix_source_records_session", "session_id"),
     Index("ix_source_records_mapping_state", "mapping_state"),
     Index("ix_source_records_series", "series_id"),
     Index("ix_source_records_mrn", "mrn"),
+    Index("ix_source_records_arrival", "mapping_state", "updated_at"),
 )
-"""One row per record: its current revision (number and content hash), withdrawn or not.
+"""One row per record: its current revision (number and content hash), withdrawn or not, and
+where its mapping stands (`mapping_claim`: the mapping batch that holds it, until
+`mapping_claimed_until`, so that two mapping processes never map it at once).
 
 source_id leads the key so that a batch's look-up by ids uses it even before PostgreSQL has
 gathered statistics on a freshly loaded table."""
@@ -110,6 +116,17 @@ fhir_resource_versions = Table(
     Index("ix_fhir_resource_versions_type_updated", "resource_type", "last_updated", "id"),
 )
 """Every version of every resource."""
+
+version_clock = Table(
+    "version_clock",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("turns", BigInteger, nullable=False),
+    Column("last_updated", UtcDateTime(), nullable=False),
+)
+"""One row: the lastUpdated of the last transaction that wrote resource versions (or fixed an
+export's transactionTime), and how many have. A writer updates the row first, and its lock,
+held to commit, makes writers commit in the order of their times (adapter/store/clock.py)."""
 
 adapter_state = Table(
     "adapter_state",
@@ -168,11 +185,20 @@ sync_outbox = Table(
     Column("delivered_version", Integer),
     Column("updated_at", UtcDateTime(), nullable=False),
     Column("sent_at", UtcDateTime()),
+    Column("urgent", Boolean, nullable=False, server_default=false()),
+    Column("received_at", UtcDateTime()),
+    Column("mapped_at", UtcDateTime()),
+    Column("requested_at", UtcDateTime()),
+    Column("answered_at", UtcDateTime()),
     Index("ix_sync_outbox_queue", "state", "rank", "resource_id"),
+    Index("ix_sync_outbox_urgent", "urgent", "state", "received_at"),
     sqlite_with_rowid=False,
 )
-"""One row per resource: the version the EHR should hold, where delivery stands, and the EHR's
-id and version for it once delivered. Written in the transaction that stores each version. On
+"""One row per resource: the version the EHR should hold, where delivery stands, the EHR's id
+and version for it once delivered, and the version's journey: when its record was received, when
+it was mapped (queued), sent to the EHR and answered (0015). `urgent`: a side effect, a protocol
+breach or a vital sign outside its thresholds, delivered ahead of a backlog. Written in the
+transaction that stores each version. On
 SQLite the rows are kept in resource_id order, so that a run's writes share pages (0008)."""
 
 sync_runs = Table(

@@ -18,7 +18,7 @@ from adapter.runtime import Runtime
 from adapter.store.outbox import OutboxItem
 from adapter.sync.engine import Sync, SyncReport, sync_once
 from adapter.sync.reconcile import reconcile_once
-from adapter.worker import add_sync_jobs
+from adapter.worker import EventDelivery, SyncRunner, add_sync_jobs
 
 
 def _sync(runtime: Runtime) -> Sync:
@@ -106,15 +106,25 @@ def sync(context: click.Context, once: bool, quiet: bool) -> None:
 
 
 def _run_scheduled(runtime: Runtime) -> None:
-    """The sync and the nightly reconciliation on their schedules, in this process alone."""
+    """The sync and the nightly reconciliation on their schedules, in this process alone; on
+    PostgreSQL the sync is also woken when any process queues resources."""
     stop = threading.Event()
     scheduler = BackgroundScheduler(timezone=UTC)
-    add_sync_jobs(scheduler, runtime)
+    runner = SyncRunner(runtime)
+    add_sync_jobs(scheduler, runner)
+    # Woken by resources queued in other processes: PostgreSQL's notices.
+    events = (
+        EventDelivery(runtime, runner, mapping=False) if runtime.settings.event_delivery else None
+    )
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     scheduler.start()
+    if events is not None:
+        events.start()
     click.echo("syncing on schedule; stop with Ctrl-C")
     stop.wait()
+    if events is not None:
+        events.stop()
     scheduler.shutdown(wait=True)
 
 

@@ -50,10 +50,18 @@ Json = dict[str, Any]
 PARTIAL = (
     "delivered without its references to resources not yet in the EHR; it is updated once they are"
 )
-HELD = (
-    "delivered without its references to resources the EHR does not have (dead letters, or "
-    "items held back or waiting to be tried again); it is updated once they are delivered"
-)
+
+
+def not_yet_in_the_ehr(left_out: Sequence[str]) -> str:
+    """Why an item delivered without some references waits: what they point at (`Type/id`,
+    resources not stored yet, dead letters, items held back or waiting to be tried again)."""
+    named, several = ", ".join(left_out), len(left_out) > 1
+    return (
+        f"reference{'s' if several else ''} to {named} not yet in the EHR: delivered without "
+        f"{'them' if several else 'it'}, and updated once {'they are' if several else 'it is'}"
+    )
+
+
 DELETED = "withdrawn by the clinic: the EHR's copy was deleted"
 NEVER_DELIVERED = "withdrawn by the clinic before it reached the EHR: nothing to delete"
 LONGEST_BACKOFF = 3600.0
@@ -74,8 +82,9 @@ class Prepared:
     """References to resources that come later in this run were left out; an update in the
     same run brings them."""
     held: bool
-    """References to resources that cannot come in this run (dead letters, items held back or
-    backing off) were left out; a later run's update brings them."""
+    """References to resources that cannot come in this run (not stored yet, dead letters,
+    items held back or backing off) were left out; the update that brings them is sent once
+    they are delivered."""
     bundled: bool
     """References to resources of the same transaction Bundle are given as its urn:uuids."""
 
@@ -115,6 +124,9 @@ class Delivery:
     """Adapter id -> the EHR's id and version, as far as this run has learnt."""
     partial: set[str] = field(default_factory=set)
     """Adapter ids this run delivered without some of their references."""
+    held: dict[str, list[str]] = field(default_factory=dict)
+    """Adapter ids this run left waiting, delivered without references to resources that could
+    not come in this run, with those resources' adapter ids."""
     wants_if_match: set[str] = field(default_factory=set)
     marked: set[str] = field(default_factory=set)
     """Adapter ids whose create this run has noted in the outbox (`sent_at`) already."""
@@ -341,9 +353,13 @@ class Delivery:
             if ehr is not None:
                 return f"{resource_type}/{ehr[0]}"
             target_plan = self.plans.get(resource_type)
-            if target is None or target.state == "skipped" or not target_plan:
+            if not target_plan or not target_plan.deliver:
+                return DROP  # the EHR never gets it
+            if target is None:
+                # Not stored yet: records arrive in any order (vitals before their session).
+                held.append(target_id)
                 return DROP
-            if not target_plan.deliver:
+            if target.state == "skipped":
                 return DROP
             if target_id in in_batch and plan.mode == target_plan.mode == "transaction":
                 bundled.append(target_id)
@@ -369,7 +385,7 @@ class Delivery:
         """Whether sending would only repeat what the EHR holds: this version was delivered
         without some references, and none of them can be given now."""
         detail = p.item.detail or {}
-        if detail.get("reason") not in (PARTIAL, HELD) or self._ehr_id(p.item) is None:
+        if "left_out" not in detail or self._ehr_id(p.item) is None:
             return False
         return set(p.copy.dropped) >= set(detail.get("left_out", []))
 
@@ -378,9 +394,7 @@ class Delivery:
         in this run's completion rounds when what it references comes in this run, else held
         until a later run delivers that."""
         ehr_id, ehr_version = self._ehr_id(p.item) or (None, None)
-        detail: Json = {"reason": PARTIAL if p.partial else HELD, "left_out": p.copy.dropped}
-        if p.partial:
-            self.partial.add(p.item.resource_id)
+        detail = self._left_out(p)
         state = "pending" if p.partial else "waiting"
         item = p.item
         return Outcome(
@@ -696,15 +710,12 @@ class Delivery:
         self.known[p.item.resource_id] = (ehr_id, ehr_version)
         item = p.item
         if p.partial or p.held:
-            if p.partial:
-                self.partial.add(item.resource_id)
-            detail: Json = {"reason": PARTIAL if p.partial else HELD, "left_out": p.copy.dropped}
             return Outcome(
                 item.resource_id,
                 item.version_id,
                 "pending" if p.partial else "waiting",
                 answered,
-                detail,
+                self._left_out(p),
                 ehr_id,
                 ehr_version,
                 attempted=False,
@@ -712,6 +723,24 @@ class Delivery:
         return Outcome(
             item.resource_id, item.version_id, "delivered", answered, None, ehr_id, ehr_version
         )
+
+    def _left_out(self, p: Prepared) -> Json:
+        """The detail of an item delivered without some references: which, and when they come
+        (noted for this run's completion rounds)."""
+        left_out = list(dict.fromkeys(p.copy.dropped))
+        if p.partial:
+            self.partial.add(p.item.resource_id)
+            return {"reason": PARTIAL, "left_out": left_out}
+        self.held[p.item.resource_id] = [target.partition("/")[2] for target in left_out]
+        return {"reason": not_yet_in_the_ehr(left_out), "left_out": left_out}
+
+    def completable(self) -> list[str]:
+        """Items this run left waiting for a resource that it has delivered since (stored
+        while the run went on): updated in its completion rounds rather than the next run's."""
+        ready = [i for i, targets in self.held.items() if any(t in self.known for t in targets)]
+        for resource_id in ready:
+            del self.held[resource_id]
+        return ready
 
     def _delete(self, item: OutboxItem) -> Outcome:
         """A withdrawn resource's copy deleted from the EHR; nothing to do where it never had

@@ -18,7 +18,7 @@ from sqlalchemy import Engine
 
 from adapter.mapping.config import EhrRules, Site, load_ehr_rules
 from adapter.settings import Settings
-from adapter.store.outbox import Outbox, Outcome
+from adapter.store.outbox import Outbox, Outcome, Pending
 from adapter.store.records import RecordStore
 from adapter.store.state import read_state, write_state
 from adapter.store.sync_state import Lease, PatientMatches, SyncRuns
@@ -34,6 +34,7 @@ from adapter.sync.errors import (
     EhrUnavailable,
     TemporaryEhrError,
 )
+from adapter.sync.outgoing import references
 from adapter.sync.patients import PatientResolver
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,13 @@ ACTED_ON = ("delivered", "delivered_partially", "dead")
 """Outcomes that show the EHR answered: a run with none of these and some of WAITED_FOR
 delivered nothing because of the EHR."""
 WAITED_FOR = ("retry_later", "unconfirmed", "forbidden")
+IN_EHR = ("delivered", "delivered_partially")
+NEEDS_NOTICE = ("dead", "forbidden")
+REFERENCE_DEPTH = 4
+"""Steps of references followed from an urgent item to the due items it needs in the EHR first
+(an Observation names its Procedure, which names its Encounter, which names its CarePlan)."""
+UNASKED = ("schedule", "event")
+"""Runs nobody asked for: deferred while the sync backs off, idle when nothing is due."""
 
 
 def utc_now() -> datetime:
@@ -77,6 +85,11 @@ class SyncReport:
     cause: str | None = None
     """Why a failed run failed: `ehr` (unavailable, throttling, failing every request),
     `configuration` (the EHR or the adapter's settings need a person) or `internal`."""
+    journeys: list[float] = field(default_factory=list)
+    """Seconds from each record's receipt to its resource's first answer in the EHR, for the
+    resource versions this run put there."""
+    received: dict[str, datetime] = field(default_factory=dict, repr=False)
+    """When the record of each item read was received, until its version is in the EHR."""
 
 
 class Sync:
@@ -186,13 +199,22 @@ class Sync:
 def sync_once(
     sync: Sync, trigger: str = "schedule", progress: Callable[[int], None] | None = None
 ) -> SyncReport:
-    """One run: deliver every due outbox item, in delivery order, in batches. A scheduled run
-    while the sync backs off from a down EHR is deferred; a run while another holds the lease
-    does nothing. Every run that starts is recorded with its counts."""
+    """One run: deliver every due outbox item, in delivery order, in batches, the urgent ones
+    first (`_run`). A scheduled or event run while the sync backs off from a down EHR is
+    deferred, and one with nothing due is idle; a run while another holds the lease does
+    nothing. Every run that starts is recorded with its counts."""
     until, _ = sync.backoff()
-    if trigger == "schedule" and until is not None and until > sync.clock():
+    unasked = trigger in UNASKED
+    if unasked and until is not None and until > sync.clock():
         return SyncReport("deferred", resume_at=until)
-    if trigger == "schedule" and sync.outbox.count_due(sync.clock(), waiting=True) == 0:
+    # Waiting items (a patient not in the EHR yet) are tried by every scheduled run, but do not
+    # make an event's run by themselves: a wake with nothing new due does nothing. An item that
+    # waits only for what it references makes no run either (the run delivering that does).
+    if trigger == "schedule":
+        idle = not sync.outbox.run_wanted(sync.clock())
+    else:
+        idle = unasked and sync.outbox.count_due(sync.clock()) == 0
+    if idle:
         return SyncReport("idle")
     return leased_run(sync, trigger, lambda report: _run(sync, report, progress or _quiet))
 
@@ -235,10 +257,14 @@ def leased_run(sync: Sync, trigger: str, work: Callable[[SyncReport], None]) -> 
         counts = dict(report.counts)
         sync.runs.finish(report.run_id, report.status, counts, report.error, sync.clock())
         sync.lease.release()
+    # Runs woken by events are many and alike: logged at DEBUG unless one failed or the EHR
+    # refused something in it (what waits is listed for IT, not logged by every run).
+    plain = report.status == "completed" and not set(report.counts) & set(NEEDS_NOTICE)
     if report.status == "failed":
         log.warning("%s run %d failed: %s %s", trigger, report.run_id, report.error, counts)
     else:
-        log.info("%s run %d %s: %s", trigger, report.run_id, report.status, counts)
+        level = logging.DEBUG if trigger == "event" and plain else logging.INFO
+        log.log(level, "%s run %d %s: %s", trigger, report.run_id, report.status, counts)
     return report
 
 
@@ -278,19 +304,40 @@ def _run(sync: Sync, report: SyncReport, progress: Callable[[int], None]) -> Non
             asked = sync.client.asked_to_wait
             raise EhrUnavailable(f"the EHR asked the sync to wait {asked:.0f} s", asked)
 
-    def read_ahead(after: tuple[int, str] | None) -> None:
-        """The next STAGED_AHEAD batches read and staged; their possible creates noted in one
-        commit with the outcomes answered so far, before any of them is sent."""
-        following = sync.outbox.due(sync.clock(), after, size * STAGED_AHEAD)
-        will_send = delivery.may_create(following)
+    position: tuple[int, str] | None = None
+    """The key of the last item read in delivery order."""
+    taken: set[str] = set()
+    """The items read by this run: each is read once, whichever way it was found."""
+
+    def read_ahead() -> None:
+        """The urgent items due (side effects, protocol breaches, vitals outside their
+        thresholds, queued whenever) and the next STAGED_AHEAD batches in delivery order, read
+        and staged, the urgent first; their possible creates noted in one commit with the
+        outcomes answered so far, before any of them is sent."""
+        nonlocal position
+        urgent = sync.outbox.due(sync.clock(), None, size * STAGED_AHEAD + len(taken), urgent=True)
+        urgent = [p for p in urgent if p.item.resource_id not in taken][: size * STAGED_AHEAD]
+        urgent = _with_references(sync, urgent, taken)
+        taken.update(p.item.resource_id for p in urgent)
+        following = sync.outbox.due(sync.clock(), position, size * STAGED_AHEAD)
+        if following:
+            position = following[-1].item.key
+        following = [p for p in following if p.item.resource_id not in taken]
+        taken.update(p.item.resource_id for p in following)
+        read = urgent + following
+        report.received.update(
+            (p.item.resource_id, p.item.received_at) for p in read if p.item.received_at
+        )
+        will_send = delivery.may_create(read)
         while in_flight and in_flight[0][1].done():
             answered()
         _settle(sync, report, unrecorded, will_send)
         unrecorded.clear()
         delivery.noted(will_send)
-        delivery.read_facts(following)
-        for start in range(0, len(following), size):
-            ready.append(delivery.stage(following[start : start + size]))
+        delivery.read_facts(read)
+        for part in (urgent, following):
+            for start in range(0, len(part), size):
+                ready.append(delivery.stage(part[start : start + size]))
 
     # A pipeline: while the EHR works on up to IN_FLIGHT batches (in sender threads), the next
     # are read and staged and the outcomes of those answered are recorded. The possible creates
@@ -299,7 +346,7 @@ def _run(sync: Sync, report: SyncReport, progress: Callable[[int], None]) -> Non
     # which brings the EHR's id to put in the reference.
     with ThreadPoolExecutor(max_workers=IN_FLIGHT, thread_name_prefix="sync-send") as sender:
         try:
-            read_ahead(None)
+            read_ahead()
             while ready:
                 if not sync.lease.renew(sync.clock()):
                     raise LeaseLost  # what this run did is kept all the same, below
@@ -307,9 +354,9 @@ def _run(sync: Sync, report: SyncReport, progress: Callable[[int], None]) -> Non
                 while in_flight and (len(in_flight) == IN_FLIGHT or _waits_for(staged, in_flight)):
                     answered()
                 ids = {p.item.resource_id for p in staged.ready}
-                in_flight.append((ids, sender.submit(delivery.send, staged)))
+                in_flight.append((ids, sender.submit(_send, sync, delivery, staged)))
                 if not ready:
-                    read_ahead(staged.batch[-1].item.key)
+                    read_ahead()
             while in_flight:
                 answered()
         except BaseException:
@@ -322,7 +369,10 @@ def _run(sync: Sync, report: SyncReport, progress: Callable[[int], None]) -> Non
             raise
     _settle(sync, report, unrecorded)
     for _ in range(COMPLETION_ROUNDS):
-        partial = sorted(delivery.partial)
+        late = delivery.completable()
+        if late:
+            sync.outbox.requeue(sync.clock(), ["waiting"], ids=late)
+        partial = sorted(delivery.partial.union(late))
         delivery.partial.clear()
         for start in range(0, len(partial), sync.settings.sync_batch_size):
             chunk = partial[start : start + sync.settings.sync_batch_size]
@@ -346,6 +396,26 @@ def _stopped_by_the_ehr(report: SyncReport, delivery: Delivery, asked: float | N
         )
 
 
+def _with_references(sync: Sync, urgent: list[Pending], taken: set[str]) -> list[Pending]:
+    """The urgent items with the due items they reference (an Encounter, a Procedure, and
+    what those reference), which must be in the EHR first, in delivery order."""
+    found = {p.item.resource_id: p for p in urgent}
+    wanted = references(p.content for p in urgent) - found.keys() - taken
+    for _ in range(REFERENCE_DEPTH):
+        if not wanted:
+            break
+        more = sync.outbox.due(sync.clock(), None, len(wanted), ids=sorted(wanted))
+        found.update((p.item.resource_id, p) for p in more)
+        wanted = references(p.content for p in more) - found.keys() - taken
+    return sorted(found.values(), key=lambda p: p.item.key)
+
+
+def _send(sync: Sync, delivery: Delivery, staged: Staged) -> list[Outcome]:
+    """A staged batch sent (in a sender thread); its outcomes say when it was sent."""
+    sent = sync.clock()
+    return [outcome._replace(requested_at=sent) for outcome in delivery.send(staged)]
+
+
 def _waits_for(staged: Staged, in_flight: Iterable[InFlight]) -> bool:
     """Whether the staged batch references a resource whose EHR id a batch in flight brings."""
     return any(not ids.isdisjoint(staged.targets) for ids, _ in in_flight)
@@ -354,9 +424,15 @@ def _waits_for(staged: Staged, in_flight: Iterable[InFlight]) -> bool:
 def _settle(
     sync: Sync, report: SyncReport, outcomes: Sequence[Outcome], will_send: Sequence[str] = ()
 ) -> None:
-    sync.outbox.record(outcomes, sync.clock(), will_send)
+    now = sync.clock()
+    sync.outbox.record(outcomes, now, will_send)
     for outcome in outcomes:
-        report.counts[_kind(outcome)] += 1
+        kind = _kind(outcome)
+        report.counts[kind] += 1
+        if kind in IN_EHR:
+            received = report.received.pop(outcome.resource_id, None)
+            if received is not None:
+                report.journeys.append((now - received).total_seconds())
 
 
 def _kind(outcome: Outcome) -> str:

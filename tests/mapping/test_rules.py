@@ -1,10 +1,11 @@
 """Each mapping rule: statuses, units, outcomes, fasting, withdrawal, and the checks that refuse."""
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from adapter.fhir.validation import InvalidResource, ResourceValidator
+from adapter.fhir.validation import ACCEPTED_LIMIT, InvalidResource, ResourceValidator
 from adapter.mapping.mapper import Mapper
 from tests.conftest import ROOT, adverse_event, fasting, session, vitals
 from tests.mapping.helpers import map_record, mapper, only
@@ -376,3 +377,22 @@ def test_the_vital_signs_profile_needs_its_category(shipped: Mapper) -> None:
 
     with pytest.raises(InvalidResource, match="vital-signs category"):
         shipped.validator.check({**good, "category": [{"text": "vitals"}]})
+
+
+def test_what_the_validator_remembers_is_bounded_and_still_refuses_after_a_clear(
+    shipped: Mapper,
+) -> None:
+    """A long-running service validates values seen once (ids, times): the set of values
+    remembered as accepted is emptied at its limit rather than growing with every record."""
+    validator = ResourceValidator()
+    good = only(map_record(shipped, vitals()).resources, "Observation", "/heart_rate")
+    start = datetime(2026, 11, 20, 9, tzinfo=UTC)
+    sizes = []
+    for second in range(ACCEPTED_LIMIT // 2 + 100):  # two new values each: past the limit
+        moment = (start + timedelta(seconds=second)).isoformat()
+        validator.check({**good, "id": f"o{second}", "effectiveDateTime": moment})
+        sizes.append(len(validator._accepted))
+
+    assert max(sizes) <= ACCEPTED_LIMIT and sizes[-1] < sizes[-200]  # emptied once, refilled
+    with pytest.raises(InvalidResource):
+        validator.check({**good, "effectiveDateTime": "2026-13-45T99:00:00"})

@@ -25,10 +25,23 @@ Json = dict[str, Any]
 
 @pytest.fixture
 def delivered(runtime: Runtime, sync: Sync, ehr: SandboxEhr) -> Iterator[Json]:
-    """The example day delivered; one of its heart rates as the EHR holds it."""
+    """The example day delivered; one of its heart rates as the EHR holds it (not one the
+    clinic withdrew)."""
     load_example_day(runtime)
     assert sync_once(sync, trigger="test").status == "completed"
-    yield next(o for o in ehr.all("Observation") if o["identifier"][0]["value"].endswith("rate"))
+    yield a_heart_rate(ehr)
+
+
+def a_heart_rate(ehr: SandboxEhr, other_than: str | None = None) -> Json:
+    """A heart rate the EHR holds that the clinic has not withdrawn (the EHR's order of its
+    copies follows the sync's, which sends urgent ones first)."""
+    return next(
+        o
+        for o in ehr.all("Observation")
+        if o["identifier"][0]["value"].endswith("heart_rate")
+        and o["status"] != "entered-in-error"
+        and o["id"] != other_than
+    )
 
 
 def edit_at_the_ehr(ehr: SandboxEhr, resource: Json, **changes: Any) -> Json:
@@ -118,7 +131,7 @@ def test_a_new_version_meeting_an_edit_at_the_ehr_follows_the_sites_choice(
     ehr.reset("oracle")
     load_example_day(runtime)
     sync_once(sync, trigger="test")
-    copy = next(o for o in ehr.all("Observation") if o["identifier"][0]["value"].endswith("rate"))
+    copy = a_heart_rate(ehr)
     edit_at_the_ehr(ehr, copy, status="entered-in-error")
     amend_heart_rate(runtime, copy["identifier"][0]["value"], 61)
 
@@ -186,11 +199,7 @@ def test_reconciliation_removes_copies_that_provably_are_its_own_and_reports_oth
     stopped waiting for it) is deleted; one that says something else is left for a person."""
     twin = {k: v for k, v in delivered.items() if k not in ("id", "meta")}
     ehr.control("POST", "/seed", [twin])
-    other = next(
-        o
-        for o in ehr.all("Observation")
-        if o["id"] != delivered["id"] and o["identifier"][0]["value"].endswith("rate")
-    )
+    other = a_heart_rate(ehr, other_than=delivered["id"])
     changed = {k: v for k, v in other.items() if k not in ("id", "meta")}
     ehr.control("POST", "/seed", [{**changed, "status": "entered-in-error"}])
 
@@ -212,7 +221,7 @@ def test_a_412_after_the_syncs_own_unanswered_update_is_not_taken_for_an_edit(
     ehr.reset("oracle")
     load_example_day(runtime)
     sync_once(sync, trigger="test")
-    copy = next(o for o in ehr.all("Observation") if o["identifier"][0]["value"].endswith("rate"))
+    copy = a_heart_rate(ehr)
     identifier = copy["identifier"][0]["value"]
     amend_heart_rate(runtime, identifier, 63)
     fast = sync.client.timeout

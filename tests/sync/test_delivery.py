@@ -206,22 +206,26 @@ def test_a_run_that_fails_while_staging_keeps_what_the_ehr_answered(
     resource the EHR stored is recorded with its EHR id (none left to be searched for)."""
     load_example_day(runtime)
     sync = in_batches_of(7, runtime, settings)
-    staged = Delivery.stage
-    calls: list[int] = []
+    staged, send = Delivery.stage, Delivery.send
+    sent: list[int] = []
+
+    def sending(self: Delivery, batch: Any) -> Any:
+        sent.append(len(batch.batch))
+        return send(self, batch)
 
     def failing(self: Delivery, batch: Any) -> Any:
-        calls.append(len(batch))
-        if len(calls) == 4:
+        if sent:  # the first batch staged once some are on their way
             raise RuntimeError("the store went away")
         return staged(self, batch)
 
     monkeypatch.setattr(Delivery, "stage", failing)
+    monkeypatch.setattr(Delivery, "send", sending)
     report = sync_once(sync, trigger="test")
 
     assert report.status == "failed"
     in_ehr = sum(len(ehr.all(t)) for t in set(stored_counts(runtime)) - NOT_DELIVERED)
     known = [i for i in runtime.outbox.listed(STATES, 100) if i.ehr_id is not None]
-    assert in_ehr == len(known) == 21  # three batches of 7 sent, each recorded
+    assert 0 < in_ehr == len(known) <= sum(sent)  # the batches sent, each recorded
 
 
 def test_bundles_ask_for_minimal_answers_and_the_ehrs_ids_and_versions_are_kept(

@@ -1,20 +1,25 @@
-"""The sync as separate processes: killed with SIGKILL mid-run and restarted, or two at once on
-PostgreSQL. Either way every resource reaches the EHR exactly once."""
+"""The sync as separate processes: killed with SIGKILL mid-run and restarted (the sync alone,
+and the service delivering by the event path), or two at once on PostgreSQL woken by its
+notices. Either way every resource reaches the EHR exactly once."""
 
 import itertools
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx2 as httpx
+import orjson
 import pytest
 
 from adapter.runtime import Runtime
 from adapter.settings import Settings
+from benchmarks.synthetic import records
 from tests.sync.expected import expected_in_ehr, not_for_ehr
 from tests.sync.sandbox import SandboxEhr
 from tests.sync.test_faults import load_synthetic
@@ -80,15 +85,19 @@ def test_a_sync_killed_three_times_and_restarted_delivers_everything_once(
 def test_two_sync_workers_on_postgresql_deliver_everything_once(
     runtime: Runtime, settings: Settings, ehr: SandboxEhr, tmp_path: Path
 ) -> None:
+    """The workers' schedule is hourly: the resources mapped here, after they started, reach
+    them as PostgreSQL's notices (the event path), batch after batch."""
     if not settings.database_url.startswith("postgresql"):
         pytest.skip("processes on SQLite share nothing but a file; the lease is PostgreSQL's case")
-    ehr.add_patients(sorted(load_synthetic(runtime, RECORDS)))
-    env = environment(settings, ehr, lease_seconds=5.0)
+    ehr.add_patients(sorted(synthetic_mrns(RECORDS)))
+    env = {**environment(settings, ehr, lease_seconds=5.0), "ADAPTER_SYNC_INTERVAL_SECONDS": "3600"}
     workers = [
         subprocess.Popen([*CLI, "sync"], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL)
         for _ in range(2)
     ]
     try:
+        time.sleep(3)  # started, their first scheduled runs found nothing
+        load_synthetic(runtime, RECORDS)
         deadline = time.monotonic() + 300
         while runtime.outbox.count_due(datetime.now(UTC)) and time.monotonic() < deadline:
             time.sleep(0.5)
@@ -102,3 +111,85 @@ def test_two_sync_workers_on_postgresql_deliver_everything_once(
     runs = sorted(runtime.sync_runs.recent(1000), key=lambda run: run.started_at)
     for earlier, later in itertools.pairwise(runs):
         assert earlier.ended_at is not None and earlier.ended_at <= later.started_at
+    assert {run.trigger for run in runs} == {"event"}
+
+
+def synthetic_mrns(count: int) -> set[str]:
+    return {orjson.loads(line)["patient"]["mrn"] for line in records(count)}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def serve(env: dict[str, str], port: int, cwd: Path) -> subprocess.Popen[bytes]:
+    """`infusion-adapter serve`, answering its health check."""
+    process = subprocess.Popen(
+        [*CLI, "serve", "--port", str(port)], env=env, cwd=cwd, stdout=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return process
+        except httpx.TransportError:
+            time.sleep(0.1)
+    process.kill()
+    raise AssertionError("the service did not start")
+
+
+def test_a_service_killed_while_events_deliver_and_restarted_delivers_everything_once(
+    runtime: Runtime, settings: Settings, ehr: SandboxEhr, tmp_path: Path
+) -> None:
+    """The service as users run it, mapping and the sync on hour-long schedules: records posted
+    to it are delivered by the event path. Killed with SIGKILL while it delivers, three times,
+    and started again, it delivers everything once."""
+    if settings.database_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL's run of processes is the two-worker test above")
+    lines = list(records(RECORDS))
+    ehr.add_patients(sorted(synthetic_mrns(RECORDS)))
+    _, key = runtime.clients.add_key_client("test intake", "intake", datetime.now(UTC))
+    env = {
+        **environment(settings, ehr, lease_seconds=1.0),
+        "ADAPTER_SYNC_INTERVAL_SECONDS": "3600",
+        "ADAPTER_MAPPING_INTERVAL_SECONDS": "3600",
+    }
+    port = free_port()
+    kills = 0
+    for part in range(3):
+        process = serve(env, port, tmp_path)
+        before = runtime.outbox.counts()["delivered"]
+        chunk = lines[part::3]
+        answer = httpx.post(
+            f"http://127.0.0.1:{port}/api/v1/records",
+            content=b"".join(chunk),
+            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/x-ndjson"},
+            timeout=120,
+        )
+        assert answer.status_code in (200, 201, 207), answer.text
+        deadline = time.monotonic() + 60
+        while runtime.outbox.counts()["delivered"] < before + 300 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            kills += 1
+        process.wait(timeout=30)
+        time.sleep(1.1)  # the dead process's lease runs out
+    process = serve(env, port, tmp_path)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            pending = runtime.mapping.queue.counts().get("pending", 0)
+            if not pending and not runtime.outbox.count_due(datetime.now(UTC)):
+                break
+            time.sleep(0.2)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+
+    assert kills == 3
+    assert runtime.mapping.queue.counts().get("pending", 0) == 0
+    assert_exactly_once(runtime, ehr)

@@ -26,7 +26,11 @@ def test_a_copy_deleted_or_changed_in_the_ehr_is_found_and_put_right(
     )
     load_example_day(runtime)
     sync_once(sync, trigger="test")
-    deleted, changed = ehr.all("Observation")[:2]
+    # Two heart rates: nothing references them (a protocol breach's evidence would follow).
+    heart_rates = [
+        o for o in ehr.all("Observation") if o["identifier"][0]["value"].endswith("heart_rate")
+    ]
+    deleted, changed = heart_rates[:2]
     requests.delete(f"{ehr.base}/Observation/{deleted['id']}", timeout=10).raise_for_status()
     changed["status"] = "amended"
     requests.put(
