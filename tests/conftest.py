@@ -1,12 +1,11 @@
 """Fixtures: a store on SQLite and on PostgreSQL, the mappings, the service and the example day."""
 
-import os
+import contextlib
 import shutil
 import socket
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,18 +18,53 @@ import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 from joserfc.jwk import ECKey
-from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
 
 from adapter.app import create_app
 from adapter.runtime import Runtime, open_runtime
 from adapter.security.clients import Client
 from adapter.settings import Settings, get_settings
+from tests.stores import POSTGRES_URL, PostgresSchemas, SqliteTemplate, create_worker_database
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_DAY = ROOT / "tests" / "fixtures" / "clinic-export" / "day-2026-11-20.ndjson"
-POSTGRES_URL = os.environ.get(
-    "ADAPTER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Without PostgreSQL the tests that need it fail, each saying so (see database_url).
+    with contextlib.suppress(OperationalError):
+        create_worker_database()
+
+
+LONGEST_FIRST = (
+    "tests/sync/test_faults.py",
+    "tests/sync/test_processes.py",
+    "tests/console/test_browser.py",
+    "tests/sync/test_corrections.py",
+    "tests/sync/test_quirks.py",
 )
+"""Modules of the tests that take longest (several seconds each, `--durations`): they run
+first, so that the processes of a parallel run end together rather than waiting on one."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        module = item.nodeid.split("::", 1)[0]
+        return LONGEST_FIRST.index(module) if module in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> SqliteTemplate:
+    return SqliteTemplate(tmp_path_factory.mktemp("template"))
+
+
+@pytest.fixture(scope="session")
+def postgres_schemas() -> Iterator[PostgresSchemas]:
+    schemas = PostgresSchemas()
+    yield schemas
+    schemas.close()
 
 
 @pytest.fixture
@@ -42,24 +76,31 @@ def mappings_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh, empty database: a SQLite file, or a schema of its own on PostgreSQL."""
+def database_url(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    sqlite_template: SqliteTemplate,
+    postgres_schemas: PostgresSchemas,
+) -> Iterator[str]:
+    """A fresh database with the schema at its newest revision: a SQLite file copied from one
+    migrated once, or a schema of its own on PostgreSQL. A test marked `empty_store` gets an
+    empty one (a SQLite file not yet there, or an empty schema)."""
+    empty = request.node.get_closest_marker("empty_store") is not None
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'adapter.db'}"
+        path = tmp_path / "adapter.db"
+        yield f"sqlite:///{path}" if empty else sqlite_template.copy(path)
         return
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(POSTGRES_URL)
     try:
-        with admin.begin() as connection:
-            connection.execute(text(f"CREATE SCHEMA {schema}"))
+        schema = postgres_schemas.empty() if empty else postgres_schemas.take()
     except Exception as exc:  # the suite must not pass silently without PostgreSQL
         pytest.fail(f"PostgreSQL at {POSTGRES_URL} is not reachable: {type(exc).__name__}: {exc}")
     try:
-        yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+        yield postgres_schemas.url(schema)
     finally:
-        with admin.begin() as connection:
-            connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
+        if empty:
+            postgres_schemas.drop(schema)
+        else:
+            postgres_schemas.give_back(schema)
 
 
 @pytest.fixture

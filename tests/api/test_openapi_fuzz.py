@@ -78,8 +78,10 @@ sqlite_schema = _schema(_SQLITE)
 postgresql_schema = _schema(_POSTGRESQL)
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(scope="session", autouse=True)
 def _drop_the_schema() -> Iterator[None]:
+    """At the end of the run: a process of a parallel run may come back to this module's tests
+    after others, and finds the services as they were."""
     yield
     for app, _ in (_SQLITE, _POSTGRESQL):
         app.state.runtime.close()

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import orjson
+import pytest
 from click.testing import CliRunner
 
 from adapter.cli import main
@@ -22,6 +23,7 @@ def test_check_names_file_and_key(cli_environment: Settings) -> None:
     assert "codes/events.yaml: rows[2].locale: Extra inputs are not permitted" in result.output
 
 
+@pytest.mark.empty_store
 def test_preview_prints_resources_and_rows_and_stores_nothing(
     cli_environment: Settings, tmp_path: Path
 ) -> None:

@@ -3,6 +3,7 @@
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC
 
+import pytest
 from sqlalchemy import inspect, text
 
 from adapter.runtime import Runtime
@@ -11,6 +12,7 @@ from adapter.store.engine import make_engine, normalise_url
 from tests.conftest import ndjson, session, vitals
 
 
+@pytest.mark.empty_store
 def test_migrations_create_the_schema_and_are_idempotent(database_url: str) -> None:
     engine = make_engine(database_url)
     assert migrate.pending(engine)
@@ -24,6 +26,7 @@ def test_migrations_create_the_schema_and_are_idempotent(database_url: str) -> N
     engine.dispose()
 
 
+@pytest.mark.empty_store
 def test_migrations_downgrade_to_nothing_and_back(database_url: str) -> None:
     engine = make_engine(database_url)
     migrate.upgrade(engine)
@@ -36,6 +39,7 @@ def test_migrations_downgrade_to_nothing_and_back(database_url: str) -> None:
     engine.dispose()
 
 
+@pytest.mark.empty_store
 def test_the_outbox_kept_in_key_order_keeps_every_item_both_ways(database_url: str) -> None:
     engine = make_engine(database_url)
     migrate.upgrade(engine, "0007")

@@ -3,6 +3,7 @@ from before the clock starts after its newest version."""
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import text
 
 from adapter.store import migrate
@@ -38,6 +39,7 @@ def test_no_turn_falls_on_a_whole_second(database_url: str) -> None:
     assert taken == second + TICK
 
 
+@pytest.mark.empty_store
 def test_a_store_upgraded_to_the_clock_starts_after_its_newest_version(database_url: str) -> None:
     engine = make_engine(database_url)
     migrate.upgrade(engine, "0013")
