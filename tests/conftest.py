@@ -39,6 +39,7 @@ def pytest_configure(config: pytest.Config) -> None:
 LONGEST_FIRST = (
     "tests/sync/test_faults.py",
     "tests/sync/test_processes.py",
+    "tests/sync/test_replicas.py",
     "tests/console/test_browser.py",
     "tests/sync/test_corrections.py",
     "tests/sync/test_quirks.py",

@@ -1,0 +1,379 @@
+"""Three replicas of the service on one PostgreSQL behind a round-robin proxy, and an
+`infusion-adapter import` beside them, take in a clinic's day: records posted concurrently
+through the proxy, amended as they go, while a client polls `_lastUpdated=gt` and `_history`
+with `_since` through the proxy. One replica is killed with SIGKILL mid-run and started again,
+twice. Every version is polled exactly once; the EHR holds every resource once, as its latest
+version says."""
+
+import random
+import subprocess
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx2 as httpx
+import orjson
+import pytest
+from sqlalchemy import select
+
+from adapter.mapping.config import load_ehr_rules
+from adapter.runtime import Runtime
+from adapter.settings import Settings
+from adapter.store.resources import NOT_DELIVERED
+from adapter.store.tables import fhir_resource_versions, source_records, sync_outbox
+from adapter.sync.outgoing import provably_ours
+from benchmarks.synthetic import session_records
+from tests.conftest import EXAMPLE_DAY, grant
+from tests.replicas import CLI, Replicas, replica_environment
+from tests.sync.expected import expected_in_ehr
+from tests.sync.sandbox import RECORDS_SYSTEM, SandboxEhr
+from tests.sync.test_processes import assert_exactly_once
+
+REPLICAS = 3
+POSTED_SESSIONS = 80
+"""About 2,700 records posted through the proxy (33 or 34 a session)."""
+IMPORTED_SESSIONS = 30
+"""About 1,000 records, with the example day, in the file the import takes."""
+BATCH = 40
+POSTERS = 3
+RATE = 250
+"""Records posted a second, all posters together: the posting lasts some 12 seconds, so that
+the import, the kills and the mapping of every replica overlap it."""
+POLLED = ("Observation", "Encounter", "AdverseEvent", "DetectedIssue")
+AMENDED_EVERY = 20
+"""Every twentieth vitals record gets a second revision (another heart rate), posted later."""
+AMENDED_AFTER = 150
+
+
+@dataclass
+class SiteDay:
+    """A site's part of the run: its EHR, what its clinic posts, the file its IT imports."""
+
+    ehr: SandboxEhr
+    posted: list[bytes]
+    imported: list[bytes]
+    new_patients: list[str]
+    """The MRNs of the synthetic records, for the EHR to know (the example day's it knows)."""
+
+
+def session_lines(first: int, count: int) -> list[bytes]:
+    rng = random.Random(first)
+    return [
+        orjson.dumps(record)
+        for number in range(first, first + count)
+        for record in session_records(number, rng)
+    ]
+
+
+def with_amendments(lines: list[bytes]) -> list[bytes]:
+    """The lines, with a second revision of some vitals records a while after the first."""
+    later: dict[int, list[bytes]] = {}
+    for position, line in enumerate(lines):
+        record = orjson.loads(line)
+        if record["record_type"] == "vitals" and position % AMENDED_EVERY == 5:
+            amended = {**record, "revision": 2, "heart_rate": record["heart_rate"] + 1}
+            later.setdefault(position + AMENDED_AFTER, []).append(orjson.dumps(amended))
+    out: list[bytes] = []
+    for position, line in enumerate(lines):
+        out.append(line)
+        out.extend(later.pop(position, []))
+    for rest in later.values():
+        out.extend(rest)
+    return out
+
+
+def site_day(ehr: SandboxEhr, number: int) -> SiteDay:
+    base = number * 100_000
+    posted = with_amendments(session_lines(base, POSTED_SESSIONS))
+    example = [line for line in EXAMPLE_DAY.read_bytes().splitlines() if line.strip()]
+    synthetic = session_lines(base + 50_000, IMPORTED_SESSIONS)
+    mrns = {orjson.loads(line)["patient"]["mrn"] for line in posted + synthetic}
+    return SiteDay(ehr, posted, synthetic + example, sorted(mrns))
+
+
+class Poller:
+    """A FHIR client polling each type by `_lastUpdated=gt{greatest seen}` and its history by
+    `_since`, following every next link, through the proxy; a request the proxy answers 502
+    (its replica died mid-request) or that finds no replica is asked again."""
+
+    def __init__(self, base: str, token: str) -> None:
+        self.http = httpx.Client(
+            base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=60
+        )
+        self.searched: Counter[tuple[str, str, int]] = Counter()
+        self.history: Counter[tuple[str, str, int]] = Counter()
+        self.marks: dict[tuple[str, str], str] = {}
+        self.retried = 0
+        self.polls = 0
+
+    def _get(self, url: str, params: dict[str, str] | None = None) -> dict[str, Any]:
+        for _ in range(50):
+            try:
+                answer = self.http.get(url, params=params)
+            except httpx.TransportError:
+                answer = None
+            if answer is not None and answer.status_code != 502:
+                assert answer.status_code == 200, answer.text
+                found: dict[str, Any] = answer.json()
+                return found
+            self.retried += 1
+            time.sleep(0.1)
+        raise AssertionError(f"no replica answered {url}")
+
+    def _pages(self, path: str, params: dict[str, str]) -> Iterator[dict[str, Any]]:
+        bundle = self._get(path, params)
+        while True:
+            for item in bundle.get("entry", []):
+                yield item["resource"]
+            following = [link["url"] for link in bundle["link"] if link["relation"] == "next"]
+            if not following:
+                return
+            bundle = self._get(following[0])
+
+    def _poll(self, kind: str, resource_type: str, seen: Counter[tuple[str, str, int]]) -> None:
+        path, params = f"/fhir/{resource_type}", {"_count": "500"}
+        mark = self.marks.get((kind, resource_type))
+        if kind == "history":
+            path += "/_history"
+            if mark:
+                params["_since"] = mark
+        elif mark:
+            params["_lastUpdated"] = f"gt{mark}"
+        for resource in self._pages(path, params):
+            seen[(resource_type, resource["id"], int(resource["meta"]["versionId"]))] += 1
+            moment = resource["meta"]["lastUpdated"]
+            if mark is None or datetime.fromisoformat(moment) > datetime.fromisoformat(mark):
+                mark = moment
+        if mark:
+            self.marks[(kind, resource_type)] = mark
+
+    def poll(self) -> None:
+        for resource_type in POLLED:
+            self._poll("search", resource_type, self.searched)
+            self._poll("history", resource_type, self.history)
+        self.polls += 1
+
+
+class Posters:
+    """Threads posting the lines in batches through the proxy at RATE, in order; a batch
+    answered 502 or not at all is posted again (intake is idempotent: a revision stored once
+    is `unchanged` the second time)."""
+
+    def __init__(self, base: str, key: str, lines: list[bytes]) -> None:
+        self.base, self.key = base, key
+        self.batches = [lines[i : i + BATCH] for i in range(0, len(lines), BATCH)]
+        self.next = 0
+        self.posted = 0
+        self.outcomes: Counter[str] = Counter()
+        self.retried = 0
+        self.errors: list[str] = []
+        self.lock = threading.Lock()
+        self.started = time.monotonic()
+        self.threads = [threading.Thread(target=self._work) for _ in range(POSTERS)]
+        for thread in self.threads:
+            thread.start()
+
+    def _take(self) -> list[bytes] | None:
+        with self.lock:
+            if self.next == len(self.batches):
+                return None
+            batch = self.batches[self.next]
+            self.next += 1
+            due = self.started + self.next * BATCH / RATE
+        time.sleep(max(0.0, due - time.monotonic()))
+        return batch
+
+    def _work(self) -> None:
+        headers = {"Authorization": f"Bearer {self.key}", "Content-Type": "application/x-ndjson"}
+        with httpx.Client(base_url=self.base, headers=headers, timeout=120) as http:
+            while (batch := self._take()) is not None:
+                for _ in range(50):
+                    try:
+                        answer = http.post("/api/v1/records", content=b"\n".join(batch))
+                    except httpx.TransportError:
+                        answer = None
+                    if answer is not None and answer.status_code != 502:
+                        break
+                    with self.lock:
+                        self.retried += 1
+                    time.sleep(0.1)
+                if answer is None or answer.status_code not in (200, 201, 207):
+                    self.errors.append(answer.text if answer is not None else "no answer")
+                    continue
+                with self.lock:
+                    self.posted += len(batch)
+                    self.outcomes.update(r["outcome"] for r in answer.json()["results"])
+
+    def join(self) -> None:
+        for thread in self.threads:
+            thread.join(timeout=300)
+
+
+def stored_versions(runtime: Runtime) -> set[tuple[str, str, int]]:
+    table = fhir_resource_versions
+    query = select(table.c.resource_type, table.c.id, table.c.version_id).where(
+        table.c.resource_type.in_(POLLED)
+    )
+    with runtime.store.engine.connect() as connection:
+        return {(kind, rid, version) for kind, rid, version in connection.execute(query)}
+
+
+def stored_revisions(runtime: Runtime, source_ids: set[str]) -> set[int]:
+    query = select(source_records.c.revision).where(source_records.c.source_id.in_(source_ids))
+    with runtime.store.engine.connect() as connection:
+        return set(connection.execute(query).scalars())
+
+
+def drained(runtime: Runtime, importing: subprocess.Popen[bytes], seconds: float) -> bool:
+    """Wait until the import is done, every record mapped and every resource delivered."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        pending = runtime.mapping.queue.counts().get("pending", 0)
+        outbox = runtime.outbox.counts()
+        undelivered = outbox["pending"] + outbox["waiting"]
+        if importing.poll() is not None and not pending and not undelivered:
+            return True
+        time.sleep(0.3)
+    return False
+
+
+def undelivered(runtime: Runtime) -> Counter[str]:
+    """Why the resources not delivered wait, by state and detail."""
+    query = select(sync_outbox.c.state, sync_outbox.c.detail).where(
+        sync_outbox.c.state.in_(("pending", "waiting"))
+    )
+    with runtime.store.engine.connect() as connection:
+        return Counter(f"{state}: {detail}" for state, detail in connection.execute(query))
+
+
+def adapter_identifiers(resource: dict[str, Any]) -> list[tuple[str, str]]:
+    listed = resource.get("identifier")
+    found = listed if isinstance(listed, list) else [listed] if listed else []
+    return [
+        (i["system"], i["value"]) for i in found if str(i.get("system")).startswith(RECORDS_SYSTEM)
+    ]
+
+
+def assert_latest_in_ehr(runtime: Runtime, site: SiteDay) -> int:
+    """Each resource the EHR holds says what its current version says; how many were checked."""
+    rules = load_ehr_rules(runtime.settings.mappings_dir)
+    copies: dict[tuple[str, str], dict[str, Any]] = {}
+    for resource_type in {r.resource_type for r in runtime.resources.all_current()}:
+        for copy in site.ehr.all(resource_type):
+            for system, value in adapter_identifiers(copy):
+                copies[(system, value)] = copy
+    checked = 0
+    for stored in runtime.resources.all_current():
+        if stored.resource_type in NOT_DELIVERED:
+            continue
+        resource = orjson.loads(stored.content)
+        theirs = [copies[key] for key in adapter_identifiers(resource) if key in copies]
+        if not theirs:
+            continue  # a stand-in's or an unidentified resource: counted by assert_exactly_once
+        assert provably_ours(theirs[:1], resource, rules.extra_codings) is not None, (
+            f"{stored.resource_type}/{stored.id} version {stored.version_id} is not in the EHR"
+        )
+        checked += 1
+    return checked
+
+
+def test_three_replicas_and_an_import_with_kills_poll_and_deliver_every_version_once(
+    runtime: Runtime, settings: Settings, ehr: SandboxEhr, tmp_path: Path
+) -> None:
+    if not settings.database_url.startswith("postgresql"):
+        pytest.skip("replicas share a PostgreSQL store; on SQLite the service is one process")
+    sites = [site_day(ehr, 0)]
+    """The sites of the deployment, each with its EHR (a single site here)."""
+    site = sites[0]
+    site.ehr.add_patients(site.new_patients)
+    _, key = runtime.clients.add_key_client("clinic charting", "intake", datetime.now(UTC))
+    token = grant(runtime).token
+    env = replica_environment(
+        settings.database_url,
+        settings.mappings_dir,
+        site.ehr.base,
+        sync_lease_seconds="3",
+        sync_interval_seconds="2",
+        mapping_interval_seconds="2",
+    )
+    export = tmp_path / "import.ndjson"
+    export.write_bytes(b"\n".join(site.imported) + b"\n")
+    replicas = Replicas(REPLICAS, env, tmp_path)
+    poller = Poller(replicas.url, token)
+    polling = threading.Event()
+    failures: list[BaseException] = []
+
+    def poll_continuously() -> None:
+        try:
+            while not polling.is_set():
+                poller.poll()
+        except BaseException as exc:  # reported by the test
+            failures.append(exc)
+
+    watcher = threading.Thread(target=poll_continuously)
+    watcher.start()
+    importing: subprocess.Popen[bytes] | None = None
+    try:
+        posters = Posters(replicas.url, key, site.posted)
+        time.sleep(1.5)
+        importing = subprocess.Popen(
+            [*CLI, "import", str(export), "--quiet", "--batch-size", "200"],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+        )
+        kills = []
+        for victim, share in ((1, 0.25), (2, 0.5)):
+            while posters.posted < share * len(site.posted) and not posters.errors:
+                time.sleep(0.05)
+            before = replicas.proxy.answered()[victim]
+            replicas.kill(victim)
+            kills.append(victim)
+            replicas.restart(victim)
+            assert replicas.proxy.answered()[victim] >= before
+        posters.join()
+        assert drained(runtime, importing, 150), (
+            runtime.mapping.queue.counts(),
+            undelivered(runtime).most_common(5),
+        )
+        polling.set()
+        watcher.join(timeout=120)
+        poller.poll()  # whatever was committed after the last poll of the loop
+    finally:
+        polling.set()
+        watcher.join(timeout=120)
+        if importing is not None and importing.poll() is None:
+            importing.kill()
+        replicas.stop()
+
+    assert not failures, failures
+    assert not posters.errors, posters.errors[:3]
+    assert importing is not None and importing.returncode == 0
+    assert kills == [1, 2]
+    assert all(replicas.proxy.answered()), replicas.proxy.answered()
+    # `unchanged`: a batch posted again after a 502 whose first post was stored; `stale`: a
+    # first revision posted again after its second was stored.
+    assert set(posters.outcomes) <= {"created", "amended", "unchanged", "stale"}, posters.outcomes
+    amended = {orjson.loads(line)["id"] for line in site.posted if b'"revision":2' in line}
+    assert posters.outcomes["amended"] + posters.outcomes["stale"] >= len(amended) > 0
+    assert stored_revisions(runtime, amended) == {2}
+    assert poller.polls >= 5
+    counts = runtime.mapping.queue.counts()
+    assert set(counts) == {"mapped"}, counts
+    records = {(r["record_type"], r["id"]) for r in map(orjson.loads, site.posted + site.imported)}
+    assert counts["mapped"] == len(records)
+
+    versions = stored_versions(runtime)
+    assert any(version > 1 for _, _, version in versions)
+    assert poller.history == Counter(dict.fromkeys(versions, 1))
+    assert max(poller.searched.values()) == 1
+    current = {(t, i, v) for t, i, v in versions if (t, i, v + 1) not in versions}
+    assert current <= set(poller.searched)
+
+    assert_exactly_once(runtime, site.ehr)
+    assert assert_latest_in_ehr(runtime, site) == sum(expected_in_ehr(runtime).values())
