@@ -35,14 +35,14 @@ from tests.sync.sandbox import RECORDS_SYSTEM, SandboxEhr
 from tests.sync.test_processes import assert_exactly_once
 
 REPLICAS = 3
-POSTED_SESSIONS = 80
-"""About 2,700 records posted through the proxy (33 or 34 a session)."""
-IMPORTED_SESSIONS = 30
-"""About 1,000 records, with the example day, in the file the import takes."""
+POSTED_SESSIONS = 60
+"""About 2,000 records posted through the proxy (33 or 34 a session), and some 100 amendments."""
+IMPORTED_SESSIONS = 20
+"""About 670 records, with the example day, in the file the import takes."""
 BATCH = 40
 POSTERS = 3
 RATE = 250
-"""Records posted a second, all posters together: the posting lasts some 12 seconds, so that
+"""Records posted a second, all posters together: the posting lasts some 8 seconds, so that
 the import, the kills and the mapping of every replica overlap it."""
 POLLED = ("Observation", "Encounter", "AdverseEvent", "DetectedIssue")
 AMENDED_EVERY = 20
@@ -287,22 +287,25 @@ def test_three_replicas_and_an_import_with_kills_poll_and_deliver_every_version_
 ) -> None:
     if not settings.database_url.startswith("postgresql"):
         pytest.skip("replicas share a PostgreSQL store; on SQLite the service is one process")
-    sites = [site_day(ehr, 0)]
-    """The sites of the deployment, each with its EHR (a single site here)."""
-    site = sites[0]
-    site.ehr.add_patients(site.new_patients)
+    sites = [site_day(site_ehr, number) for number, site_ehr in enumerate([ehr])]
+    """The deployment's sites, each with its own EHR: a single site, configured by
+    ADAPTER_EHR_BASE_URL; the lines and the checks below take every site's."""
+    for site in sites:
+        site.ehr.add_patients(site.new_patients)
+    posted = [line for site in sites for line in site.posted]
+    imported = [line for site in sites for line in site.imported]
     _, key = runtime.clients.add_key_client("clinic charting", "intake", datetime.now(UTC))
     token = grant(runtime).token
     env = replica_environment(
         settings.database_url,
         settings.mappings_dir,
-        site.ehr.base,
+        sites[0].ehr.base,
         sync_lease_seconds="3",
         sync_interval_seconds="2",
         mapping_interval_seconds="2",
     )
     export = tmp_path / "import.ndjson"
-    export.write_bytes(b"\n".join(site.imported) + b"\n")
+    export.write_bytes(b"\n".join(imported) + b"\n")
     replicas = Replicas(REPLICAS, env, tmp_path)
     poller = Poller(replicas.url, token)
     polling = threading.Event()
@@ -319,7 +322,7 @@ def test_three_replicas_and_an_import_with_kills_poll_and_deliver_every_version_
     watcher.start()
     importing: subprocess.Popen[bytes] | None = None
     try:
-        posters = Posters(replicas.url, key, site.posted)
+        posters = Posters(replicas.url, key, posted)
         time.sleep(1.5)
         importing = subprocess.Popen(
             [*CLI, "import", str(export), "--quiet", "--batch-size", "200"],
@@ -330,7 +333,7 @@ def test_three_replicas_and_an_import_with_kills_poll_and_deliver_every_version_
         restarted: dict[int, int] = {}
         """Each replica killed, and how many requests it had answered when it came back."""
         for victim, share in ((1, 0.25), (2, 0.5)):
-            while posters.posted < share * len(site.posted) and not posters.errors:
+            while posters.posted < share * len(posted) and not posters.errors:
                 time.sleep(0.05)
             replicas.kill(victim)
             replicas.restart(victim)
@@ -359,13 +362,13 @@ def test_three_replicas_and_an_import_with_kills_poll_and_deliver_every_version_
     # `unchanged`: a batch posted again after a 502 whose first post was stored; `stale`: a
     # first revision posted again after its second was stored.
     assert set(posters.outcomes) <= {"created", "amended", "unchanged", "stale"}, posters.outcomes
-    amended = {orjson.loads(line)["id"] for line in site.posted if b'"revision":2' in line}
+    amended = {orjson.loads(line)["id"] for line in posted if b'"revision":2' in line}
     assert posters.outcomes["amended"] + posters.outcomes["stale"] >= len(amended) > 0
     assert stored_revisions(runtime, amended) == {2}
     assert poller.polls >= 5
     counts = runtime.mapping.queue.counts()
     assert set(counts) == {"mapped"}, counts
-    records = {(r["record_type"], r["id"]) for r in map(orjson.loads, site.posted + site.imported)}
+    records = {(r["record_type"], r["id"]) for r in map(orjson.loads, posted + imported)}
     assert counts["mapped"] == len(records)
 
     versions = stored_versions(runtime)
@@ -375,5 +378,6 @@ def test_three_replicas_and_an_import_with_kills_poll_and_deliver_every_version_
     current = {(t, i, v) for t, i, v in versions if (t, i, v + 1) not in versions}
     assert current <= set(poller.searched)
 
-    assert_exactly_once(runtime, site.ehr)
-    assert assert_latest_in_ehr(runtime, site) == sum(expected_in_ehr(runtime).values())
+    for site in sites:
+        assert_exactly_once(runtime, site.ehr)
+        assert assert_latest_in_ehr(runtime, site) == sum(expected_in_ehr(runtime).values())
