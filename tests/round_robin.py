@@ -94,7 +94,8 @@ class RoundRobinProxy:
                     connection.request(method, path, body=body, headers=dict(headers))
                 except ConnectionRefusedError:
                     connection.close()
-                    upstream.refused += 1
+                    with self._lock:
+                        upstream.refused += 1
                     break  # the next upstream
                 except OSError:
                     connection.close()
@@ -108,7 +109,8 @@ class RoundRobinProxy:
                     connection.close()
                     if method in RETRIED:
                         continue  # a new connection, then the next upstream
-                    self.failed[type(exc).__name__] += 1
+                    with self._lock:
+                        self.failed[type(exc).__name__] += 1
                     return 502, [], b"the upstream failed mid-request"
                 answer = [
                     (name, value)
@@ -119,7 +121,8 @@ class RoundRobinProxy:
                     connection.close()
                 else:
                     self._keep(upstream, connection)
-                upstream.answered += 1
+                with self._lock:
+                    upstream.answered += 1
                 return response.status, answer, content
         self.failed["no upstream"] += 1
         return 502, [], b"no upstream answered"
