@@ -3,11 +3,13 @@
 from dataclasses import dataclass
 from datetime import timedelta
 
+from adapter.errors import MappingFileError
 from adapter.export.service import ExportService
 from adapter.intake.service import Intake
 from adapter.intake.validation import IntakeContext
-from adapter.mapping.config import Mappings, load_ehr_rules, load_mappings
+from adapter.mapping.config import Mappings, load_ehr_rules
 from adapter.mapping.service import MappingService
+from adapter.mapping.sites import SITES_DIR, SiteConfig, load_group
 from adapter.security.audit import AuditLog
 from adapter.security.clients import Clients
 from adapter.settings import Settings
@@ -48,18 +50,40 @@ class Runtime:
         nothing. True when the files changed."""
         changed = self.mapping.reload()
         if changed:
-            self.intake.context = intake_context(self.mapping.mapper.mappings)
+            self.intake.context = intake_context(
+                self.mapping.mapper.mappings, self.mapping.sites, self.settings.default_site
+            )
         return changed
 
 
-def intake_context(mappings: Mappings) -> IntakeContext:
-    return IntakeContext(limits=mappings.limits, time_zone=mappings.site.zone())
+def intake_context(
+    mappings: Mappings,
+    sites: dict[str, SiteConfig] | None = None,
+    default_site: str | None = None,
+) -> IntakeContext:
+    """What intake needs to know of the mappings: the limits and time zone, each site's."""
+    return IntakeContext(
+        limits=mappings.limits,
+        time_zone=mappings.site.zone(),
+        sites={
+            site_id: IntakeContext(
+                limits=config.mappings.limits, time_zone=config.mappings.site.zone()
+            )
+            for site_id, config in (sites or {}).items()
+        },
+        default_site=default_site,
+    )
 
 
 def open_runtime(settings: Settings) -> Runtime:
     """Load the mappings and open the store; a broken mapping file (mappings/ehr.yaml
     included) or a stale schema stops here."""
-    mappings = load_mappings(settings.mappings_dir)
+    mappings, sites = load_group(settings.mappings_dir)
+    if settings.default_site is not None and settings.default_site not in sites:
+        raise MappingFileError(
+            f"ADAPTER_DEFAULT_SITE: {settings.default_site!r} is not a site under "
+            f"{settings.mappings_dir / SITES_DIR}"
+        )
     engine = make_engine(settings.database_url)
     if settings.auto_migrate:
         migrate.upgrade(engine)
@@ -68,7 +92,7 @@ def open_runtime(settings: Settings) -> Runtime:
             "the store's schema is behind its migrations: run `infusion-adapter db upgrade`"
         )
     store = RecordStore(engine)
-    mapping = MappingService(MappingQueue(engine), mappings, settings.mappings_dir)
+    mapping = MappingService(MappingQueue(engine), mappings, settings.mappings_dir, sites=sites)
     mapping.adopt_version()
     load_ehr_rules(settings.mappings_dir)
     sync = (
@@ -79,7 +103,7 @@ def open_runtime(settings: Settings) -> Runtime:
     return Runtime(
         settings=settings,
         store=store,
-        intake=Intake(store, intake_context(mappings)),
+        intake=Intake(store, intake_context(mappings, sites, settings.default_site)),
         mapping=mapping,
         resources=ResourceStore(engine),
         exports=ExportService(

@@ -61,6 +61,7 @@ class Queued(NamedTuple):
     kind: str
     urgent: bool = False
     received_at: datetime | None = None
+    site: str | None = None
 
 
 def delivery_kind(source_type: str, resource_type: str) -> str:
@@ -237,6 +238,7 @@ def enqueue(connection: Connection, versions: Sequence[tuple[Any, ...]], now: da
                 "urgent": q.urgent,
                 "received_at": q.received_at or now,
                 "mapped_at": now,
+                "site": q.site,
             }
             for q in queued
         ],
