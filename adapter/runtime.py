@@ -1,15 +1,19 @@
 """Opens what every entry point needs, the service and the CLI alike: mappings, store, intake."""
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import Engine
 
 from adapter.errors import MappingFileError
 from adapter.export.service import ExportService
 from adapter.intake.service import Intake
 from adapter.intake.validation import IntakeContext
-from adapter.mapping.config import Mappings, load_ehr_rules
+from adapter.mapping.config import EhrRules, Mappings, Site, load_ehr_rules
 from adapter.mapping.service import MappingService
-from adapter.mapping.sites import SITES_DIR, SiteConfig, load_group
+from adapter.mapping.sites import SITES_DIR, SiteConfig, load_group, load_site_ehr, site_settings
 from adapter.security.audit import AuditLog
 from adapter.security.clients import Clients
 from adapter.settings import Settings
@@ -35,10 +39,21 @@ class Runtime:
     outbox: Outbox
     sync_runs: SyncRuns
     sync: Sync | None
-    """The sync to the EHR; None when no EHR is configured (the outbox fills all the same)."""
+    """The sync to the EHR; None when no EHR is configured (the outbox fills all the same), and
+    in a group of sites, whose EHRs are in `site_syncs`."""
     clients: Clients
     audit: AuditLog
     fhir_reads: FhirReader
+    site_syncs: dict[str, Sync] = field(default_factory=dict)
+    """The sync of each site of a group whose ehr.yaml names its EHR's connection."""
+
+    def syncs(self) -> list[Sync]:
+        """Every sync of the deployment: its one EHR's, or each site's."""
+        return [self.sync] if self.sync is not None else list(self.site_syncs.values())
+
+    def sync_of(self, site: str | None) -> Sync | None:
+        """The sync of a site (None: the deployment's one EHR)."""
+        return self.sync if site is None else self.site_syncs.get(site)
 
     def close(self) -> None:
         """Close the store's connections (the engine of single reads too)."""
@@ -97,7 +112,7 @@ def open_runtime(settings: Settings) -> Runtime:
     load_ehr_rules(settings.mappings_dir)
     sync = (
         Sync(settings, engine, store, lambda: mapping.mapper.mappings.site)
-        if settings.ehr_base_url
+        if settings.ehr_base_url and not sites
         else None
     )
     return Runtime(
@@ -115,4 +130,33 @@ def open_runtime(settings: Settings) -> Runtime:
         clients=Clients(engine),
         audit=AuditLog(engine, settings.secret_key),
         fhir_reads=FhirReader(make_engine(settings.database_url, single_reads=True)),
+        site_syncs=site_syncs(settings, engine, store, mapping),
     )
+
+
+def site_syncs(
+    settings: Settings, engine: Engine, store: RecordStore, mapping: MappingService
+) -> dict[str, Sync]:
+    """A sync per site of a group whose ehr.yaml names its EHR, each on its own: its lease,
+    back-off, runs and patient matches, its EHR's client and breaker, its outbox items."""
+    syncs: dict[str, Sync] = {}
+    for site_id, config in mapping.sites.items():
+        if config.ehr.connection is None:
+            continue
+        syncs[site_id] = Sync(
+            site_settings(settings, site_id, config.ehr.connection),
+            engine,
+            store,
+            _site_of(mapping, site_id),
+            site_id=site_id,
+            rules=_rules_of(settings.mappings_dir, site_id),
+        )
+    return syncs
+
+
+def _site_of(mapping: MappingService, site_id: str) -> Callable[[], Site]:
+    return lambda: mapping.sites[site_id].mappings.site
+
+
+def _rules_of(folder: Path, site_id: str) -> Callable[[], EhrRules]:
+    return lambda: load_site_ehr(folder, site_id)

@@ -14,12 +14,7 @@ def site_key_or_none(site: str | None, value: str | None) -> str | None:
     return None if value is None else site_key(site, value)
 
 
-def site_of_key(key: str) -> str | None:
-    """The site a store key belongs to; None for a single-site deployment's keys."""
-    site, separator, _ = key.partition(SEPARATOR)
-    return site if separator else None
-
-
 def source_of_key(key: str) -> str:
-    """The source id a store key was made from."""
-    return key.rpartition(SEPARATOR)[2]
+    """The source id a site's store key was made from (an MRN may hold the separator; a site
+    id never does)."""
+    return key.partition(SEPARATOR)[2]

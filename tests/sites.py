@@ -5,17 +5,20 @@ from pathlib import Path
 NORTH, SOUTH = "north", "south"
 
 
-def add_sites(mappings: Path, ehr_urls: dict[str, str] | None = None) -> None:
+def add_sites(
+    mappings: Path, ehr_urls: dict[str, str] | None = None, own_mrn_systems: bool = True
+) -> None:
     """Sites `north` (New York time, its own MRN system) and `south` (Chicago time, its own
-    MRN system and drug row); each with its EHR where `ehr_urls` names one."""
+    MRN system and drug row); each with its EHR where `ehr_urls` names one. Without
+    `own_mrn_systems` both keep the shared MRN system (the sandbox EHR's patients')."""
     for site, zone in ((NORTH, "America/New_York"), (SOUTH, "America/Chicago")):
         folder = mappings / "sites" / site
         folder.mkdir(parents=True)
+        mrn = f"https://{site}.ketamine-clinic.example.org/fhir/sid/mrn"
         (folder / "site.yaml").write_text(
             f"time_zone: {zone}\n"
-            "identifier_systems:\n"
-            f"  mrn: https://{site}.ketamine-clinic.example.org/fhir/sid/mrn\n"
-            f"meta_source: https://{site}.ketamine-clinic.example.org/fhir/infusion-adapter\n"
+            + (f"identifier_systems:\n  mrn: {mrn}\n" if own_mrn_systems else "")
+            + f"meta_source: https://{site}.ketamine-clinic.example.org/fhir/infusion-adapter\n"
             "organization:\n"
             f"  name: Ketamine Clinic {site.title()}\n"
             "location:\n"

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, model_validator
 
 from adapter.errors import MappingFileError
 from adapter.intake.records import SITE_ID_PATTERN
@@ -25,6 +25,7 @@ from adapter.mapping.config import (
     _key_path,
     load_mappings,
 )
+from adapter.settings import Settings
 
 SITES_DIR = "sites"
 SITE_ID_RULE = "1 to 32 lowercase letters, digits or '-'"
@@ -223,17 +224,46 @@ def load_group(folder: Path) -> tuple[Mappings, dict[str, SiteConfig]]:
     return shared, sites
 
 
-def connection_secret(connection: EhrConnection) -> str | None:
+def load_site_ehr(folder: Path, site_id: str) -> SiteEhr:
+    """A site's ehr.yaml over the shared one, read again for each sync run as the shared
+    file is."""
+    data = _read(folder / EHR_FILE) if (folder / EHR_FILE).is_file() else {}
+    path = folder / SITES_DIR / site_id / EHR_FILE
+    if path.is_file():
+        data = merged(data, _read(path))
+    return _validated(path, data, SiteEhr)
+
+
+def connection_secret(site_id: str, connection: EhrConnection) -> SecretStr | None:
     """The bearer token of a site's EHR, read from the environment variable it names."""
     if connection.bearer_token_env is None:
         return None
     value = os.environ.get(connection.bearer_token_env)
     if not value:
         raise MappingFileError(
-            f"connection.bearer_token_env: the environment variable "
-            f"{connection.bearer_token_env} is not set"
+            f"{SITES_DIR}/{site_id}/{EHR_FILE}: connection.bearer_token_env: the environment "
+            f"variable {connection.bearer_token_env} is not set"
         )
-    return value
+    return SecretStr(value)
+
+
+def site_settings(settings: Settings, site_id: str, connection: EhrConnection) -> Settings:
+    """The settings a site's sync runs with: the shared ones, with its EHR's connection."""
+    update: dict[str, Any] = {
+        "ehr_base_url": connection.base_url,
+        "ehr_auth": connection.auth,
+        "ehr_bearer_token": connection_secret(site_id, connection),
+        "ehr_client_id": connection.client_id,
+        "ehr_private_key_file": connection.private_key_file,
+        "ehr_key_id": connection.key_id,
+        "ehr_signing_algorithm": connection.signing_algorithm,
+        "ehr_token_url": connection.token_url,
+    }
+    if connection.scopes is not None:
+        update["ehr_scopes"] = connection.scopes
+    if connection.proxy_url is not None:
+        update["ehr_proxy_url"] = connection.proxy_url
+    return settings.model_copy(update=update)
 
 
 def _optional(schema: Any) -> Any:

@@ -33,8 +33,10 @@ _WITHDRAWN_STATUS = {
 _AMENDABLE = frozenset({"Observation", "DetectedIssue"})
 """Types whose status says `amended` for a version that changed what a final one said
 (http://hl7.org/fhir/R4/valueset-observation-status.html)."""
-NOT_DELIVERED = frozenset({"Patient"})
-"""Types served on the FHIR endpoint and never queued for the EHR: the EHR owns its patients."""
+NOT_DELIVERED = frozenset({"Patient", "Organization", "Location"})
+"""Types served on the FHIR endpoint and never queued for the EHR: the EHR owns its patients,
+and keeps its own directory of the clinic's organization and premises (the references to the
+adapter's are left out of what it gets)."""
 MAPPING_TAG_PREFIX = "mapping-"
 """The code of the meta.tag that names the mapping version that made a resource."""
 
