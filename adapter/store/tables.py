@@ -171,6 +171,7 @@ export_jobs = Table(
     Column("updated_at", UtcDateTime(), nullable=False),
     Column("expires_at", UtcDateTime()),
     Column("client_id", String(64)),
+    Column("sites", Text),
     Index("ix_export_jobs_status", "status"),
 )
 """Bulk Data $export jobs: kept in the store, so that a restart resumes them."""

@@ -1,6 +1,6 @@
 """Clinic sites: the site of each stored resource and outbox row, so that a group's sites are
 synced and served apart; store keys that hold the site (`site:id`, up to 97 characters); the
-sites an API client is bound to; the site of each sync run.
+sites an API client (and its $export jobs) is bound to; the site of each sync run.
 
 Revision ID: 0016
 Revises: 0015
@@ -41,6 +41,7 @@ def upgrade() -> None:
     op.add_column("sync_outbox", sa.Column("site", sa.String(32)))
     op.add_column("sync_runs", sa.Column("site", sa.String(32)))
     op.add_column("api_clients", sa.Column("sites", sa.Text))
+    op.add_column("export_jobs", sa.Column("sites", sa.Text))
     op.create_index("ix_fhir_resources_site", "fhir_resources", ["site", "resource_type"])
     op.create_index("ix_sync_outbox_site", "sync_outbox", ["site", "state", "rank", "resource_id"])
 
@@ -49,6 +50,7 @@ def downgrade() -> None:
     op.drop_index("ix_sync_outbox_site", "sync_outbox")
     op.drop_index("ix_fhir_resources_site", "fhir_resources")
     for table, column in (
+        ("export_jobs", "sites"),
         ("api_clients", "sites"),
         ("sync_runs", "site"),
         ("sync_outbox", "site"),
