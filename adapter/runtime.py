@@ -2,7 +2,7 @@
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -50,6 +50,15 @@ class Runtime:
     def syncs(self) -> list[Sync]:
         """Every sync of the deployment: its one EHR's, or each site's."""
         return [self.sync] if self.sync is not None else list(self.site_syncs.values())
+
+    def backoff(self) -> tuple[datetime | None, float]:
+        """How long the sync backs off from its EHR: in a group, the site's that backs off
+        longest (a site whose EHR is down is an EHR down)."""
+        found = [sync.backoff() for sync in self.syncs()]
+        waiting = [entry for entry in found if entry[0] is not None]
+        if not waiting:
+            return None, 0.0
+        return max(waiting, key=lambda entry: entry[0] or datetime.min.replace(tzinfo=UTC))
 
     def sync_of(self, site: str | None) -> Sync | None:
         """The sync of a site (None: the deployment's one EHR)."""

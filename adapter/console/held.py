@@ -84,9 +84,9 @@ def replay(runtime: Runtime, metrics: Metrics | None, ids: set[str], reason: str
     named = [item.resource_id for item in chosen]
     queued = runtime.outbox.requeue(datetime.now(UTC), STATES, named)
     report = None
-    if runtime.sync is not None:
+    for sync in runtime.syncs():
         started = time.monotonic()
-        report = sync_once(runtime.sync, trigger="console")
+        report = sync_once(sync, trigger="console")
         if metrics is not None:
             metrics.run("console", report, started)
     now = runtime.outbox.items(named)
