@@ -164,7 +164,11 @@ def _site_digest(folder: Path) -> bytes:
 def load_site(folder: Path, site_id: str, shared: Mappings, version: str) -> SiteConfig:
     """One site: its site.yaml, code tables and ehr.yaml over the shared ones."""
     site_dir = folder / SITES_DIR / site_id
-    problems: list[str] = []
+    problems: list[str] = [
+        f"{entry}: not a file a site overlays (site.yaml, ehr.yaml, codes/<table>.yaml)"
+        for entry in sorted(site_dir.iterdir())
+        if entry.name not in (*SITE_FILES, "codes") and not entry.name.startswith(".")
+    ]
     site = shared.site
     own = site_dir / "site.yaml"
     if own.is_file():

@@ -85,6 +85,7 @@ def test_a_site_row_replaces_the_shared_row_of_its_code(mappings_dir: Path) -> N
             "sites/north/codes/drugs.yaml: rows[0].codings: Field required",
         ),
         ("sites/North/site.yaml", "{}\n", "sites/North: a site id is 1 to 32 lowercase"),
+        ("sites/north/limits.yaml", "{}\n", "sites/north/limits.yaml: not a file a site overlays"),
     ],
 )
 def test_a_broken_site_file_is_named_with_its_key(
