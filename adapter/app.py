@@ -69,7 +69,7 @@ def alert_watch(runtime: Runtime) -> AlertWatch:
         OperationsReadings(engine),
         runtime.outbox,
         AlertStore(engine),
-        runtime.sync.backoff if runtime.sync is not None else None,
+        runtime.backoff if runtime.syncs() else None,
     )
 
 

@@ -19,6 +19,7 @@ from adapter.mapping.mapper import Mapper
 from adapter.mapping.preview import PreviewEntry
 from adapter.mapping.preview import preview as preview_file
 from adapter.mapping.service import MappingReport
+from adapter.mapping.sites import load_group
 from adapter.runtime import Runtime, intake_context
 from adapter.security.audit_commands import audit
 from adapter.security.commands import clients
@@ -68,10 +69,20 @@ def serve(host: str | None, port: int | None) -> None:
 )
 @click.option("--quiet", is_flag=True, help="No progress bar; the summary only.")
 @click.option("--no-map", is_flag=True, help="Store the records only; the service maps them later.")
-def import_command(file: Path, batch_size: int | None, quiet: bool, no_map: bool) -> None:
+@click.option(
+    "--site",
+    help="The clinic site of a group the file comes from: records naming no site are its, "
+    "records naming another are refused.",
+)
+def import_command(
+    file: Path, batch_size: int | None, quiet: bool, no_map: bool, site: str | None
+) -> None:
     """Import an NDJSON file of clinic records through the intake path."""
     settings = _settings()
     runtime = _runtime(settings)
+    if site is not None and site not in runtime.mapping.sites:
+        click.echo(f"--site: {site!r} is not a site of this deployment", err=True)
+        sys.exit(2)
     file_size = file.stat().st_size
     bar = tqdm(total=None, unit="rec", desc="importing", disable=quiet, dynamic_ncols=True)
 
@@ -87,6 +98,7 @@ def import_command(file: Path, batch_size: int | None, quiet: bool, no_map: bool
         batch_size or settings.intake_batch_size,
         progress,
         longest_line=settings.max_body_bytes,
+        site=site,
     )
     bar.close()
     counts = ", ".join(
@@ -149,7 +161,7 @@ def check() -> None:
     """Validate every mapping file; name the file and key of each problem."""
     folder = _settings().mappings_dir
     try:
-        load_mappings(folder)
+        load_group(folder)
     except MappingFileError as exc:
         click.echo(str(exc), err=True)
         sys.exit(2)

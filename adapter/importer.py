@@ -90,9 +90,11 @@ def import_file(
     batch_size: int,
     on_batch: Callable[[ImportReport], None] | None = None,
     longest_line: int = 10 * 1024 * 1024,
+    site: str | None = None,
 ) -> ImportReport:
     """Import every line of `source`; rejected lines and their reasons go to a file beside it.
-    A line over `longest_line` bytes is rejected without being read whole."""
+    A line over `longest_line` bytes is rejected without being read whole. `site`: the clinic
+    site of a group the file comes from: records that name none are its, others are refused."""
     report = ImportReport()
     target = rejected_path(source)
     started = time.perf_counter()
@@ -104,7 +106,8 @@ def import_file(
                 raw_by_line = dict(batch)
                 too_long = {n: reader.sizes.pop(n) for n, _ in batch if n in reader.sizes}
                 outcomes: list[RecordOutcome] = intake.submit(
-                    [item for item in batch if item[0] not in too_long]
+                    [item for item in batch if item[0] not in too_long],
+                    frozenset({site}) if site else None,
                 )
                 outcomes += [_too_long(n, size, longest_line) for n, size in too_long.items()]
                 for outcome in outcomes:

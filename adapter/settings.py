@@ -101,6 +101,13 @@ class Settings(BaseSettings):
         60, gt=0, description="How long $export files stay downloadable before they are removed."
     )
     log_level: str = Field("INFO", description="Python logging level of the service.")
+    default_site: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9-]{1,32}$",
+        description="In a deployment of several sites (mappings/sites/), the site of a record "
+        "that names none, sent with a credential bound to no site; unset: such records are "
+        "refused, naming `clinic_site`.",
+    )
     ehr_base_url: str | None = Field(
         None,
         description="FHIR R4 base URL of the clinic's EHR that the sync pushes to; "

@@ -21,7 +21,7 @@ from adapter.runtime import Runtime
 from adapter.settings import Settings
 from adapter.store import notices
 from adapter.store.notices import NoticeListener
-from adapter.sync.engine import SyncReport, sync_once
+from adapter.sync.engine import Sync, SyncReport, sync_once
 from adapter.sync.reconcile import reconcile_once
 from adapter.wakeups import Wakeup
 
@@ -94,17 +94,26 @@ class SyncRunner:
     """Runs the sync for this process, one run at a time whoever asks (the schedule, an event):
     a run asked for while another runs here waits for it rather than finding the lease taken."""
 
-    def __init__(self, runtime: Runtime, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, runtime: Runtime, metrics: Metrics | None = None, sync: Sync | None = None
+    ) -> None:
         self.runtime = runtime
         self.metrics = metrics
+        self.sync = sync or runtime.sync
+        """The sync this runner runs: the deployment's, or one site's of a group."""
         self._lock = threading.Lock()
 
+    @property
+    def job_suffix(self) -> str:
+        site = self.sync.site_id if self.sync is not None else None
+        return f":{site}" if site else ""
+
     def run(self, trigger: str) -> SyncReport | None:
-        if self.runtime.sync is None:
+        if self.sync is None:
             return None
         with self._lock:
             started = time.monotonic()
-            report = sync_once(self.runtime.sync, trigger=trigger)
+            report = sync_once(self.sync, trigger=trigger)
         if self.metrics is not None:
             self.metrics.run(trigger, report, started)
         return report
@@ -122,9 +131,15 @@ def check_alerts(watch: AlertWatch) -> None:
         log.error("the alert check failed: %s", type(exc).__name__)
 
 
-def reconcile_with_ehr(runtime: Runtime) -> None:
-    if runtime.sync is not None:
-        reconcile_once(runtime.sync)
+def reconcile_with_ehr(runner: SyncRunner) -> None:
+    if runner.sync is not None:
+        reconcile_once(runner.sync)
+
+
+def sync_runners(runtime: Runtime, metrics: Metrics | None = None) -> list[SyncRunner]:
+    """A runner per sync: the deployment's one, or each site's, run apart so that one site's
+    EHR being slow or down holds no other site's delivery."""
+    return [SyncRunner(runtime, metrics, sync) for sync in runtime.syncs()]
 
 
 def sync_trigger(settings: Settings) -> BaseTrigger:
@@ -140,7 +155,7 @@ def add_sync_jobs(scheduler: BaseScheduler, runner: SyncRunner) -> None:
         sync_to_ehr,
         sync_trigger(runtime.settings),
         args=[runner],
-        id=SYNC_JOB,
+        id=SYNC_JOB + runner.job_suffix,
         max_instances=1,
         coalesce=True,
         next_run_time=datetime.now(UTC),
@@ -148,8 +163,8 @@ def add_sync_jobs(scheduler: BaseScheduler, runner: SyncRunner) -> None:
     scheduler.add_job(
         reconcile_with_ehr,
         CronTrigger.from_crontab(runtime.settings.reconcile_cron, timezone=UTC),
-        args=[runtime],
-        id=RECONCILE_JOB,
+        args=[runner],
+        id=RECONCILE_JOB + runner.job_suffix,
         max_instances=1,
         coalesce=True,
     )
@@ -160,13 +175,18 @@ class EventDelivery:
     `mapping`), resources queued wake the sync (with an EHR), in this process directly and, on
     PostgreSQL, from any process through LISTEN/NOTIFY."""
 
-    def __init__(self, runtime: Runtime, runner: SyncRunner, mapping: bool) -> None:
+    def __init__(
+        self, runtime: Runtime, runners: SyncRunner | list[SyncRunner], mapping: bool
+    ) -> None:
         gather = runtime.settings.event_gather_seconds
-        self.sync = (
-            Wakeup("sync-on-event", lambda: _sync_on_event(runner), gather)
-            if runtime.sync is not None
-            else None
-        )
+        # A wakeup per sync (per site of a group): each runs on its own thread, so that a
+        # site whose EHR is slow holds no other site's run.
+        self.syncs = [
+            Wakeup(f"sync-on-event{runner.job_suffix}", _on_event(runner), gather)
+            for runner in (runners if isinstance(runners, list) else [runners])
+            if runner.sync is not None
+        ]
+        self.sync = _AllOf(self.syncs) if self.syncs else None
         queued = self.sync.pulse if self.sync is not None else None
         self.mapping = (
             Wakeup("map-on-event", lambda: _map_on_event(runtime, queued), gather)
@@ -186,12 +206,12 @@ class EventDelivery:
         )
 
     def start(self) -> None:
-        for part in (self.mapping, self.sync, self.listener):
+        for part in (self.mapping, *self.syncs, self.listener):
             if part is not None:
                 part.start()
 
     def stop(self) -> None:
-        for part in (self.listener, self.mapping, self.sync):
+        for part in (self.listener, self.mapping, *self.syncs):
             if part is not None:
                 part.stop()
 
@@ -203,6 +223,21 @@ class EventDelivery:
 def _map_on_event(runtime: Runtime, on_queued: Callable[[], None] | None) -> bool:
     map_now(runtime, on_queued, level=logging.DEBUG)
     return False
+
+
+class _AllOf:
+    """Resources queued wake every sync: each finds at once whether its site has any due."""
+
+    def __init__(self, wakeups: list[Wakeup]) -> None:
+        self.wakeups = wakeups
+
+    def pulse(self) -> None:
+        for wakeup in self.wakeups:
+            wakeup.pulse()
+
+
+def _on_event(runner: SyncRunner) -> Callable[[], bool]:
+    return lambda: _sync_on_event(runner)
 
 
 def _sync_on_event(runner: SyncRunner) -> bool:
@@ -222,13 +257,13 @@ class Worker:
     ) -> None:
         self.scheduler = BackgroundScheduler(timezone=UTC)
         runtime.exports.resume()
-        runner = SyncRunner(runtime, metrics)
+        runners = sync_runners(runtime, metrics)
         self.events = (
-            EventDelivery(runtime, runner, mapping=True)
+            EventDelivery(runtime, runners, mapping=True)
             if runtime.settings.event_delivery
             else None
         )
-        if runtime.sync is not None:
+        for runner in runners:
             add_sync_jobs(self.scheduler, runner)
         if alerts is not None:
             self.scheduler.add_job(
@@ -263,8 +298,11 @@ class Worker:
         """Run a job soon: records have just arrived, or an export or a sync was asked for."""
         if job == MAP_JOB and self.events is not None and self.events.mapping is not None:
             self.events.mapping.pulse()
-        elif self.scheduler.running and self.scheduler.get_job(job) is not None:
-            self.scheduler.modify_job(job, next_run_time=datetime.now(UTC))
+        elif self.scheduler.running:
+            # The sync of each site of a group is a job of its own (`sync-to-ehr:<site>`).
+            for found in self.scheduler.get_jobs():
+                if found.id == job or (job == SYNC_JOB and found.id.startswith(f"{job}:")):
+                    self.scheduler.modify_job(found.id, next_run_time=datetime.now(UTC))
 
     def stop(self) -> None:
         if self.events is not None:

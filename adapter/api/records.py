@@ -95,9 +95,11 @@ async def submit_records(
             "taken in one request (send several, or import a file with `infusion-adapter import`)"
         )
     outcomes: list[RecordOutcome] = []
+    caller = getattr(request.state, "caller", None)
+    sites = caller.client.sites if caller is not None else None
     for start in range(0, len(items), settings.intake_batch_size):
         batch = items[start : start + settings.intake_batch_size]
-        outcomes += await run_in_threadpool(intake.submit, batch)
+        outcomes += await run_in_threadpool(intake.submit, batch, sites)
     wake_worker(request)
     request.app.state.metrics.received((o.record_type, o.outcome) for o in outcomes)
     request.state.audited_ids = [f"{o.record_type}/{o.id}" for o in outcomes if o.id]

@@ -83,13 +83,21 @@ def runs(
 @router.get("/status", summary="Where delivery stands: items per state, back-off, the last run")
 def status(runtime: RuntimeDep) -> JsonResponse:
     body: dict[str, Any] = {
-        "ehr_configured": runtime.sync is not None,
+        "ehr_configured": bool(runtime.syncs()),
         "outbox": runtime.outbox.counts(),
         "due_now": runtime.outbox.count_due(datetime.now(UTC), waiting=True),
     }
     if runtime.sync is not None:
         until, _ = runtime.sync.backoff()
         body["backing_off_until"] = until.isoformat() if until else None
+    if runtime.site_syncs:
+        body["sites"] = {
+            site: {
+                "outbox": sync.outbox.counts(),
+                "backing_off_until": until.isoformat() if (until := sync.backoff()[0]) else None,
+            }
+            for site, sync in sorted(runtime.site_syncs.items())
+        }
     last = runtime.sync_runs.recent(1)
     body["last_run"] = (
         {"id": last[0].id, "status": last[0].status, "started_at": last[0].started_at.isoformat()}
@@ -141,7 +149,7 @@ def replay(runtime: RuntimeDep, body: ReplayRequest, request: Request) -> JsonRe
 
 @router.post("/run", status_code=202, summary="Run the sync now (the service's worker runs it)")
 async def run_now(runtime: RuntimeDep, request: Request) -> JsonResponse:
-    if runtime.sync is None:
+    if not runtime.syncs():
         raise Conflict("ADAPTER_EHR_BASE_URL is not set: there is no EHR to sync to")
     if request.app.state.worker is None:
         report = await run_in_threadpool(_run, runtime, request.app.state.metrics)
@@ -151,11 +159,14 @@ async def run_now(runtime: RuntimeDep, request: Request) -> JsonResponse:
 
 
 def _run(runtime: Runtime, metrics: Metrics) -> dict[str, Any]:
-    assert runtime.sync is not None
-    started = time.monotonic()
-    report = sync_once(runtime.sync, trigger="api")
-    metrics.run("api", report, started)
-    return {"run_id": report.run_id, "status": report.status, "counts": dict(report.counts)}
+    answers = []
+    for sync in runtime.syncs():
+        started = time.monotonic()
+        report = sync_once(sync, trigger="api")
+        metrics.run("api", report, started)
+        answer = {"run_id": report.run_id, "status": report.status, "counts": dict(report.counts)}
+        answers.append({**answer, "site": sync.site_id} if sync.site_id else answer)
+    return answers[0] if runtime.sync is not None else {"runs": answers}
 
 
 def _wake(request: Request) -> None:

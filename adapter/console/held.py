@@ -80,13 +80,17 @@ def replay(runtime: Runtime, metrics: Metrics | None, ids: set[str], reason: str
         )
     mrns = {str(i.detail["patient_mrn"]) for i in chosen if i.detail.get("patient_mrn")}
     if mrns:
-        PatientMatches(runtime.store.engine).forget(mrns)
+        # In a group each site's sync keeps its own matches: each forgets these MRNs.
+        for matches in [s.patient_matches for s in runtime.site_syncs.values()] or [
+            PatientMatches(runtime.store.engine)
+        ]:
+            matches.forget(mrns)
     named = [item.resource_id for item in chosen]
     queued = runtime.outbox.requeue(datetime.now(UTC), STATES, named)
     report = None
-    if runtime.sync is not None:
+    for sync in runtime.syncs():
         started = time.monotonic()
-        report = sync_once(runtime.sync, trigger="console")
+        report = sync_once(sync, trigger="console")
         if metrics is not None:
             metrics.run("console", report, started)
     now = runtime.outbox.items(named)

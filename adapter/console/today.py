@@ -93,9 +93,9 @@ def line(found: SessionDay) -> SessionLine:
 
 
 def ehr_state(runtime: Runtime, readings: OperationsReadings) -> dict[str, Any]:
-    if runtime.sync is None:
+    if not runtime.syncs():
         return {"configured": False}
-    until, _ = runtime.sync.backoff()
+    until, _ = runtime.backoff()
     since, reason = readings.run_streak()
     last = runtime.sync_runs.recent(1)
     now = datetime.now(UTC)

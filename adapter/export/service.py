@@ -20,6 +20,7 @@ from adapter.fhir.indexing import SERIES_PARAM
 from adapter.fhir.search import parse_instant
 from adapter.fhir.search_params import SEARCH_PARAMS
 from adapter.store.clock import horizon
+from adapter.store.fhir_reads import of_sites
 from adapter.store.tables import export_jobs as jobs
 from adapter.store.tables import fhir_resources as resources
 from adapter.store.tables import fhir_search_tokens as tokens
@@ -77,6 +78,7 @@ class ExportService:
         group_id: str | None = None,
         client_id: str | None = None,
         most_at_once: int | None = None,
+        sites: frozenset[str] | None = None,
     ) -> str:
         """Check the request and queue the job; its id names its status URL. A client with
         `most_at_once` jobs queued or running is told to wait (429, as the Bulk Data IG says)."""
@@ -119,6 +121,7 @@ class ExportService:
                     since=moment,
                     request_url=request_url,
                     client_id=client_id,
+                    sites=" ".join(sorted(sites)) if sites is not None else None,
                     created_at=now,
                     updated_at=now,
                 )
@@ -264,6 +267,9 @@ class ExportService:
             ]
             if job["since"] is not None:
                 conditions.append(resources.c.last_updated > job["since"])
+            if job.get("sites"):
+                # A client bound to sites exports theirs alone.
+                conditions += of_sites(frozenset(job["sites"].split()))
             if patients is not None:
                 members = select(tokens.c.resource_id).where(
                     tokens.c.param.in_(["patient:identifier", "subject:identifier"]),

@@ -149,6 +149,21 @@ SEARCH_PARAMS: dict[str, dict[str, SearchParam]] = {
             ),
         ]
     },
+    "Organization": {
+        p.name: p
+        for p in [
+            SearchParam("identifier", "token", "identifier", "A business identifier"),
+        ]
+    },
+    "Location": {
+        p.name: p
+        for p in [
+            SearchParam("identifier", "token", "identifier", "A business identifier"),
+            SearchParam(
+                "organization", "reference", "managingOrganization", "Who runs it", "Organization"
+            ),
+        ]
+    },
     "DocumentReference": {
         p.name: p
         for p in [

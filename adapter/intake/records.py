@@ -21,6 +21,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 SOURCE_ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+SITE_ID_PATTERN = r"^[a-z0-9-]{1,32}$"
 MAX_REVISION = 2**53 - 1
 """The highest revision: the largest whole number every JSON reader holds exactly, and the
 same on both stores. A record at this revision can be amended no further."""
@@ -80,6 +81,9 @@ class Staff(Part):
 
 class RecordBase(Part):
     id: SourceId
+    clinic_site: Annotated[str, StringConstraints(pattern=SITE_ID_PATTERN)] | None = None
+    """The clinic site of a group the record comes from (mappings/sites/<site>/); not to be
+    confused with a session's `site`, the body site of its IV line."""
     revision: Annotated[int, Field(ge=1, le=MAX_REVISION)]
     patient: Patient
     recorded_by: Staff | None = None

@@ -10,6 +10,7 @@ from sqlalchemy.exc import OperationalError
 
 from adapter.errors import FieldError, StoreUnavailable
 from adapter.intake.validation import IntakeContext, ValidatedRecord, identify, validate_record
+from adapter.site_keys import site_key, site_key_or_none
 from adapter.store.records import (
     CurrentRevision,
     Key,
@@ -61,18 +62,20 @@ def record_status(withdrawn: bool) -> str:
 
 
 def _revision_row(item: ValidatedRecord) -> RevisionRow:
+    """The stored row of a record: its ids as store keys, which hold the site of a group."""
     record = item.record
+    site = record.clinic_site
     return RevisionRow(
         record_type=record.record_type,
-        source_id=record.id,
+        source_id=site_key(site, record.id),
         revision=record.revision,
         withdrawn=record.withdrawn,
-        session_id=record.linked_session_id,
+        session_id=site_key_or_none(site, record.linked_session_id),
         content_hash=item.content_hash,
         raw=item.raw,
         parsed=item.parsed,
-        series_id=getattr(record, "series_id", None),
-        mrn=record.patient.mrn,
+        series_id=site_key_or_none(site, getattr(record, "series_id", None)),
+        mrn=site_key(site, record.patient.mrn),
     )
 
 
@@ -91,12 +94,15 @@ class Intake:
         self.store = store
         self.context = context
 
-    def submit(self, items: Sequence[tuple[int, bytes]]) -> list[RecordOutcome]:
-        """Validate and store a batch; accepted records are committed when this returns."""
+    def submit(
+        self, items: Sequence[tuple[int, bytes]], sites: frozenset[str] | None = None
+    ) -> list[RecordOutcome]:
+        """Validate and store a batch; accepted records are committed when this returns.
+        `sites`: the sites the sender may write for (None: any)."""
         outcomes: list[RecordOutcome | None] = []
         accepted: list[tuple[int, ValidatedRecord]] = []
         for position, (index, raw) in enumerate(items):
-            result = validate_record(raw, self.context)
+            result = validate_record(raw, self.context, sites)
             if isinstance(result, list):
                 record_type, source_id, revision = identify(raw)
                 outcomes.append(

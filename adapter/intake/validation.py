@@ -3,7 +3,7 @@
 import hashlib
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -25,10 +25,14 @@ from adapter.intake.records import (
     unknown_fields,
 )
 from adapter.mapping.config import Limits, Range
+from adapter.mapping.sites import SITE_ID_RULE, is_site_id
+from adapter.site_keys import site_key
 
 _RECORD = TypeAdapter[AnyRecord](ClinicRecord)
 _TAGS = {*RECORD_TYPES, "fasting", "transport"}
 _SOURCE_ID = re.compile(SOURCE_ID_PATTERN)
+SITE_FIELD = "clinic_site"
+"""The record's clinic site of a group (a session's `site` is its IV line's body site)."""
 ID_RULE = "must be 1 to 64 characters of letters, digits, '-', '_' or '.'"
 
 
@@ -44,7 +48,7 @@ class ValidatedRecord:
 
     @property
     def key(self) -> tuple[str, str]:
-        return (self.record.record_type, self.record.id)
+        return (self.record.record_type, site_key(self.record.clinic_site, self.record.id))
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,38 @@ class IntakeContext:
 
     limits: Limits
     time_zone: ZoneInfo | None
+    sites: Mapping[str, "IntakeContext"] = field(default_factory=dict)
+    """Each site of a group, with its own limits and time zone; empty: a single site."""
+    default_site: str | None = None
+    """The site of a record that names none, from a credential bound to no site."""
+
+    def site_context(
+        self, named: Any, bound: frozenset[str] | None
+    ) -> "tuple[str | None, IntakeContext] | FieldError":
+        """The site a record belongs to and its context, or why its `site` is refused. `named`
+        is the record's `site` as received; `bound`, the sites of the sender's credential
+        (None: any)."""
+        if named is not None and not (isinstance(named, str) and is_site_id(named)):
+            return FieldError(SITE_FIELD, f"must be a site id: {SITE_ID_RULE}")
+        if not self.sites:
+            if named is not None:
+                return FieldError(SITE_FIELD, "this deployment has no sites configured")
+            return None, self
+        if named is None:
+            if bound is not None and len(bound) == 1:
+                named = next(iter(bound))
+            elif bound is None and self.default_site is not None:
+                named = self.default_site
+            else:
+                return FieldError(
+                    SITE_FIELD,
+                    "required: this deployment serves several sites; name the record's site",
+                )
+        if named not in self.sites:
+            return FieldError(SITE_FIELD, "not a site of this deployment")
+        if bound is not None and named not in bound:
+            return FieldError(SITE_FIELD, "the credential is not bound to this site")
+        return named, self.sites[named]
 
 
 def _path(loc: tuple[int | str, ...]) -> str:
@@ -242,15 +278,35 @@ def _member_problems(raw: bytes) -> list[FieldError]:
     return []
 
 
-def validate_record(raw: bytes, context: IntakeContext) -> ValidatedRecord | list[FieldError]:
-    """Validate one record's JSON; the result is the record or every reason it was refused."""
+def _named_site(raw: bytes) -> Any:
+    try:
+        data: Any = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None  # malformed: the schema's parser says where
+    return data.get("clinic_site") if isinstance(data, dict) else None
+
+
+def validate_record(
+    raw: bytes, context: IntakeContext, bound: frozenset[str] | None = None
+) -> ValidatedRecord | list[FieldError]:
+    """Validate one record's JSON; the result is the record or every reason it was refused.
+    In a group, the record is read with its site's configuration (`bound`: the sites the
+    sender's credential may write for; None: any)."""
     members = _member_problems(raw)
     if members:
         return members
+    site: str | None = None
+    if context.sites or b'"clinic_site"' in raw:
+        chosen = context.site_context(_named_site(raw), bound)
+        if isinstance(chosen, FieldError):
+            return [chosen]
+        site, context = chosen
     try:
         record = _RECORD.validate_json(raw, strict=True, context={"time_zone": context.time_zone})
     except ValidationError as exc:
         return _schema_errors(exc)
+    if site is not None and record.clinic_site != site:
+        record = record.model_copy(update={"clinic_site": site})
     problems = plausibility_problems(record, context.limits)
     if problems:
         return problems

@@ -22,9 +22,11 @@ _ID_NAMESPACE = uuid.UUID("5d0c8f1e-3b7a-4f52-9a55-1c6a4b1f0e27")
 UCUM = "http://unitsofmeasure.org"
 
 
-def resource_id(system: str, value: str) -> str:
-    """The FHIR id of the resource whose identifier is system|value: the same input, the same id."""
-    return str(uuid.uuid5(_ID_NAMESPACE, f"{system}|{value}"))
+def resource_id(system: str, value: str, site: str | None = None) -> str:
+    """The FHIR id of the resource whose identifier is system|value: the same input, the same id.
+    A site of a group has ids of its own (two sites may share a system and a source id)."""
+    name = f"{system}|{value}" if site is None else f"{site}|{system}|{value}"
+    return str(uuid.uuid5(_ID_NAMESPACE, name))
 
 
 def number(value: float) -> int | float:
@@ -59,6 +61,18 @@ def duration_text(duration: timedelta) -> str:
     return f"{hours} h" if hours else f"{rest} min"
 
 
+SITE_TAG_SUFFIX = "/site"
+"""The meta.tag naming a resource's site has the system `{local_code_system}/site`."""
+
+
+def site_tag(local_code_system: str, site_id: str) -> Json:
+    return {
+        "system": f"{local_code_system}{SITE_TAG_SUFFIX}",
+        "code": site_id,
+        "display": "Clinic site of the group",
+    }
+
+
 @dataclass(frozen=True)
 class Missing:
     """A local code with no row in its table: the record waits for a mapping."""
@@ -88,8 +102,10 @@ class Built:
 class Vocabulary:
     """Turns mapping rows into FHIR JSON, with every `local` system resolved, once per load."""
 
-    def __init__(self, mappings: Mappings) -> None:
+    def __init__(self, mappings: Mappings, site_id: str | None = None) -> None:
         self.mappings = mappings
+        self.site_id = site_id
+        """The site of a group these resources belong to; None in a single-site deployment."""
         site = mappings.site
         self.local_system = site.local_code_system
         self.systems = site.identifier_systems
@@ -103,6 +119,8 @@ class Vocabulary:
                 }
             ],
         }
+        if site_id is not None:
+            self.meta["tag"].append(site_tag(site.local_code_system, site_id))
         self.withdrawn_tag: Json = {
             "system": site.local_code_system,
             "code": "entered-in-error",
@@ -151,13 +169,17 @@ class Vocabulary:
 
     def reference(self, resource_type: str, record_type: str, value: str) -> Json:
         system = f"{self.systems.records}/{record_type}"
-        return {"reference": f"{resource_type}/{resource_id(system, value)}"}
+        return {"reference": f"{resource_type}/{self.id_of(system, value)}"}
+
+    def id_of(self, system: str, value: str) -> str:
+        """The id of the resource whose identifier is system|value, at this site."""
+        return resource_id(system, value, self.site_id)
 
     def patient(self, mrn: str) -> Json:
         """A literal reference to the adapter's Patient of an MRN, keeping the MRN: the sync
         files the resource under the EHR's own Patient found by it."""
         return {
-            "reference": f"Patient/{resource_id(self.systems.mrn, mrn)}",
+            "reference": f"Patient/{self.id_of(self.systems.mrn, mrn)}",
             "type": "Patient",
             "identifier": {"system": self.systems.mrn, "value": mrn},
         }
@@ -217,7 +239,7 @@ class Vocabulary:
         identifier = self.identifier(record_type, value)
         return {
             "resourceType": resource_type,
-            "id": resource_id(identifier["system"], value),
+            "id": self.id_of(identifier["system"], value),
             "meta": {**self.meta},
             "identifier": [identifier],
         }

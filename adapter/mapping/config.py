@@ -92,6 +92,30 @@ class Protocol(MappingModel):
         return rule
 
 
+class Address(MappingModel):
+    lines: list[Annotated[str, StringConstraints(min_length=1)]] = Field(default_factory=list)
+    city: str | None = None
+    state: str | None = None
+    postal_code: str | None = None
+    country: str | None = None
+
+
+class SiteOrganization(MappingModel):
+    """The clinic as an Organization: Encounter.serviceProvider of its visits."""
+
+    name: Annotated[str, StringConstraints(min_length=1)]
+    npi: Annotated[str, StringConstraints(pattern=r"^\d{10}$")] | None = Field(
+        None, description="The clinic's organization NPI, if it has one."
+    )
+
+
+class SiteLocation(MappingModel):
+    """The clinic's premises as a Location: where its infusions and visits take place."""
+
+    name: Annotated[str, StringConstraints(min_length=1)]
+    address: Address | None = None
+
+
 class Site(MappingModel):
     """mappings/site.yaml: facts about the clinic site."""
 
@@ -108,6 +132,16 @@ class Site(MappingModel):
     meta_source: str = Field(description="meta.source of every resource the adapter emits.")
     local_code_system: str = Field(description="Code system of the adapter's own codes.")
     extension_base: str = Field(description="Base URL of the adapter's extension definitions.")
+    organization: SiteOrganization | None = Field(
+        None,
+        description="The site as an Organization (Encounter.serviceProvider); unset: none is "
+        "made and visits name no provider.",
+    )
+    location: SiteLocation | None = Field(
+        None,
+        description="The site's premises as a Location (Encounter.location, Procedure.location); "
+        "unset: none is made and locations are named in text.",
+    )
 
     @field_validator("time_zone")
     @classmethod
@@ -794,5 +828,8 @@ def load_ehr_rules(folder: Path) -> EhrRules:
 
 def json_schemas() -> dict[str, dict[str, Any]]:
     """A JSON Schema per mapping file, for editors (mappings/schema/)."""
+    from adapter.mapping.sites import site_json_schemas  # the sites' models build on these
+
     models: dict[str, type[MappingModel]] = {**FILES, EHR_FILE: EhrRules}
-    return {name: model.model_json_schema() for name, model in models.items()}
+    schemas = {name: model.model_json_schema() for name, model in models.items()}
+    return {**schemas, **site_json_schemas()}

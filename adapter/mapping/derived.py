@@ -17,8 +17,11 @@ from adapter.mapping.patient import demographics, patient_id, patient_to_resourc
 from adapter.mapping.protocol import SessionFacts
 from adapter.mapping.series import SOURCE_TYPE as SERIES
 from adapter.mapping.series import series_to_care_plan
+from adapter.mapping.site import SOURCE_TYPE as SITE
+from adapter.mapping.site import site_to_resources
 from adapter.mapping.visit import SOURCE_TYPE as ENCOUNTER
 from adapter.mapping.visit import visit_to_encounter
+from adapter.site_keys import site_key
 from adapter.store.mapping_queue import MappingQueue, QueuedRecord
 from adapter.store.resources import MappedRecord, ResourceStore
 
@@ -35,7 +38,8 @@ def derived_resources(
 ) -> list[MappedRecord]:
     """The resources made from several records, for everything the batch touches; an empty
     MappedRecord withdraws what its source made before (a breach no longer found)."""
-    vocabulary = mapper.vocabulary
+    vocabulary, site = mapper.vocabulary, mapper.site_id
+    # Store keys hold the site of a group (adapter/site_keys.py); resources say the ids alone.
     changed = {record.id for record in parsed if isinstance(record, InfusionSession)}
     # A session that moved to another series leaves its old series to be read again too.
     series = {
@@ -45,11 +49,12 @@ def derived_resources(
     } | store.series_of_procedures(
         {vocabulary.reference("Procedure", "infusion_session", sid)["reference"] for sid in changed}
     )
-    touched = {item.session_id for item in batch if item.session_id} | changed
-    touched |= queue.series_members(series)
+    touched = {item.session_id for item in batch if item.session_id}
+    touched |= {site_key(site, session_id) for session_id in changed}
+    touched |= queue.series_members({site_key(site, name) for name in series})
     results: list[MappedRecord] = []
     members: dict[str, dict[str, InfusionSession]] = {name: {} for name in series}
-    for session_id, rows in queue.session_rows(touched).items():
+    for session_key, rows in queue.session_rows(touched).items():
         if rows.session is None:
             continue
         session = _RECORD.validate_json(rows.session)
@@ -62,19 +67,24 @@ def derived_resources(
         facts = SessionFacts(
             session, [_RECORD.validate_json(raw) for raw in rows.records], siblings
         )
-        results += _checked(mapper, PROTOCOL, session_id, protocol_to_resources(vocabulary, facts))
-        results += _checked(mapper, ENCOUNTER, session_id, visit_to_encounter(vocabulary, facts))
+        results += _checked(mapper, PROTOCOL, session_key, protocol_to_resources(vocabulary, facts))
+        results += _checked(mapper, ENCOUNTER, session_key, visit_to_encounter(vocabulary, facts))
         if session.series_id in members:
             for member in (session, *siblings):
                 members[session.series_id][member.id] = member
     for series_id, sessions in members.items():
         plan = series_to_care_plan(vocabulary, series_id, list(sessions.values()))
-        results += _checked(mapper, SERIES, series_id, Built([plan] if plan else []))
+        results += _checked(
+            mapper, SERIES, site_key(site, series_id), Built([plan] if plan else [])
+        )
     for mrn in sorted({record.patient.mrn for record in parsed}):
-        facts_of = demographics(_RECORD.validate_json(raw) for raw in queue.patient_records(mrn))
+        facts_of = demographics(
+            _RECORD.validate_json(raw) for raw in queue.patient_records(site_key(site, mrn))
+        )
         patient = patient_to_resource(vocabulary, mrn, facts_of)
         assert patient["id"] == patient_id(vocabulary, mrn)
-        results += _checked(mapper, PATIENT, mrn, Built([patient]))
+        results += _checked(mapper, PATIENT, site_key(site, mrn), Built([patient]))
+    results += site_resources(mapper)
     return results
 
 
@@ -121,6 +131,15 @@ def derived_from(mapper: Mapper, records: Sequence[AnyRecord]) -> list[tuple[str
     return made
 
 
+def site_resources(mapper: Mapper) -> list[MappedRecord]:
+    """The Organization and Location of the mapper's site, where its site.yaml names them: a
+    batch stores them again unchanged, and their first batch or an edit makes a version."""
+    built = Built(site_to_resources(mapper.vocabulary))
+    if not built.resources:
+        return []
+    return _checked(mapper, SITE, site_key(mapper.site_id, SITE), built)
+
+
 def _checked(mapper: Mapper, source_type: str, source_id: str, built: Built) -> list[MappedRecord]:
     """The built resources as a MappedRecord, each checked; none (what was stored stays) when
     one is invalid, which is logged without its content."""
@@ -129,4 +148,4 @@ def _checked(mapper: Mapper, source_type: str, source_id: str, built: Built) -> 
     except InvalidResource as exc:
         log.error("the %s resources produced an invalid %s", source_type, exc.resource_type)
         return []
-    return [MappedRecord(source_type, source_id, built.resources)]
+    return [MappedRecord(source_type, source_id, built.resources, site=mapper.site_id)]

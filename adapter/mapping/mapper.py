@@ -38,9 +38,15 @@ class SourceRecord:
 class Mapper:
     """The current mappings, ready to turn records into checked resources."""
 
-    def __init__(self, mappings: Mappings, validator: ResourceValidator | None = None) -> None:
+    def __init__(
+        self,
+        mappings: Mappings,
+        validator: ResourceValidator | None = None,
+        site_id: str | None = None,
+    ) -> None:
         self.mappings = mappings
-        self.vocabulary = Vocabulary(mappings)
+        self.site_id = site_id
+        self.vocabulary = Vocabulary(mappings, site_id)
         self.validator = validator or ResourceValidator()
 
     @property

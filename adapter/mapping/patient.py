@@ -4,7 +4,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from adapter.intake.records import AnyRecord
-from adapter.mapping.common import Json, Vocabulary, resource_id
+from adapter.mapping.common import Json, Vocabulary
 
 SOURCE_TYPE = "patient"
 """The source of a Patient: (patient, MRN)."""
@@ -38,7 +38,7 @@ def demographics(records: Iterable[AnyRecord]) -> Demographics:
 
 
 def patient_id(vocabulary: Vocabulary, mrn: str) -> str:
-    return resource_id(vocabulary.systems.mrn, mrn)
+    return vocabulary.id_of(vocabulary.systems.mrn, mrn)
 
 
 def patient_to_resource(vocabulary: Vocabulary, mrn: str, facts: Demographics) -> Json:

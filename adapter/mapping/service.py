@@ -12,10 +12,11 @@ from pydantic import TypeAdapter
 
 from adapter.fhir.validation import InvalidResource
 from adapter.intake.records import AnyRecord, ClinicRecord, InfusionSession
-from adapter.mapping.config import Mappings, load_mappings
+from adapter.mapping.config import Mappings
 from adapter.mapping.derived import derived_resources
 from adapter.mapping.detected_issue import SOURCE_TYPE as PROTOCOL
 from adapter.mapping.mapper import Mapper, SourceRecord
+from adapter.mapping.sites import SiteConfig, load_group
 from adapter.store.mapping_queue import (
     FAILED,
     MAPPED,
@@ -57,6 +58,18 @@ def files_stamp(folder: Path) -> str:
     return digest.hexdigest()
 
 
+def _by_site(
+    batch: list[QueuedRecord], parsed: list[AnyRecord]
+) -> list[tuple[str | None, list[QueuedRecord], list[AnyRecord]]]:
+    """A batch's records grouped by their site, in the order the sites first appear."""
+    groups: dict[str | None, tuple[list[QueuedRecord], list[AnyRecord]]] = {}
+    for item, record in zip(batch, parsed, strict=True):
+        items, records = groups.setdefault(record.clinic_site, ([], []))
+        items.append(item)
+        records.append(record)
+    return [(site, items, records) for site, (items, records) in groups.items()]
+
+
 class _ClaimLost(Exception):
     """A batch no longer holds every record it claimed: its transaction is rolled back."""
 
@@ -70,11 +83,15 @@ class MappingService:
         mappings: Mappings,
         mappings_dir: Path,
         resources: ResourceStore | None = None,
+        sites: dict[str, SiteConfig] | None = None,
     ) -> None:
         self.queue = queue
         self.resources = resources or ResourceStore(queue.engine)
         self.mappings_dir = mappings_dir
         self.mapper = Mapper(mappings)
+        self.sites: dict[str, SiteConfig] = {}
+        self.site_mappers: dict[str, Mapper] = {}
+        self._adopt_sites(sites or {})
         self.previous_version: str | None = None
         self._lock = threading.Lock()
         self._stamp: str | None = None
@@ -82,6 +99,17 @@ class MappingService:
     @property
     def version(self) -> str:
         return self.mapper.version
+
+    def _adopt_sites(self, sites: dict[str, SiteConfig]) -> None:
+        self.sites = sites
+        self.site_mappers = {
+            site_id: Mapper(config.mappings, self.mapper.validator, site_id)
+            for site_id, config in sites.items()
+        }
+
+    def mapper_for(self, site_id: str | None) -> Mapper:
+        """The mapper of a site of the group (the shared one for records without a site)."""
+        return self.site_mappers[site_id] if site_id is not None else self.mapper
 
     def adopt_version(self) -> int:
         """Re-queue every record if the stored resources were made with another mapping version."""
@@ -105,12 +133,14 @@ class MappingService:
         stamp = files_stamp(self.mappings_dir)
         if stamp == self._stamp:
             return False
-        mappings = load_mappings(self.mappings_dir)
+        mappings, sites = load_group(self.mappings_dir)
         self._stamp = stamp
         if mappings.version == self.version:
+            self.sites = sites  # an EHR connection may have changed
             return False
         with self._lock:
             self.mapper = Mapper(mappings, self.mapper.validator)
+            self._adopt_sites(sites)
         self.adopt_version()
         return True
 
@@ -126,7 +156,7 @@ class MappingService:
         started = datetime.now(UTC)
         seen: set[tuple[str, str, int]] = set()
         with self._lock:
-            mapper = self.mapper
+            mapper, site_mappers = self.mapper, dict(self.site_mappers)
             while True:
                 now = datetime.now(UTC)
                 batch = [
@@ -141,12 +171,20 @@ class MappingService:
                     if not batch:
                         break
                     after = (batch[-1].record_type, batch[-1].source_id)
-                self._map_batch(mapper, batch, report)
+                self._map_batch(mapper, batch, report, site_mappers)
                 if on_batch:
                     on_batch(report)
         return report
 
-    def _map_batch(self, mapper: Mapper, batch: list[QueuedRecord], report: MappingReport) -> None:
+    def _map_batch(
+        self,
+        shared: Mapper,
+        batch: list[QueuedRecord],
+        report: MappingReport,
+        site_mappers: dict[str, Mapper] | None = None,
+    ) -> None:
+        """Map and store one claimed batch; each record with its site's mapper."""
+        site_mappers = site_mappers or {}
         parsed = [_RECORD.validate_json(item.parsed) for item in batch]
         wanted = {
             item.session_id
@@ -162,6 +200,19 @@ class MappingService:
         mapped: list[MappedRecord] = []
         counted = (report.mapped, report.waiting, report.failed)
         for item, record in zip(batch, parsed, strict=True):
+            if record.clinic_site is not None and record.clinic_site not in site_mappers:
+                # Its site's folder was removed: it waits for the site to come back.
+                outcomes.append(
+                    MappingOutcome(
+                        item,
+                        WAITING,
+                        {"waiting_for": f"site {record.clinic_site} (mappings/sites/)"},
+                        shared.version,
+                    )
+                )
+                report.waiting += 1
+                continue
+            mapper = site_mappers[record.clinic_site] if record.clinic_site else shared
             source = SourceRecord(
                 record, item.first_received_at, sessions.get(item.session_id or "")
             )
@@ -189,7 +240,13 @@ class MappingService:
                 report.waiting += 1
                 continue
             mapped.append(
-                MappedRecord(item.record_type, item.source_id, built.resources, item.received_at)
+                MappedRecord(
+                    item.record_type,
+                    item.source_id,
+                    built.resources,
+                    item.received_at,
+                    record.clinic_site,
+                )
             )
             if built.uncoded:
                 detail = {"uncoded": [m.as_dict() for m in built.uncoded]}
@@ -206,12 +263,16 @@ class MappingService:
                 # Read after the turn, what a session's or a patient's records say includes
                 # every batch stored before this one: none stores their resources from older
                 # facts than a batch stored before it.
-                mapped += [
-                    replace(derived, received_at=newest)
-                    for derived in derived_resources(
-                        mapper, self.queue, self.resources, batch, parsed
-                    )
-                ]
+                for site_id, site_batch, site_parsed in _by_site(batch, parsed):
+                    if site_id is not None and site_id not in site_mappers:
+                        continue
+                    mapper = site_mappers[site_id] if site_id else shared
+                    mapped += [
+                        replace(derived, received_at=newest)
+                        for derived in derived_resources(
+                            mapper, self.queue, self.resources, site_batch, site_parsed
+                        )
+                    ]
                 counts = writer.save(mapped, now)
                 if not self.queue.hold(connection, batch):
                     raise _ClaimLost

@@ -5,6 +5,7 @@ from datetime import datetime
 from adapter.intake.records import InfusionSession
 from adapter.mapping.common import Built, Json, Vocabulary, clock_text, instant, number
 from adapter.mapping.protocol import dose_from_rates, dose_mismatch_text
+from adapter.mapping.site import location_reference
 
 RECORD_TYPE = "infusion_session"
 
@@ -99,7 +100,10 @@ def _procedure(vocabulary: Vocabulary, session: InfusionSession) -> Json:
         )
     if performers:
         procedure["performer"] = performers
-    if session.location:
+    place = location_reference(vocabulary, session.location)
+    if place is not None:
+        procedure["location"] = place
+    elif session.location:
         procedure["location"] = {"display": session.location}
     if session.notes:
         procedure["note"] = [{"text": session.notes}]

@@ -5,6 +5,7 @@ from datetime import datetime
 from adapter.intake.records import TransportAttestation, Vitals
 from adapter.mapping.common import Built, Json, Vocabulary, instant
 from adapter.mapping.protocol import SessionFacts
+from adapter.mapping.site import location_reference, organization_reference
 
 SOURCE_TYPE = "encounter"
 """The source of a session's Encounter: (encounter, session id)."""
@@ -46,6 +47,9 @@ def visit_to_encounter(vocabulary: Vocabulary, facts: SessionFacts) -> Built:
     locations = _locations(vocabulary, facts)
     if locations:
         encounter["location"] = locations
+    provider = organization_reference(vocabulary)
+    if provider is not None:
+        encounter["serviceProvider"] = provider
     built.resources.append(encounter)
     return built
 
@@ -86,7 +90,7 @@ def _locations(vocabulary: Vocabulary, facts: SessionFacts) -> list[Json]:
         chair_period["end"] = instant(session.infusion_end)
     locations = [
         {
-            "location": {"display": session.location or chair.text},
+            "location": _place(vocabulary, session.location or chair.text),
             "status": "completed" if ended else "active",
             "physicalType": {
                 "coding": [vocabulary.coding(chair.physical_type)],
@@ -102,7 +106,7 @@ def _locations(vocabulary: Vocabulary, facts: SessionFacts) -> list[Json]:
             recovery_period["end"] = instant(session.discharged_at)
         locations.append(
             {
-                "location": {"display": recovery.text},
+                "location": _place(vocabulary, recovery.text),
                 "status": "completed" if session.discharged_at else "active",
                 "physicalType": {
                     "coding": [vocabulary.coding(recovery.physical_type)],
@@ -112,6 +116,11 @@ def _locations(vocabulary: Vocabulary, facts: SessionFacts) -> list[Json]:
             }
         )
     return locations
+
+
+def _place(vocabulary: Vocabulary, text: str) -> Json:
+    """A place on the premises: the site's Location where it has one, else the text alone."""
+    return location_reference(vocabulary, text) or {"display": text}
 
 
 def _disposition(vocabulary: Vocabulary, facts: SessionFacts) -> Json:

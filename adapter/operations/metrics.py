@@ -73,8 +73,8 @@ class StoreCollector(Collector):
             [((), (now - oldest).total_seconds() if oldest else 0.0)],
         )
         until: datetime | None = None
-        if self.runtime.sync is not None:
-            until, _ = self.runtime.sync.backoff()
+        if self.runtime.syncs():
+            until, _ = self.runtime.backoff()
         backing_off = until is not None and until > now
         yield _gauge(
             "adapter_ehr_breaker_open",
@@ -172,8 +172,8 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(StoreCollector(runtime, writer))
-        if runtime.sync is not None:
-            runtime.sync.client.session.hooks["response"].append(self._answered)
+        for sync in runtime.syncs():
+            sync.client.session.hooks["response"].append(self._answered)
 
     def _answered(self, response: requests.Response, *_: Any, **__: Any) -> None:
         """A requests hook: each answer of the EHR, timed by requests itself."""

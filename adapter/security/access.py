@@ -54,6 +54,13 @@ def _bearer(request: Request) -> str:
     return value.strip()
 
 
+def caller_sites(request: Request) -> frozenset[str] | None:
+    """The clinic sites the request's caller is bound to (None: every site), once its access
+    was checked."""
+    caller: Caller | None = getattr(request.state, "caller", None)
+    return caller.client.sites if caller is not None else None
+
+
 def _remember(request: Request, caller: Caller) -> Caller:
     request.state.caller = caller
     return caller

@@ -8,6 +8,7 @@ import secrets
 import threading
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -16,6 +17,7 @@ import orjson
 from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from adapter.mapping.sites import SITE_ID_RULE, is_site_id
 from adapter.security.scopes import Grant
 from adapter.store.tables import access_tokens, api_clients, spent_assertions
 
@@ -44,6 +46,9 @@ class Client:
     development: bool
     created_at: datetime
     revoked_at: datetime | None
+    sites: frozenset[str] | None = None
+    """The clinic sites of a group the client is bound to: it writes and reads only theirs.
+    None: bound to none, every site."""
 
     @property
     def grant(self) -> Grant:
@@ -94,6 +99,7 @@ _COLUMNS = (
     api_clients.c.development,
     api_clients.c.created_at,
     api_clients.c.revoked_at,
+    api_clients.c.sites,
 )
 
 
@@ -109,7 +115,19 @@ def _client(row: Any) -> Client:
         development=bool(row.development),
         created_at=row.created_at,
         revoked_at=row.revoked_at,
+        sites=frozenset(row.sites.split()) if row.sites else None,
     )
+
+
+def _sites_value(sites: Iterable[str] | None) -> str | None:
+    """The stored form of a site binding (ids separated by spaces); None: every site."""
+    if sites is None:
+        return None
+    ids = sorted(set(sites))
+    bad = [site for site in ids if not is_site_id(site)]
+    if not ids or bad:
+        raise ValueError(f"sites: each a site id, {SITE_ID_RULE}")
+    return " ".join(ids)
 
 
 class Clients:
@@ -119,14 +137,26 @@ class Clients:
         self.tokens = _Cache()
 
     def add_key_client(
-        self, name: str, role: str, now: datetime, development: bool = False
+        self,
+        name: str,
+        role: str,
+        now: datetime,
+        development: bool = False,
+        sites: Iterable[str] | None = None,
     ) -> tuple[Client, str]:
-        """A client of the intake or admin API; the key is returned here and never again."""
+        """A client of the intake or admin API; the key is returned here and never again.
+        `sites`: the clinic sites its records may name (None: any)."""
         if role not in ROLES:
             raise ValueError(f"role must be one of {', '.join(ROLES)}")
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         client_id = self._insert(
-            name=name, kind="key", role=role, key_hash=digest(key), development=development, now=now
+            name=name,
+            kind="key",
+            role=role,
+            key_hash=digest(key),
+            development=development,
+            now=now,
+            sites=_sites_value(sites),
         )
         return self._get(client_id), key
 
@@ -138,6 +168,7 @@ class Clients:
         jwks: dict[str, Any] | None = None,
         jwks_url: str | None = None,
         development: bool = False,
+        sites: Iterable[str] | None = None,
     ) -> Client:
         """A SMART Backend Services client: its public keys (or where to fetch them) and the
         scopes it may be granted."""
@@ -154,6 +185,7 @@ class Clients:
             jwks_url=jwks_url,
             development=development,
             now=now,
+            sites=_sites_value(sites),
         )
         return self._get(client_id)
 

@@ -28,7 +28,26 @@ def _describe(client: Client) -> str:
     access = f"role {client.role}" if client.kind == "key" else f"scopes {client.scopes}"
     state = f"revoked {client.revoked_at:%Y-%m-%d %H:%M}Z" if client.revoked_at else "active"
     dev = ", development" if client.development else ""
-    return f"{client.id}  {client.kind:5}  {client.name}  ({access}; {state}{dev})"
+    sites = f"; sites {' '.join(sorted(client.sites))}" if client.sites else ""
+    return f"{client.id}  {client.kind:5}  {client.name}  ({access}{sites}; {state}{dev})"
+
+
+_SITES = click.option(
+    "--site",
+    "sites",
+    multiple=True,
+    help="Bind the client to a clinic site of the group (repeat for several); unbound: every site.",
+)
+
+
+def _known_sites(runtime: Runtime, sites: tuple[str, ...]) -> list[str] | None:
+    """The sites named, each one of the deployment's; none named: unbound."""
+    if not sites:
+        return None
+    unknown = sorted(set(sites) - set(runtime.mapping.sites))
+    if unknown:
+        raise ValueError(f"--site: not a site of this deployment: {', '.join(unknown)}")
+    return list(sites)
 
 
 @click.group()
@@ -39,10 +58,18 @@ def clients() -> None:
 @clients.command("add-key")
 @click.argument("name")
 @click.option("--role", type=click.Choice(ROLES), required=True)
-def add_key(name: str, role: str) -> None:
+@_SITES
+def add_key(name: str, role: str, sites: tuple[str, ...]) -> None:
     """An API key for the intake API (role intake), the whole API (role admin) or /metrics
     alone (role metrics, for a Prometheus scraper)."""
-    client, key = _runtime().clients.add_key_client(name, role, datetime.now(UTC))
+    runtime = _runtime()
+    try:
+        client, key = runtime.clients.add_key_client(
+            name, role, datetime.now(UTC), sites=_known_sites(runtime, sites)
+        )
+    except ValueError as exc:
+        click.echo(f"refused: {exc}", err=True)
+        sys.exit(2)
     click.echo(f"client {client.id} ({role})")
     click.echo(f"API key (shown once, store it now): {key}")
 
@@ -52,12 +79,21 @@ def add_key(name: str, role: str) -> None:
 @click.option("--scopes", required=True, help='Scopes it may be granted, e.g. "system/*.rs".')
 @click.option("--jwks-file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--jwks-url", help="Where the client publishes its JWKS.")
-def add_smart(name: str, scopes: str, jwks_file: Path | None, jwks_url: str | None) -> None:
+@_SITES
+def add_smart(
+    name: str, scopes: str, jwks_file: Path | None, jwks_url: str | None, sites: tuple[str, ...]
+) -> None:
     """A SMART Backend Services client of the FHIR endpoint (its public keys and scopes)."""
     try:
         jwks = orjson.loads(jwks_file.read_bytes()) if jwks_file else None
-        client = _runtime().clients.add_smart_client(
-            name, scopes, datetime.now(UTC), jwks, jwks_url
+        runtime = _runtime()
+        client = runtime.clients.add_smart_client(
+            name,
+            scopes,
+            datetime.now(UTC),
+            jwks,
+            jwks_url,
+            sites=_known_sites(runtime, sites),
         )
     except (ValueError, ScopeError, orjson.JSONDecodeError) as exc:
         click.echo(f"refused: {exc}", err=True)

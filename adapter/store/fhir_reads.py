@@ -18,9 +18,16 @@ from adapter.store.tables import fhir_search_tokens as tokens
 
 MAX_INCLUDED = 1000
 _READ = (
-    "SELECT resource_type, id, version_id, last_updated, content FROM fhir_resources "
+    "SELECT resource_type, id, version_id, last_updated, content, site FROM fhir_resources "
     "WHERE resource_type = ? AND id = ?"
 )
+Sites = frozenset[str] | None
+"""The clinic sites a caller is bound to, whose resources alone it sees; None: every site."""
+
+
+def of_sites(sites: Sites) -> list[Any]:
+    """The condition that limits fhir_resources to these sites (none when None)."""
+    return [] if sites is None else [resources.c.site.in_(sorted(sites))]
 
 
 @dataclass(frozen=True)
@@ -81,7 +88,7 @@ class FhirReader:
         return int(self._rows(query)[0][0])
 
     def revincluded(
-        self, resource_type: str, param: str, targets: list[str]
+        self, resource_type: str, param: str, targets: list[str], sites: Sites = None
     ) -> tuple[list[Hit], bool]:
         """Resources of `resource_type` whose `param` references one of `targets` (Type/id)."""
         if not targets:
@@ -94,6 +101,7 @@ class FhirReader:
                 tokens.c.param == param,
                 tokens.c.system == REFERENCE_SYSTEM,
                 tokens.c.code.in_(targets),
+                *of_sites(sites),
             )
             .order_by(resources.c.id)
             .limit(MAX_INCLUDED + 1)
@@ -101,7 +109,7 @@ class FhirReader:
         rows = [Hit(*row) for row in self._rows(query)]
         return rows[:MAX_INCLUDED], len(rows) > MAX_INCLUDED
 
-    def included(self, param: str, sources: list[str]) -> list[Hit]:
+    def included(self, param: str, sources: list[str], sites: Sites = None) -> list[Hit]:
         """Resources that `param` of these resources references."""
         if not sources:
             return []
@@ -114,10 +122,12 @@ class FhirReader:
         ids = [target.split("/", 1)[1] for target in targets if "/" in target]
         query = select(
             resources.c.id, resources.c.resource_type, literal(None), resources.c.content
-        ).where(resources.c.id.in_(ids[:MAX_INCLUDED]))
+        ).where(resources.c.id.in_(ids[:MAX_INCLUDED]), *of_sites(sites))
         return [Hit(*row) for row in self._rows(query) if f"{row[1]}/{row[0]}" in targets]
 
-    async def read(self, resource_type: str, resource_id: str) -> StoredResource | None:
+    async def read(
+        self, resource_type: str, resource_id: str, sites: Sites = None
+    ) -> StoredResource | None:
         """The current version, by id: the hottest path of the endpoint, so it runs one
         prepared statement without the ORM layers (about a tenth of the time of a Core select
         on SQLite). On PostgreSQL it is awaited, and the loop serves other requests meanwhile;
@@ -127,8 +137,8 @@ class FhirReader:
             row = await self.loop_reads.first_row(self._read_sql, values)
         else:
             row = raw.read_once(self.engine, self._read_sql, values)
-        if row is None:
-            return None
+        if row is None or (sites is not None and row[5] not in sites):
+            return None  # another site's resource is as unknown as an absent one
         return StoredResource(row[0], row[1], row[2], self._last_updated(row[3]), row[4])
 
     def versions(
@@ -139,10 +149,11 @@ class FhirReader:
         since: datetime | None = None,
         limit: int = 1000,
         after: tuple[datetime, str, int] | None = None,
+        sites: Sites = None,
     ) -> list[StoredResource]:
         """Versions, newest first: of one resource, or of a type (since a moment); `after`
         (last updated, id, version) of the last one a page showed, for the next page."""
-        conditions = self._version_conditions(resource_type, since)
+        conditions = self._version_conditions(resource_type, since, sites)
         if resource_id is not None:
             conditions.append(versions.c.id == resource_id)
         if version_id is not None:
@@ -174,15 +185,23 @@ class FhirReader:
         )
         return [StoredResource(*row) for row in self._rows(query)]
 
-    def count_versions(self, resource_type: str, since: datetime | None = None) -> int:
+    def count_versions(
+        self, resource_type: str, since: datetime | None = None, sites: Sites = None
+    ) -> int:
         """How many versions of a type there are (since a moment): a type history's total."""
-        query = select(func.count()).where(and_(*self._version_conditions(resource_type, since)))
+        conditions = self._version_conditions(resource_type, since, sites)
+        query = select(func.count()).where(and_(*conditions))
         rows = self._rows(query)
         return int(rows[0][0]) if rows else 0
 
     @staticmethod
-    def _version_conditions(resource_type: str, since: datetime | None) -> list[Any]:
+    def _version_conditions(
+        resource_type: str, since: datetime | None, sites: Sites = None
+    ) -> list[Any]:
         conditions: list[Any] = [versions.c.resource_type == resource_type]
         if since is not None:
             conditions.append(versions.c.last_updated > since)
+        if sites is not None:
+            # A resource's site never changes: its current row says it for every version.
+            conditions.append(versions.c.id.in_(select(resources.c.id).where(*of_sites(sites))))
         return conditions

@@ -5,7 +5,7 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 import orjson
-from sqlalchemy import Connection, Engine, bindparam, func, select, update
+from sqlalchemy import Connection, Engine, bindparam, func, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from adapter.store import notices, raw
@@ -61,6 +61,7 @@ class Queued(NamedTuple):
     kind: str
     urgent: bool = False
     received_at: datetime | None = None
+    site: str | None = None
 
 
 def delivery_kind(source_type: str, resource_type: str) -> str:
@@ -237,6 +238,7 @@ def enqueue(connection: Connection, versions: Sequence[tuple[Any, ...]], now: da
                 "urgent": q.urgent,
                 "received_at": q.received_at or now,
                 "mapped_at": now,
+                "site": q.site,
             }
             for q in queued
         ],
@@ -248,9 +250,22 @@ class Outbox:
     """Reads and moves the outbox's items; every move names the version it was made for, so a
     version stored meanwhile is never marked delivered by the delivery of an older one."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, site: str | None = None) -> None:
         self.engine = engine
+        self.site = site
+        """The clinic site of a group whose items this outbox moves (a site's sync); None:
+        every item (a single-site deployment)."""
         self._moments = [(at, raw.from_store(engine, _COLUMNS[at])) for at in _MOMENTS]
+
+    def _scoped(self, where: str, values: list[Any]) -> tuple[str, list[Any]]:
+        """A raw condition on `o`, limited to the outbox's site."""
+        if self.site is None:
+            return where, values
+        return f"o.site = ? AND {where}", [self.site, *values]
+
+    def _mine(self) -> Any:
+        """The condition that limits a statement to the outbox's site."""
+        return true() if self.site is None else outbox.c.site == self.site
 
     def due(
         self,
@@ -273,11 +288,12 @@ class Outbox:
         if ids is not None:
             where += f" AND o.resource_id IN ({raw.placeholders(len(ids))})"
             values += ids
+        where, values = self._scoped(where, values)
         return self._with_content(where, values, after, limit, order)
 
     def delivered(self, after: tuple[int, str] | None, limit: int) -> list[Pending]:
         """Delivered items in delivery order, with their content: what reconciliation checks."""
-        return self._with_content("o.state = ?", ["delivered"], after, limit)
+        return self._with_content(*self._scoped("o.state = ?", ["delivered"]), after, limit)
 
     def _with_content(
         self,
@@ -481,7 +497,7 @@ class Outbox:
         with self.engine.begin() as connection:
             result = connection.execute(
                 update(outbox)
-                .where(outbox.c.state == "waiting")
+                .where(outbox.c.state == "waiting", self._mine())
                 .values(state="pending", next_attempt_at=now)
             )
             return int(result.rowcount or 0)
@@ -490,7 +506,7 @@ class Outbox:
         """Items a run would try now (with `waiting`: the waiting ones too, as a run wakes them)."""
         states = (*DUE_STATES, "waiting") if waiting else DUE_STATES
         query = select(func.count()).where(
-            outbox.c.state.in_(states), outbox.c.next_attempt_at <= now
+            outbox.c.state.in_(states), outbox.c.next_attempt_at <= now, self._mine()
         )
         with self.engine.connect() as connection:
             return int(connection.execute(query).scalar_one())
@@ -503,12 +519,16 @@ class Outbox:
             (outbox.c.state == "waiting")
             & (outbox.c.detail.is_(None) | outbox.c.detail.not_like('%"left_out"%'))
         )
-        query = select(outbox.c.resource_id).where(due, outbox.c.next_attempt_at <= now).limit(1)
+        query = (
+            select(outbox.c.resource_id)
+            .where(due, outbox.c.next_attempt_at <= now, self._mine())
+            .limit(1)
+        )
         with self.engine.connect() as connection:
             return connection.execute(query).first() is not None
 
     def counts(self) -> dict[str, int]:
-        query = select(outbox.c.state, func.count()).group_by(outbox.c.state)
+        query = select(outbox.c.state, func.count()).where(self._mine()).group_by(outbox.c.state)
         with self.engine.connect() as connection:
             found = {state: count for state, count in connection.execute(query)}
         return {state: found.get(state, 0) for state in STATES}
@@ -524,7 +544,7 @@ class Outbox:
         kinds) due now, their attempts reset: a replay after the cause is fixed."""
         statement = (
             update(outbox)
-            .where(outbox.c.state.in_(states))
+            .where(outbox.c.state.in_(states), self._mine())
             .values(state="pending", attempts=0, next_attempt_at=now, updated_at=now)
         )
         if kinds is not None:

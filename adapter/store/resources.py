@@ -33,8 +33,10 @@ _WITHDRAWN_STATUS = {
 _AMENDABLE = frozenset({"Observation", "DetectedIssue"})
 """Types whose status says `amended` for a version that changed what a final one said
 (http://hl7.org/fhir/R4/valueset-observation-status.html)."""
-NOT_DELIVERED = frozenset({"Patient"})
-"""Types served on the FHIR endpoint and never queued for the EHR: the EHR owns its patients."""
+NOT_DELIVERED = frozenset({"Patient", "Organization", "Location"})
+"""Types served on the FHIR endpoint and never queued for the EHR: the EHR owns its patients,
+and keeps its own directory of the clinic's organization and premises (the references to the
+adapter's are left out of what it gets)."""
 MAPPING_TAG_PREFIX = "mapping-"
 """The code of the meta.tag that names the mapping version that made a resource."""
 
@@ -76,6 +78,8 @@ class MappedRecord:
     received_at: datetime | None = None
     """When the revision mapped was received (None: the resources' journey starts as they are
     stored)."""
+    site: str | None = None
+    """The clinic site of a group the resources belong to; None in a single-site deployment."""
 
 
 @dataclass
@@ -125,6 +129,7 @@ class ResourceWriter:
             resource_id: record.source_type for resource_id, (record, _) in outputs.items()
         }
         received = {resource_id: record.received_at for resource_id, (record, _) in outputs.items()}
+        sites = {resource_id: record.site for resource_id, (record, _) in outputs.items()}
         inserts: list[Json] = []
         changes: list[Json] = []
         history: list[Json] = []
@@ -146,17 +151,24 @@ class ResourceWriter:
             )
             if found is None:
                 inserts.append(
-                    {**row, "source_type": record.source_type, "source_id": record.source_id}
+                    {
+                        **row,
+                        "source_type": record.source_type,
+                        "source_id": record.source_id,
+                        "site": record.site,
+                    }
                 )
                 counts.created += 1
             else:
                 changes.append(row)
                 counts.updated += 1
-        for orphan, source_type in self._orphans(sources, set(outputs)):
+        source_sites = {record.source_id: record.site for record in mapped}
+        for orphan, source_type, orphan_source in self._orphans(sources, set(outputs)):
             withdrawn = _withdraw(orjson.loads(orphan.content))
             if withdrawn is None:
                 continue
             source_types[orphan.id] = source_type
+            sites[orphan.id] = source_sites.get(orphan_source)
             row = self._row(withdrawn, orphan.version_id + 1, content_hash(withdrawn), now)
             changes.append(row)
             history.append(
@@ -208,6 +220,7 @@ class ResourceWriter:
                         kind,
                         is_urgent(kind, row["content"]),
                         received.get(row["id"]),
+                        sites.get(row["id"]),
                     )
                 )
             enqueue(self._connection, queued, now)
@@ -265,8 +278,9 @@ class ResourceWriter:
 
     def _orphans(
         self, sources: set[tuple[str, str]], keep: set[str]
-    ) -> list[tuple[StoredResource, str]]:
-        """Resources a record mapped to before and maps to no longer, with their source type."""
+    ) -> list[tuple[StoredResource, str, str]]:
+        """Resources a record mapped to before and maps to no longer, with their source type
+        and id."""
         source_ids = sorted({source_id for _, source_id in sources})
         orphans = []
         for start in range(0, len(source_ids), 500):
@@ -284,7 +298,7 @@ class ResourceWriter:
                     stored = StoredResource(
                         row.resource_type, row.id, row.version_id, row.last_updated, row.content
                     )
-                    orphans.append((stored, row.source_type))
+                    orphans.append((stored, row.source_type, row.source_id))
         return orphans
 
 

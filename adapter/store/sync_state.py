@@ -9,6 +9,7 @@ import orjson
 from sqlalchemy import Connection, Engine, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from adapter.site_keys import site_key, source_of_key
 from adapter.store.tables import sync_leases as leases
 from adapter.store.tables import sync_outbox as outbox
 from adapter.store.tables import sync_patient_confirmations as confirmations
@@ -28,6 +29,8 @@ class SyncRun:
     error: str | None
     last_error: str | None = None
     """The last reason an item of the run was not delivered (retried later, held, refused)."""
+    site: str | None = None
+    """The clinic site of a group whose EHR the run synced with; None: the deployment's one EHR."""
 
     @property
     def problem(self) -> str | None:
@@ -62,7 +65,7 @@ class SyncRuns:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def start(self, trigger: str, holder: str, now: datetime) -> int:
+    def start(self, trigger: str, holder: str, now: datetime, site: str | None = None) -> int:
         with self.engine.begin() as connection:
             result = connection.execute(
                 runs.insert().values(
@@ -71,6 +74,7 @@ class SyncRuns:
                     status="running",
                     started_at=now,
                     counts="{}",
+                    site=site,
                 )
             )
             return int(result.inserted_primary_key[0])  # type: ignore[index]
@@ -110,6 +114,7 @@ class SyncRuns:
                     orjson.loads(row.counts),
                     row.error,
                     row.last_error,
+                    row.site,
                 )
                 for row in connection.execute(query)
             ]
@@ -150,11 +155,14 @@ class Lease:
 
     def acquire(self, now: datetime) -> bool:
         with self.engine.begin() as connection:
-            row = connection.execute(
+            query = (
                 select(leases.c.holder, leases.c.expires_at)
                 .where(leases.c.name == self.name)
                 .with_for_update(skip_locked=True)
-            ).one_or_none()
+            )
+            row = connection.execute(query).one_or_none()
+            if row is None and self._created(connection):
+                row = connection.execute(query).one_or_none()
             if row is None:
                 return False
             if row.holder not in (None, self.holder) and row.expires_at and row.expires_at > now:
@@ -174,6 +182,13 @@ class Lease:
             )
             self.renewed_at = now if taken.rowcount == 1 else None
             return taken.rowcount == 1
+
+    def _created(self, connection: Connection) -> bool:
+        """Make the lease's row where there is none yet (the sync of a site added to a group):
+        True when this call made it."""
+        dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+        statement = dialect.insert(leases).values(name=self.name).on_conflict_do_nothing()
+        return bool(connection.execute(statement).rowcount)
 
     def renew(self, now: datetime) -> bool:
         """Extend the lease; False when it was lost (expired and taken by another holder).
@@ -201,11 +216,18 @@ class Lease:
 
 
 class PatientMatches:
-    def __init__(self, engine: Engine) -> None:
+    """The EHR's Patient of each MRN, as last resolved. A site of a group keeps its own (its
+    EHR, its MRNs): stored under `site:mrn` (adapter/site_keys.py)."""
+
+    def __init__(self, engine: Engine, site: str | None = None) -> None:
         self.engine = engine
+        self.site = site
+
+    def _key(self, mrn: str) -> str:
+        return site_key(self.site, mrn)
 
     def get(self, mrns: Iterable[str]) -> dict[str, PatientMatch]:
-        wanted = sorted(set(mrns))
+        wanted = sorted({self._key(mrn) for mrn in mrns})
         found: dict[str, PatientMatch] = {}
         if not wanted:
             return found
@@ -213,8 +235,9 @@ class PatientMatches:
             for start in range(0, len(wanted), 500):
                 query = select(patients).where(patients.c.mrn.in_(wanted[start : start + 500]))
                 for row in connection.execute(query):
-                    found[row.mrn] = PatientMatch(
-                        row.mrn,
+                    mrn = source_of_key(row.mrn) if self.site else row.mrn
+                    found[mrn] = PatientMatch(
+                        mrn,
                         row.state,
                         row.ehr_id,
                         orjson.loads(row.detail or "{}"),
@@ -225,7 +248,7 @@ class PatientMatches:
     def forget(self, mrns: Iterable[str]) -> int:
         """Drop the cached matches of these MRNs: the next run asks the EHR again (a replay
         after the patient was corrected there)."""
-        wanted = sorted(set(mrns))
+        wanted = sorted({self._key(mrn) for mrn in mrns})
         with self.engine.begin() as connection:
             result = connection.execute(patients.delete().where(patients.c.mrn.in_(wanted)))
         return int(result.rowcount or 0)
@@ -233,7 +256,7 @@ class PatientMatches:
     def put(self, matches: Iterable[PatientMatch]) -> None:
         rows = [
             {
-                "mrn": m.mrn,
+                "mrn": self._key(m.mrn),
                 "state": m.state,
                 "ehr_id": m.ehr_id,
                 "detail": orjson.dumps(m.detail).decode(),
@@ -257,7 +280,7 @@ class PatientMatches:
 
     def confirmations(self, mrns: Iterable[str]) -> dict[str, PatientConfirmation]:
         """The confirmed EHR Patients of these MRNs."""
-        wanted = sorted(set(mrns))
+        wanted = sorted({self._key(mrn) for mrn in mrns})
         found: dict[str, PatientConfirmation] = {}
         if not wanted:
             return found
@@ -266,8 +289,9 @@ class PatientMatches:
                 chunk = wanted[start : start + 500]
                 query = select(confirmations).where(confirmations.c.mrn.in_(chunk))
                 for row in connection.execute(query):
-                    found[row.mrn] = PatientConfirmation(
-                        row.mrn,
+                    mrn = source_of_key(row.mrn) if self.site else row.mrn
+                    found[mrn] = PatientConfirmation(
+                        mrn,
                         row.ehr_id,
                         orjson.loads(row.differs),
                         row.confirmed_by,
@@ -278,7 +302,7 @@ class PatientMatches:
     def confirm(self, confirmation: PatientConfirmation) -> None:
         """Keep the confirmation, in place of an earlier one of the MRN."""
         row = {
-            "mrn": confirmation.mrn,
+            "mrn": self._key(confirmation.mrn),
             "ehr_id": confirmation.ehr_id,
             "differs": orjson.dumps(confirmation.differs).decode(),
             "confirmed_by": confirmation.confirmed_by,
@@ -291,5 +315,7 @@ class PatientMatches:
     def withdraw(self, mrn: str) -> bool:
         """Drop the MRN's confirmation: its records are checked by name and birth date again."""
         with self.engine.begin() as connection:
-            result = connection.execute(confirmations.delete().where(confirmations.c.mrn == mrn))
+            result = connection.execute(
+                confirmations.delete().where(confirmations.c.mrn == self._key(mrn))
+            )
         return bool(result.rowcount)

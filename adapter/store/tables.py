@@ -39,24 +39,28 @@ class UtcDateTime(TypeDecorator[datetime]):
 
 
 metadata = MetaData()
+KEY_LENGTH = 100
+"""Longest store key of a record: a source id of 64 characters, or a site of a group (32) and
+`:` before it (adapter/site_keys.py)."""
+SITE_LENGTH = 32
 
 source_records = Table(
     "source_records",
     metadata,
-    Column("source_id", String(64), primary_key=True),
+    Column("source_id", String(KEY_LENGTH), primary_key=True),
     Column("record_type", String(32), primary_key=True),
     Column("revision", BigInteger, nullable=False),
     Column("withdrawn", Boolean, nullable=False),
     Column("content_hash", String(64), nullable=False),
-    Column("session_id", String(64)),
+    Column("session_id", String(KEY_LENGTH)),
     Column("first_received_at", UtcDateTime(), nullable=False),
     Column("updated_at", UtcDateTime(), nullable=False),
     Column("mapping_state", String(16), nullable=False, server_default="pending"),
     Column("mapping_seq", Integer, nullable=False, server_default="0"),
     Column("mapping_detail", Text),
     Column("mapped_version", String(32)),
-    Column("series_id", String(64)),
-    Column("mrn", String(64)),
+    Column("series_id", String(KEY_LENGTH)),
+    Column("mrn", String(KEY_LENGTH)),
     Column("mapping_claim", String(36)),
     Column("mapping_claimed_until", UtcDateTime()),
     Index("ix_source_records_session", "session_id"),
@@ -75,7 +79,7 @@ gathered statistics on a freshly loaded table."""
 source_record_revisions = Table(
     "source_record_revisions",
     metadata,
-    Column("source_id", String(64), primary_key=True),
+    Column("source_id", String(KEY_LENGTH), primary_key=True),
     Column("record_type", String(32), primary_key=True),
     Column("revision", BigInteger, primary_key=True),
     Column("withdrawn", Boolean, nullable=False),
@@ -96,10 +100,12 @@ fhir_resources = Table(
     Column("content_hash", String(64), nullable=False),
     Column("content", Text, nullable=False),
     Column("source_type", String(32), nullable=False),
-    Column("source_id", String(64), nullable=False),
+    Column("source_id", String(KEY_LENGTH), nullable=False),
     Column("date_start", UtcDateTime()),
     Column("date_end", UtcDateTime()),
+    Column("site", String(SITE_LENGTH)),
     Index("ix_fhir_resources_source", "source_id", "source_type"),
+    Index("ix_fhir_resources_site", "site", "resource_type"),
     Index("ix_fhir_resources_type_updated", "resource_type", "last_updated", "id"),
     Index("ix_fhir_resources_type_date", "resource_type", "date_start", "id"),
 )
@@ -165,6 +171,7 @@ export_jobs = Table(
     Column("updated_at", UtcDateTime(), nullable=False),
     Column("expires_at", UtcDateTime()),
     Column("client_id", String(64)),
+    Column("sites", Text),
     Index("ix_export_jobs_status", "status"),
 )
 """Bulk Data $export jobs: kept in the store, so that a restart resumes them."""
@@ -190,7 +197,9 @@ sync_outbox = Table(
     Column("mapped_at", UtcDateTime()),
     Column("requested_at", UtcDateTime()),
     Column("answered_at", UtcDateTime()),
+    Column("site", String(SITE_LENGTH)),
     Index("ix_sync_outbox_queue", "state", "rank", "resource_id"),
+    Index("ix_sync_outbox_site", "site", "state", "rank", "resource_id"),
     Index("ix_sync_outbox_urgent", "urgent", "state", "received_at"),
     sqlite_with_rowid=False,
 )
@@ -213,6 +222,7 @@ sync_runs = Table(
     Column("counts", Text, nullable=False),
     Column("error", Text),
     Column("last_error", Text),
+    Column("site", String(SITE_LENGTH)),
     Index("ix_sync_runs_started", "started_at"),
 )
 """Every sync and reconciliation run: when, what it delivered, what failed (`error`: why the
@@ -221,7 +231,7 @@ run stopped; `last_error`: the last reason an item of the run was not delivered)
 sync_patients = Table(
     "sync_patients",
     metadata,
-    Column("mrn", String(64), primary_key=True),
+    Column("mrn", String(KEY_LENGTH), primary_key=True),
     Column("state", String(16), nullable=False),
     Column("ehr_id", String(128)),
     Column("detail", Text),
@@ -232,7 +242,7 @@ sync_patients = Table(
 sync_patient_confirmations = Table(
     "sync_patient_confirmations",
     metadata,
-    Column("mrn", String(64), primary_key=True),
+    Column("mrn", String(KEY_LENGTH), primary_key=True),
     Column("ehr_id", String(128), nullable=False),
     Column("differs", Text, nullable=False),
     Column("confirmed_by", String(64), nullable=False),
@@ -265,6 +275,7 @@ api_clients = Table(
     Column("development", Boolean, nullable=False, server_default="0"),
     Column("created_at", UtcDateTime(), nullable=False),
     Column("revoked_at", UtcDateTime()),
+    Column("sites", Text),
 )
 """Who may call the adapter: API-key clients (a role) and SMART backend clients (a JWKS and the
 scopes they may be granted). Keys are stored as SHA-256 digests only."""

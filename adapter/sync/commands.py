@@ -18,14 +18,28 @@ from adapter.runtime import Runtime
 from adapter.store.outbox import OutboxItem
 from adapter.sync.engine import Sync, SyncReport, sync_once
 from adapter.sync.reconcile import reconcile_once
-from adapter.worker import EventDelivery, SyncRunner, add_sync_jobs
+from adapter.worker import EventDelivery, add_sync_jobs, sync_runners
 
 
-def _sync(runtime: Runtime) -> Sync:
+def _sync(runtime: Runtime, site: str | None = None) -> Sync:
+    """The sync of the deployment's EHR, or of a site's of a group (`--site`)."""
+    if runtime.site_syncs or site is not None:
+        found = runtime.site_syncs.get(site) if site is not None else None
+        if found is None:
+            names = ", ".join(sorted(runtime.site_syncs)) or "none"
+            click.echo(
+                f"--site: name a site whose ehr.yaml names its EHR's connection ({names})",
+                err=True,
+            )
+            sys.exit(2)
+        return found
     if runtime.sync is None:
         click.echo("ADAPTER_EHR_BASE_URL is not set: there is no EHR to sync to", err=True)
         sys.exit(2)
     return runtime.sync
+
+
+SITE = click.option("--site", help="The clinic site of a group whose EHR to sync with.")
 
 
 EXIT_REFUSED = 1
@@ -86,17 +100,23 @@ def _report(report: SyncReport) -> None:
     "unavailable and nothing was delivered, 4 when the run failed for another reason.",
 )
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option(
+    "--site",
+    help="With --once: the clinic site of a group whose EHR to sync with (each site's sync "
+    "runs on its own).",
+)
 @click.pass_context
-def sync(context: click.Context, once: bool, quiet: bool) -> None:
-    """Push new and changed resources to the EHR (ADAPTER_EHR_BASE_URL). Without a
-    subcommand: run the sync on its schedule in the foreground until stopped, or once."""
+def sync(context: click.Context, once: bool, quiet: bool, site: str | None) -> None:
+    """Push new and changed resources to the EHR (ADAPTER_EHR_BASE_URL, or each site's of a
+    group). Without a subcommand: run the sync on its schedule in the foreground until
+    stopped, or once."""
     if context.invoked_subcommand is not None:
         return
     runtime = open_runtime_or_exit(settings_or_exit())
-    engine = _sync(runtime)
     if once:
+        engine = _sync(runtime, site)
         _printed_here()
-        due = runtime.outbox.count_due(datetime.now(UTC), waiting=True)
+        due = engine.outbox.count_due(datetime.now(UTC), waiting=True)
         bar = tqdm(total=due, unit="res", desc="syncing", disable=quiet, dynamic_ncols=True)
         report = sync_once(engine, trigger="cli", progress=bar.update)
         bar.close()
@@ -110,11 +130,14 @@ def _run_scheduled(runtime: Runtime) -> None:
     PostgreSQL the sync is also woken when any process queues resources."""
     stop = threading.Event()
     scheduler = BackgroundScheduler(timezone=UTC)
-    runner = SyncRunner(runtime)
-    add_sync_jobs(scheduler, runner)
+    if not runtime.syncs():
+        _sync(runtime)  # says why there is nothing to sync, and exits
+    runners = sync_runners(runtime)
+    for runner in runners:
+        add_sync_jobs(scheduler, runner)
     # Woken by resources queued in other processes: PostgreSQL's notices.
     events = (
-        EventDelivery(runtime, runner, mapping=False) if runtime.settings.event_delivery else None
+        EventDelivery(runtime, runners, mapping=False) if runtime.settings.event_delivery else None
     )
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
@@ -211,8 +234,9 @@ def runs(limit: int) -> None:
     for run in found:
         counts = ", ".join(f"{k} {v}" for k, v in sorted(run.counts.items()))
         ended = f"{run.ended_at:%H:%M:%SZ}" if run.ended_at else "running"
+        site = f"  site {run.site}" if run.site else ""
         click.echo(
-            f"{run.id}  {run.trigger}  {run.started_at:%Y-%m-%d %H:%M:%SZ} - {ended}  "
+            f"{run.id}  {run.trigger}{site}  {run.started_at:%Y-%m-%d %H:%M:%SZ} - {ended}  "
             f"{run.status}  {counts}" + (f"\n    {run.problem}" if run.problem else "")
         )
     for name, meaning in legend({name for run in found for name in run.counts}):
@@ -220,13 +244,14 @@ def runs(limit: int) -> None:
 
 
 @sync.command()
-def reconcile() -> None:
+@SITE
+def reconcile(site: str | None) -> None:
     """Compare what the EHR holds for the adapter's identifiers with what was delivered, and
     queue again what is missing or different there; changes made at the EHR are kept or undone
     as mappings/ehr.yaml says, and the adapter's own extra copies removed. Exits as `sync
     --once` does (1: something there needs a person)."""
     runtime = open_runtime_or_exit(settings_or_exit())
     _printed_here()
-    report = reconcile_once(_sync(runtime))
+    report = reconcile_once(_sync(runtime, site))
     _report(report)
     sys.exit(exit_code(report))

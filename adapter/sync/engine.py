@@ -104,6 +104,8 @@ class Sync:
         client: EhrClient | None = None,
         clock: Callable[[], datetime] = utc_now,
         sleep: Callable[[float], None] = time.sleep,
+        site_id: str | None = None,
+        rules: Callable[[], EhrRules] | None = None,
     ) -> None:
         if not settings.ehr_base_url:
             raise ValueError("ADAPTER_EHR_BASE_URL is not set: there is no EHR to sync to")
@@ -111,13 +113,21 @@ class Sync:
         self.engine = engine
         self.records = records
         self.site = site
+        self.site_id = site_id
+        """The clinic site of a group whose resources this sync delivers to its EHR, with a
+        lease, a back-off, runs and patient matches of its own; None: the one EHR of a
+        single-site deployment."""
+        self.ehr_rules = rules or (lambda: load_ehr_rules(settings.mappings_dir))
         self.clock = clock
-        self.outbox = Outbox(engine)
+        self.outbox = Outbox(engine, site_id)
         self.runs = SyncRuns(engine)
-        self.patient_matches = PatientMatches(engine)
+        self.patient_matches = PatientMatches(engine, site_id)
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.lease = Lease(
-            engine, "sync", self.holder, timedelta(seconds=settings.sync_lease_seconds)
+            engine,
+            self.state_name("sync"),
+            self.holder,
+            timedelta(seconds=settings.sync_lease_seconds),
         )
         self.client = client or EhrClient(
             base_url=settings.ehr_base_url,
@@ -131,6 +141,10 @@ class Sync:
             sleep=sleep,
         )
 
+    def state_name(self, name: str) -> str:
+        """The name of a lease or a stored fact of this sync: a site's are its own."""
+        return name if self.site_id is None else f"{name}:{self.site_id}"
+
     def plans(self, now: datetime, rules: EhrRules) -> dict[str, DeliveryPlan]:
         """Delivery plans from the EHR's CapabilityStatement (`statement`)."""
         return plan_delivery(self.statement(now, rules), rules)
@@ -141,7 +155,7 @@ class Sync:
         cached copy in use. Only a CapabilityStatement is cached, and one announcing a FHIR
         version the site does not accept stops the run."""
         with self.engine.connect() as connection:
-            cached = read_state(connection, CAPABILITIES)
+            cached = read_state(connection, self.state_name(CAPABILITIES))
         stored = orjson.loads(cached) if cached else None
         age = timedelta(minutes=self.settings.ehr_capabilities_refresh_minutes)
         if stored is None or now - datetime.fromisoformat(stored["fetched_at"]) >= age:
@@ -153,7 +167,9 @@ class Sync:
             else:
                 stored = {"fetched_at": now.isoformat(), "statement": statement}
                 with self.engine.begin() as connection:
-                    write_state(connection, CAPABILITIES, orjson.dumps(stored).decode())
+                    write_state(
+                        connection, self.state_name(CAPABILITIES), orjson.dumps(stored).decode()
+                    )
         return check_statement(stored["statement"], rules)
 
     def delivery(self, plans: dict[str, DeliveryPlan], rules: EhrRules) -> Delivery:
@@ -184,7 +200,7 @@ class Sync:
 
     def backoff(self) -> tuple[datetime | None, float]:
         with self.engine.connect() as connection:
-            value = read_state(connection, BACKOFF)
+            value = read_state(connection, self.state_name(BACKOFF))
         if not value:
             return None, 0.0
         state = orjson.loads(value)
@@ -193,7 +209,7 @@ class Sync:
     def set_backoff(self, until: datetime | None, seconds: float) -> None:
         value = {"until": until.isoformat() if until else None, "seconds": seconds}
         with self.engine.begin() as connection:
-            write_state(connection, BACKOFF, orjson.dumps(value).decode())
+            write_state(connection, self.state_name(BACKOFF), orjson.dumps(value).decode())
 
 
 def sync_once(
@@ -229,7 +245,8 @@ def leased_run(sync: Sync, trigger: str, work: Callable[[SyncReport], None]) -> 
     at least), and a successful run clears it."""
     if not sync.lease.acquire(sync.clock()):
         return SyncReport("busy")
-    report = SyncReport("completed", run_id=sync.runs.start(trigger, sync.holder, sync.clock()))
+    run_id = sync.runs.start(trigger, sync.holder, sync.clock(), sync.site_id)
+    report = SyncReport("completed", run_id=run_id)
     sync.client.start_run()
     try:
         work(report)
@@ -280,7 +297,7 @@ def _back_off(sync: Sync, report: SyncReport, asked: float | None) -> str:
 
 
 def _run(sync: Sync, report: SyncReport, progress: Callable[[int], None]) -> None:
-    rules = load_ehr_rules(sync.settings.mappings_dir)
+    rules = sync.ehr_rules()
     plans = sync.plans(sync.clock(), rules)
     delivery = sync.delivery(plans, rules)
     deliverable = [t for t, plan in plans.items() if plan.deliver]

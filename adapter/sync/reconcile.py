@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from adapter.mapping.config import EhrRules, load_ehr_rules
+from adapter.mapping.config import EhrRules
 from adapter.store.outbox import DELIVERY_RANK, OTHER_RANK, OutboxItem, Outcome, Pending, kind_of
 from adapter.sync.capabilities import DeliveryPlan, deletable, plan_delivery
 from adapter.sync.delivery import deleted_in_ehr, edited_in_ehr
@@ -55,7 +55,7 @@ def reconcile_once(sync: Sync, progress: Callable[[int], None] | None = None) ->
 
 
 def _reconcile(sync: Sync, report: SyncReport, progress: Callable[[int], None] | None) -> None:
-    rules = load_ehr_rules(sync.settings.mappings_dir)
+    rules = sync.ehr_rules()
     statement = sync.statement(sync.clock(), rules)
     plans = plan_delivery(statement, rules)
     site = sync.site()

@@ -43,6 +43,8 @@ def test_metadata_lists_what_is_served(
         "Patient",
         "Encounter",
         "CarePlan",
+        "Organization",
+        "Location",
     }
     observation = {p["name"] for p in served["Observation"]["searchParam"]}
     assert {

@@ -120,7 +120,16 @@ def _open_ended_only(
     )
 
 
-def test_every_parameter_answers_as_medplum_does(client: TestClient, tmp_path: Path) -> None:
+def test_every_parameter_answers_as_medplum_does(
+    client: TestClient, tmp_path: Path, settings_mappings: Path
+) -> None:
+    # The site's Organization and Location too, which the shipped site.yaml leaves out.
+    site = settings_mappings / "site.yaml"
+    site.write_text(
+        site.read_text()
+        + "organization: {name: Ketamine Clinic}\n"
+        + "location: {name: Ketamine Clinic infusion suite}\n"
+    )
     client.post("/api/v1/records", content=EXAMPLE_DAY.read_bytes(), headers=NDJSON)
     client.post("/api/v1/mapping/reload")
     resources = _everything(client)

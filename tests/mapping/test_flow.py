@@ -228,9 +228,9 @@ def test_unchanged_mapping_files_are_not_parsed_again(
     runtime: Runtime, settings_mappings: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     parsed: list[Path] = []
-    real = service_module.load_mappings
+    real = service_module.load_group
     monkeypatch.setattr(
-        service_module, "load_mappings", lambda folder: parsed.append(folder) or real(folder)
+        service_module, "load_group", lambda folder: parsed.append(folder) or real(folder)
     )
     runtime.reload_mappings()
     assert runtime.reload_mappings() is False

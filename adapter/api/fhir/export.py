@@ -152,6 +152,7 @@ def _kick_off(
         group_id,
         client_id=caller.client.id,
         most_at_once=runtime.settings.exports_per_client,
+        sites=caller.client.sites,
     )
     request.state.audited_ids = [job_id]
     worker = request.app.state.worker

@@ -21,7 +21,7 @@ from adapter.api.fhir.wire import (
 from adapter.errors import BadRequest, MethodNotAllowed, NotFound
 from adapter.fhir.search import MAX_COUNT, decode_cursor, encode_cursor, parse_instant
 from adapter.runtime import Runtime
-from adapter.security.access import fhir_scope, fhir_write
+from adapter.security.access import caller_sites, fhir_scope, fhir_write
 from adapter.store.resources import StoredResource
 
 router = APIRouter()
@@ -95,12 +95,15 @@ def type_history(
     secret = runtime.settings.secret_key
     after = _history_position(cursor, secret) if cursor is not None else None
     limit = min(count, MAX_COUNT)
+    sites = caller_sites(request)
     found = (
-        runtime.fhir_reads.versions(resource_type, since=moment, limit=limit + 1, after=after)
+        runtime.fhir_reads.versions(
+            resource_type, since=moment, limit=limit + 1, after=after, sites=sites
+        )
         if limit
         else []
     )
-    total = runtime.fhir_reads.count_versions(resource_type, since=moment)
+    total = runtime.fhir_reads.count_versions(resource_type, since=moment, sites=sites)
     page = found[:limit]
     query = [(k, v) for k, v in (("_since", since), ("_count", str(count))) if v is not None]
     base = fhir_base(request)
@@ -129,7 +132,7 @@ async def read(request: Request, resource_type: str, resource_id: str) -> Respon
     FastAPI resolves per request; If-None-Match is read directly."""
     known_type(resource_type)
     runtime: Runtime = request.app.state.runtime
-    found = await runtime.fhir_reads.read(resource_type, resource_id)
+    found = await runtime.fhir_reads.read(resource_type, resource_id, caller_sites(request))
     if found is None:
         raise NotFound(f"{resource_type}/{resource_id} is not known")
     headers = version_headers(found.version_id, found.last_updated)
@@ -148,7 +151,7 @@ def instance_history(
     request: Request, runtime: RuntimeDep, resource_type: str, resource_id: str
 ) -> FhirResponse:
     known_type(resource_type)
-    found = runtime.fhir_reads.versions(resource_type, resource_id)
+    found = runtime.fhir_reads.versions(resource_type, resource_id, sites=caller_sites(request))
     if not found:
         raise NotFound(f"{resource_type}/{resource_id} is not known")
     return _history(request, found)
@@ -160,11 +163,13 @@ def instance_history(
     summary="vread",
 )
 def vread(
-    runtime: RuntimeDep, resource_type: str, resource_id: str, version_id: str
+    request: Request, runtime: RuntimeDep, resource_type: str, resource_id: str, version_id: str
 ) -> FhirResponse:
     known_type(resource_type)
     found = (
-        runtime.fhir_reads.versions(resource_type, resource_id, int(version_id))
+        runtime.fhir_reads.versions(
+            resource_type, resource_id, int(version_id), sites=caller_sites(request)
+        )
         if re.fullmatch("[0-9]{1,18}", version_id)
         else []
     )

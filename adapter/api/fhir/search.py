@@ -26,7 +26,7 @@ from adapter.fhir.search import (
 )
 from adapter.runtime import Runtime
 from adapter.security.access import Caller, fhir_scope
-from adapter.store.fhir_reads import Hit
+from adapter.store.fhir_reads import Hit, of_sites
 
 router = APIRouter()
 Searcher = Annotated[Caller, Depends(fhir_scope("s"))]
@@ -55,6 +55,8 @@ def _search(
     search: SearchRequest = parse(resource_type, params, _strict(prefer), secret)
     for other_type in sorted(included_types(search)):
         caller.require(other_type, "r")
+    sites = caller.client.sites
+    search.where += of_sites(sites)  # a client bound to sites sees theirs alone
     reader = runtime.fhir_reads
     base = fhir_base(request)
     if search.summary_count:
@@ -73,14 +75,14 @@ def _search(
     warnings = []
     for spec in search.revincludes:
         source_type, param = spec.split(":")
-        included, cut = reader.revincluded(source_type, param, targets)
+        included, cut = reader.revincluded(source_type, param, targets, sites)
         entries += [entry(base, h.resource_type, h.id, h.content, "include") for h in included]
         if cut:
             warnings.append(
                 f"_revinclude={spec}: more than {len(included)} resources; the rest were left out"
             )
     for spec in search.includes:
-        included_hits = reader.included(spec.split(":")[1], [h.id for h in hits])
+        included_hits = reader.included(spec.split(":")[1], [h.id for h in hits], sites)
         entries += [entry(base, h.resource_type, h.id, h.content, "include") for h in included_hits]
     if search.ignored:
         warnings.append(f"ignored unknown or unsupported parameters: {', '.join(search.ignored)}")
