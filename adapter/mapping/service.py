@@ -16,6 +16,7 @@ from adapter.mapping.config import Mappings, load_mappings
 from adapter.mapping.derived import derived_resources
 from adapter.mapping.detected_issue import SOURCE_TYPE as PROTOCOL
 from adapter.mapping.mapper import Mapper, SourceRecord
+from adapter.store import notices
 from adapter.store.mapping_queue import (
     FAILED,
     MAPPED,
@@ -61,6 +62,11 @@ class _ClaimLost(Exception):
     """A batch no longer holds every record it claimed: its transaction is rolled back."""
 
 
+class _VersionChanged(Exception):
+    """Another process adopted another mapping version while a batch was mapped: the batch is
+    rolled back, and this process maps nothing until it loads the files of that version."""
+
+
 class MappingService:
     """The current mapping and the loop that applies it to every pending record."""
 
@@ -90,8 +96,11 @@ class MappingService:
             return 0
         self.previous_version = stored
         with self.queue.engine.begin() as connection:
-            count = self.queue.requeue(connection, [MAPPED, UNCODED, WAITING, FAILED])
+            # The version first: its row lock waits for the batches storing under the old
+            # version (`_map_batch`), so that the requeue below sees what they stored.
             self.queue.set_version(connection, self.version)
+            count = self.queue.requeue(connection, [MAPPED, UNCODED, WAITING, FAILED])
+            notices.announce(connection, notices.MAPPINGS)
         if count:
             log.info(
                 "mapping version %s: %d records queued to be mapped again", self.version, count
@@ -141,12 +150,15 @@ class MappingService:
                     if not batch:
                         break
                     after = (batch[-1].record_type, batch[-1].source_id)
-                self._map_batch(mapper, batch, report)
+                if not self._map_batch(mapper, batch, report):
+                    break
                 if on_batch:
                     on_batch(report)
         return report
 
-    def _map_batch(self, mapper: Mapper, batch: list[QueuedRecord], report: MappingReport) -> None:
+    def _map_batch(self, mapper: Mapper, batch: list[QueuedRecord], report: MappingReport) -> bool:
+        """Map and store a batch; False when the store's mapping version is no longer this
+        process's (the run stops: what it mapped is not stored)."""
         parsed = [_RECORD.validate_json(item.parsed) for item in batch]
         wanted = {
             item.session_id
@@ -203,6 +215,9 @@ class MappingService:
             with self.queue.engine.begin() as connection:
                 writer = ResourceWriter(connection)
                 now = writer.turn(datetime.now(UTC))
+                stored = self.queue.locked_version(connection)
+                if stored is not None and stored != mapper.version:
+                    raise _VersionChanged
                 # Read after the turn, what a session's or a patient's records say includes
                 # every batch stored before this one: none stores their resources from older
                 # facts than a batch stored before it.
@@ -223,8 +238,19 @@ class MappingService:
             with self.queue.engine.begin() as connection:
                 self.queue.release(connection, batch)
             report.mapped, report.waiting, report.failed = counted
-            return
+            return True
+        except _VersionChanged:
+            log.warning(
+                "the store's mapping version is not this process's (%s): mapping waits until "
+                "this process loads the same mapping files",
+                mapper.version,
+            )
+            with self.queue.engine.begin() as connection:
+                self.queue.release(connection, batch)
+            report.mapped, report.waiting, report.failed = counted
+            return False
         report.records += len(batch)
         report.sessions_checked += sum(1 for m in mapped if m.source_type == PROTOCOL)
         for name in ("created", "updated", "unchanged", "withdrawn"):
             setattr(report.resources, name, getattr(report.resources, name) + getattr(counts, name))
+        return True
