@@ -132,12 +132,24 @@ def _interval(seconds: float) -> Callable[[datetime], datetime]:
 
 class HeldLease:
     """A lease held while a job runs, renewed by a thread every third of its time, released at
-    the end. `run` answers False, without running, when another process holds it."""
+    the end. `run` answers False, without running, when another process holds it, or another
+    run of this process."""
 
     def __init__(self, lease: Lease) -> None:
         self.lease = lease
+        self._here = threading.Lock()
+        """Held by the run under way in this process: the lease's holder is the process, and
+        a second run here would take it again and release it under the first."""
 
     def run(self, work: Callable[[], Any]) -> bool:
+        if not self._here.acquire(blocking=False):
+            return False
+        try:
+            return self._run(work)
+        finally:
+            self._here.release()
+
+    def _run(self, work: Callable[[], Any]) -> bool:
         lease = self.lease
         if not lease.acquire(datetime.now(UTC)):
             return False

@@ -177,10 +177,11 @@ def test_a_work_job_runs_in_one_process_at_a_time_and_keeps_its_lease_while_it_r
     refused = [second.run(lambda: None)]
     time.sleep(0.5)  # longer than the lease lasts unrenewed: the run keeps it all the same
     refused.append(second.run(lambda: None))
+    refused.append(first.run(lambda: None))  # another run in the holder's own process
     release.set()
     holder.join()
 
-    assert refused == [False, False]
+    assert refused == [False, False, False]
     assert answers == [True]
     assert second.run(lambda: None) is True
 

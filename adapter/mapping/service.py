@@ -84,6 +84,8 @@ class MappingService:
         self.previous_version: str | None = None
         self._lock = threading.Lock()
         self._stamp: str | None = None
+        self._stale_version: str | None = None
+        """The version last found not to be the store's (said once in the log)."""
 
     @property
     def version(self) -> str:
@@ -240,11 +242,13 @@ class MappingService:
             report.mapped, report.waiting, report.failed = counted
             return True
         except _VersionChanged:
-            log.warning(
-                "the store's mapping version is not this process's (%s): mapping waits until "
-                "this process loads the same mapping files",
-                mapper.version,
-            )
+            if self._stale_version != mapper.version:
+                log.warning(
+                    "the store's mapping version is not this process's (%s): mapping waits "
+                    "until this process loads the same mapping files",
+                    mapper.version,
+                )
+            self._stale_version = mapper.version
             with self.queue.engine.begin() as connection:
                 self.queue.release(connection, batch)
             report.mapped, report.waiting, report.failed = counted
