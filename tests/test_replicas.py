@@ -7,6 +7,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 
 import pytest
 from fastapi.testclient import TestClient
@@ -301,3 +302,21 @@ def test_on_postgresql_a_replica_loads_a_new_mapping_version_when_it_hears_of_it
         assert _wait_until(lambda: other.mapping.version == edited.mapping.version, 5)
     finally:
         heard.stop()
+
+
+def test_the_nightly_reconciliation_waits_for_a_sync_run_rather_than_skip_the_night(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    answers = ["busy", "busy", "completed"]
+    waits: list[float] = []
+    monkeypatch.setattr(
+        worker_module, "reconcile_once", lambda _: SimpleNamespace(status=answers.pop(0))
+    )
+    runtime = SimpleNamespace(sync=object())
+
+    worker_module.reconcile_with_ehr(runtime, sleep=waits.append)  # type: ignore[arg-type]
+    answers[:] = ["busy"] * 1000
+    worker_module.reconcile_with_ehr(runtime, patience=20, sleep=waits.append)  # type: ignore[arg-type]
+
+    assert waits[:2] == [worker_module.RECONCILE_RETRY_SECONDS] * 2
+    assert len(waits) == 2 + 20 / worker_module.RECONCILE_RETRY_SECONDS
