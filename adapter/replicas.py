@@ -101,8 +101,9 @@ class SharedJobs:
         return HeldLease(Lease(self.engine, name, self.holder, timedelta(seconds=seconds)))
 
     def share(self, scheduler: BaseScheduler, local: Iterable[str] = ()) -> None:
-        """Make every job of `scheduler` (not yet started) run once per tick across the
-        processes, except those named in `local` (work each process does for itself). An
+        """Make every job of `scheduler` (not yet started) on an interval or a crontab run once
+        per tick across the processes, except those named in `local` (work each process does
+        for itself). An
         interval's ticks are counted from ANCHOR in every process, so that their schedules
         fire together and a tick is one moment everywhere."""
         kept = set(local)
@@ -121,8 +122,8 @@ class SharedJobs:
                 slot: Callable[[datetime], datetime] = _interval(seconds)
             elif isinstance(trigger, CronTrigger):
                 changes, slot = {}, minute_slot
-            else:
-                raise ValueError(f"{job.id}: a shared job runs on an interval or a crontab")
+            else:  # a one-off run (a date): this process's own
+                continue
             scheduler.modify_job(job.id, func=self.once_per_tick(job.id, slot, job.func), **changes)
 
 
