@@ -184,22 +184,30 @@ class CacheNotices:
     connection is lost) the caches' own limits hold: CACHE_SECONDS, the mapping interval."""
 
     def __init__(self, runtime: Runtime) -> None:
-        self.reload = Wakeup("reload-on-notice", lambda: _reload(runtime), gather=0.05)
-        actions = {notices.CLIENTS: runtime.clients.forget, notices.MAPPINGS: self.reload.pulse}
-        engine = runtime.store.engine
-        self.listener = (
-            NoticeListener(engine, actions) if engine.dialect.name == "postgresql" else None
-        )
+        self.runtime = runtime
+        self.listener: NoticeListener | None = None
+        self.reload: Wakeup | None = None
 
     def start(self) -> None:
-        if self.listener is not None:
-            self.reload.start()
-            self.listener.start()
+        """Listen (on PostgreSQL); threads of their own each time, as an app may be started
+        and stopped more than once (tests do)."""
+        engine = self.runtime.store.engine
+        if engine.dialect.name != "postgresql" or self.listener is not None:
+            return
+        runtime = self.runtime
+        self.reload = Wakeup("reload-on-notice", lambda: _reload(runtime), gather=0.05)
+        actions = {notices.CLIENTS: runtime.clients.forget, notices.MAPPINGS: self.reload.pulse}
+        self.listener = NoticeListener(engine, actions)
+        self.reload.start()
+        self.listener.start()
 
     def stop(self) -> None:
         if self.listener is not None:
             self.listener.stop()
+            self.listener = None
+        if self.reload is not None:
             self.reload.stop()
+            self.reload = None
 
 
 def _reload(runtime: Runtime) -> bool:
