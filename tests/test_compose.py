@@ -3,11 +3,14 @@ production service by default, two replicas of it behind a reverse proxy, develo
 sandbox EHRs of two sites) only by the explicit override docker-compose.dev.yml."""
 
 import re
+import shutil
 from ipaddress import ip_address
+from pathlib import Path
 from typing import Any
 
 import yaml
 
+from adapter.mapping.sites import load_group
 from adapter.settings import DEVELOPMENT_SECRET, Settings
 from tests.conftest import ROOT
 
@@ -72,10 +75,7 @@ def test_development_and_the_sandbox_ehr_come_only_with_the_override() -> None:
     services = _services()
 
     for replica in REPLICAS:
-        base = services[replica]["environment"]["ADAPTER_EHR_BASE_URL"]
-        host = base.split("//", 1)[1].split(":", 1)[0]
         assert services[replica]["environment"]["ADAPTER_ENV"] == "development"
-        assert host in services and services[host]["image"].startswith("hapiproject/hapi")
     for seeder in ("hapi-sandbox", "hapi-sandbox-site-b"):
         for mount in services[seeder]["volumes"]:
             assert (ROOT / mount.split(":", 1)[0]).exists(), mount
@@ -100,7 +100,33 @@ def test_the_development_override_has_a_sandbox_ehr_for_each_of_two_sites() -> N
     assert len(set(ports)) == 2 and all(port.startswith("127.0.0.1:") for port in ports)
     for replica in REPLICAS:
         assert {"hapi-sandbox", "hapi-sandbox-site-b"} <= set(services[replica]["depends_on"])
-    assert "http://hapi-site-b:8080/fhir" in (ROOT / "docker-compose.dev.yml").read_text()
+
+
+def test_the_development_group_delivers_each_site_to_its_own_sandbox_ehr(tmp_path: Path) -> None:
+    """The override lays deploy/group/sites over the mapping files; loaded as the service loads
+    them, each site names a sandbox EHR of its own, and records without a site have one."""
+    services = _services()
+    environment = services["adapter-1"]["environment"]
+    target = f"{environment['ADAPTER_MAPPINGS_DIR']}/sites"
+    sources = [
+        mount.split(":")[0]
+        for mount in services["adapter-1"]["volumes"]
+        if mount.split(":")[1] == target
+    ]
+    assert services["adapter-2"]["volumes"] == services["adapter-1"]["volumes"]
+    assert len(sources) == 1 and sources[0].startswith("./deploy/")
+    mappings = tmp_path / "mappings"
+    shutil.copytree(ROOT / "mappings", mappings)
+    shutil.copytree(ROOT / sources[0], mappings / "sites")
+
+    _, sites = load_group(mappings)
+
+    hosts = {}
+    for site_id, site in sites.items():
+        assert site.ehr.connection is not None, site_id
+        hosts[site_id] = site.ehr.connection.base_url.split("//", 1)[1].split(":", 1)[0]
+    assert sorted(hosts.values()) == ["hapi", "hapi-site-b"]
+    assert environment["ADAPTER_DEFAULT_SITE"] in sites
 
 
 def test_two_replicas_alike_behind_the_proxy_and_only_the_proxy_is_published() -> None:
