@@ -315,11 +315,9 @@ def _run(sync: Sync, report: SyncReport, progress: Callable[[int], None]) -> Non
         and staged, the urgent first; their possible creates noted in one commit with the
         outcomes answered so far, before any of them is sent."""
         nonlocal position
-        urgent = sync.outbox.due(sync.clock(), None, size * STAGED_AHEAD + len(taken), urgent=True)
-        urgent = [p for p in urgent if p.item.resource_id not in taken][: size * STAGED_AHEAD]
+        urgent, following = sync.outbox.next_due(sync.clock(), position, size * STAGED_AHEAD, taken)
         urgent = _with_references(sync, urgent, taken)
         taken.update(p.item.resource_id for p in urgent)
-        following = sync.outbox.due(sync.clock(), position, size * STAGED_AHEAD)
         if following:
             position = following[-1].item.key
         following = [p for p in following if p.item.resource_id not in taken]
