@@ -300,22 +300,30 @@ def _probe(
 
 def _journey(runtime: Runtime, event: dict[str, Any]) -> str:
     """Where the side effect's time went, from its AdverseEvent's journey in the outbox:
-    received to mapped (queued for the EHR), to sent, to answered."""
+    received to mapped (queued for the EHR), to sent, to answered (recorded by the sync once
+    the batch's answer is in: waited for up to 10 s)."""
     with runtime.store.engine.connect() as connection:
-        ids = connection.execute(
-            select(fhir_resources.c.id).where(
-                fhir_resources.c.source_type == "adverse_event",
-                fhir_resources.c.source_id == event["id"],
-                fhir_resources.c.resource_type == "AdverseEvent",
-            )
-        ).scalars()
-        journeys = runtime.outbox.journeys(list(ids))
-    if not journeys:
-        return "no journey"
-    journey = next(iter(journeys.values()))
-    moments = [journey[step] for step in ("received", "mapped", "sent", "answered")]
-    if None in moments:
-        return f"journey {journey}"
+        ids = list(
+            connection.execute(
+                select(fhir_resources.c.id).where(
+                    fhir_resources.c.source_type == "adverse_event",
+                    fhir_resources.c.source_id == event["id"],
+                    fhir_resources.c.resource_type == "AdverseEvent",
+                )
+            ).scalars()
+        )
+    deadline = time.monotonic() + 10
+    while True:
+        journeys = runtime.outbox.journeys(ids)
+        if not journeys:
+            return "no journey"
+        journey = next(iter(journeys.values()))
+        moments = [journey[step] for step in ("received", "mapped", "sent", "answered")]
+        if None not in moments:
+            break
+        if time.monotonic() > deadline:
+            return f"journey {journey}"
+        time.sleep(0.1)
     at = [datetime.fromisoformat(moment) for moment in moments]
     mapped, sent, answered = ((at[i + 1] - at[i]).total_seconds() for i in range(3))
     return f"mapped after {mapped:.2f} s, sent {sent:.2f} s later, answered {answered:.2f} s later"

@@ -1,5 +1,6 @@
 """The sync's outbox: the version of each resource the EHR should hold, and how far it got."""
 
+import threading
 from collections.abc import Collection, Iterable, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -38,6 +39,10 @@ OTHER_RANK = 9
 KIND_BY_RANK = {rank: kind for kind, rank in DELIVERY_RANK.items()}
 
 
+URGENT_QUEUED = threading.Event()
+"""Set when this process queues an urgent resource: a sync run under way here reads the urgent
+items before its next batch rather than after the batches it has read ahead. Only a hint (a run
+reads them before every few batches in any case, and those another process queues then)."""
 URGENT_KINDS = frozenset({"AdverseEvent", "DetectedIssue"})
 """Side effects and protocol breaches, and whatever stands in for them."""
 
@@ -285,6 +290,8 @@ def enqueue(connection: Connection, versions: Sequence[tuple[Any, ...]], now: da
         ],
     )
     notices.announce(connection, notices.OUTBOX)
+    if any(q.urgent for q in queued):
+        URGENT_QUEUED.set()
 
 
 class Outbox:
@@ -311,6 +318,20 @@ class Outbox:
             where += f" AND o.resource_id IN ({raw.placeholders(len(ids))})"
             values += ids
         return self._with_content(where, values, after, limit)
+
+    def urgent_due(self, now: datetime, limit: int, passed: Collection[str]) -> list[Pending]:
+        """The urgent part of `next_due` alone."""
+        moment = raw.to_store(self.engine, outbox.c.next_attempt_at)(now)
+        sql = (
+            "SELECT o.resource_id FROM sync_outbox o WHERE o.urgent = ? AND "
+            f"o.state IN ({raw.placeholders(len(DUE_STATES))}) AND o.next_attempt_at <= ? "
+            f"ORDER BY {_NEWEST_FIRST} LIMIT ?"
+        )
+        values = [True, *DUE_STATES, moment, limit + len(passed)]
+        with raw.reading(self.engine) as cursor:
+            cursor.execute(raw.statement(self.engine, sql), values)
+            ids = [row[0] for row in cursor.fetchall() if row[0] not in passed][:limit]
+        return self.due(now, None, len(ids), ids=ids) if ids else []
 
     def next_due(
         self, now: datetime, after: tuple[int, str] | None, limit: int, passed: Collection[str]
