@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 MAP_JOB = "map-pending-records"
 LARGE_LOAD = 10_000
 """Resources created in one mapping pass after which the planner statistics are refreshed."""
-SERVICE_BATCH = 200
+SERVICE_BATCH = 100
 """Records per mapping batch in the service: a record received while a backlog is mapped waits
 for at most the batch under way, and the sync starts on each batch as it is stored."""
 EXPORT_JOB = "run-exports"

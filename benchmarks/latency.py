@@ -10,10 +10,11 @@ answered. Once the adapter has delivered everything, the EHR is read: a record i
 when the last of the resources made from it is (each resource's `meta.lastUpdated`, written by
 the EHR, on the same clock). Then, with the event path on, a backlog of `--scale` resources is
 loaded, and once the sync works through it a new session with a side effect is posted: how long
-its AdverseEvent takes to be in the EHR (three in turn).
+its AdverseEvent takes to be in the EHR (`--probes` in turn, each printed with where its time
+went: accepted to mapped, mapped to sent, sent to answered, from the outbox's journey).
 
     .venv/bin/python -m benchmarks.latency [--seconds 30] [--rates 10,50,200]
-        [--stores sqlite,postgresql] [--scale 100000]
+        [--stores sqlite,postgresql] [--scale 100000] [--probes 5]
 """
 
 import argparse
@@ -33,9 +34,11 @@ from typing import Any
 
 import httpx2 as httpx
 import orjson
+from sqlalchemy import select
 
 from adapter.runtime import Runtime, open_runtime
 from adapter.settings import Settings
+from adapter.store.tables import fhir_resources
 from benchmarks.postgres import scratch_schema
 from benchmarks.sync import RESOURCES_PER_RECORD, new_mrns
 from benchmarks.synthetic import NURSE, records, session_records
@@ -53,8 +56,6 @@ DELIVERED_TYPES = (
     "DetectedIssue",
     "DocumentReference",
 )
-PROBES = 3
-"""Side effects posted, one after another, during the backlog."""
 MRNS = [str(100000 + number) for number in range(3000)]
 """Every MRN the synthetic sessions use."""
 
@@ -217,11 +218,11 @@ def _row(runtime: Runtime, row: dict[str, Any]) -> str:
 
 
 def side_effect_during_backlog(
-    runtime: Runtime, ehr: SandboxEhr, workdir: Path, key: str, scale: int
-) -> None:
+    runtime: Runtime, ehr: SandboxEhr, workdir: Path, key: str, scale: int, probes: int
+) -> list[float | None]:
     """A backlog of about `scale` resources loaded while the service runs; once the sync works
-    through it, PROBES new sessions with a side effect posted in turn: seconds to each one's
-    AdverseEvent in the EHR."""
+    through it, `probes` new sessions with a side effect posted in turn: seconds to each one's
+    AdverseEvent in the EHR (None: not within two minutes)."""
     count = int(scale / RESOURCES_PER_RECORD)
     with service(runtime, ehr, workdir, events=True) as base, httpx.Client(timeout=60) as client:
         lines = list(records(count, seed=11))
@@ -233,9 +234,11 @@ def side_effect_during_backlog(
             if time.monotonic() > deadline:
                 raise RuntimeError("the backlog did not start to move")
             time.sleep(0.2)
-        for probe in range(PROBES):
-            _probe(runtime, ehr, client, base, key, scale, 9_000_000 + probe)
+        found = []
+        for probe in range(probes):
+            found.append(_probe(runtime, ehr, client, base, key, scale, 9_000_000 + probe))
             time.sleep(2)
+        return found
 
 
 def _probe(
@@ -246,7 +249,7 @@ def _probe(
     key: str,
     scale: int,
     number: int,
-) -> None:
+) -> float | None:
     """A new session and a side effect of it posted; seconds until the EHR holds the
     AdverseEvent, polled every 50 ms."""
     pending = runtime.mapping.queue.counts().get("pending", 0)
@@ -289,9 +292,41 @@ def _probe(
     print(
         f"{store}: side effect posted during a backlog of {scale:,} resources "
         f"({pending:,} records still to map, {due:,} resources due): in the EHR after "
-        f"{said}; {left:,} resources of the backlog still due then",
+        f"{said}; {left:,} resources of the backlog still due then; {_journey(runtime, event)}",
         flush=True,
     )
+    return found
+
+
+def _journey(runtime: Runtime, event: dict[str, Any]) -> str:
+    """Where the side effect's time went, from its AdverseEvent's journey in the outbox:
+    received to mapped (queued for the EHR), to sent, to answered (recorded by the sync once
+    the batch's answer is in: waited for up to 10 s)."""
+    with runtime.store.engine.connect() as connection:
+        ids = list(
+            connection.execute(
+                select(fhir_resources.c.id).where(
+                    fhir_resources.c.source_type == "adverse_event",
+                    fhir_resources.c.source_id == event["id"],
+                    fhir_resources.c.resource_type == "AdverseEvent",
+                )
+            ).scalars()
+        )
+    deadline = time.monotonic() + 10
+    while True:
+        journeys = runtime.outbox.journeys(ids)
+        if not journeys:
+            return "no journey"
+        journey = next(iter(journeys.values()))
+        moments = [journey[step] for step in ("received", "mapped", "sent", "answered")]
+        if None not in moments:
+            break
+        if time.monotonic() > deadline:
+            return f"journey {journey}"
+        time.sleep(0.1)
+    at = [datetime.fromisoformat(moment) for moment in moments]
+    mapped, sent, answered = ((at[i + 1] - at[i]).total_seconds() for i in range(3))
+    return f"mapped after {mapped:.2f} s, sent {sent:.2f} s later, answered {answered:.2f} s later"
 
 
 def run_store(database_url: str | None, args: argparse.Namespace) -> None:
@@ -324,7 +359,9 @@ def run_store(database_url: str | None, args: argparse.Namespace) -> None:
                 flush=True,
             )
         if args.scale:
-            side_effect_during_backlog(runtime, ehr, workdir, key, args.scale)
+            found = side_effect_during_backlog(runtime, ehr, workdir, key, args.scale, args.probes)
+            seconds = ", ".join(f"{f:.2f}" if f is not None else "-" for f in found)
+            print(f"  side effects during the backlog, seconds to the EHR: {seconds}", flush=True)
     finally:
         if runtime is not None:
             runtime.close()
@@ -341,6 +378,9 @@ def main() -> None:
     parser.add_argument("--stores", default="sqlite,postgresql")
     parser.add_argument(
         "--scale", type=int, default=100_000, help="Resources of the backlog (0: none)."
+    )
+    parser.add_argument(
+        "--probes", type=int, default=5, help="Side effects posted during the backlog."
     )
     args = parser.parse_args()
     args.rates = [int(rate) for rate in args.rates.split(",") if rate]

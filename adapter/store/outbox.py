@@ -1,6 +1,7 @@
 """The sync's outbox: the version of each resource the EHR should hold, and how far it got."""
 
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Collection, Iterable, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -38,6 +39,17 @@ OTHER_RANK = 9
 KIND_BY_RANK = {rank: kind for kind, rank in DELIVERY_RANK.items()}
 
 
+_URGENT_QUEUED: dict[str | None, threading.Event] = {}
+_URGENT_LOCK = threading.Lock()
+
+
+def urgent_queued(site: str | None) -> threading.Event:
+    """Set when this process queues an urgent resource of `site` (None: the deployment's one
+    site): a sync run of that site under way here reads the urgent items before its next batch
+    rather than after the batches it has read ahead. Only a hint (a run reads them before every
+    few batches in any case, and those another process queues then)."""
+    with _URGENT_LOCK:
+        return _URGENT_QUEUED.setdefault(site, threading.Event())
 URGENT_KINDS = frozenset({"AdverseEvent", "DetectedIssue"})
 """Side effects and protocol breaches, and whatever stands in for them."""
 
@@ -196,6 +208,49 @@ _DELIVERED = (
     "WHERE resource_id = ? AND version_id = ?"
 )
 """The common outcome in one statement: the version sent delivered, with the EHR's id."""
+_RECORDED = """
+WITH marked AS (
+  UPDATE sync_outbox SET sent_at = %(now)s
+  WHERE resource_id IN (SELECT json_array_elements_text(%(marks)s::json)) AND sent_at IS NULL
+), delivered AS (
+  UPDATE sync_outbox o SET state = 'delivered', next_attempt_at = v.next_attempt_at,
+    detail = NULL, delivered_version = o.version_id, updated_at = %(now)s, ehr_id = v.ehr_id,
+    ehr_version = v.ehr_version, requested_at = COALESCE(v.requested_at, o.requested_at),
+    answered_at = COALESCE(o.answered_at, %(now)s)
+  FROM json_to_recordset(%(delivered)s::json) AS v(resource_id text, version_id int,
+    next_attempt_at timestamptz, ehr_id text, ehr_version text, requested_at timestamptz)
+  WHERE o.resource_id = v.resource_id AND o.version_id = v.version_id
+  RETURNING o.resource_id
+), others AS (
+  UPDATE sync_outbox o SET
+    state = CASE WHEN same THEN v.state ELSE o.state END,
+    attempts = CASE WHEN same THEN o.attempts + v.tried ELSE o.attempts END,
+    next_attempt_at = CASE WHEN same THEN v.next_attempt_at ELSE o.next_attempt_at END,
+    detail = CASE WHEN same THEN v.detail ELSE o.detail END,
+    delivered_version = CASE WHEN same THEN v.delivered_version ELSE o.delivered_version END,
+    updated_at = CASE WHEN same THEN %(now)s ELSE o.updated_at END,
+    requested_at = CASE WHEN same THEN COALESCE(v.requested_at, o.requested_at)
+      ELSE o.requested_at END,
+    answered_at = CASE WHEN same AND v.in_ehr THEN COALESCE(o.answered_at, %(now)s)
+      ELSE o.answered_at END,
+    ehr_id = CASE WHEN v.ehr_id IS NOT NULL THEN v.ehr_id ELSE o.ehr_id END,
+    ehr_version = CASE WHEN v.ehr_id IS NOT NULL THEN v.ehr_version ELSE o.ehr_version END
+  FROM (
+    SELECT u.*, s.version_id = u.version_id AS same
+    FROM json_to_recordset(%(others)s::json) AS u(resource_id text, version_id int,
+      state text, tried int, next_attempt_at timestamptz, detail text, delivered_version int,
+      requested_at timestamptz, in_ehr boolean, ehr_id text, ehr_version text)
+    JOIN sync_outbox s ON s.resource_id = u.resource_id
+  ) AS v
+  WHERE o.resource_id = v.resource_id AND (v.same OR v.ehr_id IS NOT NULL)
+)
+SELECT resource_id FROM delivered
+"""
+"""On PostgreSQL, a settle in one statement, committed on its own (one round trip, where a
+transaction of a statement per outcome took several): the creates of the next batches noted,
+the plain deliveries, and the other outcomes, each of which moves its item only if the version
+is still the one sent, while the EHR's id is kept whatever the version (as `_EHR_IDS`). It
+answers the plain deliveries it made."""
 
 
 def enqueue(connection: Connection, versions: Sequence[tuple[Any, ...]], now: datetime) -> None:
@@ -244,6 +299,8 @@ def enqueue(connection: Connection, versions: Sequence[tuple[Any, ...]], now: da
         ],
     )
     notices.announce(connection, notices.OUTBOX)
+    for site in {q.site for q in queued if q.urgent}:
+        urgent_queued(site).set()
 
 
 class Outbox:
@@ -273,23 +330,66 @@ class Outbox:
         after: tuple[int, str] | None,
         limit: int,
         ids: Sequence[str] | None = None,
-        urgent: bool = False,
     ) -> list[Pending]:
         """The next due items in delivery order, after the key `after` (of those named, when
-        `ids` is given; the urgent ones alone, with `urgent`), with their content. One of the
-        sync's hot paths: a DBAPI statement."""
-        moment = raw.to_store(self.engine, outbox.c.next_attempt_at)(now)
-        where = f"o.state IN ({raw.placeholders(len(DUE_STATES))}) AND o.next_attempt_at <= ?"
-        values: list[Any] = [*DUE_STATES, moment]
-        order = _IN_ORDER
-        if urgent:
-            where, order = "o.urgent = ? AND " + where, _NEWEST_FIRST
-            values.insert(0, True)
+        `ids` is given), with their content. One of the sync's hot paths: a DBAPI statement."""
+        where, values = self._due_now(now)
         if ids is not None:
             where += f" AND o.resource_id IN ({raw.placeholders(len(ids))})"
             values += ids
-        where, values = self._scoped(where, values)
-        return self._with_content(where, values, after, limit, order)
+        return self._with_content(where, values, after, limit)
+
+    def _due_now(self, now: datetime) -> tuple[str, list[Any]]:
+        """The condition on `o` of an item due at `now` (of the outbox's site), and its values."""
+        moment = raw.to_store(self.engine, outbox.c.next_attempt_at)(now)
+        due = f"o.state IN ({raw.placeholders(len(DUE_STATES))}) AND o.next_attempt_at <= ?"
+        return self._scoped(due, [*DUE_STATES, moment])
+
+    def urgent_due(self, now: datetime, limit: int, passed: Collection[str]) -> list[Pending]:
+        """The urgent part of `next_due` alone."""
+        due, due_values = self._due_now(now)
+        sql = (
+            f"SELECT o.resource_id FROM sync_outbox o WHERE o.urgent = ? AND {due} "
+            f"ORDER BY {_NEWEST_FIRST} LIMIT ?"
+        )
+        values = [True, *due_values, limit + len(passed)]
+        with raw.reading(self.engine) as cursor:
+            cursor.execute(raw.statement(self.engine, sql), values)
+            ids = [row[0] for row in cursor.fetchall() if row[0] not in passed][:limit]
+        return self.due(now, None, len(ids), ids=ids) if ids else []
+
+    def next_due(
+        self, now: datetime, after: tuple[int, str] | None, limit: int, passed: Collection[str]
+    ) -> tuple[list[Pending], list[Pending]]:
+        """What a run reads next: up to `limit` urgent due items, the latest received first,
+        passing over those named in `passed` (the run's items read already: in flight, or
+        delivered without some references and still pending); and the next `limit` due items
+        in delivery order after the key `after`, as `due`. One statement reads the latter and
+        the keys of the urgent ones, and the content of the urgent ones not passed over is
+        read after it: a run asks before every few batches, and most often none is new."""
+        due, due_values = self._due_now(now)
+        following = _QUEUE.format(
+            where=due, after=_AFTER if after is not None else "", order=_IN_ORDER
+        )
+        width = len(_COLUMNS)
+        # The urgent rows have no content: that marks them (a resource's content is never null).
+        urgent = (
+            f"SELECT {_SELECTED}, NULL AS content, NULL AS source_type, NULL AS source_id "
+            f"FROM sync_outbox o WHERE o.urgent = ? AND {due} ORDER BY {_NEWEST_FIRST} LIMIT ?"
+        )
+        sql = f"SELECT * FROM ({following}) f UNION ALL SELECT * FROM ({urgent}) u"
+        values = [*due_values, *(after or ()), limit]
+        values += [True, *due_values, limit + len(passed)]
+        with raw.reading(self.engine) as cursor:
+            cursor.execute(raw.statement(self.engine, sql), values)
+            rows = cursor.fetchall()
+        read = [row for row in rows if row[width] is not None]
+        items = self._items(row[:width] for row in read)
+        ids = [row[0] for row in rows if row[width] is None and row[0] not in passed][:limit]
+        return (
+            self.due(now, None, len(ids), ids=ids) if ids else [],
+            [Pending(item, *row[width:]) for item, row in zip(items, read, strict=True)],
+        )
 
     def delivered(self, after: tuple[int, str] | None, limit: int) -> list[Pending]:
         """Delivered items in delivery order, with their content: what reconciliation checks."""
@@ -301,9 +401,8 @@ class Outbox:
         values: list[Any],
         after: tuple[int, str] | None,
         limit: int,
-        order: str = _IN_ORDER,
     ) -> list[Pending]:
-        sql = _QUEUE.format(where=where, after=_AFTER if after is not None else "", order=order)
+        sql = _QUEUE.format(where=where, after=_AFTER if after is not None else "", order=_IN_ORDER)
         values = [*values, *(after or ()), limit]
         with raw.reading(self.engine) as cursor:
             cursor.execute(raw.statement(self.engine, sql), values)
@@ -417,6 +516,11 @@ class Outbox:
         which commits before that batch is sent. A hot path of the sync: DBAPI statements."""
         if not outcomes and not will_send:
             return
+        if self.engine.dialect.name == "postgresql" and len(
+            {o.resource_id for o in outcomes} | set(will_send)
+        ) == len(outcomes) + len(set(will_send)):
+            self._record_at_once(outcomes, now, will_send)
+            return
         moment = raw.to_store(self.engine, outbox.c.updated_at)
         with raw.writing(self.engine) as cursor:
             if will_send:
@@ -478,6 +582,61 @@ class Outbox:
                         )
                         for o in others
                     ],
+                )
+
+    def _record_at_once(
+        self, outcomes: Sequence[Outcome], now: datetime, will_send: Sequence[str]
+    ) -> None:
+        """`record` on PostgreSQL, as one statement (`_RECORDED`); an item named once only (a
+        statement must not change a row twice)."""
+        plain: list[Outcome] = []
+        others: list[Outcome] = []
+        for o in outcomes:
+            (plain if o.state == "delivered" and o.ehr_id and not o.detail else others).append(o)
+        delivered = [
+            {
+                "resource_id": o.resource_id,
+                "version_id": o.version_id,
+                "next_attempt_at": o.next_attempt_at,
+                "ehr_id": o.ehr_id,
+                "ehr_version": o.ehr_version,
+                "requested_at": o.requested_at,
+            }
+            for o in plain
+        ]
+        moved_on = [
+            {
+                "resource_id": o.resource_id,
+                "version_id": o.version_id,
+                "state": o.state,
+                "tried": 0 if o.state == "delivered" or not o.attempted else 1,
+                "next_attempt_at": o.next_attempt_at,
+                "detail": orjson.dumps(o.detail).decode() if o.detail else None,
+                "delivered_version": o.version_id if o.state == "delivered" else None,
+                "requested_at": o.requested_at,
+                "in_ehr": in_ehr(o),
+                "ehr_id": o.ehr_id,
+                "ehr_version": o.ehr_version,
+            }
+            for o in others
+        ]
+        # The rows go as JSON documents, which orjson writes and the server reads faster than
+        # the driver adapts arrays.
+        values = {
+            "now": now,
+            "marks": orjson.dumps(list(will_send)).decode(),
+            "delivered": orjson.dumps(delivered).decode(),
+            "others": orjson.dumps(moved_on).decode(),
+        }
+        with raw.each_committed(self.engine) as cursor:
+            cursor.execute(_RECORDED, values)
+            moved = {row[0] for row in cursor.fetchall()}
+            stale = [o for o in plain if o.resource_id not in moved]
+            if stale:
+                # A version stored meanwhile stays pending; the EHR's id is kept all the same.
+                cursor.executemany(
+                    raw.statement(self.engine, _EHR_IDS),
+                    [(o.ehr_id, o.ehr_version, o.resource_id) for o in stale],
                 )
 
     def listed(

@@ -56,6 +56,21 @@ def reading(engine: Engine) -> Iterator[Any]:
     """A cursor for reads alone. On PostgreSQL its connection is in autocommit meanwhile, so
     that a statement needs no BEGIN before it and no ROLLBACK after: a round trip each, which
     cost the sync's hot reads more than the queries did. Each statement reads its own snapshot."""
+    with _autocommit(engine) as cursor:
+        yield cursor
+
+
+@contextmanager
+def each_committed(engine: Engine) -> Iterator[Any]:
+    """A PostgreSQL cursor whose every statement is a transaction of its own, committed (and
+    flushed to disk, as any commit) when the statement returns: one round trip where BEGIN,
+    the statement and COMMIT are three. For writes that one statement makes whole."""
+    with _autocommit(engine) as cursor:
+        yield cursor
+
+
+@contextmanager
+def _autocommit(engine: Engine) -> Iterator[Any]:
     connection = engine.raw_connection()
     driver: Any = connection.driver_connection
     autocommit = engine.dialect.name == "postgresql"

@@ -18,7 +18,7 @@ from sqlalchemy import Engine
 
 from adapter.mapping.config import EhrRules, Site, load_ehr_rules
 from adapter.settings import Settings
-from adapter.store.outbox import Outbox, Outcome, Pending
+from adapter.store.outbox import Outbox, Outcome, Pending, urgent_queued
 from adapter.store.records import RecordStore
 from adapter.store.state import read_state, write_state
 from adapter.store.sync_state import Lease, PatientMatches, SyncRuns
@@ -325,18 +325,27 @@ def _run(sync: Sync, report: SyncReport, progress: Callable[[int], None]) -> Non
     """The key of the last item read in delivery order."""
     taken: set[str] = set()
     """The items read by this run: each is read once, whichever way it was found."""
+    hint = urgent_queued(sync.outbox.site)
 
-    def read_ahead() -> None:
+    def read_ahead(urgent_only: bool = False) -> None:
         """The urgent items due (side effects, protocol breaches, vitals outside their
         thresholds, queued whenever) and the next STAGED_AHEAD batches in delivery order, read
         and staged, the urgent first; their possible creates noted in one commit with the
-        outcomes answered so far, before any of them is sent."""
+        outcomes answered so far, before any of them is sent. With `urgent_only`, the urgent
+        items alone, staged ahead of the batches read before."""
         nonlocal position
-        urgent = sync.outbox.due(sync.clock(), None, size * STAGED_AHEAD + len(taken), urgent=True)
-        urgent = [p for p in urgent if p.item.resource_id not in taken][: size * STAGED_AHEAD]
+        hint.clear()
+        if urgent_only:
+            urgent = sync.outbox.urgent_due(sync.clock(), size * STAGED_AHEAD, taken)
+            if not urgent:
+                return
+            following: list[Pending] = []
+        else:
+            urgent, following = sync.outbox.next_due(
+                sync.clock(), position, size * STAGED_AHEAD, taken
+            )
         urgent = _with_references(sync, urgent, taken)
         taken.update(p.item.resource_id for p in urgent)
-        following = sync.outbox.due(sync.clock(), position, size * STAGED_AHEAD)
         if following:
             position = following[-1].item.key
         following = [p for p in following if p.item.resource_id not in taken]
@@ -352,9 +361,20 @@ def _run(sync: Sync, report: SyncReport, progress: Callable[[int], None]) -> Non
         unrecorded.clear()
         delivery.noted(will_send)
         delivery.read_facts(read)
-        for part in (urgent, following):
-            for start in range(0, len(part), size):
-                ready.append(delivery.stage(part[start : start + size]))
+        staged = [
+            delivery.stage(part[start : start + size])
+            for part in (urgent, following)
+            for start in range(0, len(part), size)
+        ]
+        if urgent_only:
+            # Ahead of the batches read before, after those of them holding what they reference.
+            needed = {target for batch in staged for target in batch.targets}
+            first = [b for b in ready if any(p.item.resource_id in needed for p in b.ready)]
+            rest = [b for b in ready if all(b is not f for f in first)]
+            ready.clear()
+            ready.extend(first + staged + rest)
+        else:
+            ready.extend(staged)
 
     # A pipeline: while the EHR works on up to IN_FLIGHT batches (in sender threads), the next
     # are read and staged and the outcomes of those answered are recorded. The possible creates
@@ -367,6 +387,8 @@ def _run(sync: Sync, report: SyncReport, progress: Callable[[int], None]) -> Non
             while ready:
                 if not sync.lease.renew(sync.clock()):
                     raise LeaseLost  # what this run did is kept all the same, below
+                if hint.is_set():
+                    read_ahead(urgent_only=True)
                 staged = ready.popleft()
                 while in_flight and (len(in_flight) == IN_FLIGHT or _waits_for(staged, in_flight)):
                     answered()

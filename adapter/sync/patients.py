@@ -206,10 +206,17 @@ def patient_references(
     gives each item's MRN), and the items held back because their patient is not settled,
     with why."""
     matches = resolver.resolve({m for m in mrns.values() if m}, now)
-    confirmed = resolver.matches.confirmations(
-        mrn for mrn, match in matches.items() if match.state == MATCHED
-    )
     recorded = facts.of((p.source_type, p.source_id) for p in batch if mrns[p.item.resource_id])
+    # An admin's confirmation matters only where a fact differs: read for those MRNs alone
+    # (for most batches, none: no statement).
+    differing = {
+        mrn
+        for p in batch
+        if (mrn := mrns[p.item.resource_id]) is not None
+        and matches[mrn].state == MATCHED
+        and differences(matches[mrn], recorded[(p.source_type, p.source_id)])
+    }
+    confirmed = resolver.matches.confirmations(differing)
     found: dict[str, str | None] = {}
     held: list[tuple[Pending, dict[str, Any]]] = []
     for pending in batch:
