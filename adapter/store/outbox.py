@@ -50,6 +50,8 @@ def urgent_queued(site: str | None) -> threading.Event:
     few batches in any case, and those another process queues then)."""
     with _URGENT_LOCK:
         return _URGENT_QUEUED.setdefault(site, threading.Event())
+
+
 URGENT_KINDS = frozenset({"AdverseEvent", "DetectedIssue"})
 """Side effects and protocol breaches, and whatever stands in for them."""
 
