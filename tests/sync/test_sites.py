@@ -235,3 +235,37 @@ def test_resources_queued_wake_the_sync_of_their_site_alone(
     assert in_process[NORTH] >= 1 and in_process[SOUTH] == 0, in_process
     if settings.database_url.startswith("postgresql"):
         assert heard[SOUTH] >= 1 and heard[NORTH] == 0, heard
+
+
+def test_a_sites_run_names_the_last_problem_of_its_own_sites_items_alone(
+    settings: Settings, ehr: SandboxEhr
+) -> None:
+    from sqlalchemy import update
+
+    from adapter.store.tables import sync_outbox as outbox
+
+    runtime = _group(settings, {NORTH: ehr.base, SOUTH: CLOSED_PORT})
+    try:
+        _same_day_at_both_sites(runtime)
+        started = datetime.now(UTC) - timedelta(seconds=1)
+        north_run = runtime.sync_runs.start("test", "here", started, NORTH)
+        south_run = runtime.sync_runs.start("test", "here", started, SOUTH)
+        with runtime.store.engine.begin() as connection:
+            connection.execute(
+                update(outbox)
+                .where(outbox.c.site == SOUTH)
+                .values(
+                    state="waiting",
+                    detail='{"reason": "no Patient in the EHR has this MRN"}',
+                    updated_at=datetime.now(UTC),
+                )
+            )
+        now = datetime.now(UTC)
+        runtime.sync_runs.finish(north_run, "completed", {}, None, now)
+        runtime.sync_runs.finish(south_run, "completed", {}, None, now)
+        runs = {run.site: run for run in runtime.sync_runs.recent(10)}
+    finally:
+        runtime.close()
+
+    assert runs[NORTH].last_error is None
+    assert runs[SOUTH].last_error == "no Patient in the EHR has this MRN"
