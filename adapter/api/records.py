@@ -134,17 +134,18 @@ def _store_key(runtime: Runtime, request: Request, source_id: str, site: str | N
     """The store key of the record asked for: its id, or `<site>:<id>` in a clinic group. A
     key bound to sites finds their records alone: another site's is not found, as if absent."""
     named, _, plain = source_id.rpartition(SEPARATOR)
-    if named and site is not None and named != site:
-        raise BadRequest("site: the id names another site than `site`", expression=["site"])
-    site = site or named or None
     sites = runtime.mapping.sites
     bound = caller_sites(request)
     if not sites:
-        if site is not None:
-            raise BadRequest(
-                "site: this deployment is not a clinic group; leave it out", expression=["site"]
+        if named or site is not None:
+            raise NotFound(
+                "site: this deployment is not a clinic group: no record is of a site",
+                expression=["site"],
             )
         return plain
+    if named and site is not None and named != site:
+        raise BadRequest("site: the id names another site than `site`", expression=["site"])
+    site = site or named or None
     if site is None and bound is not None and len(bound) == 1:
         site = next(iter(bound))
     if site is None:
@@ -153,7 +154,7 @@ def _store_key(runtime: Runtime, request: Request, source_id: str, site: str | N
             expression=["site"],
         )
     if site not in sites:
-        raise BadRequest("site: not a site of this clinic group", expression=["site"])
+        raise NotFound("site: not a site of this clinic group", expression=["site"])
     if bound is not None and site not in bound:
         raise NotFound("no record with that id has been received")
     return site_key(site, plain)

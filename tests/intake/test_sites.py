@@ -168,8 +168,8 @@ def test_a_record_is_read_by_its_site_and_a_key_bound_to_a_site_reads_its_own_al
 
     assert by_query.status_code == 200 and by_query.json()["record"]["clinic_site"] == SOUTH
     assert by_key.json() == by_query.json() and by_key.json()["id"] == f"{SOUTH}:SES-1"
-    for refused in (unnamed, unknown, clashing):
-        assert refused.status_code == 400
+    for refused, status in ((unnamed, 400), (unknown, 404), (clashing, 400)):
+        assert refused.status_code == status
         assert refused.json()["issue"][0]["diagnostics"].startswith("site: ")
     assert own.status_code == 200 and own.json()["record"]["clinic_site"] == NORTH
     assert own_revision.status_code == 200 and own_revision.json()["id"] == f"{NORTH}:SES-1"
@@ -186,4 +186,4 @@ def test_a_single_site_deployment_refuses_a_site_in_a_record_read(client: TestCl
     named = client.get("/api/v1/records/infusion_session/SES-1", params={"site": NORTH})
 
     assert plain.status_code == 200
-    assert named.status_code == 400 and "not a clinic group" in named.text
+    assert named.status_code == 404 and "not a clinic group" in named.text
