@@ -14,7 +14,7 @@ from adapter.errors import MappingFileError
 from adapter.importer import ImportReport, import_file
 from adapter.intake.body import ndjson_lines
 from adapter.logs import configure_logging
-from adapter.mapping.config import json_schemas, load_mappings
+from adapter.mapping.config import json_schemas
 from adapter.mapping.mapper import Mapper
 from adapter.mapping.preview import PreviewEntry
 from adapter.mapping.preview import preview as preview_file
@@ -178,20 +178,33 @@ def check() -> None:
     show_default=True,
     help="ndjson: one JSON object per line of the file, then one per session's protocol checks.",
 )
-def preview(file: Path, output: str) -> None:
+@click.option(
+    "--site",
+    help="In a clinic group, the site the file comes from: records naming no site are its, "
+    "records naming another are refused.",
+)
+def preview(file: Path, output: str, site: str | None) -> None:
     """Print the FHIR resources the records in FILE would become; store nothing.
 
     Each line says whether it is the current revision of its record (a later revision in the
     file makes it stale), whether that revision withdraws the record, and which mapping rows it
-    used or lacks; each session then shows the protocol breaches its records give."""
+    used or lacks; each session then shows the protocol breaches its records give. In a clinic
+    group each record is mapped with its site's overlays."""
     settings = _settings()
     try:
-        mapper = Mapper(load_mappings(settings.mappings_dir))
+        shared, sites = load_group(settings.mappings_dir)
     except MappingFileError as exc:
         click.echo(str(exc), err=True)
         sys.exit(2)
+    if site is not None and site not in sites:
+        click.echo(f"--site: {site!r} is not a site of this deployment", err=True)
+        sys.exit(2)
+    mapper = Mapper(shared)
+    site_mappers = {name: Mapper(config.mappings, None, name) for name, config in sites.items()}
+    context = intake_context(shared, sites, settings.default_site)
+    bound = frozenset({site}) if site else None
     with file.open("rb") as stream:
-        entries = preview_file(mapper, ndjson_lines(stream), intake_context(mapper.mappings))
+        entries = preview_file(mapper, ndjson_lines(stream), context, site_mappers, bound)
     for entry in entries:
         if output == "ndjson":
             click.echo(orjson.dumps(entry.as_json()).decode())

@@ -196,7 +196,11 @@ class CacheNotices:
             return
         runtime = self.runtime
         self.reload = Wakeup("reload-on-notice", lambda: _reload(runtime), gather=0.05)
-        actions = {notices.CLIENTS: runtime.clients.forget, notices.MAPPINGS: self.reload.pulse}
+        reload = self.reload
+        actions: dict[str, Callable[[str | None], None]] = {
+            notices.CLIENTS: lambda _: runtime.clients.forget(),
+            notices.MAPPINGS: lambda _: reload.pulse(),
+        }
         self.listener = NoticeListener(engine, actions)
         self.reload.start()
         self.listener.start()

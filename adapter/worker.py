@@ -5,7 +5,7 @@ processes on the store (adapter/replicas.py)."""
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -55,6 +55,10 @@ RECONCILE_RETRY_SECONDS = 5.0
 at this pace, rather than skip the night."""
 
 
+SitesQueued = Callable[[Collection[str | None]], None]
+"""Told the clinic sites whose resources were queued for the EHR (None: of no site)."""
+
+
 def reload_mapping_files(runtime: Runtime) -> None:
     """Load changed mapping files (each process reads its own)."""
     try:
@@ -65,29 +69,25 @@ def reload_mapping_files(runtime: Runtime) -> None:
         )
 
 
-def map_leased(lease: HeldLease, runtime: Runtime, on_queued: Callable[[], None] | None) -> bool:
+def map_leased(lease: HeldLease, runtime: Runtime, on_queued: SitesQueued | None) -> bool:
     """A mapping pass in one process at a time; False when another process maps now."""
     return lease.run(lambda: map_pending(runtime, on_queued))
 
 
-def map_pending(runtime: Runtime, on_queued: Callable[[], None] | None = None) -> None:
+def map_pending(runtime: Runtime, on_queued: SitesQueued | None = None) -> None:
     """One scheduled mapping pass: map what is pending."""
     map_now(runtime, on_queued)
 
 
 def map_now(
-    runtime: Runtime, on_queued: Callable[[], None] | None = None, level: int = logging.INFO
+    runtime: Runtime, on_queued: SitesQueued | None = None, level: int = logging.INFO
 ) -> None:
-    """Map what is pending; `on_queued` is called after each batch that queued resources for
-    the EHR (it wakes the sync while the rest is mapped)."""
-    queued = 0
+    """Map what is pending; `on_queued` is called with the sites of each batch that queued
+    resources for the EHR (it wakes their syncs while the rest is mapped)."""
 
     def batch_done(so_far: MappingReport) -> None:
-        nonlocal queued
-        changed = so_far.resources.created + so_far.resources.updated + so_far.resources.withdrawn
-        if changed > queued and on_queued is not None:
-            on_queued()
-        queued = changed
+        if so_far.batch_queued_sites and on_queued is not None:
+            on_queued(so_far.batch_queued_sites)
 
     report = runtime.mapping.run(SERVICE_BATCH, on_batch=batch_done)
     if report.resources.created >= LARGE_LOAD:
@@ -227,8 +227,8 @@ def add_sync_jobs(scheduler: BaseScheduler, runner: SyncRunner) -> None:
 
 class EventDelivery:
     """The event path (`ADAPTER_EVENT_DELIVERY`): records accepted wake the mapping (with
-    `mapping`), resources queued wake the sync (with an EHR), in this process directly and, on
-    PostgreSQL, from any process through LISTEN/NOTIFY."""
+    `mapping`), resources queued wake the sync of their site (with an EHR), in this process
+    directly and, on PostgreSQL, from any process through LISTEN/NOTIFY."""
 
     def __init__(
         self,
@@ -240,23 +240,29 @@ class EventDelivery:
         gather = runtime.settings.event_gather_seconds
         # A wakeup per sync (per site of a group): each runs on its own thread, so that a
         # site whose EHR is slow holds no other site's run.
-        self.syncs = [
-            Wakeup(f"sync-on-event{runner.job_suffix}", _on_event(runner), gather)
+        self.syncs = {
+            runner.sync.site_id: Wakeup(
+                f"sync-on-event{runner.job_suffix}", _on_event(runner), gather
+            )
             for runner in (runners if isinstance(runners, list) else [runners])
             if runner.sync is not None
-        ]
-        self.sync = _AllOf(self.syncs) if self.syncs else None
-        queued = self.sync.pulse if self.sync is not None else None
+        }
         self.mapping = (
-            Wakeup("map-on-event", lambda: _map_on_event(runtime, queued, lease), gather)
+            Wakeup(
+                "map-on-event",
+                lambda: _map_on_event(
+                    runtime, self.resources_queued if self.syncs else None, lease
+                ),
+                gather,
+            )
             if mapping
             else None
         )
-        channels = {
-            channel: wakeup.pulse
-            for channel, wakeup in ((notices.RECORDS, self.mapping), (notices.OUTBOX, self.sync))
-            if wakeup is not None
-        }
+        channels: dict[str, Callable[[str | None], None]] = {}
+        if self.mapping is not None:
+            channels[notices.RECORDS] = lambda _payload: self._wake_mapping()
+        if self.syncs:
+            channels[notices.OUTBOX] = self._outbox_notice
         engine = runtime.store.engine
         self.listener = (
             NoticeListener(engine, channels)
@@ -265,39 +271,38 @@ class EventDelivery:
         )
 
     def start(self) -> None:
-        for part in (self.mapping, *self.syncs, self.listener):
+        for part in (self.mapping, *self.syncs.values(), self.listener):
             if part is not None:
                 part.start()
 
     def stop(self) -> None:
-        for part in (self.listener, self.mapping, *self.syncs):
+        for part in (self.listener, self.mapping, *self.syncs.values()):
             if part is not None:
                 part.stop()
 
-    def resources_queued(self) -> None:
-        if self.sync is not None:
-            self.sync.pulse()
+    def resources_queued(self, sites: Collection[str | None] | None = None) -> None:
+        """Wake the syncs of the sites whose resources were queued (None: every sync); the
+        one sync of a single-site deployment delivers whatever was queued."""
+        for site, wakeup in self.syncs.items():
+            if sites is None or site is None or site in sites:
+                wakeup.pulse()
+
+    def _wake_mapping(self) -> None:
+        if self.mapping is not None:
+            self.mapping.pulse()
+
+    def _outbox_notice(self, payload: str | None) -> None:
+        """A notice's payload names the site whose resources were queued ("": of no site);
+        None (listening again after a lost connection) wakes every sync."""
+        self.resources_queued(None if payload is None else {payload or None})
 
 
-def _map_on_event(
-    runtime: Runtime, on_queued: Callable[[], None] | None, lease: HeldLease | None
-) -> bool:
+def _map_on_event(runtime: Runtime, on_queued: SitesQueued | None, lease: HeldLease | None) -> bool:
     """An event's mapping pass; True (try again soon) when another process maps now."""
     if lease is None:
         map_now(runtime, on_queued, level=logging.DEBUG)
         return False
     return not lease.run(lambda: map_now(runtime, on_queued, level=logging.DEBUG))
-
-
-class _AllOf:
-    """Resources queued wake every sync: each finds at once whether its site has any due."""
-
-    def __init__(self, wakeups: list[Wakeup]) -> None:
-        self.wakeups = wakeups
-
-    def pulse(self) -> None:
-        for wakeup in self.wakeups:
-            wakeup.pulse()
 
 
 def _on_event(runner: SyncRunner) -> Callable[[], bool]:

@@ -4,19 +4,20 @@ from collections import Counter
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
 from adapter.api.deps import IntakeDep, RuntimeDep, SettingsDep, StoreDep, wake_worker
 from adapter.api.responses import JsonResponse
-from adapter.errors import NotFound, PayloadTooLarge
+from adapter.errors import BadRequest, NotFound, PayloadTooLarge
 from adapter.intake.body import split_body
-from adapter.intake.records import RECORD_TYPES, SOURCE_ID_PATTERN
+from adapter.intake.records import RECORD_TYPES, SITE_ID_PATTERN, SOURCE_ID_PATTERN
 from adapter.intake.service import ACCEPTED, RecordOutcome, record_status
 from adapter.mapping.detected_issue import SOURCE_TYPE as PROTOCOL
 from adapter.mapping.detected_issue import breach_summary
 from adapter.runtime import Runtime
-from adapter.security.access import api_caller
+from adapter.security.access import api_caller, caller_sites
+from adapter.site_keys import SEPARATOR, site_key
 from adapter.store.records import RecordStore, StoredRecord
 
 router = APIRouter(
@@ -24,7 +25,22 @@ router = APIRouter(
 )
 
 RecordType = Annotated[str, Path(description=f"one of {', '.join(RECORD_TYPES)}")]
-SourceId = Annotated[str, Path(pattern=SOURCE_ID_PATTERN, description="the record's source id")]
+SourceId = Annotated[
+    str,
+    Path(
+        pattern=f"^(?:{SITE_ID_PATTERN[1:-1]}{SEPARATOR})?{SOURCE_ID_PATTERN[1:-1]}$",
+        description="the record's source id; in a clinic group it may be given as `<site>:<id>`, "
+        "the store key the answer's `id` gives",
+    ),
+]
+ClinicSite = Annotated[
+    str | None,
+    Query(
+        pattern=SITE_ID_PATTERN,
+        description="In a clinic group, the record's `clinic_site` (or give the id as "
+        "`<site>:<id>`); a key bound to one site may leave it out",
+    ),
+]
 
 
 MOST_ERRORS_SHOWN = 100
@@ -114,10 +130,40 @@ async def submit_records(
     return JsonResponse(answer, status_code=_status_code(outcomes))
 
 
-def _require(store: RecordStore, record_type: str, source_id: str) -> StoredRecord:
+def _store_key(runtime: Runtime, request: Request, source_id: str, site: str | None) -> str:
+    """The store key of the record asked for: its id, or `<site>:<id>` in a clinic group. A
+    key bound to sites finds their records alone: another site's is not found, as if absent."""
+    named, _, plain = source_id.rpartition(SEPARATOR)
+    sites = runtime.mapping.sites
+    bound = caller_sites(request)
+    if not sites:
+        if named or site is not None:
+            raise NotFound(
+                "site: this deployment is not a clinic group: no record is of a site",
+                expression=["site"],
+            )
+        return plain
+    if named and site is not None and named != site:
+        raise BadRequest("site: the id names another site than `site`", expression=["site"])
+    site = site or named or None
+    if site is None and bound is not None and len(bound) == 1:
+        site = next(iter(bound))
+    if site is None:
+        raise BadRequest(
+            "site: in a clinic group name the record's clinic site (`?site=<site>`)",
+            expression=["site"],
+        )
+    if site not in sites:
+        raise NotFound("site: not a site of this clinic group", expression=["site"])
+    if bound is not None and site not in bound:
+        raise NotFound("no record with that id has been received")
+    return site_key(site, plain)
+
+
+def _require(store: RecordStore, record_type: str, key: str) -> StoredRecord:
     if record_type not in RECORD_TYPES:
         raise NotFound(f"unknown record type; expected one of {', '.join(RECORD_TYPES)}")
-    stored = store.get(record_type, source_id)
+    stored = store.get(record_type, key)
     if stored is None:
         raise NotFound(f"no {record_type} record with that id has been received")
     return stored
@@ -163,10 +209,15 @@ def _protocol(runtime: Runtime, stored: StoredRecord) -> dict[str, Any]:
 
 @router.get("/{record_type}/{source_id}", summary="A record's current revision and status")
 def get_record(
-    record_type: RecordType, source_id: SourceId, store: StoreDep, runtime: RuntimeDep
+    request: Request,
+    record_type: RecordType,
+    source_id: SourceId,
+    store: StoreDep,
+    runtime: RuntimeDep,
+    site: ClinicSite = None,
 ) -> JsonResponse:
-    stored = _require(store, record_type, source_id)
-    history = store.revision_history(record_type, source_id)
+    stored = _require(store, record_type, _store_key(runtime, request, source_id, site))
+    history = store.revision_history(record_type, stored.source_id)
     return JsonResponse(
         {
             "record_type": stored.record_type,
@@ -197,18 +248,21 @@ def get_record(
     summary="One revision as received (raw) and as validated (parsed)",
 )
 def get_revision(
+    request: Request,
     record_type: RecordType,
     source_id: SourceId,
     revision: Annotated[int, Path(ge=1)],
     store: StoreDep,
+    runtime: RuntimeDep,
+    site: ClinicSite = None,
 ) -> JsonResponse:
-    _require(store, record_type, source_id)
-    for item in store.revision_history(record_type, source_id):
+    stored = _require(store, record_type, _store_key(runtime, request, source_id, site))
+    for item in store.revision_history(record_type, stored.source_id):
         if item.revision == revision:
             return JsonResponse(
                 {
                     "record_type": record_type,
-                    "id": source_id,
+                    "id": stored.source_id,
                     "revision": item.revision,
                     "status": record_status(item.withdrawn),
                     "received_at": item.received_at.isoformat(),

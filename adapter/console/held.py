@@ -78,13 +78,13 @@ def replay(runtime: Runtime, metrics: Metrics | None, ids: set[str], reason: str
         raise ConsoleRefused(
             "nothing to replay: those items were delivered or replayed already", status=409
         )
-    mrns = {str(i.detail["patient_mrn"]) for i in chosen if i.detail.get("patient_mrn")}
-    if mrns:
-        # In a group each site's sync keeps its own matches: each forgets these MRNs.
-        for matches in [s.patient_matches for s in runtime.site_syncs.values()] or [
-            PatientMatches(runtime.store.engine)
-        ]:
-            matches.forget(mrns)
+    mrns: dict[str | None, set[str]] = {}
+    for item in chosen:
+        if item.detail.get("patient_mrn"):
+            mrns.setdefault(item.site, set()).add(str(item.detail["patient_mrn"]))
+    # In a group each site's sync keeps its own matches: each forgets its items' MRNs.
+    for site, site_mrns in mrns.items():
+        PatientMatches(runtime.store.engine, site).forget(site_mrns)
     named = [item.resource_id for item in chosen]
     queued = runtime.outbox.requeue(datetime.now(UTC), STATES, named)
     report = None

@@ -21,6 +21,7 @@ from adapter.intake.records import AnyRecord, ClinicRecord, InfusionSession
 from adapter.mapping.config import CodeTable, Mappings
 from adapter.mapping.mapper import Mapper, SourceRecord
 from adapter.mapping.rows import TABLES, ProposedRow, add_row, trial
+from adapter.mapping.sites import SiteConfig
 from adapter.runtime import Runtime
 from adapter.store.operations import HeldCode, OperationsReadings
 from adapter.worker import SYNC_JOB
@@ -88,31 +89,51 @@ def concepts(value: Any, row: ProposedRow, path: str) -> list[str]:
 
 
 def preview(
-    runtime: Runtime, mappings: Mappings, held: HeldCode, row: ProposedRow
+    runtime: Runtime,
+    mappings: Mappings,
+    held: HeldCode,
+    row: ProposedRow,
+    sites: dict[str, SiteConfig] | None = None,
 ) -> list[dict[str, Any]]:
-    """What the first held records of the code would become with these mappings, and where in
-    them the row's concept goes."""
-    mapper = Mapper(mappings, runtime.mapping.mapper.validator)
+    """What the first held records of the code would become with these mappings (in a clinic
+    group, a record's site's: the shared files with its overlays), and where in them the row's
+    concept goes."""
+    validator = runtime.mapping.mapper.validator
+    mapper = Mapper(mappings, validator)
+    site_mappers = {
+        site_id: Mapper(config.mappings, validator, site_id)
+        for site_id, config in (sites or {}).items()
+    }
     shown: list[dict[str, Any]] = []
     for record_type, source_id in held.records[:PREVIEWED]:
         stored = runtime.store.get(record_type, source_id)
         if stored is None:
             continue
         record = _RECORD.validate_json(stored.parsed)
+        if record.clinic_site is not None and record.clinic_site not in site_mappers:
+            continue  # its site's folder was removed: it waits for the site to come back
         session = None
         if stored.session_id:
             found = runtime.store.get("infusion_session", stored.session_id)
             parsed = _RECORD.validate_json(found.parsed) if found else None
             session = parsed if isinstance(parsed, InfusionSession) else None
+        chosen = site_mappers[record.clinic_site] if record.clinic_site else mapper
         try:
-            built = mapper.map(SourceRecord(record, stored.first_received_at, session))
+            built = chosen.map(SourceRecord(record, stored.first_received_at, session))
         except InvalidResource as exc:
-            shown.append({"record": f"{record_type}/{source_id}", "problems": exc.problems})
+            shown.append(
+                {
+                    "record": f"{record_type}/{source_id}",
+                    "site": record.clinic_site,
+                    "problems": exc.problems,
+                }
+            )
             continue
         still = [m.as_dict() for m in built.missing + built.uncoded]
         shown.append(
             {
                 "record": f"{record_type}/{source_id}",
+                "site": record.clinic_site,
                 "still": still,
                 "where": [p for r in built.resources for p in concepts(r, row, r["resourceType"])],
                 "resources": [
@@ -158,8 +179,8 @@ def _with_form(runtime: Runtime, row: ProposedRow) -> list[Proposal]:
             proposal.problems = row.problems()
             if not proposal.problems:
                 try:
-                    with trial(runtime.settings.mappings_dir, row) as mappings:
-                        proposal.preview = preview(runtime, mappings, proposal.held, row)
+                    with trial(runtime.settings.mappings_dir, row) as (mappings, sites):
+                        proposal.preview = preview(runtime, mappings, proposal.held, row, sites)
                 except MappingFileError as exc:
                     proposal.problems = str(exc).splitlines()
     return proposals

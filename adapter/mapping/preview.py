@@ -1,7 +1,7 @@
 """What the records of a file would become, without storing anything: each line with whether
 it is the current revision of its record, and each session's protocol breaches."""
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -54,23 +54,30 @@ class PreviewEntry:
 
 
 def preview(
-    mapper: Mapper, lines: Iterable[tuple[int, bytes]], context: IntakeContext
+    mapper: Mapper,
+    lines: Iterable[tuple[int, bytes]],
+    context: IntakeContext,
+    site_mappers: Mapping[str, Mapper] | None = None,
+    bound: frozenset[str] | None = None,
 ) -> list[PreviewEntry]:
-    """Every line of the file as mapping would treat it, then each session's breaches."""
+    """Every line of the file as mapping would treat it, then each session's breaches. In a
+    clinic group each record is mapped with its site's mapper (`site_mappers`: the shared
+    files with the site's overlays); `bound`, the sites the file may hold (`--site`)."""
+    site_mappers = site_mappers or {}
     entries: list[PreviewEntry] = []
-    latest: dict[tuple[str, str], tuple[int, AnyRecord]] = {}
-    seen: set[tuple[str, str, int]] = set()
+    latest: dict[tuple[str | None, str, str], tuple[int, AnyRecord]] = {}
+    seen: set[tuple[str | None, str, str, int]] = set()
     records: list[tuple[int, AnyRecord]] = []
     for number, raw in lines:
-        result = validate_record(raw, context)
+        result = validate_record(raw, context, bound)
         if isinstance(result, list):
             reasons = [f"{error.field}: {error.reason}" for error in result]
             entries.append(PreviewEntry(number, REJECTED, reasons=reasons))
             continue
         record = result.record
-        key = (record.record_type, record.id)
+        key = (record.clinic_site, record.record_type, record.id)
         if (*key, record.revision) in seen:
-            entries.append(PreviewEntry(number, REPEAT, *key, record.revision))
+            entries.append(PreviewEntry(number, REPEAT, *key[1:], record.revision))
             continue
         seen.add((*key, record.revision))
         records.append((number, record))
@@ -78,12 +85,14 @@ def preview(
             latest[key] = (number, record)
     current = {number for number, _ in latest.values()}
     sessions = {
-        record.id: record for _, record in latest.values() if isinstance(record, InfusionSession)
+        (record.clinic_site, record.id): record
+        for _, record in latest.values()
+        if isinstance(record, InfusionSession)
     }
     now = datetime.now(UTC)
     for number, record in records:
         if number not in current:
-            later = latest[(record.record_type, record.id)][1].revision
+            later = latest[(record.clinic_site, record.record_type, record.id)][1].revision
             entries.append(
                 PreviewEntry(
                     number,
@@ -95,19 +104,24 @@ def preview(
                 )
             )
             continue
-        session = sessions.get(getattr(record, "session_id", "") or "")
+        session = sessions.get((record.clinic_site, getattr(record, "session_id", "") or ""))
         state = WITHDRAWN if record.withdrawn else CURRENT
         entry = PreviewEntry(number, state, record.record_type, record.id, record.revision)
+        chosen = site_mappers.get(record.clinic_site or "", mapper)
         try:
-            entry.built = mapper.map(SourceRecord(record, now, session))
+            entry.built = chosen.map(SourceRecord(record, now, session))
         except InvalidResource as exc:
             entry.reasons.append(f"invalid {exc}")
         entries.append(entry)
-    try:
-        derived = derived_from(mapper, [record for _, record in records])
-    except InvalidResource as exc:
-        entries.append(PreviewEntry(None, "derived", reasons=[f"invalid {exc}"]))
-        derived = []
-    for source_type, source_id, built in derived:
-        entries.append(PreviewEntry(None, source_type, source_type, source_id, built=built))
+    by_site: dict[str | None, list[AnyRecord]] = {}
+    for _, record in records:
+        by_site.setdefault(record.clinic_site, []).append(record)
+    for site, site_records in by_site.items():
+        try:
+            derived = derived_from(site_mappers.get(site or "", mapper), site_records)
+        except InvalidResource as exc:
+            entries.append(PreviewEntry(None, "derived", reasons=[f"invalid {exc}"]))
+            derived = []
+        for source_type, source_id, built in derived:
+            entries.append(PreviewEntry(None, source_type, source_type, source_id, built=built))
     return sorted(entries, key=lambda e: (e.line is None, e.line or 0))

@@ -17,6 +17,7 @@ from ruamel.yaml.scalarstring import DoubleQuotedScalarString
 
 from adapter.errors import MappingFileError
 from adapter.mapping.config import CodeTable, Mappings, load_file, load_mappings
+from adapter.mapping.sites import SiteConfig, load_group
 
 TABLES = ("indications", "events", "sites", "drugs", "routes", "actions")
 _writing = threading.Lock()
@@ -105,16 +106,17 @@ def round_trip(original: str) -> str:
 
 
 @contextmanager
-def trial(folder: Path, row: ProposedRow) -> Iterator[Mappings]:
+def trial(folder: Path, row: ProposedRow) -> Iterator[tuple[Mappings, dict[str, SiteConfig]]]:
     """The mappings as they would be with the row, loaded from a copy of the folder: nothing
-    in `folder` changes. A broken result raises MappingFileError."""
+    in `folder` changes. With them each site's of a group (the shared files with the site's
+    overlays). A broken result raises MappingFileError."""
     with tempfile.TemporaryDirectory(prefix="mapping-trial-") as scratch:
         copy = Path(scratch) / "mappings"
         shutil.copytree(folder, copy)
         path = table_path(copy, row.table)
         path.write_text(with_row(path.read_text(encoding="utf-8"), row), encoding="utf-8")
         load_file(path, CodeTable)
-        yield load_mappings(copy)
+        yield load_group(copy)
 
 
 def add_row(folder: Path, row: ProposedRow) -> Mappings:

@@ -43,6 +43,8 @@ class MappingReport:
     failed: int = 0
     sessions_checked: int = 0
     resources: SaveCounts = field(default_factory=SaveCounts)
+    batch_queued_sites: set[str | None] = field(default_factory=set)
+    """The clinic sites whose resources the latest batch queued for the EHR."""
 
 
 def files_stamp(folder: Path) -> str:
@@ -301,6 +303,7 @@ class MappingService:
             with self.queue.engine.begin() as connection:
                 self.queue.release(connection, batch)
             report.mapped, report.waiting, report.failed = counted
+            report.batch_queued_sites = set()
             return True
         except _VersionChanged:
             if self._stale_version != shared.version:
@@ -313,8 +316,10 @@ class MappingService:
             with self.queue.engine.begin() as connection:
                 self.queue.release(connection, batch)
             report.mapped, report.waiting, report.failed = counted
+            report.batch_queued_sites = set()
             return False
         report.records += len(batch)
+        report.batch_queued_sites = counts.queued_sites
         report.sessions_checked += sum(1 for m in mapped if m.source_type == PROTOCOL)
         for name in ("created", "updated", "unchanged", "withdrawn"):
             setattr(report.resources, name, getattr(report.resources, name) + getattr(counts, name))

@@ -18,6 +18,7 @@ from adapter.mapping.config import (
     SAFE_LOADER,
     CodeTable,
     EhrRules,
+    Limits,
     M,
     MappingModel,
     Mappings,
@@ -30,7 +31,7 @@ from adapter.settings import Settings
 SITES_DIR = "sites"
 SITE_ID_RULE = "1 to 32 lowercase letters, digits or '-'"
 _SITE_ID = re.compile(SITE_ID_PATTERN)
-SITE_FILES = ("site.yaml", EHR_FILE)
+SITE_FILES = ("site.yaml", "limits.yaml", EHR_FILE)
 """The files a site may overlay besides its code tables (`codes/*.yaml`)."""
 
 
@@ -162,10 +163,11 @@ def _site_digest(folder: Path) -> bytes:
 
 
 def load_site(folder: Path, site_id: str, shared: Mappings, version: str) -> SiteConfig:
-    """One site: its site.yaml, code tables and ehr.yaml over the shared ones."""
+    """One site: its site.yaml, limits.yaml, code tables and ehr.yaml over the shared ones."""
     site_dir = folder / SITES_DIR / site_id
     problems: list[str] = [
-        f"{entry}: not a file a site overlays (site.yaml, ehr.yaml, codes/<table>.yaml)"
+        f"{entry}: not a file a site overlays (site.yaml, limits.yaml, ehr.yaml, "
+        "codes/<table>.yaml)"
         for entry in sorted(site_dir.iterdir())
         if entry.name not in (*SITE_FILES, "codes") and not entry.name.startswith(".")
     ]
@@ -175,6 +177,14 @@ def load_site(folder: Path, site_id: str, shared: Mappings, version: str) -> Sit
         try:
             base = _read(folder / "site.yaml")
             site = _validated(own, merged(base, _read(own)), Site)
+        except MappingFileError as exc:
+            problems.append(str(exc))
+    limits = shared.limits
+    own_limits = site_dir / "limits.yaml"
+    if own_limits.is_file():
+        try:
+            base = _read(folder / "limits.yaml")
+            limits = _validated(own_limits, merged(base, _read(own_limits)), Limits)
         except MappingFileError as exc:
             problems.append(str(exc))
     tables = {}
@@ -200,7 +210,13 @@ def load_site(folder: Path, site_id: str, shared: Mappings, version: str) -> Sit
         problems.append(str(exc))
     if problems:
         raise MappingFileError("\n".join(problems))
-    mappings = replace(shared, site=site, codes=replace(shared.codes, **tables), version=version)
+    mappings = replace(
+        shared,
+        site=site,
+        limits=limits,
+        codes=replace(shared.codes, **tables),
+        version=version,
+    )
     return SiteConfig(site_id, mappings, ehr)
 
 
@@ -283,5 +299,6 @@ def site_json_schemas() -> dict[str, dict[str, Any]]:
     """Schemas of a site's overlay files (mappings/schema/sites/)."""
     return {
         "sites/site.yaml": _optional(Site.model_json_schema()),
+        "sites/limits.yaml": _optional(Limits.model_json_schema()),
         "sites/ehr.yaml": _optional(SiteEhr.model_json_schema()),
     }

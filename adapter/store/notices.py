@@ -19,24 +19,28 @@ CLIENTS = "adapter_clients"
 """A client was added or revoked: the keys and tokens each process checked are asked again."""
 MAPPINGS = "adapter_mappings"
 """The mapping version in the store changed: each process loads its mapping files again."""
-_NOTIFY = {channel: text(f"NOTIFY {channel}") for channel in (RECORDS, OUTBOX, CLIENTS, MAPPINGS)}
+_NOTIFY = text("SELECT pg_notify(:channel, :payload)")
 RECONNECT_SECONDS = (1.0, 2.0, 5.0, 15.0, 30.0)
 """Waits before each attempt to listen again after the connection was lost, the last repeated."""
 
 
-def announce(connection: Connection, channel: str) -> None:
+def announce(connection: Connection, channel: str, payload: str = "") -> None:
     """Tell the listening processes, when the caller's transaction commits (PostgreSQL folds
-    the notices of one transaction into one; none is sent if it rolls back)."""
+    the notices of one transaction with the same payload into one; none is sent if it rolls
+    back). The outbox's payload is the clinic site whose resources were queued ("": none)."""
     if connection.dialect.name == "postgresql":
-        connection.execute(_NOTIFY[channel])
+        connection.execute(_NOTIFY, {"channel": channel, "payload": payload})
 
 
 class NoticeListener:
     """A thread holding one PostgreSQL connection that listens on the channels given and calls
-    each channel's function on every notice. A lost connection is said once in the log, and
-    listened on again after a wait; the schedule delivers meanwhile."""
+    each channel's function with every notice's payload. A lost connection is said once in the
+    log, and listened on again after a wait; the schedule delivers meanwhile. On (re)connecting
+    each function is called with None: whatever came while nobody listened, for anyone."""
 
-    def __init__(self, engine: Engine, channels: Mapping[str, Callable[[], None]]) -> None:
+    def __init__(
+        self, engine: Engine, channels: Mapping[str, Callable[[str | None], None]]
+    ) -> None:
         self.engine = engine
         self.channels = dict(channels)
         self._stop = threading.Event()
@@ -75,12 +79,12 @@ class NoticeListener:
                 self.listening.set()
                 # Whatever came while nobody listened is delivered by the first run woken.
                 for wake in self.channels.values():
-                    wake()
+                    wake(None)
                 while not self._stop.is_set():
                     for notice in connection.notifies(timeout=1.0):
                         heard = self.channels.get(notice.channel)
                         if heard is not None:
-                            heard()
+                            heard(notice.payload)
             except Exception as exc:
                 self.listening.clear()
                 failures = self._lost(exc, failures)

@@ -68,6 +68,8 @@ class HeldItem:
     source_type: str
     source_id: str
     session_id: str | None
+    site: str | None = None
+    """The clinic site of a group whose sync holds it; None in a single-site deployment."""
 
     @property
     def reason(self) -> str:
@@ -144,6 +146,7 @@ class OperationsReadings:
                 resources.c.source_type,
                 resources.c.source_id,
                 records.c.session_id,
+                outbox.c.site,
             )
             .select_from(
                 outbox.join(resources, resources.c.id == outbox.c.resource_id).outerjoin(
@@ -171,6 +174,7 @@ class OperationsReadings:
                     row.source_type,
                     row.source_id,
                     row.session_id or (row.source_id if row.source_type in OWN_SESSION else None),
+                    row.site,
                 )
                 for row in connection.execute(query)
             ]

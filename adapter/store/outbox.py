@@ -258,7 +258,8 @@ answers the plain deliveries it made."""
 def enqueue(connection: Connection, versions: Sequence[tuple[Any, ...]], now: datetime) -> None:
     """Queue new resource versions (`Queued`, or its first four fields) in the caller's
     transaction: whatever state a resource's delivery was in, its new version is pending, its
-    journey starts afresh, and on PostgreSQL the processes listening hear of it at commit."""
+    journey starts afresh, and on PostgreSQL the processes listening hear at commit which sites'
+    syncs have something new."""
     if not versions:
         return
     queued = [Queued(*version) for version in versions]
@@ -300,9 +301,10 @@ def enqueue(connection: Connection, versions: Sequence[tuple[Any, ...]], now: da
             for q in queued
         ],
     )
-    notices.announce(connection, notices.OUTBOX)
-    for site in {q.site for q in queued if q.urgent}:
-        urgent_queued(site).set()
+    for site in sorted({q.site or "" for q in queued}):
+        notices.announce(connection, notices.OUTBOX, site)
+    for urgent_site in {q.site for q in queued if q.urgent}:
+        urgent_queued(urgent_site).set()
 
 
 class Outbox:

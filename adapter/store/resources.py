@@ -3,7 +3,7 @@
 import base64
 import hashlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -88,6 +88,8 @@ class SaveCounts:
     updated: int = 0
     unchanged: int = 0
     withdrawn: int = 0
+    queued_sites: set[str | None] = field(default_factory=set)
+    """The clinic sites whose resources were queued for the EHR (None: resources of no site)."""
 
 
 @dataclass(frozen=True)
@@ -224,6 +226,7 @@ class ResourceWriter:
                     )
                 )
             enqueue(self._connection, queued, now)
+            counts.queued_sites = {q.site for q in queued}
         return counts
 
     def _index(self, new: list[Json], changed: list[Json]) -> None:

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, or_, select, update
+from sqlalchemy import Connection, Engine, or_, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from adapter.site_keys import site_key, source_of_key
@@ -83,9 +83,9 @@ class SyncRuns:
         self, run_id: int, status: str, counts: dict[str, int], error: str | None, now: datetime
     ) -> None:
         with self.engine.begin() as connection:
-            started = connection.execute(
-                select(runs.c.started_at).where(runs.c.id == run_id)
-            ).scalar_one()
+            started, site = connection.execute(
+                select(runs.c.started_at, runs.c.site).where(runs.c.id == run_id)
+            ).one()
             connection.execute(
                 update(runs)
                 .where(runs.c.id == run_id)
@@ -93,7 +93,7 @@ class SyncRuns:
                     status=status,
                     counts=orjson.dumps(counts).decode(),
                     error=error,
-                    last_error=_last_problem(connection, started),
+                    last_error=_last_problem(connection, started, site),
                     ended_at=now,
                 )
             )
@@ -120,9 +120,10 @@ class SyncRuns:
             ]
 
 
-def _last_problem(connection: Connection, since: datetime) -> str | None:
+def _last_problem(connection: Connection, since: datetime, site: str | None) -> str | None:
     """The reason of the outbox item last left undelivered since `since` (a run's start): what
-    a run that completed still could not do, read from the outbox the run wrote. A resource
+    a run that completed still could not do, read from the outbox the run wrote (in a clinic
+    group, its site's items alone: another site's run writes the others meanwhile). A resource
     delivered without some references (`left_out`, to be completed) is no problem."""
     rows = connection.execute(
         select(outbox.c.detail)
@@ -130,6 +131,7 @@ def _last_problem(connection: Connection, since: datetime) -> str | None:
             outbox.c.updated_at >= since,
             outbox.c.state.in_(("pending", "waiting", "dead")),
             outbox.c.detail.is_not(None),
+            true() if site is None else outbox.c.site == site,
         )
         .order_by(outbox.c.updated_at.desc())
         .limit(50)

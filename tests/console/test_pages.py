@@ -78,3 +78,35 @@ def test_a_row_that_would_break_the_table_is_refused_and_the_file_kept(
     assert "source: say where the code comes from" in previewed.text
     assert "would become" not in previewed.text
     assert bad_day.status_code == 400 and "not a calendar date" in bad_day.text
+
+
+def test_in_a_group_a_rows_preview_maps_each_held_record_with_its_sites_overlays(
+    settings: Settings,
+) -> None:
+    from tests.conftest import ndjson, session
+    from tests.sites import NORTH, SOUTH, add_sites
+
+    add_sites(settings.mappings_dir)
+    app = create_app(settings, background=False)
+    with TestClient(app, follow_redirects=False) as client:
+        runtime: Runtime = app.state.runtime
+        records = [session(clinic_site=site, drug="ESKETAMINE") for site in (NORTH, SOUTH)]
+        runtime.intake.submit([(i, ndjson(r)) for i, r in enumerate(records)])
+        runtime.mapping.run()
+        sign_in(client, grant(runtime).api_key)
+        form = {
+            "csrf": page_csrf(client, "/console/mappings"),
+            "table": "drugs",
+            "local": "ESKETAMINE",
+            "text": "Esketamine",
+            "system": "http://www.nlm.nih.gov/research/umls/rxnorm",
+            "code": "1310997",
+            "display": "esketamine",
+            "source": "https://mor.nlm.nih.gov/RxNav/search?query=1310997",
+        }
+        previewed = client.post("/console/mappings/preview", data=form).text
+
+    assert previewed.count("would become") == 2
+    for site in (NORTH, SOUTH):
+        assert f"with site {site}'s mappings" in previewed
+        assert f"https://{site}.ketamine-clinic.example.org/fhir/infusion-adapter" in previewed

@@ -137,3 +137,55 @@ def test_a_patient_page_of_an_mrn_nothing_waits_for_offers_nothing_to_confirm(
     assert slashed.status_code == 200 and "MRN A/17" in slashed.text
     assert "&lt;script&gt;" in script.text
     assert refused.status_code == 409
+
+
+def test_in_a_group_the_patient_page_and_its_confirmation_are_of_one_site(
+    database_url: str, mappings_dir: Path, ehr: SandboxEhr
+) -> None:
+    from tests.sites import NORTH, SOUTH, add_sites
+
+    add_sites(mappings_dir, {NORTH: ehr.base}, own_mrn_systems=False)
+    settings = Settings(database_url=database_url, mappings_dir=mappings_dir)
+    app = create_app(settings, background=False)
+    with TestClient(app, follow_redirects=False) as console:
+        runtime = runtime_of(console)
+        record = session(
+            clinic_site=NORTH,
+            patient={"mrn": MRN, "family": "Rivera", "birth_date": "1979-03-15"},
+        )
+        runtime.intake.submit([(1, ndjson(record).strip())])
+        runtime.mapping.run()
+        sync_once(runtime.site_syncs[NORTH], trigger="test")
+        sign_in(console, grant(runtime).api_key)
+        patient_id = ehr_patient_id(ehr)
+        ids = waiting(runtime)
+        listed = console.get("/console/held").text
+        unnamed = console.get(PAGE)
+        unknown = console.get(PAGE, params={"site": "east"})
+        south = console.get(PAGE, params={"site": SOUTH}).text
+        page = f"{PAGE}?site={NORTH}"
+        shown = console.get(page).text
+        csrf = page_csrf(console, page)
+        in_south = console.post(
+            f"{PAGE}/confirm?site={SOUTH}", data={"csrf": csrf, "ehr_id": patient_id}
+        )
+        confirmed = console.post(
+            f"{PAGE}/confirm?site={NORTH}", data={"csrf": csrf, "ehr_id": patient_id}
+        )
+        north_confirmations = PatientMatches(runtime.store.engine, NORTH).confirmations([MRN])
+        shared_confirmations = PatientMatches(runtime.store.engine).confirmations([MRN])
+        replayed = console.post("/console/replay", data={"csrf": csrf, "id": ids})
+        left = waiting(runtime)
+
+    assert ids and f'href="{PAGE}?site={NORTH}"' in listed
+    assert unnamed.status_code == 400 and "site:" in unnamed.text
+    assert unknown.status_code == 400 and "north, south" in unknown.text
+    assert 'id="confirm"' not in south and 'id="not-asked"' in south
+    assert f'id="site">{NORTH}' in shown and f"Patient/{patient_id}" in shown
+    assert f'action="{PAGE}/confirm?site={NORTH}"' in shown
+    assert in_south.status_code == 409
+    assert confirmed.status_code == 200 and 'id="confirmed"' in confirmed.text
+    assert list(north_confirmations) == [MRN] and shared_confirmations == {}
+    assert replayed.status_code == 200 and left == []
+    procedures = ehr.all("Procedure")
+    assert [p["subject"]["reference"] for p in procedures] == [f"Patient/{patient_id}"]

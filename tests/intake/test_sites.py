@@ -134,3 +134,56 @@ def test_clients_cli_binds_a_key_to_known_sites(
     assert bound.exit_code == 0
     assert unknown.exit_code == 2 and "not a site of this deployment: west" in unknown.output
     assert f"sites {NORTH}" in listed.output
+
+
+def test_a_record_is_read_by_its_site_and_a_key_bound_to_a_site_reads_its_own_alone(
+    group_settings: Settings,
+) -> None:
+    app = create_app(group_settings, background=False)
+    with TestClient(app) as client:
+        runtime: Runtime = app.state.runtime
+        now = datetime.now(UTC)
+        runtime.intake.submit(
+            [(i, ndjson(session(clinic_site=site))) for i, site in enumerate((NORTH, SOUTH))]
+        )
+        _, admin = runtime.clients.add_key_client("admin", "admin", now)
+        _, north_key = runtime.clients.add_key_client("north", "intake", now, sites=[NORTH])
+        every = {"Authorization": f"Bearer {admin}"}
+        north = {"Authorization": f"Bearer {north_key}"}
+        path = "/api/v1/records/infusion_session/SES-1"
+
+        by_query = client.get(path, params={"site": SOUTH}, headers=every)
+        by_key = client.get(f"/api/v1/records/infusion_session/{SOUTH}:SES-1", headers=every)
+        unnamed = client.get(path, headers=every)
+        unknown = client.get(path, params={"site": "east"}, headers=every)
+        clashing = client.get(
+            f"/api/v1/records/infusion_session/{NORTH}:SES-1", params={"site": SOUTH}, headers=every
+        )
+        own = client.get(path, headers=north)
+        other = client.get(path, params={"site": SOUTH}, headers=north)
+        other_key = client.get(f"/api/v1/records/infusion_session/{SOUTH}:SES-1", headers=north)
+        other_revision = client.get(f"{path}/revisions/1", params={"site": SOUTH}, headers=north)
+        own_revision = client.get(f"{path}/revisions/1", headers=north)
+        absent = client.get("/api/v1/records/infusion_session/SES-9", headers=north)
+
+    assert by_query.status_code == 200 and by_query.json()["record"]["clinic_site"] == SOUTH
+    assert by_key.json() == by_query.json() and by_key.json()["id"] == f"{SOUTH}:SES-1"
+    for refused, status in ((unnamed, 400), (unknown, 404), (clashing, 400)):
+        assert refused.status_code == status
+        assert refused.json()["issue"][0]["diagnostics"].startswith("site: ")
+    assert own.status_code == 200 and own.json()["record"]["clinic_site"] == NORTH
+    assert own_revision.status_code == 200 and own_revision.json()["id"] == f"{NORTH}:SES-1"
+    for hidden in (other, other_key, other_revision):
+        assert hidden.status_code == 404
+        assert hidden.json()["issue"][0]["code"] == absent.json()["issue"][0]["code"]
+    assert absent.status_code == 404
+
+
+def test_a_single_site_deployment_refuses_a_site_in_a_record_read(client: TestClient) -> None:
+    client.post("/api/v1/records", json=session())
+
+    plain = client.get("/api/v1/records/infusion_session/SES-1")
+    named = client.get("/api/v1/records/infusion_session/SES-1", params={"site": NORTH})
+
+    assert plain.status_code == 200
+    assert named.status_code == 404 and "not a clinic group" in named.text

@@ -124,3 +124,38 @@ def test_the_committed_json_schemas_are_current() -> None:
         assert orjson.loads(committed.read_bytes()) == schema, (
             f"run `infusion-adapter mappings schema` ({name})"
         )
+
+
+def test_preview_in_a_group_maps_each_record_with_its_sites_overlays(
+    cli_environment: Settings, tmp_path: Path
+) -> None:
+    from tests.sites import NORTH, SOUTH, add_sites
+
+    add_sites(cli_environment.mappings_dir)
+    source = tmp_path / "group.ndjson"
+    source.write_bytes(
+        ndjson(
+            session(id="SES-N", clinic_site=NORTH, drug="KETAMINE-S"),
+            session(id="SES-S", clinic_site=SOUTH, drug="KETAMINE-S"),
+        )
+    )
+    unnamed = tmp_path / "unnamed.ndjson"
+    unnamed.write_bytes(ndjson(session(id="SES-U", drug="KETAMINE-S")))
+
+    result = CliRunner().invoke(main, ["mappings", "preview", "--format", "ndjson", str(source)])
+    as_south = CliRunner().invoke(main, ["mappings", "preview", "--site", SOUTH, str(unnamed)])
+    unknown = CliRunner().invoke(main, ["mappings", "preview", "--site", "east", str(unnamed)])
+
+    assert result.exit_code == 0, result.output
+    lines = {
+        (entry["line"], entry["state"]): entry
+        for entry in map(orjson.loads, result.output.splitlines())
+    }
+    north, south = lines[(1, "current")], lines[(2, "current")]
+    assert [w["code"] for w in north.get("waiting_for_rows", [])] == ["KETAMINE-S"]
+    assert "waiting_for_rows" not in south and south["resources"]
+    sources = {r["meta"]["source"] for r in south["resources"]}
+    assert sources == {f"https://{SOUTH}.ketamine-clinic.example.org/fhir/infusion-adapter"}
+    assert as_south.exit_code == 0 and "rejected" not in as_south.output
+    assert "waiting for a mapping" not in as_south.output
+    assert unknown.exit_code == 2 and "--site" in unknown.output

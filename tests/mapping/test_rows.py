@@ -87,7 +87,8 @@ def test_a_table_that_no_longer_loads_is_put_back(mappings_dir: Path) -> None:
 def test_a_trial_loads_the_row_without_touching_the_folder(mappings_dir: Path) -> None:
     before = table_path(mappings_dir, "drugs").read_text(encoding="utf-8")
 
-    with trial(mappings_dir, ketamine_hcl()) as mappings:
+    with trial(mappings_dir, ketamine_hcl()) as (mappings, sites):
         assert mappings.codes.drugs.find("KETAMINE HCL") is not None
+        assert sites == {}
 
     assert table_path(mappings_dir, "drugs").read_text(encoding="utf-8") == before

@@ -11,7 +11,7 @@ from adapter.mapping.sites import load_group
 from adapter.runtime import Runtime, open_runtime
 from adapter.settings import Settings
 from adapter.store.tables import fhir_resources, sync_outbox
-from tests.conftest import ROOT, fasting, ndjson, session
+from tests.conftest import ROOT, fasting, ndjson, session, vitals
 from tests.sites import NORTH, SOUTH, add_sites
 
 
@@ -85,7 +85,21 @@ def test_a_site_row_replaces_the_shared_row_of_its_code(mappings_dir: Path) -> N
             "sites/north/codes/drugs.yaml: rows[0].codings: Field required",
         ),
         ("sites/North/site.yaml", "{}\n", "sites/North: a site id is 1 to 32 lowercase"),
-        ("sites/north/limits.yaml", "{}\n", "sites/north/limits.yaml: not a file a site overlays"),
+        (
+            "sites/north/resources/procedure.yaml",
+            "{}\n",
+            "sites/north/resources: not a file a site overlays",
+        ),
+        (
+            "sites/north/limits.yaml",
+            "vitals: {heart_rate: {max: 10}}\n",
+            "sites/north/limits.yaml: vitals.heart_rate: Value error, min (20.0) must be below max",
+        ),
+        (
+            "sites/north/limits.yaml",
+            "vitals: {pulse: {min: 1, max: 2, unit: x}}\n",
+            "sites/north/limits.yaml: vitals.pulse: Extra inputs are not permitted",
+        ),
     ],
 )
 def test_a_broken_site_file_is_named_with_its_key(
@@ -194,3 +208,29 @@ def test_a_site_reads_timestamps_in_its_own_time_zone(group: Runtime) -> None:
         if r["resourceType"] == "Encounter"
     }
     assert starts == {NORTH: "2026-11-20T09:00:00-05:00", SOUTH: "2026-11-20T09:00:00-06:00"}
+
+
+def test_a_site_overlays_the_limits_of_its_own_records(settings: Settings) -> None:
+    add_sites(settings.mappings_dir)
+    (settings.mappings_dir / "sites" / SOUTH / "limits.yaml").write_text(
+        "vitals:\n  heart_rate: {max: 350}\n"
+    )
+    runtime = open_runtime(settings)
+    try:
+        south_limits = runtime.mapping.sites[SOUTH].mappings.limits.vitals.heart_rate
+        north_limits = runtime.mapping.sites[NORTH].mappings.limits.vitals.heart_rate
+        outcomes = runtime.intake.submit(
+            [
+                (i, ndjson(vitals(clinic_site=site, heart_rate=320)))
+                for i, site in enumerate((NORTH, SOUTH))
+            ]
+        )
+    finally:
+        runtime.close()
+
+    assert (south_limits.min, south_limits.max, south_limits.unit) == (20, 350, "beats/min")
+    assert north_limits.max == 300
+    north, south = outcomes
+    assert south.outcome == "created"
+    assert north.outcome == "rejected"
+    assert [e.field for e in north.errors] == ["heart_rate"]

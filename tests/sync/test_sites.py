@@ -1,6 +1,7 @@
 """A clinic group: each site's EHR gets its site's resources alone, each exactly once, and one
 site's EHR being down holds no other site's delivery."""
 
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,7 +14,7 @@ from adapter.runtime import Runtime, open_runtime
 from adapter.settings import Settings
 from adapter.store.sync_state import Lease
 from adapter.sync.engine import sync_once
-from adapter.worker import sync_runners
+from adapter.worker import EventDelivery, map_now, sync_runners
 from tests.conftest import ndjson, session, vitals
 from tests.sites import NORTH, SOUTH, add_sites
 from tests.sync.sandbox import RECORDS_SYSTEM, SandboxEhr
@@ -181,3 +182,90 @@ def test_a_site_bearer_token_is_read_from_the_variable_it_names(
     finally:
         runtime.close()
     assert token is not None and token.get_secret_value() == "token-from-the-environment"
+
+
+class _Pulses:
+    """Stands in for a site's sync wakeup: counts its pulses."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.pulsed = threading.Event()
+
+    def pulse(self) -> None:
+        self.count += 1
+        self.pulsed.set()
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+def test_resources_queued_wake_the_sync_of_their_site_alone(
+    settings: Settings, ehr: SandboxEhr, south_ehr: SandboxEhr
+) -> None:
+    runtime = _group(settings, {NORTH: ehr.base, SOUTH: south_ehr.base})
+    events = EventDelivery(runtime, sync_runners(runtime), mapping=False)
+    pulses = {NORTH: _Pulses(), SOUTH: _Pulses()}
+    events.syncs = dict(pulses)  # type: ignore[arg-type]
+    heard: dict[str, int] = {}
+    try:
+        north = [session(clinic_site=NORTH), vitals(clinic_site=NORTH)]
+        runtime.intake.submit([(i, ndjson(r)) for i, r in enumerate(north)])
+        map_now(runtime, events.resources_queued)
+        in_process = {site: p.count for site, p in pulses.items()}
+        if events.listener is not None:  # PostgreSQL: another process's queue, by its notice
+            events.listener.start()
+            assert events.listener.listening.wait(10)
+            assert pulses[NORTH].pulsed.wait(10)  # listening anew wakes every sync once
+            assert pulses[SOUTH].pulsed.wait(10)
+            for p in pulses.values():
+                p.count = 0
+                p.pulsed.clear()
+            runtime.intake.submit([(0, ndjson(session(clinic_site=SOUTH)))])
+            runtime.mapping.run()  # told no one in this process: only the notice says it
+            assert pulses[SOUTH].pulsed.wait(10)
+            assert not pulses[NORTH].pulsed.wait(0.5)
+            heard = {site: p.count for site, p in pulses.items()}
+    finally:
+        events.stop()
+        runtime.close()
+
+    assert in_process[NORTH] >= 1 and in_process[SOUTH] == 0, in_process
+    if settings.database_url.startswith("postgresql"):
+        assert heard[SOUTH] >= 1 and heard[NORTH] == 0, heard
+
+
+def test_a_sites_run_names_the_last_problem_of_its_own_sites_items_alone(
+    settings: Settings, ehr: SandboxEhr
+) -> None:
+    from sqlalchemy import update
+
+    from adapter.store.tables import sync_outbox as outbox
+
+    runtime = _group(settings, {NORTH: ehr.base, SOUTH: CLOSED_PORT})
+    try:
+        _same_day_at_both_sites(runtime)
+        started = datetime.now(UTC) - timedelta(seconds=1)
+        north_run = runtime.sync_runs.start("test", "here", started, NORTH)
+        south_run = runtime.sync_runs.start("test", "here", started, SOUTH)
+        with runtime.store.engine.begin() as connection:
+            connection.execute(
+                update(outbox)
+                .where(outbox.c.site == SOUTH)
+                .values(
+                    state="waiting",
+                    detail='{"reason": "no Patient in the EHR has this MRN"}',
+                    updated_at=datetime.now(UTC),
+                )
+            )
+        now = datetime.now(UTC)
+        runtime.sync_runs.finish(north_run, "completed", {}, None, now)
+        runtime.sync_runs.finish(south_run, "completed", {}, None, now)
+        runs = {run.site: run for run in runtime.sync_runs.recent(10)}
+    finally:
+        runtime.close()
+
+    assert runs[NORTH].last_error is None
+    assert runs[SOUTH].last_error == "no Patient in the EHR has this MRN"
