@@ -19,19 +19,24 @@ PROCESSES = 4
 BATCHES = 25
 WRITER = """
 import sys
+import time
 from datetime import UTC, datetime
 from adapter.security.audit import AuditEntry, AuditLog
 from adapter.store.engine import make_engine
 
 url, secret, name, batches = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-log = AuditLog(make_engine(url), secret)
-sys.stdin.readline()  # every writer starts at once
+engine = make_engine(url)
+log = AuditLog(engine, secret)
+engine.connect().close()
+print("ready", flush=True)
+sys.stdin.readline()  # every writer starts at once, once all are ready
 for batch in range(batches):
     log.append([
         AuditEntry(datetime.now(UTC), name, "read", "GET", f"/fhir/Patient/{name}-{batch}-{n}",
                    "Patient", [f"Patient/{name}-{batch}-{n}"], None, 200, "127.0.0.1")
         for n in range(1 + batch % 4)
     ])
+    time.sleep(0.02)  # as a replica between requests: the others' batches come in between
 """
 
 
@@ -52,10 +57,14 @@ def test_entries_written_by_several_processes_at_once_keep_the_chain_whole(
                 str(BATCHES),
             ],
             stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
             env=env,
         )
         for n in range(PROCESSES)
     ]
+    for writer in writers:
+        assert writer.stdout is not None
+        assert writer.stdout.readline() == b"ready\n"
     for writer in writers:
         assert writer.stdin is not None
         writer.stdin.write(b"go\n")
