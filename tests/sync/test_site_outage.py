@@ -7,6 +7,7 @@ all reach its EHR once after it comes back."""
 import statistics
 import threading
 import time
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -141,56 +142,57 @@ def test_a_sites_ehr_down_for_a_minute_holds_no_other_sites_delivery(
         pytest.skip("replicas share a PostgreSQL store; on SQLite the service is one process")
     gate = EhrGate(second_ehr.base)
     add_sites(settings.mappings_dir, {NORTH: ehr.base, SOUTH: gate.base}, own_mrn_systems=False)
-    runtime = open_runtime(settings)
-    _, key = runtime.clients.add_key_client("clinic charting", "intake", datetime.now(UTC))
-    env = replica_environment(
-        settings.database_url,
-        settings.mappings_dir,
-        ehr.base,
-        ehr_timeout_seconds="5",
-        ehr_breaker_seconds="2",
-        ehr_settle_seconds="5",
-    )
-    """As a deployment runs them (the event path on, the schedule every minute), with a
-    shorter EHR timeout, first back-off and wait before a write whose answer was lost is
-    looked for, so that the outage costs the downed site seconds rather than minutes."""
-    replicas = Replicas(REPLICAS, env, tmp_path)
-    trickle = Trickle(replicas.url, key)
-    threads = [
-        threading.Thread(target=trickle.run),
-        threading.Thread(target=trickle.watch, args=[ehr]),
-    ]
-    reopened = 0.0
-    try:
-        with httpx.Client(
-            base_url=replicas.url,
-            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/x-ndjson"},
-        ) as http:
-            sessions = [session(clinic_site=site, patient={"mrn": MRN}) for site in (NORTH, SOUTH)]
-            assert trickle.post(http, sessions), trickle.errors
-        for thread in threads:
-            thread.start()
-        time.sleep(BASELINE)
-        for mode, seconds in OUTAGE:
-            trickle.phase = mode
-            gate.set(mode)
-            time.sleep(seconds)
-        trickle.phase = "after"
-        gate.set("open")
-        reopened = time.monotonic()
-        time.sleep(AFTER)
-        trickle.deadline = time.monotonic() + 60
-        trickle.stopped.set()
-        for thread in threads:
-            thread.join(timeout=120)
-        recovered = south_delivered(runtime, 120)
-        recovery = time.monotonic() - reopened
-    finally:
-        trickle.stopped.set()
-        replicas.stop()
-        gate.stop()
+    with closing(open_runtime(settings)) as runtime:
+        _, key = runtime.clients.add_key_client("clinic charting", "intake", datetime.now(UTC))
+        env = replica_environment(
+            settings.database_url,
+            settings.mappings_dir,
+            ehr.base,
+            ehr_timeout_seconds="5",
+            ehr_breaker_seconds="2",
+            ehr_settle_seconds="5",
+        )
+        """As a deployment runs them (the event path on, the schedule every minute), with a
+        shorter EHR timeout (a hung request costs 5 s, not 30), first back-off and wait before
+        a create whose answer was lost is looked for in the EHR (5 s, not 5 minutes)."""
+        replicas = Replicas(REPLICAS, env, tmp_path)
+        trickle = Trickle(replicas.url, key)
+        threads = [
+            threading.Thread(target=trickle.run),
+            threading.Thread(target=trickle.watch, args=[ehr]),
+        ]
+        reopened = 0.0
+        try:
+            with httpx.Client(
+                base_url=replicas.url,
+                headers={"Authorization": f"Bearer {key}", "Content-Type": "application/x-ndjson"},
+            ) as http:
+                sessions = [
+                    session(clinic_site=site, patient={"mrn": MRN}) for site in (NORTH, SOUTH)
+                ]
+                assert trickle.post(http, sessions), trickle.errors
+            for thread in threads:
+                thread.start()
+            time.sleep(BASELINE)
+            for mode, seconds in OUTAGE:
+                trickle.phase = mode
+                gate.set(mode)
+                time.sleep(seconds)
+            trickle.phase = "after"
+            gate.set("open")
+            reopened = time.monotonic()
+            time.sleep(AFTER)
+            trickle.deadline = time.monotonic() + 60
+            trickle.stopped.set()
+            for thread in threads:
+                thread.join(timeout=120)
+            recovered = south_delivered(runtime, 120)
+            recovery = time.monotonic() - reopened
+        finally:
+            trickle.stopped.set()
+            replicas.stop()
+            gate.stop()
 
-    try:
         assert not trickle.errors, trickle.errors[:3]
         latencies = {phase: trickle.latencies(phase) for phase in ("baseline", *dict(OUTAGE))}
         for phase, found in latencies.items():
@@ -212,5 +214,3 @@ def test_a_sites_ehr_down_for_a_minute_holds_no_other_sites_delivery(
         for site, server in ((NORTH, ehr), (SOUTH, second_ehr)):
             assert_exactly_once(runtime, server, site)
             assert sum(expected_in_ehr(runtime, site=site).values()) > len(trickle.accepted)
-    finally:
-        runtime.close()
