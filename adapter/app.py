@@ -18,6 +18,7 @@ from adapter.console import web as console_web
 from adapter.logs import quiet_url_loggers
 from adapter.operations.alerts import AlertWatch
 from adapter.operations.metrics import Metrics
+from adapter.replicas import CacheNotices
 from adapter.runtime import Runtime, open_runtime
 from adapter.security.access import api_caller, check_routes
 from adapter.security.assertions import KeyFetcher
@@ -88,9 +89,11 @@ def create_app(settings: Settings | None = None, background: bool = True) -> Fas
     writer = AuditWriter(runtime.audit)
     measured = Metrics(runtime, writer)
     worker = Worker(runtime, measured, alert_watch(runtime)) if background else None
+    heard = CacheNotices(runtime)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        heard.start()
         if worker:
             worker.start()
         try:
@@ -98,6 +101,7 @@ def create_app(settings: Settings | None = None, background: bool = True) -> Fas
         finally:
             if worker:
                 worker.stop()
+            heard.stop()
             writer.close()
             runtime.close()
 
@@ -118,6 +122,7 @@ def create_app(settings: Settings | None = None, background: bool = True) -> Fas
     app.state.store = runtime.store
     app.state.intake = runtime.intake
     app.state.worker = worker
+    app.state.cache_notices = heard
     app.state.clients = runtime.clients
     app.state.audit_writer = writer
     app.state.metrics = measured

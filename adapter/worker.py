@@ -1,5 +1,6 @@
 """The service's background work: mapping pending records, picking up edited mapping files,
-exports, the sync to the EHR and the alert checks."""
+exports, the sync to the EHR and the alert checks; each scheduled job once per tick across the
+processes on the store (adapter/replicas.py)."""
 
 import logging
 import threading
@@ -17,6 +18,7 @@ from adapter.errors import MappingFileError
 from adapter.mapping.service import MappingReport
 from adapter.operations.alerts import AlertWatch
 from adapter.operations.metrics import Metrics
+from adapter.replicas import HeldLease, SharedJobs
 from adapter.runtime import Runtime
 from adapter.settings import Settings
 from adapter.store import notices
@@ -33,19 +35,43 @@ SERVICE_BATCH = 200
 """Records per mapping batch in the service: a record received while a backlog is mapped waits
 for at most the batch under way, and the sync starts on each batch as it is stored."""
 EXPORT_JOB = "run-exports"
+EXPIRE_JOB = "expire-exports"
+RELOAD_JOB = "reload-mapping-files"
 SYNC_JOB = "sync-to-ehr"
 RECONCILE_JOB = "reconcile-with-ehr"
 ALERT_JOB = "check-alerts"
+LOCAL_JOBS = (RELOAD_JOB,)
+"""Jobs every process runs for itself; the others run once per tick across the processes."""
+LEASES = {
+    MAP_JOB: "job:map-pending-records",
+    EXPORT_JOB: "job:run-exports",
+    ALERT_JOB: "job:check-alerts",
+}
+"""The work jobs held by one process at a time (the sync and the reconciliation hold the
+sync's own lease)."""
+RECONCILE_PATIENCE_SECONDS = 600.0
+RECONCILE_RETRY_SECONDS = 5.0
+"""How long the nightly reconciliation waits for a sync run under way (its lease), asking again
+at this pace, rather than skip the night."""
 
 
-def map_pending(runtime: Runtime, on_queued: Callable[[], None] | None = None) -> None:
-    """One scheduled mapping pass: reload changed mapping files, then map what is pending."""
+def reload_mapping_files(runtime: Runtime) -> None:
+    """Load changed mapping files (each process reads its own)."""
     try:
         runtime.reload_mappings()
     except MappingFileError as exc:
         log.error(
             "mapping files changed but are broken; the previous mapping stays in use:\n%s", exc
         )
+
+
+def map_leased(lease: HeldLease, runtime: Runtime, on_queued: Callable[[], None] | None) -> bool:
+    """A mapping pass in one process at a time; False when another process maps now."""
+    return lease.run(lambda: map_pending(runtime, on_queued))
+
+
+def map_pending(runtime: Runtime, on_queued: Callable[[], None] | None = None) -> None:
+    """One scheduled mapping pass: map what is pending."""
     map_now(runtime, on_queued)
 
 
@@ -82,12 +108,26 @@ def map_now(
         )
 
 
-def run_exports(runtime: Runtime) -> None:
-    """Write the files of queued $export jobs; remove the files of expired ones."""
-    done = runtime.exports.run()
+def run_exports(lease: HeldLease, runtime: Runtime) -> None:
+    """Write the files of queued $export jobs, in one process at a time: the jobs a stopped
+    process left running are queued again first (no other process runs one meanwhile)."""
+    done = 0
+
+    def work() -> None:
+        nonlocal done
+        runtime.exports.resume()
+        done = runtime.exports.run()
+
+    lease.run(work)
+    if done:
+        log.info("exports: %d completed", done)
+
+
+def expire_exports(runtime: Runtime) -> None:
+    """Remove the files of expired $export jobs."""
     expired = runtime.exports.expire()
-    if done or expired:
-        log.info("exports: %d completed, %d expired", done, expired)
+    if expired:
+        log.info("exports: %d expired", expired)
 
 
 class SyncRunner:
@@ -124,16 +164,31 @@ def sync_to_ehr(runner: SyncRunner) -> None:
     runner.run("schedule")
 
 
-def check_alerts(watch: AlertWatch) -> None:
+def check_alerts(watch: AlertWatch, lease: HeldLease | None = None) -> None:
+    """Check the alert conditions; with a lease, in one process at a time (a check that waits
+    on the webhook may outlast its tick, and no incident is opened or told of twice)."""
     try:
-        watch.check()
+        if lease is None:
+            watch.check()
+        else:
+            lease.run(watch.check)
     except Exception as exc:  # the store is down: the next check tries again
         log.error("the alert check failed: %s", type(exc).__name__)
 
 
-def reconcile_with_ehr(runner: SyncRunner) -> None:
-    if runner.sync is not None:
-        reconcile_once(runner.sync)
+def reconcile_with_ehr(
+    runner: SyncRunner,
+    patience: float = RECONCILE_PATIENCE_SECONDS,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """The nightly reconciliation of a sync (the deployment's, or a site's); a run of that sync
+    under way (here or in another process) is waited for, up to `patience` seconds."""
+    if runner.sync is None:
+        return
+    waited = 0.0
+    while reconcile_once(runner.sync).status == "busy" and waited < patience:
+        sleep(RECONCILE_RETRY_SECONDS)
+        waited += RECONCILE_RETRY_SECONDS
 
 
 def sync_runners(runtime: Runtime, metrics: Metrics | None = None) -> list[SyncRunner]:
@@ -176,7 +231,11 @@ class EventDelivery:
     PostgreSQL, from any process through LISTEN/NOTIFY."""
 
     def __init__(
-        self, runtime: Runtime, runners: SyncRunner | list[SyncRunner], mapping: bool
+        self,
+        runtime: Runtime,
+        runners: SyncRunner | list[SyncRunner],
+        mapping: bool,
+        lease: HeldLease | None = None,
     ) -> None:
         gather = runtime.settings.event_gather_seconds
         # A wakeup per sync (per site of a group): each runs on its own thread, so that a
@@ -189,7 +248,7 @@ class EventDelivery:
         self.sync = _AllOf(self.syncs) if self.syncs else None
         queued = self.sync.pulse if self.sync is not None else None
         self.mapping = (
-            Wakeup("map-on-event", lambda: _map_on_event(runtime, queued), gather)
+            Wakeup("map-on-event", lambda: _map_on_event(runtime, queued, lease), gather)
             if mapping
             else None
         )
@@ -220,9 +279,14 @@ class EventDelivery:
             self.sync.pulse()
 
 
-def _map_on_event(runtime: Runtime, on_queued: Callable[[], None] | None) -> bool:
-    map_now(runtime, on_queued, level=logging.DEBUG)
-    return False
+def _map_on_event(
+    runtime: Runtime, on_queued: Callable[[], None] | None, lease: HeldLease | None
+) -> bool:
+    """An event's mapping pass; True (try again soon) when another process maps now."""
+    if lease is None:
+        map_now(runtime, on_queued, level=logging.DEBUG)
+        return False
+    return not lease.run(lambda: map_now(runtime, on_queued, level=logging.DEBUG))
 
 
 class _AllOf:
@@ -250,16 +314,19 @@ class Worker:
     """APScheduler in the service process: mapping, exports and the sync to the EHR, one pass
     of each at a time, woken early by intake, by export requests and by IT asking for a run;
     with the event path on, mapping and the sync are woken by what arrives, and the schedule
-    is the safety net (and runs the nightly reconciliation)."""
+    is the safety net (and runs the nightly reconciliation). Each scheduled job runs once per
+    tick across the processes on the store; the mapping pass, the export runs and the alert
+    check also hold a lease while they run (docs/replicas.md)."""
 
     def __init__(
         self, runtime: Runtime, metrics: Metrics | None = None, alerts: AlertWatch | None = None
     ) -> None:
         self.scheduler = BackgroundScheduler(timezone=UTC)
-        runtime.exports.resume()
+        self.shared = SharedJobs(runtime.store.engine)
+        leases = {job: self.shared.lease(name) for job, name in LEASES.items()}
         runners = sync_runners(runtime, metrics)
         self.events = (
-            EventDelivery(runtime, runners, mapping=True)
+            EventDelivery(runtime, runners, mapping=True, lease=leases[MAP_JOB])
             if runtime.settings.event_delivery
             else None
         )
@@ -269,14 +336,19 @@ class Worker:
             self.scheduler.add_job(
                 check_alerts,
                 "interval",
-                args=[alerts],
+                args=[alerts, leases[ALERT_JOB]],
                 seconds=runtime.settings.alert_interval_seconds,
                 id=ALERT_JOB,
                 max_instances=1,
                 coalesce=True,
             )
         queued = self.events.resources_queued if self.events is not None else None
-        jobs = ((MAP_JOB, map_pending, [runtime, queued]), (EXPORT_JOB, run_exports, [runtime]))
+        jobs = (
+            (RELOAD_JOB, reload_mapping_files, [runtime]),
+            (MAP_JOB, map_leased, [leases[MAP_JOB], runtime, queued]),
+            (EXPORT_JOB, run_exports, [leases[EXPORT_JOB], runtime]),
+            (EXPIRE_JOB, expire_exports, [runtime]),
+        )
         for job_id, function, args in jobs:
             self.scheduler.add_job(
                 function,
@@ -288,6 +360,7 @@ class Worker:
                 coalesce=True,
                 next_run_time=datetime.now(UTC),
             )
+        self.shared.share(self.scheduler, local=LOCAL_JOBS)
 
     def start(self) -> None:
         self.scheduler.start()
@@ -302,6 +375,7 @@ class Worker:
             # The sync of each site of a group is a job of its own (`sync-to-ehr:<site>`).
             for found in self.scheduler.get_jobs():
                 if found.id == job or (job == SYNC_JOB and found.id.startswith(f"{job}:")):
+                    self.shared.wake(found.id)
                     self.scheduler.modify_job(found.id, next_run_time=datetime.now(UTC))
 
     def stop(self) -> None:

@@ -96,8 +96,8 @@ def test_commands_print_what_was_asked_and_migrations_only_a_change(tmp_path: Pa
     again = command(database, "db", "upgrade")
     runs = command(database, "sync", "runs")
 
-    assert len(first) == 1 and first[0].endswith("store schema upgraded from empty to 0016")
-    assert again == ["store schema is up to date (0016)"]
+    assert len(first) == 1 and first[0].endswith("store schema upgraded from empty to 0017")
+    assert again == ["store schema is up to date (0017)"]
     assert runs == []
 
 

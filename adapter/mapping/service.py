@@ -17,6 +17,7 @@ from adapter.mapping.derived import derived_resources
 from adapter.mapping.detected_issue import SOURCE_TYPE as PROTOCOL
 from adapter.mapping.mapper import Mapper, SourceRecord
 from adapter.mapping.sites import SiteConfig, load_group
+from adapter.store import notices
 from adapter.store.mapping_queue import (
     FAILED,
     MAPPED,
@@ -74,6 +75,11 @@ class _ClaimLost(Exception):
     """A batch no longer holds every record it claimed: its transaction is rolled back."""
 
 
+class _VersionChanged(Exception):
+    """Another process adopted another mapping version while a batch was mapped: the batch is
+    rolled back, and this process maps nothing until it loads the files of that version."""
+
+
 class MappingService:
     """The current mapping and the loop that applies it to every pending record."""
 
@@ -95,6 +101,8 @@ class MappingService:
         self.previous_version: str | None = None
         self._lock = threading.Lock()
         self._stamp: str | None = None
+        self._stale_version: str | None = None
+        """The version last found not to be the store's (said once in the log)."""
 
     @property
     def version(self) -> str:
@@ -118,8 +126,11 @@ class MappingService:
             return 0
         self.previous_version = stored
         with self.queue.engine.begin() as connection:
-            count = self.queue.requeue(connection, [MAPPED, UNCODED, WAITING, FAILED])
+            # The version first: its row lock waits for the batches storing under the old
+            # version (`_map_batch`), so that the requeue below sees what they stored.
             self.queue.set_version(connection, self.version)
+            count = self.queue.requeue(connection, [MAPPED, UNCODED, WAITING, FAILED])
+            notices.announce(connection, notices.MAPPINGS)
         if count:
             log.info(
                 "mapping version %s: %d records queued to be mapped again", self.version, count
@@ -171,7 +182,8 @@ class MappingService:
                     if not batch:
                         break
                     after = (batch[-1].record_type, batch[-1].source_id)
-                self._map_batch(mapper, batch, report, site_mappers)
+                if not self._map_batch(mapper, batch, report, site_mappers):
+                    break
                 if on_batch:
                     on_batch(report)
         return report
@@ -182,8 +194,10 @@ class MappingService:
         batch: list[QueuedRecord],
         report: MappingReport,
         site_mappers: dict[str, Mapper] | None = None,
-    ) -> None:
-        """Map and store one claimed batch; each record with its site's mapper."""
+    ) -> bool:
+        """Map and store one claimed batch, each record with its site's mapper; False when the
+        store's mapping version is no longer this process's (the run stops: what it mapped is
+        not stored)."""
         site_mappers = site_mappers or {}
         parsed = [_RECORD.validate_json(item.parsed) for item in batch]
         wanted = {
@@ -260,6 +274,9 @@ class MappingService:
             with self.queue.engine.begin() as connection:
                 writer = ResourceWriter(connection)
                 now = writer.turn(datetime.now(UTC))
+                stored = self.queue.locked_version(connection)
+                if stored is not None and stored != shared.version:
+                    raise _VersionChanged
                 # Read after the turn, what a session's or a patient's records say includes
                 # every batch stored before this one: none stores their resources from older
                 # facts than a batch stored before it.
@@ -284,8 +301,21 @@ class MappingService:
             with self.queue.engine.begin() as connection:
                 self.queue.release(connection, batch)
             report.mapped, report.waiting, report.failed = counted
-            return
+            return True
+        except _VersionChanged:
+            if self._stale_version != shared.version:
+                log.warning(
+                    "the store's mapping version is not this process's (%s): mapping waits "
+                    "until this process loads the same mapping files",
+                    shared.version,
+                )
+            self._stale_version = shared.version
+            with self.queue.engine.begin() as connection:
+                self.queue.release(connection, batch)
+            report.mapped, report.waiting, report.failed = counted
+            return False
         report.records += len(batch)
         report.sessions_checked += sum(1 for m in mapped if m.source_type == PROTOCOL)
         for name in ("created", "updated", "unchanged", "withdrawn"):
             setattr(report.resources, name, getattr(report.resources, name) + getattr(counts, name))
+        return True

@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 
 from adapter.mapping.sites import SITE_ID_RULE, is_site_id
 from adapter.security.scopes import Grant
+from adapter.store import notices
 from adapter.store.tables import access_tokens, api_clients, spent_assertions
 
 ROLES = ("intake", "admin", "metrics")
@@ -26,7 +27,8 @@ KEY_PREFIX = "iak_"
 TOKEN_PREFIX = "iat_"
 CACHE_SECONDS = 10.0
 """How long a checked key or token is trusted without asking the store again: a revocation
-takes effect within this time."""
+takes effect within this time in every process (on PostgreSQL each process also hears of it at
+once, and forgets what it checked: docs/replicas.md)."""
 
 
 def digest(secret: str) -> str:
@@ -63,12 +65,14 @@ class TokenHolder:
 
 
 class _Cache:
-    """A small time-bound memo of lookups, so that each request does not ask the store."""
+    """A small time-bound memo of lookups, so that each request does not ask the store. A
+    lookup begun before a `clear` is not kept: it may have read what the clear is about."""
 
     def __init__(self, size: int = 10_000) -> None:
         self.size = size
         self.items: dict[str, tuple[float, Any]] = {}
         self.lock = threading.Lock()
+        self.generation = 0
 
     def get(self, key: str) -> tuple[bool, Any]:
         with self.lock:
@@ -77,8 +81,11 @@ class _Cache:
             return False, None
         return True, found[1]
 
-    def put(self, key: str, value: Any) -> None:
+    def put(self, key: str, value: Any, generation: int) -> None:
+        """Keep a lookup begun at `generation` (read before asking the store)."""
         with self.lock:
+            if generation != self.generation:
+                return
             if len(self.items) >= self.size:
                 self.items.clear()
             self.items[key] = (time.monotonic() + CACHE_SECONDS, value)
@@ -86,6 +93,7 @@ class _Cache:
     def clear(self) -> None:
         with self.lock:
             self.items.clear()
+            self.generation += 1
 
 
 _COLUMNS = (
@@ -193,6 +201,8 @@ class Clients:
         client_id = uuid.uuid4().hex
         with self.engine.begin() as connection:
             connection.execute(insert(api_clients).values(id=client_id, created_at=now, **values))
+            # A key tried before it existed is remembered as unknown: the processes forget it.
+            notices.announce(connection, notices.CLIENTS)
         return client_id
 
     def _get(self, client_id: str) -> Client:
@@ -221,9 +231,15 @@ class Clients:
                 .values(revoked_at=now)
             ).rowcount
             connection.execute(delete(access_tokens).where(access_tokens.c.client_id == client_id))
+            notices.announce(connection, notices.CLIENTS)
+        self.forget()
+        return bool(changed)
+
+    def forget(self) -> None:
+        """Ask the store again for every key and token (a client was revoked, here or in
+        another process)."""
         self.keys.clear()
         self.tokens.clear()
-        return bool(changed)
 
     def development_clients(self) -> list[Client]:
         return [c for c in self.listed() if c.development and c.revoked_at is None]
@@ -231,6 +247,7 @@ class Clients:
     def by_key(self, key: str) -> Client | None:
         """The active key client this API key belongs to."""
         hashed = digest(key)
+        generation = self.keys.generation
         known, value = self.keys.get(hashed)
         if known:
             return value  # type: ignore[no-any-return]
@@ -241,7 +258,7 @@ class Clients:
                 )
             ).one_or_none()
         client = _client(row) if row else None
-        self.keys.put(hashed, client)
+        self.keys.put(hashed, client, generation)
         return client
 
     def issue_token(self, client: Client, grant: Grant, now: datetime, seconds: int) -> str:
@@ -261,6 +278,7 @@ class Clients:
     def by_token(self, token: str, now: datetime) -> TokenHolder | None:
         """The holder of an unexpired access token of an active client."""
         hashed = digest(token)
+        generation = self.tokens.generation
         known, holder = self.tokens.get(hashed)
         if not known:
             with self.engine.connect() as connection:
@@ -280,7 +298,7 @@ class Clients:
             holder = (
                 TokenHolder(_client(row), Grant.of(row.granted), row.expires_at) if row else None
             )
-            self.tokens.put(hashed, holder)
+            self.tokens.put(hashed, holder, generation)
         if holder is None or holder.expires_at <= now:
             return None
         return holder  # type: ignore[no-any-return]

@@ -1,5 +1,6 @@
 """Notices between processes on PostgreSQL (NOTIFY at commit, LISTEN in a thread): records have
-arrived, resources are queued for the EHR. SQLite has none; its processes wake themselves."""
+arrived, resources are queued for the EHR, a client was revoked, the mapping version changed.
+SQLite has none; its processes wake themselves, and their caches expire."""
 
 import logging
 import threading
@@ -14,7 +15,11 @@ RECORDS = "adapter_records"
 """Records were accepted: there is something to map."""
 OUTBOX = "adapter_outbox"
 """Resource versions were queued for the EHR: there is something to deliver."""
-_NOTIFY = {channel: text(f"NOTIFY {channel}") for channel in (RECORDS, OUTBOX)}
+CLIENTS = "adapter_clients"
+"""A client was added or revoked: the keys and tokens each process checked are asked again."""
+MAPPINGS = "adapter_mappings"
+"""The mapping version in the store changed: each process loads its mapping files again."""
+_NOTIFY = {channel: text(f"NOTIFY {channel}") for channel in (RECORDS, OUTBOX, CLIENTS, MAPPINGS)}
 RECONNECT_SECONDS = (1.0, 2.0, 5.0, 15.0, 30.0)
 """Waits before each attempt to listen again after the connection was lost, the last repeated."""
 

@@ -362,3 +362,14 @@ alerts = Table(
 )
 """One row per incident: what (kind and subject), when it fired and ended, and when the webhook
 was told of each (None: not yet, tried again on the next check)."""
+
+job_ticks = Table(
+    "job_ticks",
+    metadata,
+    Column("job", String(64), primary_key=True),
+    Column("slot", UtcDateTime(), primary_key=True),
+    Column("holder", String(64), nullable=False),
+    Column("claimed_at", UtcDateTime(), nullable=False),
+)
+"""The ticks of the scheduled jobs that run once per tick across the processes on the store:
+the first process to insert a job's row for a tick runs it; the others skip that tick."""

@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from adapter.cli_support import open_runtime_or_exit, settings_or_exit
 from adapter.operations.outcomes import legend
+from adapter.replicas import SharedJobs
 from adapter.runtime import Runtime
 from adapter.store.outbox import OutboxItem
 from adapter.sync.engine import Sync, SyncReport, sync_once
@@ -135,6 +136,8 @@ def _run_scheduled(runtime: Runtime) -> None:
     runners = sync_runners(runtime)
     for runner in runners:
         add_sync_jobs(scheduler, runner)
+    # Beside the service's processes: each tick's sync runs in one of them.
+    SharedJobs(runtime.store.engine).share(scheduler)
     # Woken by resources queued in other processes: PostgreSQL's notices.
     events = (
         EventDelivery(runtime, runners, mapping=False) if runtime.settings.event_delivery else None
