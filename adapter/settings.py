@@ -172,6 +172,14 @@ class Settings(BaseSettings):
         "unreadable, a 5xx) waits before the EHR is searched for it and it is sent again: an "
         "EHR can store a write after the adapter stopped waiting for its answer.",
     )
+    ehr_item_retry_seconds: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="First wait of a resource the EHR did not take for want of the EHR (no "
+        "answer, 408, 429, 5xx) or forbade (403) before it is sent again; doubled at each "
+        "attempt up to an hour, each wait drawn between half and all of it.",
+    )
     ehr_retry_attempts: int = Field(
         4,
         ge=1,

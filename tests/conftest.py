@@ -37,6 +37,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 LONGEST_FIRST = (
+    "tests/sync/test_site_outage.py",
     "tests/sync/test_faults.py",
     "tests/sync/test_processes.py",
     "tests/sync/test_replicas.py",

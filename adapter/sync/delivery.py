@@ -120,6 +120,9 @@ class Delivery:
     clock: Callable[[], datetime]
     settle: timedelta = timedelta(minutes=5)
     """How long a create whose answer was lost waits before the EHR is searched for it."""
+    item_retry: float = 30.0
+    """First wait (seconds) of an item the EHR did not take for want of the EHR, doubled at
+    each attempt (`ADAPTER_EHR_ITEM_RETRY_SECONDS`)."""
     known: dict[str, EhrId] = field(default_factory=dict)
     """Adapter id -> the EHR's id and version, as far as this run has learnt."""
     partial: set[str] = field(default_factory=set)
@@ -766,8 +769,7 @@ class Delivery:
     ) -> Outcome:
         """The item tried again later, with backoff (at least what the EHR asked for). A write
         the EHR may have acted on is unconfirmed: a create waits for the EHR to settle."""
-        backoff = min(LONGEST_BACKOFF, 30.0 * 2**item.attempts) * random.uniform(0.5, 1.0)
-        wait = max(backoff, error.retry_after or 0.0)
+        wait = max(self._backoff(item), error.retry_after or 0.0)
         detail: Json = {"reason": error.reason, "status": error.status}
         ehr_id = None
         if request is not None and error.sent:
@@ -786,11 +788,16 @@ class Delivery:
         later = self.clock() + timedelta(seconds=wait)
         return Outcome(item.resource_id, item.version_id, "pending", later, detail, ehr_id, None)
 
+    def _backoff(self, item: OutboxItem) -> float:
+        """Seconds before the item is tried again: doubled at each attempt, up to an hour,
+        drawn between half and all of it so that the items of one outage spread out."""
+        return min(LONGEST_BACKOFF, self.item_retry * 2.0**item.attempts) * random.uniform(0.5, 1.0)
+
     def _forbidden(self, p: Prepared) -> Outcome:
         """An item not sent (or refused 403) because the EHR forbids the adapter to write its
         type: tried again later, never a dead letter (no resource is at fault)."""
         item = p.item
-        backoff = min(LONGEST_BACKOFF, 30.0 * 2**item.attempts) * random.uniform(0.5, 1.0)
+        backoff = self._backoff(item)
         reason = self.forbidden[item.resource_type]
         detail = {"reason": f"not delivered: {reason}", "status": 403, "forbidden": True}
         later = self.clock() + timedelta(seconds=backoff)

@@ -188,6 +188,7 @@ class Sync:
             rules=rules,
             clock=self.clock,
             settle=timedelta(seconds=self.settings.ehr_settle_seconds),
+            item_retry=self.settings.ehr_item_retry_seconds,
             encounters=self._ehr_encounters(rules),
         )
 

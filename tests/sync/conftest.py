@@ -25,6 +25,20 @@ def ehr(sandbox_server: SandboxEhr) -> SandboxEhr:
     return sandbox_server
 
 
+@pytest.fixture(scope="session")
+def second_sandbox_server() -> Iterator[SandboxEhr]:
+    server = SandboxEhr()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def second_ehr(second_sandbox_server: SandboxEhr) -> SandboxEhr:
+    """Another sandbox EHR, emptied as `ehr` is: a second site's of a clinic group."""
+    second_sandbox_server.reset()
+    return second_sandbox_server
+
+
 @pytest.fixture
 def settings(database_url: str, mappings_dir: Path, sandbox_server: SandboxEhr) -> Settings:
     return Settings(

@@ -262,3 +262,29 @@ def test_bundles_ask_for_minimal_answers_and_the_ehrs_ids_and_versions_are_kept(
     delivered = Outbox(runtime.store.engine).listed(("delivered",), 1000)
     assert len(delivered) == sum(expected_in_ehr(runtime).values())
     assert {i.ehr_id: i.ehr_version for i in delivered} == held
+
+
+@pytest.mark.parametrize("first_wait", [6.0, 600.0])
+def test_a_resource_the_ehr_did_not_take_waits_the_first_retry_the_settings_give(
+    runtime: Runtime, settings: Settings, ehr: SandboxEhr, first_wait: float
+) -> None:
+    """ADAPTER_EHR_ITEM_RETRY_SECONDS: the first wait of an item the EHR refused for want of
+    the EHR (here a 403 to every write) is drawn between half of it and all of it."""
+    load_example_day(runtime)
+    ehr.quirk(forbidden="writes")
+    sync = Sync(
+        settings.model_copy(update={"ehr_item_retry_seconds": first_wait}),
+        runtime.store.engine,
+        runtime.store,
+        lambda: runtime.mapping.mapper.mappings.site,
+        sleep=lambda _: None,
+    )
+    try:
+        sync_once(sync, trigger="test")
+    finally:
+        ehr.quirk()
+    tried = [i for i in Outbox(runtime.store.engine).listed(["pending"], 10_000) if i.attempts]
+    waits = [(i.next_attempt_at - i.updated_at).total_seconds() for i in tried]
+
+    assert tried
+    assert all(first_wait * 0.5 - 1 <= wait <= first_wait + 1 for wait in waits), waits

@@ -40,15 +40,18 @@ def environment(settings: Settings, ehr: SandboxEhr, lease_seconds: float) -> di
     }
 
 
-def assert_exactly_once(runtime: Runtime, ehr: SandboxEhr) -> None:
-    counts = runtime.outbox.counts()
-    expected = expected_in_ehr(runtime)
-    assert counts["delivered"] == sum(expected.values()), counts
-    assert counts["skipped"] == not_for_ehr(runtime), counts
+def assert_exactly_once(runtime: Runtime, ehr: SandboxEhr, site: str | None = None) -> None:
+    """The EHR holds each resource once and nothing else of the adapter's; with `site`, the
+    EHR is that site's of a clinic group, and its share is the site's resources."""
+    sync = runtime.sync_of(site) if site is not None else None
+    counts = (sync.outbox if sync is not None else runtime.outbox).counts()
+    expected = expected_in_ehr(runtime, site=site)
+    assert counts["delivered"] == sum(expected.values()), (site, counts)
+    assert counts["skipped"] == not_for_ehr(runtime, site=site), (site, counts)
     for resource_type, count in expected.items():
         copies = ehr.identifier_counts(resource_type)
-        assert len(copies) == count, resource_type
-        assert set(copies.values()) == {1}, resource_type
+        assert len(copies) == count, (site, resource_type)
+        assert set(copies.values()) == {1}, (site, resource_type)
 
 
 def test_a_sync_killed_three_times_and_restarted_delivers_everything_once(

@@ -1,9 +1,10 @@
 """Three replicas of the service on one PostgreSQL behind a round-robin proxy, and an
-`infusion-adapter import` beside them, take in a clinic's day: records posted concurrently
-through the proxy, amended as they go, while a client polls `_lastUpdated=gt` and `_history`
-with `_since` through the proxy. One replica is killed with SIGKILL mid-run and started again,
-twice. Every version is polled exactly once; the EHR holds every resource once, as its latest
-version says."""
+`infusion-adapter import --site` for each site beside them, take in two sites' days: records
+naming their site posted concurrently through the proxy, amended as they go, while a client
+polls `_lastUpdated=gt` and `_history` with `_since` through the proxy. One replica is killed
+with SIGKILL mid-run and started again, twice. Every version is polled exactly once; each
+site's EHR holds each of its site's resources once, as its latest version says, and none of
+the other site's."""
 
 import random
 import subprocess
@@ -13,6 +14,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
@@ -22,23 +24,31 @@ import pytest
 from sqlalchemy import select
 
 from adapter.mapping.config import load_ehr_rules
-from adapter.runtime import Runtime
+from adapter.runtime import Runtime, open_runtime
 from adapter.settings import Settings
+from adapter.site_keys import site_key
 from adapter.store.resources import NOT_DELIVERED
-from adapter.store.tables import fhir_resource_versions, source_records, sync_outbox
-from adapter.sync.outgoing import provably_ours
+from adapter.store.tables import (
+    fhir_resource_versions,
+    fhir_resources,
+    source_records,
+    sync_outbox,
+)
+from adapter.sync.outgoing import DROP, ehr_body, provably_ours
 from benchmarks.synthetic import session_records
 from tests.conftest import EXAMPLE_DAY, grant
 from tests.replicas import CLI, Replicas, replica_environment
+from tests.sites import NORTH, SOUTH, add_sites
 from tests.sync.expected import expected_in_ehr
-from tests.sync.sandbox import RECORDS_SYSTEM, SandboxEhr
+from tests.sync.sandbox import RECORDS_SYSTEM, SANDBOX_PATIENTS, SandboxEhr
 from tests.sync.test_processes import assert_exactly_once
 
 REPLICAS = 3
-POSTED_SESSIONS = 60
-"""About 2,000 records posted through the proxy (33 or 34 a session), and some 100 amendments."""
-IMPORTED_SESSIONS = 20
-"""About 670 records, with the example day, in the file the import takes."""
+POSTED_SESSIONS = 30
+"""A site's: about 1,000 records posted through the proxy (33 or 34 a session), and some 50
+amendments; about 2,000 and 100 for the two sites."""
+IMPORTED_SESSIONS = 10
+"""A site's: about 340 records, with the example day, in the file its import takes."""
 BATCH = 40
 POSTERS = 3
 RATE = 250
@@ -48,23 +58,33 @@ POLLED = ("Observation", "Encounter", "AdverseEvent", "DetectedIssue")
 AMENDED_EVERY = 20
 """Every twentieth vitals record gets a second revision (another heart rate), posted later."""
 AMENDED_AFTER = 150
+SANDBOX_MRNS = {
+    identifier["value"]
+    for patient in orjson.loads(SANDBOX_PATIENTS.read_bytes())
+    for identifier in patient["identifier"]
+}
 
 
 @dataclass
 class SiteDay:
-    """A site's part of the run: its EHR, what its clinic posts, the file its IT imports."""
+    """A site's part of the run: its EHR, what its clinic posts (each record naming the site),
+    the file its IT imports with `--site` (records naming none)."""
 
+    site: str
     ehr: SandboxEhr
     posted: list[bytes]
     imported: list[bytes]
     new_patients: list[str]
-    """The MRNs of the synthetic records, for the EHR to know (the example day's it knows)."""
+    """The MRNs of the synthetic records, for the EHR to know, but those it knows already (the
+    sandbox's patients, the example day's among them)."""
 
 
-def session_lines(first: int, count: int) -> list[bytes]:
+def session_lines(first: int, count: int, site: str | None = None) -> list[bytes]:
+    """The records of `count` sessions; each names `site` where one is given."""
     rng = random.Random(first)
+    named = {"clinic_site": site} if site else {}
     return [
-        orjson.dumps(record)
+        orjson.dumps({**record, **named})
         for number in range(first, first + count)
         for record in session_records(number, rng)
     ]
@@ -87,13 +107,15 @@ def with_amendments(lines: list[bytes]) -> list[bytes]:
     return out
 
 
-def site_day(ehr: SandboxEhr, number: int) -> SiteDay:
+def site_day(site: str, ehr: SandboxEhr, number: int) -> SiteDay:
+    """A site's day: sessions numbered apart from every other site's, and the example day
+    (the same records at each site: a site's records are its own, whatever their ids)."""
     base = number * 100_000
-    posted = with_amendments(session_lines(base, POSTED_SESSIONS))
+    posted = with_amendments(session_lines(base, POSTED_SESSIONS, site))
     example = [line for line in EXAMPLE_DAY.read_bytes().splitlines() if line.strip()]
     synthetic = session_lines(base + 50_000, IMPORTED_SESSIONS)
     mrns = {orjson.loads(line)["patient"]["mrn"] for line in posted + synthetic}
-    return SiteDay(ehr, posted, synthetic + example, sorted(mrns))
+    return SiteDay(site, ehr, posted, synthetic + example, sorted(mrns - SANDBOX_MRNS))
 
 
 class Poller:
@@ -170,6 +192,9 @@ class Posters:
         self.next = 0
         self.posted = 0
         self.outcomes: Counter[str] = Counter()
+        self.outcome_of: dict[tuple[str, int], tuple[str, bool]] = {}
+        """Each record's outcome by its store key and revision, and whether its batch was
+        posted again."""
         self.retried = 0
         self.errors: list[str] = []
         self.lock = threading.Lock()
@@ -192,6 +217,7 @@ class Posters:
         headers = {"Authorization": f"Bearer {self.key}", "Content-Type": "application/x-ndjson"}
         with httpx.Client(base_url=self.base, headers=headers, timeout=120) as http:
             while (batch := self._take()) is not None:
+                resent = False
                 for _ in range(50):
                     try:
                         answer = http.post("/api/v1/records", content=b"\n".join(batch))
@@ -201,13 +227,19 @@ class Posters:
                         break
                     with self.lock:
                         self.retried += 1
+                    resent = True
                     time.sleep(0.1)
                 if answer is None or answer.status_code not in (200, 201, 207):
                     self.errors.append(answer.text if answer is not None else "no answer")
                     continue
+                results = answer.json()["results"]
                 with self.lock:
                     self.posted += len(batch)
-                    self.outcomes.update(r["outcome"] for r in answer.json()["results"])
+                    self.outcomes.update(r["outcome"] for r in results)
+                    for line, result in zip(batch, results, strict=True):
+                        record = orjson.loads(line)
+                        key = site_key(record.get("clinic_site"), record["id"])
+                        self.outcome_of[(key, record["revision"])] = (result["outcome"], resent)
 
     def join(self) -> None:
         for thread in self.threads:
@@ -229,14 +261,15 @@ def stored_revisions(runtime: Runtime, source_ids: set[str]) -> set[int]:
         return set(connection.execute(query).scalars())
 
 
-def drained(runtime: Runtime, importing: subprocess.Popen[bytes], seconds: float) -> bool:
-    """Wait until the import is done, every record mapped and every resource delivered."""
+def drained(runtime: Runtime, importing: list[subprocess.Popen[bytes]], seconds: float) -> bool:
+    """Wait until the imports are done, every record mapped and every resource delivered."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         pending = runtime.mapping.queue.counts().get("pending", 0)
         outbox = runtime.outbox.counts()
         undelivered = outbox["pending"] + outbox["waiting"]
-        if importing.poll() is not None and not pending and not undelivered:
+        done = all(process.poll() is not None for process in importing)
+        if done and not pending and not undelivered:
             return True
         time.sleep(0.3)
     return False
@@ -259,19 +292,36 @@ def adapter_identifiers(resource: dict[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
+def site_resources(runtime: Runtime, site: str) -> set[tuple[str, str]]:
+    query = select(fhir_resources.c.resource_type, fhir_resources.c.id).where(
+        fhir_resources.c.site == site
+    )
+    with runtime.store.engine.connect() as connection:
+        return {(kind, rid) for kind, rid in connection.execute(query)}
+
+
 def assert_latest_in_ehr(runtime: Runtime, site: SiteDay) -> int:
-    """Each resource the EHR holds says what its current version says; how many were checked."""
+    """Each of the site's resources its EHR holds says what its current version says; how many
+    were checked. References to what the EHR is not sent (the site's Organization and
+    Location) are left out of the EHR's copy, elements and all, as the sync leaves them out."""
     rules = load_ehr_rules(runtime.settings.mappings_dir)
+    sent = {*expected_in_ehr(runtime, site=site.site), "Patient"}
+
+    def sent_only(kind: str, _: str) -> str | object:
+        return f"{kind}/?" if kind in sent else DROP
+
+    ours = site_resources(runtime, site.site)
+    current = [r for r in runtime.resources.all_current() if (r.resource_type, r.id) in ours]
     copies: dict[tuple[str, str], dict[str, Any]] = {}
-    for resource_type in {r.resource_type for r in runtime.resources.all_current()}:
+    for resource_type in {r.resource_type for r in current}:
         for copy in site.ehr.all(resource_type):
             for system, value in adapter_identifiers(copy):
                 copies[(system, value)] = copy
     checked = 0
-    for stored in runtime.resources.all_current():
+    for stored in current:
         if stored.resource_type in NOT_DELIVERED:
             continue
-        resource = orjson.loads(stored.content)
+        resource, _ = ehr_body(orjson.loads(stored.content), None, sent_only, [])
         theirs = [copies[key] for key in adapter_identifiers(resource) if key in copies]
         if not theirs:
             continue  # a stand-in's or an unidentified resource: counted by assert_exactly_once
@@ -282,18 +332,45 @@ def assert_latest_in_ehr(runtime: Runtime, site: SiteDay) -> int:
     return checked
 
 
-def test_three_replicas_and_an_import_with_kills_poll_and_deliver_every_version_once(
-    runtime: Runtime, settings: Settings, ehr: SandboxEhr, tmp_path: Path
+def assert_none_of_another_site(site: SiteDay, types: set[str]) -> None:
+    """Every resource of the adapter's in the site's EHR carries its site as its source."""
+    source = f"https://{site.site}.ketamine-clinic.example.org/fhir/infusion-adapter"
+    for resource_type in types:
+        for copy in site.ehr.all(resource_type):
+            if adapter_identifiers(copy):
+                assert copy["meta"].get("source") == source, (site.site, copy["meta"])
+
+
+def record_keys(lines: list[bytes], site: str) -> set[tuple[str, str, str]]:
+    return {(site, record["record_type"], record["id"]) for record in map(orjson.loads, lines)}
+
+
+def test_three_replicas_and_two_sites_imports_with_kills_poll_and_deliver_every_version_once(
+    settings: Settings, ehr: SandboxEhr, second_ehr: SandboxEhr, tmp_path: Path
 ) -> None:
     if not settings.database_url.startswith("postgresql"):
         pytest.skip("replicas share a PostgreSQL store; on SQLite the service is one process")
-    sites = [site_day(site_ehr, number) for number, site_ehr in enumerate([ehr])]
-    """The deployment's sites, each with its own EHR: a single site, configured by
-    ADAPTER_EHR_BASE_URL; the lines and the checks below take every site's."""
+    sites = [
+        site_day(site, site_ehr, number)
+        for number, (site, site_ehr) in enumerate(((NORTH, ehr), (SOUTH, second_ehr)))
+    ]
+    """The deployment's sites, each with its own EHR (`connection:` in its ehr.yaml)."""
+    add_sites(settings.mappings_dir, {s.site: s.ehr.base for s in sites}, own_mrn_systems=False)
     for site in sites:
         site.ehr.add_patients(site.new_patients)
-    posted = [line for site in sites for line in site.posted]
-    imported = [line for site in sites for line in site.imported]
+    runtime = open_runtime(settings)
+    try:
+        assert sorted(runtime.site_syncs) == sorted(s.site for s in sites)
+        _run_and_check(runtime, settings, sites, tmp_path)
+    finally:
+        runtime.close()
+
+
+def _run_and_check(
+    runtime: Runtime, settings: Settings, sites: list[SiteDay], tmp_path: Path
+) -> None:
+    posted = [line for lines in zip_longest(*(s.posted for s in sites)) for line in lines if line]
+    """The sites' clinics post at once: their lines interleaved."""
     _, key = runtime.clients.add_key_client("clinic charting", "intake", datetime.now(UTC))
     token = grant(runtime).token
     env = replica_environment(
@@ -304,8 +381,10 @@ def test_three_replicas_and_an_import_with_kills_poll_and_deliver_every_version_
         sync_interval_seconds="2",
         mapping_interval_seconds="2",
     )
-    export = tmp_path / "import.ndjson"
-    export.write_bytes(b"\n".join(imported) + b"\n")
+    exports: dict[str, Path] = {}
+    for day in sites:
+        exports[day.site] = tmp_path / f"import-{day.site}.ndjson"
+        exports[day.site].write_bytes(b"\n".join(day.imported) + b"\n")
     replicas = Replicas(REPLICAS, env, tmp_path)
     poller = Poller(replicas.url, token)
     polling = threading.Event()
@@ -320,16 +399,17 @@ def test_three_replicas_and_an_import_with_kills_poll_and_deliver_every_version_
 
     watcher = threading.Thread(target=poll_continuously)
     watcher.start()
-    importing: subprocess.Popen[bytes] | None = None
+    importing: list[subprocess.Popen[bytes]] = []
     try:
         posters = Posters(replicas.url, key, posted)
         time.sleep(1.5)
-        importing = subprocess.Popen(
-            [*CLI, "import", str(export), "--quiet", "--batch-size", "200"],
-            env=env,
-            cwd=tmp_path,
-            stdout=subprocess.DEVNULL,
-        )
+        for site, export in exports.items():
+            command = [*CLI, "import", str(export), "--quiet", "--batch-size", "200"]
+            importing.append(
+                subprocess.Popen(
+                    [*command, "--site", site], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL
+                )
+            )
         restarted: dict[int, int] = {}
         """Each replica killed, and how many requests it had answered when it came back."""
         for victim, share in ((1, 0.25), (2, 0.5)):
@@ -349,26 +429,43 @@ def test_three_replicas_and_an_import_with_kills_poll_and_deliver_every_version_
     finally:
         polling.set()
         watcher.join(timeout=120)
-        if importing is not None and importing.poll() is None:
-            importing.kill()
+        for process in importing:
+            if process.poll() is None:
+                process.kill()
         replicas.stop()
 
     assert not failures, failures
     assert not posters.errors, posters.errors[:3]
-    assert importing is not None and importing.returncode == 0
+    assert [process.returncode for process in importing] == [0] * len(sites)
     answered = replicas.proxy.answered()
     assert list(restarted) == [1, 2]
     assert answered[0] > 0 and all(answered[n] > before for n, before in restarted.items())
     # `unchanged`: a batch posted again after a 502 whose first post was stored; `stale`: a
     # first revision posted again after its second was stored.
     assert set(posters.outcomes) <= {"created", "amended", "unchanged", "stale"}, posters.outcomes
-    amended = {orjson.loads(line)["id"] for line in posted if b'"revision":2' in line}
-    assert posters.outcomes["amended"] + posters.outcomes["stale"] >= len(amended) > 0
+    amended = {
+        site_key(record["clinic_site"], record["id"])
+        for record in map(orjson.loads, posted)
+        if record["revision"] == 2
+    }
+    assert amended
+    outcomes = {
+        key: (posters.outcome_of[(key, 1)], posters.outcome_of[(key, 2)]) for key in amended
+    }
+    # The second revision amends the first; or it is `unchanged`, its batch posted again after
+    # a 502 though the first post was stored; or it came first (the first revision's batch
+    # was on a replica as it was killed, and posted again later), and the first is `stale`.
+    assert all(
+        second == ("amended", second[1])
+        or second == ("unchanged", True)
+        or (second[0] == "created" and first[0] == "stale")
+        for first, second in outcomes.values()
+    ), Counter(outcomes.values())
     assert stored_revisions(runtime, amended) == {2}
     assert poller.polls >= 5
     counts = runtime.mapping.queue.counts()
     assert set(counts) == {"mapped"}, counts
-    records = {(r["record_type"], r["id"]) for r in map(orjson.loads, posted + imported)}
+    records = set().union(*(record_keys(s.posted + s.imported, s.site) for s in sites))
     assert counts["mapped"] == len(records)
 
     versions = stored_versions(runtime)
@@ -378,6 +475,9 @@ def test_three_replicas_and_an_import_with_kills_poll_and_deliver_every_version_
     current = {(t, i, v) for t, i, v in versions if (t, i, v + 1) not in versions}
     assert current <= set(poller.searched)
 
-    for site in sites:
-        assert_exactly_once(runtime, site.ehr)
-        assert assert_latest_in_ehr(runtime, site) == sum(expected_in_ehr(runtime).values())
+    for day in sites:
+        expected = expected_in_ehr(runtime, site=day.site)
+        assert sum(expected.values()) > 1000, (day.site, expected)
+        assert_exactly_once(runtime, day.ehr, day.site)
+        assert_none_of_another_site(day, set(expected))
+        assert assert_latest_in_ehr(runtime, day) == sum(expected.values())

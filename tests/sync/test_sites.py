@@ -2,7 +2,6 @@
 site's EHR being down holds no other site's delivery."""
 
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -21,19 +20,6 @@ from tests.sync.sandbox import RECORDS_SYSTEM, SandboxEhr
 
 CLOSED_PORT = "http://127.0.0.1:9/fhir"
 """Nothing listens on the discard port of loopback: an EHR that is down."""
-
-
-@pytest.fixture(scope="module")
-def second_server() -> Iterator[SandboxEhr]:
-    server = SandboxEhr()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def south_ehr(second_server: SandboxEhr) -> SandboxEhr:
-    second_server.reset()
-    return second_server
 
 
 def _group(settings: Settings, urls: dict[str, str]) -> Runtime:
@@ -58,9 +44,9 @@ def _sources(ehr: SandboxEhr, resource_type: str) -> set[str]:
 
 
 def test_each_sites_ehr_gets_its_sites_resources_exactly_once(
-    settings: Settings, ehr: SandboxEhr, south_ehr: SandboxEhr
+    settings: Settings, ehr: SandboxEhr, second_ehr: SandboxEhr
 ) -> None:
-    runtime = _group(settings, {NORTH: ehr.base, SOUTH: south_ehr.base})
+    runtime = _group(settings, {NORTH: ehr.base, SOUTH: second_ehr.base})
     try:
         _same_day_at_both_sites(runtime)
         assert runtime.sync is None and sorted(runtime.site_syncs) == [NORTH, SOUTH]
@@ -76,7 +62,7 @@ def test_each_sites_ehr_gets_its_sites_resources_exactly_once(
         assert report.status == "completed", (site, report.error)
         assert report.counts["delivered"] > 0
     assert all(not report.counts for report in again.values()), (reports, again)
-    for server, site in ((ehr, NORTH), (south_ehr, SOUTH)):
+    for server, site in ((ehr, NORTH), (second_ehr, SOUTH)):
         for resource_type in ("Procedure", "Observation", "Encounter"):
             copies = server.identifier_counts(resource_type)
             assert copies and set(copies.values()) == {1}, (site, resource_type)
