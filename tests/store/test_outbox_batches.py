@@ -230,7 +230,7 @@ def test_the_send_marks_are_committed_when_the_outcomes_are_recorded(
     try:
         with other.connect() as connection:
             query = select(sync_outbox.c.resource_id, sync_outbox.c.sent_at)
-            marks = dict(connection.execute(query.order_by(sync_outbox.c.resource_id)).all())
+            marks = {row.resource_id: row.sent_at for row in connection.execute(query)}
     finally:
         other.dispose()
     assert marks == (
