@@ -1,15 +1,19 @@
 """A side effect queued while a sync run works through a backlog goes to the EHR before the
-batches the run has read ahead, and only its own site's run is told of it."""
+batches the run has read ahead, and only its own site's run is told of it; the creates of each
+batch are noted in a commit before the batch is sent."""
 
 import threading
 from typing import Any
 
 import orjson
 import pytest
+from sqlalchemy import select
 
 from adapter.runtime import Runtime, open_runtime
 from adapter.settings import Settings
+from adapter.store.engine import make_engine
 from adapter.store.outbox import Outbox, Pending, urgent_queued
+from adapter.store.tables import sync_outbox
 from adapter.sync import engine
 from adapter.sync.delivery import Staged
 from adapter.sync.engine import Sync, sync_once
@@ -104,6 +108,45 @@ def test_a_side_effect_queued_mid_run_is_sent_before_the_batches_read_ahead(
         sends.last_with(read_before),
     )
     assert read.urgent_reads >= 1
+
+
+def test_each_batchs_creates_are_noted_in_a_commit_before_it_is_sent(
+    runtime: Runtime, settings: Settings, ehr: SandboxEhr, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Read from another engine, as the next run would after this process were killed the
+    moment a batch went out: every create in it is marked as perhaps in the EHR."""
+    ehr.add_patients(sorted(load_synthetic(runtime, 60)))
+    sync = Sync(
+        settings.model_copy(update={"sync_batch_size": 10}),
+        runtime.store.engine,
+        runtime.store,
+        lambda: runtime.mapping.mapper.mappings.site,
+        sleep=lambda _: None,
+    )
+    other = make_engine(settings.database_url)
+    unmarked: list[str] = []
+    checked: list[str] = []
+    send = engine._send
+
+    def checking(sync: Sync, delivery: Any, staged: Staged) -> Any:
+        creates = [p.item.resource_id for p in staged.ready if p.item.ehr_id is None]
+        query = select(sync_outbox.c.resource_id).where(
+            sync_outbox.c.resource_id.in_(creates), sync_outbox.c.sent_at.is_(None)
+        )
+        with other.connect() as connection:
+            unmarked.extend(connection.execute(query).scalars())
+        checked.extend(creates)
+        return send(sync, delivery, staged)
+
+    monkeypatch.setattr(engine, "_send", checking)
+    try:
+        report = sync_once(sync, trigger="test")
+    finally:
+        other.dispose()
+
+    assert report.status == "completed", report.error
+    assert len(checked) > 50
+    assert unmarked == []
 
 
 def _group(settings: Settings, ehr: SandboxEhr) -> Runtime:
