@@ -365,9 +365,10 @@ class Outbox:
     def next_due(
         self, now: datetime, after: tuple[int, str] | None, limit: int, passed: Collection[str]
     ) -> tuple[list[Pending], list[Pending]]:
-        """What a run reads next: up to `limit` urgent due items, the latest received first,
-        passing over those named in `passed` (the run's items read already: in flight, or
-        delivered without some references and still pending); and the next `limit` due items
+        """What a run reads next: up to `limit` urgent due items (the latest received chosen
+        first, returned in delivery order), passing over those named in `passed` (the run's
+        items read already: in flight, or delivered without some references and still
+        pending); and the next `limit` due items
         in delivery order after the key `after`, as `due`. One statement reads the latter and
         the keys of the urgent ones, and the content of the urgent ones not passed over is
         read after it: a run asks before every few batches, and most often none is new."""
