@@ -162,6 +162,21 @@ def _site_digest(folder: Path) -> bytes:
     return digest.digest()
 
 
+def _overlaid_file(
+    folder: Path, site_id: str, name: str, model: type[M], shared: M, problems: list[str]
+) -> M:
+    """A shared file with the site's own merged over it, key by key (the shared one as it is
+    when the site has none); a problem is added to `problems`, and the shared one kept."""
+    own = folder / SITES_DIR / site_id / name
+    if not own.is_file():
+        return shared
+    try:
+        return _validated(own, merged(_read(folder / name), _read(own)), model)
+    except MappingFileError as exc:
+        problems.append(str(exc))
+        return shared
+
+
 def load_site(folder: Path, site_id: str, shared: Mappings, version: str) -> SiteConfig:
     """One site: its site.yaml, limits.yaml, code tables and ehr.yaml over the shared ones."""
     site_dir = folder / SITES_DIR / site_id
@@ -171,22 +186,8 @@ def load_site(folder: Path, site_id: str, shared: Mappings, version: str) -> Sit
         for entry in sorted(site_dir.iterdir())
         if entry.name not in (*SITE_FILES, "codes") and not entry.name.startswith(".")
     ]
-    site = shared.site
-    own = site_dir / "site.yaml"
-    if own.is_file():
-        try:
-            base = _read(folder / "site.yaml")
-            site = _validated(own, merged(base, _read(own)), Site)
-        except MappingFileError as exc:
-            problems.append(str(exc))
-    limits = shared.limits
-    own_limits = site_dir / "limits.yaml"
-    if own_limits.is_file():
-        try:
-            base = _read(folder / "limits.yaml")
-            limits = _validated(own_limits, merged(base, _read(own_limits)), Limits)
-        except MappingFileError as exc:
-            problems.append(str(exc))
+    site = _overlaid_file(folder, site_id, "site.yaml", Site, shared.site, problems)
+    limits = _overlaid_file(folder, site_id, "limits.yaml", Limits, shared.limits, problems)
     tables = {}
     codes = site_dir / "codes"
     if codes.is_dir():

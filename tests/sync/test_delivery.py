@@ -26,15 +26,20 @@ def load_example_day(runtime: Runtime) -> None:
     runtime.mapping.run()
 
 
-def in_batches_of(size: int, runtime: Runtime, settings: Settings) -> Sync:
-    """A sync of the example day in small batches: several batches overlap in the pipeline."""
+def sync_with(runtime: Runtime, settings: Settings, **changes: Any) -> Sync:
+    """A sync of the runtime's store with these settings changed, that waits out no retry."""
     return Sync(
-        settings.model_copy(update={"sync_batch_size": size}),
+        settings.model_copy(update=changes),
         runtime.store.engine,
         runtime.store,
         lambda: runtime.mapping.mapper.mappings.site,
         sleep=lambda _: None,
     )
+
+
+def in_batches_of(size: int, runtime: Runtime, settings: Settings) -> Sync:
+    """A sync in small batches: several batches overlap in the pipeline."""
+    return sync_with(runtime, settings, sync_batch_size=size)
 
 
 def stored_counts(runtime: Runtime) -> Counter[str]:
@@ -272,13 +277,7 @@ def test_a_resource_the_ehr_did_not_take_waits_the_first_retry_the_settings_give
     the EHR (here a 403 to every write) is drawn between half of it and all of it."""
     load_example_day(runtime)
     ehr.quirk(forbidden="writes")
-    sync = Sync(
-        settings.model_copy(update={"ehr_item_retry_seconds": first_wait}),
-        runtime.store.engine,
-        runtime.store,
-        lambda: runtime.mapping.mapper.mappings.site,
-        sleep=lambda _: None,
-    )
+    sync = sync_with(runtime, settings, ehr_item_retry_seconds=first_wait)
     try:
         sync_once(sync, trigger="test")
     finally:

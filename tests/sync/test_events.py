@@ -15,13 +15,14 @@ from adapter.mapping.service import MappingReport
 from adapter.runtime import Runtime
 from adapter.settings import Settings
 from adapter.store.tables import sync_outbox
-from adapter.sync.engine import Sync, sync_once
+from adapter.sync.engine import sync_once
 from adapter.wakeups import Wakeup
 from adapter.worker import Worker
 from benchmarks.synthetic import NURSE, records, session_records
 from tests.conftest import EXAMPLE_DAY
 from tests.sync.expected import expected_in_ehr
 from tests.sync.sandbox import SandboxEhr
+from tests.sync.test_delivery import in_batches_of
 from tests.sync.test_faults import load_synthetic
 
 
@@ -165,13 +166,7 @@ def test_a_protocol_breach_arriving_mid_run_goes_to_the_ehr_ahead_of_the_backlog
     number = 500
     arrival = breach_session(number)
     ehr.add_patients(sorted(mrns | {orjson.loads(arrival[0][1])["patient"]["mrn"]}))
-    sync = Sync(
-        settings.model_copy(update={"sync_batch_size": 10}),
-        runtime.store.engine,
-        runtime.store,
-        lambda: runtime.mapping.mapper.mappings.site,
-        sleep=lambda _: None,
-    )
+    sync = in_batches_of(10, runtime, settings)
     backlog = runtime.outbox.count_due(datetime.now(UTC))
     arrived: list[int] = []
 

@@ -20,6 +20,7 @@ from adapter.sync.engine import Sync, sync_once
 from tests.conftest import adverse_event, ndjson, session, vitals
 from tests.sites import NORTH, SOUTH, add_sites
 from tests.sync.sandbox import SandboxEhr
+from tests.sync.test_delivery import in_batches_of
 from tests.sync.test_events import breach_session
 from tests.sync.test_faults import load_synthetic
 
@@ -76,13 +77,7 @@ def test_a_side_effect_queued_mid_run_is_sent_before_the_batches_read_ahead(
     number = 300
     arrival = breach_session(number)
     ehr.add_patients(sorted(mrns | {orjson.loads(arrival[0][1])["patient"]["mrn"]}))
-    sync = Sync(
-        settings.model_copy(update={"sync_batch_size": 10}),
-        runtime.store.engine,
-        runtime.store,
-        lambda: runtime.mapping.mapper.mappings.site,
-        sleep=lambda _: None,
-    )
+    sync = in_batches_of(10, runtime, settings)
     sends = Sends(monkeypatch)
     read = ReadAhead(sync.outbox, monkeypatch)
     read_before: set[str] = set()
@@ -116,13 +111,7 @@ def test_each_batchs_creates_are_noted_in_a_commit_before_it_is_sent(
     """Read from another engine, as the next run would after this process were killed the
     moment a batch went out: every create in it is marked as perhaps in the EHR."""
     ehr.add_patients(sorted(load_synthetic(runtime, 60)))
-    sync = Sync(
-        settings.model_copy(update={"sync_batch_size": 10}),
-        runtime.store.engine,
-        runtime.store,
-        lambda: runtime.mapping.mapper.mappings.site,
-        sleep=lambda _: None,
-    )
+    sync = in_batches_of(10, runtime, settings)
     other = make_engine(settings.database_url)
     unmarked: list[str] = []
     checked: list[str] = []
