@@ -21,7 +21,9 @@ from adapter.site_keys import SEPARATOR, site_key
 from adapter.store.records import RecordStore, StoredRecord
 
 router = APIRouter(
-    prefix="/api/v1/records", tags=["intake"], dependencies=[Depends(api_caller("intake"))]
+    prefix="/api/v1/records",
+    tags=["intake"],
+    dependencies=[Depends(api_caller("intake", site_bound=True))],
 )
 
 RecordType = Annotated[str, Path(description=f"one of {', '.join(RECORD_TYPES)}")]
