@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from fastapi.testclient import TestClient
 from joserfc.jwk import ECKey
@@ -168,3 +169,49 @@ def test_the_console_refuses_a_site_bound_admin_key(group: TestClient) -> None:
     )
     assert form.status_code == 200 and csrf
     assert answer.status_code == 401
+
+
+def _series_export(client: TestClient, headers: dict[str, str], series: str) -> dict[str, Any]:
+    kicked = client.get(f"/fhir/Group/series-{series}/$export", headers={**headers, **ASYNC})
+    _runtime(client).exports.run()
+    manifest = client.get(kicked.headers["content-location"], headers=headers).json()
+    files: dict[str, Any] = {}
+    for output in manifest["output"]:
+        body = client.get(output["url"], headers=headers).content
+        files[output["type"]] = [orjson.loads(line) for line in body.splitlines()]
+    return files
+
+
+def test_a_series_export_holds_its_own_patients_not_another_sites_of_the_same_mrn(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Each site has its own MRN system, so MRN 111111 at north and at south are two people:
+    exporting south's series gives south's alone, and a client bound to north gets nothing."""
+    add_sites(settings.mappings_dir)
+    app = create_app(
+        settings.model_copy(update={"export_dir": tmp_path / "exports"}), background=False
+    )
+    with TestClient(app) as client:
+        runtime: Runtime = app.state.runtime
+        records = [
+            session(clinic_site=NORTH, id="SES-N", patient={"mrn": "111111"}),
+            session(clinic_site=SOUTH, id="SES-S", patient={"mrn": "111111"}, series_id="SER-S"),
+        ]
+        runtime.intake.submit([(i, ndjson(r)) for i, r in enumerate(records)])
+        runtime.mapping.run()
+        everyone, north = _token(client, None), _token(client, [NORTH])
+        south = _south(client, everyone, "Procedure")
+        series = next(b["identifier"]["value"] for b in south["basedOn"] if "identifier" in b)
+
+        theirs = _series_export(client, everyone, series)
+        mine = _series_export(client, north, series)
+
+    sites = {
+        t["code"]
+        for resources in theirs.values()
+        for resource in resources
+        for t in resource["meta"].get("tag", [])
+        if t["system"].endswith("/site")
+    }
+    assert theirs and sites == {SOUTH}
+    assert mine == {}
