@@ -215,3 +215,39 @@ def test_a_series_export_holds_its_own_patients_not_another_sites_of_the_same_mr
     }
     assert theirs and sites == {SOUTH}
     assert mine == {}
+
+
+def test_a_patient_of_two_sites_is_seen_by_each_with_its_own_records(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Both sites keep the shared MRN system: MRN 333333 is one person at both."""
+    add_sites(settings.mappings_dir, own_mrn_systems=False)
+    app = create_app(settings, background=False)
+    with TestClient(app) as client:
+        runtime: Runtime = app.state.runtime
+        records = [
+            session(
+                clinic_site=site,
+                id=f"SES-{site}",
+                patient={"mrn": "333333", "family": f"Family{site}", "given": "Pat"},
+            )
+            for site in (NORTH, SOUTH)
+        ]
+        runtime.intake.submit([(i, ndjson(r)) for i, r in enumerate(records)])
+        runtime.mapping.run()
+        seen = {}
+        for sites in ([NORTH], [SOUTH], None):
+            headers = _token(client, sites)
+            patients = client.get("/fhir/Patient", headers=headers).json().get("entry", [])
+            procedures = client.get("/fhir/Procedure", headers=headers).json().get("entry", [])
+            seen[str(sites)] = (
+                [e["resource"] for e in patients],
+                [e["resource"]["id"] for e in procedures],
+            )
+    for site in (NORTH, SOUTH):
+        patients, procedures = seen[str([site])]
+        # Each site has its own Patient of the person, with what its own records state.
+        assert [p["name"][0]["family"] for p in patients] == [f"Family{site}"]
+        assert len(procedures) == 1
+    assert seen[str([NORTH])][0][0]["id"] != seen[str([SOUTH])][0][0]["id"]
+    assert len(seen["None"][0]) == 2 and len(seen["None"][1]) == 2

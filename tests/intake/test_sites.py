@@ -165,6 +165,7 @@ def test_a_record_is_read_by_its_site_and_a_key_bound_to_a_site_reads_its_own_al
         other_revision = client.get(f"{path}/revisions/1", params={"site": SOUTH}, headers=north)
         own_revision = client.get(f"{path}/revisions/1", headers=north)
         absent = client.get("/api/v1/records/infusion_session/SES-9", headers=north)
+        no_such_site = client.get(path, params={"site": "east"}, headers=north)
 
     assert by_query.status_code == 200 and by_query.json()["record"]["clinic_site"] == SOUTH
     assert by_key.json() == by_query.json() and by_key.json()["id"] == f"{SOUTH}:SES-1"
@@ -173,9 +174,11 @@ def test_a_record_is_read_by_its_site_and_a_key_bound_to_a_site_reads_its_own_al
         assert refused.json()["issue"][0]["diagnostics"].startswith("site: ")
     assert own.status_code == 200 and own.json()["record"]["clinic_site"] == NORTH
     assert own_revision.status_code == 200 and own_revision.json()["id"] == f"{NORTH}:SES-1"
-    for hidden in (other, other_key, other_revision):
+    # Another site's record, or a site the group does not have, reads as a record never
+    # received: the same status and words, so a bound key learns nothing of other sites.
+    for hidden in (other, other_key, other_revision, no_such_site):
         assert hidden.status_code == 404
-        assert hidden.json()["issue"][0]["code"] == absent.json()["issue"][0]["code"]
+        assert hidden.json()["issue"] == absent.json()["issue"]
     assert absent.status_code == 404
 
 
