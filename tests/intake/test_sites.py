@@ -88,13 +88,16 @@ def test_a_key_bound_to_a_site_writes_for_that_site_alone(group_settings: Settin
         )
         headers = {"Authorization": f"Bearer {key}"}
         other = client.post("/api/v1/records", json=session(clinic_site=SOUTH), headers=headers)
+        absent = client.post("/api/v1/records", json=session(clinic_site="east"), headers=headers)
         unnamed = client.post("/api/v1/records", json=session(id="SES-2"), headers=headers)
         named = client.post(
             "/api/v1/records", json=session(id="SES-3", clinic_site=NORTH), headers=headers
         )
 
         assert other.status_code == 422
-        assert _errors(other.json()) == [(SITE_FIELD, "the credential is not bound to this site")]
+        # Another site and one the group does not have are refused in the same words.
+        assert _errors(other.json()) == [(SITE_FIELD, "not a site this credential writes for")]
+        assert absent.status_code == 422 and _errors(absent.json()) == _errors(other.json())
         assert unnamed.status_code == 200 and named.status_code == 200
         assert runtime.store.get("infusion_session", f"{NORTH}:SES-2") is not None
         assert runtime.store.get("infusion_session", f"{NORTH}:SES-3") is not None
