@@ -251,3 +251,41 @@ def test_a_patient_of_two_sites_is_seen_by_each_with_its_own_records(
         assert len(procedures) == 1
     assert seen[str([NORTH])][0][0]["id"] != seen[str([SOUTH])][0][0]["id"]
     assert len(seen["None"][0]) == 2 and len(seen["None"][1]) == 2
+
+
+def test_unsupported_reaches_are_refused_or_ignored_not_followed(group: TestClient) -> None:
+    everyone, north = _token(group, None), _token(group, [NORTH])
+    south_patient = _south(group, everyone, "Patient")["id"]
+    asks = {
+        "_has": {"_has:Procedure:patient:_id": "x"},
+        "iterate": {"_include:iterate": "Procedure:patient", "_include": "Procedure:patient"},
+        "chained id": {"patient._id": south_patient},
+        "reference": {"patient": f"Patient/{south_patient}"},
+    }
+    answers = {
+        name: group.get("/fhir/Procedure", params=p, headers=north) for name, p in asks.items()
+    }
+    posted = group.post(
+        "/fhir/Procedure/_search", data={"patient": f"Patient/{south_patient}"}, headers=north
+    )
+    everything = group.get(f"/fhir/Patient/{south_patient}/$everything", headers=north)
+    compartment = group.get(f"/fhir/Patient/{south_patient}/Procedure", headers=north)
+
+    for name, answer in answers.items():
+        assert answer.status_code in (200, 400), name
+        if answer.status_code == 200:
+            ids = {
+                e["resource"]["id"]
+                for e in answer.json().get("entry", [])
+                if e["resource"]["resourceType"] != "OperationOutcome"
+            }
+            assert south_patient not in ids, name
+            for e in answer.json().get("entry", []):
+                tags = {
+                    t["code"]
+                    for t in e["resource"].get("meta", {}).get("tag", [])
+                    if t["system"].endswith("/site")
+                }
+                assert tags <= {NORTH}, name
+    assert posted.json().get("entry", []) == []
+    assert everything.status_code == 404 and compartment.status_code == 404
