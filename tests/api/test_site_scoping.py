@@ -289,3 +289,19 @@ def test_unsupported_reaches_are_refused_or_ignored_not_followed(group: TestClie
                 assert tags <= {NORTH}, name
     assert posted.json().get("entry", []) == []
     assert everything.status_code == 404 and compartment.status_code == 404
+
+
+def test_a_history_cursor_of_an_unbound_client_pages_the_bound_ones_own(
+    group: TestClient,
+) -> None:
+    everyone, north = _token(group, None), _token(group, [NORTH])
+    unbound = group.get("/fhir/Procedure/_history", params={"_count": "1"}, headers=everyone)
+    nexts = [link["url"] for link in unbound.json()["link"] if link["relation"] == "next"]
+    assert nexts and unbound.json()["total"] == 2
+
+    for url in nexts:
+        page = group.get(url, headers=north).json()
+        assert page["total"] == 1
+        for entry in page.get("entry", []):
+            tags = {t["code"] for t in entry["resource"]["meta"]["tag"] if "site" in t["system"]}
+            assert tags == {NORTH}
