@@ -145,7 +145,7 @@ def create_app(settings: Settings | None = None, background: bool = True) -> Fas
     @app.get(
         "/openapi.json",
         include_in_schema=False,
-        dependencies=[Depends(api_caller("intake"))],
+        dependencies=[Depends(api_caller("intake", site_bound=True))],
     )
     def openapi() -> JsonResponse:
         schema: dict[str, Any] = app.openapi()

@@ -21,7 +21,9 @@ from adapter.site_keys import SEPARATOR, site_key
 from adapter.store.records import RecordStore, StoredRecord
 
 router = APIRouter(
-    prefix="/api/v1/records", tags=["intake"], dependencies=[Depends(api_caller("intake"))]
+    prefix="/api/v1/records",
+    tags=["intake"],
+    dependencies=[Depends(api_caller("intake", site_bound=True))],
 )
 
 RecordType = Annotated[str, Path(description=f"one of {', '.join(RECORD_TYPES)}")]
@@ -130,9 +132,11 @@ async def submit_records(
     return JsonResponse(answer, status_code=_status_code(outcomes))
 
 
-def _store_key(runtime: Runtime, request: Request, source_id: str, site: str | None) -> str:
+def _store_key(runtime: Runtime, request: Request, source_id: str, site: str | None) -> str | None:
     """The store key of the record asked for: its id, or `<site>:<id>` in a clinic group. A
-    key bound to sites finds their records alone: another site's is not found, as if absent."""
+    key bound to sites finds their records alone: another site's, or a site the group does not
+    have, is None, answered as a record never received (the same words), so that a bound key
+    learns neither the other sites' records nor which sites there are."""
     named, _, plain = source_id.rpartition(SEPARATOR)
     sites = runtime.mapping.sites
     bound = caller_sites(request)
@@ -153,17 +157,17 @@ def _store_key(runtime: Runtime, request: Request, source_id: str, site: str | N
             "site: in a clinic group name the record's clinic site (`?site=<site>`)",
             expression=["site"],
         )
+    if bound is not None and site not in bound:
+        return None
     if site not in sites:
         raise NotFound("site: not a site of this clinic group", expression=["site"])
-    if bound is not None and site not in bound:
-        raise NotFound("no record with that id has been received")
     return site_key(site, plain)
 
 
-def _require(store: RecordStore, record_type: str, key: str) -> StoredRecord:
+def _require(store: RecordStore, record_type: str, key: str | None) -> StoredRecord:
     if record_type not in RECORD_TYPES:
         raise NotFound(f"unknown record type; expected one of {', '.join(RECORD_TYPES)}")
-    stored = store.get(record_type, key)
+    stored = store.get(record_type, key) if key is not None else None
     if stored is None:
         raise NotFound(f"no {record_type} record with that id has been received")
     return stored

@@ -109,7 +109,8 @@ async def console_sign_in(request: Request) -> Response:
     runtime = _runtime(request)
     key = one(fields, "api_key", 128).strip()
     client = await run_in_threadpool(runtime.clients.by_key, key) if key else None
-    if client is None or client.role != "admin":
+    # The console shows and changes every site's records: a key bound to sites may not sign in.
+    if client is None or client.role != "admin" or client.sites is not None:
         throttle.failed(f"console:{address}")
         return _form_page(
             request, 401, "That key is not an admin API key of this adapter (or it was revoked)."

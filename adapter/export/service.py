@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, and_, func, select, update
+from sqlalchemy import Engine, and_, false, func, or_, select, update
 
 from adapter.errors import BadRequest, NotFound, TooManyRequests
 from adapter.fhir.indexing import SERIES_PARAM
@@ -242,6 +242,13 @@ class ExportService:
         procedures = select(tokens.c.resource_id).where(
             tokens.c.param == SERIES_PARAM, tokens.c.code == series
         )
+        if job.get("sites"):
+            # A client bound to sites finds their series alone: another site's has no patients.
+            procedures = procedures.where(
+                tokens.c.resource_id.in_(
+                    select(resources.c.id).where(*of_sites(frozenset(job["sites"].split())))
+                )
+            )
         query = (
             select(tokens.c.system, tokens.c.code)
             .where(tokens.c.param == "patient:identifier", tokens.c.resource_id.in_(procedures))
@@ -271,9 +278,19 @@ class ExportService:
                 # A client bound to sites exports theirs alone.
                 conditions += of_sites(frozenset(job["sites"].split()))
             if patients is not None:
+                # The MRN's system and value together: the sites of a group may each have
+                # their own MRN system, where one value names two people.
                 members = select(tokens.c.resource_id).where(
                     tokens.c.param.in_(["patient:identifier", "subject:identifier"]),
-                    tokens.c.code.in_([code for _, code in patients] or [""]),
+                    or_(
+                        false(),
+                        *(
+                            and_(tokens.c.system == system, tokens.c.code == code)
+                            if system is not None
+                            else and_(tokens.c.system.is_(None), tokens.c.code == code)
+                            for system, code in patients
+                        ),
+                    ),
                 )
                 conditions.append(resources.c.id.in_(members))
             count = 0

@@ -84,10 +84,12 @@ class IntakeContext:
                     SITE_FIELD,
                     "required: this deployment serves several sites; name the record's site",
                 )
+        if bound is not None and named not in bound:
+            # The same words for another site and for one the group does not have: a bound
+            # credential learns nothing of the sites beyond its own.
+            return FieldError(SITE_FIELD, "not a site this credential writes for")
         if named not in self.sites:
             return FieldError(SITE_FIELD, "not a site of this deployment")
-        if bound is not None and named not in bound:
-            return FieldError(SITE_FIELD, "the credential is not bound to this site")
         return named, self.sites[named]
 
 

@@ -66,8 +66,11 @@ def _remember(request: Request, caller: Caller) -> Caller:
     return caller
 
 
-def api_caller(*roles: str) -> Callable[[Request], Awaitable[Caller]]:
-    """A dependency: an API key of a client with one of the roles (admin may do everything)."""
+def api_caller(*roles: str, site_bound: bool = False) -> Callable[[Request], Awaitable[Caller]]:
+    """A dependency: an API key of a client with one of the roles (admin may do everything).
+    A key bound to sites passes only where `site_bound` says the route answers for the key's
+    sites alone; the group-wide APIs (sync, audit, mapping, metrics) refuse it, since what they
+    show and do spans every site."""
     allowed = {*roles, "admin"}
 
     async def dependency(request: Request) -> Caller:
@@ -82,6 +85,10 @@ def api_caller(*roles: str) -> Callable[[Request], Awaitable[Caller]]:
         caller = _remember(request, Caller(client, None))
         if client.role not in allowed:
             raise Forbidden(f"this needs the role {' or '.join(sorted(allowed))}")
+        if client.sites is not None and not site_bound:
+            raise Forbidden(
+                "this API spans every site of the clinic group: a key bound to sites may not use it"
+            )
         return caller
 
     dependency.access = "role:" + ",".join(sorted(allowed))  # type: ignore[attr-defined]

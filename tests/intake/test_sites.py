@@ -88,13 +88,16 @@ def test_a_key_bound_to_a_site_writes_for_that_site_alone(group_settings: Settin
         )
         headers = {"Authorization": f"Bearer {key}"}
         other = client.post("/api/v1/records", json=session(clinic_site=SOUTH), headers=headers)
+        absent = client.post("/api/v1/records", json=session(clinic_site="east"), headers=headers)
         unnamed = client.post("/api/v1/records", json=session(id="SES-2"), headers=headers)
         named = client.post(
             "/api/v1/records", json=session(id="SES-3", clinic_site=NORTH), headers=headers
         )
 
         assert other.status_code == 422
-        assert _errors(other.json()) == [(SITE_FIELD, "the credential is not bound to this site")]
+        # Another site and one the group does not have are refused in the same words.
+        assert _errors(other.json()) == [(SITE_FIELD, "not a site this credential writes for")]
+        assert absent.status_code == 422 and _errors(absent.json()) == _errors(other.json())
         assert unnamed.status_code == 200 and named.status_code == 200
         assert runtime.store.get("infusion_session", f"{NORTH}:SES-2") is not None
         assert runtime.store.get("infusion_session", f"{NORTH}:SES-3") is not None
@@ -165,6 +168,7 @@ def test_a_record_is_read_by_its_site_and_a_key_bound_to_a_site_reads_its_own_al
         other_revision = client.get(f"{path}/revisions/1", params={"site": SOUTH}, headers=north)
         own_revision = client.get(f"{path}/revisions/1", headers=north)
         absent = client.get("/api/v1/records/infusion_session/SES-9", headers=north)
+        no_such_site = client.get(path, params={"site": "east"}, headers=north)
 
     assert by_query.status_code == 200 and by_query.json()["record"]["clinic_site"] == SOUTH
     assert by_key.json() == by_query.json() and by_key.json()["id"] == f"{SOUTH}:SES-1"
@@ -173,9 +177,11 @@ def test_a_record_is_read_by_its_site_and_a_key_bound_to_a_site_reads_its_own_al
         assert refused.json()["issue"][0]["diagnostics"].startswith("site: ")
     assert own.status_code == 200 and own.json()["record"]["clinic_site"] == NORTH
     assert own_revision.status_code == 200 and own_revision.json()["id"] == f"{NORTH}:SES-1"
-    for hidden in (other, other_key, other_revision):
+    # Another site's record, or a site the group does not have, reads as a record never
+    # received: the same status and words, so a bound key learns nothing of other sites.
+    for hidden in (other, other_key, other_revision, no_such_site):
         assert hidden.status_code == 404
-        assert hidden.json()["issue"][0]["code"] == absent.json()["issue"][0]["code"]
+        assert hidden.json()["issue"] == absent.json()["issue"]
     assert absent.status_code == 404
 
 
