@@ -189,9 +189,9 @@ class _Pulses:
 
 
 def test_resources_queued_wake_the_sync_of_their_site_alone(
-    settings: Settings, ehr: SandboxEhr, south_ehr: SandboxEhr
+    settings: Settings, ehr: SandboxEhr, second_ehr: SandboxEhr
 ) -> None:
-    runtime = _group(settings, {NORTH: ehr.base, SOUTH: south_ehr.base})
+    runtime = _group(settings, {NORTH: ehr.base, SOUTH: second_ehr.base})
     events = EventDelivery(runtime, sync_runners(runtime), mapping=False)
     pulses = {NORTH: _Pulses(), SOUTH: _Pulses()}
     events.syncs = dict(pulses)  # type: ignore[arg-type]
