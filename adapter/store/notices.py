@@ -20,6 +20,9 @@ CLIENTS = "adapter_clients"
 MAPPINGS = "adapter_mappings"
 """The mapping version in the store changed: each process loads its mapping files again."""
 _NOTIFY = text("SELECT pg_notify(:channel, :payload)")
+WAIT_SECONDS = 0.1
+"""How long one wait for notices lasts: the longest a stopped listener takes to end (an app
+stopped, a replica shutting down). Waiting costs nothing on the server."""
 RECONNECT_SECONDS = (1.0, 2.0, 5.0, 15.0, 30.0)
 """Waits before each attempt to listen again after the connection was lost, the last repeated."""
 
@@ -81,7 +84,7 @@ class NoticeListener:
                 for wake in self.channels.values():
                     wake(None)
                 while not self._stop.is_set():
-                    for notice in connection.notifies(timeout=1.0):
+                    for notice in connection.notifies(timeout=WAIT_SECONDS):
                         heard = self.channels.get(notice.channel)
                         if heard is not None:
                             heard(notice.payload)
