@@ -1,6 +1,18 @@
 """Two sites of a clinic group, written into a test's copy of the mapping files."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+
+from fastapi.testclient import TestClient
+from joserfc.jwk import ECKey
+
+from adapter.app import create_app
+from adapter.runtime import Runtime
+from adapter.settings import Settings
+from tests.conftest import ndjson
 
 NORTH, SOUTH = "north", "south"
 
@@ -37,3 +49,32 @@ def add_sites(
         "      - {system: 'http://www.nlm.nih.gov/research/umls/rxnorm', code: '6130',\n"
         "         display: ketamine, source: 'https://mor.nlm.nih.gov/RxNav/search?query=6130'}\n"
     )
+
+
+@contextmanager
+def group_client(
+    settings: Settings, tmp_path: Path, records: list[dict[str, Any]]
+) -> Iterator[TestClient]:
+    """The service of a two-site group (its schedule off) with these records taken in and
+    mapped."""
+    add_sites(settings.mappings_dir)
+    app = create_app(
+        settings.model_copy(update={"export_dir": tmp_path / "exports"}), background=False
+    )
+    with TestClient(app) as client:
+        runtime: Runtime = app.state.runtime
+        runtime.intake.submit([(i, ndjson(r)) for i, r in enumerate(records)])
+        runtime.mapping.run()
+        yield client
+
+
+def site_token(client: TestClient, sites: list[str] | None) -> dict[str, str]:
+    """The headers of a SMART client bound to these sites (None: to none)."""
+    runtime: Runtime = client.app.state.runtime  # type: ignore[attr-defined]
+    now = datetime.now(UTC)
+    key = ECKey.generate_key("P-384", parameters={"kid": "test-1"})
+    smart = runtime.clients.add_smart_client(
+        "site client", "system/*.rs", now, jwks={"keys": [key.as_dict(private=False)]}, sites=sites
+    )
+    token = runtime.clients.issue_token(smart, smart.grant, now, 3600)
+    return {"Authorization": f"Bearer {token}"}

@@ -9,31 +9,23 @@ from typing import Any
 import orjson
 import pytest
 from fastapi.testclient import TestClient
-from joserfc.jwk import ECKey
 
 from adapter.app import create_app
 from adapter.runtime import Runtime
 from adapter.settings import Settings
 from tests.conftest import ndjson, session
-from tests.sites import NORTH, SOUTH, add_sites
+from tests.sites import NORTH, SOUTH, add_sites, group_client, site_token
 
 ASYNC = {"Prefer": "respond-async"}
 
 
 @pytest.fixture
 def group(settings: Settings, tmp_path: Path) -> Iterator[TestClient]:
-    add_sites(settings.mappings_dir)
-    app = create_app(
-        settings.model_copy(update={"export_dir": tmp_path / "exports"}), background=False
-    )
-    with TestClient(app) as client:
-        runtime: Runtime = app.state.runtime
-        records = [
-            session(clinic_site=NORTH, id="SES-N", patient={"mrn": "111111"}),
-            session(clinic_site=SOUTH, id="SES-S", patient={"mrn": "222222"}),
-        ]
-        runtime.intake.submit([(i, ndjson(r)) for i, r in enumerate(records)])
-        runtime.mapping.run()
+    records = [
+        session(clinic_site=NORTH, id="SES-N", patient={"mrn": "111111"}),
+        session(clinic_site=SOUTH, id="SES-S", patient={"mrn": "222222"}),
+    ]
+    with group_client(settings, tmp_path, records) as client:
         yield client
 
 
@@ -41,15 +33,7 @@ def _runtime(client: TestClient) -> Runtime:
     return client.app.state.runtime  # type: ignore[attr-defined]
 
 
-def _token(client: TestClient, sites: list[str] | None) -> dict[str, str]:
-    runtime = _runtime(client)
-    now = datetime.now(UTC)
-    key = ECKey.generate_key("P-384", parameters={"kid": "test-1"})
-    smart = runtime.clients.add_smart_client(
-        "site client", "system/*.rs", now, jwks={"keys": [key.as_dict(private=False)]}, sites=sites
-    )
-    token = runtime.clients.issue_token(smart, smart.grant, now, 3600)
-    return {"Authorization": f"Bearer {token}"}
+_token = site_token
 
 
 def _key(client: TestClient, role: str, sites: list[str] | None) -> dict[str, str]:
@@ -187,18 +171,11 @@ def test_a_series_export_holds_its_own_patients_not_another_sites_of_the_same_mr
 ) -> None:
     """Each site has its own MRN system, so MRN 111111 at north and at south are two people:
     exporting south's series gives south's alone, and a client bound to north gets nothing."""
-    add_sites(settings.mappings_dir)
-    app = create_app(
-        settings.model_copy(update={"export_dir": tmp_path / "exports"}), background=False
-    )
-    with TestClient(app) as client:
-        runtime: Runtime = app.state.runtime
-        records = [
-            session(clinic_site=NORTH, id="SES-N", patient={"mrn": "111111"}),
-            session(clinic_site=SOUTH, id="SES-S", patient={"mrn": "111111"}, series_id="SER-S"),
-        ]
-        runtime.intake.submit([(i, ndjson(r)) for i, r in enumerate(records)])
-        runtime.mapping.run()
+    records = [
+        session(clinic_site=NORTH, id="SES-N", patient={"mrn": "111111"}),
+        session(clinic_site=SOUTH, id="SES-S", patient={"mrn": "111111"}, series_id="SER-S"),
+    ]
+    with group_client(settings, tmp_path, records) as client:
         everyone, north = _token(client, None), _token(client, [NORTH])
         south = _south(client, everyone, "Procedure")
         series = next(b["identifier"]["value"] for b in south["basedOn"] if "identifier" in b)

@@ -2,48 +2,29 @@
 _revinclude, $export; an unbound client sees every site."""
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 from fastapi.testclient import TestClient
-from joserfc.jwk import ECKey
 
-from adapter.app import create_app
 from adapter.runtime import Runtime
 from adapter.settings import Settings
 from adapter.store.tables import fhir_search_tokens
-from tests.conftest import ndjson, session
-from tests.sites import NORTH, SOUTH, add_sites
+from tests.conftest import session
+from tests.sites import NORTH, SOUTH, group_client, site_token
 
 ASYNC = {"Prefer": "respond-async"}
 
 
 @pytest.fixture
 def group(settings: Settings, tmp_path: Path) -> Iterator[TestClient]:
-    add_sites(settings.mappings_dir)
-    app = create_app(
-        settings.model_copy(update={"export_dir": tmp_path / "exports"}), background=False
-    )
-    with TestClient(app) as client:
-        runtime: Runtime = app.state.runtime
-        records = [session(clinic_site=site) for site in (NORTH, SOUTH)]
-        runtime.intake.submit([(i, ndjson(r)) for i, r in enumerate(records)])
-        runtime.mapping.run()
-        yield client
+    with group_client(settings, tmp_path, [session(clinic_site=s) for s in (NORTH, SOUTH)]) as c:
+        yield c
 
 
-def _token(client: TestClient, sites: list[str] | None) -> dict[str, str]:
-    runtime: Runtime = client.app.state.runtime  # type: ignore[attr-defined]
-    now = datetime.now(UTC)
-    key = ECKey.generate_key("P-384", parameters={"kid": "test-1"})
-    smart = runtime.clients.add_smart_client(
-        "site client", "system/*.rs", now, jwks={"keys": [key.as_dict(private=False)]}, sites=sites
-    )
-    token = runtime.clients.issue_token(smart, smart.grant, now, 3600)
-    return {"Authorization": f"Bearer {token}"}
+_token = site_token
 
 
 def _ids(bundle: dict[str, Any], mode: str = "match") -> list[str]:
