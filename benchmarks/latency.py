@@ -24,7 +24,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -39,23 +38,14 @@ from sqlalchemy import select
 from adapter.runtime import Runtime, open_runtime
 from adapter.settings import Settings
 from adapter.store.tables import fhir_resources
+from adapter.sync.capabilities import DELIVERED_TYPES
 from benchmarks.postgres import scratch_schema
+from benchmarks.scratch import scratch_folder
 from benchmarks.sync import RESOURCES_PER_RECORD, new_mrns
 from benchmarks.synthetic import NURSE, records, session_records
 from tests.sync.sandbox import RECORDS_SYSTEM, SandboxEhr
 
-ROOT = Path(__file__).resolve().parent.parent
 TICK = 0.1
-DELIVERED_TYPES = (
-    "Encounter",
-    "CarePlan",
-    "Procedure",
-    "MedicationAdministration",
-    "AdverseEvent",
-    "Observation",
-    "DetectedIssue",
-    "DocumentReference",
-)
 MRNS = [str(100000 + number) for number in range(3000)]
 """Every MRN the synthetic sessions use."""
 
@@ -330,8 +320,7 @@ def _journey(runtime: Runtime, event: dict[str, Any]) -> str:
 
 
 def run_store(database_url: str | None, args: argparse.Namespace) -> None:
-    workdir = Path(tempfile.mkdtemp(prefix="latency-bench-"))
-    shutil.copytree(ROOT / "mappings", workdir / "mappings")
+    workdir = scratch_folder("latency-bench-")
     ehr = SandboxEhr()
     runtime: Runtime | None = None
     try:

@@ -7,10 +7,8 @@ a one-row read on the same store), the figures docs/replicas.md quotes.
 
 import shutil
 import statistics
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 from sqlalchemy import select
 
@@ -20,14 +18,14 @@ from adapter.security.clients import CACHE_SECONDS
 from adapter.settings import Settings
 from adapter.store.tables import adapter_state
 from benchmarks.postgres import scratch_schema
+from benchmarks.scratch import scratch_folder
 
 REVOCATIONS = 20
 CLAIMS = 500
 
 
 def main() -> None:
-    folder = Path(tempfile.mkdtemp())
-    shutil.copytree(Path(__file__).parent.parent / "mappings", folder / "mappings")
+    folder = scratch_folder("replica-caches-")
     with scratch_schema() as (_, url):
         settings = Settings(database_url=url, mappings_dir=folder / "mappings")
         one, other = open_runtime(settings), open_runtime(settings)

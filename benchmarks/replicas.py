@@ -28,7 +28,6 @@ PostgreSQL; and the store's rows and bytes per record once they are done.
 import argparse
 import os
 import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -48,12 +47,11 @@ from adapter.settings import Settings
 from adapter.store.tables import fhir_resource_versions
 from adapter.sync.engine import sync_once
 from benchmarks.postgres import scratch_schema
+from benchmarks.scratch import scratch_folder
 from benchmarks.sync import cpu_seconds, new_mrns
 from benchmarks.synthetic import records
 from tests.replicas import Replicas, replica_environment
 from tests.sync.sandbox import SandboxEhr
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 class PostgresCpu:
@@ -285,8 +283,7 @@ def main() -> None:
     counts = [int(n) for n in args.replicas.split(",")]
     lines = list(records(args.records))
     mrns = sorted({orjson.loads(line)["patient"]["mrn"] for line in lines})
-    workdir = Path(tempfile.mkdtemp(prefix="replicas-bench-"))
-    shutil.copytree(ROOT / "mappings", workdir / "mappings")
+    workdir = scratch_folder("replicas-bench-")
     ehr = SandboxEhr()
     try:
         measured: dict[int, list[Row]] = {replicas: [] for replicas in counts}

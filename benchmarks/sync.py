@@ -21,7 +21,6 @@ import resource
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,10 +31,10 @@ from adapter.runtime import Runtime, open_runtime
 from adapter.settings import Settings
 from adapter.store.resources import StoredResource
 from benchmarks.postgres import scratch_schema
+from benchmarks.scratch import scratch_folder
 from benchmarks.synthetic import records
 from tests.sync.sandbox import SandboxEhr
 
-ROOT = Path(__file__).resolve().parent.parent
 RESOURCES_PER_RECORD = 5.6
 """About how many resources one synthetic record maps to (vitals give several)."""
 
@@ -121,8 +120,7 @@ def main() -> None:
 
 
 def run(args: argparse.Namespace, database_url: str | None) -> None:
-    workdir = Path(tempfile.mkdtemp(prefix="sync-bench-"))
-    shutil.copytree(ROOT / "mappings", workdir / "mappings")
+    workdir = scratch_folder("sync-bench-")
     ehr = SandboxEhr()
     runtime: Runtime | None = None
     try:
