@@ -204,6 +204,16 @@ class Walk:
     def go(self, path: str) -> None:
         self.page.goto(self.base + path)
 
+    def until(self, path: str, selector: str, seconds: float = 30) -> None:
+        """Open the page, again and again, until it shows `selector`: what the sync has yet
+        to do after a change shows on the next visit, as clinic IT would see it."""
+        deadline = time.monotonic() + seconds
+        self.go(path)
+        while self.page.locator(selector).count() == 0:
+            assert time.monotonic() < deadline, f"{path} showed no {selector} in {seconds} s"
+            time.sleep(0.3)
+            self.go(path)
+
     def shot(self, name: str) -> None:
         self.page.screenshot(path=str(self.shots / f"{name}.png"), full_page=True)
 
@@ -296,7 +306,9 @@ def _walk(walk: Walk, service: Service, ehr: SandboxEhr, yesterday: str) -> None
     # The patient: from the session's page to the MRN's, where the EHR's Patient and the
     # clinic's records stand side by side; the family names differ, the birth dates agree, and
     # clinic IT confirms that the EHR's Patient is the same person.
-    walk.go(f"/console/sessions/{HELD}")
+    # The fix re-queues the session's resources; once the sync has tried them, the page says
+    # again why the patient's are held back.
+    walk.until(f"/console/sessions/{HELD}", "#patient")
     page.click("#patient")
     expect(page.locator("#ehr-patient")).to_contain_text(EHR_FAMILY)
     expect(page.locator("#records-patient")).to_contain_text("Lindqvist")
