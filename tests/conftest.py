@@ -38,21 +38,27 @@ def pytest_configure(config: pytest.Config) -> None:
 
 LONGEST_FIRST = (
     "tests/sync/test_site_outage.py",
+    "tests/sync/test_processes.py::test_a_service_killed_while_events_deliver",
+    "tests/sync/test_replicas.py",
     "tests/sync/test_faults.py",
     "tests/sync/test_processes.py",
-    "tests/sync/test_replicas.py",
     "tests/console/test_browser.py",
+    "tests/sync/test_events.py",
+    "tests/security/test_attack_inputs.py",
+    "tests/test_replicas.py",
     "tests/sync/test_corrections.py",
     "tests/sync/test_quirks.py",
 )
-"""Modules of the tests that take longest (several seconds each, `--durations`): they run
-first, so that the processes of a parallel run end together rather than waiting on one."""
+"""The tests that take longest (seconds each, `--durations`), longest first: they start first,
+so that the processes of a parallel run end together rather than waiting on one."""
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     def rank(item: pytest.Item) -> int:
-        module = item.nodeid.split("::", 1)[0]
-        return LONGEST_FIRST.index(module) if module in LONGEST_FIRST else len(LONGEST_FIRST)
+        return next(
+            (at for at, prefix in enumerate(LONGEST_FIRST) if item.nodeid.startswith(prefix)),
+            len(LONGEST_FIRST),
+        )
 
     items.sort(key=rank)
 

@@ -115,18 +115,27 @@ class Guard:
             await self.app(scope, receive, send)
             return
         scope = self._addressed(scope)
-        status = {"code": 500, "started": False}
+        status = {"code": 500, "started": False, "audited": False}
+
+        def audit() -> None:
+            # Kept before the answer's last byte leaves: whoever has the answer finds its entry.
+            if not status["audited"]:
+                status["audited"] = True
+                self._audit(scope, int(status["code"]))
 
         async def remember(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
                 status["started"] = True
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                audit()
             await send(message)
 
         try:
             refused = await self._limits(scope, receive)
             if isinstance(refused, AdapterError):
                 status["code"] = refused.status
+                audit()
                 await _refuse(send, refused, oauth=scope["path"] == TOKEN_PATH)
             else:
                 await self.app(scope, refused, remember)
@@ -144,7 +153,7 @@ class Guard:
                 )
                 await send({"type": "http.response.body", "body": body})
         finally:
-            self._audit(scope, int(status["code"]))
+            audit()
 
     def _addressed(self, scope: Scope) -> Scope:
         """The scope with the caller's address: a forwarded one only from a trusted proxy."""
