@@ -116,7 +116,12 @@ def open_runtime(settings: Settings) -> Runtime:
             "the store's schema is behind its migrations: run `infusion-adapter db upgrade`"
         )
     store = RecordStore(engine)
-    mapping = MappingService(MappingQueue(engine), mappings, settings.mappings_dir, sites=sites)
+    mapping = MappingService(
+        MappingQueue(engine, timedelta(seconds=settings.mapping_claim_seconds)),
+        mappings,
+        settings.mappings_dir,
+        sites=sites,
+    )
     mapping.adopt_version()
     load_ehr_rules(settings.mappings_dir)
     sync = (

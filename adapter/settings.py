@@ -94,6 +94,14 @@ class Settings(BaseSettings):
         description="How often the service maps pending records and checks the "
         "mapping files for changes.",
     )
+    mapping_claim_seconds: float = Field(
+        30.0,
+        ge=5,
+        le=3600,
+        description="How long a mapping batch holds its records: the records of a process "
+        "stopped mid-batch are mapped by another pass once it has passed, so it is short, and "
+        "far longer than a batch takes.",
+    )
     export_dir: Path = Field(
         Path("var/exports"), description="Folder where Bulk Data $export files are written."
     )

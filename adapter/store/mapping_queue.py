@@ -34,10 +34,11 @@ URGENT_RECORD = "adverse_event"
 """The record type mapped first among those that arrive while a run works through a backlog."""
 MAPPING_VERSION = "mapping_version"
 CLAIM_FOR = timedelta(seconds=30)
-"""How long a mapping batch holds its records: far longer than mapping and storing a batch of a
-few hundred takes, and short, because the records of a process stopped mid-batch (a side effect
-among them) wait this long for another pass. A batch that outlasts its claim still stores what
-it mapped unless another batch claimed some of its records meanwhile (`hold`)."""
+"""How long a mapping batch holds its records unless told (ADAPTER_MAPPING_CLAIM_SECONDS): far
+longer than mapping and storing a batch of a few hundred takes, and short, because the records
+of a process stopped mid-batch (a side effect among them) wait this long for another pass. A
+batch that outlasts its claim still stores what it mapped unless another batch claimed some of
+its records meanwhile (`hold`)."""
 _CHUNK = 500
 
 
@@ -118,14 +119,15 @@ def _free(now: datetime) -> ColumnElement[bool]:
 
 
 class MappingQueue:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, claim_for: timedelta = CLAIM_FOR) -> None:
         self.engine = engine
+        self.claim_for = claim_for
 
     def claim_batch(
         self, limit: int, now: datetime, after: tuple[str, str] | None = None
     ) -> list[QueuedRecord]:
         """Pending records that no other mapping batch holds, in key order after `after` (so a
-        run passes over each once), claimed for a new batch until `now` + CLAIM_FOR."""
+        run passes over each once), claimed for a new batch until `now` + `claim_for`."""
         candidates = (
             select(records.c.source_id, records.c.record_type)
             .where(_free(now))
@@ -176,7 +178,7 @@ class MappingQueue:
                     ),
                     _free(now),
                 )
-                .values(mapping_claim=claim, mapping_claimed_until=now + CLAIM_FOR)
+                .values(mapping_claim=claim, mapping_claimed_until=now + self.claim_for)
                 .returning(records.c.source_id, records.c.record_type)
             ).all()
             found: list[QueuedRecord] = []

@@ -52,6 +52,20 @@ def test_two_claims_take_different_records_and_a_lapsed_claim_is_taken_again(
         assert second.mapping.queue.hold(connection, lapsed)
 
 
+def test_a_claim_lasts_as_long_as_the_settings_say(settings: Settings) -> None:
+    opened = open_runtime(settings.model_copy(update={"mapping_claim_seconds": 5.0}))
+    try:
+        _submit(opened, 10)
+        now = datetime.now(UTC)
+        queue = opened.mapping.queue
+        claimed = queue.claim_batch(100, now)
+        still_held = queue.claim_batch(100, now + timedelta(seconds=4))
+        lapsed = queue.claim_batch(100, now + timedelta(seconds=6))
+    finally:
+        opened.close()
+    assert len(claimed) == 11 and still_held == [] and len(lapsed) == 11
+
+
 def test_finishing_a_batch_lets_go_of_its_records(runtime: Runtime) -> None:
     _submit(runtime, 10)
     queue = runtime.mapping.queue

@@ -159,8 +159,9 @@ def test_a_service_killed_while_events_deliver_and_restarted_delivers_everything
         **environment(settings, ehr, lease_seconds=1.0),
         "ADAPTER_SYNC_INTERVAL_SECONDS": "3600",
         # The schedule's mapping pass maps what a killed process had claimed, once its claim
-        # ends (CLAIM_FOR): events wake nothing for records that arrived before the restart.
-        "ADAPTER_MAPPING_INTERVAL_SECONDS": "5",
+        # ends: events wake nothing for records that arrived before the restart.
+        "ADAPTER_MAPPING_INTERVAL_SECONDS": "2",
+        "ADAPTER_MAPPING_CLAIM_SECONDS": "5",
     }
     port = free_port()
     kills = 0
