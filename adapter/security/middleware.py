@@ -3,6 +3,7 @@ limits (a body is read only once its sender has authenticated), no error's text 
 an audit entry for every request once its answer is sent."""
 
 import asyncio
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -10,7 +11,9 @@ from typing import Any
 
 import anyio.to_thread
 import orjson
-from starlette.routing import BaseRoute, Match
+from fastapi.routing import APIRoute
+from starlette.convertors import Convertor
+from starlette.routing import BaseRoute, compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from adapter.api.outcome import INTERNAL_ERROR, log_unexpected, oauth_error, operation_outcome
@@ -21,6 +24,7 @@ from adapter.errors import (
     PayloadTooLarge,
     RequestTimeout,
 )
+from adapter.security.access import all_routes
 from adapter.security.audit import INTERACTIONS, MOST_IDS, UNAUDITED, AuditEntry, AuditWriter
 from adapter.security.clients import KEY_PREFIX, TOKEN_PREFIX, Clients
 from adapter.security.forwarded import Networks, caller_address
@@ -109,6 +113,7 @@ class Guard:
         self.limits = limits
         self.proxies = proxies
         self.routes = routes
+        self._paths: list[tuple[re.Pattern[str], dict[str, Convertor[Any]], APIRoute]] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -249,15 +254,24 @@ class Guard:
 
     def _route(self, scope: Scope) -> tuple[str | None, dict[str, Any]]:
         """The endpoint's name and path parameters: from the routing, or, for a request
-        refused before it, from matching the routes here."""
+        refused before it, from matching the app's API routes here (an included router matches
+        as a whole and names none of its routes)."""
         endpoint = scope.get("endpoint")
         if endpoint is not None:
             return getattr(endpoint, "__name__", None), scope.get("path_params", {})
-        for route in self.routes:
-            match, child = route.matches(scope)
-            if match == Match.FULL:
-                name = getattr(child.get("endpoint"), "__name__", None)
-                return name, child.get("path_params", {})
+        if self._paths is None:
+            self._paths = [
+                (*compile_path(path)[::2], route) for path, route in all_routes(self.routes)
+            ]
+        path, method = scope.get("path", ""), scope.get("method", "")
+        for regex, convertors, route in self._paths:
+            found = regex.match(path)
+            if found and (not route.methods or method in route.methods):
+                params = {
+                    name: convertors[name].convert(value)
+                    for name, value in found.groupdict().items()
+                }
+                return getattr(route.endpoint, "__name__", None), params
         return None, {}
 
     def _audit(self, scope: Scope, outcome: int) -> None:
