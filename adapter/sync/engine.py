@@ -327,6 +327,10 @@ def _run(sync: Sync, report: SyncReport, progress: Callable[[int], None]) -> Non
     taken: set[str] = set()
     """The items read by this run: each is read once, whichever way it was found."""
     hint = urgent_queued(sync.outbox.site)
+    prefetched: tuple[tuple[int, str] | None, Future[tuple[list[Pending], list[Pending]]]] | None
+    prefetched = None
+    """The next read in delivery order, asked of the store (by `reader`) as soon as the one
+    before it was read, so that the run does not wait for it when it stages the next batches."""
 
     def read_ahead(urgent_only: bool = False) -> None:
         """The urgent items due (side effects, protocol breaches, vitals outside their
@@ -334,23 +338,39 @@ def _run(sync: Sync, report: SyncReport, progress: Callable[[int], None]) -> Non
         and staged, the urgent first; their possible creates noted in one commit with the
         outcomes answered so far, before any of them is sent. With `urgent_only`, the urgent
         items alone, staged ahead of the batches read before."""
-        nonlocal position
+        nonlocal position, prefetched
         hint.clear()
         if urgent_only:
             urgent = sync.outbox.urgent_due(sync.clock(), size * STAGED_AHEAD, taken)
             if not urgent:
                 return
             following: list[Pending] = []
+        elif prefetched is not None and prefetched[0] == position:
+            urgent, following = prefetched[1].result()
+            prefetched = None
         else:
             urgent, following = sync.outbox.next_due(
                 sync.clock(), position, size * STAGED_AHEAD, taken
             )
+        # A read made ahead of time may hold urgent items that a read since has taken.
+        urgent = [p for p in urgent if p.item.resource_id not in taken]
         urgent = _with_references(sync, urgent, taken)
         taken.update(p.item.resource_id for p in urgent)
         if following:
             position = following[-1].item.key
         following = [p for p in following if p.item.resource_id not in taken]
         taken.update(p.item.resource_id for p in following)
+        if following and not urgent_only:
+            prefetched = (
+                position,
+                reader.submit(
+                    sync.outbox.next_due,
+                    sync.clock(),
+                    position,
+                    size * STAGED_AHEAD,
+                    taken,  # only looked up, never walked: growing meanwhile, it passes over more
+                ),
+            )
         read = urgent + following
         report.received.update(
             (p.item.resource_id, p.item.received_at) for p in read if p.item.received_at
@@ -382,7 +402,10 @@ def _run(sync: Sync, report: SyncReport, progress: Callable[[int], None]) -> Non
     # of the batches read are noted in that same commit, which lands before any is sent.
     # A batch that references a resource of a batch in flight waits for that batch's answer,
     # which brings the EHR's id to put in the reference.
-    with ThreadPoolExecutor(max_workers=IN_FLIGHT, thread_name_prefix="sync-send") as sender:
+    with (
+        ThreadPoolExecutor(max_workers=IN_FLIGHT, thread_name_prefix="sync-send") as sender,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="sync-read") as reader,
+    ):
         try:
             read_ahead()
             while ready:

@@ -105,6 +105,60 @@ def test_a_side_effect_queued_mid_run_is_sent_before_the_batches_read_ahead(
     assert read.urgent_reads >= 1
 
 
+def test_a_read_made_ahead_of_time_sends_no_urgent_item_twice(
+    runtime: Runtime, settings: Settings, ehr: SandboxEhr, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run asks the store for its next batches while it sends the ones before. When a side
+    effect is queued meanwhile, the urgent read the hint brings takes it and more of the
+    backlog's urgent items; the read made ahead of time, made before that and answered after
+    it, holds some of the same items, and the run sends each once."""
+    mrns = load_synthetic(runtime, 400)
+    number = 301
+    arrival = breach_session(number)
+    ehr.add_patients(sorted(mrns | {orjson.loads(arrival[0][1])["patient"]["mrn"]}))
+    sync = in_batches_of(10, runtime, settings)
+    sends = Sends(monkeypatch)
+    urgent_read = threading.Event()
+    taken_by_urgent: set[str] = set()
+    ahead: set[str] = set()
+    next_due, urgent_due = sync.outbox.next_due, sync.outbox.urgent_due
+
+    def reading(*args: Any) -> tuple[list[Pending], list[Pending]]:
+        if threading.current_thread().name.startswith("sync-read"):
+            urgent, following = next_due(*args)
+            urgent_read.wait(timeout=30)  # answered only after the hint's urgent read
+            ahead.update(p.item.resource_id for p in urgent)
+            return urgent, following
+        return next_due(*args)
+
+    def reading_urgent(*args: Any) -> list[Pending]:
+        urgent = urgent_due(*args)
+        taken_by_urgent.update(p.item.resource_id for p in urgent)
+        urgent_read.set()
+        return urgent
+
+    monkeypatch.setattr(sync.outbox, "next_due", reading)
+    monkeypatch.setattr(sync.outbox, "urgent_due", reading_urgent)
+
+    def progress(_: int) -> None:
+        if not urgent_read.is_set() and not taken_by_urgent:
+            runtime.intake.submit(arrival)
+            runtime.mapping.run()
+
+    report = sync_once(sync, trigger="test", progress=progress)
+
+    assert report.status == "completed", report.error
+    assert ahead & taken_by_urgent  # the two reads held some of the same items
+    sent = [resource_id for batch in sends.batches for resource_id in batch]
+    assert len(sent) == len(set(sent))
+    issues = {
+        r.id
+        for r in runtime.resources.for_source("protocol", f"SES-{number:08d}")
+        if r.resource_type == "DetectedIssue"
+    }
+    assert issues and issues <= set(sent)
+
+
 def test_each_batchs_creates_are_noted_in_a_commit_before_it_is_sent(
     runtime: Runtime, settings: Settings, ehr: SandboxEhr, monkeypatch: pytest.MonkeyPatch
 ) -> None:
