@@ -68,16 +68,33 @@ class ReadAhead:
         monkeypatch.setattr(outbox, "urgent_due", reading_urgent)
 
 
+def _backlog_and_a_breach(
+    runtime: Runtime, settings: Settings, ehr: SandboxEhr, number: int
+) -> tuple[Sync, list[tuple[int, bytes]]]:
+    """A backlog of 400 synthetic records mapped and queued, a sync of it in batches of 10, and
+    the records of a session that breaks the protocol, to arrive during the run."""
+    mrns = load_synthetic(runtime, 400)
+    arrival = breach_session(number)
+    ehr.add_patients(sorted(mrns | {orjson.loads(arrival[0][1])["patient"]["mrn"]}))
+    return in_batches_of(10, runtime, settings), arrival
+
+
+def _breach_issues(runtime: Runtime, number: int) -> set[str]:
+    """The ids of the DetectedIssues of the breaching session."""
+    return {
+        r.id
+        for r in runtime.resources.for_source("protocol", f"SES-{number:08d}")
+        if r.resource_type == "DetectedIssue"
+    }
+
+
 def test_a_side_effect_queued_mid_run_is_sent_before_the_batches_read_ahead(
     runtime: Runtime, settings: Settings, ehr: SandboxEhr, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The run reads the urgent items again only before every few batches; the hint that
     this process queued one brings it in before the next batch instead."""
-    mrns = load_synthetic(runtime, 400)
     number = 300
-    arrival = breach_session(number)
-    ehr.add_patients(sorted(mrns | {orjson.loads(arrival[0][1])["patient"]["mrn"]}))
-    sync = in_batches_of(10, runtime, settings)
+    sync, arrival = _backlog_and_a_breach(runtime, settings, ehr, number)
     sends = Sends(monkeypatch)
     read = ReadAhead(sync.outbox, monkeypatch)
     read_before: set[str] = set()
@@ -92,11 +109,7 @@ def test_a_side_effect_queued_mid_run_is_sent_before_the_batches_read_ahead(
     report = sync_once(sync, trigger="test", progress=progress)
 
     assert report.status == "completed", report.error
-    issues = {
-        r.id
-        for r in runtime.resources.for_source("protocol", f"SES-{number:08d}")
-        if r.resource_type == "DetectedIssue"
-    }
+    issues = _breach_issues(runtime, number)
     assert issues and read_before
     assert sends.first_with(issues) < sends.last_with(read_before), (
         sends.first_with(issues),
@@ -112,11 +125,8 @@ def test_a_read_made_ahead_of_time_sends_no_urgent_item_twice(
     effect is queued meanwhile, the urgent read the hint brings takes it and more of the
     backlog's urgent items; the read made ahead of time, made before that and answered after
     it, holds some of the same items, and the run sends each once."""
-    mrns = load_synthetic(runtime, 400)
     number = 301
-    arrival = breach_session(number)
-    ehr.add_patients(sorted(mrns | {orjson.loads(arrival[0][1])["patient"]["mrn"]}))
-    sync = in_batches_of(10, runtime, settings)
+    sync, arrival = _backlog_and_a_breach(runtime, settings, ehr, number)
     sends = Sends(monkeypatch)
     urgent_read = threading.Event()
     taken_by_urgent: set[str] = set()
@@ -151,11 +161,7 @@ def test_a_read_made_ahead_of_time_sends_no_urgent_item_twice(
     assert ahead & taken_by_urgent  # the two reads held some of the same items
     sent = [resource_id for batch in sends.batches for resource_id in batch]
     assert len(sent) == len(set(sent))
-    issues = {
-        r.id
-        for r in runtime.resources.for_source("protocol", f"SES-{number:08d}")
-        if r.resource_type == "DetectedIssue"
-    }
+    issues = _breach_issues(runtime, number)
     assert issues and issues <= set(sent)
 
 
