@@ -192,6 +192,11 @@ _IN_ORDER = "o.rank, o.resource_id"
 _NEWEST_FIRST = "o.received_at DESC, o.rank, o.resource_id"
 """The urgent items: the latest received first, so that a new side effect goes ahead of the
 urgent items of a backlog too."""
+_URGENT = (
+    "SELECT {columns} FROM sync_outbox o WHERE o.urgent = ? AND {due} "
+    f"ORDER BY {_NEWEST_FIRST} LIMIT ?"
+)
+"""The urgent items due, the latest received first, as many as asked."""
 _AFTER = " AND (o.rank, o.resource_id) > (?, ?)"
 _MARK_SENT = "UPDATE sync_outbox SET sent_at = ? WHERE resource_id IN ({ids}) AND sent_at IS NULL"
 _EHR_IDS = "UPDATE sync_outbox SET ehr_id = ?, ehr_version = ? WHERE resource_id = ?"
@@ -352,14 +357,18 @@ class Outbox:
     def urgent_due(self, now: datetime, limit: int, passed: Collection[str]) -> list[Pending]:
         """The urgent part of `next_due` alone."""
         due, due_values = self._due_now(now)
-        sql = (
-            f"SELECT o.resource_id FROM sync_outbox o WHERE o.urgent = ? AND {due} "
-            f"ORDER BY {_NEWEST_FIRST} LIMIT ?"
-        )
+        sql = _URGENT.format(columns="o.resource_id", due=due)
         values = [True, *due_values, limit + len(passed)]
         with raw.reading(self.engine) as cursor:
             cursor.execute(raw.statement(self.engine, sql), values)
-            ids = [row[0] for row in cursor.fetchall() if row[0] not in passed][:limit]
+            keys = [row[0] for row in cursor.fetchall()]
+        return self._urgent_content(now, keys, limit, passed)
+
+    def _urgent_content(
+        self, now: datetime, keys: list[str], limit: int, passed: Collection[str]
+    ) -> list[Pending]:
+        """The first `limit` of the urgent items `keys` not passed over, with their content."""
+        ids = [key for key in keys if key not in passed][:limit]
         return self.due(now, None, len(ids), ids=ids) if ids else []
 
     def next_due(
@@ -378,9 +387,9 @@ class Outbox:
         )
         width = len(_COLUMNS)
         # The urgent rows have no content: that marks them (a resource's content is never null).
-        urgent = (
-            f"SELECT {_SELECTED}, NULL AS content, NULL AS source_type, NULL AS source_id "
-            f"FROM sync_outbox o WHERE o.urgent = ? AND {due} ORDER BY {_NEWEST_FIRST} LIMIT ?"
+        urgent = _URGENT.format(
+            columns=f"{_SELECTED}, NULL AS content, NULL AS source_type, NULL AS source_id",
+            due=due,
         )
         sql = f"SELECT * FROM ({following}) f UNION ALL SELECT * FROM ({urgent}) u"
         values = [*due_values, *(after or ()), limit]
@@ -390,9 +399,9 @@ class Outbox:
             rows = cursor.fetchall()
         read = [row for row in rows if row[width] is not None]
         items = self._items(row[:width] for row in read)
-        ids = [row[0] for row in rows if row[width] is None and row[0] not in passed][:limit]
+        keys = [row[0] for row in rows if row[width] is None]
         return (
-            self.due(now, None, len(ids), ids=ids) if ids else [],
+            self._urgent_content(now, keys, limit, passed),
             [Pending(item, *row[width:]) for item, row in zip(items, read, strict=True)],
         )
 

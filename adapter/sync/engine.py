@@ -327,10 +327,10 @@ def _run(sync: Sync, report: SyncReport, progress: Callable[[int], None]) -> Non
     taken: set[str] = set()
     """The items read by this run: each is read once, whichever way it was found."""
     hint = urgent_queued(sync.outbox.site)
-    prefetched: tuple[tuple[int, str] | None, Future[tuple[list[Pending], list[Pending]]]] | None
-    prefetched = None
-    """The next read in delivery order, asked of the store (by `reader`) as soon as the one
-    before it was read, so that the run does not wait for it when it stages the next batches."""
+    prefetched: Future[tuple[list[Pending], list[Pending]]] | None = None
+    """The next read in delivery order, after `position`, asked of the store (by `reader`) as
+    soon as the one before it was read, so that the run does not wait for it when it stages the
+    next batches."""
 
     def read_ahead(urgent_only: bool = False) -> None:
         """The urgent items due (side effects, protocol breaches, vitals outside their
@@ -345,8 +345,8 @@ def _run(sync: Sync, report: SyncReport, progress: Callable[[int], None]) -> Non
             if not urgent:
                 return
             following: list[Pending] = []
-        elif prefetched is not None and prefetched[0] == position:
-            urgent, following = prefetched[1].result()
+        elif prefetched is not None:
+            urgent, following = prefetched.result()
             prefetched = None
         else:
             urgent, following = sync.outbox.next_due(
@@ -361,15 +361,12 @@ def _run(sync: Sync, report: SyncReport, progress: Callable[[int], None]) -> Non
         following = [p for p in following if p.item.resource_id not in taken]
         taken.update(p.item.resource_id for p in following)
         if following and not urgent_only:
-            prefetched = (
+            prefetched = reader.submit(
+                sync.outbox.next_due,
+                sync.clock(),
                 position,
-                reader.submit(
-                    sync.outbox.next_due,
-                    sync.clock(),
-                    position,
-                    size * STAGED_AHEAD,
-                    taken,  # only looked up, never walked: growing meanwhile, it passes over more
-                ),
+                size * STAGED_AHEAD,
+                taken,  # only looked up, never walked: growing meanwhile, it passes over more
             )
         read = urgent + following
         report.received.update(
