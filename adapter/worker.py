@@ -164,14 +164,11 @@ def sync_to_ehr(runner: SyncRunner) -> None:
     runner.run("schedule")
 
 
-def check_alerts(watch: AlertWatch, lease: HeldLease | None = None) -> None:
-    """Check the alert conditions; with a lease, in one process at a time (a check that waits
-    on the webhook may outlast its tick, and no incident is opened or told of twice)."""
+def check_alerts(watch: AlertWatch, lease: HeldLease) -> None:
+    """Check the alert conditions in one process at a time (a check that waits on the webhook
+    may outlast its tick, and no incident is opened or told of twice)."""
     try:
-        if lease is None:
-            watch.check()
-        else:
-            lease.run(watch.check)
+        lease.run(watch.check)
     except Exception as exc:  # the store is down: the next check tries again
         log.error("the alert check failed: %s", type(exc).__name__)
 
