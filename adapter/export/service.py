@@ -242,12 +242,11 @@ class ExportService:
         procedures = select(tokens.c.resource_id).where(
             tokens.c.param == SERIES_PARAM, tokens.c.code == series
         )
-        if job.get("sites"):
+        bound = _bound_to(job)
+        if bound:
             # A client bound to sites finds their series alone: another site's has no patients.
             procedures = procedures.where(
-                tokens.c.resource_id.in_(
-                    select(resources.c.id).where(*of_sites(frozenset(job["sites"].split())))
-                )
+                tokens.c.resource_id.in_(select(resources.c.id).where(*bound))
             )
         query = (
             select(tokens.c.system, tokens.c.code)
@@ -274,9 +273,8 @@ class ExportService:
             ]
             if job["since"] is not None:
                 conditions.append(resources.c.last_updated > job["since"])
-            if job.get("sites"):
-                # A client bound to sites exports theirs alone.
-                conditions += of_sites(frozenset(job["sites"].split()))
+            # A client bound to sites exports theirs alone.
+            conditions += _bound_to(job)
             if patients is not None:
                 # The MRN's system and value together: the sites of a group may each have
                 # their own MRN system, where one value names two people.
@@ -326,3 +324,8 @@ class ExportService:
             expires_at=datetime.now(UTC) + self.retention,
         )
         return True
+
+
+def _bound_to(job: dict[str, Any]) -> list[Any]:
+    """The conditions on resources of the sites the job's client is bound to (none: unbound)."""
+    return of_sites(frozenset(job["sites"].split())) if job.get("sites") else []

@@ -22,7 +22,6 @@ from sqlalchemy import (
 )
 
 from adapter.store.state import read_state, write_state
-from adapter.store.tables import adapter_state
 from adapter.store.tables import source_record_revisions as revisions
 from adapter.store.tables import source_records as records
 
@@ -398,11 +397,7 @@ class MappingQueue:
     def locked_version(self, connection: Connection) -> str | None:
         """The mapping version, its row share-locked until the transaction ends: a process
         adopting another version (`set_version`) waits for the transaction."""
-        return connection.execute(
-            select(adapter_state.c.value)
-            .where(adapter_state.c.name == MAPPING_VERSION)
-            .with_for_update(read=True)
-        ).scalar_one_or_none()
+        return read_state(connection, MAPPING_VERSION, share_lock=True)
 
     def set_version(self, connection: Connection, version: str) -> None:
         write_state(connection, MAPPING_VERSION, version)

@@ -5,10 +5,13 @@ from sqlalchemy import Connection, select, update
 from adapter.store.tables import adapter_state
 
 
-def read_state(connection: Connection, name: str) -> str | None:
-    return connection.execute(
-        select(adapter_state.c.value).where(adapter_state.c.name == name)
-    ).scalar_one_or_none()
+def read_state(connection: Connection, name: str, share_lock: bool = False) -> str | None:
+    """The fact's value; with `share_lock`, its row share-locked until the transaction ends (a
+    writer of the fact waits for it)."""
+    query = select(adapter_state.c.value).where(adapter_state.c.name == name)
+    if share_lock:
+        query = query.with_for_update(read=True)
+    return connection.execute(query).scalar_one_or_none()
 
 
 def write_state(connection: Connection, name: str, value: str) -> None:
