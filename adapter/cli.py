@@ -19,7 +19,7 @@ from adapter.mapping.mapper import Mapper
 from adapter.mapping.preview import PreviewEntry
 from adapter.mapping.preview import preview as preview_file
 from adapter.mapping.service import MappingReport
-from adapter.mapping.sites import load_group
+from adapter.mapping.sites import load_group, site_mappers
 from adapter.runtime import Runtime, intake_context
 from adapter.security.audit_commands import audit
 from adapter.security.commands import clients
@@ -200,11 +200,10 @@ def preview(file: Path, output: str, site: str | None) -> None:
         click.echo(f"--site: {site!r} is not a site of this deployment", err=True)
         sys.exit(2)
     mapper = Mapper(shared)
-    site_mappers = {name: Mapper(config.mappings, None, name) for name, config in sites.items()}
     context = intake_context(shared, sites, settings.default_site)
     bound = frozenset({site}) if site else None
     with file.open("rb") as stream:
-        entries = preview_file(mapper, ndjson_lines(stream), context, site_mappers, bound)
+        entries = preview_file(mapper, ndjson_lines(stream), context, site_mappers(sites), bound)
     for entry in entries:
         if output == "ndjson":
             click.echo(orjson.dumps(entry.as_json()).decode())

@@ -21,7 +21,7 @@ from adapter.intake.records import AnyRecord, ClinicRecord, InfusionSession
 from adapter.mapping.config import CodeTable, Mappings
 from adapter.mapping.mapper import Mapper, SourceRecord
 from adapter.mapping.rows import TABLES, ProposedRow, add_row, trial
-from adapter.mapping.sites import SiteConfig
+from adapter.mapping.sites import SiteConfig, site_mappers
 from adapter.runtime import Runtime
 from adapter.store.operations import HeldCode, OperationsReadings
 from adapter.worker import SYNC_JOB
@@ -100,24 +100,21 @@ def preview(
     concept goes."""
     validator = runtime.mapping.mapper.validator
     mapper = Mapper(mappings, validator)
-    site_mappers = {
-        site_id: Mapper(config.mappings, validator, site_id)
-        for site_id, config in (sites or {}).items()
-    }
+    by_site = site_mappers(sites or {}, validator)
     shown: list[dict[str, Any]] = []
     for record_type, source_id in held.records[:PREVIEWED]:
         stored = runtime.store.get(record_type, source_id)
         if stored is None:
             continue
         record = _RECORD.validate_json(stored.parsed)
-        if record.clinic_site is not None and record.clinic_site not in site_mappers:
+        if record.clinic_site is not None and record.clinic_site not in by_site:
             continue  # its site's folder was removed: it waits for the site to come back
         session = None
         if stored.session_id:
             found = runtime.store.get("infusion_session", stored.session_id)
             parsed = _RECORD.validate_json(found.parsed) if found else None
             session = parsed if isinstance(parsed, InfusionSession) else None
-        chosen = site_mappers[record.clinic_site] if record.clinic_site else mapper
+        chosen = by_site[record.clinic_site] if record.clinic_site else mapper
         try:
             built = chosen.map(SourceRecord(record, stored.first_received_at, session))
         except InvalidResource as exc:

@@ -16,7 +16,7 @@ from adapter.mapping.config import Mappings
 from adapter.mapping.derived import derived_resources
 from adapter.mapping.detected_issue import SOURCE_TYPE as PROTOCOL
 from adapter.mapping.mapper import Mapper, SourceRecord
-from adapter.mapping.sites import SiteConfig, load_group
+from adapter.mapping.sites import SiteConfig, load_group, site_mappers
 from adapter.store import notices
 from adapter.store.mapping_queue import (
     FAILED,
@@ -112,10 +112,7 @@ class MappingService:
 
     def _adopt_sites(self, sites: dict[str, SiteConfig]) -> None:
         self.sites = sites
-        self.site_mappers = {
-            site_id: Mapper(config.mappings, self.mapper.validator, site_id)
-            for site_id, config in sites.items()
-        }
+        self.site_mappers = site_mappers(sites, self.mapper.validator)
 
     def mapper_for(self, site_id: str | None) -> Mapper:
         """The mapper of a site of the group (the shared one for records without a site)."""

@@ -11,6 +11,7 @@ import yaml
 from pydantic import Field, SecretStr, ValidationError, model_validator
 
 from adapter.errors import MappingFileError
+from adapter.fhir.validation import ResourceValidator
 from adapter.intake.records import SITE_ID_PATTERN
 from adapter.mapping.config import (
     EHR_FILE,
@@ -26,6 +27,7 @@ from adapter.mapping.config import (
     _key_path,
     load_mappings,
 )
+from adapter.mapping.mapper import Mapper
 from adapter.settings import Settings
 
 SITES_DIR = "sites"
@@ -243,6 +245,15 @@ def load_group(folder: Path) -> tuple[Mappings, dict[str, SiteConfig]]:
     if problems:
         raise MappingFileError("\n".join(problems))
     return shared, sites
+
+
+def site_mappers(
+    sites: dict[str, SiteConfig], validator: ResourceValidator | None = None
+) -> dict[str, Mapper]:
+    """A mapper per site of the group, each with the shared files and its site's overlays."""
+    return {
+        site_id: Mapper(config.mappings, validator, site_id) for site_id, config in sites.items()
+    }
 
 
 def load_site_ehr(folder: Path, site_id: str) -> SiteEhr:
