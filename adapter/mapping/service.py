@@ -293,28 +293,26 @@ class MappingService:
                 if not self.queue.hold(connection, batch):
                     raise _ClaimLost
                 self.queue.finish(connection, outcomes)
-        except _ClaimLost:
-            # Mapped for longer than a claim lasts, and another batch took some of its records:
-            # nothing of it is stored, and what it still holds goes back to the queue.
-            log.warning("a mapping batch outlasted its claim; its records wait for the next run")
-            with self.queue.engine.begin() as connection:
-                self.queue.release(connection, batch)
-            report.mapped, report.waiting, report.failed = counted
-            report.batch_queued_sites = set()
-            return True
-        except _VersionChanged:
-            if self._stale_version != shared.version:
+        except (_ClaimLost, _VersionChanged) as stopped:
+            # Nothing of the batch is stored, and what it still holds goes back to the queue.
+            if isinstance(stopped, _ClaimLost):
+                # Mapped for longer than a claim lasts, and another batch took some of its records.
+                log.warning(
+                    "a mapping batch outlasted its claim; its records wait for the next run"
+                )
+            elif self._stale_version != shared.version:
                 log.warning(
                     "the store's mapping version is not this process's (%s): mapping waits "
                     "until this process loads the same mapping files",
                     shared.version,
                 )
-            self._stale_version = shared.version
+            if isinstance(stopped, _VersionChanged):
+                self._stale_version = shared.version
             with self.queue.engine.begin() as connection:
                 self.queue.release(connection, batch)
             report.mapped, report.waiting, report.failed = counted
             report.batch_queued_sites = set()
-            return False
+            return isinstance(stopped, _ClaimLost)
         report.records += len(batch)
         report.batch_queued_sites = counts.queued_sites
         report.sessions_checked += sum(1 for m in mapped if m.source_type == PROTOCOL)
