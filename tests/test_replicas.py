@@ -292,7 +292,6 @@ def test_a_replica_with_another_mapping_version_maps_nothing_until_it_loads_it(
     )
 
 
-@pytest.mark.postgres
 def test_on_postgresql_a_replica_loads_a_new_mapping_version_when_it_hears_of_it(
     settings: Settings, replicas: list[Runtime]
 ) -> None:
