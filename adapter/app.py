@@ -5,7 +5,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Request
 
 from adapter import __version__
 from adapter.api import audit, auth, fhir, health, mapping, metrics, outcome, records, sync
@@ -147,10 +147,13 @@ def create_app(settings: Settings | None = None, background: bool = True) -> Fas
         include_in_schema=False,
         dependencies=[Depends(api_caller("intake", site_bound=True))],
     )
-    def openapi() -> JsonResponse:
-        schema: dict[str, Any] = app.openapi()
-        negotiating = document_format(app.routes, schema)
-        document_statuses(app.routes, schema, negotiating)
+    def openapi(request: Request) -> JsonResponse:
+        # The app from the request, not from this closure: FastAPI keeps its endpoints in
+        # process-wide caches, which would keep every app made in this process alive.
+        served: FastAPI = request.app
+        schema: dict[str, Any] = served.openapi()
+        negotiating = document_format(served.routes, schema)
+        document_statuses(served.routes, schema, negotiating)
         return JsonResponse(schema)
 
     check_routes(app)

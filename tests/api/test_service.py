@@ -1,12 +1,16 @@
 """Service-wide behaviour: health, errors as OperationOutcome, the ASGI entry point."""
 
+import gc
 import importlib
+import weakref
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
-from adapter.settings import get_settings
+from adapter.app import create_app
+from adapter.settings import Settings, get_settings
+from tests.conftest import sign_in
 
 
 def test_health_reports_the_store(client: TestClient) -> None:
@@ -84,3 +88,19 @@ def test_asgi_app_is_importable(
 
     with TestClient(module.app) as client:
         assert client.get("/healthz").status_code == 200
+
+
+def test_an_app_shut_down_is_freed_with_its_runtime(settings: Settings) -> None:
+    """Nothing process-wide keeps an app that has shut down, nor its runtime (its store's
+    connections among it): a process that makes apps, as tools and tests do, does not gather
+    them."""
+    app = create_app(settings, background=False)
+    with TestClient(app) as test_client:
+        sign_in(test_client)
+        assert test_client.get("/openapi.json").status_code == 200
+        assert test_client.get("/fhir/Observation").status_code == 200
+    freed_app, freed_runtime = weakref.ref(app), weakref.ref(app.state.runtime)
+    del app, test_client
+    gc.collect()
+    assert freed_app() is None
+    assert freed_runtime() is None
