@@ -1,5 +1,6 @@
 """Loads the YAML files in mappings/ into strict pydantic models, naming file and key on error."""
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -619,16 +620,29 @@ SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 the time, at every start of the service and the CLI), else in pure Python."""
 
 
-def load_file(path: Path, model: type[M]) -> M:
-    """Load one mapping file into its model; errors read `mappings/site.yaml: key.path: why`."""
+def read_yaml(path: Path) -> Any:
+    """A mapping file's YAML. Parsing is most of a load, and a process loads the same files
+    again at every mapping change it hears of and every runtime it opens: the documents are
+    kept by text, so that only a changed file is parsed again. The data is shared: read it, do
+    not change it."""
     try:
-        data: Any = yaml.load(path.read_text(encoding="utf-8"), Loader=SAFE_LOADER)
+        return _parsed(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise MappingFileError(f"{path}: file not found") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         raise MappingFileError(f"{path}: not valid YAML{where}") from None
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed(text: str) -> Any:
+    return yaml.load(text, Loader=SAFE_LOADER)
+
+
+def load_file(path: Path, model: type[M]) -> M:
+    """Load one mapping file into its model; errors read `mappings/site.yaml: key.path: why`."""
+    data = read_yaml(path)
     try:
         return model.model_validate(data if data is not None else {})
     except ValidationError as exc:

@@ -7,7 +7,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, SecretStr, ValidationError, model_validator
 
 from adapter.errors import MappingFileError
@@ -16,7 +15,6 @@ from adapter.intake.records import SITE_ID_PATTERN
 from adapter.mapping.config import (
     EHR_FILE,
     FILES,
-    SAFE_LOADER,
     CodeTable,
     EhrRules,
     Limits,
@@ -26,6 +24,7 @@ from adapter.mapping.config import (
     Site,
     _key_path,
     load_mappings,
+    read_yaml,
 )
 from adapter.mapping.mapper import Mapper
 from adapter.settings import Settings
@@ -106,12 +105,7 @@ def merged(base: Any, overlay: Any) -> Any:
 
 
 def _read(path: Path) -> Any:
-    try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=SAFE_LOADER)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise MappingFileError(f"{path}: not valid YAML{where}") from None
+    data = read_yaml(path)
     if data is not None and not isinstance(data, dict):
         raise MappingFileError(f"{path}: (top level): Input should be a mapping")
     return data or {}
