@@ -41,6 +41,24 @@ def replica_environment(
     return env
 
 
+HEALTH_CHECKS = httpx.Client(timeout=1, trust_env=False, verify=False)
+"""One client for every health check: plain HTTP on loopback. (A client made for each try
+loads the system's CA store each time, which costs more than the request.)"""
+
+
+def healthy(process: subprocess.Popen[bytes], port: int, seconds: float = 60) -> bool:
+    """Whether the service started as `process` answers its health check on `port` within
+    `seconds` (False at once if it exits)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if HEALTH_CHECKS.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                return True
+        except httpx.TransportError:
+            time.sleep(0.1)
+    return False
+
+
 class Replicas:
     """`count` replicas sharing `env`, and the proxy in front of them (`url`)."""
 
@@ -68,17 +86,8 @@ class Replicas:
         )
 
     def _wait_healthy(self, index: int) -> None:
-        url = f"http://127.0.0.1:{self.ports[index]}/healthz"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.processes[index].poll() is not None:
-                break
-            try:
-                if httpx.get(url, timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.1)
-        raise RuntimeError(f"replica {index} did not start")
+        if not healthy(self.processes[index], self.ports[index]):
+            raise RuntimeError(f"replica {index} did not start")
 
     def pids(self) -> list[int]:
         return [process.pid for process in self.processes]

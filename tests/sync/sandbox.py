@@ -80,7 +80,7 @@ class SandboxEhr:
             method, f"{self.origin}/_control{path}", data=orjson.dumps(body) if body else None
         )
         answer.raise_for_status()
-        return answer.json() if answer.content else None
+        return orjson.loads(answer.content) if answer.content else None
 
     def reset(self, profile: str = "generic") -> None:
         """Empty the server, apply an EHR profile, and create the sandbox patients."""

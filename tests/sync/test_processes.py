@@ -20,6 +20,7 @@ import pytest
 from adapter.runtime import Runtime
 from adapter.settings import Settings
 from benchmarks.synthetic import records
+from tests.replicas import healthy
 from tests.sync.expected import expected_in_ehr, not_for_ehr
 from tests.sync.sandbox import SandboxEhr
 from tests.sync.test_faults import load_synthetic
@@ -133,13 +134,8 @@ def serve(env: dict[str, str], port: int, cwd: Path) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
         [*CLI, "serve", "--port", str(port)], env=env, cwd=cwd, stdout=subprocess.DEVNULL
     )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return process
-        except httpx.TransportError:
-            time.sleep(0.1)
+    if healthy(process, port):
+        return process
     process.kill()
     raise AssertionError("the service did not start")
 

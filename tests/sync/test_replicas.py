@@ -141,7 +141,7 @@ class Poller:
                 answer = None
             if answer is not None and answer.status_code != 502:
                 assert answer.status_code == 200, answer.text
-                found: dict[str, Any] = answer.json()
+                found: dict[str, Any] = orjson.loads(answer.content)
                 return found
             self.retried += 1
             time.sleep(0.1)
