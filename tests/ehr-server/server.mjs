@@ -23,7 +23,8 @@
 // Return Content"), as HAPI FHIR answers; FhirRouter itself always returns them in full.
 // GET /_control/stats counts the requests by method and outcome (and POST searches as
 // `searches`, those of Patients as `patient searches`); POST /_control/reset empties it.
-// GET /_control/resources/TYPE lists every stored resource of a type, whatever the quirks.
+// GET /_control/resources/TYPE lists every stored resource of a type, whatever the quirks;
+// GET /_control/identifiers/TYPE lists the identifier element of each (null where none).
 // A deleted resource answers 410 Gone to a read or an update, as HAPI FHIR does.
 // Quirks (config key `quirks`, see quirks.mjs) make it misbehave as real EHRs do, one way at a
 // time; POST /_control/settle stores the writes a `lateCommit` EHR is still holding. A second
@@ -595,6 +596,12 @@ async function control(req, res, path, text) {
   if (path.startsWith('/resources/') && req.method === 'GET') {
     const type = path.slice('/resources/'.length);
     return send(res, 200, [...(repo.resources.get(type)?.values() ?? [])]);
+  }
+  if (path.startsWith('/identifiers/') && req.method === 'GET') {
+    // Each stored resource's identifier element alone: what a test counting copies reads.
+    const type = path.slice('/identifiers/'.length);
+    const stored = [...(repo.resources.get(type)?.values() ?? [])];
+    return send(res, 200, stored.map((resource) => resource.identifier ?? null));
   }
   if (path === '/decoy' && req.method === 'GET') {
     const stored = {};

@@ -97,8 +97,8 @@ class Trickle:
                 time.sleep(0.2)
             found = [
                 identifier["value"]
-                for copy in ehr.all("Observation")
-                for identifier in copy.get("identifier", [])
+                for listed in ehr.identifiers("Observation")
+                for identifier in listed or []
                 if identifier["system"].startswith(RECORDS_SYSTEM)
             ]
             now = time.monotonic()
