@@ -9,8 +9,9 @@ transaction Bundles of the same size, with nothing else (no lookups, no bookkeep
 once before the sync and once after, each time into an emptied EHR, and the baseline is the mean
 of the two, so that a change in the machine's speed during the run weighs on both sides.
 `infusion-adapter sync --once` runs in its own process, whose peak RSS (VmHWM) is read from
-/proc while it runs. Every run ends with every resource in the EHR, which is counted after the
-sync.
+/proc while it runs, and its CPU time, the sandbox's and the whole machine's are printed beside
+the run's length: on a machine of few cores the sync, the EHR and the database share them. Every
+run ends with every resource in the EHR, which is counted after the sync.
 
     .venv/bin/python -m benchmarks.sync --resources 100000 [--store postgresql]
 """
@@ -35,6 +36,7 @@ from benchmarks.scratch import scratch_folder
 from benchmarks.synthetic import records
 from tests.sync.sandbox import SandboxEhr
 
+CORES = os.cpu_count() or 1
 RESOURCES_PER_RECORD = 5.6
 """About how many resources one synthetic record maps to (vitals give several)."""
 
@@ -45,12 +47,21 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_busy() -> float:
+    """CPU seconds the whole machine has spent busy so far, on every core (/proc/stat): the
+    sync, the sandbox EHR and the database share it."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def plain_client(ehr: SandboxEhr, bodies: list[bytes], batch: int) -> float:
     """Transaction Bundles of the stored resources, posted one after another, with the sync's
     own `Prefer: return=minimal`: resources/s."""
     session = requests.Session()
     session.trust_env = False
     server_cpu = cpu_seconds(ehr.process.pid)
+    busy = machine_busy()
     started = time.perf_counter()
     for start in range(0, len(bodies), batch):
         entries = b",".join(bodies[start : start + batch])
@@ -63,7 +74,11 @@ def plain_client(ehr: SandboxEhr, bodies: list[bytes], batch: int) -> float:
         answer.raise_for_status()
     seconds = time.perf_counter() - started
     server_cpu = cpu_seconds(ehr.process.pid) - server_cpu
-    print(f"  (sandbox server CPU {server_cpu:.1f} s of {seconds:.1f} s)")
+    busy = machine_busy() - busy
+    print(
+        f"  (sandbox server CPU {server_cpu:.1f} s of {seconds:.1f} s; "
+        f"machine busy {busy:.1f} of {seconds * CORES:.1f} CPU s)"
+    )
     return len(bodies) / seconds
 
 
@@ -157,6 +172,7 @@ def run(args: argparse.Namespace, database_url: str | None) -> None:
             "ADAPTER_LOG_LEVEL": "WARNING",
         }
         server_cpu = cpu_seconds(ehr.process.pid)
+        busy = machine_busy()
         started = time.perf_counter()
         process = subprocess.Popen(
             [sys.executable, "-m", "adapter.cli", "sync", "--once", "--quiet"],
@@ -168,6 +184,7 @@ def run(args: argparse.Namespace, database_url: str | None) -> None:
             peak_kb = max(peak_kb, high_water_kb(process.pid))
             time.sleep(0.1)
         seconds = time.perf_counter() - started
+        busy = machine_busy() - busy
         status = process.returncode
         used = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = used.ru_utime + used.ru_stime
@@ -187,7 +204,9 @@ def run(args: argparse.Namespace, database_url: str | None) -> None:
         server_cpu = cpu_seconds(ehr.process.pid) - server_cpu
         print(
             f"sync process CPU time {cpu:.1f} s of {seconds:.1f} s; "
-            f"sandbox server CPU meanwhile {server_cpu:.1f} s",
+            f"sandbox server CPU meanwhile {server_cpu:.1f} s; machine busy {busy:.1f} of "
+            f"{seconds * CORES:.1f} CPU s (the rest, about {max(0.0, busy - cpu - server_cpu):.1f} "
+            "s: a database server, and the benchmark's own polling)",
             flush=True,
         )
         waiting = runtime.outbox.listed(("waiting",), 3)

@@ -216,10 +216,7 @@ _DELIVERED = (
 )
 """The common outcome in one statement: the version sent delivered, with the EHR's id."""
 _RECORDED = """
-WITH marked AS (
-  UPDATE sync_outbox SET sent_at = %(now)s
-  WHERE resource_id IN (SELECT json_array_elements_text(%(marks)s::json)) AND sent_at IS NULL
-), delivered AS (
+WITH delivered AS (
   UPDATE sync_outbox o SET state = 'delivered', next_attempt_at = v.next_attempt_at,
     detail = NULL, delivered_version = o.version_id, updated_at = %(now)s, ehr_id = v.ehr_id,
     ehr_version = v.ehr_version, requested_at = COALESCE(v.requested_at, o.requested_at),
@@ -254,8 +251,8 @@ WITH marked AS (
 SELECT resource_id FROM delivered
 """
 """On PostgreSQL, a settle in one statement, committed on its own (one round trip, where a
-transaction of a statement per outcome took several): the creates of the next batches noted,
-the plain deliveries, and the other outcomes, each of which moves its item only if the version
+transaction of a statement per outcome took several): the plain deliveries, and the other
+outcomes, each of which moves its item only if the version
 is still the one sent, while the EHR's id is kept whatever the version (as `_EHR_IDS`). It
 answers the plain deliveries it made."""
 
@@ -521,24 +518,22 @@ class Outbox:
             sql = _MARK_SENT.format(ids=raw.placeholders(len(chunk)))
             cursor.execute(raw.statement(self.engine, sql), [moment, *chunk])
 
-    def record(
-        self, outcomes: Sequence[Outcome], now: datetime, will_send: Sequence[str] = ()
-    ) -> None:
+    def record(self, outcomes: Sequence[Outcome], now: datetime) -> None:
         """Store the outcomes of delivery attempts. The EHR's id is kept whatever the version
         (it names the EHR's copy); the state moves only if the version is still the one sent.
-        `will_send`: the creates of the next batch, noted (`sent_at`) in the same transaction,
-        which commits before that batch is sent. A hot path of the sync: DBAPI statements."""
-        if not outcomes and not will_send:
+        A hot path of the sync: DBAPI statements, one on PostgreSQL (`_record_at_once`)."""
+        if not outcomes:
             return
-        if self.engine.dialect.name == "postgresql" and len(
-            {o.resource_id for o in outcomes} | set(will_send)
-        ) == len(outcomes) + len(set(will_send)):
-            self._record_at_once(outcomes, now, will_send)
-            return
+        named_once = len({o.resource_id for o in outcomes}) == len(outcomes)
+        if self.engine.dialect.name == "postgresql" and named_once:
+            self._record_at_once(outcomes, now)
+        else:
+            self._record_per_kind(outcomes, now)
+
+    def _record_per_kind(self, outcomes: Sequence[Outcome], now: datetime) -> None:
+        """`record` as a statement for each kind of outcome, in one transaction."""
         moment = raw.to_store(self.engine, outbox.c.updated_at)
         with raw.writing(self.engine) as cursor:
-            if will_send:
-                self._mark_sent(cursor, will_send, now)
             updated = moment(now)
             # Outcomes of one answer share their time: each is converted once.
             stamp = {at: moment(at) for at in {o.next_attempt_at for o in outcomes}}
@@ -598,9 +593,7 @@ class Outbox:
                     ],
                 )
 
-    def _record_at_once(
-        self, outcomes: Sequence[Outcome], now: datetime, will_send: Sequence[str]
-    ) -> None:
+    def _record_at_once(self, outcomes: Sequence[Outcome], now: datetime) -> None:
         """`record` on PostgreSQL, as one statement (`_RECORDED`); an item named once only (a
         statement must not change a row twice)."""
         plain: list[Outcome] = []
@@ -638,7 +631,6 @@ class Outbox:
         # the driver adapts arrays.
         values = {
             "now": now,
-            "marks": orjson.dumps(list(will_send)).decode(),
             "delivered": orjson.dumps(delivered).decode(),
             "others": orjson.dumps(moved_on).decode(),
         }

@@ -133,6 +133,10 @@ class Delivery:
     wants_if_match: set[str] = field(default_factory=set)
     marked: set[str] = field(default_factory=set)
     """Adapter ids whose create this run has noted in the outbox (`sent_at`) already."""
+    unsent_marks: set[str] = field(default_factory=set)
+    """Creates this run noted ahead of sending them, on items that bore no mark: until this run
+    sends them no copy of theirs can be in the EHR, and an item read again meanwhile (a due item
+    that an urgent one references) is not searched for on account of that mark."""
     forbidden: dict[str, str] = field(default_factory=dict)
     """Resource types the EHR answered 403 to a write of in this run, with its reason: the rest
     of their items are not sent in this run."""
@@ -160,7 +164,20 @@ class Delivery:
         """These creates are noted in the outbox (committed): sending them notes nothing more."""
         self.marked.update(ids)
 
+    def noted_ahead(self, read: Sequence[Pending], ids: Sequence[str]) -> None:
+        """These creates of the items `read` are noted in the outbox (committed), ahead of
+        sending them: as `noted`, and those that bore no mark when read are `unsent_marks`."""
+        self.noted(ids)
+        fresh = set(ids)
+        self.unsent_marks.update(
+            p.item.resource_id
+            for p in read
+            if p.item.sent_at is None and p.item.resource_id in fresh
+        )
+
     def _mark_sent(self, ids: list[str]) -> None:
+        """Creates about to be sent, noted first where this run has not noted them yet."""
+        self.unsent_marks.difference_update(ids)
         unmarked = [i for i in ids if i not in self.marked]
         if unmarked:
             self.outbox.mark_sent(unmarked, self.clock())
@@ -208,7 +225,7 @@ class Delivery:
                 deliverable.append(pending)
         # A withdrawal the EHR takes as a DELETE needs no patient: only the EHR's copy, found
         # by its identifier first where a create of it may have gone unheard.
-        unheard = [p for p in deletions if self._ehr_id(p.item) is None and p.item.sent_at]
+        unheard = [p for p in deletions if self._unheard(p.item)]
         _, problems = self._look_up(unheard, texts)
         for pending in deletions:
             if pending.item.resource_id in problems:
@@ -274,8 +291,15 @@ class Delivery:
         and where the EHR has no conditional create, the adapter's identifier is searched for
         first."""
         plan = self.plans[pending.item.resource_type]
-        unheard = self._ehr_id(pending.item) is None and pending.item.sent_at is not None
-        return unheard and (plan.mode != "single" or not plan.conditional_create)
+        return self._unheard(pending.item) and (
+            plan.mode != "single" or not plan.conditional_create
+        )
+
+    def _unheard(self, item: OutboxItem) -> bool:
+        """Whether a create of the item may have reached the EHR unheard: a mark (`sent_at`)
+        that is not this run's of an item it has yet to send, and no EHR id."""
+        marked = item.sent_at is not None and item.resource_id not in self.unsent_marks
+        return marked and self._ehr_id(item) is None
 
     def _targets(self, ready: Sequence[Pending]) -> dict[str, OutboxItem]:
         """The outbox items that these resources reference and the run does not know the EHR's
@@ -690,8 +714,11 @@ class Delivery:
     def _send(
         self, request: Json, body: str, idempotent: bool, item: OutboxItem | None = None
     ) -> EhrResponse:
-        if item is not None and request["method"] == "POST" and "ifNoneExist" not in request:
-            self._mark_sent([item.resource_id])
+        if item is not None and request["method"] == "POST":
+            if "ifNoneExist" in request:
+                self.unsent_marks.discard(item.resource_id)
+            else:
+                self._mark_sent([item.resource_id])
         headers = {
             name: request[key]
             for key, name in (("ifNoneExist", "If-None-Exist"), ("ifMatch", "If-Match"))

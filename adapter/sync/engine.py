@@ -44,10 +44,10 @@ LONGEST_BACKOFF = 3600.0
 IN_FLIGHT = 3
 """Batches with the EHR at once: while the EHR works on one, the answers to the others are read
 and the next are staged."""
-STAGED_AHEAD = 3
-"""Batches read and staged at a time: one commit records the outcomes answered meanwhile and
-notes these batches' possible creates (each commit writes and syncs the pages it changed, and
-consecutive batches share many of them)."""
+STAGED_AHEAD = 12
+"""Batches read and staged at a time, their possible creates noted in one commit (each commit
+waits for the disk, and writes the pages it changed, which consecutive batches share): fewer
+and larger reads cost the database less (docs/performance.md)."""
 InFlight = tuple[set[str], Future[list[Outcome]]]
 """The adapter ids of a batch sent, and its outcomes to come."""
 COMPLETION_ROUNDS = 2
@@ -322,6 +322,28 @@ def _run(sync: Sync, report: SyncReport, progress: Callable[[int], None]) -> Non
             asked = sync.client.asked_to_wait
             raise EhrUnavailable(f"the EHR asked the sync to wait {asked:.0f} s", asked)
 
+    recording: deque[Future[None]] = deque()
+    """Outcomes being recorded (by `recorder`), in the order they were answered."""
+
+    def record_answered(will_send: Sequence[str]) -> None:
+        """The creates of the batches just read that `read_noted` has not noted (the urgent
+        items, what they reference) noted and committed now, before any of them is sent; the
+        outcomes answered so far recorded meanwhile by `recorder`, one commit after another,
+        while this thread stages and sends."""
+        while recording and recording[0].done():
+            recording.popleft().result()  # a recording that failed fails the run
+        if will_send:
+            sync.outbox.mark_sent(will_send, sync.clock())
+        if unrecorded:
+            recording.append(recorder.submit(_settle, sync, report, list(unrecorded)))
+            unrecorded.clear()
+
+    def recorded() -> None:
+        """Every outcome answered so far recorded."""
+        record_answered(())
+        while recording:
+            recording.popleft().result()
+
     position: tuple[int, str] | None = None
     """The key of the last item read in delivery order."""
     taken: set[str] = set()
@@ -332,12 +354,25 @@ def _run(sync: Sync, report: SyncReport, progress: Callable[[int], None]) -> Non
     soon as the one before it was read, so that the run does not wait for it when it stages the
     next batches."""
 
+    def read_noted(
+        now: datetime, after: tuple[int, str] | None, limit: int, passed: set[str]
+    ) -> tuple[list[Pending], list[Pending]]:
+        """The next items due (`Outbox.next_due`), the creates among them noted (`sent_at`) and
+        committed before they are handed over: the commit waits for the disk, and is made here,
+        ahead of time, rather than where the run stages and sends."""
+        urgent, following = sync.outbox.next_due(now, after, limit, passed)
+        read = urgent + following
+        creates = delivery.may_create(read)
+        sync.outbox.mark_sent(creates, now)
+        delivery.noted_ahead(read, creates)
+        return urgent, following
+
     def read_ahead(urgent_only: bool = False) -> None:
         """The urgent items due (side effects, protocol breaches, vitals outside their
         thresholds, queued whenever) and the next STAGED_AHEAD batches in delivery order, read
-        and staged, the urgent first; their possible creates noted in one commit with the
-        outcomes answered so far, before any of them is sent. With `urgent_only`, the urgent
-        items alone, staged ahead of the batches read before."""
+        and staged, the urgent first; their possible creates noted and committed before any
+        of them is sent (`read_noted`, `record_answered`). With `urgent_only`, the urgent items
+        alone, staged ahead of the batches read before."""
         nonlocal position, prefetched
         hint.clear()
         if urgent_only:
@@ -349,9 +384,7 @@ def _run(sync: Sync, report: SyncReport, progress: Callable[[int], None]) -> Non
             urgent, following = prefetched.result()
             prefetched = None
         else:
-            urgent, following = sync.outbox.next_due(
-                sync.clock(), position, size * STAGED_AHEAD, taken
-            )
+            urgent, following = read_noted(sync.clock(), position, size * STAGED_AHEAD, taken)
         # A read made ahead of time may hold urgent items that a read since has taken.
         urgent = [p for p in urgent if p.item.resource_id not in taken]
         urgent = _with_references(sync, urgent, taken)
@@ -362,7 +395,7 @@ def _run(sync: Sync, report: SyncReport, progress: Callable[[int], None]) -> Non
         taken.update(p.item.resource_id for p in following)
         if following and not urgent_only:
             prefetched = reader.submit(
-                sync.outbox.next_due,
+                read_noted,
                 sync.clock(),
                 position,
                 size * STAGED_AHEAD,
@@ -372,12 +405,11 @@ def _run(sync: Sync, report: SyncReport, progress: Callable[[int], None]) -> Non
         report.received.update(
             (p.item.resource_id, p.item.received_at) for p in read if p.item.received_at
         )
-        will_send = delivery.may_create(read)
+        will_send = [i for i in delivery.may_create(read) if i not in delivery.marked]
         while in_flight and in_flight[0][1].done():
             answered()
-        _settle(sync, report, unrecorded, will_send)
-        unrecorded.clear()
-        delivery.noted(will_send)
+        record_answered(will_send)
+        delivery.noted_ahead(read, will_send)
         delivery.read_facts(read)
         staged = [
             delivery.stage(part[start : start + size])
@@ -394,14 +426,16 @@ def _run(sync: Sync, report: SyncReport, progress: Callable[[int], None]) -> Non
         else:
             ready.extend(staged)
 
-    # A pipeline: while the EHR works on up to IN_FLIGHT batches (in sender threads), the next
-    # are read and staged and the outcomes of those answered are recorded. The possible creates
-    # of the batches read are noted in that same commit, which lands before any is sent.
+    # A pipeline: while the EHR works on up to IN_FLIGHT batches (in sender threads), this
+    # thread stages the next, the reader reads the ones after them and notes their possible
+    # creates in a commit that lands before they are handed over, and the recorder records the
+    # outcomes answered, in the order they were answered.
     # A batch that references a resource of a batch in flight waits for that batch's answer,
     # which brings the EHR's id to put in the reference.
     with (
         ThreadPoolExecutor(max_workers=IN_FLIGHT, thread_name_prefix="sync-send") as sender,
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="sync-read") as reader,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="sync-record") as recorder,
     ):
         try:
             read_ahead()
@@ -419,15 +453,18 @@ def _run(sync: Sync, report: SyncReport, progress: Callable[[int], None]) -> Non
                     read_ahead()
             while in_flight:
                 answered()
+            recorded()
         except BaseException:
             # What the EHR answered is kept before the run stops.
+            for pending in recording:
+                with suppress(Exception):
+                    pending.result()
             with suppress(Exception):
                 _settle(sync, report, unrecorded)
             for _, sending in in_flight:
                 with suppress(Exception):
                     _settle(sync, report, sending.result())
             raise
-    _settle(sync, report, unrecorded)
     for _ in range(COMPLETION_ROUNDS):
         late = delivery.completable()
         if late:
@@ -481,11 +518,9 @@ def _waits_for(staged: Staged, in_flight: Iterable[InFlight]) -> bool:
     return any(not ids.isdisjoint(staged.targets) for ids, _ in in_flight)
 
 
-def _settle(
-    sync: Sync, report: SyncReport, outcomes: Sequence[Outcome], will_send: Sequence[str] = ()
-) -> None:
+def _settle(sync: Sync, report: SyncReport, outcomes: Sequence[Outcome]) -> None:
     now = sync.clock()
-    sync.outbox.record(outcomes, now, will_send)
+    sync.outbox.record(outcomes, now)
     for outcome in outcomes:
         kind = _kind(outcome)
         report.counts[kind] += 1

@@ -162,8 +162,8 @@ def _rows(outbox: Outbox, suffix: str) -> dict[str, Any]:
 def test_outcomes_recorded_in_one_statement_or_one_per_kind_leave_the_same_rows(
     runtime: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An item named twice (an outcome, and a send mark for the next batch) cannot be changed
-    twice by one statement: such a batch goes the other way, to the same end."""
+    """Outcomes naming an item twice cannot be recorded by one statement, which must not
+    change a row twice: such outcomes go the other way, which must come to the same end."""
     outbox = Outbox(runtime.store.engine)
     names = [f"{x}{suffix}" for suffix in "12" for x in "abcdefg"]
     with runtime.store.engine.begin() as connection:
@@ -172,6 +172,7 @@ def test_outcomes_recorded_in_one_statement_or_one_per_kind_leave_the_same_rows(
         enqueue(connection, [("d1", "Observation", 2, "Observation")], NOW)
         enqueue(connection, [("d2", "Observation", 2, "Observation")], NOW)
     outbox.mark_sent(["b1", "b2"], NOW - timedelta(minutes=5))
+    outbox.mark_sent(["e1", "e2"], LATER)
     at_once: list[int] = []
     one_statement = Outbox._record_at_once
 
@@ -181,8 +182,8 @@ def test_outcomes_recorded_in_one_statement_or_one_per_kind_leave_the_same_rows(
 
     monkeypatch.setattr(Outbox, "_record_at_once", counted)
 
-    outbox.record(_outcomes("1"), LATER, will_send=["e1"])
-    outbox.record(_outcomes("2"), LATER, will_send=["e2", "b2"])
+    outbox.record(_outcomes("1"), LATER)
+    outbox._record_per_kind(_outcomes("2"), LATER)
 
     postgres = runtime.store.engine.dialect.name == "postgresql"
     assert at_once == ([6] if postgres else [])
@@ -209,22 +210,17 @@ def test_outcomes_recorded_in_one_statement_or_one_per_kind_leave_the_same_rows(
     assert first["b"][1]["answered"] is None
 
 
-@pytest.mark.parametrize("twice", [False, True], ids=["one-statement", "item-twice"])
-def test_the_send_marks_are_committed_when_the_outcomes_are_recorded(
-    runtime: Runtime, twice: bool
-) -> None:
-    """The creates of the next batch are noted before it is sent: a process killed once
-    `record` has returned (here: the store read from another engine, as by the next run)
-    leaves the marks, which make the next run look for copies in the EHR."""
+def test_the_send_marks_are_committed_when_mark_sent_returns(runtime: Runtime) -> None:
+    """The creates of the next batches are noted before they are sent: a process killed once
+    `mark_sent` has returned (here: the store read from another engine, as by the next run)
+    leaves the marks, which make the next run look for copies in the EHR. A mark already
+    made stays as it was."""
     outbox = Outbox(runtime.store.engine)
     with runtime.store.engine.begin() as connection:
         enqueue(connection, [(n, "Observation", 1, "Observation") for n in "abc"], NOW)
+    outbox.mark_sent(["a"], NOW)
 
-    outbox.record(
-        [Outcome("a", 1, "pending", LATER, {"reason": "busy", "status": 503})],
-        LATER,
-        will_send=["a", "b"] if twice else ["b", "c"],
-    )
+    outbox.mark_sent(["a", "b"], LATER)
 
     other = make_engine(runtime.settings.database_url)
     try:
@@ -233,6 +229,4 @@ def test_the_send_marks_are_committed_when_the_outcomes_are_recorded(
             marks = {row.resource_id: row.sent_at for row in connection.execute(query)}
     finally:
         other.dispose()
-    assert marks == (
-        {"a": LATER, "b": LATER, "c": None} if twice else {"a": None, "b": LATER, "c": LATER}
-    )
+    assert marks == {"a": NOW, "b": LATER, "c": None}
