@@ -1,5 +1,6 @@
 """Creates and upgrades the store's schema with the Alembic migrations shipped in the package."""
 
+import functools
 import logging
 from pathlib import Path
 
@@ -19,6 +20,13 @@ def _config() -> Config:
     return config
 
 
+@functools.cache
+def newest() -> str | None:
+    """The newest revision of the migrations shipped, read once per process: Alembic compiles
+    every migration file to find it, which cost more than the rest of opening a store."""
+    return ScriptDirectory.from_config(_config()).get_current_head()
+
+
 def current(engine: Engine) -> str | None:
     """The revision the store's schema is at (None: an empty store)."""
     with engine.connect() as connection:
@@ -30,8 +38,7 @@ def upgrade(engine: Engine, target: str = "head") -> str | None:
     silently. Returns the revision it was at when it changed, and says so in one log line."""
     config = _config()
     before = current(engine)
-    head = ScriptDirectory.from_config(config).get_current_head()
-    if before == head and target == "head":
+    if before == newest() and target == "head":
         return None
     with engine.begin() as connection:
         config.attributes["connection"] = connection
@@ -45,8 +52,7 @@ def upgrade(engine: Engine, target: str = "head") -> str | None:
 
 def pending(engine: Engine) -> bool:
     """True when the database is behind the newest migration."""
-    head = ScriptDirectory.from_config(_config()).get_current_head()
-    return current(engine) != head
+    return current(engine) != newest()
 
 
 def downgrade(engine: Engine, target: str) -> None:
