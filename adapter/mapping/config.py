@@ -621,18 +621,42 @@ the time, at every start of the service and the CLI), else in pure Python."""
 
 
 def read_yaml(path: Path) -> Any:
-    """A mapping file's YAML. Parsing is most of a load, and a process loads the same files
-    again at every mapping change it hears of and every runtime it opens: the documents are
-    kept by text, so that only a changed file is parsed again. The data is shared: read it, do
-    not change it."""
+    """A mapping file's YAML. A process loads the same files again at every mapping change it
+    hears of and every runtime it opens: the documents are kept by text, so that only a changed
+    file is parsed again. The data is shared: read it, do not change it."""
     try:
-        return _parsed(path.read_text(encoding="utf-8"))
+        return _parsed(_text(path))
+    except yaml.YAMLError as exc:
+        raise _not_yaml(path, exc) from None
+
+
+def load_file(path: Path, model: type[M]) -> M:
+    """Load one mapping file into its model; errors read `mappings/site.yaml: key.path: why`.
+    The models are frozen, and kept by text as the documents are (`read_yaml`): validating them
+    cost more than parsing."""
+    text = _text(path)
+    try:
+        loaded = _loaded(model, text)
+    except yaml.YAMLError as exc:
+        raise _not_yaml(path, exc) from None
+    except ValidationError as exc:
+        lines = [f"{path}: {_key_path(err['loc'])}: {err['msg']}" for err in exc.errors()]
+        raise MappingFileError("\n".join(lines)) from None
+    assert isinstance(loaded, model)  # the cache's type is lost to mypy
+    return loaded
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise MappingFileError(f"{path}: file not found") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise MappingFileError(f"{path}: not valid YAML{where}") from None
+
+
+def _not_yaml(path: Path, exc: yaml.YAMLError) -> MappingFileError:
+    mark = getattr(exc, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+    return MappingFileError(f"{path}: not valid YAML{where}")
 
 
 @functools.lru_cache(maxsize=256)
@@ -640,14 +664,10 @@ def _parsed(text: str) -> Any:
     return yaml.load(text, Loader=SAFE_LOADER)
 
 
-def load_file(path: Path, model: type[M]) -> M:
-    """Load one mapping file into its model; errors read `mappings/site.yaml: key.path: why`."""
-    data = read_yaml(path)
-    try:
-        return model.model_validate(data if data is not None else {})
-    except ValidationError as exc:
-        lines = [f"{path}: {_key_path(err['loc'])}: {err['msg']}" for err in exc.errors()]
-        raise MappingFileError("\n".join(lines)) from None
+@functools.lru_cache(maxsize=256)
+def _loaded(model: type[M], text: str) -> M:
+    data = _parsed(text)
+    return model.model_validate(data if data is not None else {})
 
 
 def load_mappings(folder: Path) -> Mappings:
