@@ -137,6 +137,9 @@ class Delivery:
     """Creates this run noted ahead of sending them, on items that bore no mark: until this run
     sends them no copy of theirs can be in the EHR, and an item read again meanwhile (a due item
     that an urgent one references) is not searched for on account of that mark."""
+    sent: set[str] = field(default_factory=set)
+    """Adapter ids this run has sent a create of: a mark on them is never `unsent_marks`' (the
+    reader may note an item again after a sender took it out of them)."""
     forbidden: dict[str, str] = field(default_factory=dict)
     """Resource types the EHR answered 403 to a write of in this run, with its reason: the rest
     of their items are not sent in this run."""
@@ -177,6 +180,7 @@ class Delivery:
 
     def _mark_sent(self, ids: list[str]) -> None:
         """Creates about to be sent, noted first where this run has not noted them yet."""
+        self.sent.update(ids)
         self.unsent_marks.difference_update(ids)
         unmarked = [i for i in ids if i not in self.marked]
         if unmarked:
@@ -298,7 +302,8 @@ class Delivery:
     def _unheard(self, item: OutboxItem) -> bool:
         """Whether a create of the item may have reached the EHR unheard: a mark (`sent_at`)
         that is not this run's of an item it has yet to send, and no EHR id."""
-        marked = item.sent_at is not None and item.resource_id not in self.unsent_marks
+        ours = item.resource_id in self.unsent_marks and item.resource_id not in self.sent
+        marked = item.sent_at is not None and not ours
         return marked and self._ehr_id(item) is None
 
     def _targets(self, ready: Sequence[Pending]) -> dict[str, OutboxItem]:
@@ -716,6 +721,7 @@ class Delivery:
     ) -> EhrResponse:
         if item is not None and request["method"] == "POST":
             if "ifNoneExist" in request:
+                self.sent.add(item.resource_id)
                 self.unsent_marks.discard(item.resource_id)
             else:
                 self._mark_sent([item.resource_id])

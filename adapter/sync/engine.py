@@ -3,6 +3,7 @@
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
 from collections import Counter, deque
@@ -48,6 +49,9 @@ STAGED_AHEAD = 12
 """Batches read and staged at a time, their possible creates noted in one commit (each commit
 waits for the disk, and writes the pages it changed, which consecutive batches share): fewer
 and larger reads cost the database less (docs/performance.md)."""
+RECORDED_EVERY = 3
+"""Batches' outcomes recorded in one commit, at most: a process killed loses no more unheard
+answers than that (the next run searches the EHR for those creates)."""
 InFlight = tuple[set[str], Future[list[Outcome]]]
 """The adapter ids of a batch sent, and its outcomes to come."""
 COMPLETION_ROUNDS = 2
@@ -316,33 +320,41 @@ def _run(sync: Sync, report: SyncReport, progress: Callable[[int], None]) -> Non
         outcomes = sending.result()
         unrecorded.extend(outcomes)
         progress(len(outcomes))
+        if len(unrecorded) >= size * RECORDED_EVERY:
+            record_answered(())
         if sync.client.breaker.open:
             raise EhrUnavailable("the EHR failed too many requests in a row")
         if sync.client.asked_to_wait is not None:
             asked = sync.client.asked_to_wait
             raise EhrUnavailable(f"the EHR asked the sync to wait {asked:.0f} s", asked)
 
-    recording: deque[Future[None]] = deque()
+    recording: deque[tuple[list[Outcome], Future[None]]] = deque()
     """Outcomes being recorded (by `recorder`), in the order they were answered."""
+    stopping = threading.Event()
+    """Set when the run stops on an error: the reader notes no more creates."""
 
     def record_answered(will_send: Sequence[str]) -> None:
         """The creates of the batches just read that `read_noted` has not noted (the urgent
         items, what they reference) noted and committed now, before any of them is sent; the
         outcomes answered so far recorded meanwhile by `recorder`, one commit after another,
-        while this thread stages and sends."""
-        while recording and recording[0].done():
-            recording.popleft().result()  # a recording that failed fails the run
+        while this thread stages and sends. A recording that failed fails the run, which
+        records those outcomes again on its way out."""
+        while recording and recording[0][1].done():
+            recording[0][1].result()
+            recording.popleft()
         if will_send:
             sync.outbox.mark_sent(will_send, sync.clock())
         if unrecorded:
-            recording.append(recorder.submit(_settle, sync, report, list(unrecorded)))
+            outcomes = list(unrecorded)
+            recording.append((outcomes, recorder.submit(_settle, sync, report, outcomes)))
             unrecorded.clear()
 
     def recorded() -> None:
         """Every outcome answered so far recorded."""
         record_answered(())
         while recording:
-            recording.popleft().result()
+            recording[0][1].result()
+            recording.popleft()
 
     position: tuple[int, str] | None = None
     """The key of the last item read in delivery order."""
@@ -361,6 +373,8 @@ def _run(sync: Sync, report: SyncReport, progress: Callable[[int], None]) -> Non
         committed before they are handed over: the commit waits for the disk, and is made here,
         ahead of time, rather than where the run stages and sends."""
         urgent, following = sync.outbox.next_due(now, after, limit, passed)
+        if stopping.is_set():
+            return urgent, following  # read for nothing: the run stops
         read = urgent + following
         creates = delivery.may_create(read)
         sync.outbox.mark_sent(creates, now)
@@ -456,9 +470,19 @@ def _run(sync: Sync, report: SyncReport, progress: Callable[[int], None]) -> Non
             recorded()
         except BaseException:
             # What the EHR answered is kept before the run stops.
-            for pending in recording:
-                with suppress(Exception):
+            stopping.set()
+            for outcomes, pending in recording:
+                try:
                     pending.result()
+                except Exception as exc:
+                    log.warning(
+                        "sync run %s: recording %d outcomes failed (%s); recorded again",
+                        report.run_id,
+                        len(outcomes),
+                        type(exc).__name__,
+                    )
+                    with suppress(Exception):
+                        _settle(sync, report, outcomes)
             with suppress(Exception):
                 _settle(sync, report, unrecorded)
             for _, sending in in_flight:

@@ -162,8 +162,8 @@ def _rows(outbox: Outbox, suffix: str) -> dict[str, Any]:
 def test_outcomes_recorded_in_one_statement_or_one_per_kind_leave_the_same_rows(
     runtime: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Outcomes naming an item twice cannot be recorded by one statement, which must not
-    change a row twice: such outcomes go the other way, which must come to the same end."""
+    """The two ways of recording outcomes (one statement on PostgreSQL, a statement per kind
+    of outcome) leave the same rows."""
     outbox = Outbox(runtime.store.engine)
     names = [f"{x}{suffix}" for suffix in "12" for x in "abcdefg"]
     with runtime.store.engine.begin() as connection:
@@ -208,6 +208,37 @@ def test_outcomes_recorded_in_one_statement_or_one_per_kind_leave_the_same_rows(
     assert first["c"][1]["answered"] == LATER.isoformat()
     assert first["a"][1]["answered"] == LATER.isoformat()
     assert first["b"][1]["answered"] is None
+
+
+def test_outcomes_naming_an_item_twice_are_recorded_one_after_the_other(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One statement must not change a row twice: outcomes that name an item twice go the
+    per-kind way on PostgreSQL too, each applied in turn (the delivery keeps the EHR's id, the
+    refusal counts an attempt)."""
+    outbox = Outbox(runtime.store.engine)
+    with runtime.store.engine.begin() as connection:
+        enqueue(connection, [("x", "Observation", 1, "Observation")], NOW)
+    at_once: list[int] = []
+    one_statement = Outbox._record_at_once
+
+    def counted(self: Outbox, *args: Any) -> None:
+        at_once.append(len(args[0]))
+        one_statement(self, *args)
+
+    monkeypatch.setattr(Outbox, "_record_at_once", counted)
+
+    outbox.record(
+        [
+            Outcome("x", 1, "pending", LATER, {"reason": "busy", "status": 503}),
+            Outcome("x", 1, "delivered", LATER, ehr_id="ehr-x", ehr_version="1"),
+        ],
+        LATER,
+    )
+
+    x = outbox.items(["x"])["x"]
+    assert at_once == []
+    assert (x.ehr_id, x.ehr_version, x.attempts) == ("ehr-x", "1", 1)
 
 
 def test_the_send_marks_are_committed_when_mark_sent_returns(runtime: Runtime) -> None:

@@ -233,6 +233,34 @@ def test_a_run_that_fails_while_staging_keeps_what_the_ehr_answered(
     assert 0 < in_ehr == len(known) <= sum(sent)  # the batches sent, each recorded
 
 
+def test_outcomes_whose_recording_failed_are_recorded_as_the_run_stops(
+    runtime: Runtime, settings: Settings, ehr: SandboxEhr, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Outcomes are recorded beside the run's own thread: when one recording fails, the run
+    fails, and on its way out records those outcomes again with the rest. Every resource the
+    EHR stored keeps its EHR id, and no item stays pending as if never answered."""
+    load_example_day(runtime)
+    sync = in_batches_of(7, runtime, settings)
+    record = Outbox.record
+    failed: list[int] = []
+
+    def failing_once(self: Outbox, outcomes: Any, now: Any) -> None:
+        if not failed:
+            failed.append(len(outcomes))
+            raise RuntimeError("the store went away")
+        record(self, outcomes, now)
+
+    monkeypatch.setattr(Outbox, "record", failing_once)
+    report = sync_once(sync, trigger="test")
+
+    assert report.status == "failed" and report.cause == "internal"
+    assert failed and failed[0] > 0
+    in_ehr = sum(len(ehr.all(t)) for t in set(stored_counts(runtime)) - NOT_DELIVERED)
+    known = [i for i in runtime.outbox.listed(STATES, 100) if i.ehr_id is not None]
+    assert 0 < in_ehr == len(known)
+    assert sum(report.counts.values()) >= failed[0]
+
+
 def test_bundles_ask_for_minimal_answers_and_the_ehrs_ids_and_versions_are_kept(
     runtime: Runtime, settings: Settings, ehr: SandboxEhr
 ) -> None:
