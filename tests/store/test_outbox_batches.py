@@ -159,6 +159,19 @@ def _rows(outbox: Outbox, suffix: str) -> dict[str, Any]:
     return {i[0]: (items[i]._replace(resource_id=i[0]), journeys[i]) for i in ids}
 
 
+def _statements_counted(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The outcomes of each recording made in one statement, listed as they are made."""
+    at_once: list[int] = []
+    one_statement = Outbox._record_at_once
+
+    def counted(self: Outbox, *args: Any) -> None:
+        at_once.append(len(args[0]))
+        one_statement(self, *args)
+
+    monkeypatch.setattr(Outbox, "_record_at_once", counted)
+    return at_once
+
+
 def test_outcomes_recorded_in_one_statement_or_one_per_kind_leave_the_same_rows(
     runtime: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -173,14 +186,7 @@ def test_outcomes_recorded_in_one_statement_or_one_per_kind_leave_the_same_rows(
         enqueue(connection, [("d2", "Observation", 2, "Observation")], NOW)
     outbox.mark_sent(["b1", "b2"], NOW - timedelta(minutes=5))
     outbox.mark_sent(["e1", "e2"], LATER)
-    at_once: list[int] = []
-    one_statement = Outbox._record_at_once
-
-    def counted(self: Outbox, *args: Any) -> None:
-        at_once.append(len(args[0]))
-        one_statement(self, *args)
-
-    monkeypatch.setattr(Outbox, "_record_at_once", counted)
+    at_once = _statements_counted(monkeypatch)
 
     outbox.record(_outcomes("1"), LATER)
     outbox._record_per_kind(_outcomes("2"), LATER)
@@ -219,14 +225,7 @@ def test_outcomes_naming_an_item_twice_are_recorded_one_after_the_other(
     outbox = Outbox(runtime.store.engine)
     with runtime.store.engine.begin() as connection:
         enqueue(connection, [("x", "Observation", 1, "Observation")], NOW)
-    at_once: list[int] = []
-    one_statement = Outbox._record_at_once
-
-    def counted(self: Outbox, *args: Any) -> None:
-        at_once.append(len(args[0]))
-        one_statement(self, *args)
-
-    monkeypatch.setattr(Outbox, "_record_at_once", counted)
+    at_once = _statements_counted(monkeypatch)
 
     outbox.record(
         [
