@@ -1,6 +1,7 @@
 """The sync delivers every resource to a real FHIR server once, with the EHR's own references."""
 
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +170,35 @@ def test_resources_never_sent_are_created_without_searching_first(
     assert ehr.stats().get("searches", 0) == before
     sent = [i for i in runtime.outbox.listed(("delivered",), 100) if i.sent_at is not None]
     assert len(sent) == delivered
+
+
+def test_a_mark_says_a_create_may_be_in_the_ehr_unless_this_run_made_it_ahead_of_sending(
+    runtime: Runtime, sync: Sync, ehr: SandboxEhr
+) -> None:
+    """A run notes its creates before it sends them, in reads made ahead; an item read again
+    meanwhile bears that mark, which says nothing of the EHR until the run has sent it. A mark
+    the run found on an item, or made on one it has sent, is a create that may have reached the
+    EHR unheard: searched for before it is sent again."""
+    load_example_day(runtime)
+    now = datetime.now(UTC)
+    rules = sync.ehr_rules()
+    delivery = sync.delivery(sync.plans(now, rules), rules)
+    read = sync.outbox.due(now, None, 6)
+    creates = delivery.may_create(read)
+    assert len(creates) == 6 and not any(delivery._unheard(p.item) for p in read)
+
+    sync.outbox.mark_sent(creates, now)
+    delivery.noted_ahead(read, creates)
+    again = sync.outbox.due(now, None, 6, ids=creates)
+    assert all(p.item.sent_at is not None for p in again)
+    assert not any(delivery._unheard(p.item) for p in again)
+
+    delivery._mark_sent(creates[:2])  # sent now
+    delivery.noted_ahead(read, creates)  # a read ahead noting them again, late
+    assert [delivery._unheard(p.item) for p in again] == [True] * 2 + [False] * 4
+
+    next_run = sync.delivery(sync.plans(now, rules), rules)
+    assert all(next_run._unheard(p.item) for p in again)
 
 
 def test_every_create_is_noted_in_the_outbox_before_its_bundle_leaves(
