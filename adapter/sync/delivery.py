@@ -9,7 +9,7 @@ updated instead. An answer that says the EHR stored something without saying its
 followed by that search at once."""
 
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -133,13 +133,12 @@ class Delivery:
     wants_if_match: set[str] = field(default_factory=set)
     marked: set[str] = field(default_factory=set)
     """Adapter ids whose create this run has noted in the outbox (`sent_at`) already."""
-    unsent_marks: set[str] = field(default_factory=set)
+    marked_ahead: set[str] = field(default_factory=set)
     """Creates this run noted ahead of sending them, on items that bore no mark: until this run
-    sends them no copy of theirs can be in the EHR, and an item read again meanwhile (a due item
-    that an urgent one references) is not searched for on account of that mark."""
+    sends them (`sent`) no copy of theirs can be in the EHR, and an item read again meanwhile (a
+    due item that an urgent one references) is not searched for on account of that mark."""
     sent: set[str] = field(default_factory=set)
-    """Adapter ids this run has sent a create of: a mark on them is never `unsent_marks`' (the
-    reader may note an item again after a sender took it out of them)."""
+    """Adapter ids this run has sent a create of."""
     forbidden: dict[str, str] = field(default_factory=dict)
     """Resource types the EHR answered 403 to a write of in this run, with its reason: the rest
     of their items are not sent in this run."""
@@ -152,40 +151,35 @@ class Delivery:
     def __post_init__(self) -> None:
         self.facts = RecordFacts(self.records)
 
-    def may_create(self, batch: Sequence[Pending]) -> list[str]:
-        """The items of a batch that a delivery could create (no EHR id known): the run notes
-        them in the outbox, with the outcomes answered so far, before the batch is sent; then
-        tells `noted`."""
-        return [p.item.resource_id for p in batch if self._ehr_id(p.item) is None]
+    def note_ahead(self, read: Sequence[Pending]) -> None:
+        """The creates these items may make (no EHR id known) that this run has not noted yet,
+        noted in the outbox (`sent_at`) and committed, ahead of sending any of them: a process
+        killed once a create has left leaves its mark for the next run. Those that bore no mark
+        when read are `marked_ahead`."""
+        creates = [
+            p.item.resource_id
+            for p in read
+            if self._ehr_id(p.item) is None and p.item.resource_id not in self.marked
+        ]
+        if not creates:
+            return
+        self.outbox.mark_sent(creates, self.clock())
+        self.marked.update(creates)
+        unmarked = {p.item.resource_id for p in read if p.item.sent_at is None}
+        self.marked_ahead.update(unmarked.intersection(creates))
 
     def read_facts(self, batches: Sequence[Pending]) -> None:
         """Read the patient facts of these items' records in one go, before their batches are
         staged one by one (each staging would read its own: a round trip each)."""
         self.facts.of((p.source_type, p.source_id) for p in batches)
 
-    def noted(self, ids: Iterable[str]) -> None:
-        """These creates are noted in the outbox (committed): sending them notes nothing more."""
-        self.marked.update(ids)
-
-    def noted_ahead(self, read: Sequence[Pending], ids: Sequence[str]) -> None:
-        """These creates of the items `read` are noted in the outbox (committed), ahead of
-        sending them: as `noted`, and those that bore no mark when read are `unsent_marks`."""
-        self.noted(ids)
-        fresh = set(ids)
-        self.unsent_marks.update(
-            p.item.resource_id
-            for p in read
-            if p.item.sent_at is None and p.item.resource_id in fresh
-        )
-
     def _mark_sent(self, ids: list[str]) -> None:
         """Creates about to be sent, noted first where this run has not noted them yet."""
         self.sent.update(ids)
-        self.unsent_marks.difference_update(ids)
         unmarked = [i for i in ids if i not in self.marked]
         if unmarked:
             self.outbox.mark_sent(unmarked, self.clock())
-            self.noted(unmarked)
+            self.marked.update(unmarked)
 
     def deliver(self, batch: Sequence[Pending]) -> list[Outcome]:
         """Outcomes for every item of the batch; raises only when the whole run must stop."""
@@ -302,7 +296,7 @@ class Delivery:
     def _unheard(self, item: OutboxItem) -> bool:
         """Whether a create of the item may have reached the EHR unheard: a mark (`sent_at`)
         that is not this run's of an item it has yet to send, and no EHR id."""
-        ours = item.resource_id in self.unsent_marks and item.resource_id not in self.sent
+        ours = item.resource_id in self.marked_ahead and item.resource_id not in self.sent
         marked = item.sent_at is not None and not ours
         return marked and self._ehr_id(item) is None
 
@@ -720,10 +714,8 @@ class Delivery:
         self, request: Json, body: str, idempotent: bool, item: OutboxItem | None = None
     ) -> EhrResponse:
         if item is not None and request["method"] == "POST":
-            if "ifNoneExist" in request:
-                self.sent.add(item.resource_id)
-                self.unsent_marks.discard(item.resource_id)
-            else:
+            self.sent.add(item.resource_id)
+            if "ifNoneExist" not in request:
                 self._mark_sent([item.resource_id])
         headers = {
             name: request[key]

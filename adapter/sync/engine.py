@@ -321,7 +321,7 @@ def _run(sync: Sync, report: SyncReport, progress: Callable[[int], None]) -> Non
         unrecorded.extend(outcomes)
         progress(len(outcomes))
         if len(unrecorded) >= size * RECORDED_EVERY:
-            record_answered(())
+            record_answered()
         if sync.client.breaker.open:
             raise EhrUnavailable("the EHR failed too many requests in a row")
         if sync.client.asked_to_wait is not None:
@@ -333,17 +333,13 @@ def _run(sync: Sync, report: SyncReport, progress: Callable[[int], None]) -> Non
     stopping = threading.Event()
     """Set when the run stops on an error: the reader notes no more creates."""
 
-    def record_answered(will_send: Sequence[str]) -> None:
-        """The creates of the batches just read that `read_noted` has not noted (the urgent
-        items, what they reference) noted and committed now, before any of them is sent; the
-        outcomes answered so far recorded meanwhile by `recorder`, one commit after another,
-        while this thread stages and sends. A recording that failed fails the run, which
-        records those outcomes again on its way out."""
+    def record_answered() -> None:
+        """The outcomes answered so far recorded by `recorder`, one commit after another, while
+        this thread stages and sends. A recording that failed fails the run, which records
+        those outcomes again on its way out."""
         while recording and recording[0][1].done():
             recording[0][1].result()
             recording.popleft()
-        if will_send:
-            sync.outbox.mark_sent(will_send, sync.clock())
         if unrecorded:
             outcomes = list(unrecorded)
             recording.append((outcomes, recorder.submit(_settle, sync, report, outcomes)))
@@ -351,7 +347,7 @@ def _run(sync: Sync, report: SyncReport, progress: Callable[[int], None]) -> Non
 
     def recorded() -> None:
         """Every outcome answered so far recorded."""
-        record_answered(())
+        record_answered()
         while recording:
             recording[0][1].result()
             recording.popleft()
@@ -369,23 +365,19 @@ def _run(sync: Sync, report: SyncReport, progress: Callable[[int], None]) -> Non
     def read_noted(
         now: datetime, after: tuple[int, str] | None, limit: int, passed: set[str]
     ) -> tuple[list[Pending], list[Pending]]:
-        """The next items due (`Outbox.next_due`), the creates among them noted (`sent_at`) and
-        committed before they are handed over: the commit waits for the disk, and is made here,
-        ahead of time, rather than where the run stages and sends."""
+        """The next items due (`Outbox.next_due`), the creates among them noted and committed
+        before they are handed over (`Delivery.note_ahead`): the commit waits for the disk, and
+        is made here, ahead of time, rather than where the run stages and sends."""
         urgent, following = sync.outbox.next_due(now, after, limit, passed)
-        if stopping.is_set():
-            return urgent, following  # read for nothing: the run stops
-        read = urgent + following
-        creates = delivery.may_create(read)
-        sync.outbox.mark_sent(creates, now)
-        delivery.noted_ahead(read, creates)
+        if not stopping.is_set():  # else read for nothing: the run stops
+            delivery.note_ahead(urgent + following)
         return urgent, following
 
     def read_ahead(urgent_only: bool = False) -> None:
         """The urgent items due (side effects, protocol breaches, vitals outside their
         thresholds, queued whenever) and the next STAGED_AHEAD batches in delivery order, read
         and staged, the urgent first; their possible creates noted and committed before any
-        of them is sent (`read_noted`, `record_answered`). With `urgent_only`, the urgent items
+        of them is sent (`Delivery.note_ahead`). With `urgent_only`, the urgent items
         alone, staged ahead of the batches read before."""
         nonlocal position, prefetched
         hint.clear()
@@ -419,11 +411,11 @@ def _run(sync: Sync, report: SyncReport, progress: Callable[[int], None]) -> Non
         report.received.update(
             (p.item.resource_id, p.item.received_at) for p in read if p.item.received_at
         )
-        will_send = [i for i in delivery.may_create(read) if i not in delivery.marked]
+        # What this thread read itself (urgent items, what they reference) is noted here.
+        delivery.note_ahead(read)
         while in_flight and in_flight[0][1].done():
             answered()
-        record_answered(will_send)
-        delivery.noted_ahead(read, will_send)
+        record_answered()
         delivery.read_facts(read)
         staged = [
             delivery.stage(part[start : start + size])
