@@ -187,6 +187,16 @@ class MappingService:
                     on_batch(report)
         return report
 
+    def _let_go(
+        self, batch: list[QueuedRecord], report: MappingReport, counted: tuple[int, int, int]
+    ) -> None:
+        """A batch stopped before it stored anything: what it holds goes back to the queue, and
+        the report counts none of it."""
+        with self.queue.engine.begin() as connection:
+            self.queue.release(connection, batch)
+        report.mapped, report.waiting, report.failed = counted
+        report.batch_queued_sites = set()
+
     def _map_batch(
         self,
         shared: Mapper,
@@ -293,26 +303,21 @@ class MappingService:
                 if not self.queue.hold(connection, batch):
                     raise _ClaimLost
                 self.queue.finish(connection, outcomes)
-        except (_ClaimLost, _VersionChanged) as stopped:
-            # Nothing of the batch is stored, and what it still holds goes back to the queue.
-            if isinstance(stopped, _ClaimLost):
-                # Mapped for longer than a claim lasts, and another batch took some of its records.
-                log.warning(
-                    "a mapping batch outlasted its claim; its records wait for the next run"
-                )
-            elif self._stale_version != shared.version:
+        except _ClaimLost:
+            # Mapped for longer than a claim lasts, and another batch took some of its records.
+            log.warning("a mapping batch outlasted its claim; its records wait for the next run")
+            self._let_go(batch, report, counted)
+            return True
+        except _VersionChanged:
+            if self._stale_version != shared.version:
                 log.warning(
                     "the store's mapping version is not this process's (%s): mapping waits "
                     "until this process loads the same mapping files",
                     shared.version,
                 )
-            if isinstance(stopped, _VersionChanged):
-                self._stale_version = shared.version
-            with self.queue.engine.begin() as connection:
-                self.queue.release(connection, batch)
-            report.mapped, report.waiting, report.failed = counted
-            report.batch_queued_sites = set()
-            return isinstance(stopped, _ClaimLost)
+            self._stale_version = shared.version
+            self._let_go(batch, report, counted)
+            return False
         report.records += len(batch)
         report.batch_queued_sites = counts.queued_sites
         report.sessions_checked += sum(1 for m in mapped if m.source_type == PROTOCOL)

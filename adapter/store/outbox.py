@@ -252,9 +252,9 @@ SELECT resource_id FROM delivered
 """
 """On PostgreSQL, a settle in one statement, committed on its own (one round trip, where a
 transaction of a statement per outcome took several): the plain deliveries, and the other
-outcomes, each of which moves its item only if the version
-is still the one sent, while the EHR's id is kept whatever the version (as `_EHR_IDS`). It
-answers the plain deliveries it made."""
+outcomes, each of which moves its item only if the version is still the one sent, while the
+EHR's id is kept whatever the version (as `_EHR_IDS`). It answers the plain deliveries it
+made."""
 
 
 def enqueue(connection: Connection, versions: Sequence[tuple[Any, ...]], now: datetime) -> None:
