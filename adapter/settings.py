@@ -214,6 +214,13 @@ class Settings(BaseSettings):
         description="First back-off of the whole sync when the EHR is down; it doubles on each "
         "failed run, up to an hour.",
     )
+    ehr_probe_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="While the sync backs off from an EHR that was down, how often one request "
+        "for its CapabilityStatement asks whether it is back (never sooner than its "
+        "Retry-After); an answer ends the back-off.",
+    )
     ehr_capabilities_refresh_minutes: float = Field(
         60.0, gt=0, description="How long the EHR's CapabilityStatement is cached."
     )

@@ -12,6 +12,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from adapter.errors import MappingFileError
@@ -39,6 +40,7 @@ EXPIRE_JOB = "expire-exports"
 RELOAD_JOB = "reload-mapping-files"
 SYNC_JOB = "sync-to-ehr"
 RECONCILE_JOB = "reconcile-with-ehr"
+RESUME_JOB = "sync-resume"
 ALERT_JOB = "check-alerts"
 LOCAL_JOBS = (RELOAD_JOB,)
 """Jobs every process runs for itself; the others run once per tick across the processes."""
@@ -130,9 +132,15 @@ def expire_exports(runtime: Runtime) -> None:
         log.info("exports: %d expired", expired)
 
 
+Resume = Callable[["SyncRunner", datetime], None]
+"""Told when a runner's sync should run again: its back-off ends, or the EHR may be asked
+whether it is back."""
+
+
 class SyncRunner:
     """Runs the sync for this process, one run at a time whoever asks (the schedule, an event):
-    a run asked for while another runs here waits for it rather than finding the lease taken."""
+    a run asked for while another runs here waits for it rather than finding the lease taken.
+    A run that backs off, or is deferred by a back-off, tells `resume` when to run again."""
 
     def __init__(
         self, runtime: Runtime, metrics: Metrics | None = None, sync: Sync | None = None
@@ -141,6 +149,7 @@ class SyncRunner:
         self.metrics = metrics
         self.sync = sync or runtime.sync
         """The sync this runner runs: the deployment's, or one site's of a group."""
+        self.resume: Resume | None = None
         self._lock = threading.Lock()
 
     @property
@@ -156,7 +165,14 @@ class SyncRunner:
             report = sync_once(self.sync, trigger=trigger)
         if self.metrics is not None:
             self.metrics.run(trigger, report, started)
+        if self.resume is not None and report.resume_at is not None:
+            self.resume(self, report.probe_at or report.resume_at)
         return report
+
+
+def resume_sync(runner: SyncRunner) -> None:
+    """A run when the sync's back-off ends, or when the EHR may be asked whether it is back."""
+    runner.run("resume")
 
 
 def sync_to_ehr(runner: SyncRunner) -> None:
@@ -334,6 +350,7 @@ class Worker:
         )
         for runner in runners:
             add_sync_jobs(self.scheduler, runner)
+            runner.resume = self._resume
         if alerts is not None:
             self.scheduler.add_job(
                 check_alerts,
@@ -385,3 +402,16 @@ class Worker:
             self.events.stop()
         if self.scheduler.running:
             self.scheduler.shutdown(wait=True)
+
+    def _resume(self, runner: SyncRunner, at: datetime) -> None:
+        """Run the sync at `at`, not at the schedule's next tick: delivery resumes as soon as
+        the back-off allows. One such run per sync is planned in this process, the latest
+        asked for replacing the one before."""
+        self.scheduler.add_job(
+            resume_sync,
+            DateTrigger(at, timezone=UTC),
+            args=[runner],
+            id=RESUME_JOB + runner.job_suffix,
+            replace_existing=True,
+            misfire_grace_time=None,
+        )

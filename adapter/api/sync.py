@@ -15,7 +15,7 @@ from adapter.operations.metrics import Metrics
 from adapter.runtime import Runtime
 from adapter.security.access import api_caller
 from adapter.sync.commands import item_json
-from adapter.sync.engine import sync_once
+from adapter.sync.engine import Sync, sync_once
 from adapter.worker import SYNC_JOB
 
 router = APIRouter(prefix="/api/v1/sync", tags=["sync"], dependencies=[Depends(api_caller())])
@@ -88,14 +88,10 @@ def status(runtime: RuntimeDep) -> JsonResponse:
         "due_now": runtime.outbox.count_due(datetime.now(UTC), waiting=True),
     }
     if runtime.sync is not None:
-        until, _ = runtime.sync.backoff()
-        body["backing_off_until"] = until.isoformat() if until else None
+        body |= _backing_off(runtime.sync)
     if runtime.site_syncs:
         body["sites"] = {
-            site: {
-                "outbox": sync.outbox.counts(),
-                "backing_off_until": until.isoformat() if (until := sync.backoff()[0]) else None,
-            }
+            site: {"outbox": sync.outbox.counts(), **_backing_off(sync)}
             for site, sync in sorted(runtime.site_syncs.items())
         }
     last = runtime.sync_runs.recent(1)
@@ -105,6 +101,16 @@ def status(runtime: RuntimeDep) -> JsonResponse:
         else None
     )
     return JsonResponse(body)
+
+
+def _backing_off(sync: Sync) -> dict[str, str | None]:
+    """Until when the sync backs off from its EHR, and when it next asks the EHR whether it is
+    back (None: it does not back off, or does not ask)."""
+    state = sync.backoff_state()
+    return {
+        "backing_off_until": state.until.isoformat() if state.until else None,
+        "next_probe_at": state.probe_at.isoformat() if state.until and state.probe_at else None,
+    }
 
 
 ReplayState = Literal["dead", "waiting"]

@@ -2,7 +2,7 @@
 
 import threading
 from collections.abc import Collection, Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 import orjson
@@ -666,6 +666,42 @@ class Outbox:
                 .values(state="pending", next_attempt_at=now)
             )
             return int(result.rowcount or 0)
+
+    def due_after_outage(self, now: datetime, settle: timedelta) -> int:
+        """Items waiting after the EHR failed them, due again as the sync resumes after backing
+        off from the EHR: each waited a back-off of its own, doubled at each attempt, which an
+        outage would have stretched far past the EHR's return. Due now, or, a create the EHR
+        may have stored, once the EHR has had `settle` to store it; an item the EHR forbids
+        waits for its configuration."""
+        failed = (
+            (outbox.c.state == "pending")
+            & (outbox.c.attempts > 0)
+            & (outbox.c.next_attempt_at > now)
+            & outbox.c.detail.not_like('%"forbidden"%')
+            & self._mine()
+        )
+        unconfirmed = outbox.c.detail.like('%"unconfirmed"%')
+        with self.engine.begin() as connection:
+            made_due = connection.execute(
+                update(outbox).where(failed, ~unconfirmed).values(next_attempt_at=now)
+            ).rowcount
+            settled = [
+                {"id": row.resource_id, "at": max(now, row.updated_at + settle)}
+                for row in connection.execute(
+                    select(
+                        outbox.c.resource_id, outbox.c.updated_at, outbox.c.next_attempt_at
+                    ).where(failed, unconfirmed)
+                )
+                if row.updated_at + settle < row.next_attempt_at
+            ]
+            if settled:
+                connection.execute(
+                    update(outbox)
+                    .where(outbox.c.resource_id == bindparam("id"))
+                    .values(next_attempt_at=bindparam("at")),
+                    settled,
+                )
+        return int(made_due or 0) + len(settled)
 
     def count_due(self, now: datetime, waiting: bool = False) -> int:
         """Items a run would try now (with `waiting`: the waiting ones too, as a run wakes them)."""

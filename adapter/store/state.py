@@ -20,3 +20,14 @@ def write_state(connection: Connection, name: str, value: str) -> None:
     )
     if not updated.rowcount:
         connection.execute(adapter_state.insert().values(name=name, value=value))
+
+
+def replace_state(connection: Connection, name: str, old: str, new: str) -> bool:
+    """Write the fact's new value if it still holds `old`: False when another process changed
+    it first."""
+    updated = connection.execute(
+        update(adapter_state)
+        .where(adapter_state.c.name == name, adapter_state.c.value == old)
+        .values(value=new)
+    )
+    return bool(updated.rowcount)

@@ -160,6 +160,12 @@ class EhrClient:
         self.breaker.succeeded()
         return response
 
+    def probe(self) -> None:
+        """Ask whether the EHR is back: one request for its CapabilityStatement, neither retried
+        nor counted by the breaker. Returns if it answered, whatever it answered (a refusal
+        raises its EhrError); raises TemporaryEhrError, with any Retry-After, if it did not."""
+        self._send_authorised("GET", "metadata", None, None, {})
+
     def _wait(self, state: RetryCallState) -> float:
         error = state.outcome.exception() if state.outcome else None
         if isinstance(error, TemporaryEhrError) and error.retry_after is not None:

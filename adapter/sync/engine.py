@@ -10,7 +10,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,7 +21,7 @@ from adapter.mapping.config import EhrRules, Site, load_ehr_rules
 from adapter.settings import Settings
 from adapter.store.outbox import Outbox, Outcome, Pending, urgent_queued
 from adapter.store.records import RecordStore
-from adapter.store.state import read_state, write_state
+from adapter.store.state import read_state, replace_state, write_state
 from adapter.store.sync_state import Lease, PatientMatches, SyncRuns
 from adapter.sync.auth import ehr_auth
 from adapter.sync.capabilities import DeliveryPlan, check_statement, plan_delivery
@@ -31,6 +31,7 @@ from adapter.sync.encounters import EhrEncounters
 from adapter.sync.errors import (
     EhrAuthError,
     EhrConfigurationError,
+    EhrError,
     EhrForbidden,
     EhrUnavailable,
     TemporaryEhrError,
@@ -65,8 +66,11 @@ NEEDS_NOTICE = ("dead", "forbidden")
 REFERENCE_DEPTH = 4
 """Steps of references followed from an urgent item to the due items it needs in the EHR first
 (an Observation names its Procedure, which names its Encounter, which names its CarePlan)."""
-UNASKED = ("schedule", "event")
+UNASKED = ("schedule", "event", "resume")
 """Runs nobody asked for: deferred while the sync backs off, idle when nothing is due."""
+SCHEDULED = ("schedule", "resume")
+"""Runs on a time, not on something queued: they also try the items waiting for the EHR. A
+`resume` run comes when a back-off ends or the EHR may be asked whether it is back."""
 
 
 def utc_now() -> datetime:
@@ -86,6 +90,9 @@ class SyncReport:
     counts: Counter[str] = field(default_factory=Counter)
     error: str | None = None
     resume_at: datetime | None = None
+    """Until when the sync backs off (a failed or deferred run)."""
+    probe_at: datetime | None = None
+    """When the EHR may next be asked whether it is back, before `resume_at` (`probe_ehr`)."""
     cause: str | None = None
     """Why a failed run failed: `ehr` (unavailable, throttling, failing every request),
     `configuration` (the EHR or the adapter's settings need a person) or `internal`."""
@@ -204,40 +211,131 @@ class Sync:
         return EhrEncounters(self.client, self.outbox, system)
 
     def backoff(self) -> tuple[datetime | None, float]:
-        with self.engine.connect() as connection:
-            value = read_state(connection, self.state_name(BACKOFF))
-        if not value:
-            return None, 0.0
-        state = orjson.loads(value)
-        return datetime.fromisoformat(state["until"]) if state["until"] else None, state["seconds"]
+        """Until when the sync backs off (None: it does not), and for how long it last did."""
+        state = self.backoff_state()
+        return state.until, state.seconds
 
-    def set_backoff(self, until: datetime | None, seconds: float) -> None:
-        value = {"until": until.isoformat() if until else None, "seconds": seconds}
+    def backoff_state(self) -> "BackOff":
+        with self.engine.connect() as connection:
+            return BackOff.parse(read_state(connection, self.state_name(BACKOFF)))
+
+    def set_backoff(
+        self,
+        until: datetime | None,
+        seconds: float,
+        probe_at: datetime | None = None,
+        probed: bool = False,
+    ) -> None:
+        value = BackOff(until, seconds, probe_at, probed).dumps()
         with self.engine.begin() as connection:
-            write_state(connection, self.state_name(BACKOFF), orjson.dumps(value).decode())
+            write_state(connection, self.state_name(BACKOFF), value)
+
+    def replace_backoff(self, old: "BackOff", new: "BackOff") -> bool:
+        """Store `new` if the back-off is still `old`: False when another process changed it."""
+        with self.engine.begin() as connection:
+            return replace_state(connection, self.state_name(BACKOFF), old.dumps(), new.dumps())
+
+
+@dataclass(frozen=True)
+class BackOff:
+    """The whole sync's back-off from an EHR that is down, as stored."""
+
+    until: datetime | None = None
+    seconds: float = 0.0
+    """The length of the last back-off: the next one is twice as long."""
+    probe_at: datetime | None = None
+    """When the EHR may be asked whether it is back, before `until` (None: it is not asked)."""
+    probed: bool = False
+    """The last back-off ended early, on the EHR's answer to a probe."""
+
+    @classmethod
+    def parse(cls, value: str | None) -> "BackOff":
+        if not value:
+            return cls()
+        state = orjson.loads(value)
+        return cls(
+            _instant(state["until"]),
+            state["seconds"],
+            _instant(state.get("probe_at")),
+            state.get("probed", False),
+        )
+
+    def dumps(self) -> str:
+        value = {
+            "until": self.until.isoformat() if self.until else None,
+            "seconds": self.seconds,
+            "probe_at": self.probe_at.isoformat() if self.probe_at else None,
+            "probed": self.probed,
+        }
+        return orjson.dumps(value).decode()
+
+
+def _instant(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
 
 
 def sync_once(
     sync: Sync, trigger: str = "schedule", progress: Callable[[int], None] | None = None
 ) -> SyncReport:
     """One run: deliver every due outbox item, in delivery order, in batches, the urgent ones
-    first (`_run`). A scheduled or event run while the sync backs off from a down EHR is
-    deferred, and one with nothing due is idle; a run while another holds the lease does
-    nothing. Every run that starts is recorded with its counts."""
-    until, _ = sync.backoff()
+    first (`_run`). A run nobody asked for while the sync backs off from a down EHR is
+    deferred, unless the EHR answers a probe (`probe_ehr`), and one with nothing due is idle;
+    a run while another holds the lease does nothing. Every run that starts is recorded with
+    its counts."""
+    state = sync.backoff_state()
     unasked = trigger in UNASKED
-    if unasked and until is not None and until > sync.clock():
-        return SyncReport("deferred", resume_at=until)
+    if unasked and state.until is not None and state.until > sync.clock():
+        state = probe_ehr(sync, state)
+        if state.until is not None:
+            return SyncReport("deferred", resume_at=state.until, probe_at=state.probe_at)
+    if state.seconds:
+        # The sync resumes after backing off: what the EHR failed while it was down is due.
+        settle = timedelta(seconds=sync.settings.ehr_settle_seconds)
+        sync.outbox.due_after_outage(sync.clock(), settle)
     # Waiting items (a patient not in the EHR yet) are tried by every scheduled run, but do not
     # make an event's run by themselves: a wake with nothing new due does nothing. An item that
     # waits only for what it references makes no run either (the run delivering that does).
-    if trigger == "schedule":
+    if trigger in SCHEDULED:
         idle = not sync.outbox.run_wanted(sync.clock())
     else:
         idle = unasked and sync.outbox.count_due(sync.clock()) == 0
     if idle:
         return SyncReport("idle")
     return leased_run(sync, trigger, lambda report: _run(sync, report, progress or _quiet))
+
+
+def probe_ehr(sync: Sync, state: BackOff) -> BackOff:
+    """While the sync backs off from an EHR that was down, ask the EHR whether it is back: one
+    request for its CapabilityStatement once `state.probe_at` has come, neither retried nor
+    counted by the breaker, by one of the processes on the store. Answers the back-off after
+    it: over (`until` None) when the EHR answered, its length kept (a run that fails again
+    backs off twice as long, and asks no more until a run succeeds)."""
+    now = sync.clock()
+    if state.until is None or state.probe_at is None or state.probe_at > now:
+        return state
+    every = timedelta(seconds=sync.settings.ehr_probe_seconds)
+    claimed = replace(state, probe_at=_before(now + every, state.until))
+    if not sync.replace_backoff(state, claimed):
+        return sync.backoff_state()  # another process asks the EHR now
+    try:
+        sync.client.probe()
+    except TemporaryEhrError as exc:
+        asked = timedelta(seconds=exc.retry_after or 0.0)
+        if asked <= every:
+            return claimed
+        later = replace(claimed, probe_at=_before(now + asked, state.until))
+        return later if sync.replace_backoff(claimed, later) else sync.backoff_state()
+    except EhrError:
+        pass  # a refusal is an answer: the run that follows tells what is wrong
+    over = BackOff(None, state.seconds, probed=True)
+    if not sync.replace_backoff(claimed, over):
+        return sync.backoff_state()
+    log.info("the EHR answered while the sync backed off: delivery resumes")
+    return over
+
+
+def _before(moment: datetime, until: datetime) -> datetime | None:
+    return moment if moment < until else None
 
 
 def _quiet(_: int) -> None:
@@ -258,11 +356,11 @@ def leased_run(sync: Sync, trigger: str, work: Callable[[SyncReport], None]) -> 
         sync.set_backoff(None, 0.0)
     except (EhrUnavailable, TemporaryEhrError) as exc:
         asked = exc.retry_after if isinstance(exc, EhrUnavailable) else None
-        until = _back_off(sync, report, asked)
+        until = _back_off(sync, report, asked, probe=True)
         report.status, report.cause = "failed", "ehr"
         report.error = f"the EHR is unavailable ({exc}); the sync backs off until {until}"
     except EhrConfigurationError as exc:
-        until = _back_off(sync, report, None)
+        until = _back_off(sync, report, None, probe=False)
         report.status, report.cause = "failed", "configuration"
         report.error = f"{exc}; the sync backs off until {until}"
     except EhrAuthError as exc:
@@ -290,14 +388,21 @@ def leased_run(sync: Sync, trigger: str, work: Callable[[SyncReport], None]) -> 
     return report
 
 
-def _back_off(sync: Sync, report: SyncReport, asked: float | None) -> str:
+def _back_off(sync: Sync, report: SyncReport, asked: float | None, probe: bool) -> str:
     """The whole sync backs off: the first back-off, doubled on each failed run up to an hour,
-    and at least what the EHR asked for."""
-    _, seconds = sync.backoff()
-    seconds = min(LONGEST_BACKOFF, seconds * 2 or sync.settings.ehr_breaker_seconds)
+    and at least what the EHR asked for. With `probe` (the EHR was down, not refusing the
+    configuration), the EHR is asked whether it is back every ADAPTER_EHR_PROBE_SECONDS
+    meanwhile, never before what it asked for; not after a probe it answered misled the sync
+    (the run after it failed again)."""
+    last = sync.backoff_state()
+    seconds = min(LONGEST_BACKOFF, last.seconds * 2 or sync.settings.ehr_breaker_seconds)
     seconds = max(seconds, asked or 0.0)
-    report.resume_at = sync.clock() + timedelta(seconds=seconds)
-    sync.set_backoff(report.resume_at, seconds)
+    now = sync.clock()
+    report.resume_at = now + timedelta(seconds=seconds)
+    if probe and not last.probed:
+        first = max(sync.settings.ehr_probe_seconds, asked or 0.0)
+        report.probe_at = _before(now + timedelta(seconds=first), report.resume_at)
+    sync.set_backoff(report.resume_at, seconds, report.probe_at, last.probed)
     return f"{report.resume_at:%Y-%m-%dT%H:%M:%SZ}"
 
 

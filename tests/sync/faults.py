@@ -32,6 +32,11 @@ class Faults:
     reset_before: float = 0.0
     reset_after: float = 0.0
     seed: int = 7
+    spared: tuple[str, ...] = ()
+    """Paths that meet no fault (`/fhir/metadata`: an EHR whose front answers while the rest
+    of it fails)."""
+    methods: tuple[str, ...] = ()
+    """The methods whose requests meet faults (none named: every method)."""
     counts: dict[str, int] = field(default_factory=dict)
 
     @classmethod
@@ -104,7 +109,12 @@ class FaultProxy:
                 handler, 200, {"Content-Type": "application/json"}, orjson.dumps(self.faults.counts)
             )
             return
-        fault = self._draw() if self.enabled and handler.path.startswith("/fhir") else "pass"
+        faulty = (
+            handler.path.startswith("/fhir")
+            and handler.path not in self.faults.spared
+            and handler.command in (self.faults.methods or (handler.command,))
+        )
+        fault = self._draw() if self.enabled and faulty else "pass"
         with self.lock:
             self.faults.counts[fault] = self.faults.counts.get(fault, 0) + 1
         if fault in ("500", "503", "429"):

@@ -1,0 +1,316 @@
+"""While the sync backs off from an EHR that was down, it asks the EHR now and then whether it
+is back (one request for its CapabilityStatement), and delivery resumes on the first answer
+rather than at the back-off's end; never sooner than the EHR asked, and not again after an
+answer that misled it. In the service, a run is planned for the moment the back-off ends or
+the EHR may next be asked, so that delivery resumes without waiting for the schedule."""
+
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import pytest
+from fastapi.testclient import TestClient
+
+from adapter.runtime import Runtime, open_runtime
+from adapter.settings import Settings
+from adapter.sync.engine import BackOff, Sync, sync_once
+from adapter.worker import Worker
+from tests.conftest import EXAMPLE_DAY
+from tests.sync.expected import expected_in_ehr
+from tests.sync.faults import FaultProxy, Faults
+from tests.sync.gate import EhrGate
+from tests.sync.sandbox import SandboxEhr
+from tests.sync.test_delivery import load_example_day
+from tests.sync.test_events import example_day
+
+METADATA = "/fhir/metadata"
+
+
+class Clock:
+    """The sync's clock, moved by the test from the moment it was made."""
+
+    def __init__(self) -> None:
+        self.start = self.now = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def proxy(ehr: SandboxEhr) -> Iterator[FaultProxy]:
+    proxy = FaultProxy(ehr.origin, Faults())
+    yield proxy
+    proxy.stop()
+
+
+def proxied_sync(
+    runtime: Runtime, settings: Settings, proxy: FaultProxy, clock: Clock, **changed: float
+) -> Sync:
+    """A sync to the EHR through `proxy`, on `clock`, backing off 60 s first and asking the EHR
+    whether it is back every 10 s, with `changed` settings."""
+    through = settings.model_copy(
+        update={
+            "ehr_base_url": f"{proxy.origin}/fhir",
+            "ehr_breaker_failures": 2,
+            "ehr_breaker_seconds": 60.0,
+            "ehr_probe_seconds": 10.0,
+            **changed,
+        }
+    )
+    return Sync(
+        through,
+        runtime.store.engine,
+        runtime.store,
+        lambda: runtime.mapping.mapper.mappings.site,
+        clock=clock,
+        sleep=lambda _: None,
+    )
+
+
+def example_day_records() -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in EXAMPLE_DAY.read_bytes().splitlines() if line.strip()]
+
+
+def requests_made(proxy: FaultProxy) -> int:
+    return sum(proxy.faults.counts.values())
+
+
+def test_an_ehr_back_before_the_back_off_ends_answers_a_probe_and_delivery_resumes(
+    runtime: Runtime, settings: Settings, proxy: FaultProxy, client: TestClient
+) -> None:
+    load_example_day(runtime)
+    clock = Clock()
+    sync = proxied_sync(runtime, settings, proxy, clock)
+    proxy.faults.error_503 = 1.0
+
+    failed = sync_once(sync, trigger="schedule")
+
+    assert failed.status == "failed" and failed.cause == "ehr"
+    assert failed.resume_at == clock.start + timedelta(seconds=60)
+    assert failed.probe_at == clock.start + timedelta(seconds=10)
+    made = requests_made(proxy)
+    clock.now = clock.start + timedelta(seconds=9)
+    assert sync_once(sync, trigger="event").status == "deferred"
+    assert requests_made(proxy) == made  # not yet time to ask
+
+    clock.now = clock.start + timedelta(seconds=10)
+    still_down = sync_once(sync, trigger="resume")
+    assert still_down.status == "deferred"
+    assert proxy.faults.counts["503"] == made + 1  # one request, not retried
+    assert still_down.probe_at == clock.start + timedelta(seconds=20)
+    status = client.get("/api/v1/sync/status").json()
+    assert status["backing_off_until"] == failed.resume_at.isoformat()
+    assert status["next_probe_at"] == still_down.probe_at.isoformat()
+    assert sync_once(sync, trigger="event").status == "deferred"
+    assert requests_made(proxy) == made + 1  # asked once per ten seconds, whoever wakes it
+
+    proxy.faults.error_503 = 0.0
+    clock.now = clock.start + timedelta(seconds=21)
+    resumed = sync_once(sync, trigger="resume")
+
+    assert resumed.status == "completed", resumed.error
+    assert resumed.counts["delivered"] == sum(expected_in_ehr(runtime).values())
+    assert sync.backoff_state() == BackOff()
+    status = client.get("/api/v1/sync/status").json()
+    assert status["backing_off_until"] is None and status["next_probe_at"] is None
+
+
+def test_the_ehr_is_asked_no_sooner_than_its_retry_after(
+    runtime: Runtime, settings: Settings, proxy: FaultProxy
+) -> None:
+    load_example_day(runtime)
+    clock = Clock()
+    sync = proxied_sync(runtime, settings, proxy, clock)
+    proxy.faults.error_503 = 1.0
+    assert sync_once(sync, trigger="schedule").status == "failed"
+
+    proxy.faults.error_503, proxy.faults.throttle_429, proxy.faults.retry_after = 0.0, 1.0, 30
+    clock.now = clock.start + timedelta(seconds=10)
+    throttled = sync_once(sync, trigger="schedule")
+
+    assert throttled.status == "deferred"
+    assert throttled.probe_at == clock.start + timedelta(seconds=40)
+    made = requests_made(proxy)
+    clock.now = clock.start + timedelta(seconds=39)
+    assert sync_once(sync, trigger="event").status == "deferred"
+    assert requests_made(proxy) == made
+
+    # Asked to wait beyond the back-off: not asked again before it ends.
+    clock.now = clock.start + timedelta(seconds=40)
+    proxy.faults.retry_after = 600
+    assert sync_once(sync, trigger="schedule").probe_at is None
+    clock.now = clock.start + timedelta(seconds=59)
+    assert sync_once(sync, trigger="schedule").status == "deferred"
+    assert requests_made(proxy) == made + 1
+
+
+def test_a_run_that_fails_after_a_probe_was_answered_backs_off_without_asking_again(
+    runtime: Runtime, settings: Settings, proxy: FaultProxy
+) -> None:
+    """An EHR whose front answers (its CapabilityStatement) while it fails every write."""
+    load_example_day(runtime)
+    clock = Clock()
+    sync = proxied_sync(runtime, settings, proxy, clock)
+    proxy.faults.error_503, proxy.faults.spared = 1.0, (METADATA,)
+    assert sync_once(sync, trigger="schedule").status == "failed"
+
+    clock.now = clock.start + timedelta(seconds=10)
+    misled = sync_once(sync, trigger="event")
+
+    assert misled.status == "failed" and misled.cause == "ehr"
+    assert misled.resume_at == clock.now + timedelta(seconds=120)
+    assert misled.probe_at is None
+    made = requests_made(proxy)
+    clock.now += timedelta(seconds=119)
+    assert sync_once(sync, trigger="schedule").status == "deferred"
+    assert requests_made(proxy) == made
+    clock.now += timedelta(seconds=1)
+    again = sync_once(sync, trigger="schedule")
+    assert again.status == "failed" and again.probe_at is None  # still none until a run succeeds
+
+    proxy.faults.error_503 = 0.0
+    clock.now += timedelta(seconds=240)
+    assert sync_once(sync, trigger="schedule").status == "completed"
+    assert sync.backoff_state() == BackOff()  # the next back-off asks the EHR again
+
+
+def outage_sync(runtime: Runtime, settings: Settings, proxy: FaultProxy, clock: Clock) -> Sync:
+    """Items the EHR fails wait twenty minutes or more of their own; the sync backs off a
+    minute; a create whose answer was lost is looked for after 100 s."""
+    return proxied_sync(
+        runtime,
+        settings,
+        proxy,
+        clock,
+        ehr_item_retry_seconds=1200.0,
+        ehr_settle_seconds=100.0,
+        ehr_breaker_failures=8,
+        ehr_retry_attempts=1,
+    )
+
+
+def assert_in_ehr_once(runtime: Runtime, ehr: SandboxEhr) -> None:
+    assert runtime.outbox.counts()["delivered"] == sum(expected_in_ehr(runtime).values())
+    for resource_type, count in expected_in_ehr(runtime).items():
+        assert set(ehr.identifier_counts(resource_type).values()) == {1}, resource_type
+        assert len(ehr.identifier_counts(resource_type)) == count, resource_type
+
+
+def test_what_the_ehr_failed_while_down_is_due_when_the_sync_resumes(
+    runtime: Runtime, settings: Settings, proxy: FaultProxy, ehr: SandboxEhr
+) -> None:
+    load_example_day(runtime)
+    clock = Clock()
+    sync = outage_sync(runtime, settings, proxy, clock)
+    proxy.faults.error_503, proxy.faults.spared = 1.0, (METADATA,)
+    failed = sync_once(sync, trigger="schedule")
+    assert failed.status == "failed" and failed.counts["retry_later"] > 0
+
+    proxy.faults.error_503 = 0.0
+    clock.now = clock.start + timedelta(seconds=61)
+    assert sync_once(sync, trigger="schedule").status == "completed"
+
+    assert_in_ehr_once(runtime, ehr)
+
+
+def test_a_create_whose_answer_an_outage_lost_is_looked_for_once_the_ehr_has_settled(
+    runtime: Runtime, settings: Settings, proxy: FaultProxy, ehr: SandboxEhr
+) -> None:
+    """Connections reset after the EHR took each Bundle: the creates may be in the EHR. They
+    are due when the EHR has had its settle time, not before, and are found there rather than
+    sent again."""
+    load_example_day(runtime)
+    clock = Clock()
+    sync = outage_sync(runtime, settings, proxy, clock)
+    assert sync_once(sync, trigger="test").status == "completed"  # its patients are known
+    taken = next(line for line in example_day_records() if line["record_type"] == "vitals")
+    later = [{**taken, "id": f"VIT-LATE-{n}", "heart_rate": 70 + n} for n in range(5)]
+    runtime.intake.submit([(n, orjson.dumps(record)) for n, record in enumerate(later, 1)])
+    runtime.mapping.run()
+    clock.now = datetime.now(UTC)
+    proxy.faults.reset_after, proxy.faults.methods = 1.0, ("POST",)
+    failed = sync_once(sync, trigger="schedule")
+    assert failed.status == "failed" and failed.counts["unconfirmed"] > 0, failed.counts
+
+    proxy.faults.reset_after = 0.0
+    clock.now += timedelta(seconds=61)
+    assert sync_once(sync, trigger="schedule").status == "idle"  # they settle
+    clock.now += timedelta(seconds=40)
+    assert sync_once(sync, trigger="schedule").status == "completed"
+
+    assert_in_ehr_once(runtime, ehr)
+
+
+def test_a_configuration_the_ehr_refuses_is_not_probed(
+    runtime: Runtime, settings: Settings, ehr: SandboxEhr
+) -> None:
+    """A redirect needs a person: that the EHR answers its CapabilityStatement tells nothing."""
+    load_example_day(runtime)
+    clock = Clock()
+    sync = Sync(
+        settings,
+        runtime.store.engine,
+        runtime.store,
+        lambda: runtime.mapping.mapper.mappings.site,
+        clock=clock,
+        sleep=lambda _: None,
+    )
+    ehr.quirk(redirect=True)  # every request but GET metadata
+
+    refused = sync_once(sync, trigger="schedule")
+
+    assert refused.status == "failed" and refused.cause == "configuration"
+    assert refused.resume_at is not None and refused.probe_at is None
+    clock.now = clock.start + timedelta(seconds=30)
+    assert sync_once(sync, trigger="schedule").status == "deferred"
+
+
+@pytest.mark.parametrize(
+    ("breaker_seconds", "probe_seconds"),
+    [(1.0, 3600.0), (3600.0, 1.0)],
+    ids=["at-the-back-off-end", "on-a-probe"],
+)
+def test_the_service_resumes_delivery_without_a_tick_or_a_record(
+    runtime: Runtime, ehr: SandboxEhr, breaker_seconds: float, probe_seconds: float
+) -> None:
+    """The schedule hourly, no record arriving after the EHR comes back: only the run the
+    service plans at the back-off's end, or at the next probe, can deliver."""
+    gate = EhrGate(ehr.base)
+    settings = runtime.settings.model_copy(
+        update={
+            "ehr_base_url": gate.base,
+            "mapping_interval_seconds": 3600,
+            "sync_interval_seconds": 3600,
+            "ehr_retry_attempts": 1,
+            "ehr_breaker_seconds": breaker_seconds,
+            "ehr_probe_seconds": probe_seconds,
+        }
+    )
+    service = open_runtime(settings)
+    worker = Worker(service)
+    gate.set("refuse")
+    worker.start()
+    try:
+        service.intake.submit(example_day())
+        worker.wake()
+        deadline = time.monotonic() + 30
+        while not runtime.sync_runs.recent(1) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(2.5)
+        gate.set("open")
+        reopened = time.monotonic()
+        expected = sum(expected_in_ehr(runtime).values())
+        while runtime.outbox.counts()["delivered"] < expected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        resumed = time.monotonic() - reopened
+    finally:
+        worker.stop()
+        service.close()
+        gate.stop()
+
+    assert runtime.outbox.counts()["delivered"] == expected > 0
+    runs = runtime.sync_runs.recent(100)
+    assert runs[0].trigger == "resume" and runs[0].status == "completed"
+    assert resumed < 10, resumed
