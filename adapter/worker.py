@@ -348,6 +348,8 @@ class Worker:
             if runtime.settings.event_delivery
             else None
         )
+        self._planning = threading.Lock()
+        self._stopping = False
         for runner in runners:
             add_sync_jobs(self.scheduler, runner)
             runner.resume = self._resume
@@ -398,6 +400,10 @@ class Worker:
                     self.scheduler.modify_job(found.id, next_run_time=datetime.now(UTC))
 
     def stop(self) -> None:
+        # No run is planned once stopping: a job that plans one while the scheduler shuts
+        # down would wait for the lock that the shutdown holds while it waits for the job.
+        with self._planning:
+            self._stopping = True
         if self.events is not None:
             self.events.stop()
         if self.scheduler.running:
@@ -407,11 +413,14 @@ class Worker:
         """Run the sync at `at`, not at the schedule's next tick: delivery resumes as soon as
         the back-off allows. One such run per sync is planned in this process, the latest
         asked for replacing the one before."""
-        self.scheduler.add_job(
-            resume_sync,
-            DateTrigger(at, timezone=UTC),
-            args=[runner],
-            id=RESUME_JOB + runner.job_suffix,
-            replace_existing=True,
-            misfire_grace_time=None,
-        )
+        with self._planning:
+            if self._stopping:
+                return
+            self.scheduler.add_job(
+                resume_sync,
+                DateTrigger(at, timezone=UTC),
+                args=[runner],
+                id=RESUME_JOB + runner.job_suffix,
+                replace_existing=True,
+                misfire_grace_time=None,
+            )

@@ -667,15 +667,16 @@ class Outbox:
             )
             return int(result.rowcount or 0)
 
-    def due_after_outage(self, now: datetime, settle: timedelta) -> int:
-        """Items waiting after the EHR failed them, due again as the sync resumes after backing
-        off from the EHR: each waited a back-off of its own, doubled at each attempt, which an
-        outage would have stretched far past the EHR's return. Due now, or, a create the EHR
-        may have stored, once the EHR has had `settle` to store it; an item the EHR forbids
-        waits for its configuration."""
+    def due_after_outage(self, now: datetime, settle: timedelta, since: datetime) -> int:
+        """Items the EHR failed from `since` on, waiting, due again as the sync resumes after
+        backing off from the EHR: each waited a back-off of its own, doubled at each attempt,
+        which an outage would have stretched far past the EHR's return. Due now, or, a write
+        the EHR may have stored, once the EHR has had `settle` to store it; an item the EHR
+        forbids waits for its configuration."""
         failed = (
             (outbox.c.state == "pending")
             & (outbox.c.attempts > 0)
+            & (outbox.c.updated_at >= since)
             & (outbox.c.next_attempt_at > now)
             & outbox.c.detail.not_like('%"forbidden"%')
             & self._mine()

@@ -219,16 +219,9 @@ class Sync:
         with self.engine.connect() as connection:
             return BackOff.parse(read_state(connection, self.state_name(BACKOFF)))
 
-    def set_backoff(
-        self,
-        until: datetime | None,
-        seconds: float,
-        probe_at: datetime | None = None,
-        probed: bool = False,
-    ) -> None:
-        value = BackOff(until, seconds, probe_at, probed).dumps()
+    def store_backoff(self, state: "BackOff") -> None:
         with self.engine.begin() as connection:
-            write_state(connection, self.state_name(BACKOFF), value)
+            write_state(connection, self.state_name(BACKOFF), state.dumps())
 
     def replace_backoff(self, old: "BackOff", new: "BackOff") -> bool:
         """Store `new` if the back-off is still `old`: False when another process changed it."""
@@ -247,6 +240,10 @@ class BackOff:
     """When the EHR may be asked whether it is back, before `until` (None: it is not asked)."""
     probed: bool = False
     """The last back-off ended early, on the EHR's answer to a probe."""
+    since: datetime | None = None
+    """When the first run that the EHR failed for being down started, of those since the last
+    run that succeeded: what the EHR failed since then is due again when the sync resumes
+    (None: nothing is owed that)."""
 
     @classmethod
     def parse(cls, value: str | None) -> "BackOff":
@@ -258,6 +255,7 @@ class BackOff:
             state["seconds"],
             _instant(state.get("probe_at")),
             state.get("probed", False),
+            _instant(state.get("since")),
         )
 
     def dumps(self) -> str:
@@ -266,6 +264,7 @@ class BackOff:
             "seconds": self.seconds,
             "probe_at": self.probe_at.isoformat() if self.probe_at else None,
             "probed": self.probed,
+            "since": self.since.isoformat() if self.since else None,
         }
         return orjson.dumps(value).decode()
 
@@ -288,14 +287,13 @@ def sync_once(
         state = probe_ehr(sync, state)
         if state.until is not None:
             return SyncReport("deferred", resume_at=state.until, probe_at=state.probe_at)
-    if state.seconds:
-        # The sync resumes after backing off: what the EHR failed while it was down is due.
-        settle = timedelta(seconds=sync.settings.ehr_settle_seconds)
-        sync.outbox.due_after_outage(sync.clock(), settle)
     # Waiting items (a patient not in the EHR yet) are tried by every scheduled run, but do not
     # make an event's run by themselves: a wake with nothing new due does nothing. An item that
     # waits only for what it references makes no run either (the run delivering that does).
-    if trigger in SCHEDULED:
+    # The first run after a back-off from a down EHR always starts (`_resume`).
+    if state.since is not None:
+        idle = False
+    elif trigger in SCHEDULED:
         idle = not sync.outbox.run_wanted(sync.clock())
     else:
         idle = unasked and sync.outbox.count_due(sync.clock()) == 0
@@ -307,27 +305,30 @@ def sync_once(
 def probe_ehr(sync: Sync, state: BackOff) -> BackOff:
     """While the sync backs off from an EHR that was down, ask the EHR whether it is back: one
     request for its CapabilityStatement once `state.probe_at` has come, neither retried nor
-    counted by the breaker, by one of the processes on the store. Answers the back-off after
-    it: over (`until` None) when the EHR answered, its length kept (a run that fails again
-    backs off twice as long, and asks no more until a run succeeds)."""
+    counted by the breaker, by one of the processes on the store (it claims the probe in the
+    store first, for as long as the request may take). Answers the back-off after it: over
+    (`until` None) when the EHR answered, its length kept (a run that fails again backs off
+    twice as long, and asks no more until a run succeeds); a Retry-After in the answer moves
+    the next probe, and the back-off's end if it asks for longer."""
     now = sync.clock()
     if state.until is None or state.probe_at is None or state.probe_at > now:
         return state
     every = timedelta(seconds=sync.settings.ehr_probe_seconds)
-    claimed = replace(state, probe_at=_before(now + every, state.until))
+    longest = timedelta(seconds=sync.client.timeout)
+    claimed = replace(state, probe_at=_before(now + every + longest, state.until))
     if not sync.replace_backoff(state, claimed):
         return sync.backoff_state()  # another process asks the EHR now
     try:
         sync.client.probe()
     except TemporaryEhrError as exc:
+        after = sync.clock()
         asked = timedelta(seconds=exc.retry_after or 0.0)
-        if asked <= every:
-            return claimed
-        later = replace(claimed, probe_at=_before(now + asked, state.until))
+        until = max(state.until, after + asked)
+        later = replace(claimed, until=until, probe_at=_before(after + max(every, asked), until))
         return later if sync.replace_backoff(claimed, later) else sync.backoff_state()
     except EhrError:
         pass  # a refusal is an answer: the run that follows tells what is wrong
-    over = BackOff(None, state.seconds, probed=True)
+    over = replace(state, until=None, probe_at=None, probed=True)
     if not sync.replace_backoff(claimed, over):
         return sync.backoff_state()
     log.info("the EHR answered while the sync backed off: delivery resumes")
@@ -348,19 +349,19 @@ def leased_run(sync: Sync, trigger: str, work: Callable[[SyncReport], None]) -> 
     at least), and a successful run clears it."""
     if not sync.lease.acquire(sync.clock()):
         return SyncReport("busy")
-    run_id = sync.runs.start(trigger, sync.holder, sync.clock(), sync.site_id)
+    started = sync.clock()
+    run_id = sync.runs.start(trigger, sync.holder, started, sync.site_id)
     report = SyncReport("completed", run_id=run_id)
     sync.client.start_run()
     try:
         work(report)
-        sync.set_backoff(None, 0.0)
+        sync.store_backoff(BackOff())
     except (EhrUnavailable, TemporaryEhrError) as exc:
-        asked = exc.retry_after if isinstance(exc, EhrUnavailable) else None
-        until = _back_off(sync, report, asked, probe=True)
+        until = _back_off(sync, report, exc.retry_after, outage=started)
         report.status, report.cause = "failed", "ehr"
         report.error = f"the EHR is unavailable ({exc}); the sync backs off until {until}"
     except EhrConfigurationError as exc:
-        until = _back_off(sync, report, None, probe=False)
+        until = _back_off(sync, report, None, outage=None)
         report.status, report.cause = "failed", "configuration"
         report.error = f"{exc}; the sync backs off until {until}"
     except EhrAuthError as exc:
@@ -388,25 +389,41 @@ def leased_run(sync: Sync, trigger: str, work: Callable[[SyncReport], None]) -> 
     return report
 
 
-def _back_off(sync: Sync, report: SyncReport, asked: float | None, probe: bool) -> str:
+def _back_off(sync: Sync, report: SyncReport, asked: float | None, outage: datetime | None) -> str:
     """The whole sync backs off: the first back-off, doubled on each failed run up to an hour,
-    and at least what the EHR asked for. With `probe` (the EHR was down, not refusing the
-    configuration), the EHR is asked whether it is back every ADAPTER_EHR_PROBE_SECONDS
-    meanwhile, never before what it asked for; not after a probe it answered misled the sync
-    (the run after it failed again)."""
+    and at least what the EHR asked for. With `outage` (the start of a run the EHR failed for
+    being down, not for refusing the configuration), the EHR is asked whether it is back every
+    ADAPTER_EHR_PROBE_SECONDS meanwhile, never before what it asked for, and not after a probe
+    it answered misled the sync (the run after it failed again); what it failed from the
+    first such run on is due when the sync resumes."""
     last = sync.backoff_state()
     seconds = min(LONGEST_BACKOFF, last.seconds * 2 or sync.settings.ehr_breaker_seconds)
     seconds = max(seconds, asked or 0.0)
     now = sync.clock()
     report.resume_at = now + timedelta(seconds=seconds)
-    if probe and not last.probed:
+    if outage is not None and not last.probed:
         first = max(sync.settings.ehr_probe_seconds, asked or 0.0)
         report.probe_at = _before(now + timedelta(seconds=first), report.resume_at)
-    sync.set_backoff(report.resume_at, seconds, report.probe_at, last.probed)
+    since = last.since or outage
+    sync.store_backoff(BackOff(report.resume_at, seconds, report.probe_at, last.probed, since))
     return f"{report.resume_at:%Y-%m-%dT%H:%M:%SZ}"
 
 
+def _resume(sync: Sync) -> None:
+    """A run after a back-off from a down EHR, holding the lease: what the EHR failed while it
+    was down is due now, though each item had been given a wait of its own, doubled at each
+    attempt, that the outage stretched past the EHR's return (`Outbox.due_after_outage`).
+    Done once: a run that fails again owes only what it failed itself."""
+    state = sync.backoff_state()
+    if state.since is None:
+        return
+    settle = timedelta(seconds=sync.settings.ehr_settle_seconds)
+    sync.outbox.due_after_outage(sync.clock(), settle, state.since)
+    sync.replace_backoff(state, replace(state, since=None))
+
+
 def _run(sync: Sync, report: SyncReport, progress: Callable[[int], None]) -> None:
+    _resume(sync)
     rules = sync.ehr_rules()
     plans = sync.plans(sync.clock(), rules)
     delivery = sync.delivery(plans, rules)

@@ -18,6 +18,8 @@ class EhrGate:
         origin, _, path = upstream_base.removeprefix("http://").partition("/")
         self.upstream = ("127.0.0.1", int(origin.rsplit(":", 1)[1]))
         self.mode: Mode = "open"
+        self.accepted = 0
+        """Connections taken so far (in `hang`: requests that will get no answer)."""
         self._lock = threading.Lock()
         self._connections: set[socket.socket] = set()
         self._listener = self._listen(0)
@@ -40,6 +42,7 @@ class EhrGate:
                 return  # the gate refuses now, or stopped
             with self._lock:
                 self._connections.add(client)
+                self.accepted += 1
                 hanging = self.mode == "hang"
             if not hanging:
                 threading.Thread(target=self._pass, args=(client,), daemon=True).start()

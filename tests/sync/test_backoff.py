@@ -4,6 +4,7 @@ rather than at the back-off's end; never sooner than the EHR asked, and not agai
 answer that misled it. In the service, a run is planned for the moment the back-off ends or
 the EHR may next be asked, so that delivery resumes without waiting for the schedule."""
 
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -15,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from adapter.runtime import Runtime, open_runtime
 from adapter.settings import Settings
-from adapter.sync.engine import BackOff, Sync, sync_once
+from adapter.sync.engine import BackOff, Sync, probe_ehr, sync_once
 from adapter.worker import Worker
 from tests.conftest import EXAMPLE_DAY
 from tests.sync.expected import expected_in_ehr
@@ -137,12 +138,51 @@ def test_the_ehr_is_asked_no_sooner_than_its_retry_after(
     assert sync_once(sync, trigger="event").status == "deferred"
     assert requests_made(proxy) == made
 
-    # Asked to wait beyond the back-off: not asked again before it ends.
+    # Asked to wait beyond the back-off: the back-off lasts as long, and no probe comes first.
     clock.now = clock.start + timedelta(seconds=40)
     proxy.faults.retry_after = 600
-    assert sync_once(sync, trigger="schedule").probe_at is None
-    clock.now = clock.start + timedelta(seconds=59)
+    asked_longer = sync_once(sync, trigger="schedule")
+    assert asked_longer.probe_at is None
+    assert asked_longer.resume_at == clock.now + timedelta(seconds=600)
+    clock.now = clock.start + timedelta(seconds=639)
     assert sync_once(sync, trigger="schedule").status == "deferred"
+    assert requests_made(proxy) == made + 1
+
+
+def test_a_run_the_ehr_throttled_backs_off_and_probes_no_sooner_than_its_retry_after(
+    runtime: Runtime, settings: Settings, proxy: FaultProxy
+) -> None:
+    """The CapabilityStatement answered 429 with Retry-After: 20 at every attempt: the run
+    fails on it, and the first probe waits those 20 s, not the probe's 10."""
+    load_example_day(runtime)
+    clock = Clock()
+    sync = proxied_sync(runtime, settings, proxy, clock)
+    proxy.faults.throttle_429, proxy.faults.retry_after = 1.0, 20
+
+    throttled = sync_once(sync, trigger="schedule")
+
+    assert throttled.status == "failed" and throttled.cause == "ehr"
+    assert throttled.probe_at == clock.start + timedelta(seconds=20)
+
+
+def test_of_two_processes_only_one_asks_the_ehr(
+    runtime: Runtime, settings: Settings, proxy: FaultProxy
+) -> None:
+    """Two syncs on one store, as two replicas' are: each wakes when the probe is due, the
+    second after the first has claimed it, or having read the back-off before that claim."""
+    load_example_day(runtime)
+    clock = Clock()
+    first, second = (proxied_sync(runtime, settings, proxy, clock) for _ in range(2))
+    proxy.faults.error_503 = 1.0
+    assert sync_once(first, trigger="schedule").status == "failed"
+    clock.now = clock.start + timedelta(seconds=10)
+    read_before = second.backoff_state()
+    made = requests_made(proxy)
+
+    assert sync_once(first, trigger="event").status == "deferred"
+    assert sync_once(second, trigger="event").status == "deferred"
+    assert probe_ehr(second, read_before) == first.backoff_state()
+
     assert requests_made(proxy) == made + 1
 
 
@@ -236,9 +276,14 @@ def test_a_create_whose_answer_an_outage_lost_is_looked_for_once_the_ehr_has_set
 
     proxy.faults.reset_after = 0.0
     clock.now += timedelta(seconds=61)
-    assert sync_once(sync, trigger="schedule").status == "idle"  # they settle
-    clock.now += timedelta(seconds=40)
-    assert sync_once(sync, trigger="schedule").status == "completed"
+    resumed = sync_once(sync, trigger="schedule")
+    assert resumed.status == "completed" and not resumed.counts  # they settle meanwhile
+    clock.now += timedelta(seconds=38)
+    assert sync_once(sync, trigger="schedule").status == "idle"
+    clock.now += timedelta(seconds=1)
+    settled = sync_once(sync, trigger="schedule")
+    assert settled.status == "completed"
+    assert settled.counts["delivered"] == failed.counts["unconfirmed"]
 
     assert_in_ehr_once(runtime, ehr)
 
@@ -314,3 +359,50 @@ def test_the_service_resumes_delivery_without_a_tick_or_a_record(
     runs = runtime.sync_runs.recent(100)
     assert runs[0].trigger == "resume" and runs[0].status == "completed"
     assert resumed < 10, resumed
+
+
+def failed_runs(runtime: Runtime) -> list[str]:
+    return [run.status for run in runtime.sync_runs.recent(100) if run.status == "failed"]
+
+
+def test_the_service_stops_while_it_asks_an_ehr_that_does_not_answer(
+    runtime: Runtime, ehr: SandboxEhr
+) -> None:
+    """A probe in flight when the service stops: the job that asked plans no next run, and the
+    scheduler's shutdown, which waits for that job, is not left waiting on it."""
+    gate = EhrGate(ehr.base)
+    settings = runtime.settings.model_copy(
+        update={
+            "ehr_base_url": gate.base,
+            "mapping_interval_seconds": 3600,
+            "sync_interval_seconds": 3600,
+            "ehr_timeout_seconds": 2.0,
+            "ehr_retry_attempts": 1,
+            "ehr_breaker_seconds": 3600.0,
+            "ehr_probe_seconds": 0.2,
+        }
+    )
+    service = open_runtime(settings)
+    worker = Worker(service)
+    gate.set("hang")
+    worker.start()
+    stopper = threading.Thread(target=worker.stop, daemon=True)
+    try:
+        service.intake.submit(example_day())
+        worker.wake()
+        deadline = time.monotonic() + 30
+        while not failed_runs(runtime) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        before = gate.accepted
+        while gate.accepted == before and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert gate.accepted > before, "no probe was sent"
+        stopper.start()
+        stopper.join(timeout=15)
+    finally:
+        gate.stop()
+        stopper.join(timeout=15)
+        service.close()
+
+    assert not stopper.is_alive()
+    assert [run.status for run in runtime.sync_runs.recent(100)] == ["failed"]
