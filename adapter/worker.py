@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Collection
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.base import BaseScheduler
@@ -41,6 +41,10 @@ RELOAD_JOB = "reload-mapping-files"
 SYNC_JOB = "sync-to-ehr"
 RECONCILE_JOB = "reconcile-with-ehr"
 RESUME_JOB = "sync-resume"
+RETRY_FOLD_SECONDS = 1.0
+"""Items left to try again are tried up to a second after the first of them is due, with those
+due meanwhile: one run, not one per item (their waits are spread, so that an outage's items do
+not all come back at once)."""
 ALERT_JOB = "check-alerts"
 LOCAL_JOBS = (RELOAD_JOB,)
 """Jobs every process runs for itself; the others run once per tick across the processes."""
@@ -133,14 +137,15 @@ def expire_exports(runtime: Runtime) -> None:
 
 
 Resume = Callable[["SyncRunner", datetime], None]
-"""Told when a runner's sync should run again: its back-off ends, or the EHR may be asked
-whether it is back."""
+"""Told when a runner's sync should run again: its back-off ends, the EHR may be asked whether
+it is back, or an item left to try again is due."""
 
 
 class SyncRunner:
     """Runs the sync for this process, one run at a time whoever asks (the schedule, an event):
     a run asked for while another runs here waits for it rather than finding the lease taken.
-    A run that backs off, or is deferred by a back-off, tells `resume` when to run again."""
+    A run that backs off, is deferred by a back-off or leaves items to try again tells
+    `resume` when to run again."""
 
     def __init__(
         self, runtime: Runtime, metrics: Metrics | None = None, sync: Sync | None = None
@@ -165,13 +170,17 @@ class SyncRunner:
             report = sync_once(self.sync, trigger=trigger)
         if self.metrics is not None:
             self.metrics.run(trigger, report, started)
-        if self.resume is not None and report.resume_at is not None:
-            self.resume(self, report.probe_at or report.resume_at)
+        later = report.probe_at or report.resume_at
+        if later is None and report.retry_at is not None:
+            later = report.retry_at + timedelta(seconds=RETRY_FOLD_SECONDS)
+        if self.resume is not None and later is not None:
+            self.resume(self, later)
         return report
 
 
 def resume_sync(runner: SyncRunner) -> None:
-    """A run when the sync's back-off ends, or when the EHR may be asked whether it is back."""
+    """A run when the sync's back-off ends, when the EHR may be asked whether it is back, or
+    when an item left to try again is due."""
     runner.run("resume")
 
 
@@ -411,16 +420,25 @@ class Worker:
 
     def _resume(self, runner: SyncRunner, at: datetime) -> None:
         """Run the sync at `at`, not at the schedule's next tick: delivery resumes as soon as
-        the back-off allows. One such run per sync is planned in this process, the latest
-        asked for replacing the one before."""
+        the back-off allows, and an item the EHR failed is tried again when its wait is over.
+        One such run per sync is planned in this process, the earliest (a run too early for a
+        back-off is deferred, and plans the next)."""
+        job_id = RESUME_JOB + runner.job_suffix
         with self._planning:
             if self._stopping:
+                return
+            planned = self.scheduler.get_job(job_id)
+            planned_at = getattr(planned, "next_run_time", None)
+            if planned_at is not None and datetime.now(UTC) < planned_at <= at:
                 return
             self.scheduler.add_job(
                 resume_sync,
                 DateTrigger(at, timezone=UTC),
                 args=[runner],
-                id=RESUME_JOB + runner.job_suffix,
+                id=job_id,
                 replace_existing=True,
                 misfire_grace_time=None,
+                # The run that plans the next is itself this job: the next may start before
+                # it has returned (and then waits for it, `SyncRunner`).
+                max_instances=2,
             )

@@ -704,6 +704,15 @@ class Outbox:
                 )
         return int(made_due or 0) + len(settled)
 
+    def next_retry(self, now: datetime) -> datetime | None:
+        """When the first item that waits to be tried again is due (None: none waits)."""
+        query = select(func.min(outbox.c.next_attempt_at)).where(
+            outbox.c.state.in_(DUE_STATES), outbox.c.next_attempt_at > now, self._mine()
+        )
+        with self.engine.connect() as connection:
+            found: datetime | None = connection.execute(query).scalar_one()
+        return found
+
     def count_due(self, now: datetime, waiting: bool = False) -> int:
         """Items a run would try now (with `waiting`: the waiting ones too, as a run wakes them)."""
         states = (*DUE_STATES, "waiting") if waiting else DUE_STATES

@@ -93,6 +93,8 @@ class SyncReport:
     """Until when the sync backs off (a failed or deferred run)."""
     probe_at: datetime | None = None
     """When the EHR may next be asked whether it is back, before `resume_at` (`probe_ehr`)."""
+    retry_at: datetime | None = None
+    """When the first item left to try again later is due (a completed or idle run)."""
     cause: str | None = None
     """Why a failed run failed: `ehr` (unavailable, throttling, failing every request),
     `configuration` (the EHR or the adapter's settings need a person) or `internal`."""
@@ -297,9 +299,14 @@ def sync_once(
         idle = not sync.outbox.run_wanted(sync.clock())
     else:
         idle = unasked and sync.outbox.count_due(sync.clock()) == 0
-    if idle:
-        return SyncReport("idle")
-    return leased_run(sync, trigger, lambda report: _run(sync, report, progress or _quiet))
+    report = (
+        SyncReport("idle")
+        if idle
+        else leased_run(sync, trigger, lambda report: _run(sync, report, progress or _quiet))
+    )
+    if report.status in ("completed", "idle"):
+        report.retry_at = sync.outbox.next_retry(sync.clock())
+    return report
 
 
 def probe_ehr(sync: Sync, state: BackOff) -> BackOff:

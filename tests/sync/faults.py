@@ -37,6 +37,9 @@ class Faults:
     of it fails)."""
     methods: tuple[str, ...] = ()
     """The methods whose requests meet faults (none named: every method)."""
+    alternate: bool = False
+    """Every other request that may meet a fault meets the first fault given a share, the
+    first passing; nothing is drawn."""
     counts: dict[str, int] = field(default_factory=dict)
 
     @classmethod
@@ -62,6 +65,7 @@ class FaultProxy:
         self.random = random.Random(faults.seed)
         self.lock = threading.Lock()
         self.enabled = True
+        self.drawn = 0
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -88,6 +92,8 @@ class FaultProxy:
         f = self.faults
         with self.lock:
             roll = self.random.random()
+            self.drawn += 1
+            passing = self.drawn % 2 == 1
         for name, share in (
             ("500", f.error_500),
             ("503", f.error_503),
@@ -96,6 +102,8 @@ class FaultProxy:
             ("reset_before", f.reset_before),
             ("reset_after", f.reset_after),
         ):
+            if f.alternate and share:
+                return "pass" if passing else name
             if roll < share:
                 return name
             roll -= share

@@ -1,8 +1,9 @@
 """While the sync backs off from an EHR that was down, it asks the EHR now and then whether it
 is back (one request for its CapabilityStatement), and delivery resumes on the first answer
 rather than at the back-off's end; never sooner than the EHR asked, and not again after an
-answer that misled it. In the service, a run is planned for the moment the back-off ends or
-the EHR may next be asked, so that delivery resumes without waiting for the schedule."""
+answer that misled it. In the service, a run is planned for the moment the back-off ends, the
+EHR may next be asked, or an item the EHR failed is due again, so that delivery resumes
+without waiting for the schedule."""
 
 import threading
 import time
@@ -16,6 +17,7 @@ from fastapi.testclient import TestClient
 
 from adapter.runtime import Runtime, open_runtime
 from adapter.settings import Settings
+from adapter.store.sync_state import SyncRun
 from adapter.sync.engine import BackOff, Sync, probe_ehr, sync_once
 from adapter.worker import Worker
 from tests.conftest import EXAMPLE_DAY
@@ -365,6 +367,11 @@ def failed_runs(runtime: Runtime) -> list[str]:
     return [run.status for run in runtime.sync_runs.recent(100) if run.status == "failed"]
 
 
+def finished_runs(runtime: Runtime) -> list[SyncRun]:
+    """The runs that have ended, the latest first."""
+    return [run for run in runtime.sync_runs.recent(100) if run.status != "running"]
+
+
 def test_the_service_stops_while_it_asks_an_ehr_that_does_not_answer(
     runtime: Runtime, ehr: SandboxEhr
 ) -> None:
@@ -406,3 +413,50 @@ def test_the_service_stops_while_it_asks_an_ehr_that_does_not_answer(
 
     assert not stopper.is_alive()
     assert [run.status for run in runtime.sync_runs.recent(100)] == ["failed"]
+
+
+def test_the_service_tries_what_the_ehr_failed_again_when_its_wait_is_over(
+    runtime: Runtime, ehr: SandboxEhr
+) -> None:
+    """Every other Bundle answered 503 in the first run, the EHR well after it; the
+    schedule hourly, a back-off and its probes an hour away: only the run the service plans for
+    the failed items' retry (a second after) can deliver them."""
+    spared = (METADATA, "/fhir/Patient/_search")
+    faults = Faults(error_503=1.0, alternate=True, methods=("POST",), spared=spared)
+    proxy = FaultProxy(ehr.origin, faults)
+    settings = runtime.settings.model_copy(
+        update={
+            "ehr_base_url": f"{proxy.origin}/fhir",
+            "mapping_interval_seconds": 3600,
+            "sync_interval_seconds": 3600,
+            "ehr_retry_attempts": 1,
+            "ehr_breaker_failures": 1000,
+            "ehr_breaker_seconds": 3600.0,
+            "ehr_probe_seconds": 3600.0,
+            "ehr_item_retry_seconds": 1.0,
+        }
+    )
+    service = open_runtime(settings)
+    worker = Worker(service)
+    worker.start()
+    try:
+        service.intake.submit(example_day())
+        worker.wake()
+        deadline = time.monotonic() + 30
+        while not finished_runs(runtime) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proxy.faults.error_503 = 0.0
+        expected = sum(expected_in_ehr(runtime).values())
+        while runtime.outbox.counts()["delivered"] < expected and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        worker.stop()
+        service.close()
+        proxy.stop()
+
+    first = finished_runs(runtime)[-1]
+    assert first.status == "completed" and first.counts["retry_later"] > 0, first
+    assert runtime.outbox.counts()["delivered"] == expected
+    retries = [run for run in finished_runs(runtime) if run.trigger == "resume"]
+    assert retries and finished_runs(runtime)[0] == retries[0]
+    assert len(retries) <= 3  # the items whose waits end within a second go in one run
