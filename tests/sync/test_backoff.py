@@ -62,14 +62,29 @@ def proxied_sync(
             **changed,
         }
     )
+    return clocked_sync(runtime, through, clock)
+
+
+def clocked_sync(runtime: Runtime, settings: Settings, clock: Clock) -> Sync:
+    """A sync on `clock` that does not sleep between a request's attempts."""
     return Sync(
-        through,
+        settings,
         runtime.store.engine,
         runtime.store,
         lambda: runtime.mapping.mapper.mappings.site,
         clock=clock,
         sleep=lambda _: None,
     )
+
+
+def hourly_service(runtime: Runtime, **changed: object) -> tuple[Runtime, Worker]:
+    """The service on `runtime`'s store, mapping and syncing on hourly schedules (only what
+    the service plans itself can run sooner), with `changed` settings; its worker not started."""
+    settings = runtime.settings.model_copy(
+        update={"mapping_interval_seconds": 3600, "sync_interval_seconds": 3600, **changed}
+    )
+    service = open_runtime(settings)
+    return service, Worker(service)
 
 
 def example_day_records() -> list[dict[str, Any]]:
@@ -296,14 +311,7 @@ def test_a_configuration_the_ehr_refuses_is_not_probed(
     """A redirect needs a person: that the EHR answers its CapabilityStatement tells nothing."""
     load_example_day(runtime)
     clock = Clock()
-    sync = Sync(
-        settings,
-        runtime.store.engine,
-        runtime.store,
-        lambda: runtime.mapping.mapper.mappings.site,
-        clock=clock,
-        sleep=lambda _: None,
-    )
+    sync = clocked_sync(runtime, settings, clock)
     ehr.quirk(redirect=True)  # every request but GET metadata
 
     refused = sync_once(sync, trigger="schedule")
@@ -325,18 +333,13 @@ def test_the_service_resumes_delivery_without_a_tick_or_a_record(
     """The schedule hourly, no record arriving after the EHR comes back: only the run the
     service plans at the back-off's end, or at the next probe, can deliver."""
     gate = EhrGate(ehr.base)
-    settings = runtime.settings.model_copy(
-        update={
-            "ehr_base_url": gate.base,
-            "mapping_interval_seconds": 3600,
-            "sync_interval_seconds": 3600,
-            "ehr_retry_attempts": 1,
-            "ehr_breaker_seconds": breaker_seconds,
-            "ehr_probe_seconds": probe_seconds,
-        }
+    service, worker = hourly_service(
+        runtime,
+        ehr_base_url=gate.base,
+        ehr_retry_attempts=1,
+        ehr_breaker_seconds=breaker_seconds,
+        ehr_probe_seconds=probe_seconds,
     )
-    service = open_runtime(settings)
-    worker = Worker(service)
     gate.set("refuse")
     worker.start()
     try:
@@ -378,19 +381,14 @@ def test_the_service_stops_while_it_asks_an_ehr_that_does_not_answer(
     """A probe in flight when the service stops: the job that asked plans no next run, and the
     scheduler's shutdown, which waits for that job, is not left waiting on it."""
     gate = EhrGate(ehr.base)
-    settings = runtime.settings.model_copy(
-        update={
-            "ehr_base_url": gate.base,
-            "mapping_interval_seconds": 3600,
-            "sync_interval_seconds": 3600,
-            "ehr_timeout_seconds": 2.0,
-            "ehr_retry_attempts": 1,
-            "ehr_breaker_seconds": 3600.0,
-            "ehr_probe_seconds": 0.2,
-        }
+    service, worker = hourly_service(
+        runtime,
+        ehr_base_url=gate.base,
+        ehr_timeout_seconds=2.0,
+        ehr_retry_attempts=1,
+        ehr_breaker_seconds=3600.0,
+        ehr_probe_seconds=0.2,
     )
-    service = open_runtime(settings)
-    worker = Worker(service)
     gate.set("hang")
     worker.start()
     stopper = threading.Thread(target=worker.stop, daemon=True)
@@ -424,20 +422,15 @@ def test_the_service_tries_what_the_ehr_failed_again_when_its_wait_is_over(
     spared = (METADATA, "/fhir/Patient/_search")
     faults = Faults(error_503=1.0, alternate=True, methods=("POST",), spared=spared)
     proxy = FaultProxy(ehr.origin, faults)
-    settings = runtime.settings.model_copy(
-        update={
-            "ehr_base_url": f"{proxy.origin}/fhir",
-            "mapping_interval_seconds": 3600,
-            "sync_interval_seconds": 3600,
-            "ehr_retry_attempts": 1,
-            "ehr_breaker_failures": 1000,
-            "ehr_breaker_seconds": 3600.0,
-            "ehr_probe_seconds": 3600.0,
-            "ehr_item_retry_seconds": 1.0,
-        }
+    service, worker = hourly_service(
+        runtime,
+        ehr_base_url=f"{proxy.origin}/fhir",
+        ehr_retry_attempts=1,
+        ehr_breaker_failures=1000,
+        ehr_breaker_seconds=3600.0,
+        ehr_probe_seconds=3600.0,
+        ehr_item_retry_seconds=1.0,
     )
-    service = open_runtime(settings)
-    worker = Worker(service)
     worker.start()
     try:
         service.intake.submit(example_day())
