@@ -185,6 +185,7 @@ def run(args: argparse.Namespace, database_url: str | None) -> None:
             time.sleep(0.1)
         seconds = time.perf_counter() - started
         busy = machine_busy() - busy
+        server_cpu = cpu_seconds(ehr.process.pid) - server_cpu
         status = process.returncode
         used = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = used.ru_utime + used.ru_stime
@@ -201,7 +202,6 @@ def run(args: argparse.Namespace, database_url: str | None) -> None:
             f"adapter sync (process start to exit): {rate:,.0f} resources/s, "
             f"peak RSS {peak_mb:.0f} MB, exit status {status}"
         )
-        server_cpu = cpu_seconds(ehr.process.pid) - server_cpu
         print(
             f"sync process CPU time {cpu:.1f} s of {seconds:.1f} s; "
             f"sandbox server CPU meanwhile {server_cpu:.1f} s; machine busy {busy:.1f} of "
