@@ -42,6 +42,8 @@ SYNC_JOB = "sync-to-ehr"
 RECONCILE_JOB = "reconcile-with-ehr"
 RESUME_JOB = "sync-resume"
 RETRY_FOLD_SECONDS = 1.0
+BUSY_RETRY_SECONDS = 5.0
+"""How soon a planned run that found another process holding the sync's lease is tried again."""
 """Items left to try again are tried up to a second after the first of them is due, with those
 due meanwhile: one run, not one per item (their waits are spread, so that an outage's items do
 not all come back at once)."""
@@ -162,26 +164,45 @@ class SyncRunner:
         site = self.sync.site_id if self.sync is not None else None
         return f":{site}" if site else ""
 
-    def run(self, trigger: str) -> SyncReport | None:
+    def run(self, trigger: str, wait: bool = True) -> SyncReport | None:
+        """A run; without `wait`, none (None) if a run of this process is under way (it plans
+        what follows it)."""
         if self.sync is None:
             return None
-        with self._lock:
+        if not self._lock.acquire(blocking=wait):
+            return None
+        try:
             started = time.monotonic()
             report = sync_once(self.sync, trigger=trigger)
+        finally:
+            self._lock.release()
         if self.metrics is not None:
             self.metrics.run(trigger, report, started)
-        later = report.probe_at or report.resume_at
-        if later is None and report.retry_at is not None:
-            later = report.retry_at + timedelta(seconds=RETRY_FOLD_SECONDS)
-        if self.resume is not None and later is not None:
-            self.resume(self, later)
+        if self.resume is not None:
+            later = _next_run(report)
+            if later is not None:
+                self.resume(self, later)
         return report
+
+
+def _next_run(report: SyncReport) -> datetime | None:
+    """When a run should follow this one: when its back-off ends or the EHR may be asked
+    whether it is back; soon, if another process held the lease (a reconciliation, say, that
+    plans nothing); or when the first item left to try again is due."""
+    if report.probe_at or report.resume_at:
+        return report.probe_at or report.resume_at
+    if report.status == "busy":
+        return datetime.now(UTC) + timedelta(seconds=BUSY_RETRY_SECONDS)
+    if report.retry_at is not None:
+        return report.retry_at + timedelta(seconds=RETRY_FOLD_SECONDS)
+    return None
 
 
 def resume_sync(runner: SyncRunner) -> None:
     """A run when the sync's back-off ends, when the EHR may be asked whether it is back, or
-    when an item left to try again is due."""
-    runner.run("resume")
+    when an item left to try again is due; none if a run of this process is under way (it
+    plans the next when it ends), so that no scheduler thread waits for it."""
+    runner.run("resume", wait=False)
 
 
 def sync_to_ehr(runner: SyncRunner) -> None:
@@ -208,9 +229,13 @@ def reconcile_with_ehr(
     if runner.sync is None:
         return
     waited = 0.0
-    while reconcile_once(runner.sync).status == "busy" and waited < patience:
+    while (report := reconcile_once(runner.sync)).status == "busy" and waited < patience:
         sleep(RECONCILE_RETRY_SECONDS)
         waited += RECONCILE_RETRY_SECONDS
+    if runner.resume is not None and report.status != "busy":
+        later = _next_run(report)  # it found the EHR down, say: the sync resumes when it may
+        if later is not None:
+            runner.resume(runner, later)
 
 
 def sync_runners(runtime: Runtime, metrics: Metrics | None = None) -> list[SyncRunner]:
@@ -429,7 +454,7 @@ class Worker:
                 return
             planned = self.scheduler.get_job(job_id)
             planned_at = getattr(planned, "next_run_time", None)
-            if planned_at is not None and datetime.now(UTC) < planned_at <= at:
+            if planned_at is not None and planned_at <= at:
                 return
             self.scheduler.add_job(
                 resume_sync,

@@ -20,6 +20,7 @@ from adapter.security import clients as clients_module
 from adapter.settings import Settings
 from adapter.store.job_ticks import JobTicks
 from adapter.store.mapping_queue import PENDING
+from adapter.sync.engine import SyncReport
 from adapter.worker import (
     ALERT_JOB,
     EXPIRE_JOB,
@@ -315,10 +316,8 @@ def test_the_nightly_reconciliation_waits_for_a_sync_run_rather_than_skip_the_ni
 ) -> None:
     answers = ["busy", "busy", "completed"]
     waits: list[float] = []
-    monkeypatch.setattr(
-        worker_module, "reconcile_once", lambda _: SimpleNamespace(status=answers.pop(0))
-    )
-    runner = SimpleNamespace(sync=object())
+    monkeypatch.setattr(worker_module, "reconcile_once", lambda _: SyncReport(answers.pop(0)))
+    runner = SimpleNamespace(sync=object(), resume=None)
 
     worker_module.reconcile_with_ehr(runner, sleep=waits.append)  # type: ignore[arg-type]
     answers[:] = ["busy"] * 1000

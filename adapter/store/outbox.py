@@ -686,19 +686,24 @@ class Outbox:
             made_due = connection.execute(
                 update(outbox).where(failed, ~unconfirmed).values(next_attempt_at=now)
             ).rowcount
+            read = select(outbox.c.resource_id, outbox.c.updated_at, outbox.c.next_attempt_at)
             settled = [
-                {"id": row.resource_id, "at": max(now, row.updated_at + settle)}
-                for row in connection.execute(
-                    select(
-                        outbox.c.resource_id, outbox.c.updated_at, outbox.c.next_attempt_at
-                    ).where(failed, unconfirmed)
+                {"id": resource_id, "seen": seen, "at": max(now, seen + settle)}
+                for resource_id, seen, later in connection.execute(
+                    read.where(failed, unconfirmed).order_by(outbox.c.resource_id)
                 )
-                if row.updated_at + settle < row.next_attempt_at
+                if seen + settle < later
             ]
             if settled:
+                # A row written since it was read (another attempt, a new version) keeps what
+                # that write gave it.
                 connection.execute(
                     update(outbox)
-                    .where(outbox.c.resource_id == bindparam("id"))
+                    .where(
+                        outbox.c.resource_id == bindparam("id"),
+                        outbox.c.updated_at == bindparam("seen"),
+                        failed,
+                    )
                     .values(next_attempt_at=bindparam("at")),
                     settled,
                 )

@@ -94,7 +94,10 @@ class SyncReport:
     probe_at: datetime | None = None
     """When the EHR may next be asked whether it is back, before `resume_at` (`probe_ehr`)."""
     retry_at: datetime | None = None
-    """When the first item left to try again later is due (a completed or idle run)."""
+    """When the first item left to try again later is due (None: none is, or the sync backs
+    off, or another process runs it)."""
+    own_retry: datetime | None = field(default=None, repr=False)
+    """When the first item this run failed is due again."""
     cause: str | None = None
     """Why a failed run failed: `ehr` (unavailable, throttling, failing every request),
     `configuration` (the EHR or the adapter's settings need a person) or `internal`."""
@@ -304,9 +307,25 @@ def sync_once(
         if idle
         else leased_run(sync, trigger, lambda report: _run(sync, report, progress or _quiet))
     )
-    if report.status in ("completed", "idle"):
-        report.retry_at = sync.outbox.next_retry(sync.clock())
+    if report.status != "busy" and report.resume_at is None:
+        report.retry_at = _next_retry(sync, report)
     return report
+
+
+def _next_retry(sync: Sync, report: SyncReport) -> datetime | None:
+    """When the sync has something to try again: the first item that waits to be tried again
+    (the run's own, also one whose wait ended while the run went on, and any other), or None.
+    A store that cannot say is left to the schedule."""
+    now = sync.clock()
+    try:
+        waiting = sync.outbox.next_retry(now)
+    except Exception as exc:  # the store is down: the schedule tries again
+        log.warning("the next retry could not be read: %s", type(exc).__name__)
+        return None
+    own = report.own_retry
+    if own is not None and own <= now:
+        own = now  # due while the run went on, after it had read past the item
+    return min((found for found in (waiting, own) if found is not None), default=None)
 
 
 def probe_ehr(sync: Sync, state: BackOff) -> BackOff:
@@ -362,7 +381,9 @@ def leased_run(sync: Sync, trigger: str, work: Callable[[SyncReport], None]) -> 
     sync.client.start_run()
     try:
         work(report)
-        sync.store_backoff(BackOff())
+        # Over; what the EHR failed while down stays owed if this run did not make it due
+        # (a reconciliation).
+        sync.store_backoff(BackOff(since=sync.backoff_state().since))
     except (EhrUnavailable, TemporaryEhrError) as exc:
         until = _back_off(sync, report, exc.retry_after, outage=started)
         report.status, report.cause = "failed", "ehr"
@@ -669,6 +690,10 @@ def _settle(sync: Sync, report: SyncReport, outcomes: Sequence[Outcome]) -> None
     for outcome in outcomes:
         kind = _kind(outcome)
         report.counts[kind] += 1
+        if kind in WAITED_FOR and (
+            report.own_retry is None or outcome.next_attempt_at < report.own_retry
+        ):
+            report.own_retry = outcome.next_attempt_at
         if kind in IN_EHR:
             received = report.received.pop(outcome.resource_id, None)
             if received is not None:

@@ -17,9 +17,11 @@ from fastapi.testclient import TestClient
 
 from adapter.runtime import Runtime, open_runtime
 from adapter.settings import Settings
-from adapter.store.sync_state import SyncRun
-from adapter.sync.engine import BackOff, Sync, probe_ehr, sync_once
-from adapter.worker import Worker
+from adapter.store.sync_state import Lease, SyncRun
+from adapter.sync.engine import BackOff, Sync, SyncReport, probe_ehr, sync_once
+from adapter.sync.engine import _next_retry as next_retry_of
+from adapter.sync.reconcile import reconcile_once
+from adapter.worker import BUSY_RETRY_SECONDS, Worker, sync_runners
 from tests.conftest import EXAMPLE_DAY
 from tests.sync.expected import expected_in_ehr
 from tests.sync.faults import FaultProxy, Faults
@@ -272,6 +274,27 @@ def test_what_the_ehr_failed_while_down_is_due_when_the_sync_resumes(
     assert_in_ehr_once(runtime, ehr)
 
 
+def test_a_reconciliation_after_an_outage_leaves_what_the_ehr_failed_owed_to_the_next_run(
+    runtime: Runtime, settings: Settings, proxy: FaultProxy, ehr: SandboxEhr
+) -> None:
+    """The nightly reconciliation is the first run to succeed after the outage: it ends the
+    back-off, and the sync run after it still makes due what the EHR failed while down."""
+    load_example_day(runtime)
+    clock = Clock()
+    sync = outage_sync(runtime, settings, proxy, clock)
+    proxy.faults.error_503, proxy.faults.spared = 1.0, (METADATA,)
+    assert sync_once(sync, trigger="schedule").status == "failed"
+
+    proxy.faults.error_503 = 0.0
+    clock.now = clock.start + timedelta(seconds=61)
+    assert reconcile_once(sync).status == "completed"
+    assert sync.backoff_state().until is None and sync.backoff_state().since is not None
+    assert sync_once(sync, trigger="schedule").status == "completed"
+
+    assert_in_ehr_once(runtime, ehr)
+    assert sync.backoff_state() == BackOff()
+
+
 def test_a_create_whose_answer_an_outage_lost_is_looked_for_once_the_ehr_has_settled(
     runtime: Runtime, settings: Settings, proxy: FaultProxy, ehr: SandboxEhr
 ) -> None:
@@ -453,3 +476,41 @@ def test_the_service_tries_what_the_ehr_failed_again_when_its_wait_is_over(
     retries = [run for run in finished_runs(runtime) if run.trigger == "resume"]
     assert retries and finished_runs(runtime)[0] == retries[0]
     assert len(retries) <= 3  # the items whose waits end within a second go in one run
+
+
+def test_a_planned_run_that_finds_another_process_at_the_sync_plans_itself_again(
+    runtime: Runtime, ehr: SandboxEhr
+) -> None:
+    """Another process (a reconciliation, which plans nothing) holds the sync's lease: the run
+    planned for a retry comes back a few seconds later rather than leave it to the tick."""
+    service = open_runtime(runtime.settings)
+    other = Lease(runtime.store.engine, "sync", "another process", timedelta(minutes=5))
+    assert other.acquire(datetime.now(UTC))
+    (runner,) = sync_runners(service)
+    planned: list[datetime] = []
+    runner.resume = lambda _runner, at: planned.append(at)
+    service.intake.submit(example_day())
+    service.mapping.run()
+    try:
+        report = runner.run("resume")
+    finally:
+        service.close()
+
+    assert report is not None and report.status == "busy"
+    assert len(planned) == 1
+    assert 4 < (planned[0] - datetime.now(UTC)).total_seconds() <= BUSY_RETRY_SECONDS
+
+
+def test_an_item_whose_wait_ended_during_the_run_is_tried_again_at_once(
+    runtime: Runtime, sync: Sync
+) -> None:
+    """The run failed an item early and went on past the end of its wait: the next run comes
+    now, not when the next item that waits is due (there is none)."""
+    report = SyncReport("completed")
+    report.own_retry = sync.clock() - timedelta(seconds=5)
+    before = sync.clock()
+
+    due = next_retry_of(sync, report)
+
+    assert due is not None and before <= due <= sync.clock()
+    assert next_retry_of(sync, SyncReport("completed")) is None
