@@ -475,7 +475,8 @@ def test_the_service_tries_what_the_ehr_failed_again_when_its_wait_is_over(
     assert runtime.outbox.counts()["delivered"] == expected
     retries = [run for run in finished_runs(runtime) if run.trigger == "resume"]
     assert retries and finished_runs(runtime)[0] == retries[0]
-    assert len(retries) <= 3  # the items whose waits end within a second go in one run
+    # The items whose waits end within a second of each other go in one run.
+    assert len(retries) <= first.counts["retry_later"] / 5
 
 
 def test_a_planned_run_that_finds_another_process_at_the_sync_plans_itself_again(
