@@ -22,7 +22,7 @@ from adapter.sync.engine import Sync, sync_once
 from tests.conftest import adverse_event, ndjson, session
 from tests.operations.conftest import Webhook
 from tests.sync.sandbox import SandboxEhr
-from tests.sync.test_delivery import load_example_day
+from tests.sync.test_delivery import load_example_day, sync_with
 
 
 class Clock:
@@ -69,14 +69,7 @@ def test_an_outage_spanning_twenty_runs_sends_exactly_two_notifications(
     runtime = open_runtime(outage)
     load_example_day(runtime)
     clock = Clock()
-    sync = Sync(
-        outage,
-        runtime.store.engine,
-        runtime.store,
-        lambda: runtime.mapping.mapper.mappings.site,
-        clock=clock,
-        sleep=lambda _: None,
-    )
+    sync = sync_with(runtime, outage, clock)
     watch = watch_of(runtime, outage, sync)
 
     reports = []
@@ -107,14 +100,7 @@ def test_a_webhook_that_fails_is_retried_and_told_each_change_once(
 ) -> None:
     runtime = open_runtime(outage)
     clock = Clock()
-    sync = Sync(
-        outage,
-        runtime.store.engine,
-        runtime.store,
-        lambda: runtime.mapping.mapper.mappings.site,
-        clock=clock,
-        sleep=lambda _: None,
-    )
+    sync = sync_with(runtime, outage, clock)
     watch = watch_of(runtime, outage, sync)
     runtime.intake.submit([(1, ndjson(session()).strip())])
     runtime.mapping.run()

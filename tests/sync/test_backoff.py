@@ -27,7 +27,7 @@ from tests.sync.expected import expected_in_ehr
 from tests.sync.faults import FaultProxy, Faults
 from tests.sync.gate import EhrGate
 from tests.sync.sandbox import SandboxEhr
-from tests.sync.test_delivery import load_example_day
+from tests.sync.test_delivery import load_example_day, sync_with
 from tests.sync.test_events import example_day
 
 METADATA = "/fhir/metadata"
@@ -64,19 +64,7 @@ def proxied_sync(
             **changed,
         }
     )
-    return clocked_sync(runtime, through, clock)
-
-
-def clocked_sync(runtime: Runtime, settings: Settings, clock: Clock) -> Sync:
-    """A sync on `clock` that does not sleep between a request's attempts."""
-    return Sync(
-        settings,
-        runtime.store.engine,
-        runtime.store,
-        lambda: runtime.mapping.mapper.mappings.site,
-        clock=clock,
-        sleep=lambda _: None,
-    )
+    return sync_with(runtime, through, clock)
 
 
 def hourly_service(runtime: Runtime, **changed: object) -> tuple[Runtime, Worker]:
@@ -334,7 +322,7 @@ def test_a_configuration_the_ehr_refuses_is_not_probed(
     """A redirect needs a person: that the EHR answers its CapabilityStatement tells nothing."""
     load_example_day(runtime)
     clock = Clock()
-    sync = clocked_sync(runtime, settings, clock)
+    sync = sync_with(runtime, settings, clock)
     ehr.quirk(redirect=True)  # every request but GET metadata
 
     refused = sync_once(sync, trigger="schedule")

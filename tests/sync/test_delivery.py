@@ -1,6 +1,7 @@
 """The sync delivers every resource to a real FHIR server once, with the EHR's own references."""
 
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from adapter.settings import Settings
 from adapter.store.outbox import STATES, Outbox
 from adapter.store.resources import NOT_DELIVERED
 from adapter.sync.delivery import Delivery
-from adapter.sync.engine import Sync, sync_once
+from adapter.sync.engine import Sync, sync_once, utc_now
 from tests.conftest import EXAMPLE_DAY
 from tests.sync.expected import expected_in_ehr, not_for_ehr
 from tests.sync.sandbox import SandboxEhr
@@ -27,13 +28,20 @@ def load_example_day(runtime: Runtime) -> None:
     runtime.mapping.run()
 
 
-def sync_with(runtime: Runtime, settings: Settings, **changes: Any) -> Sync:
-    """A sync of the runtime's store with these settings changed, that waits out no retry."""
+def sync_with(
+    runtime: Runtime,
+    settings: Settings,
+    clock: Callable[[], datetime] = utc_now,
+    **changes: Any,
+) -> Sync:
+    """A sync of the runtime's store with these settings changed, on `clock`, that waits out
+    no retry."""
     return Sync(
         settings.model_copy(update=changes),
         runtime.store.engine,
         runtime.store,
         lambda: runtime.mapping.mapper.mappings.site,
+        clock=clock,
         sleep=lambda _: None,
     )
 

@@ -14,6 +14,7 @@ from benchmarks.synthetic import records
 from tests.sync.expected import expected_in_ehr
 from tests.sync.faults import Faults, ProxyProcess
 from tests.sync.sandbox import SandboxEhr
+from tests.sync.test_delivery import sync_with
 
 CLIENT_TIMEOUT = 0.25
 RECORDS = int(os.environ.get("SYNC_FAULT_RECORDS", "2000"))
@@ -56,20 +57,13 @@ class SteppingClock:
 def faulty_sync(
     runtime: Runtime, settings: Settings, proxy: ProxyProcess, clock: SteppingClock
 ) -> Sync:
-    through_proxy = settings.model_copy(
-        update={
-            "ehr_base_url": f"{proxy.origin}/fhir",
-            "ehr_timeout_seconds": CLIENT_TIMEOUT,
-            "ehr_breaker_failures": 1000,
-        }
-    )
-    return Sync(
-        through_proxy,
-        runtime.store.engine,
-        runtime.store,
-        lambda: runtime.mapping.mapper.mappings.site,
-        clock=clock,
-        sleep=lambda _: None,
+    return sync_with(
+        runtime,
+        settings,
+        clock,
+        ehr_base_url=f"{proxy.origin}/fhir",
+        ehr_timeout_seconds=CLIENT_TIMEOUT,
+        ehr_breaker_failures=1000,
     )
 
 
