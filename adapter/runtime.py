@@ -2,7 +2,7 @@
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -25,7 +25,7 @@ from adapter.store.outbox import Outbox
 from adapter.store.records import RecordStore
 from adapter.store.resources import ResourceStore
 from adapter.store.sync_state import SyncRuns
-from adapter.sync.engine import Sync
+from adapter.sync.engine import BackOff, Sync
 
 
 @dataclass(frozen=True)
@@ -54,11 +54,14 @@ class Runtime:
     def backoff(self) -> tuple[datetime | None, float]:
         """How long the sync backs off from its EHR: in a group, the site's that backs off
         longest (a site whose EHR is down is an EHR down)."""
-        found = [sync.backoff() for sync in self.syncs()]
-        waiting = [entry for entry in found if entry[0] is not None]
-        if not waiting:
-            return None, 0.0
-        return max(waiting, key=lambda entry: entry[0] or datetime.min.replace(tzinfo=UTC))
+        state = self.longest_backoff()
+        return state.until, state.seconds
+
+    def longest_backoff(self) -> BackOff:
+        """The back-off of the sync that backs off longest (none: an empty one)."""
+        states = [sync.backoff_state() for sync in self.syncs()]
+        waiting = [(state.until, state) for state in states if state.until is not None]
+        return max(waiting, key=lambda entry: entry[0])[1] if waiting else BackOff()
 
     def sync_of(self, site: str | None) -> Sync | None:
         """The sync of a site (None: the deployment's one EHR)."""

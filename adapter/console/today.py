@@ -95,14 +95,16 @@ def line(found: SessionDay) -> SessionLine:
 def ehr_state(runtime: Runtime, readings: OperationsReadings) -> dict[str, Any]:
     if not runtime.syncs():
         return {"configured": False}
-    until, _ = runtime.backoff()
+    backoff = runtime.longest_backoff()
     since, reason = readings.run_streak()
     last = runtime.sync_runs.recent(1)
     now = datetime.now(UTC)
+    backing_off = backoff.until is not None and backoff.until > now
     return {
         "configured": True,
         "url": runtime.settings.ehr_base_url,
-        "backing_off_until": until if until and until > now else None,
+        "backing_off_until": backoff.until if backing_off else None,
+        "next_probe_at": backoff.probe_at if backing_off else None,
         "unreached_since": since,
         "reason": reason,
         "last_run": last[0] if last else None,

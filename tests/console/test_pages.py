@@ -4,6 +4,7 @@ form, and a broken row refused with the file and key."""
 
 import re
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
@@ -11,6 +12,7 @@ from fastapi.testclient import TestClient
 from adapter.app import create_app
 from adapter.runtime import Runtime
 from adapter.settings import Settings
+from adapter.sync.engine import BackOff
 from tests.conftest import EXAMPLE_DAY, grant
 from tests.console.test_access import page_csrf, sign_in
 
@@ -50,6 +52,30 @@ def test_every_page_renders_what_the_store_holds(signed_in: TestClient) -> None:
     assert 'data-code="KETAMINE HCL"' in mappings and "holds 1 record(s)" in mappings
     assert "No run yet." in runs and "delivered_partially" in runs
     assert audit.status_code == 200 and "GET /console/held" in audit.text
+
+
+@pytest.mark.parametrize("probing", [True, False], ids=["probing", "not-probing"])
+def test_the_day_page_says_until_when_the_sync_backs_off_and_when_it_asks_the_ehr(
+    settings: Settings, probing: bool
+) -> None:
+    """Clinic IT sees when delivery may resume: the back-off's end, and the next probe of the
+    EHR where there is one (not for a configuration the EHR refuses)."""
+    app = create_app(
+        settings.model_copy(update={"ehr_base_url": "http://127.0.0.1:9/fhir"}), background=False
+    )
+    with TestClient(app, follow_redirects=False) as client:
+        runtime: Runtime = app.state.runtime
+        assert runtime.sync is not None
+        now = datetime.now(UTC)
+        probe_at = now + timedelta(seconds=10) if probing else None
+        runtime.sync.store_backoff(BackOff(now + timedelta(minutes=8), 480.0, probe_at))
+        sign_in(client, grant(runtime).api_key)
+        today = client.get("/console").text
+
+    clock = r"\d{2}:\d{2}:\d{2}"
+    assert re.search(f"Unreachable: the sync backs off until {clock}", today)
+    probe = re.search(f"and asks the EHR whether it is back at {clock}", today)
+    assert (probe is not None) == probing
 
 
 def test_a_row_that_would_break_the_table_is_refused_and_the_file_kept(
