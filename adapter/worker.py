@@ -42,11 +42,11 @@ SYNC_JOB = "sync-to-ehr"
 RECONCILE_JOB = "reconcile-with-ehr"
 RESUME_JOB = "sync-resume"
 RETRY_FOLD_SECONDS = 1.0
-BUSY_RETRY_SECONDS = 5.0
-"""How soon a planned run that found another process holding the sync's lease is tried again."""
 """Items left to try again are tried up to a second after the first of them is due, with those
 due meanwhile: one run, not one per item (their waits are spread, so that an outage's items do
 not all come back at once)."""
+LEASE_HELD_RETRY_SECONDS = 5.0
+"""How soon a planned run that found another process holding the sync's lease is tried again."""
 ALERT_JOB = "check-alerts"
 LOCAL_JOBS = (RELOAD_JOB,)
 """Jobs every process runs for itself; the others run once per tick across the processes."""
@@ -178,11 +178,14 @@ class SyncRunner:
             self._lock.release()
         if self.metrics is not None:
             self.metrics.run(trigger, report, started)
-        if self.resume is not None:
-            later = _next_run(report)
-            if later is not None:
-                self.resume(self, later)
+        self.plan_after(report)
         return report
+
+    def plan_after(self, report: SyncReport) -> None:
+        """Tell `resume` when a run should follow this report's, if one should."""
+        later = _next_run(report)
+        if self.resume is not None and later is not None:
+            self.resume(self, later)
 
 
 def _next_run(report: SyncReport) -> datetime | None:
@@ -192,7 +195,7 @@ def _next_run(report: SyncReport) -> datetime | None:
     if report.probe_at or report.resume_at:
         return report.probe_at or report.resume_at
     if report.status == "busy":
-        return datetime.now(UTC) + timedelta(seconds=BUSY_RETRY_SECONDS)
+        return datetime.now(UTC) + timedelta(seconds=LEASE_HELD_RETRY_SECONDS)
     if report.retry_at is not None:
         return report.retry_at + timedelta(seconds=RETRY_FOLD_SECONDS)
     return None
@@ -232,10 +235,8 @@ def reconcile_with_ehr(
     while (report := reconcile_once(runner.sync)).status == "busy" and waited < patience:
         sleep(RECONCILE_RETRY_SECONDS)
         waited += RECONCILE_RETRY_SECONDS
-    if runner.resume is not None and report.status != "busy":
-        later = _next_run(report)  # it found the EHR down, say: the sync resumes when it may
-        if later is not None:
-            runner.resume(runner, later)
+    if report.status != "busy":
+        runner.plan_after(report)  # it found the EHR down, say: the sync resumes when it may
 
 
 def sync_runners(runtime: Runtime, metrics: Metrics | None = None) -> list[SyncRunner]:
@@ -464,6 +465,6 @@ class Worker:
                 replace_existing=True,
                 misfire_grace_time=None,
                 # The run that plans the next is itself this job: the next may start before
-                # it has returned (and then waits for it, `SyncRunner`).
+                # it has returned (and then finds it under way and leaves, `resume_sync`).
                 max_instances=2,
             )

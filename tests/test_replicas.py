@@ -317,7 +317,7 @@ def test_the_nightly_reconciliation_waits_for_a_sync_run_rather_than_skip_the_ni
     answers = ["busy", "busy", "completed"]
     waits: list[float] = []
     monkeypatch.setattr(worker_module, "reconcile_once", lambda _: SyncReport(answers.pop(0)))
-    runner = SimpleNamespace(sync=object(), resume=None)
+    runner = worker_module.SyncRunner(SimpleNamespace(), sync=object())  # type: ignore[arg-type]
 
     worker_module.reconcile_with_ehr(runner, sleep=waits.append)  # type: ignore[arg-type]
     answers[:] = ["busy"] * 1000
