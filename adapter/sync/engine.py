@@ -295,7 +295,7 @@ def sync_once(
     # Waiting items (a patient not in the EHR yet) are tried by every scheduled run, but do not
     # make an event's run by themselves: a wake with nothing new due does nothing. An item that
     # waits only for what it references makes no run either (the run delivering that does).
-    # The first run after a back-off from a down EHR always starts (`_resume`).
+    # The first run after a back-off from a down EHR always starts (`_owed_after_outage`).
     if state.since is not None:
         idle = False
     elif trigger in SCHEDULED:
@@ -382,8 +382,10 @@ def leased_run(sync: Sync, trigger: str, work: Callable[[SyncReport], None]) -> 
     try:
         work(report)
         # Over; what the EHR failed while down stays owed if this run did not make it due
-        # (a reconciliation).
-        sync.store_backoff(BackOff(since=sync.backoff_state().since))
+        # (a reconciliation). Written only if it changes: most runs follow no back-off.
+        last = sync.backoff_state()
+        if last != BackOff(since=last.since):
+            sync.store_backoff(BackOff(since=last.since))
     except (EhrUnavailable, TemporaryEhrError) as exc:
         until = _back_off(sync, report, exc.retry_after, outage=started)
         report.status, report.cause = "failed", "ehr"
@@ -437,7 +439,7 @@ def _back_off(sync: Sync, report: SyncReport, asked: float | None, outage: datet
     return f"{report.resume_at:%Y-%m-%dT%H:%M:%SZ}"
 
 
-def _resume(sync: Sync) -> None:
+def _owed_after_outage(sync: Sync) -> None:
     """A run after a back-off from a down EHR, holding the lease: what the EHR failed while it
     was down is due now, though each item had been given a wait of its own, doubled at each
     attempt, that the outage stretched past the EHR's return (`Outbox.due_after_outage`).
@@ -451,7 +453,7 @@ def _resume(sync: Sync) -> None:
 
 
 def _run(sync: Sync, report: SyncReport, progress: Callable[[int], None]) -> None:
-    _resume(sync)
+    _owed_after_outage(sync)
     rules = sync.ehr_rules()
     plans = sync.plans(sync.clock(), rules)
     delivery = sync.delivery(plans, rules)
@@ -483,22 +485,15 @@ def _run(sync: Sync, report: SyncReport, progress: Callable[[int], None]) -> Non
     stopping = threading.Event()
     """Set when the run stops on an error: the reader notes no more creates."""
 
-    def record_answered() -> None:
+    def record_answered(wait: bool = False) -> None:
         """The outcomes answered so far recorded by `recorder`, one commit after another, while
-        this thread stages and sends. A recording that failed fails the run, which records
-        those outcomes again on its way out."""
-        while recording and recording[0][1].done():
-            recording[0][1].result()
-            recording.popleft()
+        this thread stages and sends; with `wait`, every recording finished. A recording that
+        failed fails the run, which records those outcomes again on its way out."""
         if unrecorded:
             outcomes = list(unrecorded)
             recording.append((outcomes, recorder.submit(_settle, sync, report, outcomes)))
             unrecorded.clear()
-
-    def recorded() -> None:
-        """Every outcome answered so far recorded."""
-        record_answered()
-        while recording:
+        while recording and (wait or recording[0][1].done()):
             recording[0][1].result()
             recording.popleft()
 
@@ -609,7 +604,7 @@ def _run(sync: Sync, report: SyncReport, progress: Callable[[int], None]) -> Non
                     read_ahead()
             while in_flight:
                 answered()
-            recorded()
+            record_answered(wait=True)
         except BaseException:
             # What the EHR answered is kept before the run stops.
             stopping.set()
