@@ -156,17 +156,10 @@ class Delivery:
         noted in the outbox (`sent_at`) and committed, ahead of sending any of them: a process
         killed once a create has left leaves its mark for the next run. Those that bore no mark
         when read are `marked_ahead`."""
-        creates = [
-            p.item.resource_id
-            for p in read
-            if self._ehr_id(p.item) is None and p.item.resource_id not in self.marked
-        ]
-        if not creates:
-            return
-        self.outbox.mark_sent(creates, self.clock())
-        self.marked.update(creates)
-        unmarked = {p.item.resource_id for p in read if p.item.sent_at is None}
-        self.marked_ahead.update(unmarked.intersection(creates))
+        noted = self._note([p.item.resource_id for p in read if self._ehr_id(p.item) is None])
+        if noted:
+            unmarked = {p.item.resource_id for p in read if p.item.sent_at is None}
+            self.marked_ahead.update(unmarked.intersection(noted))
 
     def read_facts(self, batches: Sequence[Pending]) -> None:
         """Read the patient facts of these items' records in one go, before their batches are
@@ -176,10 +169,16 @@ class Delivery:
     def _mark_sent(self, ids: list[str]) -> None:
         """Creates about to be sent, noted first where this run has not noted them yet."""
         self.sent.update(ids)
-        unmarked = [i for i in ids if i not in self.marked]
-        if unmarked:
-            self.outbox.mark_sent(unmarked, self.clock())
-            self.marked.update(unmarked)
+        self._note(ids)
+
+    def _note(self, creates: list[str]) -> list[str]:
+        """Of these creates, those this run has not noted yet, noted in the outbox (`sent_at`)
+        and committed; answers them."""
+        fresh = [i for i in creates if i not in self.marked]
+        if fresh:
+            self.outbox.mark_sent(fresh, self.clock())
+            self.marked.update(fresh)
+        return fresh
 
     def deliver(self, batch: Sequence[Pending]) -> list[Outcome]:
         """Outcomes for every item of the batch; raises only when the whole run must stop."""
