@@ -21,7 +21,7 @@ from adapter.store.sync_state import Lease, SyncRun
 from adapter.sync.engine import BackOff, Sync, SyncReport, probe_ehr, sync_once
 from adapter.sync.engine import _next_retry as next_retry_of
 from adapter.sync.reconcile import reconcile_once
-from adapter.worker import BUSY_RETRY_SECONDS, Worker, sync_runners
+from adapter.worker import LEASE_HELD_RETRY_SECONDS, Worker, sync_runners
 from tests.conftest import EXAMPLE_DAY
 from tests.sync.expected import expected_in_ehr
 from tests.sync.faults import FaultProxy, Faults
@@ -67,6 +67,16 @@ def proxied_sync(
     return sync_with(runtime, through, clock)
 
 
+def day_through(
+    proxy: FaultProxy, runtime: Runtime, settings: Settings, **changed: float
+) -> tuple[Clock, Sync]:
+    """The example day queued, and a sync of it through `proxy` (`proxied_sync`) on a clock
+    started after it, so that its items are due."""
+    load_example_day(runtime)
+    clock = Clock()
+    return clock, proxied_sync(runtime, settings, proxy, clock, **changed)
+
+
 def hourly_service(runtime: Runtime, **changed: object) -> tuple[Runtime, Worker]:
     """The service on `runtime`'s store, mapping and syncing on hourly schedules (only what
     the service plans itself can run sooner), with `changed` settings; its worker not started."""
@@ -88,9 +98,7 @@ def requests_made(proxy: FaultProxy) -> int:
 def test_an_ehr_back_before_the_back_off_ends_answers_a_probe_and_delivery_resumes(
     runtime: Runtime, settings: Settings, proxy: FaultProxy, client: TestClient
 ) -> None:
-    load_example_day(runtime)
-    clock = Clock()
-    sync = proxied_sync(runtime, settings, proxy, clock)
+    clock, sync = day_through(proxy, runtime, settings)
     proxy.faults.error_503 = 1.0
 
     failed = sync_once(sync, trigger="schedule")
@@ -128,9 +136,7 @@ def test_an_ehr_back_before_the_back_off_ends_answers_a_probe_and_delivery_resum
 def test_the_ehr_is_asked_no_sooner_than_its_retry_after(
     runtime: Runtime, settings: Settings, proxy: FaultProxy
 ) -> None:
-    load_example_day(runtime)
-    clock = Clock()
-    sync = proxied_sync(runtime, settings, proxy, clock)
+    clock, sync = day_through(proxy, runtime, settings)
     proxy.faults.error_503 = 1.0
     assert sync_once(sync, trigger="schedule").status == "failed"
 
@@ -161,9 +167,7 @@ def test_a_run_the_ehr_throttled_backs_off_and_probes_no_sooner_than_its_retry_a
 ) -> None:
     """The CapabilityStatement answered 429 with Retry-After: 20 at every attempt: the run
     fails on it, and the first probe waits those 20 s, not the probe's 10."""
-    load_example_day(runtime)
-    clock = Clock()
-    sync = proxied_sync(runtime, settings, proxy, clock)
+    clock, sync = day_through(proxy, runtime, settings)
     proxy.faults.throttle_429, proxy.faults.retry_after = 1.0, 20
 
     throttled = sync_once(sync, trigger="schedule")
@@ -177,9 +181,8 @@ def test_of_two_processes_only_one_asks_the_ehr(
 ) -> None:
     """Two syncs on one store, as two replicas' are: each wakes when the probe is due, the
     second after the first has claimed it, or having read the back-off before that claim."""
-    load_example_day(runtime)
-    clock = Clock()
-    first, second = (proxied_sync(runtime, settings, proxy, clock) for _ in range(2))
+    clock, first = day_through(proxy, runtime, settings)
+    second = proxied_sync(runtime, settings, proxy, clock)
     proxy.faults.error_503 = 1.0
     assert sync_once(first, trigger="schedule").status == "failed"
     clock.now = clock.start + timedelta(seconds=10)
@@ -197,9 +200,7 @@ def test_a_run_that_fails_after_a_probe_was_answered_backs_off_without_asking_ag
     runtime: Runtime, settings: Settings, proxy: FaultProxy
 ) -> None:
     """An EHR whose front answers (its CapabilityStatement) while it fails every write."""
-    load_example_day(runtime)
-    clock = Clock()
-    sync = proxied_sync(runtime, settings, proxy, clock)
+    clock, sync = day_through(proxy, runtime, settings)
     proxy.faults.error_503, proxy.faults.spared = 1.0, (METADATA,)
     assert sync_once(sync, trigger="schedule").status == "failed"
 
@@ -223,19 +224,14 @@ def test_a_run_that_fails_after_a_probe_was_answered_backs_off_without_asking_ag
     assert sync.backoff_state() == BackOff()  # the next back-off asks the EHR again
 
 
-def outage_sync(runtime: Runtime, settings: Settings, proxy: FaultProxy, clock: Clock) -> Sync:
-    """Items the EHR fails wait twenty minutes or more of their own; the sync backs off a
-    minute; a create whose answer was lost is looked for after 100 s."""
-    return proxied_sync(
-        runtime,
-        settings,
-        proxy,
-        clock,
-        ehr_item_retry_seconds=1200.0,
-        ehr_settle_seconds=100.0,
-        ehr_breaker_failures=8,
-        ehr_retry_attempts=1,
-    )
+OUTAGE: dict[str, float] = {
+    "ehr_item_retry_seconds": 1200.0,
+    "ehr_settle_seconds": 100.0,
+    "ehr_breaker_failures": 8,
+    "ehr_retry_attempts": 1,
+}
+"""Items the EHR fails wait twenty minutes or more of their own; the sync backs off a minute; a
+create whose answer was lost is looked for after 100 s."""
 
 
 def assert_in_ehr_once(runtime: Runtime, ehr: SandboxEhr) -> None:
@@ -248,9 +244,7 @@ def assert_in_ehr_once(runtime: Runtime, ehr: SandboxEhr) -> None:
 def test_what_the_ehr_failed_while_down_is_due_when_the_sync_resumes(
     runtime: Runtime, settings: Settings, proxy: FaultProxy, ehr: SandboxEhr
 ) -> None:
-    load_example_day(runtime)
-    clock = Clock()
-    sync = outage_sync(runtime, settings, proxy, clock)
+    clock, sync = day_through(proxy, runtime, settings, **OUTAGE)
     proxy.faults.error_503, proxy.faults.spared = 1.0, (METADATA,)
     failed = sync_once(sync, trigger="schedule")
     assert failed.status == "failed" and failed.counts["retry_later"] > 0
@@ -267,9 +261,7 @@ def test_a_reconciliation_after_an_outage_leaves_what_the_ehr_failed_owed_to_the
 ) -> None:
     """The nightly reconciliation is the first run to succeed after the outage: it ends the
     back-off, and the sync run after it still makes due what the EHR failed while down."""
-    load_example_day(runtime)
-    clock = Clock()
-    sync = outage_sync(runtime, settings, proxy, clock)
+    clock, sync = day_through(proxy, runtime, settings, **OUTAGE)
     proxy.faults.error_503, proxy.faults.spared = 1.0, (METADATA,)
     assert sync_once(sync, trigger="schedule").status == "failed"
 
@@ -289,9 +281,7 @@ def test_a_create_whose_answer_an_outage_lost_is_looked_for_once_the_ehr_has_set
     """Connections reset after the EHR took each Bundle: the creates may be in the EHR. They
     are due when the EHR has had its settle time, not before, and are found there rather than
     sent again."""
-    load_example_day(runtime)
-    clock = Clock()
-    sync = outage_sync(runtime, settings, proxy, clock)
+    clock, sync = day_through(proxy, runtime, settings, **OUTAGE)
     assert sync_once(sync, trigger="test").status == "completed"  # its patients are known
     taken = next(line for line in example_day_records() if line["record_type"] == "vitals")
     later = [{**taken, "id": f"VIT-LATE-{n}", "heart_rate": 70 + n} for n in range(5)]
@@ -488,7 +478,7 @@ def test_a_planned_run_that_finds_another_process_at_the_sync_plans_itself_again
         service.close()
 
     assert report is not None and report.status == "busy"
-    soon = timedelta(seconds=BUSY_RETRY_SECONDS)
+    soon = timedelta(seconds=LEASE_HELD_RETRY_SECONDS)
     assert len(planned) == 1 and before + soon <= planned[0] <= after + soon
 
 
