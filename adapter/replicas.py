@@ -7,7 +7,7 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -83,12 +83,22 @@ class SharedJobs:
         return self.ticks.claim(job, slot, self.holder, self.clock())
 
     def once_per_tick(
-        self, job: str, slot: Callable[[datetime], datetime], function: Callable[..., Any]
+        self,
+        job: str,
+        slot: Callable[[datetime], datetime],
+        function: Callable[..., Any],
+        waiting: Callable[[], bool] | None = None,
     ) -> Callable[..., None]:
-        """`function` wrapped to run only in the process that claims the tick."""
+        """`function` wrapped to run only in the process that claims the tick. With `waiting`
+        (a read: is there work for the job?), a tick with no work is passed over before it is
+        claimed, so that an idle service writes nothing to the store on its ticks."""
 
         def run(*args: Any, **kwargs: Any) -> None:
-            if self._take_wake(job) or self.claim(job, slot(self.clock())):
+            if self._take_wake(job):
+                function(*args, **kwargs)
+            elif waiting is not None and not waiting():
+                log.debug("%s: nothing to do", job)
+            elif self.claim(job, slot(self.clock())):
                 function(*args, **kwargs)
             else:
                 log.debug("%s: this tick runs in another process", job)
@@ -100,12 +110,18 @@ class SharedJobs:
     def lease(self, name: str, seconds: float = LEASE_SECONDS) -> "HeldLease":
         return HeldLease(Lease(self.engine, name, self.holder, timedelta(seconds=seconds)))
 
-    def share(self, scheduler: BaseScheduler, local: Iterable[str] = ()) -> None:
+    def share(
+        self,
+        scheduler: BaseScheduler,
+        local: Iterable[str] = (),
+        waiting: Mapping[str, Callable[[], bool]] | None = None,
+    ) -> None:
         """Make every job of `scheduler` (not yet started) on an interval or a crontab run once
         per tick across the processes, except those named in `local` (work each process does
-        for itself). An
-        interval's ticks are counted from ANCHOR in every process, so that their schedules
-        fire together and a tick is one moment everywhere."""
+        for itself); a job named in `waiting` claims a tick only when its function there says
+        there is work. An interval's ticks are counted from ANCHOR in every process, so that
+        their schedules fire together and a tick is one moment everywhere."""
+        waiting = waiting or {}
         kept = set(local)
         for job in scheduler.get_jobs():
             if job.id in kept:
@@ -124,7 +140,8 @@ class SharedJobs:
                 changes, slot = {}, minute_slot
             else:  # a one-off run (a date): this process's own
                 continue
-            scheduler.modify_job(job.id, func=self.once_per_tick(job.id, slot, job.func), **changes)
+            shared = self.once_per_tick(job.id, slot, job.func, waiting.get(job.id))
+            scheduler.modify_job(job.id, func=shared, **changes)
 
 
 def _interval(seconds: float) -> Callable[[datetime], datetime]:

@@ -416,7 +416,14 @@ class Worker:
                 coalesce=True,
                 next_run_time=datetime.now(UTC),
             )
-        self.shared.share(self.scheduler, local=LOCAL_JOBS)
+        # A tick of these jobs with nothing to do is passed over after a read: an idle service
+        # claims no tick and takes no lease, each a commit that waits for the disk.
+        waiting = {
+            MAP_JOB: lambda: runtime.mapping.queue.waiting(datetime.now(UTC)),
+            EXPORT_JOB: runtime.exports.waiting,
+            EXPIRE_JOB: runtime.exports.expired_waiting,
+        }
+        self.shared.share(self.scheduler, local=LOCAL_JOBS, waiting=waiting)
 
     def start(self) -> None:
         self.scheduler.start()

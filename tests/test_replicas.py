@@ -117,6 +117,7 @@ def test_the_schedulers_of_three_replicas_run_each_job_once_per_tick(
                 ran.append((job, slot))
 
     monkeypatch.setattr(SharedJobs, "claim", claim_noted)
+    always_work(monkeypatch)
     monkeypatch.setattr(worker_module, "map_pending", lambda *_: count(MAP_JOB))
     monkeypatch.setattr(worker_module, "sync_to_ehr", lambda *_: count(SYNC_JOB))
     monkeypatch.setattr(
@@ -150,6 +151,57 @@ def test_the_schedulers_of_three_replicas_run_each_job_once_per_tick(
         assert sum(1 for key in per_tick if key[0] == job) >= 3, job
     ticks = JobTicks(runtimes[0].store.engine)
     assert len(set(ticks.holders(MAP_JOB).values()) | set(ticks.holders(ALERT_JOB).values())) > 1
+
+
+def always_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The work jobs find work at every tick (they claim ticks only when they do)."""
+    monkeypatch.setattr("adapter.store.mapping_queue.MappingQueue.waiting", lambda *_: True)
+    monkeypatch.setattr("adapter.export.service.ExportService.waiting", lambda *_: True)
+    monkeypatch.setattr("adapter.export.service.ExportService.expired_waiting", lambda *_: True)
+
+
+def test_an_idle_service_claims_no_tick_of_a_work_job_and_maps_what_comes_at_the_next(
+    settings: Settings, example_lines: list[bytes]
+) -> None:
+    """The mapping and the exports, with nothing to do, pass their ticks over after a read: no
+    tick claimed, no lease taken, nothing written. A record stored without waking the service
+    (by another replica, on SQLite that has no notices) is mapped at the next tick."""
+    fast = settings.model_copy(
+        update={
+            "mapping_interval_seconds": TICK,
+            "alert_interval_seconds": TICK,
+            "event_delivery": False,
+        }
+    )
+    checks: list[float] = []
+
+    class Watch:
+        def check(self) -> None:
+            checks.append(time.monotonic())
+
+    runtime = open_runtime(fast)
+    worker = Worker(runtime, alerts=Watch())  # type: ignore[arg-type]
+    ticks = JobTicks(runtime.store.engine)
+    try:
+        worker.start()
+        time.sleep(TICK * 5)
+        idle = {job: ticks.holders(job) for job in (MAP_JOB, EXPORT_JOB, EXPIRE_JOB)}
+        alert_ticks = len(ticks.holders(ALERT_JOB))
+
+        runtime.intake.submit(list(enumerate(example_lines[:3], start=1)))
+        deadline = time.monotonic() + TICK * 10
+        while runtime.mapping.queue.counts().get(PENDING) and time.monotonic() < deadline:
+            time.sleep(TICK / 4)
+        mapped = runtime.mapping.queue.counts()
+        claimed = ticks.holders(MAP_JOB)
+    finally:
+        worker.stop()
+        runtime.close()
+
+    assert idle == {MAP_JOB: {}, EXPORT_JOB: {}, EXPIRE_JOB: {}}
+    assert alert_ticks >= 3  # the ticks came, and a job without a read of its work claimed them
+    assert mapped.get(PENDING, 0) == 0 and sum(mapped.values()) == 3
+    assert len(claimed) == 1
 
 
 def test_every_shared_job_is_ticked_and_the_reload_is_each_process_own(

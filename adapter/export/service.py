@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, and_, false, func, or_, select, update
+from sqlalchemy import ColumnElement, Engine, and_, false, func, or_, select, update
 
 from adapter.errors import BadRequest, NotFound, TooManyRequests
 from adapter.fhir.indexing import SERIES_PARAM
@@ -169,6 +169,20 @@ class ExportService:
             raise NotFound("no such export file")
         return path
 
+    def waiting(self) -> bool:
+        """Whether any job is queued, or left running (by this process or a stopped one)."""
+        return self._any(jobs.c.status.in_([ACCEPTED, RUNNING]))
+
+    def expired_waiting(self) -> bool:
+        """Whether any completed job has outlived the retention, its files not yet removed."""
+        return self._any(_expired(datetime.now(UTC)))
+
+    def _any(self, condition: ColumnElement[bool]) -> bool:
+        """Whether any job meets `condition`: one read, no write."""
+        query = select(jobs.c.id).where(condition).limit(1)
+        with self.engine.connect() as connection:
+            return connection.execute(query).first() is not None
+
     def resume(self) -> int:
         """Jobs a stopped process left running are queued again (their files are rewritten)."""
         with self.engine.begin() as connection:
@@ -193,13 +207,10 @@ class ExportService:
 
     def expire(self) -> int:
         """Remove the files of completed jobs older than the retention."""
-        now = datetime.now(UTC)
         with self.engine.connect() as connection:
             old = [
                 row.id
-                for row in connection.execute(
-                    select(jobs.c.id).where(jobs.c.status == COMPLETED, jobs.c.expires_at < now)
-                )
+                for row in connection.execute(select(jobs.c.id).where(_expired(datetime.now(UTC))))
             ]
         for job_id in old:
             shutil.rmtree(self.folder / job_id, ignore_errors=True)
@@ -329,3 +340,8 @@ class ExportService:
 def _bound_to(job: dict[str, Any]) -> list[Any]:
     """The conditions on resources of the sites the job's client is bound to (none: unbound)."""
     return of_sites(frozenset(job["sites"].split())) if job.get("sites") else []
+
+
+def _expired(now: datetime) -> ColumnElement[bool]:
+    """Completed jobs whose files have outlived the retention."""
+    return and_(jobs.c.status == COMPLETED, jobs.c.expires_at < now)

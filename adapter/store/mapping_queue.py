@@ -122,6 +122,12 @@ class MappingQueue:
         self.engine = engine
         self.claim_for = claim_for
 
+    def waiting(self, now: datetime) -> bool:
+        """Whether any record waits to be mapped that no batch holds: one read, no write."""
+        query = select(records.c.source_id).where(_free(now)).limit(1)
+        with self.engine.connect() as connection:
+            return connection.execute(query).first() is not None
+
     def claim_batch(
         self, limit: int, now: datetime, after: tuple[str, str] | None = None
     ) -> list[QueuedRecord]:
