@@ -3,6 +3,8 @@ arrived, resources are queued for the EHR, a client was revoked, the mapping ver
 SQLite has none; its processes wake themselves, and their caches expire."""
 
 import logging
+import select
+import socket
 import threading
 from collections.abc import Callable, Mapping
 from contextlib import suppress
@@ -20,9 +22,9 @@ CLIENTS = "adapter_clients"
 MAPPINGS = "adapter_mappings"
 """The mapping version in the store changed: each process loads its mapping files again."""
 _NOTIFY = text("SELECT pg_notify(:channel, :payload)")
-WAIT_SECONDS = 0.1
-"""How long one wait for notices lasts: the longest a stopped listener takes to end (an app
-stopped, a replica shutting down). Waiting costs nothing on the server."""
+WAIT_SECONDS = 60.0
+"""The longest one wait for notices lasts when none comes (and `stop` does not end it): the
+listener sleeps between notices rather than waking to look for them."""
 RECONNECT_SECONDS = (1.0, 2.0, 5.0, 15.0, 30.0)
 """Waits before each attempt to listen again after the connection was lost, the last repeated."""
 
@@ -47,6 +49,8 @@ class NoticeListener:
         self.engine = engine
         self.channels = dict(channels)
         self._stop = threading.Event()
+        self._woken, self._waker = socket.socketpair()
+        """`stop` writes to `_waker`, which ends the wait on `_woken` beside the connection."""
         self._thread = threading.Thread(target=self._listen, name="notice-listener", daemon=True)
         self.listening = threading.Event()
         """Set while the listener is connected and listening (tests wait for it)."""
@@ -56,7 +60,12 @@ class NoticeListener:
 
     def stop(self) -> None:
         self._stop.set()
+        with suppress(OSError):  # the listener ended already
+            self._waker.send(b"\0")
         self._thread.join(timeout=5)
+        if not self._thread.is_alive():
+            self._woken.close()
+            self._waker.close()
 
     def _connect(self) -> Any:
         dialect = self.engine.dialect
@@ -84,7 +93,10 @@ class NoticeListener:
                 for wake in self.channels.values():
                     wake(None)
                 while not self._stop.is_set():
-                    for notice in connection.notifies(timeout=WAIT_SECONDS):
+                    # Asleep until the server sends something (a notice, or the connection's
+                    # end, which the read below raises) or `stop` wakes it.
+                    select.select([connection.pgconn.socket, self._woken], [], [], WAIT_SECONDS)
+                    for notice in connection.notifies(timeout=0):
                         heard = self.channels.get(notice.channel)
                         if heard is not None:
                             heard(notice.payload)
