@@ -301,7 +301,7 @@ def sync_once(
     elif trigger in SCHEDULED:
         idle = not sync.outbox.run_wanted(sync.clock())
     else:
-        idle = unasked and sync.outbox.count_due(sync.clock()) == 0
+        idle = unasked and not sync.outbox.any_due(sync.clock())
     report = (
         SyncReport("idle")
         if idle

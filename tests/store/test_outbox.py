@@ -67,3 +67,20 @@ def test_a_version_stored_meanwhile_stays_pending_with_the_ehrs_id(runtime: Runt
         "3",
         None,
     )
+
+
+def test_any_due_finds_an_item_due_and_agrees_with_the_count(runtime: Runtime) -> None:
+    outbox = Outbox(runtime.store.engine)
+    assert not outbox.any_due(NOW)
+
+    outbox = _queued(runtime, ("a", 1), ("b", 1))
+    later = NOW + timedelta(minutes=1)
+    retry = NOW + timedelta(minutes=5)
+    outbox.record([Outcome("a", 1, "pending", retry, {"reason": "busy", "status": 503})], later)
+
+    for moment in (NOW, later, retry):
+        assert outbox.any_due(moment) == (outbox.count_due(moment) > 0)
+    assert outbox.count_due(later) == 1  # b; a waits until its retry
+    outbox.record([Outcome("b", 1, "delivered", later, ehr_id="ehr-b", ehr_version="1")], later)
+    assert not outbox.any_due(later)
+    assert outbox.any_due(retry)
