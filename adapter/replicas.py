@@ -87,16 +87,16 @@ class SharedJobs:
         job: str,
         slot: Callable[[datetime], datetime],
         function: Callable[..., Any],
-        waiting: Callable[[], bool] | None = None,
+        has_work: Callable[[], bool] | None = None,
     ) -> Callable[..., None]:
-        """`function` wrapped to run only in the process that claims the tick. With `waiting`
+        """`function` wrapped to run only in the process that claims the tick. With `has_work`
         (a read: is there work for the job?), a tick with no work is passed over before it is
         claimed, so that an idle service writes nothing to the store on its ticks."""
 
         def run(*args: Any, **kwargs: Any) -> None:
             if self._take_wake(job):
                 function(*args, **kwargs)
-            elif waiting is not None and not waiting():
+            elif has_work is not None and not has_work():
                 log.debug("%s: nothing to do", job)
             elif self.claim(job, slot(self.clock())):
                 function(*args, **kwargs)
@@ -114,14 +114,14 @@ class SharedJobs:
         self,
         scheduler: BaseScheduler,
         local: Iterable[str] = (),
-        waiting: Mapping[str, Callable[[], bool]] | None = None,
+        has_work: Mapping[str, Callable[[], bool]] | None = None,
     ) -> None:
         """Make every job of `scheduler` (not yet started) on an interval or a crontab run once
         per tick across the processes, except those named in `local` (work each process does
-        for itself); a job named in `waiting` claims a tick only when its function there says
+        for itself); a job named in `has_work` claims a tick only when its function there says
         there is work. An interval's ticks are counted from ANCHOR in every process, so that
         their schedules fire together and a tick is one moment everywhere."""
-        waiting = waiting or {}
+        has_work = has_work or {}
         kept = set(local)
         for job in scheduler.get_jobs():
             if job.id in kept:
@@ -140,7 +140,7 @@ class SharedJobs:
                 changes, slot = {}, minute_slot
             else:  # a one-off run (a date): this process's own
                 continue
-            shared = self.once_per_tick(job.id, slot, job.func, waiting.get(job.id))
+            shared = self.once_per_tick(job.id, slot, job.func, has_work.get(job.id))
             scheduler.modify_job(job.id, func=shared, **changes)
 
 

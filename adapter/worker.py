@@ -418,12 +418,12 @@ class Worker:
             )
         # A tick of these jobs with nothing to do is passed over after a read: an idle service
         # claims no tick and takes no lease, each a commit that waits for the disk.
-        waiting = {
-            MAP_JOB: lambda: runtime.mapping.queue.waiting(datetime.now(UTC)),
-            EXPORT_JOB: runtime.exports.waiting,
-            EXPIRE_JOB: runtime.exports.expired_waiting,
+        has_work = {
+            MAP_JOB: lambda: runtime.mapping.queue.any_to_map(datetime.now(UTC)),
+            EXPORT_JOB: runtime.exports.any_to_run,
+            EXPIRE_JOB: runtime.exports.any_expired,
         }
-        self.shared.share(self.scheduler, local=LOCAL_JOBS, waiting=waiting)
+        self.shared.share(self.scheduler, local=LOCAL_JOBS, has_work=has_work)
 
     def start(self) -> None:
         self.scheduler.start()

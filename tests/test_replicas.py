@@ -20,6 +20,7 @@ from adapter.security import clients as clients_module
 from adapter.settings import Settings
 from adapter.store.job_ticks import JobTicks
 from adapter.store.mapping_queue import PENDING
+from adapter.store.sync_state import Lease
 from adapter.sync.engine import SyncReport
 from adapter.worker import (
     ALERT_JOB,
@@ -155,13 +156,13 @@ def test_the_schedulers_of_three_replicas_run_each_job_once_per_tick(
 
 def always_work(monkeypatch: pytest.MonkeyPatch) -> None:
     """The work jobs find work at every tick (they claim ticks only when they do)."""
-    monkeypatch.setattr("adapter.store.mapping_queue.MappingQueue.waiting", lambda *_: True)
-    monkeypatch.setattr("adapter.export.service.ExportService.waiting", lambda *_: True)
-    monkeypatch.setattr("adapter.export.service.ExportService.expired_waiting", lambda *_: True)
+    monkeypatch.setattr("adapter.store.mapping_queue.MappingQueue.any_to_map", lambda *_: True)
+    monkeypatch.setattr("adapter.export.service.ExportService.any_to_run", lambda *_: True)
+    monkeypatch.setattr("adapter.export.service.ExportService.any_expired", lambda *_: True)
 
 
 def test_an_idle_service_claims_no_tick_of_a_work_job_and_maps_what_comes_at_the_next(
-    settings: Settings, example_lines: list[bytes]
+    settings: Settings, example_lines: list[bytes], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The mapping and the exports, with nothing to do, pass their ticks over after a read: no
     tick claimed, no lease taken, nothing written. A record stored without waking the service
@@ -179,14 +180,25 @@ def test_an_idle_service_claims_no_tick_of_a_work_job_and_maps_what_comes_at_the
         def check(self) -> None:
             checks.append(time.monotonic())
 
+    taken: list[str] = []
+    acquire = Lease.acquire
+
+    def acquire_noted(lease: Lease, now: datetime) -> bool:
+        taken.append(lease.name)
+        return acquire(lease, now)
+
+    monkeypatch.setattr(Lease, "acquire", acquire_noted)
     runtime = open_runtime(fast)
     worker = Worker(runtime, alerts=Watch())  # type: ignore[arg-type]
     ticks = JobTicks(runtime.store.engine)
     try:
         worker.start()
+        time.sleep(TICK * 1.5)  # the first pass of each job, a catch-up and no tick, is over
+        taken.clear()
         time.sleep(TICK * 5)
         idle = {job: ticks.holders(job) for job in (MAP_JOB, EXPORT_JOB, EXPIRE_JOB)}
         alert_ticks = len(ticks.holders(ALERT_JOB))
+        leases_taken = set(taken)
 
         runtime.intake.submit(list(enumerate(example_lines[:3], start=1)))
         deadline = time.monotonic() + TICK * 10
@@ -199,6 +211,7 @@ def test_an_idle_service_claims_no_tick_of_a_work_job_and_maps_what_comes_at_the
         runtime.close()
 
     assert idle == {MAP_JOB: {}, EXPORT_JOB: {}, EXPIRE_JOB: {}}
+    assert leases_taken == {LEASES[ALERT_JOB]}
     assert alert_ticks >= 3  # the ticks came, and a job without a read of its work claimed them
     assert mapped.get(PENDING, 0) == 0 and sum(mapped.values()) == 3
     assert len(claimed) == 1

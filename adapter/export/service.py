@@ -169,11 +169,11 @@ class ExportService:
             raise NotFound("no such export file")
         return path
 
-    def waiting(self) -> bool:
+    def any_to_run(self) -> bool:
         """Whether any job is queued, or left running (by this process or a stopped one)."""
         return self._any(jobs.c.status.in_([ACCEPTED, RUNNING]))
 
-    def expired_waiting(self) -> bool:
+    def any_expired(self) -> bool:
         """Whether any completed job has outlived the retention, its files not yet removed."""
         return self._any(_expired(datetime.now(UTC)))
 

@@ -122,8 +122,8 @@ class MappingQueue:
         self.engine = engine
         self.claim_for = claim_for
 
-    def waiting(self, now: datetime) -> bool:
-        """Whether any record waits to be mapped that no batch holds: one read, no write."""
+    def any_to_map(self, now: datetime) -> bool:
+        """Whether any record is pending and held by no batch: one read, no write."""
         query = select(records.c.source_id).where(_free(now)).limit(1)
         with self.engine.connect() as connection:
             return connection.execute(query).first() is not None

@@ -3,7 +3,7 @@ arrived, resources are queued for the EHR, a client was revoked, the mapping ver
 SQLite has none; its processes wake themselves, and their caches expire."""
 
 import logging
-import select
+import selectors
 import socket
 import threading
 from collections.abc import Callable, Mapping
@@ -85,21 +85,26 @@ class NoticeListener:
                 failures = self._lost(exc, failures)
                 continue
             try:
-                if failures:
-                    log.info("listening for notices again")
-                failures = 0
-                self.listening.set()
-                # Whatever came while nobody listened is delivered by the first run woken.
-                for wake in self.channels.values():
-                    wake(None)
-                while not self._stop.is_set():
-                    # Asleep until the server sends something (a notice, or the connection's
-                    # end, which the read below raises) or `stop` wakes it.
-                    select.select([connection.pgconn.socket, self._woken], [], [], WAIT_SECONDS)
-                    for notice in connection.notifies(timeout=0):
-                        heard = self.channels.get(notice.channel)
-                        if heard is not None:
-                            heard(notice.payload)
+                # A selector of the platform's kind (epoll, kqueue; `select` has a limit on the
+                # descriptor's number, which a busy process may pass).
+                with selectors.DefaultSelector() as waiting:
+                    waiting.register(connection.pgconn.socket, selectors.EVENT_READ)
+                    waiting.register(self._woken, selectors.EVENT_READ)
+                    self.listening.set()
+                    # Whatever came while nobody listened is delivered by the first run woken.
+                    for wake in self.channels.values():
+                        wake(None)
+                    while not self._stop.is_set():
+                        # Asleep until the server sends something (a notice, or the
+                        # connection's end, which the read below raises) or `stop` wakes it.
+                        waiting.select(WAIT_SECONDS)
+                        for notice in connection.notifies(timeout=0):
+                            heard = self.channels.get(notice.channel)
+                            if heard is not None:
+                                heard(notice.payload)
+                        if failures:  # listened through a wait: a loss from here is news
+                            log.info("listening for notices again")
+                            failures = 0
             except Exception as exc:
                 self.listening.clear()
                 failures = self._lost(exc, failures)
