@@ -45,6 +45,10 @@ class Wakeup:
             if self._stop.wait(self.gather):
                 return
             self._pulsed.clear()
+            if self._stop.is_set():
+                # `stop` came between the gather and the clear, which took its pulse back: the
+                # wait above would never end.
+                return
             if self._pass():
                 if self._stop.wait(BUSY_RETRY_SECONDS):
                     return

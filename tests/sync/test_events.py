@@ -112,6 +112,27 @@ def test_a_pass_that_found_the_lease_taken_is_tried_again() -> None:
     assert answers == []
 
 
+def test_a_stop_between_the_gather_and_its_clear_still_stops_the_wakeup() -> None:
+    """`stop` sets the stop, then the pulse: one that lands just before the thread clears the
+    pulse it gathered loses its pulse to that clear (this reproduces it every time)."""
+    passes: list[float] = []
+    wakeup = Wakeup("test-wakeup", lambda: bool(passes.append(time.monotonic())), gather=0.0)
+
+    class StoppedBeforeClear(threading.Event):
+        def clear(self) -> None:
+            wakeup._stop.set()  # as `stop` does, first
+            self.set()
+            super().clear()
+
+    wakeup._pulsed = StoppedBeforeClear()
+    wakeup.start()
+    wakeup.pulse()
+    wakeup._thread.join(5)
+
+    assert not wakeup._thread.is_alive()
+    assert passes == []  # stopped: no pass after the stop
+
+
 def test_records_received_during_a_mapping_run_go_ahead_of_its_backlog(
     runtime: Runtime,
 ) -> None:
