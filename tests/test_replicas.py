@@ -195,7 +195,7 @@ def test_an_idle_service_claims_no_tick_of_a_work_job_and_maps_what_comes_at_the
         worker.start()
         time.sleep(TICK * 1.5)  # the first pass of each job, a catch-up and no tick, is over
         taken.clear()
-        time.sleep(TICK * 5)
+        time.sleep(TICK * 3.5)
         idle = {job: ticks.holders(job) for job in (MAP_JOB, EXPORT_JOB, EXPIRE_JOB)}
         alert_ticks = len(ticks.holders(ALERT_JOB))
         leases_taken = set(taken)
