@@ -306,6 +306,41 @@ def test_a_create_whose_answer_an_outage_lost_is_looked_for_once_the_ehr_has_set
     assert_in_ehr_once(runtime, ehr)
 
 
+def test_an_update_whose_answer_an_outage_lost_is_sent_again_as_soon_as_the_sync_resumes(
+    runtime: Runtime, settings: Settings, proxy: FaultProxy, ehr: SandboxEhr
+) -> None:
+    """Connections reset after the EHR took each Bundle of updates: unlike a create, an update
+    sent again does no harm, so it waits for no settle time."""
+    clock, sync = day_through(proxy, runtime, settings, **OUTAGE)
+    assert sync_once(sync, trigger="test").status == "completed"
+    taken = [line for line in example_day_records() if line["record_type"] == "vitals"][:3]
+    amended = [{**line, "revision": line["revision"] + 1, "heart_rate": 61} for line in taken]
+    runtime.intake.submit([(n, orjson.dumps(record)) for n, record in enumerate(amended, 1)])
+    runtime.mapping.run()
+    clock.now = datetime.now(UTC)
+    proxy.faults.reset_after, proxy.faults.methods = 1.0, ("POST",)
+    failed = sync_once(sync, trigger="schedule")
+    assert failed.status == "failed" and failed.counts["unconfirmed"] > 0, failed.counts
+
+    proxy.faults.reset_after = 0.0
+    clock.now += timedelta(seconds=61)
+    resumed = sync_once(sync, trigger="schedule")
+
+    assert resumed.status == "completed"
+    assert resumed.counts["delivered"] == failed.counts["unconfirmed"]
+    assert_in_ehr_once(runtime, ehr)
+    rates = [
+        observation["valueQuantity"]["value"]
+        for observation in ehr.all("Observation")
+        if observation["code"]["coding"][0]["code"] == "8867-4"
+        and any(
+            i["value"].startswith(tuple(line["id"] for line in taken))
+            for i in observation["identifier"]
+        )
+    ]
+    assert rates == [61] * len(taken)
+
+
 def test_a_configuration_the_ehr_refuses_is_not_probed(
     runtime: Runtime, settings: Settings, ehr: SandboxEhr
 ) -> None:
