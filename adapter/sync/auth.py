@@ -120,7 +120,9 @@ class SmartBackendAuth:
         try:
             answer = session.get(url, timeout=timeout, headers={"Accept": "application/json"})
         except (requests.ConnectionError, requests.Timeout):
-            raise TemporaryEhrError(None, "no answer from the EHR's SMART configuration") from None
+            # Named by its address: the adapter's own token command asks it of the adapter.
+            reason = f"no answer from the SMART configuration at {url}"
+            raise TemporaryEhrError(None, reason) from None
         if answer.status_code != 200 or "token_endpoint" not in answer.text:
             raise EhrAuthError(
                 "the EHR publishes no token endpoint at .well-known/smart-configuration: "

@@ -669,9 +669,10 @@ def _with_references(sync: Sync, urgent: list[Pending], taken: set[str]) -> list
 
 
 def _send(sync: Sync, delivery: Delivery, staged: Staged) -> list[Outcome]:
-    """A staged batch sent (in a sender thread); its outcomes say when it was sent."""
+    """A staged batch sent (in a sender thread); the outcomes of what was sent say when (one
+    settled without a request, skipped or held back, says nothing of it)."""
     sent = sync.clock()
-    return [outcome._replace(requested_at=sent) for outcome in delivery.send(staged)]
+    return [o._replace(requested_at=sent) if o.attempted else o for o in delivery.send(staged)]
 
 
 def _waits_for(staged: Staged, in_flight: Iterable[InFlight]) -> bool:

@@ -5,6 +5,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
+import orjson
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
@@ -61,3 +62,29 @@ def test_a_records_resources_show_their_journey_and_metrics_count_it(
     }
     delivered = run["counts"]["delivered"] + run["counts"].get("delivered_partially", 0)
     assert histogram["adapter_record_to_ehr_seconds_count"] == delivered > 0
+
+
+def test_a_resource_the_ehr_is_not_sent_shows_no_time_sent(service: TestClient) -> None:
+    """The sandbox EHR takes no DocumentReference: a side effect's clinical note is skipped,
+    and its journey says it was never sent."""
+    runtime: Runtime = service.app.state.runtime  # type: ignore[attr-defined]
+    admin = {"Authorization": f"Bearer {grant(runtime).api_key}"}
+    service.post(
+        "/api/v1/records",
+        content=EXAMPLE_DAY.read_bytes(),
+        headers={**admin, "Content-Type": "application/x-ndjson"},
+    )
+    runtime.mapping.run()
+    service.post("/api/v1/sync/run", headers=admin)
+    journeys = [
+        resource["journey"]
+        for line in EXAMPLE_DAY.read_bytes().splitlines()
+        if b'"adverse_event"' in line
+        for resource in service.get(
+            f"/api/v1/records/adverse_event/{orjson.loads(line)['id']}", headers=admin
+        ).json()["mapping"]["resources"]
+    ]
+
+    skipped = [j for j in journeys if j["state"] == "skipped"]
+    assert skipped and all(j["sent"] is None and j["answered"] is None for j in skipped)
+    assert any(j["state"] == "delivered" and j["sent"] for j in journeys)

@@ -89,3 +89,31 @@ def test_development_credentials_work_and_production_refuses_them(
     get_settings.cache_clear()
     refused = CliRunner().invoke(main, ["clients", "dev", "--folder", str(folder)])
     assert refused.exit_code == 2 and "production" in refused.output
+
+
+def test_a_token_asked_of_an_adapter_that_does_not_answer_names_where_it_asked(
+    cli_environment: Settings, tmp_path: Path
+) -> None:
+    folder = tmp_path / "dev-client"
+    output = _run("clients", "dev", "--folder", str(folder))
+    smart = re.search(r"development SMART client (\w+)", output)
+    assert smart
+    key_file = str(folder / "smart-key.pem")
+
+    result = CliRunner().invoke(
+        main,
+        [
+            "clients",
+            "token",
+            "--client-id",
+            smart.group(1),
+            "--key-file",
+            key_file,
+            "--url",
+            "http://127.0.0.1:9",
+        ],
+    )
+
+    assert result.exit_code == 1
+    assert "no answer from the SMART configuration at http://127.0.0.1:9/fhir/" in result.output
+    assert "EHR" not in result.output
