@@ -179,6 +179,20 @@ def grant(runtime: Runtime, scopes: str = "system/*.rs", role: str = "admin") ->
     return Credentials(key, token, smart, private)
 
 
+def day_posted(service: TestClient) -> dict[str, str]:
+    """The example day posted to the service's intake and mapped: an admin's headers to call
+    the service with."""
+    runtime: Runtime = service.app.state.runtime  # type: ignore[attr-defined]
+    admin = {"Authorization": f"Bearer {grant(runtime).api_key}"}
+    service.post(
+        "/api/v1/records",
+        content=EXAMPLE_DAY.read_bytes(),
+        headers={**admin, "Content-Type": "application/x-ndjson"},
+    )
+    runtime.mapping.run()
+    return admin
+
+
 class CredentialAuth(httpx.Auth):
     """Adds the right credential for the path: the token on /fhir, the API key elsewhere
     (a request that sets its own Authorization keeps it)."""

@@ -11,9 +11,8 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from adapter.app import create_app
-from adapter.runtime import Runtime
 from adapter.settings import Settings
-from tests.conftest import EXAMPLE_DAY, grant
+from tests.conftest import EXAMPLE_DAY, day_posted
 from tests.sync.sandbox import SandboxEhr
 
 
@@ -27,14 +26,7 @@ def service(database_url: str, mappings_dir: Path, ehr: SandboxEhr) -> Iterator[
 def test_a_records_resources_show_their_journey_and_metrics_count_it(
     service: TestClient,
 ) -> None:
-    runtime: Runtime = service.app.state.runtime  # type: ignore[attr-defined]
-    admin = {"Authorization": f"Bearer {grant(runtime).api_key}"}
-    service.post(
-        "/api/v1/records",
-        content=EXAMPLE_DAY.read_bytes(),
-        headers={**admin, "Content-Type": "application/x-ndjson"},
-    )
-    runtime.mapping.run()
+    admin = day_posted(service)
     mapped = service.get("/api/v1/records/vitals/VIT-77001", headers=admin).json()
     waiting = [r["journey"] for r in mapped["mapping"]["resources"]]
 
@@ -67,14 +59,7 @@ def test_a_records_resources_show_their_journey_and_metrics_count_it(
 def test_a_resource_the_ehr_is_not_sent_shows_no_time_sent(service: TestClient) -> None:
     """The sandbox EHR takes no DocumentReference: a side effect's clinical note is skipped,
     and its journey says it was never sent."""
-    runtime: Runtime = service.app.state.runtime  # type: ignore[attr-defined]
-    admin = {"Authorization": f"Bearer {grant(runtime).api_key}"}
-    service.post(
-        "/api/v1/records",
-        content=EXAMPLE_DAY.read_bytes(),
-        headers={**admin, "Content-Type": "application/x-ndjson"},
-    )
-    runtime.mapping.run()
+    admin = day_posted(service)
     service.post("/api/v1/sync/run", headers=admin)
     journeys = [
         resource["journey"]

@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from adapter.app import create_app
 from adapter.runtime import Runtime
 from adapter.settings import Settings
-from tests.conftest import EXAMPLE_DAY, grant
+from tests.conftest import day_posted, grant
 from tests.sync.sandbox import SandboxEhr
 
 
@@ -45,14 +45,7 @@ def test_metrics_need_an_admin_or_a_scrape_key(service: TestClient) -> None:
 
 
 def test_metrics_say_what_was_received_mapped_and_delivered(service: TestClient) -> None:
-    runtime: Runtime = service.app.state.runtime  # type: ignore[attr-defined]
-    admin = {"Authorization": f"Bearer {grant(runtime).api_key}"}
-    service.post(
-        "/api/v1/records",
-        content=EXAMPLE_DAY.read_bytes(),
-        headers={**admin, "Content-Type": "application/x-ndjson"},
-    )
-    runtime.mapping.run()
+    admin = day_posted(service)
     before = samples(service.get("/metrics", headers=admin).text)
     service.post("/api/v1/sync/run", headers=admin)
     service.post("/auth/token", data={"grant_type": "client_credentials"})

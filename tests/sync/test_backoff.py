@@ -275,6 +275,23 @@ def test_a_reconciliation_after_an_outage_leaves_what_the_ehr_failed_owed_to_the
     assert sync.backoff_state() == BackOff()
 
 
+def answers_lost_in_an_outage(
+    runtime: Runtime, proxy: FaultProxy, sync: Sync, clock: Clock, records: list[dict[str, Any]]
+) -> SyncReport:
+    """The records stored and mapped, then sent while every connection is reset after the EHR
+    took the Bundle (the answers lost): that failed run. The EHR answers again, and the sync's
+    back-off is over, 61 s later."""
+    runtime.intake.submit([(n, orjson.dumps(record)) for n, record in enumerate(records, 1)])
+    runtime.mapping.run()
+    clock.now = datetime.now(UTC)
+    proxy.faults.reset_after, proxy.faults.methods = 1.0, ("POST",)
+    failed = sync_once(sync, trigger="schedule")
+    assert failed.status == "failed" and failed.counts["unconfirmed"] > 0, failed.counts
+    proxy.faults.reset_after = 0.0
+    clock.now += timedelta(seconds=61)
+    return failed
+
+
 def test_a_create_whose_answer_an_outage_lost_is_looked_for_once_the_ehr_has_settled(
     runtime: Runtime, settings: Settings, proxy: FaultProxy, ehr: SandboxEhr
 ) -> None:
@@ -285,15 +302,8 @@ def test_a_create_whose_answer_an_outage_lost_is_looked_for_once_the_ehr_has_set
     assert sync_once(sync, trigger="test").status == "completed"  # its patients are known
     taken = next(line for line in example_day_records() if line["record_type"] == "vitals")
     later = [{**taken, "id": f"VIT-LATE-{n}", "heart_rate": 70 + n} for n in range(5)]
-    runtime.intake.submit([(n, orjson.dumps(record)) for n, record in enumerate(later, 1)])
-    runtime.mapping.run()
-    clock.now = datetime.now(UTC)
-    proxy.faults.reset_after, proxy.faults.methods = 1.0, ("POST",)
-    failed = sync_once(sync, trigger="schedule")
-    assert failed.status == "failed" and failed.counts["unconfirmed"] > 0, failed.counts
+    failed = answers_lost_in_an_outage(runtime, proxy, sync, clock, later)
 
-    proxy.faults.reset_after = 0.0
-    clock.now += timedelta(seconds=61)
     resumed = sync_once(sync, trigger="schedule")
     assert resumed.status == "completed" and not resumed.counts  # they settle meanwhile
     clock.now += timedelta(seconds=38)
@@ -315,15 +325,8 @@ def test_an_update_whose_answer_an_outage_lost_is_sent_again_as_soon_as_the_sync
     assert sync_once(sync, trigger="test").status == "completed"
     taken = [line for line in example_day_records() if line["record_type"] == "vitals"][:3]
     amended = [{**line, "revision": line["revision"] + 1, "heart_rate": 61} for line in taken]
-    runtime.intake.submit([(n, orjson.dumps(record)) for n, record in enumerate(amended, 1)])
-    runtime.mapping.run()
-    clock.now = datetime.now(UTC)
-    proxy.faults.reset_after, proxy.faults.methods = 1.0, ("POST",)
-    failed = sync_once(sync, trigger="schedule")
-    assert failed.status == "failed" and failed.counts["unconfirmed"] > 0, failed.counts
+    failed = answers_lost_in_an_outage(runtime, proxy, sync, clock, amended)
 
-    proxy.faults.reset_after = 0.0
-    clock.now += timedelta(seconds=61)
     resumed = sync_once(sync, trigger="schedule")
 
     assert resumed.status == "completed"
