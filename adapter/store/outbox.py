@@ -671,10 +671,9 @@ class Outbox:
         """Items the EHR failed from `since` on, waiting, due again as the sync resumes after
         backing off from the EHR: each waited a back-off of its own, doubled at each attempt,
         which an outage would have stretched far past the EHR's return. Due now, or, a create
-        the EHR may have stored (no EHR id known), once the EHR has had `settle` to store it,
-        since it is searched for before it is sent again; an update the EHR may have stored is
-        due now, as sending it again does no harm. An item the EHR forbids waits for its
-        configuration."""
+        the EHR may have stored, once the EHR has had `settle` to store it, since it is
+        searched for before it is sent again; an update the EHR may have stored is due now, as
+        sending it again does no harm. An item the EHR forbids waits for its configuration."""
         failed = (
             (outbox.c.state == "pending")
             & (outbox.c.attempts > 0)
@@ -683,7 +682,10 @@ class Outbox:
             & outbox.c.detail.not_like('%"forbidden"%')
             & self._mine()
         )
-        unconfirmed = outbox.c.detail.like('%"unconfirmed"%') & outbox.c.ehr_id.is_(None)
+        # A write not said to be an update (`Delivery._temporary`) is taken for a create.
+        unconfirmed = outbox.c.detail.like('%"unconfirmed"%') & outbox.c.detail.not_like(
+            '%"unconfirmed":"update"%'
+        )
         with self.engine.begin() as connection:
             made_due = connection.execute(
                 update(outbox).where(failed, ~unconfirmed).values(next_attempt_at=now)

@@ -797,7 +797,9 @@ class Delivery:
         detail: Json = {"reason": error.reason, "status": error.status}
         ehr_id = None
         if request is not None and error.sent:
-            detail["unconfirmed"] = True
+            # Which write it was: a create waits for the EHR to settle before it is looked for,
+            # whatever EHR id its row still holds (that of a copy the EHR deleted, say).
+            detail["unconfirmed"] = "create" if request["method"] == "POST" else "update"
             if request["method"] == "POST":
                 wait = max(wait, self.settle.total_seconds())
                 detail["reason"] = (

@@ -27,6 +27,7 @@ from tests.sync.expected import expected_in_ehr
 from tests.sync.faults import FaultProxy, Faults
 from tests.sync.gate import EhrGate
 from tests.sync.sandbox import SandboxEhr
+from tests.sync.test_corrections import a_heart_rate, delete_at_the_ehr
 from tests.sync.test_delivery import load_example_day, sync_with
 from tests.sync.test_events import example_day
 
@@ -342,6 +343,37 @@ def test_an_update_whose_answer_an_outage_lost_is_sent_again_as_soon_as_the_sync
         )
     ]
     assert rates == [61] * len(taken)
+
+
+def test_a_create_sent_again_after_the_ehr_deleted_its_copy_waits_to_settle_after_an_outage(
+    runtime: Runtime, settings: Settings, ehr: SandboxEhr
+) -> None:
+    """A copy deleted in the EHR, found by reconciliation and replayed: the create sent again
+    has its answer lost. Its row still holds the deleted copy's id, yet it is a create: due
+    after an outage only once the EHR has had its settle time, or it could be created twice."""
+    load_example_day(runtime)
+    clock = Clock()
+    sync = sync_with(runtime, settings, clock)
+    assert sync_once(sync, trigger="test").status == "completed"
+    copy = a_heart_rate(ehr)
+    delete_at_the_ehr(ehr, copy)
+    clock.now += timedelta(seconds=1)
+    assert reconcile_once(sync).counts["deleted_in_ehr"] == 1
+    (dead,) = runtime.outbox.listed(("dead",), 10)
+    since = clock.now
+    assert runtime.outbox.requeue(clock.now, ["dead"], ids=[dead.resource_id]) == 1
+    ehr.quirk(lateCommit=True)  # the EHR stores it only later: the answer never comes
+    sync.client.timeout = 0.3
+    sync_once(sync, trigger="test")
+    ehr.quirk()
+    row = runtime.outbox.items([dead.resource_id])[dead.resource_id]
+    assert row.ehr_id == copy["id"] and (row.detail or {}).get("unconfirmed") == "create"
+
+    clock.now += timedelta(seconds=61)
+    runtime.outbox.due_after_outage(clock.now, timedelta(seconds=300), since)
+
+    row = runtime.outbox.items([dead.resource_id])[dead.resource_id]
+    assert row.next_attempt_at > clock.now + timedelta(seconds=200)
 
 
 def test_a_configuration_the_ehr_refuses_is_not_probed(

@@ -257,3 +257,17 @@ def test_a_target_stored_while_a_run_goes_on_completes_its_referrer_in_that_run(
     ]
     kind = Kind(list, [("Procedure", "basedOn", "CarePlan")])
     assert_complete(runtime, sync, ehr, kind)
+
+
+def test_a_resource_delivered_without_a_reference_it_waits_for_shows_when_it_was_sent(
+    runtime: Runtime, sync: Sync, ehr: SandboxEhr
+) -> None:
+    """Vitals and a fast before their session: delivered, held for the session's reference;
+    their journeys say when they were sent."""
+    ehr.add_patients([MRN])
+    post(runtime, fasting(), vitals())
+    assert sync_once(sync, trigger="schedule").counts["waiting"]
+
+    waiting = runtime.outbox.listed(("waiting",), 100)
+    journeys = runtime.outbox.journeys([item.resource_id for item in waiting])
+    assert journeys and all(j["sent"] and j["answered"] for j in journeys.values())
