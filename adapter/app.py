@@ -70,7 +70,7 @@ def alert_watch(runtime: Runtime) -> AlertWatch:
         OperationsReadings(engine),
         runtime.outbox,
         AlertStore(engine),
-        runtime.backoff if runtime.syncs() else None,
+        runtime.longest_backoff if runtime.syncs() else None,
     )
 
 

@@ -2,7 +2,7 @@
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -51,14 +51,9 @@ class Runtime:
         """Every sync of the deployment: its one EHR's, or each site's."""
         return [self.sync] if self.sync is not None else list(self.site_syncs.values())
 
-    def backoff(self) -> tuple[datetime | None, float]:
-        """How long the sync backs off from its EHR: in a group, the site's that backs off
-        longest (a site whose EHR is down is an EHR down)."""
-        state = self.longest_backoff()
-        return state.until, state.seconds
-
     def longest_backoff(self) -> BackOff:
-        """The back-off of the sync that backs off longest (none: an empty one)."""
+        """The sync's back-off from its EHR: in a group, that of the site that backs off
+        longest (a site whose EHR is down is an EHR down); none: an empty one."""
         states = [sync.backoff_state() for sync in self.syncs()]
         waiting = [(state.until, state) for state in states if state.until is not None]
         return max(waiting, key=lambda entry: entry[0])[1] if waiting else BackOff()

@@ -17,6 +17,7 @@ from adapter.settings import Settings
 from adapter.store.alerts import FIRING, Alert, AlertStore
 from adapter.store.operations import OperationsReadings
 from adapter.store.outbox import Outbox
+from adapter.sync.engine import BackOff
 
 log = logging.getLogger(__name__)
 EHR_UNREACHABLE = "ehr_unreachable"
@@ -73,7 +74,7 @@ class AlertWatch:
         readings: OperationsReadings,
         outbox: Outbox,
         store: AlertStore,
-        backoff: Callable[[], tuple[datetime | None, float]] | None,
+        backoff: Callable[[], BackOff] | None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.settings = settings
@@ -90,7 +91,7 @@ class AlertWatch:
         settings = self.settings
         if self.backoff is not None:
             since, reason = self.readings.run_streak()
-            until, _ = self.backoff()
+            until = self.backoff().until
             if since and now - since >= timedelta(minutes=settings.alert_ehr_down_minutes):
                 found.append(
                     Condition(

@@ -72,9 +72,7 @@ class StoreCollector(Collector):
             [],
             [((), (now - oldest).total_seconds() if oldest else 0.0)],
         )
-        until: datetime | None = None
-        if self.runtime.syncs():
-            until, _ = self.runtime.backoff()
+        until = self.runtime.longest_backoff().until if self.runtime.syncs() else None
         backing_off = until is not None and until > now
         yield _gauge(
             "adapter_ehr_breaker_open",

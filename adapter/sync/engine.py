@@ -215,11 +215,6 @@ class Sync:
             return None
         return EhrEncounters(self.client, self.outbox, system)
 
-    def backoff(self) -> tuple[datetime | None, float]:
-        """Until when the sync backs off (None: it does not), and for how long it last did."""
-        state = self.backoff_state()
-        return state.until, state.seconds
-
     def backoff_state(self) -> "BackOff":
         with self.engine.connect() as connection:
             return BackOff.parse(read_state(connection, self.state_name(BACKOFF)))

@@ -18,7 +18,7 @@ from adapter.runtime import Runtime, open_runtime
 from adapter.settings import Settings
 from adapter.store.alerts import AlertStore
 from adapter.store.operations import OperationsReadings
-from adapter.sync.engine import Sync, sync_once
+from adapter.sync.engine import BackOff, Sync, sync_once
 from tests.conftest import adverse_event, ndjson, session
 from tests.operations.conftest import Webhook
 from tests.sync.sandbox import SandboxEhr
@@ -47,7 +47,7 @@ def watch_of(runtime: Runtime, settings: Settings, sync: Sync | None) -> AlertWa
         OperationsReadings(engine),
         runtime.outbox,
         AlertStore(engine),
-        sync.backoff if sync else None,
+        sync.backoff_state if sync else None,
         sleep=lambda _: None,
     )
 
@@ -134,7 +134,7 @@ def test_late_safety_facts_dead_letters_and_waiting_codes_are_incidents(
         )
     }
     watch = watch_of(runtime, settings, None)
-    watch.backoff = lambda: (None, 0.0)  # an EHR that was never reached
+    watch.backoff = BackOff  # an EHR that was never reached: no back-off
     now = datetime.now(UTC)
 
     soon = {c.kind for c in watch.conditions(now + timedelta(minutes=5))}

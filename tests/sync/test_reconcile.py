@@ -81,7 +81,8 @@ def test_an_ehr_that_is_down_stops_the_run_and_defers_the_schedule(
     sync.clock = lambda: report.resume_at + timedelta(seconds=1)  # type: ignore[operator]
     again = sync_once(sync, trigger="schedule")
     assert again.status == "failed"
-    until, seconds = sync.backoff()
+    state = sync.backoff_state()
+    until, seconds = state.until, state.seconds
     assert seconds == 2 * down.ehr_breaker_seconds
     assert until is not None and until > report.resume_at
 

@@ -97,7 +97,7 @@ def test_a_site_whose_ehr_is_down_holds_no_other_sites_delivery(
         deferred = sync_once(south, trigger="schedule")
         runs = runtime.sync_runs.recent(10)
         north_counts, south_counts = north.outbox.counts(), south.outbox.counts()
-        north_backoff, south_backoff = north.backoff()[0], south.backoff()[0]
+        north_backoff, south_backoff = north.backoff_state().until, south.backoff_state().until
     finally:
         runtime.close()
 
