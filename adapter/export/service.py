@@ -20,6 +20,7 @@ from adapter.fhir.indexing import SERIES_PARAM
 from adapter.fhir.search import parse_instant
 from adapter.fhir.search_params import SEARCH_PARAMS
 from adapter.store.clock import horizon
+from adapter.store.engine import any_row
 from adapter.store.fhir_reads import of_sites
 from adapter.store.tables import export_jobs as jobs
 from adapter.store.tables import fhir_resources as resources
@@ -171,17 +172,11 @@ class ExportService:
 
     def any_to_run(self) -> bool:
         """Whether any job is queued, or left running (by this process or a stopped one)."""
-        return self._any(jobs.c.status.in_([ACCEPTED, RUNNING]))
+        return any_row(self.engine, jobs.c.id, jobs.c.status.in_([ACCEPTED, RUNNING]))
 
     def any_expired(self) -> bool:
         """Whether any completed job has outlived the retention, its files not yet removed."""
-        return self._any(_expired(datetime.now(UTC)))
-
-    def _any(self, condition: ColumnElement[bool]) -> bool:
-        """Whether any job meets `condition`: one read, no write."""
-        query = select(jobs.c.id).where(condition).limit(1)
-        with self.engine.connect() as connection:
-            return connection.execute(query).first() is not None
+        return any_row(self.engine, jobs.c.id, _expired(datetime.now(UTC)))
 
     def resume(self) -> int:
         """Jobs a stopped process left running are queued again (their files are rewritten)."""

@@ -4,7 +4,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import ColumnElement, Engine, create_engine, event, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError
 
@@ -75,3 +75,10 @@ def _ping_when_idle(engine: Engine) -> None:
             engine.dialect.do_ping(dbapi_connection)
         except engine.dialect.loaded_dbapi.Error:
             raise DisconnectionError("a pooled connection did not answer its ping") from None
+
+
+def any_row(engine: Engine, column: ColumnElement[Any], *conditions: ColumnElement[bool]) -> bool:
+    """Whether any row of `column`'s table meets the conditions: one row read, nothing written."""
+    query = select(column).where(*conditions).limit(1)
+    with engine.connect() as connection:
+        return connection.execute(query).first() is not None

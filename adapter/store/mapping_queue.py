@@ -21,6 +21,7 @@ from sqlalchemy import (
     update,
 )
 
+from adapter.store.engine import any_row
 from adapter.store.state import read_state, write_state
 from adapter.store.tables import source_record_revisions as revisions
 from adapter.store.tables import source_records as records
@@ -124,9 +125,7 @@ class MappingQueue:
 
     def any_to_map(self, now: datetime) -> bool:
         """Whether any record is pending and held by no batch: one read, no write."""
-        query = select(records.c.source_id).where(_free(now)).limit(1)
-        with self.engine.connect() as connection:
-            return connection.execute(query).first() is not None
+        return any_row(self.engine, records.c.source_id, _free(now))
 
     def claim_batch(
         self, limit: int, now: datetime, after: tuple[str, str] | None = None

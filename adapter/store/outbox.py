@@ -6,10 +6,11 @@ from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 import orjson
-from sqlalchemy import Connection, Engine, bindparam, func, select, true, update
+from sqlalchemy import ColumnElement, Connection, Engine, bindparam, func, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from adapter.store import notices, raw
+from adapter.store.engine import any_row
 from adapter.store.tables import UtcDateTime
 from adapter.store.tables import sync_outbox as outbox
 
@@ -326,7 +327,7 @@ class Outbox:
             return where, values
         return f"o.site = ? AND {where}", [self.site, *values]
 
-    def _mine(self) -> Any:
+    def _mine(self) -> ColumnElement[bool]:
         """The condition that limits a statement to the outbox's site."""
         return true() if self.site is None else outbox.c.site == self.site
 
@@ -725,38 +726,32 @@ class Outbox:
     def count_due(self, now: datetime, waiting: bool = False) -> int:
         """Items a run would try now (with `waiting`: the waiting ones too, as a run wakes them)."""
         states = (*DUE_STATES, "waiting") if waiting else DUE_STATES
-        query = select(func.count()).where(
-            outbox.c.state.in_(states), outbox.c.next_attempt_at <= now, self._mine()
-        )
+        query = select(func.count()).where(self._due(now, outbox.c.state.in_(states)))
         with self.engine.connect() as connection:
             return int(connection.execute(query).scalar_one())
 
     def any_due(self, now: datetime) -> bool:
         """Whether a run would try any item now: the first found, where `count_due` counts
         them all (36 ms over a backlog of 100,000 on SQLite, against under a millisecond)."""
-        query = (
-            select(outbox.c.resource_id)
-            .where(outbox.c.state.in_(DUE_STATES), outbox.c.next_attempt_at <= now, self._mine())
-            .limit(1)
-        )
-        with self.engine.connect() as connection:
-            return connection.execute(query).first() is not None
+        return any_row(self.engine, outbox.c.resource_id, self._due(now))
 
     def run_wanted(self, now: datetime) -> bool:
         """Whether a scheduled run has anything to do: items due, or waiting ones to try again.
         An item waiting only for what it references to be delivered (`left_out`) is not: that
         resource is due itself when it can come, and the run that delivers it updates the item."""
-        due = outbox.c.state.in_(DUE_STATES) | (
-            (outbox.c.state == "waiting")
-            & (outbox.c.detail.is_(None) | outbox.c.detail.not_like('%"left_out"%'))
+        waiting = (outbox.c.state == "waiting") & (
+            outbox.c.detail.is_(None) | outbox.c.detail.not_like('%"left_out"%')
         )
-        query = (
-            select(outbox.c.resource_id)
-            .where(due, outbox.c.next_attempt_at <= now, self._mine())
-            .limit(1)
+        return any_row(
+            self.engine,
+            outbox.c.resource_id,
+            self._due(now, outbox.c.state.in_(DUE_STATES) | waiting),
         )
-        with self.engine.connect() as connection:
-            return connection.execute(query).first() is not None
+
+    def _due(self, now: datetime, among: ColumnElement[bool] | None = None) -> ColumnElement[bool]:
+        """This outbox's items (`among` them; default: those in DUE_STATES) whose time has come."""
+        items = outbox.c.state.in_(DUE_STATES) if among is None else among
+        return items & (outbox.c.next_attempt_at <= now) & self._mine()
 
     def counts(self) -> dict[str, int]:
         query = select(outbox.c.state, func.count()).where(self._mine()).group_by(outbox.c.state)

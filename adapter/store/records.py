@@ -25,6 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from adapter.store import notices, raw
+from adapter.store.engine import any_row
 from adapter.store.tables import UtcDateTime
 from adapter.store.tables import source_record_revisions as revisions
 from adapter.store.tables import source_records as records
@@ -366,11 +367,12 @@ class RecordStore:
             return {row[0]: row[1] for row in connection.execute(query)}
 
     def exists(self, record_type: str, source_id: str) -> bool:
-        query = select(records.c.revision).where(
-            records.c.record_type == record_type, records.c.source_id == source_id
+        return any_row(
+            self.engine,
+            records.c.revision,
+            records.c.record_type == record_type,
+            records.c.source_id == source_id,
         )
-        with self.engine.connect() as connection:
-            return connection.execute(query).first() is not None
 
     def counts(self) -> dict[str, Any]:
         query = select(records.c.record_type, func.count()).group_by(records.c.record_type)
