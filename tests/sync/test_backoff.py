@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 
 from adapter.runtime import Runtime, open_runtime
 from adapter.settings import Settings
+from adapter.store.outbox import Outcome, enqueue
 from adapter.store.sync_state import Lease, SyncRun
 from adapter.sync.engine import BackOff, Sync, SyncReport, probe_ehr, sync_once
 from adapter.sync.engine import _next_retry as next_retry_of
@@ -565,3 +566,21 @@ def test_an_item_whose_wait_ended_during_the_run_is_tried_again_at_once(
 
     assert due is not None and before <= due <= sync.clock()
     assert next_retry_of(sync, SyncReport("completed")) is None
+
+
+def test_an_events_wake_with_nothing_due_plans_nothing_and_the_schedule_does(
+    runtime: Runtime, sync: Sync
+) -> None:
+    """An item waits to be tried again: a wake with nothing due leaves the plan to the runs
+    before it (no read of the waits); a scheduled run, as after a restart, plans it."""
+    now = sync.clock()
+    later = now + timedelta(minutes=5)
+    with runtime.store.engine.begin() as connection:
+        enqueue(connection, [("obs-1", "Observation", 1, "Observation")], now)
+    runtime.outbox.record([Outcome("obs-1", 1, "pending", later, {"reason": "busy"})], now)
+
+    woken = sync_once(sync, trigger="event")
+    scheduled = sync_once(sync, trigger="schedule")
+
+    assert (woken.status, woken.retry_at) == ("idle", None)
+    assert (scheduled.status, scheduled.retry_at) == ("idle", later)
