@@ -334,14 +334,11 @@ def test_an_update_whose_answer_an_outage_lost_is_sent_again_as_soon_as_the_sync
     assert resumed.status == "completed"
     assert resumed.counts["delivered"] == failed.counts["unconfirmed"]
     assert_in_ehr_once(runtime, ehr)
+    heart_rates = {f"{line['id']}/heart_rate" for line in taken}
     rates = [
         observation["valueQuantity"]["value"]
         for observation in ehr.all("Observation")
-        if observation["code"]["coding"][0]["code"] == "8867-4"
-        and any(
-            i["value"].startswith(tuple(line["id"] for line in taken))
-            for i in observation["identifier"]
-        )
+        if observation["identifier"][0]["value"] in heart_rates
     ]
     assert rates == [61] * len(taken)
 
