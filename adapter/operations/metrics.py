@@ -72,7 +72,7 @@ class StoreCollector(Collector):
             [],
             [((), (now - oldest).total_seconds() if oldest else 0.0)],
         )
-        until = self.runtime.longest_backoff().until if self.runtime.syncs() else None
+        until = self.runtime.longest_backoff().until
         backing_off = until is not None and until > now
         yield _gauge(
             "adapter_ehr_breaker_open",
