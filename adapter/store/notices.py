@@ -6,6 +6,7 @@ import logging
 import selectors
 import socket
 import threading
+import time
 from collections.abc import Callable, Mapping
 from contextlib import suppress
 from typing import Any
@@ -24,7 +25,12 @@ MAPPINGS = "adapter_mappings"
 _NOTIFY = text("SELECT pg_notify(:channel, :payload)")
 WAIT_SECONDS = 60.0
 """The longest one wait for notices lasts when none comes (and `stop` does not end it): the
-listener sleeps between notices rather than waking to look for them."""
+listener sleeps between notices rather than waking to look for them, and after such a wait
+asks the server whether it is still there (ANSWER_SECONDS)."""
+ANSWER_SECONDS = 10.0
+"""How long the server has to answer the question the listener asks after a wait in which
+nothing came: a connection that cannot answer (the server's host gone without a word, a network
+that drops what it carried) is listened on again rather than trusted, deaf, for hours."""
 RECONNECT_SECONDS = (1.0, 2.0, 5.0, 15.0, 30.0)
 """Waits before each attempt to listen again after the connection was lost, the last repeated."""
 
@@ -37,11 +43,16 @@ def announce(connection: Connection, channel: str, payload: str = "") -> None:
         connection.execute(_NOTIFY, {"channel": channel, "payload": payload})
 
 
+class Unanswered(Exception):
+    """The server did not answer the listener within ANSWER_SECONDS."""
+
+
 class NoticeListener:
     """A thread holding one PostgreSQL connection that listens on the channels given and calls
-    each channel's function with every notice's payload. A lost connection is said once in the
-    log, and listened on again after a wait; the schedule delivers meanwhile. On (re)connecting
-    each function is called with None: whatever came while nobody listened, for anyone."""
+        each channel's function with every notice's payload. A lost connection is said once in the
+        log, and listened on again after a wait; the schedule delivers meanwhile. On (re)connecting
+        each function is called with None: whatever came while nobody listened, for anyone. A
+    connection on which the server no longer answers is taken for lost as well."""
 
     def __init__(
         self, engine: Engine, channels: Mapping[str, Callable[[str | None], None]]
@@ -97,11 +108,10 @@ class NoticeListener:
                     while not self._stop.is_set():
                         # Asleep until the server sends something (a notice, or the
                         # connection's end, which the read below raises) or `stop` wakes it.
-                        waiting.select(WAIT_SECONDS)
+                        if not waiting.select(WAIT_SECONDS):
+                            self._ask(connection, waiting)
                         for notice in connection.notifies(timeout=0):
-                            heard = self.channels.get(notice.channel)
-                            if heard is not None:
-                                heard(notice.payload)
+                            self._heard(notice.channel, notice.payload)
                         if failures:  # listened through a wait: a loss from here is news
                             log.info("listening for notices again")
                             failures = 0
@@ -112,6 +122,34 @@ class NoticeListener:
                 self.listening.clear()
                 with suppress(Exception):  # already gone
                     connection.close()
+
+    def _ask(self, connection: Any, waiting: selectors.BaseSelector) -> None:
+        """After a wait in which nothing came: whether the server still answers on this
+        connection (a connection whose peer vanished stays quiet, not closed, until the system
+        gives up on it, which takes minutes to hours). The question is sent without waiting
+        for its answer on the socket, which would wait as long; notices that came with the
+        answer are passed on. Raises Unanswered when no answer came within ANSWER_SECONDS."""
+        pgconn = connection.pgconn
+        pgconn.send_query(b"SELECT 1")
+        deadline = time.monotonic() + ANSWER_SECONDS
+        while pgconn.is_busy():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise Unanswered(f"no answer from the database in {ANSWER_SECONDS:g} s")
+            if self._stop.is_set():
+                return
+            waiting.select(remaining)
+            pgconn.consume_input()
+        while pgconn.get_result() is not None:
+            pass
+        encoding = connection.info.encoding
+        while (notice := pgconn.notifies()) is not None:
+            self._heard(notice.relname.decode(encoding), notice.extra.decode(encoding))
+
+    def _heard(self, channel: str, payload: str) -> None:
+        heard = self.channels.get(channel)
+        if heard is not None:
+            heard(payload)
 
     def _lost(self, exc: Exception, failures: int) -> int:
         if failures == 0:

@@ -3,13 +3,15 @@ between them, listens again after losing its connection, and ends at once when s
 
 import os
 import resource
+import socket
 import threading
 import time
 import uuid
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 
 from adapter.runtime import Runtime
 from adapter.store import notices
@@ -128,3 +130,76 @@ def test_a_listener_opened_past_descriptor_1024_hears_notices(postgres: Runtime)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
     assert heard.payloads == [None, "east"]
+
+
+class Relay:
+    """A TCP relay on loopback to the database: `silence` leaves the connections open through
+    it and carries nothing more on them, as a network that lost the server's host does (no
+    end of the connection ever arrives); connections opened after it are carried."""
+
+    def __init__(self, port: int) -> None:
+        self.upstream = ("127.0.0.1", port)
+        self.silenced: set[socket.socket] = set()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.open: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with suppress(OSError):
+            while True:
+                client, _ = self.listener.accept()
+                upstream = socket.create_connection(self.upstream)
+                self.open += [client, upstream]
+                for source, target in ((client, upstream), (upstream, client)):
+                    threading.Thread(target=self._carry, args=(source, target), daemon=True).start()
+
+    def _carry(self, source: socket.socket, target: socket.socket) -> None:
+        with suppress(OSError):
+            while data := source.recv(65536):
+                if source not in self.silenced:
+                    target.sendall(data)
+
+    def silence(self) -> None:
+        self.silenced.update(self.open)
+
+    def close(self) -> None:
+        for connection in [self.listener, *self.open]:
+            with suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+            connection.close()
+
+
+def test_a_listener_whose_server_stops_answering_listens_again_and_hears_the_next(
+    postgres: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection whose server vanished without closing it (its host lost, a network that
+    drops what it carried) stays quiet, not closed: the listener asks the server after each
+    wait in which nothing came, and one that does not answer is listened on again."""
+    monkeypatch.setattr(notices, "WAIT_SECONDS", 0.2)
+    monkeypatch.setattr(notices, "ANSWER_SECONDS", 0.5)
+    monkeypatch.setattr(notices, "RECONNECT_SECONDS", (0.1,))
+    engine = postgres.store.engine
+    relay = Relay(engine.url.port or 5432)
+    relayed = create_engine(engine.url.set(host="127.0.0.1", port=relay.port))
+    heard = Heard()
+    listener = NoticeListener(relayed, {heard.channel: heard})
+    listener.start()
+    try:
+        assert listener.listening.wait(10)
+        time.sleep(1)  # quiet: asked five times, answered each time
+        heard.send(postgres, "north")
+        assert heard.arrived.wait(5)
+        assert heard.payloads == [None, "north"]
+        relay.silence()
+        deadline = time.monotonic() + 10
+        while heard.payloads.count(None) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)  # listening again calls each channel's function with None
+        heard.send(postgres, "south")
+        assert heard.arrived.wait(5)
+    finally:
+        listener.stop()
+        relay.close()
+        relayed.dispose()
+
+    assert heard.payloads == [None, "north", None, "south"]
