@@ -519,7 +519,7 @@ class Delivery:
         unread = f"the EHR answered the {kind} {answer.status} without an entry for each resource"
         if not isinstance(responses, list) or len(responses) != len(prepared):
             # It acted on the Bundle (a transaction, on all of it): what it stored is searched.
-            return outcomes + self._identify(prepared, unread)
+            return outcomes + self._identify(prepared, unread, requests)
         unknown: list[Prepared] = []
         answered = self.clock()
         for p, entry in zip(prepared, responses, strict=True):
@@ -541,12 +541,15 @@ class Delivery:
             else:
                 outcomes += self._singles([p])
         unsaid = f"the EHR answered the {kind} without saying the id of every resource it stored"
-        return outcomes + self._identify(unknown, unsaid)
+        return outcomes + self._identify(unknown, unsaid, requests)
 
-    def _identify(self, prepared: list[Prepared], reason: str) -> list[Outcome]:
+    def _identify(
+        self, prepared: list[Prepared], reason: str, requests: dict[str, Json]
+    ) -> list[Outcome]:
         """Items the EHR answered for, saying it stored them but not their ids: searched for by
-        identifier. Found: delivered; several: a problem for a person; none yet: the item
-        waits for the EHR to settle, and is searched for again before it is sent again."""
+        identifier. Found: delivered; several: a problem for a person; none yet: the write is
+        unconfirmed (`_temporary`, given each item's request): a create waits for the EHR to
+        settle, and is searched for again before it is sent again."""
         if not prepared:
             return []
         texts = {p.item.resource_id: StoredText.of(p.pending.content) for p in prepared}
@@ -554,7 +557,9 @@ class Delivery:
             found, problems = self._look_up([p.pending for p in prepared], texts)
         except TemporaryEhrError as error:
             unknown = TemporaryEhrError(None, f"{reason}; searching for them failed: {error}")
-            return [self._temporary(p.item, unknown, {"method": "POST"}) for p in prepared]
+            return [
+                self._temporary(p.item, unknown, requests[p.item.resource_id]) for p in prepared
+            ]
         outcomes: list[Outcome] = []
         answered = self.clock()
         for p in prepared:
@@ -565,7 +570,8 @@ class Delivery:
                 outcomes.append(self._delivered(p, found[resource_id], answered))
             else:
                 missing = TemporaryEhrError(None, f"{reason}; no copy found yet")
-                outcomes.append(self._temporary(p.item, missing, {"method": "POST"}))
+                request = requests[resource_id]
+                outcomes.append(self._temporary(p.item, missing, request))
         return outcomes
 
     def _singles(self, prepared: list[Prepared]) -> list[Outcome]:
@@ -606,7 +612,8 @@ class Delivery:
         ehr = identity(p.item.resource_type, answer.body, answer_of(answer), updated)
         if ehr[0] is None:
             unsaid = f"{request['method']} {p.item.resource_type} answered {answer.status} "
-            return self._identify([p], unsaid + "without saying the id of what it stored")[0]
+            unsaid += "without saying the id of what it stored"
+            return self._identify([p], unsaid, {p.item.resource_id: request})[0]
         return self._delivered(p, ehr, self.clock())
 
     def _recover(self, p: Prepared, request: Json, body: str, error: PermanentEhrError) -> Outcome:

@@ -24,7 +24,7 @@
 //   hugeBody: BYTES           every answer but metadata's a 200 of BYTES bytes
 //   fhirVersion: VERSION      the CapabilityStatement announces this FHIR version
 //   forbidden: all | writes   403 to every request (metadata too) or to every write
-//   unavailable: true         503 to every request but GET metadata
+//   unavailable: true | searches  503 to every request but GET metadata (or to every search)
 import { randomUUID } from 'node:crypto';
 
 const pages = new Map();
@@ -39,6 +39,10 @@ function outcome(status, text) {
 
 function html() {
   return { status: 200, headers: { 'content-type': 'text/html; charset=utf-8' }, text: HTML };
+}
+
+function isSearch(method, path) {
+  return (method === 'POST' && path.endsWith('_search')) || (method === 'GET' && /^[A-Za-z]+$/.test(path) && path !== 'metadata');
 }
 
 function isWrite(method, path) {
@@ -79,7 +83,7 @@ export function beforeRouter(quirks, { method, path, search, decoyOrigin }) {
   if (quirks.forbidden === 'all' || (quirks.forbidden === 'writes' && isWrite(method, path))) {
     return outcome(403, 'this client may not do this');
   }
-  if (quirks.unavailable) {
+  if (quirks.unavailable === true || (quirks.unavailable === 'searches' && isSearch(method, path))) {
     return outcome(503, 'the server is unavailable');
   }
   if (quirks.retryAfter) {

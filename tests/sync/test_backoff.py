@@ -581,3 +581,42 @@ def test_an_events_wake_with_nothing_due_plans_nothing_and_the_schedule_does(
 
     assert (woken.status, woken.retry_at) == ("idle", None)
     assert (scheduled.status, scheduled.retry_at) == ("idle", later)
+
+
+def test_updates_the_ehr_took_without_saying_so_are_unconfirmed_updates_not_creates(
+    runtime: Runtime, settings: Settings, ehr: SandboxEhr
+) -> None:
+    """A Bundle of updates that the EHR stored but answered without its entries, and whose
+    copies could not be looked for since (its searches fail): each is an update that may have
+    been stored, due again without the settle time a create waits for, and sent over whatever
+    version the EHR holds."""
+    load_example_day(runtime)
+    clock = Clock()
+    sync = sync_with(runtime, settings, clock, ehr_settle_seconds=300)
+    assert sync_once(sync, trigger="test").status == "completed"
+    taken = [line for line in example_day_records() if line["record_type"] == "vitals"][:3]
+    amended = [{**line, "revision": line["revision"] + 1, "heart_rate": 61} for line in taken]
+    runtime.intake.submit([(n, orjson.dumps(record)) for n, record in enumerate(amended, 1)])
+    runtime.mapping.run()
+    clock.now = datetime.now(UTC)
+    ehr.quirk(unreadableBundle="empty", unavailable="searches")
+    sync_once(sync, trigger="test")
+    ehr.quirk()
+
+    heart_rates = {f"{line['id']}/heart_rate" for line in taken}
+    rows = [
+        item
+        for item in runtime.outbox.listed(("pending",), 100)
+        if item.resource_type == "Observation" and item.detail
+    ]
+    assert rows and {row.detail["unconfirmed"] for row in rows} == {"update"}, rows
+    for row in rows:
+        assert row.ehr_id is not None
+        assert row.next_attempt_at < clock.now + timedelta(seconds=settings.ehr_item_retry_seconds)
+        assert "searched for by identifier" not in row.detail["reason"]
+    rates = [
+        observation["valueQuantity"]["value"]
+        for observation in ehr.all("Observation")
+        if observation["identifier"][0]["value"] in heart_rates
+    ]
+    assert rates == [61] * len(taken)  # the EHR did store them
