@@ -177,6 +177,8 @@ def token(
         algorithm=algorithm,
         scopes=scopes,
         key_id=key_id,
+        server="the adapter",
+        token_url_setting=None,
     )
     session = requests.Session()
     session.trust_env = False

@@ -60,6 +60,11 @@ class SmartBackendAuth:
     scopes: str
     key_id: str | None = None
     token_url: str | None = None
+    server: str = "the EHR"
+    """Whom the tokens are asked of, as the errors name it (the adapter's own token command
+    asks the adapter)."""
+    token_url_setting: str | None = "ADAPTER_EHR_TOKEN_URL"
+    """The setting that names the token endpoint where the server publishes none."""
     _token: str | None = field(default=None, repr=False)
     _expires_at: float = 0.0
     _fetching: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -102,13 +107,16 @@ class SmartBackendAuth:
         try:
             answer = session.post(token_url, data=form, timeout=timeout)
         except (requests.ConnectionError, requests.Timeout):
-            raise TemporaryEhrError(None, "no answer from the EHR's token endpoint") from None
+            reason = f"no answer from {self.server}'s token endpoint at {token_url}"
+            raise TemporaryEhrError(None, reason) from None
         if answer.status_code >= 500 or answer.status_code == 429:
-            raise TemporaryEhrError(answer.status_code, "the EHR's token endpoint is unavailable")
+            reason = f"{self.server}'s token endpoint is unavailable"
+            raise TemporaryEhrError(answer.status_code, reason)
         if answer.status_code != 200:
             raise EhrAuthError(
-                f"the EHR's token endpoint refused the adapter's client assertion "
-                f"({answer.status_code}): check the client id, key and registered JWKS"
+                f"{self.server}'s token endpoint refused the client assertion of "
+                f"{self.client_id} ({answer.status_code}): check the client id, key and "
+                "registered JWKS"
             )
         body = answer.json()
         self._token = str(body["access_token"])
@@ -124,10 +132,8 @@ class SmartBackendAuth:
             reason = f"no answer from the SMART configuration at {url}"
             raise TemporaryEhrError(None, reason) from None
         if answer.status_code != 200 or "token_endpoint" not in answer.text:
-            raise EhrAuthError(
-                "the EHR publishes no token endpoint at .well-known/smart-configuration: "
-                "set ADAPTER_EHR_TOKEN_URL"
-            )
+            setting = f": set {self.token_url_setting}" if self.token_url_setting else ""
+            raise EhrAuthError(f"{self.server} publishes no token endpoint at {url}{setting}")
         return str(answer.json()["token_endpoint"])
 
 

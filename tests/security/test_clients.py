@@ -5,13 +5,14 @@ import re
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from adapter.app import create_app
 from adapter.cli import main
 from adapter.settings import Settings, get_settings
+from tests.conftest import LiveServer
 
 PRODUCTION_SECRET = "a-production-secret-of-at-least-32-characters"
 
@@ -91,29 +92,33 @@ def test_development_credentials_work_and_production_refuses_them(
     assert refused.exit_code == 2 and "production" in refused.output
 
 
-def test_a_token_asked_of_an_adapter_that_does_not_answer_names_where_it_asked(
-    cli_environment: Settings, tmp_path: Path
-) -> None:
-    folder = tmp_path / "dev-client"
+def _token_of(folder: Path, url: str, client_id: str | None = None) -> Result:
+    """`clients token` for the development SMART client made in `folder` (or another id)."""
     output = _run("clients", "dev", "--folder", str(folder))
     smart = re.search(r"development SMART client (\w+)", output)
     assert smart
     key_file = str(folder / "smart-key.pem")
+    arguments = ["--client-id", client_id or smart.group(1), "--key-file", key_file]
+    return CliRunner().invoke(main, ["clients", "token", *arguments, "--url", url])
 
-    result = CliRunner().invoke(
-        main,
-        [
-            "clients",
-            "token",
-            "--client-id",
-            smart.group(1),
-            "--key-file",
-            key_file,
-            "--url",
-            "http://127.0.0.1:9",
-        ],
-    )
+
+def test_a_token_asked_of_an_adapter_that_does_not_answer_names_where_it_asked(
+    cli_environment: Settings, tmp_path: Path
+) -> None:
+    result = _token_of(tmp_path / "dev-client", "http://127.0.0.1:9")
 
     assert result.exit_code == 1
     assert "no answer from the SMART configuration at http://127.0.0.1:9/fhir/" in result.output
+    assert "EHR" not in result.output
+
+
+def test_a_token_the_adapter_refuses_says_the_adapter_refused_it(
+    cli_environment: Settings, live_server: LiveServer, tmp_path: Path
+) -> None:
+    result = _token_of(tmp_path / "dev-client", live_server.url, client_id="no-such-client")
+
+    assert result.exit_code == 1
+    assert "the adapter's token endpoint refused the client assertion of no-such-client" in (
+        result.output
+    )
     assert "EHR" not in result.output

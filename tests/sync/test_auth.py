@@ -83,7 +83,7 @@ def test_an_assertion_signed_by_an_unregistered_key_fails_the_run_and_loses_noth
     report = sync_once(sync, trigger="test")
 
     assert report.status == "failed"
-    assert report.error and "refused the adapter's client assertion" in report.error
+    assert report.error and "token endpoint refused the client assertion of" in report.error
     counts = runtime.outbox.counts()
     assert counts["dead"] == 0 and counts["delivered"] == 0
     # Every resource queued for the EHR (Patients never are: the EHR owns its patients).
