@@ -154,6 +154,9 @@ class Outcome(NamedTuple):
     attempted: bool = True
     requested_at: datetime | None = None
     """When the request that brought this outcome was sent (None: not known here)."""
+    sent: bool = True
+    """Whether a request carried the item: one settled without (skipped, held for its patient
+    or a reference, refused for a type the EHR forbade in the run) has no time sent."""
 
     @property
     def key(self) -> tuple[str, int]:

@@ -192,10 +192,13 @@ class Delivery:
             return self._stage(batch)
         except TemporaryEhrError as error:
             # A lookup before sending failed: the EHR is busy; the batch is tried again later.
-            return Staged(batch, [self._temporary(p.item, error) for p in batch])
+            unsent = [self._temporary(p.item, error)._replace(sent=False) for p in batch]
+            return Staged(batch, unsent)
         except PermanentEhrError as error:
             detail = {"reason": f"a lookup before sending was refused: {error.reason}"}
-            return Staged(batch, [self._settle(p.item, "waiting", detail) for p in batch])
+            return Staged(
+                batch, [self._settle(p.item, "waiting", detail, sent=False) for p in batch]
+            )
 
     def send(self, staged: Staged) -> list[Outcome]:
         """The staged batch sent to the EHR, its references resolved with what the run knows
@@ -227,7 +230,7 @@ class Delivery:
         for pending in deletions:
             if pending.item.resource_id in problems:
                 detail = {"reason": problems[pending.item.resource_id]}
-                settled.append(self._settle(pending.item, "dead", detail))
+                settled.append(self._settle(pending.item, "dead", detail, sent=False))
             else:
                 settled.append(self._delete(pending.item))
         mrn_system = self.site.identifier_systems.mrn
@@ -239,7 +242,7 @@ class Delivery:
         ready = [p for p in deliverable if p.item.resource_id in patients]
         _, problems = self._look_up([p for p in ready if self._needs_look_up(p)], texts)
         settled += [
-            self._settle(p.item, "dead", {"reason": problems[p.item.resource_id]})
+            self._settle(p.item, "dead", {"reason": problems[p.item.resource_id]}, sent=False)
             for p in ready
             if p.item.resource_id in problems
         ]
@@ -249,10 +252,17 @@ class Delivery:
         return Staged(batch, settled, ready, texts, patients, self._targets(ready))
 
     def _send_ready(self, staged: Staged) -> list[Outcome]:
-        outcomes: list[Outcome] = []
-        in_batch = {p.item.resource_id for p in staged.ready}
+        # Items of a type the EHR forbade in this run are not sent, and so are no entry of the
+        # Bundle that the rest reference as its urn:uuids (a type another sender finds
+        # forbidden meanwhile is sent, and refused: `_singles` sends the rest anew).
+        forbidden = set(self.forbidden)
+        ready = [p for p in staged.ready if p.item.resource_type not in forbidden]
+        outcomes = [
+            self._forbidden(p.item) for p in staged.ready if p.item.resource_type in forbidden
+        ]
+        in_batch = {p.item.resource_id for p in ready}
         groups: dict[str, list[Prepared]] = {"transaction": [], "batch": [], "single": []}
-        for pending in staged.ready:
+        for pending in ready:
             resource_id = pending.item.resource_id
             prepared, waits = self._prepare(
                 pending,
@@ -431,19 +441,20 @@ class Delivery:
             ehr_id,
             ehr_version,
             attempted=False,
+            sent=False,
         )
 
-    def _again(self, p: Prepared, in_batch: set[str]) -> Prepared:
+    def _again(self, p: Prepared, in_batch: set[str]) -> tuple[Prepared | None, str]:
         """The item prepared anew with what the run has learnt since (ids it delivered or
-        found), so that its references and its request (create or update) are current."""
+        found), so that its references and its request (create or update) are current; or why
+        it waits now (a resource it references, sent in the same Bundle, was refused since)."""
         stored = StoredText.of(p.pending.content)
         body = p.copy.body()
         patient = (body.get("subject") or body.get("patient") or {}).get("reference")
         targets = self.outbox.items(
             t for t in references([p.pending.content]) if t not in self.known
         )
-        prepared, _ = self._prepare(p.pending, stored, patient, in_batch, targets)
-        return prepared or p
+        return self._prepare(p.pending, stored, patient, in_batch, targets)
 
     def _request(self, p: Prepared, conditional: bool) -> tuple[Json, str]:
         """An update of the EHR's copy where one is known, else a create (conditional where
@@ -471,16 +482,10 @@ class Delivery:
 
     # -- sending -----------------------------------------------------------------------------
 
-    def _allowed(self, prepared: list[Prepared]) -> tuple[list[Prepared], list[Outcome]]:
-        """The items of types the EHR has not forbidden in this run, and outcomes for the rest."""
-        allowed = [p for p in prepared if p.item.resource_type not in self.forbidden]
-        refused = [self._forbidden(p) for p in prepared if p.item.resource_type in self.forbidden]
-        return allowed, refused
-
     def _bundle(self, kind: str, prepared: list[Prepared]) -> list[Outcome]:
         """A transaction (all or nothing, references between its entries as urn:uuids) or a
         batch (each entry on its own) of the items."""
-        prepared, outcomes = self._allowed(prepared)
+        outcomes: list[Outcome] = []
         if not prepared:
             return outcomes
         # The Bundle is written as text around the copies' own text (no parse, no walk).
@@ -509,7 +514,7 @@ class Delivery:
             ]
         except (PermanentEhrError, EhrForbidden):
             # One entry spoils a transaction: single requests find which, and send the rest.
-            return outcomes + self._singles(prepared)
+            return outcomes + self._singles(prepared, in_bundle=True)
         answered_bundle = answer.body or {}
         responses = (
             answered_bundle.get("entry")
@@ -539,7 +544,7 @@ class Delivery:
                 refused = TemporaryEhrError(status, f"Bundle entry answered {status}")
                 outcomes.append(self._temporary(p.item, refused))
             else:
-                outcomes += self._singles([p])
+                outcomes += self._singles([p], in_bundle=True)
         unsaid = f"the EHR answered the {kind} without saying the id of every resource it stored"
         return outcomes + self._identify(unknown, unsaid, requests)
 
@@ -574,11 +579,13 @@ class Delivery:
                 outcomes.append(self._temporary(p.item, missing, request))
         return outcomes
 
-    def _singles(self, prepared: list[Prepared]) -> list[Outcome]:
+    def _singles(self, prepared: list[Prepared], in_bundle: bool = False) -> list[Outcome]:
+        """Each item in a request of its own; `in_bundle`: after a Bundle that held them, so
+        that an item of a type the EHR forbade meanwhile was sent all the same."""
         outcomes = []
         for p in prepared:
             if p.item.resource_type in self.forbidden:
-                outcomes.append(self._forbidden(p))
+                outcomes.append(self._forbidden(p.item, sent=in_bundle))
                 continue
             try:
                 outcomes.append(self._single(p))
@@ -586,7 +593,7 @@ class Delivery:
                 outcomes.append(self._temporary(p.item, error))
             except EhrForbidden as error:
                 self.forbidden[p.item.resource_type] = error.reason
-                outcomes.append(self._forbidden(p))
+                outcomes.append(self._forbidden(p.item, sent=True))
             except PermanentEhrError as error:
                 detail = {"reason": error.reason, "status": error.status, "outcome": error.outcome}
                 outcomes.append(self._settle(p.item, "dead", detail))
@@ -594,7 +601,12 @@ class Delivery:
 
     def _single(self, p: Prepared) -> Outcome:
         if p.partial or p.bundled:
-            p = self._again(p, set())
+            # Alone, it holds no urn:uuid of another entry: each reference is the EHR's id of
+            # what the run has delivered by now, or it waits for what is not there.
+            again, waits = self._again(p, set())
+            if again is None:
+                return self._settle(p.item, "waiting", {"reason": waits}, False)
+            p = again
         request, body = self._request(p, conditional=True)
         try:
             # A create, conditional or not, is not repeated at once when its answer is lost:
@@ -826,19 +838,28 @@ class Delivery:
         drawn between half and all of it so that the items of one outage spread out."""
         return min(LONGEST_BACKOFF, self.item_retry * 2.0**item.attempts) * random.uniform(0.5, 1.0)
 
-    def _forbidden(self, p: Prepared) -> Outcome:
-        """An item not sent (or refused 403) because the EHR forbids the adapter to write its
-        type: tried again later, never a dead letter (no resource is at fault)."""
-        item = p.item
+    def _forbidden(self, item: OutboxItem, sent: bool = False) -> Outcome:
+        """An item not sent (or, `sent`, refused 403) because the EHR forbids the adapter to
+        write its type: tried again later, never a dead letter (no resource is at fault)."""
         backoff = self._backoff(item)
         reason = self.forbidden[item.resource_type]
         detail = {"reason": f"not delivered: {reason}", "status": 403, "forbidden": True}
         later = self.clock() + timedelta(seconds=backoff)
-        return Outcome(item.resource_id, item.version_id, "pending", later, detail)
+        return Outcome(item.resource_id, item.version_id, "pending", later, detail, sent=sent)
 
-    def _settle(self, item: OutboxItem, state: str, detail: Json, tried: bool = True) -> Outcome:
+    def _settle(
+        self,
+        item: OutboxItem,
+        state: str,
+        detail: Json,
+        tried: bool = True,
+        sent: bool | None = None,
+    ) -> Outcome:
+        """`tried`: counted as an attempt; `sent`: carried by a request (as `tried` if unsaid)."""
+        sent = tried if sent is None else sent
+        now = self.clock()
         return Outcome(
-            item.resource_id, item.version_id, state, self.clock(), detail, attempted=tried
+            item.resource_id, item.version_id, state, now, detail, attempted=tried, sent=sent
         )
 
 

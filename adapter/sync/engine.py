@@ -668,14 +668,9 @@ def _with_references(sync: Sync, urgent: list[Pending], taken: set[str]) -> list
 
 def _send(sync: Sync, delivery: Delivery, staged: Staged) -> list[Outcome]:
     """A staged batch sent (in a sender thread); its outcomes say when it was sent, but for
-    those settled without a request as it was staged (skipped for the EHR, held back for their
-    patient)."""
+    those settled without a request (`Outcome.sent`)."""
     sent = sync.clock()
-    unsent = {o.resource_id for o in staged.settled if not o.attempted}
-    return [
-        o if o.resource_id in unsent else o._replace(requested_at=sent)
-        for o in delivery.send(staged)
-    ]
+    return [o._replace(requested_at=sent) if o.sent else o for o in delivery.send(staged)]
 
 
 def _waits_for(staged: Staged, in_flight: Iterable[InFlight]) -> bool:

@@ -6,11 +6,22 @@ import pytest
 from fastapi.testclient import TestClient
 
 from adapter.runtime import Runtime
+from adapter.settings import Settings
 from adapter.sync.engine import Sync, sync_once
 from tests.conftest import EXAMPLE_DAY, ndjson, session, vitals
 from tests.sync.expected import expected_in_ehr
 from tests.sync.sandbox import SandboxEhr
-from tests.sync.test_delivery import load_example_day
+from tests.sync.test_delivery import load_example_day, sync_with
+
+DELIVERED_TYPES = (
+    "Encounter",
+    "CarePlan",
+    "Procedure",
+    "MedicationAdministration",
+    "Observation",
+    "AdverseEvent",
+    "DetectedIssue",
+)
 
 SNOMED_HYPERTENSION = ("http://snomed.info/sct", "24184005")
 
@@ -40,6 +51,36 @@ def test_a_refused_resource_is_a_dead_letter_until_replayed_after_the_fix(
 
     assert runtime.outbox.counts()["dead"] == 0
     assert len(ehr.all("AdverseEvent")) == 3
+
+
+@pytest.mark.parametrize(("status", "batch"), [(422, 50), (403, 5)])
+def test_a_bundle_entry_refused_leaves_no_reference_to_it_in_the_ehr(
+    runtime: Runtime, settings: Settings, ehr: SandboxEhr, status: int, batch: int
+) -> None:
+    """The EHR refuses a session's Procedure, as unprocessable (422: the transaction holding it
+    is refused, and its entries are sent one by one) or as a type the adapter may not write
+    (403: the run sends no more Procedures). What referenced that Procedure by its urn:uuid in
+    the Bundle waits for it; none reaches the EHR with a reference to nothing."""
+    load_example_day(runtime)
+    stored = [orjson.loads(r.content) for r in runtime.resources.all_current()]
+    procedure = next(r for r in stored if r["resourceType"] == "Procedure")
+    coding = procedure["code"]["coding"][0]
+    rule = {"system": coding["system"], "code": coding["code"], "resourceType": "Procedure"}
+    ehr.control("PUT", "/reject", {**rule, "status": status})
+
+    sync_once(sync_with(runtime, settings, sync_batch_size=batch), trigger="test")
+
+    held = orjson.dumps([r for kind in DELIVERED_TYPES for r in ehr.all(kind)]).decode()
+    assert "urn:uuid:" not in held
+    assert '"resourceType":"Encounter"' in held  # the rest was delivered
+    waiting = runtime.outbox.listed(("waiting",), 1000)
+    procedures = {r["id"] for r in stored if r["resourceType"] == "Procedure"}
+    waits_for_one = [
+        item
+        for item in waiting
+        if any(p in (item.detail or {}).get("reason", "") for p in procedures)
+    ]
+    assert waits_for_one, [item.detail for item in waiting][:5]
 
 
 def test_a_patient_the_ehr_does_not_know_holds_only_that_patients_resources(
