@@ -242,3 +242,48 @@ def test_a_posted_kick_off_may_carry_its_parameters_in_the_query(day: TestClient
     assert response.status_code == 202
     manifest = _manifest(day, response.headers["content-location"])
     assert [(o["type"], o["count"]) for o in manifest["output"]] == [("AdverseEvent", 3)]
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "_typeFilter=Observation%3Fcode%3D8867-4",
+        "_elements=id",
+        "includeAssociatedData=LatestProvenanceResources",
+        "patient=Patient/x",
+    ],
+)
+def test_a_kick_off_filter_this_server_lacks_is_refused_not_left_out(
+    day: TestClient, method: str, query: str
+) -> None:
+    """Left out, the filter would export more than the client asked for (Bulk Data IG 2.0,
+    kick-off parameters): refused, naming it, unless the client prefers leniency."""
+    name = query.split("=", 1)[0]
+    refused = day.request(method, f"/fhir/$export?_type=AdverseEvent&{query}", headers=ASYNC)
+    lenient = {"Prefer": "respond-async, handling=lenient"}
+    taken = day.request(method, f"/fhir/$export?_type=AdverseEvent&{query}", headers=lenient)
+
+    assert refused.status_code == 400
+    issue = refused.json()["issue"][0]
+    assert issue["expression"] == [name] and repr(name) in issue["diagnostics"]
+    assert taken.status_code == 202
+    manifest = _manifest(day, taken.headers["content-location"])
+    assert [(o["type"], o["count"]) for o in manifest["output"]] == [("AdverseEvent", 3)]
+
+
+def test_a_posted_filter_this_server_lacks_is_left_out_only_when_the_client_prefers(
+    day: TestClient,
+) -> None:
+    body = _parameters(
+        ("_type", "valueString", "AdverseEvent"),
+        ("_typeFilter", "valueString", "AdverseEvent?seriousness=serious"),
+    )
+    lenient = {"Prefer": "respond-async, handling=lenient"}
+
+    refused = day.post("/fhir/$export", content=body, headers=ASYNC)
+    taken = day.post("/fhir/$export", content=body, headers=lenient)
+
+    assert refused.status_code == 400
+    assert refused.json()["issue"][0]["expression"] == ["Parameters.parameter[1]"]
+    assert taken.status_code == 202

@@ -38,8 +38,22 @@ def _parameters(
 ExportDep = Annotated[ExportParameters, Depends(_parameters)]
 
 _POSTED = {"_type": "valueString", "_since": "valueInstant", "_outputFormat": "valueString"}
-"""The kick-off parameters a POSTed Parameters resource may carry, and the value each takes
-(Bulk Data IG 2.0, "Bulk Data Kick-off Request")."""
+"""The kick-off parameters this server supports, in the query or in a POSTed Parameters
+resource, and the value each takes there (Bulk Data IG 2.0, "Bulk Data Kick-off Request")."""
+
+
+def _lenient(prefer: str | None) -> bool:
+    """`Prefer: handling=lenient`: the client would rather have the export without the
+    kick-off parameters this server does not support than a refusal (Bulk Data IG 2.0)."""
+    return "handling=lenient" in (prefer or "").replace(" ", "")
+
+
+def _unsupported(name: str, where: str) -> BadRequest:
+    return BadRequest(
+        f"{where}: {name!r} is not supported here; supported: {', '.join(_POSTED)} (or send "
+        "Prefer: handling=lenient to have the export without it)",
+        expression=[where],
+    )
 
 
 async def _posted(
@@ -79,10 +93,9 @@ async def _read_posted(
         name = parameter.get("name") if isinstance(parameter, dict) else None
         where = f"Parameters.parameter[{index}]"
         if name not in _POSTED:
-            raise BadRequest(
-                f"{where}: {name!r} is not supported here; supported: {', '.join(_POSTED)}",
-                expression=[where],
-            )
+            if _lenient(prefer):
+                continue
+            raise _unsupported(str(name), where)
         value = parameter.get(_POSTED[name])
         if not isinstance(value, str) or not value:
             raise BadRequest(f"{where}: {name} needs {_POSTED[name]}", expression=[where])
@@ -143,6 +156,11 @@ def _kick_off(
         raise BadRequest(
             "$export runs asynchronously: send Prefer: respond-async", expression=["Prefer"]
         )
+    # A filter left out would export more than was asked for: refused unless the client
+    # said it would rather have that (a POSTed body's parameters are checked as it is read).
+    for name in request.query_params:
+        if name not in _POSTED and not _lenient(asked.prefer):
+            raise _unsupported(name, name)
     job_id = runtime.exports.kick_off(
         level,
         str(request.url),
