@@ -305,7 +305,11 @@ def _control(request: SearchRequest, name: str, value: str, secret: str) -> None
     elif name in ("_include", "_revinclude"):
         supported = (INCLUDES if name == "_include" else REVINCLUDES).get(request.resource_type, [])
         spec = _include_spec(value)
-        if spec not in supported:
+        if (
+            spec is None
+            or ":".join(spec.split(":")[:2]) not in supported
+            or (name == "_revinclude" and spec.count(":") == 2)
+        ):
             raise BadRequest(
                 f"{name}: {value!r} is not supported here; supported: "
                 f"{', '.join(supported) or 'none'}",
@@ -319,16 +323,28 @@ def _control(request: SearchRequest, name: str, value: str, secret: str) -> None
         request.query.append((name, value))
 
 
-def _include_spec(value: str) -> str:
+def _include_spec(value: str) -> str | None:
     """`Type:param` of an `_include` or `_revinclude` value; a third part, the target type,
-    may name the one type the parameter points at (`Observation:patient:Patient`)."""
+    may name the one type the parameter points at (`Observation:patient:Patient`), or one of
+    the types it may point at (`DetectedIssue:implicated:Encounter`, kept: only those are
+    included)."""
     parts = value.split(":")
     if len(parts) == 3:
         params = SEARCH_PARAMS.get(parts[0], {})
         param = params.get(parts[1])
-        if param is not None and param.target == parts[2]:
+        if param is not None and param.targets == (parts[2],):
             return f"{parts[0]}:{parts[1]}"
+        if param is not None and parts[2] in param.targets:
+            return value
+        return None
     return value
+
+
+def include_parts(spec: str) -> tuple[str, str, str | None]:
+    """Source type, parameter and target type (None: every type it points at) of an
+    `_include` as `_include_spec` gives it."""
+    source, name, *target = spec.split(":")
+    return source, name, target[0] if target else None
 
 
 def encode_cursor(payload: dict[str, Any], secret: str) -> str:
@@ -380,8 +396,6 @@ def included_types(request: SearchRequest) -> set[str]:
     """The resource types `_include` and `_revinclude` add to the results."""
     types = {spec.split(":")[0] for spec in request.revincludes}
     for spec in request.includes:
-        source, name = spec.split(":")
-        target = SEARCH_PARAMS[source][name].target
-        if target:
-            types.add(target)
+        source, name, target = include_parts(spec)
+        types.update([target] if target else SEARCH_PARAMS[source][name].targets)
     return types

@@ -18,9 +18,17 @@ class SearchParam:
     date element given by its [x] stem (`effective` reads effectiveDateTime / effectivePeriod)."""
     description: str
     target: str | None = None
-    """The type a reference parameter points at (every subject here is a Patient)."""
+    """The type a reference parameter points at (every subject here is a Patient); the first
+    of `targets`, where it may point at several."""
     parts: tuple[str, ...] = ()
     """For a string parameter on a HumanName: the parts it reads (family, given, ...)."""
+    others: tuple[str, ...] = ()
+    """The other types a reference parameter may point at here."""
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """Every type a reference parameter may point at here."""
+        return ((self.target,) if self.target else ()) + self.others
 
 
 def _patient(element: str) -> list[SearchParam]:
@@ -145,7 +153,12 @@ SEARCH_PARAMS: dict[str, dict[str, SearchParam]] = {
             SearchParam("identified", "date", "identified", "When the breach happened"),
             SearchParam("date", "date", "identified", "When the breach happened (as identified)"),
             SearchParam(
-                "implicated", "reference", "implicated", "The session's Procedure", "Procedure"
+                "implicated",
+                "reference",
+                "implicated",
+                "The session's Procedure, its visit, its administration, other sessions",
+                "Procedure",
+                others=("Encounter", "MedicationAdministration"),
             ),
         ]
     },

@@ -109,8 +109,11 @@ class FhirReader:
         rows = [Hit(*row) for row in self._rows(query)]
         return rows[:MAX_INCLUDED], len(rows) > MAX_INCLUDED
 
-    def included(self, param: str, sources: list[str], sites: Sites = None) -> list[Hit]:
-        """Resources that `param` of these resources references."""
+    def included(
+        self, param: str, sources: list[str], sites: Sites = None, target: str | None = None
+    ) -> list[Hit]:
+        """Resources that `param` of these resources references (of the `target` type
+        alone, if given)."""
         if not sources:
             return []
         references = select(tokens.c.code).where(
@@ -119,7 +122,9 @@ class FhirReader:
             tokens.c.system == REFERENCE_SYSTEM,
         )
         targets = {row[0] for row in self._rows(references)}
-        ids = [target.split("/", 1)[1] for target in targets if "/" in target]
+        if target is not None:
+            targets = {found for found in targets if found.startswith(f"{target}/")}
+        ids = [found.split("/", 1)[1] for found in targets if "/" in found]
         query = select(
             resources.c.id, resources.c.resource_type, literal(None), resources.c.content
         ).where(resources.c.id.in_(ids[:MAX_INCLUDED]), *of_sites(sites))

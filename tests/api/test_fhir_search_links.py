@@ -186,3 +186,32 @@ def test_an_upgrade_indexes_what_was_stored_before(day: TestClient, settings: Se
 
     assert _families(day, name="riv") == ["Rivera"]
     assert len(_matches(day.get("/fhir/Encounter", params={"date": "2026-11-20"}).json())) == 2
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("DetectedIssue:implicated", {"Encounter", "Procedure", "MedicationAdministration"}),
+        ("DetectedIssue:implicated:Procedure", {"Procedure"}),
+        ("DetectedIssue:implicated:Encounter", {"Encounter"}),
+    ],
+)
+def test_an_include_of_a_reference_to_several_types_takes_the_type_it_names(
+    day: TestClient, value: str, expected: set[str]
+) -> None:
+    """A protocol breach implicates its session's Procedure and visit (and other sessions):
+    the type named after the parameter is the one type included (R4 search.html, _include)."""
+    bundle = day.get("/fhir/DetectedIssue", params={"_include": value}).json()
+    implicated = {
+        reference["reference"]
+        for issue in _matches(bundle)
+        for reference in issue.get("implicated", [])
+        if reference["reference"].split("/")[0] in expected
+    }
+    included = {
+        f"{e['resource']['resourceType']}/{e['resource']['id']}"
+        for e in bundle["entry"]
+        if e["search"]["mode"] == "include"
+    }
+
+    assert implicated and included == implicated

@@ -20,6 +20,7 @@ from adapter.api.outcome import operation_outcome
 from adapter.fhir.search import (
     SearchRequest,
     encode_cursor,
+    include_parts,
     included_types,
     parse,
     search_digest,
@@ -82,7 +83,8 @@ def _search(
                 f"_revinclude={spec}: more than {len(included)} resources; the rest were left out"
             )
     for spec in search.includes:
-        included_hits = reader.included(spec.split(":")[1], [h.id for h in hits], sites)
+        _, param, target = include_parts(spec)
+        included_hits = reader.included(param, [h.id for h in hits], sites, target)
         entries += [entry(base, h.resource_type, h.id, h.content, "include") for h in included_hits]
     if search.ignored:
         warnings.append(f"ignored unknown or unsupported parameters: {', '.join(search.ignored)}")
