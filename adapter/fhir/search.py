@@ -174,7 +174,12 @@ def _string_match(param: str, raw: str, modifier: str) -> ColumnElement[bool]:
     return resources.c.id.in_(select(tokens.c.resource_id).where(condition))
 
 
-def _reference_match(param: SearchParam, raw: str) -> ColumnElement[bool]:
+def _reference_match(param: SearchParam, raw: str, server: str | None) -> ColumnElement[bool]:
+    """`Type/id`, `id` (of the parameter's type), or this server's own absolute URL of the
+    resource (R4 search.html, reference: `[url]`); another server's URL matches nothing here."""
+    own = f"{server.rstrip('/')}/" if server else None
+    if own is not None and raw.startswith(own):
+        raw = raw.removeprefix(own)
     value = raw if "/" in raw or param.target is None else f"{param.target}/{raw}"
     condition = and_(tokens.c.param == param.name, tokens.c.system == REFERENCE_SYSTEM)
     if "/" in value:
@@ -188,8 +193,11 @@ def _any(conditions: Sequence[ColumnElement[bool]]) -> ColumnElement[bool]:
     return or_(*conditions) if conditions else false()
 
 
-def _condition(resource_type: str, name: str, value: str) -> ColumnElement[bool] | None:
-    """The SQL condition of one search parameter, or None when the type has no such parameter."""
+def _condition(
+    resource_type: str, name: str, value: str, server: str | None = None
+) -> ColumnElement[bool] | None:
+    """The SQL condition of one search parameter, or None when the type has no such parameter;
+    `server`: this server's FHIR base URL, which a reference may be given in."""
     values = [v for v in value.split(",") if v != ""]
     if not values:
         raise BadRequest(f"{name}: empty value", expression=[name])
@@ -231,13 +239,18 @@ def _condition(resource_type: str, name: str, value: str) -> ColumnElement[bool]
             f"{name}: only :identifier (or .identifier) is supported on references",
             expression=[name],
         )
-    return _any([_reference_match(param, v) for v in values])
+    return _any([_reference_match(param, v, server) for v in values])
 
 
 def parse(
-    resource_type: str, params: Sequence[tuple[str, str]], strict: bool, secret: str
+    resource_type: str,
+    params: Sequence[tuple[str, str]],
+    strict: bool,
+    secret: str,
+    server: str | None = None,
 ) -> SearchRequest:
-    """Check every parameter; unknown ones fail under strict handling, else are reported."""
+    """Check every parameter; unknown ones fail under strict handling, else are reported.
+    `server`: this server's FHIR base URL, which a reference may be given in."""
     request = SearchRequest(resource_type)
     request.where.append(resources.c.resource_type == resource_type)
     for name, value in params:
@@ -246,7 +259,8 @@ def parse(
         if name in CONTROL:
             _control(request, name, value, secret)
             continue
-        condition = _condition(resource_type, name, value) if _known(resource_type, name) else None
+        known = _known(resource_type, name)
+        condition = _condition(resource_type, name, value, server) if known else None
         if condition is None:
             if strict:
                 raise BadRequest(

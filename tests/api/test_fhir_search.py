@@ -109,6 +109,22 @@ def test_patient_by_identifier_modifier_and_chain(day: TestClient) -> None:
     assert _ids(other) == []
 
 
+def test_a_reference_may_be_given_as_this_servers_own_url(day: TestClient) -> None:
+    """R4 search.html, reference: `[type]/[id]`, `[id]`, or the resource's absolute URL; the
+    URL of a resource on another server matches nothing here."""
+    found = day.get("/fhir/Observation", params={"patient:identifier": f"{MRN}|100871"}).json()
+    patient = found["entry"][0]["resource"]["subject"]["reference"]
+    base = found["entry"][0]["fullUrl"].rsplit("/", 2)[0]  # as this server names itself
+
+    def ids(value: str) -> list[str]:
+        return _ids(day.get("/fhir/Observation", params={"patient": value, "_count": "100"}).json())
+
+    relative = ids(patient)
+    assert len(relative) == 12
+    assert ids(f"{base}/{patient}") == relative == ids(patient.split("/")[1])
+    assert ids(f"https://ehr.example.org/fhir/{patient}") == []
+
+
 def test_tokens_with_and_without_system(day: TestClient) -> None:
     with_system = day.get(
         "/fhir/Observation", params={"code": "http://loinc.org|8867-4", "_total": "accurate"}

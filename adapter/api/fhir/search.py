@@ -53,13 +53,13 @@ def _search(
 ) -> FhirResponse:
     known_type(resource_type)
     secret = runtime.settings.secret_key
-    search: SearchRequest = parse(resource_type, params, _strict(prefer), secret)
+    base = fhir_base(request)
+    search: SearchRequest = parse(resource_type, params, _strict(prefer), secret, base)
     for other_type in sorted(included_types(search)):
         caller.require(other_type, "r")
     sites = caller.client.sites
     search.where += of_sites(sites)  # a client bound to sites sees theirs alone
     reader = runtime.fhir_reads
-    base = fhir_base(request)
     if search.summary_count:
         return FhirResponse(
             bundle(
