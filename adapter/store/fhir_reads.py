@@ -191,10 +191,17 @@ class FhirReader:
         return [StoredResource(*row) for row in self._rows(query)]
 
     def count_versions(
-        self, resource_type: str, since: datetime | None = None, sites: Sites = None
+        self,
+        resource_type: str,
+        since: datetime | None = None,
+        sites: Sites = None,
+        resource_id: str | None = None,
     ) -> int:
-        """How many versions of a type there are (since a moment): a type history's total."""
+        """How many versions of a type, or of one resource, there are (since a moment): a
+        history's total."""
         conditions = self._version_conditions(resource_type, since, sites)
+        if resource_id is not None:
+            conditions.append(versions.c.id == resource_id)
         query = select(func.count()).where(and_(*conditions))
         rows = self._rows(query)
         return int(rows[0][0]) if rows else 0

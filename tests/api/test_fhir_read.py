@@ -111,6 +111,38 @@ def test_versions_and_history_follow_an_amendment(client: TestClient) -> None:
     assert since["total"] == 4
 
 
+def test_an_instance_history_pages_and_reads_since_as_a_type_history_does(
+    client: TestClient,
+) -> None:
+    """R4 http.html#history: `_count` and `_since` on one resource's history; `_at`, which
+    this server does not support, is refused rather than answered with every version."""
+    client.post("/api/v1/records", content=ndjson(vitals()), headers=NDJSON)
+    client.post("/api/v1/mapping/reload")
+    resource_id = _first_id(client, "Observation?code=8867-4")
+    for revision, rate in ((2, 99), (3, 101)):
+        amended = vitals(revision=revision, heart_rate=rate)
+        client.post("/api/v1/records", content=ndjson(amended), headers=NDJSON)
+        client.post("/api/v1/mapping/reload")
+    path = f"/fhir/Observation/{resource_id}/_history"
+
+    first = client.get(path, params={"_count": "2"}).json()
+    rest = client.get(next(x["url"] for x in first["link"] if x["relation"] == "next")).json()
+    second = client.get(f"{path}/_history/2".replace("/_history/_history", "/_history")).json()
+    since = client.get(path, params={"_since": second["meta"]["lastUpdated"]}).json()
+    refused = [
+        client.get(path, params={"_since": "bogus"}),
+        client.get(path, params={"_at": "2026-11-20"}),
+        client.get("/fhir/Observation/_history", params={"_at": "2026-11-20"}),
+    ]
+
+    etags = [e["response"]["etag"] for e in first["entry"] + rest["entry"]]
+    assert etags == ['W/"3"', 'W/"2"', 'W/"1"'] and first["total"] == 3
+    assert all(x["relation"] != "next" for x in rest["link"])
+    assert [e["response"]["etag"] for e in since["entry"]] == ['W/"3"']
+    assert [r.status_code for r in refused] == [400, 400, 400]
+    assert refused[2].json()["issue"][0]["expression"] == ["_at"]
+
+
 def test_a_withdrawn_resource_stays_readable_with_its_status(day: TestClient) -> None:
     resource_id = _first_id(day, "Observation?status=entered-in-error")
 

@@ -77,6 +77,61 @@ def _history_position(cursor: str, secret: str) -> tuple[datetime, str, int]:
     return parse_instant(str(position["t"]), "_cursor"), position["id"], position["v"]
 
 
+UNSUPPORTED_HISTORY = ("_at", "_list")
+"""History parameters of R4 (http.html#history) this server does not support: refused rather
+than ignored, since the history without them would say what was not asked."""
+
+
+def _history_page(
+    request: Request,
+    runtime: Runtime,
+    resource_type: str,
+    resource_id: str | None,
+    since: str | None,
+    count: int,
+    cursor: str | None,
+) -> FhirResponse:
+    """A type's history, or one resource's, newest first (since a moment), `count` versions a
+    page, paged by an opaque cursor in the `next` link."""
+    known_type(resource_type)
+    for name in UNSUPPORTED_HISTORY:
+        if name in request.query_params:
+            raise BadRequest(
+                f"{name}: not supported in a history here (_since, _count are)", expression=[name]
+            )
+    moment = parse_instant(since, "_since") if since is not None else None
+    secret = runtime.settings.secret_key
+    after = _history_position(cursor, secret) if cursor is not None else None
+    limit = min(count, MAX_COUNT)
+    sites = caller_sites(request)
+    reads = runtime.fhir_reads
+    if resource_id is not None and not reads.versions(
+        resource_type, resource_id, limit=1, sites=sites
+    ):
+        raise NotFound(f"{resource_type}/{resource_id} is not known")
+    found = (
+        reads.versions(
+            resource_type, resource_id, since=moment, limit=limit + 1, after=after, sites=sites
+        )
+        if limit
+        else []
+    )
+    total = reads.count_versions(resource_type, since=moment, sites=sites, resource_id=resource_id)
+    page = found[:limit]
+    query = [(k, v) for k, v in (("_since", since), ("_count", str(count))) if v is not None]
+    base = fhir_base(request)
+    path = f"{resource_type}/{resource_id}/_history" if resource_id else f"{resource_type}/_history"
+    here = [*query, ("_cursor", cursor)] if cursor else query
+    links = [("self", link(base, path, here))]
+    if len(found) > limit:
+        last = page[-1]
+        token = encode_cursor(
+            {"t": last.last_updated.isoformat(), "id": last.id, "v": last.version_id}, secret
+        )
+        links.append(("next", link(base, path, [*query, ("_cursor", token)])))
+    return _history(request, page, links, total)
+
+
 @router.get(
     "/{resource_type:fhir_type}/_history",
     dependencies=[Negotiated, Searchable],
@@ -90,34 +145,7 @@ def type_history(
     count: Annotated[int, Query(alias="_count", ge=0)] = 100,
     cursor: Annotated[str | None, Query(alias="_cursor")] = None,
 ) -> FhirResponse:
-    known_type(resource_type)
-    moment = parse_instant(since, "_since") if since is not None else None
-    secret = runtime.settings.secret_key
-    after = _history_position(cursor, secret) if cursor is not None else None
-    limit = min(count, MAX_COUNT)
-    sites = caller_sites(request)
-    found = (
-        runtime.fhir_reads.versions(
-            resource_type, since=moment, limit=limit + 1, after=after, sites=sites
-        )
-        if limit
-        else []
-    )
-    total = runtime.fhir_reads.count_versions(resource_type, since=moment, sites=sites)
-    page = found[:limit]
-    query = [(k, v) for k, v in (("_since", since), ("_count", str(count))) if v is not None]
-    base = fhir_base(request)
-    here = [*query, ("_cursor", cursor)] if cursor else query
-    links = [("self", link(base, f"{resource_type}/_history", here))]
-    if len(found) > limit:
-        last = page[-1]
-        token = encode_cursor(
-            {"t": last.last_updated.isoformat(), "id": last.id, "v": last.version_id}, secret
-        )
-        links.append(
-            ("next", link(base, f"{resource_type}/_history", [*query, ("_cursor", token)]))
-        )
-    return _history(request, page, links, total)
+    return _history_page(request, runtime, resource_type, None, since, count, cursor)
 
 
 @router.get(
@@ -145,16 +173,18 @@ async def read(request: Request, resource_type: str, resource_id: str) -> Respon
 @router.get(
     "/{resource_type:fhir_type}/{resource_id:fhir_id}/_history",
     dependencies=[Negotiated, Readable],
-    summary="Instance history",
+    summary="Instance history, newest first, paged by an opaque cursor in the `next` link",
 )
 def instance_history(
-    request: Request, runtime: RuntimeDep, resource_type: str, resource_id: str
+    request: Request,
+    runtime: RuntimeDep,
+    resource_type: str,
+    resource_id: str,
+    since: Annotated[str | None, Query(alias="_since")] = None,
+    count: Annotated[int, Query(alias="_count", ge=0)] = 100,
+    cursor: Annotated[str | None, Query(alias="_cursor")] = None,
 ) -> FhirResponse:
-    known_type(resource_type)
-    found = runtime.fhir_reads.versions(resource_type, resource_id, sites=caller_sites(request))
-    if not found:
-        raise NotFound(f"{resource_type}/{resource_id} is not known")
-    return _history(request, found)
+    return _history_page(request, runtime, resource_type, resource_id, since, count, cursor)
 
 
 @router.get(
