@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from contextlib import suppress
 from typing import Any
 
+from psycopg import pq
 from sqlalchemy import Connection, Engine, text
 
 log = logging.getLogger(__name__)
@@ -44,14 +45,15 @@ def announce(connection: Connection, channel: str, payload: str = "") -> None:
 
 
 class Unanswered(Exception):
-    """The server did not answer the listener within ANSWER_SECONDS."""
+    """The server did not answer the listener's question within ANSWER_SECONDS, or answered
+    it with an error (the connection ended, say)."""
 
 
 class NoticeListener:
     """A thread holding one PostgreSQL connection that listens on the channels given and calls
-        each channel's function with every notice's payload. A lost connection is said once in the
-        log, and listened on again after a wait; the schedule delivers meanwhile. On (re)connecting
-        each function is called with None: whatever came while nobody listened, for anyone. A
+    each channel's function with every notice's payload. A lost connection is said once in the
+    log, and listened on again after a wait; the schedule delivers meanwhile. On (re)connecting
+    each function is called with None: whatever came while nobody listened, for anyone. A
     connection on which the server no longer answers is taken for lost as well."""
 
     def __init__(
@@ -132,16 +134,22 @@ class NoticeListener:
         pgconn = connection.pgconn
         pgconn.send_query(b"SELECT 1")
         deadline = time.monotonic() + ANSWER_SECONDS
-        while pgconn.is_busy():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise Unanswered(f"no answer from the database in {ANSWER_SECONDS:g} s")
-            if self._stop.is_set():
-                return
-            waiting.select(remaining)
-            pgconn.consume_input()
-        while pgconn.get_result() is not None:
-            pass
+        while True:
+            # Each result is taken only once libpq holds it whole: asked for sooner, libpq
+            # waits on the socket itself, with no end and holding the interpreter.
+            while pgconn.is_busy():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise Unanswered(f"no answer from the database in {ANSWER_SECONDS:g} s")
+                if self._stop.is_set():
+                    return
+                waiting.select(remaining)
+                pgconn.consume_input()
+            result = pgconn.get_result()
+            if result is None:
+                break
+            if result.status != pq.ExecStatus.TUPLES_OK:
+                raise Unanswered(f"the database answered {result.status.name}")
         encoding = connection.info.encoding
         while (notice := pgconn.notifies()) is not None:
             self._heard(notice.relname.decode(encoding), notice.extra.decode(encoding))

@@ -1,6 +1,7 @@
 """Notices between processes (PostgreSQL): heard as they come, by a listener that sleeps
 between them, listens again after losing its connection, and ends at once when stopped."""
 
+import itertools
 import os
 import resource
 import socket
@@ -140,6 +141,7 @@ class Relay:
     def __init__(self, port: int) -> None:
         self.upstream = ("127.0.0.1", port)
         self.silenced: set[socket.socket] = set()
+        self.holding: set[socket.socket] = set()
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.open: list[socket.socket] = []
@@ -155,13 +157,31 @@ class Relay:
                     threading.Thread(target=self._carry, args=(source, target), daemon=True).start()
 
     def _carry(self, source: socket.socket, target: socket.socket) -> None:
+        from_server = source.getpeername() == self.upstream
+        held = b""
         with suppress(OSError):
             while data := source.recv(65536):
-                if source not in self.silenced:
-                    target.sendall(data)
+                if source in self.silenced:
+                    continue
+                if from_server and source in self.holding:
+                    # The server's messages passed on up to its first ReadyForQuery ('Z'),
+                    # which is kept back: an answer whose end never comes.
+                    held += data
+                    while len(held) >= 5 and held[:1] != b"Z":
+                        size = 1 + int.from_bytes(held[1:5], "big")
+                        if len(held) < size:
+                            break
+                        target.sendall(held[:size])
+                        held = held[size:]
+                    continue
+                target.sendall(data)
 
     def silence(self) -> None:
         self.silenced.update(self.open)
+
+    def hold_ready(self) -> None:
+        """The connections open now get the server's messages up to its next ReadyForQuery."""
+        self.holding.update(self.open)
 
     def close(self) -> None:
         for connection in [self.listener, *self.open]:
@@ -203,3 +223,45 @@ def test_a_listener_whose_server_stops_answering_listens_again_and_hears_the_nex
         relayed.dispose()
 
     assert heard.payloads == [None, "north", None, "south"]
+
+
+def test_a_listener_whose_answer_stops_halfway_listens_again_and_hears_the_next(
+    postgres: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server's answer to the listener's question arrives up to its last message (the
+    one saying the server is ready again): the listener waits no longer than for a silent
+    server, and the rest of the process is not held meanwhile."""
+    monkeypatch.setattr(notices, "WAIT_SECONDS", 0.2)
+    monkeypatch.setattr(notices, "ANSWER_SECONDS", 0.5)
+    monkeypatch.setattr(notices, "RECONNECT_SECONDS", (0.1,))
+    engine = postgres.store.engine
+    relay = Relay(engine.url.port or 5432)
+    relayed = create_engine(engine.url.set(host="127.0.0.1", port=relay.port))
+    heard = Heard()
+    listener = NoticeListener(relayed, {heard.channel: heard})
+    listener.start()
+    ticks: list[float] = []
+    ticking = threading.Event()
+
+    def tick() -> None:
+        while not ticking.wait(0.05):
+            ticks.append(time.monotonic())
+
+    ticker = threading.Thread(target=tick)
+    try:
+        assert listener.listening.wait(10)
+        ticker.start()
+        relay.hold_ready()
+        deadline = time.monotonic() + 10
+        while heard.payloads.count(None) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        heard.send(postgres, "west")
+        assert heard.arrived.wait(5)
+    finally:
+        ticking.set()
+        listener.stop()
+        relay.close()
+        relayed.dispose()
+
+    assert heard.payloads == [None, None, "west"]
+    assert max(b - a for a, b in itertools.pairwise(ticks)) < 0.4
