@@ -19,6 +19,8 @@ from adapter.store.tables import fhir_search_tokens as tokens
 
 DEFAULT_COUNT = 50
 MAX_COUNT = 1000
+SUMMARIES = ("true", "text", "data", "count", "false")
+"""The values of `_summary` (R4 search.html): only `count` changes what is answered here."""
 CONTROL = {"_count", "_sort", "_summary", "_total", "_include", "_revinclude", "_format", "_cursor"}
 SORTS = {
     "_lastUpdated": resources.c.last_updated,
@@ -257,7 +259,7 @@ def parse(
         if "\x00" in name or "\x00" in value:
             raise BadRequest(f"{name[:64]!r}: a search value may not hold a NUL character")
         if name in CONTROL:
-            _control(request, name, value, secret)
+            _control(request, name, value, secret, strict)
             continue
         known = _known(resource_type, name)
         condition = _condition(resource_type, name, value, server) if known else None
@@ -292,7 +294,7 @@ def _known(resource_type: str, name: str) -> bool:
     return base in ("_id", "_lastUpdated") or base in SEARCH_PARAMS[resource_type]
 
 
-def _control(request: SearchRequest, name: str, value: str, secret: str) -> None:
+def _control(request: SearchRequest, name: str, value: str, secret: str, strict: bool) -> None:
     if name == "_count":
         if not (value.isascii() and value.isdigit()):
             raise BadRequest(f"_count: {value!r} is not a whole number", expression=["_count"])
@@ -309,8 +311,22 @@ def _control(request: SearchRequest, name: str, value: str, secret: str) -> None
             )
         request.sort, request.descending = key, value.startswith("-")
     elif name == "_summary":
+        if value not in SUMMARIES:
+            raise BadRequest(
+                f"_summary: {value!r}; one of {', '.join(SUMMARIES)}", expression=["_summary"]
+            )
+        if value == "false":
+            return  # whole resources: as without it
         if value != "count":
-            raise BadRequest("_summary: only count is supported", expression=["_summary"])
+            # A summary this server does not make: the resources come whole (R4 search.html,
+            # _summary), said in the Bundle as an ignored parameter is, refused under strict.
+            if strict:
+                raise BadRequest(
+                    f"_summary={value}: not supported (count and false are)",
+                    expression=["_summary"],
+                )
+            request.ignored.append(f"_summary={value}")
+            return
         request.summary_count = True
     elif name == "_total":
         if value not in ("none", "estimate", "accurate"):

@@ -173,6 +173,31 @@ def test_count_zero_cap_and_summary(day: TestClient) -> None:
     assert len(capped["entry"]) == 68 and [link["relation"] for link in capped["link"]] == ["self"]
 
 
+@pytest.mark.parametrize("summary", ["true", "text", "data", "false"])
+def test_a_summary_this_server_does_not_make_answers_whole_resources(
+    day: TestClient, summary: str
+) -> None:
+    """R4 search.html, _summary: `false` is the default; a summary not made here answers the
+    resources whole, says so in the Bundle (refused under strict handling); a value that is
+    none of them is 400."""
+    whole = day.get("/fhir/Observation", params={"_summary": summary}).json()
+    strict = day.get(
+        "/fhir/Observation", params={"_summary": summary}, headers={"Prefer": "handling=strict"}
+    )
+    wrong = day.get("/fhir/Observation", params={"_summary": "brief"})
+
+    matches = [e for e in whole["entry"] if e["search"]["mode"] == "match"]
+    outcomes = [e["resource"] for e in whole["entry"] if e["search"]["mode"] == "outcome"]
+    plain = day.get("/fhir/Observation").json()
+    assert [e["resource"] for e in matches] == [e["resource"] for e in plain["entry"]]
+    if summary == "false":
+        assert outcomes == [] and strict.status_code == 200
+    else:
+        assert f"_summary={summary}" in outcomes[0]["issue"][0]["diagnostics"]
+        assert strict.status_code == 400
+    assert wrong.status_code == 400
+
+
 def test_default_page_size_is_fifty(day: TestClient) -> None:
     bundle = day.get("/fhir/Observation").json()
 
