@@ -89,6 +89,37 @@ def test_read_answers_stored_bytes_with_etag_and_304(day: TestClient) -> None:
     assert again.status_code == 304 and again.content == b""
 
 
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({"If-None-Match": 'W/"0", W/"1"'}, 304),
+        ({"If-None-Match": '"1"'}, 304),
+        ({"If-None-Match": "*"}, 304),
+        ({"If-None-Match": 'W/"2"'}, 200),
+        ({"If-Modified-Since": "at the same time"}, 200),
+        ({"If-Modified-Since": "Fri, 01 Jan 2100 00:00:00 GMT"}, 304),
+        ({"If-Modified-Since": "Sat, 01 Jan 2000 00:00:00 GMT"}, 200),
+        # If-None-Match decides where both are sent (RFC 9110 section 13.2.2).
+        ({"If-None-Match": 'W/"2"', "If-Modified-Since": "Fri, 01 Jan 2100 00:00:00 GMT"}, 200),
+    ],
+)
+def test_a_conditional_read_answers_304_as_http_says(
+    day: TestClient, headers: dict[str, str], status: int
+) -> None:
+    resource_id = _first_id(day, "Observation?code=8867-4")
+    first = day.get(f"/fhir/Observation/{resource_id}")
+    if headers.get("If-Modified-Since") == "at the same time":
+        headers = {"If-Modified-Since": first.headers["last-modified"]}
+        status = 304
+
+    answer = day.get(f"/fhir/Observation/{resource_id}", headers=headers)
+
+    assert answer.status_code == status
+    assert answer.headers["etag"] == first.headers["etag"]
+    statement = day.get("/fhir/metadata").json()
+    assert statement["rest"][0]["resource"][0]["conditionalRead"] == "full-support"
+
+
 def test_versions_and_history_follow_an_amendment(client: TestClient) -> None:
     client.post("/api/v1/records", content=ndjson(vitals()), headers=NDJSON)
     client.post("/api/v1/mapping/reload")

@@ -44,7 +44,7 @@ def capability_statement(base: str, token_url: str) -> dict[str, Any]:
                 "versioning": "versioned",
                 "readHistory": True,
                 "updateCreate": False,
-                "conditionalRead": "not-supported",
+                "conditionalRead": "full-support",
                 "searchInclude": INCLUDES.get(resource_type, []),
                 "searchRevInclude": REVINCLUDES.get(resource_type, []),
                 "searchParam": [

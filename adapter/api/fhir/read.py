@@ -2,6 +2,7 @@
 
 import re
 from datetime import datetime
+from email.utils import parsedate_to_datetime
 from typing import Annotated
 
 import orjson
@@ -31,7 +32,35 @@ IF_NONE_MATCH = {
     "required": False,
     "schema": {"type": "string"},
 }
+IF_MODIFIED_SINCE = {
+    "name": "If-Modified-Since",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string"},
+}
 """Read from the request in `read` (see there), so stated here for the OpenAPI."""
+
+
+def unchanged(request: Request, version_id: int, last_updated: datetime) -> bool:
+    """A conditional read answered 304 (R4 http.html#cread; RFC 9110 section 13.1): an
+    If-None-Match naming the version (weak or strong, among others, or `*`), else an
+    If-Modified-Since not before the version's time (to the second, as Last-Modified says)."""
+    if_none_match = request.headers.get("if-none-match")
+    if if_none_match is not None:
+        tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+        return "*" in tags or f'"{version_id}"' in tags
+    if_modified_since = request.headers.get("if-modified-since")
+    if if_modified_since is None:
+        return False
+    try:
+        since = parsedate_to_datetime(if_modified_since)
+    except (TypeError, ValueError):
+        return False  # not an HTTP date: ignored, as RFC 9110 says
+    if since.tzinfo is None:
+        return False
+    return last_updated.replace(microsecond=0) <= since
+
+
 Readable = Depends(fhir_scope("r"))
 Searchable = Depends(fhir_scope("s"))
 
@@ -152,7 +181,7 @@ def type_history(
     "/{resource_type:fhir_type}/{resource_id:fhir_id}",
     dependencies=[Negotiated, Readable],
     summary="read",
-    openapi_extra={"parameters": [IF_NONE_MATCH]},
+    openapi_extra={"parameters": [IF_NONE_MATCH, IF_MODIFIED_SINCE]},
 )
 async def read(request: Request, resource_type: str, resource_id: str) -> Response:
     """The busiest route: on the event loop (one primary-key lookup, awaited on PostgreSQL),
@@ -164,8 +193,7 @@ async def read(request: Request, resource_type: str, resource_id: str) -> Respon
     if found is None:
         raise NotFound(f"{resource_type}/{resource_id} is not known")
     headers = version_headers(found.version_id, found.last_updated)
-    if_none_match = request.headers.get("if-none-match")
-    if if_none_match and if_none_match.strip() in (headers["ETag"], f'"{found.version_id}"'):
+    if unchanged(request, found.version_id, found.last_updated):
         return Response(status_code=304, headers=headers)
     return FhirResponse(found.content, headers=headers)
 
