@@ -3,6 +3,7 @@
 import base64
 import hashlib
 import hmac
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -144,18 +145,42 @@ def _coalesce(column: Any, value: datetime) -> Any:
     return func.coalesce(column, literal(value, type_=resources.c.last_updated.type))
 
 
+ESCAPED = re.compile(r"\\([\\,$|])")
+r"""A character a search value escapes with a backslash (R4 search.html, escaping): `\,` is a
+comma in the value, not a second value; `\|` a bar, not the end of a token's system; `\$`,
+`\\`."""
+_UNESCAPED_COMMA = re.compile(r"(?<!\\)((?:\\\\)*),")
+_UNESCAPED_BAR = re.compile(r"(?<!\\)((?:\\\\)*)\|")
+
+
+def _split(value: str, at: re.Pattern[str], most: int = 0) -> list[str]:
+    """The parts of a value between the unescaped separators `at` finds, each still escaped
+    (the even runs of backslashes before a separator end the part before it)."""
+    found = at.split(value, maxsplit=most)
+    parts = [found[0]]
+    for backslashes, following in zip(found[1::2], found[2::2], strict=True):
+        parts[-1] += backslashes
+        parts.append(following)
+    return parts
+
+
+def unescaped(value: str) -> str:
+    return ESCAPED.sub(r"\1", value)
+
+
 def _token_match(param: str, raw: str) -> ColumnElement[bool]:
     """Resources with a token: the token index drives the query, not a scan of resources."""
     condition = tokens.c.param == param
-    if "|" in raw:
-        system, code = raw.split("|", 1)
+    parts = _split(raw, _UNESCAPED_BAR, 1)
+    if len(parts) == 2:
+        system, code = unescaped(parts[0]), unescaped(parts[1])
         condition = and_(
             condition, tokens.c.system == system if system else tokens.c.system.is_(None)
         )
         if code:
             condition = and_(condition, tokens.c.code == code)
     else:
-        condition = and_(condition, tokens.c.code == raw)
+        condition = and_(condition, tokens.c.code == unescaped(raw))
     return resources.c.id.in_(select(tokens.c.resource_id).where(condition))
 
 
@@ -200,7 +225,9 @@ def _condition(
 ) -> ColumnElement[bool] | None:
     """The SQL condition of one search parameter, or None when the type has no such parameter;
     `server`: this server's FHIR base URL, which a reference may be given in."""
-    values = [v for v in value.split(",") if v != ""]
+    # Each value as given, escaped: a token's are unescaped part by part, the rest whole.
+    given = [v for v in _split(value, _UNESCAPED_COMMA) if v != ""]
+    values = [unescaped(v) for v in given]
     if not values:
         raise BadRequest(f"{name}: empty value", expression=[name])
     if name == "_id":
@@ -233,9 +260,9 @@ def _condition(
             raise BadRequest(
                 f"{name}: the :{modifier} modifier is not supported", expression=[name]
             )
-        return _any([_token_match(param.name, v) for v in values])
+        return _any([_token_match(param.name, v) for v in given])
     if modifier == "identifier" or chained == "identifier":
-        return _any([_token_match(f"{param.name}:identifier", v) for v in values])
+        return _any([_token_match(f"{param.name}:identifier", v) for v in given])
     if modifier or chained:
         raise BadRequest(
             f"{name}: only :identifier (or .identifier) is supported on references",
