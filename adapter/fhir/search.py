@@ -117,6 +117,12 @@ def parse_instant(value: str, name: str) -> datetime:
 def date_condition(start_column: Any, end_column: Any, raw: str, name: str) -> ColumnElement[bool]:
     """FHIR date prefix semantics, comparing the search range [ps, pe) with the resource's
     [start, end] (an open end runs to the far future, an open start from the far past)."""
+    if raw[:2] == "ap":
+        supported = ", ".join(PREFIXES)
+        raise BadRequest(
+            f"{name}: the ap (approximately) prefix is not supported; {supported} are",
+            expression=[name],
+        )
     prefix = raw[:2] if raw[:2] in PREFIXES else "eq"
     ps, pe = _range(raw[2:] if raw[:2] in PREFIXES else raw, name)
     start = start_column if start_column is end_column else _coalesce(start_column, _FAR_PAST)

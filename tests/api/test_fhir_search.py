@@ -76,9 +76,15 @@ def test_last_updated_prefixes(month_edges: TestClient) -> None:
 
 def test_a_bad_date_is_400(client: TestClient) -> None:
     response = client.get("/fhir/Observation?date=ge2026-13")
+    approximately = client.get("/fhir/Observation?date=ap2026-11-20")
 
     assert response.status_code == 400
     assert response.json()["issue"][0]["expression"] == ["date"]
+    assert approximately.status_code == 400
+    assert (
+        "the ap (approximately) prefix is not supported"
+        in (approximately.json()["issue"][0]["diagnostics"])
+    )
 
 
 @pytest.mark.parametrize("value", ["-1", "ten", "\u00b2", "1.5"])
