@@ -237,6 +237,9 @@ def test_xml_is_406(client: TestClient, query: str, headers: dict[str, str]) -> 
 @pytest.mark.parametrize("fmt", ["json", "application/fhir+json", "application/json"])
 def test_json_formats_are_served(client: TestClient, fmt: str) -> None:
     assert client.get(f"/fhir/Observation?_format={fmt}").status_code == 200
+    # _format overrides Accept (R4 http.html, content types): JSON asked for is JSON.
+    xml = {"Accept": "application/fhir+xml"}
+    assert client.get(f"/fhir/Observation?_format={fmt}", headers=xml).status_code == 200
 
 
 def _terminate(runtime: Runtime, pids: list[int]) -> None:

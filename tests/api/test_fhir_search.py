@@ -278,6 +278,20 @@ def test_post_search_equals_get(day: TestClient) -> None:
     assert _ids(posted) == _ids(day.get("/fhir/Observation?code=8867-4&_count=100").json())
 
 
+@pytest.mark.parametrize(
+    ("body", "kind"),
+    [('{"code":"8867-4"}', "application/json"), ("code=8867-4", "text/plain"), ("code=1", "")],
+)
+def test_a_posted_search_in_another_form_is_415(day: TestClient, body: str, kind: str) -> None:
+    """R4 http.html#search: a POSTed search's parameters are a form's; another body would be
+    read as one, or ignored, and answer every resource."""
+    headers = {"content-type": kind} if kind else {}
+    answer = day.post("/fhir/Observation/_search", content=body, headers=headers)
+
+    assert answer.status_code == 415
+    assert "application/x-www-form-urlencoded" in answer.json()["issue"][0]["diagnostics"]
+
+
 def test_status_and_id(client: TestClient) -> None:
     _load(client, ndjson(session(status="cancelled", infusion_start=None, infusion_end=None)))
     procedure = client.get("/fhir/Procedure?status=not-done").json()["entry"][0]["resource"]

@@ -17,6 +17,7 @@ from adapter.api.fhir.wire import (
     link,
 )
 from adapter.api.outcome import operation_outcome
+from adapter.errors import UnsupportedMediaType
 from adapter.fhir.search import (
     SearchRequest,
     encode_cursor,
@@ -30,6 +31,7 @@ from adapter.security.access import Caller, fhir_scope
 from adapter.store.fhir_reads import Hit, of_sites
 
 router = APIRouter()
+FORM = "application/x-www-form-urlencoded"
 Searcher = Annotated[Caller, Depends(fhir_scope("s"))]
 
 
@@ -144,6 +146,12 @@ async def search_post(
     prefer: Annotated[str | None, Header()] = None,
 ) -> FhirResponse:
     body = (await request.body()).decode("utf-8", "replace")
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if body.strip() and kind != FORM:
+        # R4 http.html#search: the parameters of a POSTed search are a form's.
+        raise UnsupportedMediaType(
+            f"a POSTed search's parameters are sent as {FORM}, not {kind or 'untyped'}"
+        )
     params = list(request.query_params.multi_items()) + parse_qsl(body, keep_blank_values=True)
     request.state.audited_query = urlencode(params)
     return _search(request, runtime, resource_type, params, prefer, caller)

@@ -64,6 +64,8 @@ async def negotiate(request: Request) -> None:
     # A `+` left unencoded in a query string arrives as a space (application/fhir json).
     if format_ is not None and format_.split(";")[0].strip().replace(" ", "+") not in _JSON_FORMATS:
         raise NotAcceptable(f"_format {format_!r} is not served; this server speaks {FHIR_JSON}")
+    if format_ is not None:
+        return  # _format overrides Accept (R4 http.html, "Content Types and encodings")
     accept = request.headers.get("accept", "")
     if (
         accept
