@@ -351,24 +351,26 @@ def _walk(walk: Walk, service: Service, ehr: SandboxEhr, yesterday: str) -> None
     assert len(procedures) == 1
     assert procedures[0]["subject"]["reference"] == f"Patient/{patient['id']}"
 
-    # The refused: the EHR's rule is lifted. The side effect replayed on its own waits for the
-    # medication given for it (refused too, and each references the other); replayed with it
-    # from the session's page, both are delivered.
-    ehr.control("DELETE", "/reject")
+    # The refused: the medication given for the side effect, which carries its code. The side
+    # effect references it, and waits for it rather than reach the EHR with a reference to
+    # nothing. The EHR's rule is lifted: the medication replayed is delivered, and the side
+    # effect after it in the same run.
     page.click("nav a[href='/console/held']")
-    event = page.locator("section.group[data-state='dead']", has_text="POST AdverseEvent")
-    event.locator("tbody tr").first.locator("button", has_text="Replay").click()
-    expect(page.locator("#replayed tbody tr")).to_have_count(1)
-    expect(page.locator("#replayed")).to_contain_text("to be delivered first")
-    page.click("#replayed a:text('session')")
-    page.locator("button", has_text="Replay this session's 2 held and refused").click()
-    expect(page.locator("#replayed tbody tr[data-state='delivered']")).to_have_count(2)
+    waits = page.locator("section.group[data-state='waiting']", has_text="to be delivered first")
+    expect(waits).to_contain_text("AdverseEvent")
+    ehr.control("DELETE", "/reject")
+    medication = page.locator(
+        "section.group[data-state='dead']", has_text="POST MedicationAdministration"
+    )
+    medication.locator("tbody tr").first.locator("button", has_text="Replay").click()
+    expect(page.locator("#replayed tbody tr[data-state='delivered']")).to_have_count(1)
+    assert len(ehr.all("AdverseEvent")) == 3
     page.click("nav a[href='/console/held']")
     expect(page.locator("main")).to_contain_text("Nothing is held back or refused.")
 
     # Runs with their last errors and what the counts mean; the alerts.
     page.click("nav a[href='/console/runs']")
-    expect(page.locator("#runs tbody tr")).to_have_count(5)  # start-up, row saved, 3 replays
+    expect(page.locator("#runs tbody tr")).to_have_count(4)  # start-up, row saved, 2 replays
     expect(page.locator("#runs")).to_contain_text(FAMILY_DIFFERS)
     expect(page.locator("#legend")).to_contain_text("delivered_partially")
     walk.shot("console-runs")
