@@ -23,7 +23,7 @@ from adapter.runtime import Runtime, open_runtime
 from adapter.security.access import api_caller, check_routes
 from adapter.security.assertions import KeyFetcher
 from adapter.security.audit import AuditWriter
-from adapter.security.middleware import BodyLimits, Guard
+from adapter.security.middleware import BodyLimits, Guard, HeadAsGet
 from adapter.security.throttle import FailureThrottle
 from adapter.settings import Settings, get_settings
 from adapter.store.alerts import AlertStore
@@ -157,6 +157,7 @@ def create_app(settings: Settings | None = None, background: bool = True) -> Fas
         return JsonResponse(schema)
 
     check_routes(app)
+    app.add_middleware(HeadAsGet)  # inside the Guard: the audit says HEAD
     app.add_middleware(
         Guard,
         writer=writer,

@@ -8,10 +8,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Route
+from starlette.routing import compile_path
 
 from adapter.api.responses import JsonResponse, OutcomeResponse
 from adapter.errors import AdapterError, OAuthError
+from adapter.security.access import all_routes
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +37,17 @@ def _respond(
 
 
 def _allow(request: Request) -> dict[str, str]:
-    """The Allow header of a 405: every method some route takes at this path (the routes that
-    only refuse writes on the read-only FHIR endpoint take none)."""
+    """The Allow header of a 405: every method some route takes at this path, through the
+    included routers (the routes that only refuse writes on the read-only FHIR endpoint take
+    none), and HEAD wherever GET is taken."""
     methods: set[str] = set()
-    for route in request.app.router.routes:
-        if getattr(route, "name", None) == "refuse_write" or not isinstance(route, Route):
+    for path, route in all_routes(request.app.router.routes):
+        if route.name == "refuse_write":
             continue
-        if route.path_regex.match(request.url.path):
+        if compile_path(path)[0].match(request.url.path):
             methods |= route.methods or set()
+    if "GET" in methods:
+        methods.add("HEAD")
     return {"Allow": ", ".join(sorted(methods))}
 
 

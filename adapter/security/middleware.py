@@ -307,3 +307,25 @@ class Guard:
                 address=client[0] if client else None,
             )
         )
+
+
+class HeadAsGet:
+    """ASGI middleware: HEAD answered as GET is, headers alone (RFC 9110 section 9.3.2), so
+    that a client asking whether a resource exists, or when it changed, need not read it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                if message.get("more_body"):
+                    return
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, headers_only)

@@ -217,6 +217,24 @@ def test_writes_are_405(client: TestClient, method: str) -> None:
     assert refused.status_code == 403
     assert response.status_code == 405
     assert response.json()["issue"][0]["code"] == "not-supported"
+    assert response.headers["allow"] == "GET, HEAD"  # RFC 9110 section 15.5.6
+
+
+def test_head_answers_the_headers_of_get_without_the_body(day: TestClient) -> None:
+    """RFC 9110 section 9.3.2: a client may ask whether a resource is there, or its version,
+    without reading it."""
+    resource_id = _first_id(day, "Observation?code=8867-4")
+    for path in (f"/fhir/Observation/{resource_id}", "/fhir/metadata", "/fhir/Observation"):
+        got = day.get(path)
+        head = day.head(path)
+
+        assert head.status_code == got.status_code == 200, path
+        assert head.content == b""
+        for header in ("content-type", "etag", "last-modified"):
+            assert head.headers.get(header) == got.headers.get(header), (path, header)
+    assert day.head("/fhir/Observation/no-such-id").status_code == 404
+    options = day.options("/fhir/Patient")
+    assert options.status_code == 405 and options.headers["allow"] == "GET, HEAD"
 
 
 @pytest.mark.parametrize(
