@@ -252,6 +252,22 @@ def test_xml_is_406(client: TestClient, query: str, headers: dict[str, str]) -> 
     assert response.json()["resourceType"] == "OperationOutcome"
 
 
+@pytest.mark.parametrize(
+    ("accept", "status"),
+    [
+        ("application/fhir+json; fhirVersion=3.0", 406),
+        ("application/fhir+json; fhirVersion=5.0", 406),
+        ("application/fhir+json; fhirVersion=4.0", 200),
+        ('application/fhir+json;fhirVersion="4.0", */*', 200),
+    ],
+)
+def test_a_fhir_version_asked_for_is_served_or_406(
+    client: TestClient, accept: str, status: int
+) -> None:
+    """R4 versioning.html: the version a client names in Accept is the one it reads."""
+    assert client.get("/fhir/Observation", headers={"Accept": accept}).status_code == status
+
+
 @pytest.mark.parametrize("fmt", ["json", "application/fhir+json", "application/json"])
 def test_json_formats_are_served(client: TestClient, fmt: str) -> None:
     assert client.get(f"/fhir/Observation?_format={fmt}").status_code == 200

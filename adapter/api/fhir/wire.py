@@ -56,6 +56,10 @@ class FhirResponse(Response):
         return orjson.dumps(content)
 
 
+FHIR_VERSION = re.compile(r"fhirVersion\s*=\s*\"?([0-9.]+)", re.IGNORECASE)
+"""The `fhirVersion` parameter of an Accept's media type (R4 versioning.html)."""
+
+
 async def negotiate(request: Request) -> None:
     """JSON only: an XML `_format` or an Accept that takes no JSON is answered 406. `_format`
     is read from the query here rather than declared (FastAPI resolves each declared parameter
@@ -67,6 +71,10 @@ async def negotiate(request: Request) -> None:
     if format_ is not None:
         return  # _format overrides Accept (R4 http.html, "Content Types and encodings")
     accept = request.headers.get("accept", "")
+    versions = FHIR_VERSION.findall(accept)
+    if versions and not any(v.startswith("4.0") for v in versions):
+        # R4 versioning.html: a version asked for that is not served is 406.
+        raise NotAcceptable(f"FHIR {', '.join(versions)} is not served; this server speaks 4.0")
     if (
         accept
         and any(word in accept for word in _XML_WORDS)
