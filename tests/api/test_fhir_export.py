@@ -287,3 +287,13 @@ def test_a_posted_filter_this_server_lacks_is_left_out_only_when_the_client_pref
     assert refused.status_code == 400
     assert refused.json()["issue"][0]["expression"] == ["Parameters.parameter[1]"]
     assert taken.status_code == 202
+
+
+def test_a_posted_kick_off_in_another_format_is_415(day: TestClient) -> None:
+    body = b"<Parameters xmlns='http://hl7.org/fhir'/>"
+    headers = {**ASYNC, "Content-Type": "application/fhir+xml"}
+
+    answer = day.post("/fhir/$export", content=body, headers=headers)
+
+    assert answer.status_code == 415
+    assert "application/fhir+json" in answer.json()["issue"][0]["diagnostics"]

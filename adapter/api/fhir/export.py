@@ -9,7 +9,7 @@ from fastapi.responses import FileResponse, Response
 
 from adapter.api.deps import RuntimeDep
 from adapter.api.fhir.wire import fhir_base
-from adapter.errors import BadRequest
+from adapter.errors import BadRequest, UnsupportedMediaType
 from adapter.export.service import COMPLETED, FAILED, exported_types
 from adapter.runtime import Runtime
 from adapter.security.access import Caller, CallerDep, token_caller
@@ -62,14 +62,14 @@ async def _posted(
     types: Annotated[str | None, Query(alias="_type")] = None,
     since: Annotated[str | None, Query(alias="_since")] = None,
     output_format: Annotated[str | None, Query(alias="_outputFormat")] = None,
-) -> ExportParameters | BadRequest:
+) -> ExportParameters | BadRequest | UnsupportedMediaType:
     """The kick-off parameters of a POST: a Parameters resource (`_type` may repeat), or, as
     some clients send them (Medplum's bulkExport), the query's; a parameter this server does
     not support is refused, naming it. The refusal is returned, not raised: it is raised once
     the caller's access is checked, so that a caller without access learns nothing more."""
     try:
         return await _read_posted(request, prefer, types, since, output_format)
-    except BadRequest as refusal:
+    except (BadRequest, UnsupportedMediaType) as refusal:
         return refusal
 
 
@@ -82,6 +82,11 @@ async def _read_posted(
 ) -> ExportParameters:
     queried = {"_type": types, "_since": since, "_outputFormat": output_format}
     body = await request.body()
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if body.strip() and kind not in ("application/fhir+json", "application/json", ""):
+        raise UnsupportedMediaType(
+            f"a kick-off's Parameters are sent as application/fhir+json, not {kind}"
+        )
     try:
         resource = orjson.loads(body) if body.strip() else {"resourceType": "Parameters"}
     except orjson.JSONDecodeError:
@@ -111,7 +116,7 @@ async def _read_posted(
     return ExportParameters(prefer, types, first.get("_since"), first.get("_outputFormat"))
 
 
-PostedDep = Annotated[ExportParameters | BadRequest, Depends(_posted)]
+PostedDep = Annotated[ExportParameters | BadRequest | UnsupportedMediaType, Depends(_posted)]
 
 
 async def _exporter(
@@ -135,7 +140,7 @@ async def _posted_exporter(request: Request, asked: PostedDep) -> Caller:
     asked_types = asked.types if isinstance(asked, ExportParameters) else None
     for resource_type in exported_types(asked_types):
         caller.require(resource_type, "r")
-    if isinstance(asked, BadRequest):
+    if isinstance(asked, BadRequest | UnsupportedMediaType):
         raise asked
     return caller
 
