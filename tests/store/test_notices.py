@@ -8,7 +8,9 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import suppress
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -190,56 +192,66 @@ class Relay:
             connection.close()
 
 
-def test_a_listener_whose_server_stops_answering_listens_again_and_hears_the_next(
-    postgres: Runtime, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A connection whose server vanished without closing it (its host lost, a network that
-    drops what it carried) stays quiet, not closed: the listener asks the server after each
-    wait in which nothing came, and one that does not answer is listened on again."""
+@dataclass
+class Relayed:
+    """A listener through a relay, quick to ask the server and to give up on it."""
+
+    relay: Relay
+    heard: Heard
+    listener: NoticeListener
+
+    def listening_again(self) -> None:
+        """Wait until the listener has listened anew (it calls each function with None)."""
+        deadline = time.monotonic() + 10
+        while self.heard.payloads.count(None) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+@pytest.fixture
+def relayed(postgres: Runtime, monkeypatch: pytest.MonkeyPatch) -> Iterator[Relayed]:
     monkeypatch.setattr(notices, "WAIT_SECONDS", 0.2)
     monkeypatch.setattr(notices, "ANSWER_SECONDS", 0.5)
     monkeypatch.setattr(notices, "RECONNECT_SECONDS", (0.1,))
     engine = postgres.store.engine
     relay = Relay(engine.url.port or 5432)
-    relayed = create_engine(engine.url.set(host="127.0.0.1", port=relay.port))
+    through = create_engine(engine.url.set(host="127.0.0.1", port=relay.port))
     heard = Heard()
-    listener = NoticeListener(relayed, {heard.channel: heard})
+    listener = NoticeListener(through, {heard.channel: heard})
     listener.start()
     try:
         assert listener.listening.wait(10)
-        time.sleep(1)  # quiet: asked five times, answered each time
-        heard.send(postgres, "north")
-        assert heard.arrived.wait(5)
-        assert heard.payloads == [None, "north"]
-        relay.silence()
-        deadline = time.monotonic() + 10
-        while heard.payloads.count(None) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)  # listening again calls each channel's function with None
-        heard.send(postgres, "south")
-        assert heard.arrived.wait(5)
+        yield Relayed(relay, heard, listener)
     finally:
         listener.stop()
         relay.close()
-        relayed.dispose()
+        through.dispose()
+
+
+def test_a_listener_whose_server_stops_answering_listens_again_and_hears_the_next(
+    postgres: Runtime, relayed: Relayed
+) -> None:
+    """A connection whose server vanished without closing it (its host lost, a network that
+    drops what it carried) stays quiet, not closed: the listener asks the server after each
+    wait in which nothing came, and one that does not answer is listened on again."""
+    heard = relayed.heard
+    time.sleep(1)  # quiet: asked five times, answered each time
+    heard.send(postgres, "north")
+    assert heard.arrived.wait(5)
+    assert heard.payloads == [None, "north"]
+    relayed.relay.silence()
+    relayed.listening_again()
+    heard.send(postgres, "south")
+    assert heard.arrived.wait(5)
 
     assert heard.payloads == [None, "north", None, "south"]
 
 
 def test_a_listener_whose_answer_stops_halfway_listens_again_and_hears_the_next(
-    postgres: Runtime, monkeypatch: pytest.MonkeyPatch
+    postgres: Runtime, relayed: Relayed
 ) -> None:
     """The server's answer to the listener's question arrives up to its last message (the
     one saying the server is ready again): the listener waits no longer than for a silent
     server, and the rest of the process is not held meanwhile."""
-    monkeypatch.setattr(notices, "WAIT_SECONDS", 0.2)
-    monkeypatch.setattr(notices, "ANSWER_SECONDS", 0.5)
-    monkeypatch.setattr(notices, "RECONNECT_SECONDS", (0.1,))
-    engine = postgres.store.engine
-    relay = Relay(engine.url.port or 5432)
-    relayed = create_engine(engine.url.set(host="127.0.0.1", port=relay.port))
-    heard = Heard()
-    listener = NoticeListener(relayed, {heard.channel: heard})
-    listener.start()
     ticks: list[float] = []
     ticking = threading.Event()
 
@@ -248,20 +260,15 @@ def test_a_listener_whose_answer_stops_halfway_listens_again_and_hears_the_next(
             ticks.append(time.monotonic())
 
     ticker = threading.Thread(target=tick)
+    ticker.start()
     try:
-        assert listener.listening.wait(10)
-        ticker.start()
-        relay.hold_ready()
-        deadline = time.monotonic() + 10
-        while heard.payloads.count(None) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        heard.send(postgres, "west")
-        assert heard.arrived.wait(5)
+        relayed.relay.hold_ready()
+        relayed.listening_again()
+        relayed.heard.send(postgres, "west")
+        assert relayed.heard.arrived.wait(5)
     finally:
         ticking.set()
-        listener.stop()
-        relay.close()
-        relayed.dispose()
+        ticker.join()
 
-    assert heard.payloads == [None, None, "west"]
+    assert relayed.heard.payloads == [None, None, "west"]
     assert max(b - a for a, b in itertools.pairwise(ticks)) < 0.4

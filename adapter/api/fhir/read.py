@@ -1,6 +1,7 @@
 """read, vread and history; writes are refused (the endpoint is read-only)."""
 
 import re
+from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Annotated
@@ -111,17 +112,34 @@ UNSUPPORTED_HISTORY = ("_at", "_list")
 than ignored, since the history without them would say what was not asked."""
 
 
+@dataclass(frozen=True)
+class HistoryQuery:
+    since: str | None
+    count: int
+    cursor: str | None
+
+
+def _history_query(
+    since: Annotated[str | None, Query(alias="_since")] = None,
+    count: Annotated[int, Query(alias="_count", ge=0)] = 100,
+    cursor: Annotated[str | None, Query(alias="_cursor")] = None,
+) -> HistoryQuery:
+    return HistoryQuery(since, count, cursor)
+
+
+HistoryDep = Annotated[HistoryQuery, Depends(_history_query)]
+
+
 def _history_page(
     request: Request,
     runtime: Runtime,
     resource_type: str,
     resource_id: str | None,
-    since: str | None,
-    count: int,
-    cursor: str | None,
+    asked: HistoryQuery,
 ) -> FhirResponse:
     """A type's history, or one resource's, newest first (since a moment), `count` versions a
     page, paged by an opaque cursor in the `next` link."""
+    since, count, cursor = asked.since, asked.count, asked.cursor
     known_type(resource_type)
     for name in UNSUPPORTED_HISTORY:
         if name in request.query_params:
@@ -167,14 +185,9 @@ def _history_page(
     summary="Type history, newest first, paged by an opaque cursor in the `next` link",
 )
 def type_history(
-    request: Request,
-    runtime: RuntimeDep,
-    resource_type: str,
-    since: Annotated[str | None, Query(alias="_since")] = None,
-    count: Annotated[int, Query(alias="_count", ge=0)] = 100,
-    cursor: Annotated[str | None, Query(alias="_cursor")] = None,
+    request: Request, runtime: RuntimeDep, resource_type: str, asked: HistoryDep
 ) -> FhirResponse:
-    return _history_page(request, runtime, resource_type, None, since, count, cursor)
+    return _history_page(request, runtime, resource_type, None, asked)
 
 
 @router.get(
@@ -204,15 +217,9 @@ async def read(request: Request, resource_type: str, resource_id: str) -> Respon
     summary="Instance history, newest first, paged by an opaque cursor in the `next` link",
 )
 def instance_history(
-    request: Request,
-    runtime: RuntimeDep,
-    resource_type: str,
-    resource_id: str,
-    since: Annotated[str | None, Query(alias="_since")] = None,
-    count: Annotated[int, Query(alias="_count", ge=0)] = 100,
-    cursor: Annotated[str | None, Query(alias="_cursor")] = None,
+    request: Request, runtime: RuntimeDep, resource_type: str, resource_id: str, asked: HistoryDep
 ) -> FhirResponse:
-    return _history_page(request, runtime, resource_type, resource_id, since, count, cursor)
+    return _history_page(request, runtime, resource_type, resource_id, asked)
 
 
 @router.get(
