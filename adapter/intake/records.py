@@ -5,7 +5,8 @@ Local codes (indication, event, site, drug, route, actions) are free strings her
 mapping tables know them is the mapping's business, not the sender's fault.
 """
 
-from datetime import date, datetime, timezone
+import re
+from datetime import date, datetime, timedelta, timezone
 from functools import cache
 from typing import Annotated, Any, Literal, get_args
 from zoneinfo import ZoneInfo
@@ -13,9 +14,11 @@ from zoneinfo import ZoneInfo
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
+    TypeAdapter,
     ValidationInfo,
 )
 from pydantic_core import PydanticCustomError
@@ -51,7 +54,44 @@ def _aware(value: datetime, info: ValidationInfo) -> datetime:
     return value.replace(tzinfo=timezone(offset))
 
 
-Timestamp = Annotated[datetime, AfterValidator(_aware)]
+ISO_TIMESTAMP = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}(:[0-9]{2}([.,][0-9]+)?)?"
+    r"([Zz]|[+-][0-9]{2}(:?[0-9]{2})?)?"
+)
+"""An ISO 8601 date and time (the format's timestamps): a date alone, or digits alone (which
+the parser would take for seconds since 1970: `"20261120"` for 23 August 1970), are not."""
+LONGEST_OFFSET = timedelta(hours=14)
+"""The widest UTC offset there is, and the widest FHIR's dateTime takes (R4 datatypes)."""
+
+
+_DATETIME = TypeAdapter(datetime)
+
+
+def _iso(value: Any) -> Any:
+    """An ISO 8601 timestamp, read as pydantic reads one (what follows is strict, and takes a
+    datetime alone once a validator has run before it); anything else as it came."""
+    if not isinstance(value, str):
+        return value
+    if not ISO_TIMESTAMP.fullmatch(value):
+        raise PydanticCustomError(
+            "timestamp_format",
+            "timestamp is not an ISO 8601 date and time (YYYY-MM-DDThh:mm[:ss][offset])",
+        )
+    return _DATETIME.validate_python(value)
+
+
+def _offset(value: datetime) -> datetime:
+    offset = value.utcoffset()
+    if offset is not None and abs(offset) > LONGEST_OFFSET:
+        raise PydanticCustomError(
+            "timestamp_offset", "timestamp has a UTC offset beyond +14:00 or -14:00"
+        )
+    return value
+
+
+Timestamp = Annotated[
+    datetime, BeforeValidator(_iso), AfterValidator(_offset), AfterValidator(_aware)
+]
 SourceId = Annotated[str, StringConstraints(pattern=SOURCE_ID_PATTERN)]
 Text = Annotated[str, StringConstraints(min_length=1, max_length=4000)]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
@@ -65,8 +105,18 @@ class Part(BaseModel):
     model_config = ConfigDict(strict=True, extra="allow", frozen=True)
 
 
+def _mrn(value: str) -> str:
+    """An MRN as the EHR holds it: one with spaces about it, or of spaces alone, would be a
+    patient of its own, never found in the EHR."""
+    if not value.strip():
+        raise PydanticCustomError("mrn_blank", "mrn is blank")
+    if value != value.strip():
+        raise PydanticCustomError("mrn_padded", "mrn has spaces before or after it")
+    return value
+
+
 class Patient(Part):
-    mrn: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    mrn: Annotated[str, StringConstraints(min_length=1, max_length=64), AfterValidator(_mrn)]
     family: Name | None = None
     given: Name | None = None
     birth_date: date | None = None
