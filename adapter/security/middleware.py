@@ -66,9 +66,15 @@ def _with_nul(scope: Scope) -> bool:
     return "\x00" in scope.get("path", "") or b"%00" in scope.get("query_string", b"")
 
 
-async def _refuse(send: Send, error: AdapterError, oauth: bool) -> None:
+CLOSE = (b"connection", b"close")
+UNREAD = "body_unread"
+"""Set in a request's state when its body is not read: its answer closes the connection."""
+
+
+async def _refuse(send: Send, error: AdapterError, oauth: bool, close: bool = False) -> None:
     """The answer to an error found before the app's exception handlers are in reach: an
-    OperationOutcome, or OAuth's error object at the token endpoint."""
+    OperationOutcome, or OAuth's error object at the token endpoint; with `close`, the
+    connection closed after it."""
     if oauth:
         body = orjson.dumps(oauth_error("invalid_request", error.message))
         media_type = b"application/json"
@@ -77,6 +83,8 @@ async def _refuse(send: Send, error: AdapterError, oauth: bool) -> None:
         media_type = b"application/fhir+json"
     headers = [(b"content-type", media_type), (b"content-length", str(len(body)).encode())]
     headers += [(name.lower().encode(), value.encode()) for name, value in error.headers.items()]
+    if close:
+        headers.append(CLOSE)
     await send({"type": "http.response.start", "status": error.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -132,6 +140,8 @@ class Guard:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
                 status["started"] = True
+                if scope.get("state", {}).get(UNREAD):
+                    message = {**message, "headers": [*message.get("headers", []), CLOSE]}
             elif message["type"] == "http.response.body" and not message.get("more_body"):
                 audit()
             await send(message)
@@ -141,7 +151,9 @@ class Guard:
             if isinstance(refused, AdapterError):
                 status["code"] = refused.status
                 audit()
-                await _refuse(send, refused, oauth=scope["path"] == TOKEN_PATH)
+                # The body is left unread, or read in part: the connection is closed after
+                # the answer, not kept for a sender that may trickle the rest for ever.
+                await _refuse(send, refused, oauth=scope["path"] == TOKEN_PATH, close=True)
             else:
                 await self.app(scope, refused, remember)
         except Exception as exc:  # no handler took it: answer 500, log no text of it
@@ -187,6 +199,8 @@ class Guard:
         else:
             client_id = await self._authenticated(headers)
             if client_id is None:
+                # The app answers 401 to a body it never reads: the connection then closes.
+                scope.setdefault("state", {})[UNREAD] = True
                 return _replay(b"", receive)
             scope.setdefault("state", {})["authenticated_client"] = client_id
             largest = self.limits.max_bytes

@@ -8,6 +8,7 @@ import time
 from datetime import UTC, datetime
 
 import orjson
+import pytest
 
 from adapter.intake.records import MOST_RATE_CHANGES
 from adapter.security.json_depth import json_depth
@@ -212,3 +213,52 @@ def test_slow_headers_and_slow_bodies_do_not_keep_a_connection(running: RunningS
 
     assert headers_only.startswith(b"HTTP/1.1 408") and headers_took < 3
     assert part_of_body.startswith(b"HTTP/1.1 408") and body_took < 3
+
+
+def _trickled(service: RunningService, head: bytes, seconds: float) -> tuple[bytes, bool]:
+    """A request's head with a huge declared body, then a byte of it every 0.2 s: the answer,
+    and whether the server closed the connection within `seconds` of it."""
+    host, port = service.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=seconds) as connection:
+        connection.sendall(head + b"Content-Length: 100000000\r\n\r\n")
+        answer = b""
+        while b"\r\n\r\n" not in answer or not _complete(answer):
+            answer += connection.recv(65536)
+        connection.settimeout(0.2)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                connection.sendall(b" ")
+                if connection.recv(1) == b"":
+                    return answer, True
+            except TimeoutError:
+                continue
+            except OSError:  # reset: closed all the same
+                return answer, True
+        return answer, False
+
+
+@pytest.mark.parametrize(
+    ("head", "status"),
+    [
+        (b"POST /api/v1/records HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n", 401),
+        (
+            b"POST /api/v1/records HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer {key}\r\n",
+            413,
+        ),
+    ],
+)
+def test_a_refused_sender_trickling_its_body_is_not_kept_connected(
+    running: RunningService, head: bytes, status: int
+) -> None:
+    """Answered without its body read (no credentials, a body over the limit), a sender that
+    keeps sending a byte now and then would hold its connection for ever, and thousands of
+    them every descriptor the service has: the connection is closed after the answer."""
+    head = head.replace(b"{key}", running.credentials.api_key.encode())
+
+    answer, closed = _trickled(running, head, seconds=3.0)
+
+    assert answer.startswith(b"HTTP/1.1 %d" % status), answer[:100]
+    assert b"connection: close" in answer.lower()
+    assert closed
