@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as SqlTimeout
 
 from adapter.errors import FieldError, StoreUnavailable
 from adapter.intake.validation import IntakeContext, ValidatedRecord, identify, validate_record
@@ -136,6 +137,13 @@ class Intake:
                 log.error("store unavailable during intake: %s", type(exc.orig).__name__)
                 raise StoreUnavailable(
                     "the store is unavailable; nothing was stored, retry"
+                ) from None
+            except (TimeoutError, SqlTimeout):
+                # No turn to write, or no pooled connection, in time: many writers at once.
+                log.warning("intake found the store busy; the request is answered 503")
+                raise StoreUnavailable(
+                    "the store is busy with other writes; nothing was stored, retry",
+                    headers={"Retry-After": "1"},
                 ) from None
         raise AssertionError("unreachable")
 

@@ -1,5 +1,6 @@
 """Reads and writes source records and their revisions; the revision rules live in intake."""
 
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -289,17 +290,44 @@ class RecordWriter:
             notices.announce(self._connection, notices.RECORDS)
 
 
+WRITE_WAIT_SECONDS = 30.0
+"""How long intake waits for its turn to write to a SQLite file before it answers 503."""
+_SQLITE_WRITERS: dict[str, threading.Lock] = {}
+_SQLITE_WRITERS_GUARD = threading.Lock()
+
+
+def _turn(engine: Engine) -> "threading.Lock | None":
+    """The lock that gives this process's intake writes to a SQLite file their turns (None
+    on PostgreSQL). SQLite takes one writer at a time: without it, concurrent requests each
+    held a pooled connection while they waited on the file, emptied the pool, and met
+    `database is locked` where a reader's transaction could not become a writer's."""
+    if engine.dialect.name != "sqlite":
+        return None
+    with _SQLITE_WRITERS_GUARD:
+        return _SQLITE_WRITERS.setdefault(str(engine.url.database), threading.Lock())
+
+
 class RecordStore:
     """The source records: written by intake, read by the API and by mapping."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._turn = _turn(engine)
 
     @contextmanager
     def writer(self) -> Iterator[RecordWriter]:
-        """One transaction: everything written through the writer commits together or not at all."""
-        with self.engine.begin() as connection:
-            yield RecordWriter(connection)
+        """One transaction: everything written through the writer commits together or not at
+        all; on SQLite, one of this process's at a time (`_turn`). Raises TimeoutError when
+        the turn does not come within WRITE_WAIT_SECONDS."""
+        turn = self._turn
+        if turn is not None and not turn.acquire(timeout=WRITE_WAIT_SECONDS):
+            raise TimeoutError("no turn to write to the store")
+        try:
+            with self.engine.begin() as connection:
+                yield RecordWriter(connection)
+        finally:
+            if turn is not None:
+                turn.release()
 
     def get(self, record_type: str, source_id: str) -> StoredRecord | None:
         query = (
