@@ -51,6 +51,15 @@ def _aware(value: datetime, info: ValidationInfo) -> datetime:
     local = value.replace(tzinfo=zone)
     offset = local.utcoffset()
     assert offset is not None
+    # A wall clock time the change skips (02:30 as clocks go forward) or shows twice (01:30 as
+    # they go back) names no one moment: an hour's guess is not made for the sender.
+    other = value.replace(tzinfo=zone, fold=1 - value.fold).utcoffset()
+    if other != offset:
+        raise PydanticCustomError(
+            "timestamp_ambiguous",
+            "timestamp has no UTC offset and falls in a daylight saving change of the site's "
+            "time zone (a time skipped or shown twice): give its offset",
+        )
     return value.replace(tzinfo=timezone(offset))
 
 

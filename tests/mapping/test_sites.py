@@ -210,6 +210,30 @@ def test_a_site_reads_timestamps_in_its_own_time_zone(group: Runtime) -> None:
     assert starts == {NORTH: "2026-11-20T09:00:00-05:00", SOUTH: "2026-11-20T09:00:00-06:00"}
 
 
+@pytest.mark.parametrize(
+    ("taken_at", "outcome"),
+    [
+        ("2026-03-08T02:30:00", "rejected"),  # skipped as New York's clocks went forward
+        ("2026-11-01T01:30:00", "rejected"),  # shown twice as they went back
+        ("2026-11-01T01:30:00-05:00", "created"),  # the second of the two, by its offset
+        ("2026-11-01T03:30:00", "created"),
+    ],
+)
+def test_a_local_time_a_daylight_saving_change_skips_or_repeats_needs_its_offset(
+    group: Runtime, taken_at: str, outcome: str
+) -> None:
+    """North reads timestamps without an offset in New York's time: one that names no single
+    moment there is refused, naming the field, rather than guessed an hour either way."""
+    (result,) = group.intake.submit([(0, ndjson(vitals(clinic_site=NORTH, taken_at=taken_at)))])
+
+    assert result.outcome == outcome
+    if outcome == "rejected":
+        assert any(
+            "daylight saving change" in error.reason and error.field == "taken_at"
+            for error in result.errors or []
+        ), result.errors
+
+
 def test_a_site_overlays_the_limits_of_its_own_records(settings: Settings) -> None:
     add_sites(settings.mappings_dir)
     (settings.mappings_dir / "sites" / SOUTH / "limits.yaml").write_text(
