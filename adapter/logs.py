@@ -3,6 +3,7 @@ request URLs (which carry search parameters such as a patient's MRN) are held at
 so are the libraries that would log on every idle tick of the scheduler or every command."""
 
 import logging
+import traceback
 
 URL_LOGGERS = ("urllib3", "httpx", "httpcore", "uvicorn.access")
 """Loggers whose DEBUG and INFO lines name full request URLs."""
@@ -22,12 +23,33 @@ class SkippedTicks(logging.Filter):
         return SKIPPED_RUN not in record.getMessage()
 
 
+class WithoutErrorText(logging.Filter):
+    """A library's line about an exception (APScheduler's "Job ... raised an exception") keeps
+    the exception's type and the traceback's frames, never its text, which may quote what a
+    record held (a store's error, a value). The adapter's own lines do the same
+    (`log_unexpected`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            error = record.exc_info[1]
+            frames = "".join(traceback.format_tb(error.__traceback__))
+            record.msg = f"{record.getMessage()}: {type(error).__name__}\n{frames}".rstrip()
+            record.args = ()
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
 def quiet_url_loggers() -> None:
     for name in URL_LOGGERS + TICK_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     scheduler = logging.getLogger("apscheduler.scheduler")
     if not any(isinstance(f, SkippedTicks) for f in scheduler.filters):
         scheduler.addFilter(SkippedTicks())
+    for name in ("apscheduler.executors.default", "apscheduler.scheduler"):
+        library = logging.getLogger(name)
+        if not any(isinstance(f, WithoutErrorText) for f in library.filters):
+            library.addFilter(WithoutErrorText())
 
 
 def configure_logging(level: str) -> None:

@@ -69,6 +69,42 @@ def test_a_tick_while_the_job_still_runs_is_not_warned_of(kept: Kept) -> None:
     assert [line for line in kept.lines if "maximum number of running instances" in line] == []
 
 
+def test_a_job_that_fails_is_logged_with_its_type_and_frames_never_its_text(
+    kept: Kept,
+) -> None:
+    """APScheduler logs a failing job with its traceback, whose last line quotes the
+    exception's text (a store's error, a value a record held)."""
+    formatted: list[str] = []
+
+    class Formatted(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            formatted.append(logging.Formatter().format(record))
+
+    handler = Formatted(logging.DEBUG)
+    logging.getLogger().addHandler(handler)
+    scheduler = BackgroundScheduler(timezone=UTC)
+    done = threading.Event()
+
+    said = "MRN 100234, Rivera, heart rate 212"  # not on the line that raises, which is shown
+
+    def failing() -> None:
+        done.set()
+        raise ValueError(said)
+
+    scheduler.add_job(failing, next_run_time=datetime.now(UTC))
+    try:
+        scheduler.start()
+        assert done.wait(5)
+        time.sleep(0.2)
+    finally:
+        scheduler.shutdown(wait=True)
+        logging.getLogger().removeHandler(handler)
+
+    failed = [line for line in formatted if "raised an exception" in line]
+    assert len(failed) == 1 and "ValueError" in failed[0] and "in failing" in failed[0]
+    assert not any("100234" in line or "Rivera" in line for line in formatted)
+
+
 def command(database: Path, *args: str, exits: int = 0, **settings: str) -> list[str]:
     """The lines `infusion-adapter ARGS` prints, standard output and error together, with
     these ADAPTER_ settings; it must exit with `exits`."""
