@@ -4,6 +4,7 @@ token."""
 
 import hmac
 import secrets
+import unicodedata
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -24,6 +25,18 @@ environment = Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
+
+
+def visible(value: str) -> str:
+    """Text a caller wrote, as the audit shows it: its invisible format characters (a
+    right-to-left override, say, which would show `/fhir/Patient` for what was sent as
+    something else) written out as `<U+202E>`."""
+    return "".join(
+        f"<U+{ord(c):04X}>" if unicodedata.category(c) in ("Cf", "Cc") else c for c in value
+    )
+
+
+environment.filters["visible"] = visible
 
 
 class SignInNeeded(Exception):

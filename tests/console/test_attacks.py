@@ -68,6 +68,20 @@ def test_markup_from_records_is_shown_escaped_on_every_page(attacked: TestClient
     assert "EV&lt;svg onload=alert(1)&gt;" in pages["/console/sessions/SES-EVIL-1"].text
 
 
+def test_a_path_that_turns_its_text_around_is_shown_as_sent_on_the_audit_page(
+    attacked: TestClient,
+) -> None:
+    """A right-to-left override in a request's path would have the audit page show other
+    text than was sent (U+202E reverses what follows it): it is written out."""
+    attacked.get("/fhir/Patient/\u202egnp.exe")
+    attacked.app.state.audit_writer.flush()  # type: ignore[attr-defined]
+
+    shown = attacked.get("/console/audit").text
+
+    assert "\u202e" not in shown
+    assert "/fhir/Patient/&lt;U+202E&gt;gnp.exe" in shown
+
+
 def test_markup_in_a_mapping_form_is_escaped_and_control_characters_refused(
     attacked: TestClient, settings: Settings
 ) -> None:
