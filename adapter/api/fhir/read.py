@@ -152,10 +152,6 @@ def _history_page(
     limit = min(count, MAX_COUNT)
     sites = caller_sites(request)
     reads = runtime.fhir_reads
-    if resource_id is not None and not reads.versions(
-        resource_type, resource_id, limit=1, sites=sites
-    ):
-        raise NotFound(f"{resource_type}/{resource_id} is not known")
     found = (
         reads.versions(
             resource_type, resource_id, since=moment, limit=limit + 1, after=after, sites=sites
@@ -163,6 +159,10 @@ def _history_page(
         if limit
         else []
     )
+    # An empty page of one resource's history: the resource unknown, or no version since.
+    if resource_id is not None and not found:
+        if not reads.versions(resource_type, resource_id, limit=1, sites=sites):
+            raise NotFound(f"{resource_type}/{resource_id} is not known")
     total = reads.count_versions(resource_type, since=moment, sites=sites, resource_id=resource_id)
     page = found[:limit]
     query = [(k, v) for k, v in (("_since", since), ("_count", str(count))) if v is not None]
