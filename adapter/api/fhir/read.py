@@ -160,9 +160,9 @@ def _history_page(
         else []
     )
     # An empty page of one resource's history: the resource unknown, or no version since.
-    if resource_id is not None and not found:
-        if not reads.versions(resource_type, resource_id, limit=1, sites=sites):
-            raise NotFound(f"{resource_type}/{resource_id} is not known")
+    unknown = resource_id is not None and not found
+    if unknown and not reads.versions(resource_type, resource_id, limit=1, sites=sites):
+        raise NotFound(f"{resource_type}/{resource_id} is not known")
     total = reads.count_versions(resource_type, since=moment, sites=sites, resource_id=resource_id)
     page = found[:limit]
     query = [(k, v) for k, v in (("_since", since), ("_count", str(count))) if v is not None]
