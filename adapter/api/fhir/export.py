@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import FileResponse, Response
 
 from adapter.api.deps import RuntimeDep
-from adapter.api.fhir.wire import fhir_base
+from adapter.api.fhir.wire import fhir_base, handling, media_type
 from adapter.errors import BadRequest, UnsupportedMediaType
 from adapter.export.service import COMPLETED, FAILED, exported_types
 from adapter.runtime import Runtime
@@ -40,12 +40,6 @@ ExportDep = Annotated[ExportParameters, Depends(_parameters)]
 _POSTED = {"_type": "valueString", "_since": "valueInstant", "_outputFormat": "valueString"}
 """The kick-off parameters this server supports, in the query or in a POSTed Parameters
 resource, and the value each takes there (Bulk Data IG 2.0, "Bulk Data Kick-off Request")."""
-
-
-def _lenient(prefer: str | None) -> bool:
-    """`Prefer: handling=lenient`: the client would rather have the export without the
-    kick-off parameters this server does not support than a refusal (Bulk Data IG 2.0)."""
-    return "handling=lenient" in (prefer or "").replace(" ", "")
 
 
 def _unsupported(name: str, where: str) -> BadRequest:
@@ -82,7 +76,7 @@ async def _read_posted(
 ) -> ExportParameters:
     queried = {"_type": types, "_since": since, "_outputFormat": output_format}
     body = await request.body()
-    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    kind = media_type(request)
     if body.strip() and kind not in ("application/fhir+json", "application/json", ""):
         raise UnsupportedMediaType(
             f"a kick-off's Parameters are sent as application/fhir+json, not {kind}"
@@ -98,7 +92,7 @@ async def _read_posted(
         name = parameter.get("name") if isinstance(parameter, dict) else None
         where = f"Parameters.parameter[{index}]"
         if name not in _POSTED:
-            if _lenient(prefer):
+            if handling(prefer, "lenient"):
                 continue
             raise _unsupported(str(name), where)
         value = parameter.get(_POSTED[name])
@@ -164,7 +158,7 @@ def _kick_off(
     # A filter left out would export more than was asked for: refused unless the client
     # said it would rather have that (a POSTed body's parameters are checked as it is read).
     for name in request.query_params:
-        if name not in _POSTED and not _lenient(asked.prefer):
+        if name not in _POSTED and not handling(asked.prefer, "lenient"):
             raise _unsupported(name, name)
     job_id = runtime.exports.kick_off(
         level,

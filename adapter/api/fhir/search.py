@@ -13,8 +13,10 @@ from adapter.api.fhir.wire import (
     bundle,
     entry,
     fhir_base,
+    handling,
     known_type,
     link,
+    media_type,
 )
 from adapter.api.outcome import operation_outcome
 from adapter.errors import UnsupportedMediaType
@@ -35,10 +37,6 @@ FORM = "application/x-www-form-urlencoded"
 Searcher = Annotated[Caller, Depends(fhir_scope("s"))]
 
 
-def _strict(prefer: str | None) -> bool:
-    return bool(prefer) and "handling=strict" in (prefer or "").replace(" ", "")
-
-
 def _cursor(search: SearchRequest, hit: Hit, secret: str, direction: str) -> str:
     value = hit.sort_value.isoformat() if hasattr(hit.sort_value, "isoformat") else hit.sort_value
     payload = {"v": value, "id": hit.id, "d": direction, "s": search_digest(search)}
@@ -56,7 +54,7 @@ def _search(
     known_type(resource_type)
     secret = runtime.settings.secret_key
     base = fhir_base(request)
-    search: SearchRequest = parse(resource_type, params, _strict(prefer), secret, base)
+    search: SearchRequest = parse(resource_type, params, handling(prefer, "strict"), secret, base)
     for other_type in sorted(included_types(search)):
         caller.require(other_type, "r")
     sites = caller.client.sites
@@ -146,7 +144,7 @@ async def search_post(
     prefer: Annotated[str | None, Header()] = None,
 ) -> FhirResponse:
     body = (await request.body()).decode("utf-8", "replace")
-    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    kind = media_type(request)
     if body.strip() and kind != FORM:
         # R4 http.html#search: the parameters of a POSTed search are a form's.
         raise UnsupportedMediaType(

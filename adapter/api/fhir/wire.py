@@ -108,6 +108,17 @@ def document_format(routes: Iterable[Any], schema: dict[str, Any]) -> set[str]:
     return negotiating
 
 
+def handling(prefer: str | None, asked: str) -> bool:
+    """Whether `Prefer` asks for this handling of parameters the server does not support
+    (`strict`: refused; `lenient`: left out; R4 search.html and Bulk Data IG 2.0)."""
+    return f"handling={asked}" in (prefer or "").replace(" ", "")
+
+
+def media_type(request: Request) -> str:
+    """The type of the request's body, without its parameters ("" when none is given)."""
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
 def fhir_base(request: Request) -> str:
     return public_base(request) + "/fhir"
 
