@@ -23,6 +23,13 @@ class SkippedTicks(logging.Filter):
         return SKIPPED_RUN not in record.getMessage()
 
 
+def without_text(error: BaseException) -> str:
+    """An error as the logs say it: its type and the traceback's frames, never its text, which
+    may quote what a caller sent or a record held."""
+    frames = "".join(traceback.format_tb(error.__traceback__))
+    return f"{type(error).__name__}\n{frames}".rstrip()
+
+
 class WithoutErrorText(logging.Filter):
     """A library's line about an exception (APScheduler's "Job ... raised an exception") keeps
     the exception's type and the traceback's frames, never its text, which may quote what a
@@ -31,9 +38,7 @@ class WithoutErrorText(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and record.exc_info[1] is not None:
-            error = record.exc_info[1]
-            frames = "".join(traceback.format_tb(error.__traceback__))
-            record.msg = f"{record.getMessage()}: {type(error).__name__}\n{frames}".rstrip()
+            record.msg = f"{record.getMessage()}: {without_text(record.exc_info[1])}"
             record.args = ()
             record.exc_info = None
             record.exc_text = None

@@ -1,7 +1,6 @@
 """The one place where an error becomes an OperationOutcome response."""
 
 import logging
-import traceback
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,6 +11,7 @@ from starlette.routing import compile_path
 
 from adapter.api.responses import JsonResponse, OutcomeResponse
 from adapter.errors import AdapterError, OAuthError
+from adapter.logs import without_text
 from adapter.security.access import all_routes
 
 log = logging.getLogger(__name__)
@@ -93,11 +93,7 @@ async def _http_error(request: Request, exc: Exception) -> JsonResponse:
 def log_unexpected(exc: BaseException) -> None:
     """Log an error no handler expected: its type and the traceback's frames, never its text,
     which may quote what a caller sent."""
-    log.error(
-        "unexpected error: %s\n%s",
-        type(exc).__name__,
-        "".join(traceback.format_tb(exc.__traceback__)),
-    )
+    log.error("unexpected error: %s", without_text(exc))
 
 
 INTERNAL_ERROR = operation_outcome("exception", "internal error; it has been logged")
