@@ -45,6 +45,7 @@ LONGEST_FIRST = (
     "tests/sync/test_processes.py",
     "tests/console/test_browser.py",
     "tests/sync/test_events.py",
+    "tests/api/test_openapi_fuzz.py",
     "tests/sync/test_backoff.py",
     "tests/security/test_attack_inputs.py",
     "tests/test_replicas.py",

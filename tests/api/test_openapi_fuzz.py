@@ -5,18 +5,18 @@ object at the token endpoint), and nothing but the open routes answers 2xx witho
 credentials."""
 
 import json
-import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 import schemathesis
-from fastapi import FastAPI
 from hypothesis import HealthCheck, settings
 from schemathesis import Case
+from schemathesis.core.result import Err
+from schemathesis.pytest.lazy import get_all_tests
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 from sqlalchemy import create_engine, text
 
@@ -26,31 +26,61 @@ from tests.conftest import EXAMPLE_DAY, POSTGRES_URL, ROOT, Credentials, grant
 
 OPEN = {"/healthz", "/fhir/metadata", "/.well-known/smart-configuration"}
 OPEN |= {"/fhir/.well-known/smart-configuration"}
-_FOLDER = Path(tempfile.mkdtemp(prefix="adapter-fuzz-"))
-_SCHEMA = f"fuzz_{uuid.uuid4().hex[:12]}"
+WITH_CREDENTIALS = settings(
+    max_examples=20, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True
+)
+WITHOUT_CREDENTIALS = settings(WITH_CREDENTIALS, max_examples=8)
 
 
-def _service(database_url: str) -> tuple[FastAPI, Credentials]:
-    """The service with the example day in it, and credentials to call it."""
-    app = create_app(
-        Settings(
-            database_url=database_url,
-            mappings_dir=ROOT / "mappings",
-            export_dir=_FOLDER / f"exports-{uuid.uuid4().hex[:6]}",
-        ),
-        background=False,
-    )
-    runtime = app.state.runtime
-    lines = [line for line in EXAMPLE_DAY.read_bytes().splitlines() if line.strip()]
-    runtime.intake.submit(list(enumerate(lines)))
-    runtime.mapping.run()
-    return app, grant(runtime)
+class Service:
+    """The service with the example day in it, credentials to call it, and its OpenAPI as
+    schemathesis reads it."""
+
+    def __init__(self, database_url: str, folder: Path) -> None:
+        self.app = create_app(
+            Settings(
+                database_url=database_url,
+                mappings_dir=ROOT / "mappings",
+                export_dir=folder / "exports",
+            ),
+            background=False,
+        )
+        runtime = self.app.state.runtime
+        lines = [line for line in EXAMPLE_DAY.read_bytes().splitlines() if line.strip()]
+        runtime.intake.submit(list(enumerate(lines)))
+        runtime.mapping.run()
+        self.credentials = grant(runtime)
+        self.schema = schemathesis.openapi.from_asgi(
+            "/openapi.json",
+            self.app,
+            headers={"Authorization": self.credentials.header("/openapi.json")},
+        )
+
+    def close(self) -> None:
+        self.app.state.runtime.close()
 
 
-with create_engine(POSTGRES_URL).begin() as _connection:
-    _connection.execute(text(f"CREATE SCHEMA {_SCHEMA}"))
-_SQLITE = _service(f"sqlite:///{_FOLDER / 'fuzz.db'}")
-_POSTGRESQL = _service(f"{POSTGRES_URL}?options=-csearch_path%3D{_SCHEMA}")
+@pytest.fixture(scope="module")
+def sqlite_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    folder = tmp_path_factory.mktemp("fuzz")
+    service = Service(f"sqlite:///{folder / 'fuzz.db'}", folder)
+    yield service
+    service.close()
+
+
+@pytest.fixture(scope="module")
+def postgresql_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    schema = f"fuzz_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES_URL)
+    with admin.begin() as connection:
+        connection.execute(text(f"CREATE SCHEMA {schema}"))
+    url = f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+    service = Service(url, tmp_path_factory.mktemp("fuzz"))
+    yield service
+    service.close()
+    with admin.begin() as connection:
+        connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+    admin.dispose()
 
 
 @schemathesis.serializer("application/x-ndjson")
@@ -65,28 +95,6 @@ def _ndjson(_context: Any, value: Any) -> dict[str, bytes]:
         return {"data": orjson.dumps(value)}
     except TypeError:  # an integer beyond 64 bits, which orjson does not write
         return {"data": json.dumps(value).encode()}
-
-
-def _schema(service: tuple[FastAPI, Credentials]) -> Any:
-    app, credentials = service
-    return schemathesis.openapi.from_asgi(
-        "/openapi.json", app, headers={"Authorization": credentials.header("/openapi.json")}
-    )
-
-
-sqlite_schema = _schema(_SQLITE)
-postgresql_schema = _schema(_POSTGRESQL)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _drop_the_schema() -> Iterator[None]:
-    """At the end of the run: a process of a parallel run may come back to this module's tests
-    after others, and finds the services as they were."""
-    yield
-    for app, _ in (_SQLITE, _POSTGRESQL):
-        app.state.runtime.close()
-    with create_engine(POSTGRES_URL).begin() as connection:
-        connection.execute(text(f"DROP SCHEMA {_SCHEMA} CASCADE"))
 
 
 def _error_shape(body: dict[str, object]) -> bool:
@@ -112,27 +120,48 @@ def _without_credentials(case: Case) -> None:
         assert _error_shape(response.json()), response.json()
 
 
-@sqlite_schema.parametrize()
-@settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
-def test_sqlite_with_credentials(case: Case) -> None:
-    _with_credentials(case, _SQLITE[1])
+def _fuzz(
+    service: Service,
+    check: Callable[[Case], None],
+    examples: settings,
+    subtests: pytest.Subtests,
+) -> None:
+    """Each operation of the OpenAPI through `check`, as a subtest: schemathesis's cases are
+    made here, when the test runs, not at collection, where every process of a parallel run
+    would make them for the one that runs it."""
+    for result in get_all_tests(
+        schema=service.schema, test_func=check, settings=examples, given_kwargs={}
+    ):
+        if isinstance(result, Err):
+            raise result.err()
+        operation, test = result.ok()
+        with subtests.test(operation.label):
+            test()
 
 
-@sqlite_schema.parametrize()
-@settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
-def test_sqlite_without_credentials(case: Case) -> None:
-    _without_credentials(case)
+def test_sqlite_with_credentials(sqlite_service: Service, subtests: pytest.Subtests) -> None:
+    def check(case: Case) -> None:
+        _with_credentials(case, sqlite_service.credentials)
+
+    _fuzz(sqlite_service, check, WITH_CREDENTIALS, subtests)
+
+
+def test_sqlite_without_credentials(sqlite_service: Service, subtests: pytest.Subtests) -> None:
+    _fuzz(sqlite_service, _without_credentials, WITHOUT_CREDENTIALS, subtests)
 
 
 @pytest.mark.postgres
-@postgresql_schema.parametrize()
-@settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
-def test_postgresql_with_credentials(case: Case) -> None:
-    _with_credentials(case, _POSTGRESQL[1])
+def test_postgresql_with_credentials(
+    postgresql_service: Service, subtests: pytest.Subtests
+) -> None:
+    def check(case: Case) -> None:
+        _with_credentials(case, postgresql_service.credentials)
+
+    _fuzz(postgresql_service, check, WITH_CREDENTIALS, subtests)
 
 
 @pytest.mark.postgres
-@postgresql_schema.parametrize()
-@settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
-def test_postgresql_without_credentials(case: Case) -> None:
-    _without_credentials(case)
+def test_postgresql_without_credentials(
+    postgresql_service: Service, subtests: pytest.Subtests
+) -> None:
+    _fuzz(postgresql_service, _without_credentials, WITHOUT_CREDENTIALS, subtests)
