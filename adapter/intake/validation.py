@@ -2,9 +2,11 @@
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -280,6 +282,41 @@ def _member_problems(raw: bytes) -> list[FieldError]:
     return []
 
 
+_LONG_OR_EXPONENT = re.compile(rb"[0-9.]{16}|[0-9][eE][-+]?[0-9]")
+"""A run of sixteen digits (a point among them), or an exponent: the only ways to write a
+number that a float does not hold as written."""
+
+
+def _held_as_written(value: object, path: str) -> Iterator[FieldError]:
+    if isinstance(value, Decimal):
+        number = float(value)
+        if not math.isfinite(number):
+            yield FieldError(path, "too large for a number to hold")
+        elif number == 0 and value != 0:
+            yield FieldError(path, "too small for a number to hold: it would be kept as 0")
+        elif Decimal(repr(number)) != value:
+            yield FieldError(path, "more significant digits than a number keeps (15 to 17)")
+    elif isinstance(value, dict):
+        for key, member in value.items():
+            yield from _held_as_written(member, f"{path}.{key}" if path else key)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _held_as_written(item, f"{path}[{index}]")
+
+
+def _number_problems(raw: bytes) -> list[FieldError]:
+    """Numbers that the record's floats would not keep as they were sent: a value too small,
+    kept as 0 (an ETCO2 of 1.0e-400 read as none at all), too large, or with more digits than
+    a float keeps, silently rounded."""
+    if not _LONG_OR_EXPONENT.search(raw):
+        return []
+    try:
+        data = json.loads(raw, parse_float=Decimal)
+    except (ValueError, RecursionError):
+        return []  # malformed: the schema's parser says where
+    return list(_held_as_written(data, ""))
+
+
 def _named_site(raw: bytes) -> Any:
     try:
         data: Any = orjson.loads(raw)
@@ -294,7 +331,7 @@ def validate_record(
     """Validate one record's JSON; the result is the record or every reason it was refused.
     In a group, the record is read with its site's configuration (`bound`: the sites the
     sender's credential may write for; None: any)."""
-    members = _member_problems(raw)
+    members = _member_problems(raw) or _number_problems(raw)
     if members:
         return members
     site: str | None = None

@@ -122,6 +122,41 @@ def test_bad_record_is_refused_with_field_and_reason(
             assert client.get(f"/api/v1/records/{record_type}/{source_id}").status_code == 404
 
 
+NUMBERS_NOT_HELD = [
+    ("1.0e-400", "etco2", "too small for a number to hold"),
+    ("1e400", "etco2", "too large for a number to hold"),
+    ("36.123456789012345678", "etco2", "more significant digits"),
+    ("45.0000000000000000001", "etco2", "more significant digits"),
+]
+
+
+@pytest.mark.parametrize(("written", "field", "reason"), NUMBERS_NOT_HELD)
+def test_a_number_a_float_would_not_keep_as_written_is_refused(
+    client: TestClient, written: str, field: str, reason: str
+) -> None:
+    """An ETCO2 of 1.0e-400 would be kept as 0 (and flagged as no breathing); 18 digits would
+    be rounded without a word."""
+    body = orjson.dumps(vitals()).replace(b'"spo2":', f'"etco2":{written},"spo2":'.encode())
+
+    response = client.post("/api/v1/records", content=body, headers=NDJSON)
+
+    assert response.status_code == 422
+    errors = response.json()["results"][0]["errors"]
+    assert any(e["field"] == field and reason in e["reason"] for e in errors), errors
+    assert client.get("/api/v1/records/vitals/VIT-1").status_code == 404
+
+
+@pytest.mark.parametrize("written", ["4.5e1", "45.0", "4.50E+1", "0.30000000000000004"])
+def test_a_number_in_any_form_a_float_keeps_is_accepted(client: TestClient, written: str) -> None:
+    body = orjson.dumps(vitals()).replace(b'"spo2":', f'"etco2":{written},"spo2":'.encode())
+
+    response = client.post("/api/v1/records", content=body, headers=NDJSON)
+
+    assert response.status_code == 200, response.json()
+    stored = client.get("/api/v1/records/vitals/VIT-1").json()
+    assert stored["record"]["etco2"] == float(written)
+
+
 def test_abnormal_but_possible_values_are_accepted(client: TestClient) -> None:
     record = vitals(
         systolic=190,
