@@ -6,12 +6,13 @@ import math
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import orjson
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from adapter.errors import FieldError
 from adapter.intake.records import (
@@ -222,9 +223,36 @@ def _fasting_problems(record: FastingAttestation) -> Iterator[FieldError]:
             yield FieldError(name, "is after attested_at")
 
 
+CLOCK_SLACK = timedelta(days=1)
+"""How far past the adapter's clock a charted moment may lie: the charting system's clock may
+run ahead, or a time be sent with the wrong offset (at most 26 hours apart, +14:00 to -12:00)."""
+PLANNED = frozenset({"scheduled_start"})
+"""The only moment a record may give in the future: when a session is planned to start."""
+
+
+def _future_moments(model: BaseModel, latest: datetime, path: str = "") -> Iterator[FieldError]:
+    for name, value in model:
+        where = f"{path}{name}"
+        if isinstance(value, datetime):
+            if value > latest and name not in PLANNED:
+                yield FieldError(
+                    where, "is in the future: more than a day past the adapter's clock"
+                )
+        elif isinstance(value, BaseModel):
+            yield from _future_moments(value, latest, f"{where}.")
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                if isinstance(item, BaseModel):
+                    yield from _future_moments(item, latest, f"{where}[{index}].")
+
+
 def plausibility_problems(record: AnyRecord, limits: Limits) -> list[FieldError]:
-    """What the schema cannot say: impossible values and fields that contradict each other.
-    A withdrawn record is checked too: what it says is stored and shown, withdrawn or not."""
+    """What the schema cannot say: impossible values, moments that have not come yet (a year
+    mistyped would chart a vital sign in 2062), and fields that contradict each other. A
+    withdrawn record is checked too: what it says is stored and shown, withdrawn or not."""
+    future = list(_future_moments(record, datetime.now(UTC) + CLOCK_SLACK))
+    if future:
+        return future
     if isinstance(record, Vitals):
         return list(_vitals_problems(record, limits))
     if isinstance(record, InfusionSession):

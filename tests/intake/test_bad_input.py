@@ -1,12 +1,13 @@
 """Each kind of bad input is refused with its field and reason, and stores nothing."""
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import ndjson, session, vitals
+from tests.conftest import adverse_event, fasting, ndjson, session, vitals
 
 NDJSON = {"content-type": "application/x-ndjson"}
 
@@ -155,6 +156,55 @@ def test_a_number_in_any_form_a_float_keeps_is_accepted(client: TestClient, writ
     assert response.status_code == 200, response.json()
     stored = client.get("/api/v1/records/vitals/VIT-1").json()
     assert stored["record"]["etco2"] == float(written)
+
+
+def _from_now(**delta: float) -> str:
+    return (datetime.now(UTC) + timedelta(**delta)).isoformat()
+
+
+IN_THE_FUTURE = [
+    ("vitals", lambda: vitals(taken_at=_from_now(days=2)), "taken_at"),
+    ("a mistyped year", lambda: vitals(taken_at="2062-11-20T09:20:00-05:00"), "taken_at"),
+    ("adverse event", lambda: adverse_event(onset_at=_from_now(days=3)), "onset_at"),
+    (
+        "infusion end",
+        lambda: session(infusion_end=_from_now(days=2), scheduled_start=_from_now(hours=-2)),
+        "infusion_end",
+    ),
+    ("attestation", lambda: fasting(attested_at=_from_now(days=400)), "attested_at"),
+]
+
+
+@pytest.mark.parametrize(
+    ("record", "field"), [c[1:] for c in IN_THE_FUTURE], ids=[c[0] for c in IN_THE_FUTURE]
+)
+def test_a_moment_more_than_a_day_ahead_of_the_clock_is_refused(
+    client: TestClient, record: Any, field: str
+) -> None:
+    """A year mistyped would chart a vital sign in 2062: nothing charted has happened yet."""
+    response = client.post("/api/v1/records", json=record())
+
+    assert response.status_code == 422
+    errors = response.json()["results"][0]["errors"]
+    assert any(e["field"] == field and "in the future" in e["reason"] for e in errors), errors
+
+
+def test_a_clock_hours_ahead_and_a_session_planned_next_week_are_accepted(
+    client: TestClient,
+) -> None:
+    planned = session(
+        status="scheduled",
+        scheduled_start=_from_now(days=7),
+        infusion_start=None,
+        infusion_end=None,
+        dose=None,
+    )
+    ahead = vitals(taken_at=_from_now(hours=20))
+
+    response = client.post("/api/v1/records", content=ndjson(planned, ahead), headers=NDJSON)
+
+    assert response.status_code == 200, response.json()
+    assert [r["outcome"] for r in response.json()["results"]] == ["created", "created"]
 
 
 def test_abnormal_but_possible_values_are_accepted(client: TestClient) -> None:
