@@ -1,5 +1,6 @@
 """Turns one received record (JSON bytes) into a validated record or the reasons it is refused."""
 
+import functools
 import hashlib
 import json
 import math
@@ -8,7 +9,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, get_args
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -230,20 +231,44 @@ PLANNED = frozenset({"scheduled_start"})
 """The only moment a record may give in the future: when a session is planned to start."""
 
 
+def _types_in(annotation: Any) -> set[Any]:
+    if isinstance(annotation, type):
+        return {annotation}
+    return {found for part in get_args(annotation) for found in _types_in(part)}
+
+
+@functools.cache
+def _moments(model: type[BaseModel]) -> tuple[tuple[str, type[BaseModel] | None], ...]:
+    """The fields of a record's model that hold a charted moment (None beside them), or models
+    (or lists of them) that do (the model)."""
+    found: list[tuple[str, type[BaseModel] | None]] = []
+    for name, info in model.model_fields.items():
+        types = _types_in(info.annotation)
+        if datetime in types and name not in PLANNED:
+            found.append((name, None))
+        found += [
+            (name, kind)
+            for kind in types
+            if issubclass(kind, BaseModel) and kind is not model and _moments(kind)
+        ]
+    return tuple(found)
+
+
 def _future_moments(model: BaseModel, latest: datetime, path: str = "") -> Iterator[FieldError]:
-    for name, value in model:
-        where = f"{path}{name}"
-        if isinstance(value, datetime):
-            if value > latest and name not in PLANNED:
+    for name, nested in _moments(type(model)):
+        value = getattr(model, name)
+        if value is None:
+            continue
+        if nested is None:
+            if value > latest:
                 yield FieldError(
-                    where, "is in the future: more than a day past the adapter's clock"
+                    f"{path}{name}", "is in the future: more than a day past the adapter's clock"
                 )
-        elif isinstance(value, BaseModel):
-            yield from _future_moments(value, latest, f"{where}.")
         elif isinstance(value, list):
             for index, item in enumerate(value):
-                if isinstance(item, BaseModel):
-                    yield from _future_moments(item, latest, f"{where}[{index}].")
+                yield from _future_moments(item, latest, f"{path}{name}[{index}].")
+        else:
+            yield from _future_moments(value, latest, f"{path}{name}.")
 
 
 def plausibility_problems(record: AnyRecord, limits: Limits) -> list[FieldError]:
@@ -310,9 +335,17 @@ def _member_problems(raw: bytes) -> list[FieldError]:
     return []
 
 
-_LONG_OR_EXPONENT = re.compile(rb"[0-9.]{16}|[0-9][eE][-+]?[0-9]")
-"""A run of sixteen digits (a point among them), or an exponent: the only ways to write a
-number that a float does not hold as written."""
+_DIGITS_AND_POINT = bytes.maketrans(b"123456789.", b"0" * 10)
+_SIXTEEN_DIGITS = b"0" * 17
+"""Sixteen digits and a point: the shortest decimal literal a float may not hold as written."""
+
+
+def _maybe_not_held(raw: bytes) -> bool:
+    """Whether the record may hold a number written with an exponent or sixteen digits or
+    more, the only ways to write one that a float does not keep: only then is it parsed
+    again to look closer (a text may well hold such characters too)."""
+    masked = raw.translate(_DIGITS_AND_POINT)
+    return b"0e" in masked or b"0E" in masked or _SIXTEEN_DIGITS in masked
 
 
 def _held_as_written(value: object, path: str) -> Iterator[FieldError]:
@@ -336,7 +369,7 @@ def _number_problems(raw: bytes) -> list[FieldError]:
     """Numbers that the record's floats would not keep as they were sent: a value too small,
     kept as 0 (an ETCO2 of 1.0e-400 read as none at all), too large, or with more digits than
     a float keeps, silently rounded."""
-    if not _LONG_OR_EXPONENT.search(raw):
+    if not _maybe_not_held(raw):
         return []
     try:
         data = json.loads(raw, parse_float=Decimal)
