@@ -17,6 +17,10 @@ INDICATIONS = [
     "DEPRESSION",
 ]
 NURSE = {"staff_id": "RN-1", "name": "Test Nurse", "role": "RN"}
+DAYS = 299
+"""Forty sessions a day from 2026-01-05 to 2026-10-30, then again from the first day: intake
+refuses what has not happened yet. A slot's sessions are 11,960 numbers apart, whose patients
+differ (the same patient comes back to the same slot 75 turns later, 897,000 numbers on)."""
 
 
 def _ts(moment: datetime) -> str:
@@ -28,7 +32,7 @@ def session_records(number: int, rng: random.Random) -> Iterator[dict[str, Any]]
     session_id = f"SES-{number:08d}"
     patient = {"mrn": f"{100000 + number % 3000}"}
     start = datetime(2026, 1, 5, 9, tzinfo=UTC) + timedelta(
-        days=number // 40, minutes=(number % 40) * 12
+        days=number // 40 % DAYS, minutes=(number % 40) * 12
     )
     yield {
         "record_type": "attestation",
