@@ -138,7 +138,7 @@ def test_records_received_during_a_mapping_run_go_ahead_of_its_backlog(
 ) -> None:
     """A new side effect is mapped by the batch after it arrived, though the run's key order
     has passed its id: the backlog (a new mapping version, say) does not hold it."""
-    runtime.intake.submit(list(enumerate(records(1500), start=1)))
+    runtime.intake.submit(list(enumerate(records(600), start=1)))
     late = {
         "record_type": "adverse_event",
         "id": "AE-00000000-LATE",
@@ -165,7 +165,7 @@ def test_records_received_during_a_mapping_run_go_ahead_of_its_backlog(
 
     report = runtime.mapping.run(batch_size=100, on_batch=batch_done)
 
-    assert report.records > 1000
+    assert report.records > 500  # six batches and more: the late one is mapped by the second
     assert states[:2] == ["pending", "mapped"]
 
 
@@ -183,7 +183,7 @@ def test_a_protocol_breach_arriving_mid_run_goes_to_the_ehr_ahead_of_the_backlog
 ) -> None:
     """A breach's DetectedIssue comes last in delivery order; arriving while a run works
     through a backlog, it is in the EHR before most of the backlog."""
-    mrns = load_synthetic(runtime, 800)
+    mrns = load_synthetic(runtime, 400)
     number = 500
     arrival = breach_session(number)
     ehr.add_patients(sorted(mrns | {orjson.loads(arrival[0][1])["patient"]["mrn"]}))

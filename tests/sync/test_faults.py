@@ -21,7 +21,7 @@ RECORDS = int(os.environ.get("SYNC_FAULT_RECORDS", "1000"))
 """About 5,800 resources: some 260 requests to a generic EHR, 90 of which meet a fault (each
 kind 7 to 21 times), and 1,000 requests to Oracle's, 330 of which do. At 2,000 records the five
 runs took a tenth of the suite's CPU; SYNC_FAULT_RECORDS=2000 runs them at that size."""
-SINGLE_RECORDS = int(os.environ.get("SYNC_FAULT_SINGLE_RECORDS", "600"))
+SINGLE_RECORDS = int(os.environ.get("SYNC_FAULT_SINGLE_RECORDS", "400"))
 """A server of single requests takes one request per resource (about 14,000 for 2,000 records,
 near four minutes through the proxy); SYNC_FAULT_SINGLE_RECORDS=2000 runs it at full size."""
 
