@@ -4,6 +4,7 @@ import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from types import MappingProxyType
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -71,7 +72,10 @@ def included_routes() -> tuple[BaseRoute, ...]:
     FastAPI works out an included route's parameters and dependencies when the first request
     comes (a type adapter for each parameter of each route, 15 ms), and keeps them with the
     inclusion: the apps a process makes (a test's, a tool's) share these and work them out
-    once. They name no app, and depend on none: each endpoint reads its app from the request."""
+    once. They name no app, and depend on none: each endpoint reads its app from the request.
+    What an inclusion into an app would take from it does not reach them: the app's
+    `dependency_overrides` (create_app makes them read-only), and a router's own lifespan
+    (none has one)."""
     routers = APIRouter()
     routers.include_router(fhir.router)  # first: the EHR's reads are the busiest requests
     for router in (health, auth, records, mapping, sync, audit, metrics):
@@ -150,6 +154,8 @@ def create_app(settings: Settings | None = None, background: bool = True) -> Fas
     outcome.install(app)
     console_web.install(app)
     app.router.routes.extend(included_routes())
+    # The shared routes would not see an override: one set fails rather than being ignored.
+    app.dependency_overrides = MappingProxyType({})  # type: ignore[assignment]
 
     @app.get(
         "/openapi.json",

@@ -271,22 +271,31 @@ def _future_moments(model: BaseModel, latest: datetime, path: str = "") -> Itera
             yield from _future_moments(value, latest, f"{path}{name}.")
 
 
+def _ahead_of_the_clock(record: AnyRecord) -> list[FieldError]:
+    """A record's moments that have not come yet. A withdrawal is not held to it (it is how a
+    record dated in the future is taken back), nor is a session still a plan."""
+    if record.withdrawn or (isinstance(record, InfusionSession) and record.status == "scheduled"):
+        return []
+    return list(_future_moments(record, datetime.now(UTC) + CLOCK_SLACK))
+
+
 def plausibility_problems(record: AnyRecord, limits: Limits) -> list[FieldError]:
     """What the schema cannot say: impossible values, moments that have not come yet (a year
     mistyped would chart a vital sign in 2062), and fields that contradict each other. A
-    withdrawn record is checked too: what it says is stored and shown, withdrawn or not."""
-    future = list(_future_moments(record, datetime.now(UTC) + CLOCK_SLACK))
-    if future:
-        return future
+    withdrawn record is checked too, but for its moments: what it says is stored and shown,
+    withdrawn or not."""
+    return _ahead_of_the_clock(record) + list(_contradictions(record, limits))
+
+
+def _contradictions(record: AnyRecord, limits: Limits) -> Iterator[FieldError]:
     if isinstance(record, Vitals):
-        return list(_vitals_problems(record, limits))
-    if isinstance(record, InfusionSession):
-        return list(_session_problems(record, limits))
-    if isinstance(record, AdverseEvent):
-        return list(_adverse_event_problems(record))
-    if isinstance(record, FastingAttestation):
-        return list(_fasting_problems(record))
-    return []
+        yield from _vitals_problems(record, limits)
+    elif isinstance(record, InfusionSession):
+        yield from _session_problems(record, limits)
+    elif isinstance(record, AdverseEvent):
+        yield from _adverse_event_problems(record)
+    elif isinstance(record, FastingAttestation):
+        yield from _fasting_problems(record)
 
 
 class _Refused(ValueError):
@@ -336,46 +345,49 @@ def _member_problems(raw: bytes) -> list[FieldError]:
 
 
 _DIGITS_AND_POINT = bytes.maketrans(b"123456789.", b"0" * 10)
-_SIXTEEN_DIGITS = b"0" * 17
-"""Sixteen digits and a point: the shortest decimal literal a float may not hold as written."""
+_SEVENTEEN = b"0" * 17
+"""Digits and points, seventeen in a row: a number this long, or one with an exponent, is the
+only kind a float may read as 0 or as infinity."""
 
 
 def _maybe_not_held(raw: bytes) -> bool:
-    """Whether the record may hold a number written with an exponent or sixteen digits or
-    more, the only ways to write one that a float does not keep: only then is it parsed
-    again to look closer (a text may well hold such characters too)."""
+    """Whether the record may hold a number written with an exponent or at great length: only
+    then is it parsed again to look closer (a text may well hold such characters too)."""
     masked = raw.translate(_DIGITS_AND_POINT)
-    return b"0e" in masked or b"0E" in masked or _SIXTEEN_DIGITS in masked
+    return b"0e" in masked or b"0E" in masked or _SEVENTEEN in masked
 
 
-def _held_as_written(value: object, path: str) -> Iterator[FieldError]:
-    if isinstance(value, Decimal):
-        number = float(value)
-        if not math.isfinite(number):
+def _not_held(sent: object, kept: object, path: str) -> Iterator[FieldError]:
+    """The numbers of the record's own fields (`kept`, as validated) that a float did not hold
+    as `sent`. Fields outside the format are kept as sent and not mapped: not looked at."""
+    if isinstance(sent, Decimal) and isinstance(kept, float):
+        if not math.isfinite(kept):
             yield FieldError(path, "too large for a number to hold")
-        elif number == 0 and value != 0:
+        elif kept == 0 and sent != 0:
             yield FieldError(path, "too small for a number to hold: it would be kept as 0")
-        elif Decimal(repr(number)) != value:
-            yield FieldError(path, "more significant digits than a number keeps (15 to 17)")
-    elif isinstance(value, dict):
-        for key, member in value.items():
-            yield from _held_as_written(member, f"{path}.{key}" if path else key)
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            yield from _held_as_written(item, f"{path}[{index}]")
+    elif isinstance(sent, dict) and isinstance(kept, BaseModel):
+        known = type(kept).model_fields
+        for name, member in sent.items():
+            if name in known:
+                where = f"{path}.{name}" if path else name
+                yield from _not_held(member, getattr(kept, name), where)
+    elif isinstance(sent, list) and isinstance(kept, list):
+        for index, (member, item) in enumerate(zip(sent, kept, strict=False)):
+            yield from _not_held(member, item, f"{path}[{index}]")
 
 
-def _number_problems(raw: bytes) -> list[FieldError]:
-    """Numbers that the record's floats would not keep as they were sent: a value too small,
-    kept as 0 (an ETCO2 of 1.0e-400 read as none at all), too large, or with more digits than
-    a float keeps, silently rounded."""
+def _number_problems(raw: bytes, record: AnyRecord) -> list[FieldError]:
+    """Numbers of the record that its floats do not hold as they were sent: so small that they
+    were read as 0 (an ETCO2 of 1.0e-400, read as no CO2 at all) or so large that they were
+    read as infinity. (A number with more digits than a float keeps is read as the nearest
+    float, and the record keeps the digits as they were sent.)"""
     if not _maybe_not_held(raw):
         return []
     try:
-        data = json.loads(raw, parse_float=Decimal)
+        sent = json.loads(raw, parse_float=Decimal)
     except (ValueError, RecursionError):
-        return []  # malformed: the schema's parser says where
-    return list(_held_as_written(data, ""))
+        return []  # beyond what the standard parser reads (an integer of 5,000 digits)
+    return list(_not_held(sent, record, ""))
 
 
 def _named_site(raw: bytes) -> Any:
@@ -392,7 +404,7 @@ def validate_record(
     """Validate one record's JSON; the result is the record or every reason it was refused.
     In a group, the record is read with its site's configuration (`bound`: the sites the
     sender's credential may write for; None: any)."""
-    members = _member_problems(raw) or _number_problems(raw)
+    members = _member_problems(raw)
     if members:
         return members
     site: str | None = None
@@ -407,7 +419,7 @@ def validate_record(
         return _schema_errors(exc)
     if site is not None and record.clinic_site != site:
         record = record.model_copy(update={"clinic_site": site})
-    problems = plausibility_problems(record, context.limits)
+    problems = _number_problems(raw, record) or plausibility_problems(record, context.limits)
     if problems:
         return problems
     parsed = record.model_dump_json(exclude_none=True)

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from adapter.app import create_app
+from adapter.app import create_app, included_routes
+from adapter.security.access import open_access
 from adapter.settings import Settings, get_settings
 from tests.conftest import sign_in
 
@@ -88,6 +89,23 @@ def test_asgi_app_is_importable(
 
     with TestClient(module.app) as client:
         assert client.get("/healthz").status_code == 200
+
+
+def test_apps_share_their_routes_and_an_override_fails_rather_than_being_ignored(
+    settings: Settings,
+) -> None:
+    first = create_app(settings, background=False)
+    second = create_app(settings, background=False)
+    try:
+        shared = {id(route) for route in first.routes} & {id(route) for route in second.routes}
+        assert {id(route) for route in included_routes()} <= shared
+        with pytest.raises(TypeError):
+            second.dependency_overrides[open_access] = lambda: None  # type: ignore[index]
+        with TestClient(second) as client:
+            assert client.get("/healthz").status_code == 200
+    finally:
+        first.state.runtime.close()
+        second.state.runtime.close()
 
 
 def test_an_app_shut_down_is_freed_with_its_runtime(settings: Settings) -> None:
