@@ -10,7 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from adapter.api.deps import IntakeDep, RuntimeDep, SettingsDep, StoreDep, wake_worker
 from adapter.api.responses import JsonResponse
 from adapter.errors import BadRequest, NotFound, PayloadTooLarge
-from adapter.intake.body import split_body
+from adapter.intake.body import read_json, split_body
 from adapter.intake.records import RECORD_TYPES, SITE_ID_PATTERN, SOURCE_ID_PATTERN
 from adapter.intake.service import ACCEPTED, RecordOutcome, record_status
 from adapter.mapping.detected_issue import SOURCE_TYPE as PROTOCOL
@@ -270,7 +270,7 @@ def get_revision(
                     "revision": item.revision,
                     "status": record_status(item.withdrawn),
                     "received_at": item.received_at.isoformat(),
-                    "received": orjson.loads(item.raw),
+                    "received": read_json(item.raw),
                     "parsed": orjson.loads(item.parsed),
                 }
             )

@@ -21,6 +21,23 @@ def ndjson_lines(lines: Iterable[bytes], first_line: int = 1) -> Iterator[tuple[
             yield number, stripped
 
 
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def read_json(text: bytes | str) -> Any:
+    """JSON as orjson reads it; where orjson refuses a number beyond a float's reach (1e400),
+    as the standard library reads it, that number an infinite float: the record that holds it
+    is refused for it, field by field, not the body around it."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as refused:
+        try:
+            return json.loads(text, parse_constant=_refuse_constant)
+        except (ValueError, RecursionError):
+            raise refused from None
+
+
 _DECODER = json.JSONDecoder()
 _SPACE = re.compile(r"[ \t\n\r]*")
 
@@ -41,7 +58,7 @@ def _array_items(text: str) -> list[bytes]:
 
 def _json_records(body: bytes) -> list[tuple[int, bytes]]:
     try:
-        data: Any = orjson.loads(body)
+        data: Any = read_json(body)
     except orjson.JSONDecodeError as exc:
         raise MalformedJson(
             f"body is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"

@@ -16,6 +16,7 @@ import orjson
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from adapter.errors import FieldError
+from adapter.intake.body import read_json
 from adapter.intake.records import (
     RECORD_TYPES,
     SOURCE_ID_PATTERN,
@@ -368,12 +369,29 @@ def _not_held(sent: object, kept: object, path: str) -> Iterator[FieldError]:
     elif isinstance(sent, dict) and isinstance(kept, BaseModel):
         known = type(kept).model_fields
         for name, member in sent.items():
+            where = f"{path}.{name}" if path else name
             if name in known:
-                where = f"{path}.{name}" if path else name
                 yield from _not_held(member, getattr(kept, name), where)
+            else:
+                yield from _infinite(member, where)
     elif isinstance(sent, list) and isinstance(kept, list):
         for index, (member, item) in enumerate(zip(sent, kept, strict=False)):
             yield from _not_held(member, item, f"{path}[{index}]")
+
+
+def _infinite(sent: object, path: str) -> Iterator[FieldError]:
+    """A field outside the format is kept as sent, but for a number beyond a float's reach or
+    an integer beyond 64 bits: the stored record could not be read back and shown."""
+    if isinstance(sent, Decimal) and not math.isfinite(float(sent)):
+        yield FieldError(path, "too large for a number to hold")
+    elif type(sent) is int and not -(2**63) <= sent < 2**64:
+        yield FieldError(path, "too large for a number to hold (an integer beyond 64 bits)")
+    elif isinstance(sent, dict):
+        for name, member in sent.items():
+            yield from _infinite(member, f"{path}.{name}")
+    elif isinstance(sent, list):
+        for index, member in enumerate(sent):
+            yield from _infinite(member, f"{path}[{index}]")
 
 
 def _number_problems(raw: bytes, record: AnyRecord) -> list[FieldError]:
@@ -392,7 +410,7 @@ def _number_problems(raw: bytes, record: AnyRecord) -> list[FieldError]:
 
 def _named_site(raw: bytes) -> Any:
     try:
-        data: Any = orjson.loads(raw)
+        data: Any = read_json(raw)
     except orjson.JSONDecodeError:
         return None  # malformed: the schema's parser says where
     return data.get("clinic_site") if isinstance(data, dict) else None
@@ -443,7 +461,7 @@ def identify(raw: bytes) -> tuple[str | None, str | None, int | None]:
     never smuggle arbitrary text into a response or a log.
     """
     try:
-        data: Any = orjson.loads(raw)
+        data: Any = read_json(raw)
     except orjson.JSONDecodeError:
         return None, None, None
     if not isinstance(data, dict):

@@ -182,6 +182,41 @@ def test_a_number_out_of_reach_in_a_field_outside_the_format_is_kept_as_sent(
     ]
 
 
+@pytest.mark.parametrize(
+    ("written", "reason"),
+    [("1e400", "too large"), ("123456789012345678901234567890", "beyond 64 bits")],
+)
+def test_a_number_beyond_reach_outside_the_format_is_refused_as_it_could_not_be_read_back(
+    client: TestClient, written: str, reason: str
+) -> None:
+    body = _with_etco2("38", vendor={"gain": [1, 2]}).replace(b"[1,2]", f"[1,{written}]".encode())
+
+    response = client.post("/api/v1/records", content=body, headers=NDJSON)
+
+    assert response.status_code == 422
+    result = response.json()["results"][0]
+    assert (result["record_type"], result["id"]) == ("vitals", "VIT-1")
+    assert any(e["field"] == "vendor.gain[1]" and reason in e["reason"] for e in result["errors"])
+
+
+def test_in_a_json_array_a_number_beyond_reach_refuses_its_record_alone(
+    client: TestClient,
+) -> None:
+    """orjson refuses 1e400 outright; the body is read again, and the record answers for it."""
+    beyond = _with_etco2("1e400", id="VIT-2")
+    body = b"[" + orjson.dumps(vitals()) + b"," + beyond + b"]"
+
+    response = client.post(
+        "/api/v1/records", content=body, headers={"content-type": "application/json"}
+    )
+
+    assert response.status_code == 207, response.json()
+    first, second = response.json()["results"]
+    assert first["outcome"] == "created"
+    assert (second["outcome"], second["id"]) == ("rejected", "VIT-2")
+    assert second["errors"][0]["field"] == "etco2"
+
+
 def _from_now(**delta: float) -> str:
     return (datetime.now(UTC) + timedelta(**delta)).isoformat()
 
