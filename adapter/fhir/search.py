@@ -368,10 +368,11 @@ def _control(request: SearchRequest, name: str, value: str, secret: str, strict:
     elif name in ("_include", "_revinclude"):
         supported = (INCLUDES if name == "_include" else REVINCLUDES).get(request.resource_type, [])
         spec = _include_spec(value)
+        source, param, target = include_parts(spec) if spec else ("", "", None)
         if (
             spec is None
-            or ":".join(spec.split(":")[:2]) not in supported
-            or (name == "_revinclude" and spec.count(":") == 2)
+            or f"{source}:{param}" not in supported
+            or (name == "_revinclude" and target is not None)
         ):
             raise BadRequest(
                 f"{name}: {value!r} is not supported here; supported: "

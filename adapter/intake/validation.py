@@ -359,39 +359,28 @@ def _maybe_not_held(raw: bytes) -> bool:
 
 
 def _not_held(sent: object, kept: object, path: str) -> Iterator[FieldError]:
-    """The numbers of the record's own fields (`kept`, as validated) that a float did not hold
-    as `sent`. Fields outside the format are kept as sent and not mapped: not looked at."""
-    if isinstance(sent, Decimal) and isinstance(kept, float):
-        if not math.isfinite(kept):
+    """The numbers of a record, as `sent`, that it cannot keep. `kept` is the value validated,
+    None in a field outside the format: such a field is kept as sent, but for a number that
+    could not be read back and shown (beyond a float, or an integer beyond 64 bits); in the
+    format's own fields a number a float reads as 0 is refused too."""
+    if isinstance(sent, Decimal):
+        number = float(sent)
+        if not math.isfinite(number):
             yield FieldError(path, "too large for a number to hold")
-        elif kept == 0 and sent != 0:
+        elif number == 0 and sent != 0 and kept is not None:
             yield FieldError(path, "too small for a number to hold: it would be kept as 0")
-    elif isinstance(sent, dict) and isinstance(kept, BaseModel):
-        known = type(kept).model_fields
-        for name, member in sent.items():
-            where = f"{path}.{name}" if path else name
-            if name in known:
-                yield from _not_held(member, getattr(kept, name), where)
-            else:
-                yield from _infinite(member, where)
-    elif isinstance(sent, list) and isinstance(kept, list):
-        for index, (member, item) in enumerate(zip(sent, kept, strict=False)):
-            yield from _not_held(member, item, f"{path}[{index}]")
-
-
-def _infinite(sent: object, path: str) -> Iterator[FieldError]:
-    """A field outside the format is kept as sent, but for a number beyond a float's reach or
-    an integer beyond 64 bits: the stored record could not be read back and shown."""
-    if isinstance(sent, Decimal) and not math.isfinite(float(sent)):
-        yield FieldError(path, "too large for a number to hold")
-    elif type(sent) is int and not -(2**63) <= sent < 2**64:
+    elif type(sent) is int and kept is None and not -(2**63) <= sent < 2**64:
         yield FieldError(path, "too large for a number to hold (an integer beyond 64 bits)")
     elif isinstance(sent, dict):
+        known = type(kept).model_fields if isinstance(kept, BaseModel) else {}
         for name, member in sent.items():
-            yield from _infinite(member, f"{path}.{name}")
+            where = f"{path}.{name}" if path else name
+            yield from _not_held(member, getattr(kept, name) if name in known else None, where)
     elif isinstance(sent, list):
+        items = kept if isinstance(kept, list) else []
         for index, member in enumerate(sent):
-            yield from _infinite(member, f"{path}[{index}]")
+            item = items[index] if index < len(items) else None
+            yield from _not_held(member, item, f"{path}[{index}]")
 
 
 def _number_problems(raw: bytes, record: AnyRecord) -> list[FieldError]:

@@ -89,6 +89,9 @@ def test_read_answers_stored_bytes_with_etag_and_304(day: TestClient) -> None:
     assert again.status_code == 304 and again.content == b""
 
 
+LAST_MODIFIED = "the resource's own Last-Modified"
+
+
 @pytest.mark.parametrize(
     ("headers", "status"),
     [
@@ -96,7 +99,7 @@ def test_read_answers_stored_bytes_with_etag_and_304(day: TestClient) -> None:
         ({"If-None-Match": '"1"'}, 304),
         ({"If-None-Match": "*"}, 304),
         ({"If-None-Match": 'W/"2"'}, 200),
-        ({"If-Modified-Since": "at the same time"}, 200),
+        ({"If-Modified-Since": LAST_MODIFIED}, 304),
         ({"If-Modified-Since": "Fri, 01 Jan 2100 00:00:00 GMT"}, 304),
         ({"If-Modified-Since": "Sat, 01 Jan 2000 00:00:00 GMT"}, 200),
         # If-None-Match decides where both are sent (RFC 9110 section 13.2.2).
@@ -108,9 +111,8 @@ def test_a_conditional_read_answers_304_as_http_says(
 ) -> None:
     resource_id = _first_id(day, "Observation?code=8867-4")
     first = day.get(f"/fhir/Observation/{resource_id}")
-    if headers.get("If-Modified-Since") == "at the same time":
+    if headers.get("If-Modified-Since") == LAST_MODIFIED:
         headers = {"If-Modified-Since": first.headers["last-modified"]}
-        status = 304
 
     answer = day.get(f"/fhir/Observation/{resource_id}", headers=headers)
 
@@ -158,7 +160,7 @@ def test_an_instance_history_pages_and_reads_since_as_a_type_history_does(
 
     first = client.get(path, params={"_count": "2"}).json()
     rest = client.get(next(x["url"] for x in first["link"] if x["relation"] == "next")).json()
-    second = client.get(f"{path}/_history/2".replace("/_history/_history", "/_history")).json()
+    second = client.get(f"{path}/2").json()
     since = client.get(path, params={"_since": second["meta"]["lastUpdated"]}).json()
     refused = [
         client.get(path, params={"_since": "bogus"}),
