@@ -197,10 +197,12 @@ _NEWEST_FIRST = "o.received_at DESC, o.rank, o.resource_id"
 """The urgent items: the latest received first, so that a new side effect goes ahead of the
 urgent items of a backlog too."""
 _URGENT = (
-    "SELECT {columns} FROM sync_outbox o WHERE o.urgent = ? AND {due} "
+    "SELECT {columns} FROM sync_outbox o WHERE o.urgent AND {due} "
     f"ORDER BY {_NEWEST_FIRST} LIMIT ?"
 )
-"""The urgent items due, the latest received first, as many as asked."""
+"""The urgent items due, the latest received first, as many as asked. `o.urgent` as it is
+written in the partial index's condition (`ix_sync_outbox_urgent`), which the query must repeat
+for the index to serve it."""
 _AFTER = " AND (o.rank, o.resource_id) > (?, ?)"
 _MARK_SENT = "UPDATE sync_outbox SET sent_at = ? WHERE resource_id IN ({ids}) AND sent_at IS NULL"
 _EHR_IDS = "UPDATE sync_outbox SET ehr_id = ?, ehr_version = ? WHERE resource_id = ?"
@@ -359,7 +361,7 @@ class Outbox:
         """The urgent part of `next_due` alone."""
         due, due_values = self._due_now(now)
         sql = _URGENT.format(columns="o.resource_id", due=due)
-        values = [True, *due_values, limit + len(passed)]
+        values = [*due_values, limit + len(passed)]
         with raw.reading(self.engine) as cursor:
             cursor.execute(raw.statement(self.engine, sql), values)
             keys = [row[0] for row in cursor.fetchall()]
@@ -394,7 +396,7 @@ class Outbox:
         )
         sql = f"SELECT * FROM ({following}) f UNION ALL SELECT * FROM ({urgent}) u"
         values = [*due_values, *(after or ()), limit]
-        values += [True, *due_values, limit + len(passed)]
+        values += [*due_values, limit + len(passed)]
         with raw.reading(self.engine) as cursor:
             cursor.execute(raw.statement(self.engine, sql), values)
             rows = cursor.fetchall()

@@ -17,6 +17,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     false,
+    text,
 )
 
 
@@ -199,8 +200,23 @@ sync_outbox = Table(
     Column("answered_at", UtcDateTime()),
     Column("site", String(SITE_LENGTH)),
     Index("ix_sync_outbox_queue", "state", "rank", "resource_id"),
-    Index("ix_sync_outbox_site", "site", "state", "rank", "resource_id"),
-    Index("ix_sync_outbox_urgent", "urgent", "state", "received_at"),
+    # Partial (0018): a deployment of one site has no site rows, and few items are urgent.
+    Index(
+        "ix_sync_outbox_site",
+        "site",
+        "state",
+        "rank",
+        "resource_id",
+        sqlite_where=text("site IS NOT NULL"),
+        postgresql_where=text("site IS NOT NULL"),
+    ),
+    Index(
+        "ix_sync_outbox_urgent",
+        "state",
+        "received_at",
+        sqlite_where=text("urgent"),
+        postgresql_where=text("urgent"),
+    ),
     sqlite_with_rowid=False,
 )
 """One row per resource: the version the EHR should hold, where delivery stands, the EHR's id
