@@ -17,6 +17,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from adapter.logs import quiet_url_loggers
 from adapter.runtime import Runtime
+from adapter.store import migrate
 from adapter.worker import Worker
 from tests.conftest import EXAMPLE_DAY
 
@@ -132,8 +133,9 @@ def test_commands_print_what_was_asked_and_migrations_only_a_change(tmp_path: Pa
     again = command(database, "db", "upgrade")
     runs = command(database, "sync", "runs")
 
-    assert len(first) == 1 and first[0].endswith("store schema upgraded from empty to 0017")
-    assert again == ["store schema is up to date (0017)"]
+    newest = migrate.newest()
+    assert len(first) == 1 and first[0].endswith(f"store schema upgraded from empty to {newest}")
+    assert again == [f"store schema is up to date ({newest})"]
     assert runs == []
 
 
