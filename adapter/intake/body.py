@@ -25,20 +25,31 @@ def _refuse_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
+def read_integer(text: str) -> int | float:
+    """An integer as the standard library's parser reads it; one longer than the interpreter
+    makes an int of (`sys.get_int_max_str_digits`, 4,300 digits) as an infinite float, which
+    its record is refused for, naming the field, where the parse would fail as a whole."""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
 def read_json(text: bytes | str) -> Any:
-    """JSON as orjson reads it; where orjson refuses a number beyond a float's reach (1e400),
-    as the standard library reads it, that number an infinite float: the record that holds it
-    is refused for it, field by field, not the body around it."""
+    """JSON as orjson reads it; where orjson refuses a number beyond a float's reach (1e400)
+    or beyond 64 bits, as the standard library reads it, a number beyond a float's reach an
+    infinite float: the record that holds it is refused for it, field by field, not the body
+    around it."""
     try:
         return orjson.loads(text)
     except orjson.JSONDecodeError as refused:
         try:
-            return json.loads(text, parse_constant=_refuse_constant)
+            return json.loads(text, parse_constant=_refuse_constant, parse_int=read_integer)
         except (ValueError, RecursionError):
             raise refused from None
 
 
-_DECODER = json.JSONDecoder()
+_DECODER = json.JSONDecoder(parse_int=read_integer)
 _SPACE = re.compile(r"[ \t\n\r]*")
 
 

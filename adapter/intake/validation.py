@@ -16,7 +16,7 @@ import orjson
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from adapter.errors import FieldError
-from adapter.intake.body import read_json
+from adapter.intake.body import read_integer, read_json
 from adapter.intake.records import (
     RECORD_TYPES,
     SOURCE_ID_PATTERN,
@@ -108,13 +108,15 @@ def _path(loc: tuple[int | str, ...]) -> str:
     return path or "(record)"
 
 
-def _schema_errors(exc: ValidationError) -> list[FieldError]:
+def _schema_errors(exc: ValidationError, raw: bytes) -> list[FieldError]:
     errors = []
     for err in exc.errors(include_url=False, include_input=False):
         kind = err["type"]
         if kind == "json_invalid":
+            # The schema's parser names no field for a number it cannot read (an integer of
+            # thousands of digits): the standard library's finds it.
             reason = err["msg"].replace("Invalid JSON", "malformed JSON")
-            errors.append(FieldError("(record)", reason))
+            errors.extend(_out_of_reach(raw) or [FieldError("(record)", reason)])
         elif kind == "union_tag_not_found":
             tag = str((err.get("ctx") or {}).get("discriminator", "")).strip("'")
             errors.append(FieldError(_path((*err["loc"], tag)), "field required"))
@@ -337,7 +339,7 @@ def _member_problems(raw: bytes) -> list[FieldError]:
     if not _maybe_repeated(raw):
         return []
     try:
-        json.loads(raw, object_pairs_hook=_once_each)
+        json.loads(raw, object_pairs_hook=_once_each, parse_int=read_integer)
     except _Refused as refused:
         return [refused.error]
     except (ValueError, RecursionError):
@@ -363,7 +365,7 @@ def _not_held(sent: object, kept: object, path: str) -> Iterator[FieldError]:
     None in a field outside the format: such a field is kept as sent, but for a number that
     could not be read back and shown (beyond a float, or an integer beyond 64 bits); in the
     format's own fields a number a float reads as 0 is refused too."""
-    if isinstance(sent, Decimal):
+    if isinstance(sent, Decimal | float):
         number = float(sent)
         if not math.isfinite(number):
             yield FieldError(path, "too large for a number to hold")
@@ -390,10 +392,16 @@ def _number_problems(raw: bytes, record: AnyRecord) -> list[FieldError]:
     float, and the record keeps the digits as they were sent.)"""
     if not _maybe_not_held(raw):
         return []
+    return _out_of_reach(raw, record)
+
+
+def _out_of_reach(raw: bytes, record: AnyRecord | None = None) -> list[FieldError]:
+    """`_not_held` of the record as sent: without the `record` validated, every field is
+    looked at as one outside the format."""
     try:
-        sent = json.loads(raw, parse_float=Decimal)
+        sent = json.loads(raw, parse_float=Decimal, parse_int=read_integer)
     except (ValueError, RecursionError):
-        return []  # beyond what the standard parser reads (an integer of 5,000 digits)
+        return []  # malformed: the schema's parser says where
     return list(_not_held(sent, record, ""))
 
 
@@ -423,7 +431,7 @@ def validate_record(
     try:
         record = _RECORD.validate_json(raw, strict=True, context={"time_zone": context.time_zone})
     except ValidationError as exc:
-        return _schema_errors(exc)
+        return _schema_errors(exc, raw)
     if site is not None and record.clinic_site != site:
         record = record.model_copy(update={"clinic_site": site})
     problems = _number_problems(raw, record) or plausibility_problems(record, context.limits)

@@ -199,11 +199,37 @@ def test_a_number_beyond_reach_outside_the_format_is_refused_as_it_could_not_be_
     assert any(e["field"] == "vendor.gain[1]" and reason in e["reason"] for e in result["errors"])
 
 
-def test_in_a_json_array_a_number_beyond_reach_refuses_its_record_alone(
-    client: TestClient,
+LONG_INTEGER = "1" * 5000
+"""Longer than the interpreter makes an int of (4,300 digits): the schema's parser fails on it
+naming no field."""
+
+
+@pytest.mark.parametrize("sign", ["", "-"])
+def test_an_integer_of_thousands_of_digits_is_refused_naming_its_record_and_field(
+    client: TestClient, sign: str
 ) -> None:
-    """orjson refuses 1e400 outright; the body is read again, and the record answers for it."""
-    beyond = _with_etco2("1e400", id="VIT-2")
+    in_format = _with_etco2(sign + LONG_INTEGER)
+    outside = _with_etco2("38", id="VIT-2", vendor={"gain": [1, 2]}).replace(
+        b"[1,2]", f"[1,{sign}{LONG_INTEGER}]".encode()
+    )
+
+    response = client.post("/api/v1/records", content=in_format + b"\n" + outside, headers=NDJSON)
+
+    assert response.status_code == 422
+    first, second = response.json()["results"]
+    assert (first["id"], first["errors"][0]["field"]) == ("VIT-1", "etco2")
+    assert (second["id"], second["errors"][0]["field"]) == ("VIT-2", "vendor.gain[1]")
+    for result in (first, second):
+        assert [e["reason"] for e in result["errors"]] == ["too large for a number to hold"]
+
+
+@pytest.mark.parametrize("written", ["1e400", LONG_INTEGER])
+def test_in_a_json_array_a_number_beyond_reach_refuses_its_record_alone(
+    client: TestClient, written: str
+) -> None:
+    """orjson refuses 1e400, and any integer beyond 64 bits, outright; the body is read again,
+    and the record answers for it."""
+    beyond = _with_etco2(written, id="VIT-2")
     body = b"[" + orjson.dumps(vitals()) + b"," + beyond + b"]"
 
     response = client.post(
