@@ -200,7 +200,10 @@ sync_outbox = Table(
     Column("answered_at", UtcDateTime()),
     Column("site", String(SITE_LENGTH)),
     Index("ix_sync_outbox_queue", "state", "rank", "resource_id"),
-    # Partial (0018): a deployment of one site has no site rows, and few items are urgent.
+    # Partial (0018): a deployment of one site has no site rows, and few items are urgent. A
+    # query of the urgent items must say `urgent` bare, as the index does (`_URGENT` in
+    # outbox.py): SQLAlchemy writes `urgent = 1` or `urgent IS 1` on SQLite, which does not
+    # use it, and PostgreSQL does not for `urgent = $1` or `urgent IS TRUE`.
     Index(
         "ix_sync_outbox_site",
         "site",

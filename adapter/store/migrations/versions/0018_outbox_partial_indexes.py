@@ -1,7 +1,7 @@
 """The outbox's site and urgent indexes hold only the rows they serve: a site's rows (a
 deployment of one site has none) and the urgent items. Every delivery changes an item's state,
-which each index on the state rewrites; the sync's recorder spent about a third of its time on
-the two (0.75 of 2.4 to 2.6 CPU seconds for 104,298 resources on SQLite).
+which each index on the state rewrites; the sync's recorder spent about a third of its CPU on
+the two (0.75 of 2.4 to 2.6 s for 104,298 resources on SQLite; docs/performance.md).
 
 Revision ID: 0018
 Revises: 0017
