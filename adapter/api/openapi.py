@@ -36,7 +36,7 @@ ERRORS = {
     406: "Only JSON is served",
     408: "The body did not arrive in time",
     413: "The body is over the limit",
-    415: "A media type this route does not take",
+    415: "A media type this route does not take, or a content coding other than gzip or deflate",
     429: "Too many at once, or too many refusals; see Retry-After",
     503: "The store is unavailable; nothing was changed",
 }
@@ -117,7 +117,7 @@ def _errors(name: str, path: str, method: str, open_: bool, negotiates: bool) ->
     if negotiates:
         statuses.add(406)
     if method in ("post", "put", "patch"):
-        statuses |= {408, 413}
+        statuses |= {408, 413, 415}
     if name in MEDIA_CHECKED:
         statuses.add(415)
     if name in LIMITED:

@@ -4,6 +4,7 @@ an audit entry for every request once its answer is sent."""
 
 import asyncio
 import re
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,6 +24,7 @@ from adapter.errors import (
     MalformedJson,
     PayloadTooLarge,
     RequestTimeout,
+    UnsupportedMediaType,
 )
 from adapter.security.access import all_routes
 from adapter.security.audit import INTERACTIONS, MOST_IDS, UNAUDITED, AuditEntry, AuditWriter
@@ -41,6 +43,13 @@ BODILESS = ("GET", "HEAD", "DELETE", "OPTIONS")
 DEPTH_ON_LOOP = 64 * 1024
 """Bodies up to this size are checked for depth on the event loop (well under a millisecond);
 larger ones in a worker thread, so that no body holds the other requests."""
+
+
+CODINGS = {b"gzip": 31, b"x-gzip": 31, b"deflate": 15}
+"""The content codings a body may come in (RFC 9110 8.4.1), with the window bits zlib reads
+each with: gzip's members, deflate's zlib stream."""
+ACCEPT_ENCODING = {"Accept-Encoding": "gzip, deflate, identity"}
+"""Said with a 415 for a content coding not taken (RFC 9110 12.5.3)."""
 
 
 @dataclass(frozen=True)
@@ -101,6 +110,34 @@ def _replay(body: bytes, receive: Receive) -> Receive:
         return {"type": "http.request", "body": body, "more_body": False}
 
     return replay
+
+
+def _decoded(body: bytes, coding: bytes, largest: int) -> bytes | AdapterError:
+    """The body as it was before its content coding, refused past `largest` bytes decoded (a
+    small body may decode to a great one: it is never decoded further than that), or when it
+    is not what its coding says. A gzip body may hold several members, one after another."""
+    name = coding.decode("latin-1")
+    decoded = b""
+    rest = body
+    while True:
+        inflater = zlib.decompressobj(CODINGS[coding])
+        try:
+            decoded += inflater.decompress(rest, largest + 1 - len(decoded))
+        except zlib.error:
+            return BadRequest(f"the body is not {name} as its Content-Encoding says")
+        if len(decoded) > largest:
+            return PayloadTooLarge(
+                f"the body, decoded from {name}, is over the limit of {largest} bytes"
+            )
+        if not inflater.eof:
+            return BadRequest(f"the body is not {name} as its Content-Encoding says: it ends early")
+        rest = inflater.unused_data
+        if not rest:
+            return decoded
+        if CODINGS[coding] != CODINGS[b"gzip"]:
+            return BadRequest(
+                f"the body is not {name} as its Content-Encoding says: it goes on past its end"
+            )
 
 
 class Guard:
@@ -204,6 +241,13 @@ class Guard:
                 return _replay(b"", receive)
             scope.setdefault("state", {})["authenticated_client"] = client_id
             largest = self.limits.max_bytes
+        coding = headers.get(b"content-encoding", b"identity").strip().lower()
+        if coding != b"identity" and coding not in CODINGS:
+            return UnsupportedMediaType(
+                "the body's Content-Encoding is not one taken here: send it as gzip, "
+                "deflate or uncompressed",
+                headers=ACCEPT_ENCODING,
+            )
         declared = headers.get(b"content-length", b"")
         if declared.isdigit() and int(declared) > largest:
             return PayloadTooLarge(f"the body is over the limit of {largest} bytes")
@@ -216,6 +260,17 @@ class Guard:
             )
         if isinstance(body, AdapterError) or body is None:
             return body or receive
+        if coding in CODINGS:
+            decoded = await anyio.to_thread.run_sync(_decoded, body, coding, largest)
+            if isinstance(decoded, AdapterError):
+                return decoded
+            body = decoded
+            # The app reads the body as sent before its coding: its headers say so.
+            scope["headers"] = [
+                (name, value)
+                for name, value in scope.get("headers", [])
+                if name not in (b"content-encoding", b"content-length")
+            ] + [(b"content-length", str(len(body)).encode())]
         if _is_json(headers):
             depth = (
                 json_depth(body)

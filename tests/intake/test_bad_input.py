@@ -1,5 +1,8 @@
 """Each kind of bad input is refused with its field and reason, and stores nothing."""
 
+import gzip
+import zlib
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -395,6 +398,84 @@ def test_unsupported_media_type_is_415(client: TestClient) -> None:
 
     assert response.status_code == 415
     assert "application/x-ndjson" in response.json()["issue"][0]["diagnostics"]
+
+
+def _two_gzip_members(body: bytes) -> bytes:
+    return gzip.compress(body[:40]) + gzip.compress(body[40:])
+
+
+@pytest.mark.parametrize(
+    ("coding", "compress"),
+    [
+        ("gzip", gzip.compress),
+        ("x-gzip", gzip.compress),
+        ("GZIP", _two_gzip_members),
+        ("deflate", zlib.compress),
+    ],
+)
+def test_a_compressed_body_is_read_as_it_was_before_its_coding(
+    client: TestClient, coding: str, compress: Callable[[bytes], bytes]
+) -> None:
+    body = compress(ndjson(vitals(), vitals(id="VIT-2")))
+
+    response = client.post(
+        "/api/v1/records", content=body, headers={**NDJSON, "content-encoding": coding}
+    )
+
+    assert response.status_code == 200, response.text
+    assert response.json()["summary"]["created"] == 2
+    assert client.get("/api/v1/records/vitals/VIT-2").status_code == 200
+
+
+def test_a_body_that_decodes_past_the_limit_is_413(client: TestClient) -> None:
+    """A few kilobytes of gzip may decode to gigabytes: decoding stops at the limit."""
+    limit = client.app.state.settings.max_body_bytes  # type: ignore[attr-defined]
+    body = gzip.compress(ndjson(vitals()) + b" " * limit)
+    assert len(body) < limit // 100
+
+    response = client.post(
+        "/api/v1/records", content=body, headers={**NDJSON, "content-encoding": "gzip"}
+    )
+
+    assert response.status_code == 413
+    assert "decoded from gzip" in response.json()["issue"][0]["diagnostics"]
+    assert client.get("/api/v1/records/vitals/VIT-1").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("coding", "body", "said"),
+    [
+        ("gzip", ndjson(vitals()), "not gzip as its Content-Encoding says"),
+        ("gzip", gzip.compress(ndjson(vitals()))[:-8], "ends early"),
+        ("gzip", b"", "ends early"),
+        ("deflate", zlib.compress(ndjson(vitals())) + b"{}", "goes on past its end"),
+        ("gzip", gzip.compress(ndjson(vitals())) + b"{}", "not gzip"),
+    ],
+)
+def test_a_body_that_is_not_what_its_coding_says_is_400(
+    client: TestClient, coding: str, body: bytes, said: str
+) -> None:
+    response = client.post(
+        "/api/v1/records", content=body, headers={**NDJSON, "content-encoding": coding}
+    )
+
+    assert response.status_code == 400
+    assert said in response.json()["issue"][0]["diagnostics"]
+    assert client.get("/api/v1/records/vitals/VIT-1").status_code == 404
+
+
+@pytest.mark.parametrize("coding", ["br", "zstd", "gzip, gzip", "compress"])
+def test_a_content_coding_not_taken_is_415_naming_those_that_are(
+    client: TestClient, coding: str
+) -> None:
+    response = client.post(
+        "/api/v1/records", content=ndjson(vitals()), headers={**NDJSON, "content-encoding": coding}
+    )
+
+    assert response.status_code == 415
+    assert response.headers["accept-encoding"] == "gzip, deflate, identity"
+    assert "Content-Encoding" in response.json()["issue"][0]["diagnostics"]
+    assert client.get("/api/v1/records/vitals/VIT-1").status_code == 404
 
 
 @pytest.mark.parametrize("body", [b"", b"[]", b"\n\n"])
