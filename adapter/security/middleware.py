@@ -112,6 +112,19 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
+def _too_deep(body: bytes, lines: bool, deepest: int) -> str | None:
+    """Why the body is refused for its nesting, if it is: in NDJSON (`lines`), naming the first
+    line nested too deep."""
+    if json_depth(body) <= deepest:
+        return None
+    said = f"JSON nested deeper than {deepest} levels"
+    if lines:
+        for number, line in enumerate(body.split(b"\n"), start=1):
+            if json_depth(line) > deepest:
+                return f"line {number}: {said}"
+    return said
+
+
 def _decoded(body: bytes, coding: bytes, largest: int) -> bytes | AdapterError:
     """The body as it was before its content coding, refused past `largest` bytes decoded (a
     small body may decode to a great one: it is never decoded further than that), or when it
@@ -272,13 +285,15 @@ class Guard:
                 if name not in (b"content-encoding", b"content-length")
             ] + [(b"content-length", str(len(body)).encode())]
         if _is_json(headers):
-            depth = (
-                json_depth(body)
+            lines = b"ndjson" in headers.get(b"content-type", b"").lower()
+            deepest = self.limits.max_depth
+            too_deep = (
+                _too_deep(body, lines, deepest)
                 if len(body) <= DEPTH_ON_LOOP
-                else await anyio.to_thread.run_sync(json_depth, body)
+                else await anyio.to_thread.run_sync(_too_deep, body, lines, deepest)
             )
-            if depth > self.limits.max_depth:
-                return MalformedJson(f"JSON nested deeper than {self.limits.max_depth} levels")
+            if too_deep:
+                return MalformedJson(too_deep)
         return _replay(body, receive)
 
     @staticmethod

@@ -62,6 +62,19 @@ def test_json_nested_too_deep_is_400(small: TestClient, path: str) -> None:
     assert "nested deeper" not in not_deep.text
 
 
+def test_an_ndjson_body_nested_too_deep_names_the_line(small: TestClient) -> None:
+    lines = [b'{"a":1}', b'{"a":' * 9 + b"1" + b"}" * 9, b'{"a":1}']
+
+    response = small.post(
+        "/api/v1/records",
+        content=b"\n".join(lines),
+        headers={"content-type": "application/x-ndjson"},
+    )
+
+    assert response.status_code == 400
+    assert response.json()["issue"][0]["diagnostics"].startswith("line 2: JSON nested deeper")
+
+
 def test_a_client_may_run_only_so_many_exports_at_once(small: TestClient) -> None:
     asked = [
         small.get("/fhir/$export?_type=Procedure", headers={"Prefer": "respond-async"})
