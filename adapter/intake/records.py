@@ -64,11 +64,12 @@ def _aware(value: datetime, info: ValidationInfo) -> datetime:
 
 
 ISO_TIMESTAMP = re.compile(
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}(:[0-9]{2}([.,][0-9]+)?)?"
-    r"([Zz]|[+-][0-9]{2}(:?[0-9]{2})?)?"
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}(:(?P<second>[0-9]{2})([.,][0-9]+)?)?"
+    r"([Zz]|[+-][0-9]{2}(?P<minutes>:?[0-9]{2})?)?"
 )
 """An ISO 8601 date and time (the format's timestamps): a date alone, or digits alone (which
-the parser would take for seconds since 1970: `"20261120"` for 23 August 1970), are not."""
+the parser would take for seconds since 1970: `"20261120"` for 23 August 1970), are not. An
+offset may be of hours alone (`+05`), as ISO 8601 allows."""
 LONGEST_OFFSET = timedelta(hours=14)
 """The widest UTC offset there is, and the widest FHIR's dateTime takes (R4 datatypes)."""
 
@@ -81,12 +82,19 @@ def _iso(value: Any) -> Any:
     datetime alone once a validator has run before it); anything else as it came."""
     if not isinstance(value, str):
         return value
-    if not ISO_TIMESTAMP.fullmatch(value):
+    found = ISO_TIMESTAMP.fullmatch(value)
+    if not found:
         raise PydanticCustomError(
             "timestamp_format",
             "timestamp is not an ISO 8601 date and time (YYYY-MM-DDThh:mm[:ss][offset])",
         )
-    return _DATETIME.validate_python(value)
+    if found["second"] == "60":
+        raise PydanticCustomError(
+            "timestamp_leap_second",
+            "timestamp is in a leap second (:60), which no stored time holds: give it as :59",
+        )
+    hours_alone = found["minutes"] is None and value[-3:-2] in ("+", "-")
+    return _DATETIME.validate_python(value + ":00" if hours_alone else value)
 
 
 def _offset(value: datetime) -> datetime:

@@ -39,6 +39,7 @@ REFUSED: list[tuple[str, dict[str, Any], str, str]] = [
     ("digits for a year", vitals(taken_at="2026"), "taken_at", "not an ISO 8601"),
     ("milliseconds", vitals(taken_at="1763650200000"), "taken_at", "not an ISO 8601"),
     ("a date alone", vitals(taken_at="2026-11-20"), "taken_at", "not an ISO 8601"),
+    ("a leap second", vitals(taken_at="2026-06-30T23:59:60Z"), "taken_at", "leap second (:60)"),
     (
         "an offset no place has",
         vitals(taken_at="2026-11-20T09:30:00+23:59"),
@@ -311,6 +312,20 @@ def test_a_clock_hours_ahead_and_a_session_planned_next_week_are_accepted(
 
     assert response.status_code == 200, response.json()
     assert [r["outcome"] for r in response.json()["results"]] == ["created", "created"]
+
+
+@pytest.mark.parametrize(("offset", "utc"), [("+05", "04:20"), ("-03", "12:20")])
+def test_an_offset_of_hours_alone_is_read_as_whole_hours(
+    client: TestClient, offset: str, utc: str
+) -> None:
+    written = vitals(taken_at=f"2026-11-20T09:20:00{offset}")
+
+    response = client.post("/api/v1/records", content=ndjson(written), headers=NDJSON)
+
+    assert response.status_code == 200, response.json()
+    stored = client.get("/api/v1/records/vitals/VIT-1").json()["record"]
+    moment = datetime.fromisoformat(stored["taken_at"])
+    assert moment.astimezone(UTC).strftime("%H:%M") == utc
 
 
 def test_abnormal_but_possible_values_are_accepted(client: TestClient) -> None:
