@@ -275,11 +275,19 @@ def _future_moments(model: BaseModel, latest: datetime, path: str = "") -> Itera
 
 
 def _ahead_of_the_clock(record: AnyRecord) -> list[FieldError]:
-    """A record's moments that have not come yet. A withdrawal is not held to it (it is how a
-    record dated in the future is taken back), nor is a session still a plan."""
-    if record.withdrawn or (isinstance(record, InfusionSession) and record.status == "scheduled"):
+    """A record's moments that have not come yet, and a patient born after today. A withdrawal
+    is not held to it (it is how a record dated in the future is taken back), nor are the
+    moments of a session still a plan."""
+    if record.withdrawn:
         return []
-    return list(_future_moments(record, datetime.now(UTC) + CLOCK_SLACK))
+    latest = datetime.now(UTC) + CLOCK_SLACK
+    born = record.patient.birth_date
+    unborn = (
+        [FieldError("patient.birth_date", "after today")] if born and born > latest.date() else []
+    )
+    if isinstance(record, InfusionSession) and record.status == "scheduled":
+        return unborn
+    return unborn + list(_future_moments(record, latest))
 
 
 def plausibility_problems(record: AnyRecord, limits: Limits) -> list[FieldError]:

@@ -278,6 +278,31 @@ def test_a_moment_more_than_a_day_ahead_of_the_clock_is_refused(
     assert any(e["field"] == field and "in the future" in e["reason"] for e in errors), errors
 
 
+@pytest.mark.parametrize(
+    "record",
+    [
+        lambda born: vitals(patient={"mrn": "900001", "birth_date": born}),
+        lambda born: session(
+            status="scheduled",
+            scheduled_start=_from_now(days=3),
+            patient={"mrn": "900001", "birth_date": born},
+        ),
+    ],
+)
+def test_a_patient_born_after_today_is_refused(client: TestClient, record: Any) -> None:
+    """A birth date of 2090 is a year mistyped, as a vital sign charted in 2062 is."""
+    later = (datetime.now(UTC) + timedelta(days=3)).date().isoformat()
+    today = datetime.now(UTC).date().isoformat()
+
+    refused = client.post("/api/v1/records", json=record(later))
+    accepted = client.post("/api/v1/records", json={**record(today), "id": "TODAY-1"})
+
+    assert refused.status_code == 422
+    errors = refused.json()["results"][0]["errors"]
+    assert errors == [{"field": "patient.birth_date", "reason": "after today"}], errors
+    assert accepted.status_code == 200, accepted.json()
+
+
 def test_a_moment_ahead_and_an_impossible_value_are_both_named(client: TestClient) -> None:
     response = client.post("/api/v1/records", json=vitals(taken_at=_from_now(days=2), spo2=101))
 
