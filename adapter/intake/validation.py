@@ -7,7 +7,7 @@ import math
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, get_args
 from zoneinfo import ZoneInfo
@@ -257,45 +257,60 @@ def _moments(model: type[BaseModel]) -> tuple[tuple[str, type[BaseModel] | None]
     return tuple(found)
 
 
-def _future_moments(model: BaseModel, latest: datetime, path: str = "") -> Iterator[FieldError]:
+EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
+"""No charted moment is older: a year before it is a year mistyped (0026 for 2026)."""
+
+
+def _moments_out_of_time(
+    model: BaseModel, latest: datetime | None, born: date | None, path: str = ""
+) -> Iterator[FieldError]:
+    """The moments of a record past `latest` (None: not looked for), before 1900, or before
+    the patient's birth date `born`."""
     for name, nested in _moments(type(model)):
         value = getattr(model, name)
         if value is None:
             continue
         if nested is None:
-            if value > latest:
+            where = f"{path}{name}"
+            if latest is not None and value > latest:
                 yield FieldError(
-                    f"{path}{name}", "is in the future: more than a day past the adapter's clock"
+                    where, "is in the future: more than a day past the adapter's clock"
                 )
+            elif value < EARLIEST:
+                yield FieldError(where, "is before 1900")
+            elif born is not None and value.date() < born:
+                yield FieldError(where, "is before the patient's birth date")
         elif isinstance(value, list):
             for index, item in enumerate(value):
-                yield from _future_moments(item, latest, f"{path}{name}[{index}].")
+                yield from _moments_out_of_time(item, latest, born, f"{path}{name}[{index}].")
         else:
-            yield from _future_moments(value, latest, f"{path}{name}.")
+            yield from _moments_out_of_time(value, latest, born, f"{path}{name}.")
 
 
-def _ahead_of_the_clock(record: AnyRecord) -> list[FieldError]:
-    """A record's moments that have not come yet, and a patient born after today. A withdrawal
-    is not held to it (it is how a record dated in the future is taken back), nor are the
-    moments of a session still a plan."""
+def _out_of_time(record: AnyRecord) -> list[FieldError]:
+    """A record's moments that have not come yet, or that came before 1900 or before the
+    patient was born, and a patient born after today. A withdrawal is held to none of it (it
+    is how such a record is taken back), and the moments of a session still a plan may lie
+    ahead."""
     if record.withdrawn:
         return []
     latest = datetime.now(UTC) + CLOCK_SLACK
     born = record.patient.birth_date
-    unborn = (
-        [FieldError("patient.birth_date", "after today")] if born and born > latest.date() else []
-    )
-    if isinstance(record, InfusionSession) and record.status == "scheduled":
-        return unborn
-    return unborn + list(_future_moments(record, latest))
+    if born is not None and born > latest.date():
+        unborn, born = [FieldError("patient.birth_date", "after today")], None
+    else:
+        unborn = []
+    planned = isinstance(record, InfusionSession) and record.status == "scheduled"
+    return unborn + list(_moments_out_of_time(record, None if planned else latest, born))
 
 
 def plausibility_problems(record: AnyRecord, limits: Limits) -> list[FieldError]:
     """What the schema cannot say: impossible values, moments that have not come yet (a year
-    mistyped would chart a vital sign in 2062), and fields that contradict each other. A
+    mistyped would chart a vital sign in 2062) or came before 1900 or before the patient was
+    born, and fields that contradict each other. A
     withdrawn record is checked too, but for its moments: what it says is stored and shown,
     withdrawn or not."""
-    return _ahead_of_the_clock(record) + list(_contradictions(record, limits))
+    return _out_of_time(record) + list(_contradictions(record, limits))
 
 
 def _contradictions(record: AnyRecord, limits: Limits) -> Iterator[FieldError]:

@@ -281,7 +281,7 @@ def test_a_moment_more_than_a_day_ahead_of_the_clock_is_refused(
 @pytest.mark.parametrize(
     "record",
     [
-        lambda born: vitals(patient={"mrn": "900001", "birth_date": born}),
+        lambda born: vitals(patient={"mrn": "900001", "birth_date": born}, taken_at=_from_now()),
         lambda born: session(
             status="scheduled",
             scheduled_start=_from_now(days=3),
@@ -295,12 +295,54 @@ def test_a_patient_born_after_today_is_refused(client: TestClient, record: Any) 
     today = datetime.now(UTC).date().isoformat()
 
     refused = client.post("/api/v1/records", json=record(later))
-    accepted = client.post("/api/v1/records", json={**record(today), "id": "TODAY-1"})
+    born_today = vitals(
+        id="TODAY-1", patient={"mrn": "9", "birth_date": today}, taken_at=_from_now()
+    )
+    accepted = client.post("/api/v1/records", json=born_today)
 
     assert refused.status_code == 422
     errors = refused.json()["results"][0]["errors"]
     assert errors == [{"field": "patient.birth_date", "reason": "after today"}], errors
     assert accepted.status_code == 200, accepted.json()
+
+
+@pytest.mark.parametrize(
+    ("record", "field", "reason"),
+    [
+        (vitals(taken_at="0026-11-20T09:20:00-05:00"), "taken_at", "is before 1900"),
+        (
+            vitals(
+                taken_at="1985-11-20T09:20:00-05:00",
+                patient={"mrn": "9", "birth_date": "1990-05-01"},
+            ),
+            "taken_at",
+            "is before the patient's birth date",
+        ),
+        (
+            session(
+                rate_changes=[{"at": "1026-11-20T09:30:00-05:00", "rate_mg_per_kg_per_hr": 0.3}]
+            ),
+            "rate_changes[0].at",
+            "is before 1900",
+        ),
+    ],
+)
+def test_a_moment_before_1900_or_before_the_patients_birth_is_refused(
+    client: TestClient, record: dict[str, Any], field: str, reason: str
+) -> None:
+    response = client.post("/api/v1/records", json=record)
+
+    assert response.status_code == 422
+    errors = response.json()["results"][0]["errors"]
+    assert {"field": field, "reason": reason} in errors, errors
+
+
+def test_a_record_dated_before_1900_can_be_withdrawn(client: TestClient) -> None:
+    withdrawal = vitals(taken_at="0026-11-20T09:20:00-05:00", status="entered_in_error")
+
+    response = client.post("/api/v1/records", json=withdrawal)
+
+    assert response.status_code == 200, response.json()
 
 
 def test_a_moment_ahead_and_an_impossible_value_are_both_named(client: TestClient) -> None:
