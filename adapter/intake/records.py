@@ -19,6 +19,7 @@ from pydantic import (
     Field,
     StringConstraints,
     TypeAdapter,
+    ValidationError,
     ValidationInfo,
 )
 from pydantic_core import PydanticCustomError
@@ -94,7 +95,18 @@ def _iso(value: Any) -> Any:
             "timestamp is in a leap second (:60), which no stored time holds: give it as :59",
         )
     hours_alone = found["minutes"] is None and value[-3:-2] in ("+", "-")
-    return _DATETIME.validate_python(value + ":00" if hours_alone else value)
+    try:
+        return _DATETIME.validate_python(value + ":00" if hours_alone else value)
+    except ValidationError as refused:
+        reason = refused.errors()[0]["msg"]
+        if "extra characters" not in reason:
+            raise
+        # The parser stops at the first part out of range and calls the rest extra.
+        raise PydanticCustomError(
+            "timestamp_range",
+            "timestamp has a time or offset out of range (hours 00 to 23, minutes and seconds "
+            "00 to 59, an offset within 14 hours)",
+        ) from None
 
 
 def _offset(value: datetime) -> datetime:

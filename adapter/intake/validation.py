@@ -231,7 +231,8 @@ CLOCK_SLACK = timedelta(days=1)
 """How far past the adapter's clock a charted moment may lie: the charting system's clock may
 run ahead, or a time be sent with the wrong offset (at most 26 hours apart, +14:00 to -12:00)."""
 PLANNED = frozenset({"scheduled_start"})
-"""The only moment a record may give in the future: when a session is planned to start."""
+"""The only moment a record may give in the future: when a session is planned to start (it is
+held to the past's bounds all the same)."""
 
 
 def _types_in(annotation: Any) -> set[Any]:
@@ -247,7 +248,7 @@ def _moments(model: type[BaseModel]) -> tuple[tuple[str, type[BaseModel] | None]
     found: list[tuple[str, type[BaseModel] | None]] = []
     for name, info in model.model_fields.items():
         types = _types_in(info.annotation)
-        if datetime in types and name not in PLANNED:
+        if datetime in types:
             found.append((name, None))
         found += [
             (name, kind)
@@ -257,8 +258,9 @@ def _moments(model: type[BaseModel]) -> tuple[tuple[str, type[BaseModel] | None]
     return tuple(found)
 
 
-EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
-"""No charted moment is older: a year before it is a year mistyped (0026 for 2026)."""
+EARLIEST = 1900
+"""No charted moment, and no birth, is of a year before this one: such a year is mistyped
+(0026 for 2026)."""
 
 
 def _moments_out_of_time(
@@ -272,11 +274,11 @@ def _moments_out_of_time(
             continue
         if nested is None:
             where = f"{path}{name}"
-            if latest is not None and value > latest:
+            if latest is not None and value > latest and name not in PLANNED:
                 yield FieldError(
                     where, "is in the future: more than a day past the adapter's clock"
                 )
-            elif value < EARLIEST:
+            elif value.year < EARLIEST:
                 yield FieldError(where, "is before 1900")
             elif born is not None and value.date() < born:
                 yield FieldError(where, "is before the patient's birth date")
@@ -288,18 +290,19 @@ def _moments_out_of_time(
 
 
 def _out_of_time(record: AnyRecord) -> list[FieldError]:
-    """A record's moments that have not come yet, or that came before 1900 or before the
-    patient was born, and a patient born after today. A withdrawal is held to none of it (it
-    is how such a record is taken back), and the moments of a session still a plan may lie
-    ahead."""
+    """A record's moments that have not come yet (but when a session is planned to start), or
+    that came before 1900 or before the patient was born, and a patient born after today or
+    before 1900. A withdrawal is held to none of it (it is how such a record is taken back),
+    and the moments of a session still a plan may lie ahead."""
     if record.withdrawn:
         return []
     latest = datetime.now(UTC) + CLOCK_SLACK
     born = record.patient.birth_date
+    unborn: list[FieldError] = []
     if born is not None and born > latest.date():
         unborn, born = [FieldError("patient.birth_date", "after today")], None
-    else:
-        unborn = []
+    elif born is not None and born.year < EARLIEST:
+        unborn, born = [FieldError("patient.birth_date", "is before 1900")], None
     planned = isinstance(record, InfusionSession) and record.status == "scheduled"
     return unborn + list(_moments_out_of_time(record, None if planned else latest, born))
 

@@ -30,6 +30,8 @@ class _Scan:
             self.depth += _STEP[byte]
             if self.depth > self.deepest:
                 self.deepest = self.depth
+            elif self.depth < 0:  # a closing bracket opened nowhere: no credit for what follows
+                self.depth = 0
 
     def end_string(self, part: bytes, start: int) -> int:
         """Read on inside a string from `start`; where the text after it begins."""

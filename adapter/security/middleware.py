@@ -48,6 +48,9 @@ larger ones in a worker thread, so that no body holds the other requests."""
 CODINGS = {b"gzip": 31, b"x-gzip": 31, b"deflate": 15}
 """The content codings a body may come in (RFC 9110 8.4.1), with the window bits zlib reads
 each with: gzip's members, deflate's zlib stream."""
+MEMBERS = 16
+"""The most gzip members a body may hold, one after another: each is decoded apart, the rest of
+the body copied each time, and a body of thousands of tiny members would take minutes."""
 ACCEPT_ENCODING = {"Accept-Encoding": "gzip, deflate, identity"}
 """Said with a 415 for a content coding not taken (RFC 9110 12.5.3)."""
 
@@ -67,6 +70,15 @@ def _is_json(headers: dict[bytes, bytes]) -> bool:
     """JSON by its media type, or no media type at all (FastAPI reads such a body as JSON)."""
     content_type = headers.get(b"content-type", b"").decode("latin-1").lower()
     return not content_type.strip() or "json" in content_type
+
+
+def _coding(scope: Scope) -> bytes:
+    """The body's content coding, every Content-Encoding line of the request read as one list
+    (two lines saying gzip are a body coded twice); none named is identity."""
+    named = [
+        value.strip() for name, value in scope.get("headers", []) if name == b"content-encoding"
+    ]
+    return b", ".join(value for value in named if value).lower() or b"identity"
 
 
 def _with_nul(scope: Scope) -> bool:
@@ -113,44 +125,50 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 
 def _too_deep(body: bytes, lines: bool, deepest: int) -> str | None:
-    """Why the body is refused for its nesting, if it is: in NDJSON (`lines`), naming the first
+    """Why the body is refused for its nesting, if it is. NDJSON (`lines`) is measured line by
+    line, as its records are read (a line cannot close what another opened), naming the first
     line nested too deep."""
-    if json_depth(body) <= deepest:
-        return None
     said = f"JSON nested deeper than {deepest} levels"
-    if lines:
-        for number, line in enumerate(body.split(b"\n"), start=1):
-            if json_depth(line) > deepest:
-                return f"line {number}: {said}"
-    return said
+    if not lines:
+        return said if json_depth(body) > deepest else None
+    for number, line in enumerate(body.split(b"\n"), start=1):
+        if json_depth(line) > deepest:
+            return f"line {number}: {said}"
+    return None
 
 
 def _decoded(body: bytes, coding: bytes, largest: int) -> bytes | AdapterError:
     """The body as it was before its content coding, refused past `largest` bytes decoded (a
     small body may decode to a great one: it is never decoded further than that), or when it
-    is not what its coding says. A gzip body may hold several members, one after another."""
+    is not what its coding says. A gzip body may hold several members, one after another; an
+    empty body is empty whatever its coding."""
     name = coding.decode("latin-1")
-    decoded = b""
+    parts: list[bytes] = []
+    size = 0
     rest = body
-    while True:
+    members = 0
+    while rest:
+        if members == MEMBERS:
+            return BadRequest(f"the body holds more than {MEMBERS} {name} members")
+        members += 1
         inflater = zlib.decompressobj(CODINGS[coding])
         try:
-            decoded += inflater.decompress(rest, largest + 1 - len(decoded))
+            parts.append(inflater.decompress(rest, largest + 1 - size))
         except zlib.error:
             return BadRequest(f"the body is not {name} as its Content-Encoding says")
-        if len(decoded) > largest:
+        size += len(parts[-1])
+        if size > largest:
             return PayloadTooLarge(
                 f"the body, decoded from {name}, is over the limit of {largest} bytes"
             )
         if not inflater.eof:
             return BadRequest(f"the body is not {name} as its Content-Encoding says: it ends early")
         rest = inflater.unused_data
-        if not rest:
-            return decoded
-        if CODINGS[coding] != CODINGS[b"gzip"]:
+        if rest and CODINGS[coding] != CODINGS[b"gzip"]:
             return BadRequest(
                 f"the body is not {name} as its Content-Encoding says: it goes on past its end"
             )
+    return b"".join(parts)
 
 
 class Guard:
@@ -254,7 +272,7 @@ class Guard:
                 return _replay(b"", receive)
             scope.setdefault("state", {})["authenticated_client"] = client_id
             largest = self.limits.max_bytes
-        coding = headers.get(b"content-encoding", b"identity").strip().lower()
+        coding = _coding(scope)
         if coding != b"identity" and coding not in CODINGS:
             return UnsupportedMediaType(
                 "the body's Content-Encoding is not one taken here: send it as gzip, "

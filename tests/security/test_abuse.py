@@ -62,8 +62,15 @@ def test_json_nested_too_deep_is_400(small: TestClient, path: str) -> None:
     assert "nested deeper" not in not_deep.text
 
 
-def test_an_ndjson_body_nested_too_deep_names_the_line(small: TestClient) -> None:
-    lines = [b'{"a":1}', b'{"a":' * 9 + b"1" + b"}" * 9, b'{"a":1}']
+@pytest.mark.parametrize(
+    "first",
+    [b'{"a":1}', b"]" * 20, b'"'],
+    ids=["a record", "closing brackets opened nowhere", "a quote left open"],
+)
+def test_an_ndjson_body_nested_too_deep_names_the_line(small: TestClient, first: bytes) -> None:
+    """Each line is measured as its record is read: what one line leaves open or closes
+    gives the next no depth to spare."""
+    lines = [first, b'{"a":' * 9 + b"1" + b"}" * 9, b'{"a":1}']
 
     response = small.post(
         "/api/v1/records",
