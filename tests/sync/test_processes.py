@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx2 as httpx
 import orjson
 import pytest
+from sqlalchemy import text
 
 from adapter.runtime import Runtime
 from adapter.settings import Settings
@@ -86,6 +87,23 @@ def test_a_sync_killed_three_times_and_restarted_delivers_everything_once(
     assert_exactly_once(runtime, ehr)
 
 
+def wait_listening(runtime: Runtime, since: datetime, count: int) -> None:
+    """Until `count` processes started since `since` listen for PostgreSQL's notices: a worker
+    listens once its schedule has started, whose first run comes at once (adapter/worker.py)."""
+    listening = text(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND query LIKE 'LISTEN %' AND backend_start >= :since"
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with runtime.store.engine.connect() as connection:
+            if connection.execute(listening, {"since": since}).scalar_one() >= count:
+                time.sleep(0.5)  # the first runs, with nothing due, end in milliseconds
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"{count} workers did not listen for notices within a minute")
+
+
 def test_two_sync_workers_on_postgresql_deliver_everything_once(
     runtime: Runtime, settings: Settings, ehr: SandboxEhr, tmp_path: Path
 ) -> None:
@@ -95,12 +113,15 @@ def test_two_sync_workers_on_postgresql_deliver_everything_once(
         pytest.skip("processes on SQLite share nothing but a file; the lease is PostgreSQL's case")
     ehr.add_patients(sorted(synthetic_mrns(RECORDS)))
     env = {**environment(settings, ehr, lease_seconds=5.0), "ADAPTER_SYNC_INTERVAL_SECONDS": "3600"}
+    spawned = datetime.now(UTC)
     workers = [
         subprocess.Popen([*CLI, "sync"], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL)
         for _ in range(2)
     ]
     try:
-        time.sleep(3)  # started, their first scheduled runs found nothing
+        # Started: their first scheduled runs found nothing (however long a loaded machine
+        # takes to start them, the records come after).
+        wait_listening(runtime, spawned, len(workers))
         load_synthetic(runtime, RECORDS)
         deadline = time.monotonic() + 300
         while runtime.outbox.count_due(datetime.now(UTC)) and time.monotonic() < deadline:
