@@ -29,7 +29,7 @@ from adapter.intake.records import (
     Vitals,
     unknown_fields,
 )
-from adapter.mapping.config import Limits, Range
+from adapter.mapping.config import Limits, MomentLimits, Range
 from adapter.mapping.sites import SITE_ID_RULE, is_site_id
 from adapter.site_keys import site_key
 
@@ -227,9 +227,6 @@ def _fasting_problems(record: FastingAttestation) -> Iterator[FieldError]:
             yield FieldError(name, "is after attested_at")
 
 
-CLOCK_SLACK = timedelta(days=1)
-"""How far past the adapter's clock a charted moment may lie: the charting system's clock may
-run ahead, or a time be sent with the wrong offset (at most 26 hours apart, +14:00 to -12:00)."""
 PLANNED = frozenset({"scheduled_start"})
 """The only moment a record may give in the future: when a session is planned to start (it is
 held to the past's bounds all the same)."""
@@ -258,16 +255,15 @@ def _moments(model: type[BaseModel]) -> tuple[tuple[str, type[BaseModel] | None]
     return tuple(found)
 
 
-EARLIEST = 1900
-"""No charted moment, and no birth, is of a year before this one: such a year is mistyped
-(0026 for 2026)."""
-
-
 def _moments_out_of_time(
-    model: BaseModel, latest: datetime | None, born: date | None, path: str = ""
+    model: BaseModel,
+    bounds: MomentLimits,
+    latest: datetime | None,
+    born: date | None,
+    path: str = "",
 ) -> Iterator[FieldError]:
-    """The moments of a record past `latest` (None: not looked for), before 1900, or before
-    the patient's birth date `born`."""
+    """The moments of a record past `latest` (None: not looked for), of a year before the
+    earliest (`mappings/limits.yaml`), or before the patient's birth date `born`."""
     for name, nested in _moments(type(model)):
         value = getattr(model, name)
         if value is None:
@@ -278,42 +274,45 @@ def _moments_out_of_time(
                 yield FieldError(
                     where, "is in the future: more than a day past the adapter's clock"
                 )
-            elif value.year < EARLIEST:
-                yield FieldError(where, "is before 1900")
+            elif value.year < bounds.earliest_year:
+                yield FieldError(where, f"is before {bounds.earliest_year}")
             elif born is not None and value.date() < born:
                 yield FieldError(where, "is before the patient's birth date")
         elif isinstance(value, list):
             for index, item in enumerate(value):
-                yield from _moments_out_of_time(item, latest, born, f"{path}{name}[{index}].")
+                where = f"{path}{name}[{index}]."
+                yield from _moments_out_of_time(item, bounds, latest, born, where)
         else:
-            yield from _moments_out_of_time(value, latest, born, f"{path}{name}.")
+            yield from _moments_out_of_time(value, bounds, latest, born, f"{path}{name}.")
 
 
-def _out_of_time(record: AnyRecord) -> list[FieldError]:
+def _out_of_time(record: AnyRecord, bounds: MomentLimits) -> list[FieldError]:
     """A record's moments that have not come yet (but when a session is planned to start), or
-    that came before 1900 or before the patient was born, and a patient born after today or
-    before 1900. A withdrawal is held to none of it (it is how such a record is taken back),
-    and the moments of a session still a plan may lie ahead."""
+    that came before the earliest year or before the patient was born, and a patient born
+    after today or before the earliest year (`moments` in mappings/limits.yaml). A withdrawal
+    is held to none of it (it is how such a record is taken back), and the moments of a
+    session still a plan may lie ahead."""
     if record.withdrawn:
         return []
-    latest = datetime.now(UTC) + CLOCK_SLACK
+    latest = datetime.now(UTC) + timedelta(hours=bounds.ahead_hours)
     born = record.patient.birth_date
     unborn: list[FieldError] = []
     if born is not None and born > latest.date():
         unborn, born = [FieldError("patient.birth_date", "after today")], None
-    elif born is not None and born.year < EARLIEST:
-        unborn, born = [FieldError("patient.birth_date", "is before 1900")], None
+    elif born is not None and born.year < bounds.earliest_year:
+        unborn = [FieldError("patient.birth_date", f"is before {bounds.earliest_year}")]
+        born = None
     planned = isinstance(record, InfusionSession) and record.status == "scheduled"
-    return unborn + list(_moments_out_of_time(record, None if planned else latest, born))
+    ahead = None if planned else latest
+    return unborn + list(_moments_out_of_time(record, bounds, ahead, born))
 
 
 def plausibility_problems(record: AnyRecord, limits: Limits) -> list[FieldError]:
     """What the schema cannot say: impossible values, moments that have not come yet (a year
     mistyped would chart a vital sign in 2062) or came before 1900 or before the patient was
-    born, and fields that contradict each other. A
-    withdrawn record is checked too, but for its moments: what it says is stored and shown,
-    withdrawn or not."""
-    return _out_of_time(record) + list(_contradictions(record, limits))
+    born, and fields that contradict each other. A withdrawn record is checked too, but for
+    its moments: what it says is stored and shown, withdrawn or not."""
+    return _out_of_time(record, limits.moments) + list(_contradictions(record, limits))
 
 
 def _contradictions(record: AnyRecord, limits: Limits) -> Iterator[FieldError]:

@@ -549,11 +549,22 @@ class DoseLimits(MappingModel):
     total_mg: Range
 
 
+class MomentLimits(MappingModel):
+    earliest_year: int = Field(ge=1, le=9999)
+    """No charted moment, and no birth, is of a year before this one: such a year is mistyped
+    (0026 for 2026)."""
+    ahead_hours: float = Field(ge=0, le=72)
+    """How far past the adapter's clock a charted moment may lie: the charting system's clock
+    may run ahead, or a time be sent with the wrong offset (+14:00 and -12:00 are 26 hours
+    apart)."""
+
+
 class Limits(MappingModel):
     """mappings/limits.yaml: values outside these ranges cannot be real and are refused."""
 
     vitals: VitalsLimits
     dose: DoseLimits
+    moments: MomentLimits
 
 
 M = TypeVar("M", bound=MappingModel)
