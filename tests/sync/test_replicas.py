@@ -2,7 +2,10 @@
 `infusion-adapter import --site` for each site beside them, take in two sites' days: records
 naming their site posted concurrently through the proxy, amended as they go, while a client
 polls `_lastUpdated=gt` and `_history` with `_since` through the proxy. One replica is killed
-with SIGKILL mid-run and started again, twice. Every version is polled exactly once; each
+with SIGKILL mid-run and started again, twice. When all is delivered, some records are amended
+once more, so that some resources have a second version whatever the machine's speed (the
+mapping may well map an amendment posted during the run before the revision it amends).
+Every version is polled exactly once; each
 site's EHR holds each of its site's resources once, as its latest version says, and none of
 the other site's."""
 
@@ -58,6 +61,8 @@ POLLED = ("Observation", "Encounter", "AdverseEvent", "DetectedIssue")
 AMENDED_EVERY = 20
 """Every twentieth vitals record gets a second revision (another heart rate), posted later."""
 AMENDED_AFTER = 150
+AMENDED_AGAIN = 20
+"""Amended records given a third revision once everything is delivered."""
 SANDBOX_MRNS = {
     identifier["value"]
     for patient in orjson.loads(SANDBOX_PATIENTS.read_bytes())
@@ -105,6 +110,15 @@ def with_amendments(lines: list[bytes]) -> list[bytes]:
     for rest in later.values():
         out.extend(rest)
     return out
+
+
+def third_revisions(posted: list[bytes]) -> list[bytes]:
+    """A third revision of the first AMENDED_AGAIN records amended in `posted`."""
+    seconds = [record for record in map(orjson.loads, posted) if record["revision"] == 2]
+    return [
+        orjson.dumps({**record, "revision": 3, "heart_rate": record["heart_rate"] + 1})
+        for record in seconds[:AMENDED_AGAIN]
+    ]
 
 
 def site_day(site: str, ehr: SandboxEhr, number: int) -> SiteDay:
@@ -425,6 +439,12 @@ def _run_and_check(
             runtime.mapping.queue.counts(),
             undelivered(runtime).most_common(5),
         )
+        again = Posters(replicas.url, key, third_revisions(posted))
+        again.join()
+        assert drained(runtime, [], 150), (
+            runtime.mapping.queue.counts(),
+            undelivered(runtime).most_common(5),
+        )
         polling.set()
         watcher.join(timeout=120)
         poller.poll()  # whatever was committed after the last poll of the loop
@@ -451,6 +471,9 @@ def _run_and_check(
         if record["revision"] == 2
     }
     assert amended
+    assert not again.errors, again.errors[:3]
+    assert again.outcomes == Counter(amended=AMENDED_AGAIN), again.outcomes
+    amended_again = {key for key, _ in again.outcome_of}
     outcomes = {
         key: (posters.outcome_of[(key, 1)], posters.outcome_of[(key, 2)]) for key in amended
     }
@@ -463,7 +486,8 @@ def _run_and_check(
         or (second[0] == "created" and first[0] == "stale")
         for first, second in outcomes.values()
     ), Counter(outcomes.values())
-    assert stored_revisions(runtime, amended) == {2}
+    assert stored_revisions(runtime, amended - amended_again) == {2}
+    assert stored_revisions(runtime, amended_again) == {3}
     assert poller.polls >= 5
     counts = runtime.mapping.queue.counts()
     assert set(counts) == {"mapped"}, counts
