@@ -7,7 +7,6 @@ from pathlib import Path
 import click
 import orjson
 import requests
-from joserfc.jwk import ECKey
 
 from adapter.cli_support import open_runtime_or_exit, settings_or_exit
 from adapter.runtime import Runtime
@@ -133,6 +132,8 @@ def dev(folder: Path) -> None:
     key_client, key = runtime.clients.add_key_client(
         "development admin", "admin", datetime.now(UTC), development=True
     )
+    from joserfc.jwk import ECKey
+
     private = ECKey.generate_key("P-384", parameters={"kid": "dev-1", "alg": "ES384"})
     folder.mkdir(parents=True, exist_ok=True)
     key_file = folder / "smart-key.pem"

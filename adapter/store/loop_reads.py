@@ -1,13 +1,20 @@
 """One-row reads awaited on the event loop, over psycopg's own async connections: while
 PostgreSQL answers one read, the loop serves the other requests (a blocking read would hold the
-whole service for the round trip)."""
+whole service for the round trip).
+
+psycopg is imported where a PostgreSQL store is opened, not by every process that imports this
+(a SQLite deployment's commands start without it)."""
+
+from __future__ import annotations
 
 import asyncio
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psycopg
 from sqlalchemy import Engine
+
+if TYPE_CHECKING:
+    import psycopg
 
 from adapter.errors import StoreUnavailable
 
@@ -54,8 +61,11 @@ class LoopReads:
     closed when another loop reads, and all by `close`."""
 
     def __init__(self, engine: Engine, size: int = SIZE) -> None:
+        import psycopg
+
         args, params = engine.dialect.create_connect_args(engine.url)
         self.connect = partial(psycopg.AsyncConnection.connect, *args, **params, autocommit=True)
+        self.dropped: type[Exception] = psycopg.OperationalError
         self.size = size
         self.pool: _Pool | None = None
 
@@ -70,12 +80,12 @@ class LoopReads:
         for attempt in (1, 2):
             try:
                 connection = await pool.take(self.connect)
-            except psycopg.OperationalError:
+            except self.dropped:
                 raise StoreUnavailable("the store did not answer; try again") from None
             try:
                 cursor = await connection.execute(sql, values)
                 row = await cursor.fetchone()
-            except psycopg.OperationalError:
+            except self.dropped:
                 pool.lose(connection)
                 pool.close_idle()  # a server restart drops them all
                 if attempt == 2:

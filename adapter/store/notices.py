@@ -11,7 +11,6 @@ from collections.abc import Callable, Mapping
 from contextlib import suppress
 from typing import Any
 
-from psycopg import pq
 from sqlalchemy import Connection, Engine, text
 
 log = logging.getLogger(__name__)
@@ -131,6 +130,8 @@ class NoticeListener:
         gives up on it, which takes minutes to hours). The question is sent without waiting
         for its answer on the socket, which would wait as long; notices that came with the
         answer are passed on. Raises Unanswered when no answer came within ANSWER_SECONDS."""
+        from psycopg import pq  # the listener is PostgreSQL's alone
+
         pgconn = connection.pgconn
         pgconn.send_query(b"SELECT 1")
         deadline = time.monotonic() + ANSWER_SECONDS

@@ -8,7 +8,6 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-import psycopg
 from sqlalchemy import (
     ARRAY,
     Column,
@@ -162,6 +161,8 @@ class RecordWriter:
     def _insert(self, table: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
         """Insert many rows: COPY on PostgreSQL, one executemany elsewhere. Intake's hot path."""
         if self._connection.dialect.name == "postgresql":
+            import psycopg  # PostgreSQL's driver, loaded by its engine already
+
             driver = self._connection.connection.driver_connection
             assert driver is not None
             try:

@@ -1,16 +1,19 @@
 """How the sync proves itself to the EHR: nothing, a static bearer token, or SMART Backend
 Services (client_credentials with a private_key_jwt assertion, RS384 or ES384)."""
 
+from __future__ import annotations
+
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import requests
-from joserfc import jwt
-from joserfc.jwk import ECKey, RSAKey
+
+if TYPE_CHECKING:  # joserfc (and cryptography under it) is loaded where a key is used
+    from joserfc.jwk import ECKey, RSAKey
 
 from adapter.settings import Settings
 from adapter.sync.errors import EhrAuthError, TemporaryEhrError
@@ -93,6 +96,8 @@ class SmartBackendAuth:
             "iat": now,
             "jti": str(uuid.uuid4()),
         }
+        from joserfc import jwt
+
         return jwt.encode(header, claims, self.key, algorithms=[self.algorithm])
 
     def _fetch(self, session: requests.Session, timeout: float) -> None:
@@ -155,6 +160,8 @@ def ehr_auth(settings: Settings) -> EhrAuth:
 
 
 def load_private_key(path: Path, algorithm: str) -> RSAKey | ECKey:
+    from joserfc.jwk import ECKey, RSAKey
+
     pem = path.read_bytes()
     try:
         return RSAKey.import_key(pem) if algorithm == "RS384" else ECKey.import_key(pem)

@@ -4,6 +4,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC
 
 import pytest
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 
 from adapter.runtime import Runtime
@@ -36,6 +38,30 @@ def test_migrations_downgrade_to_nothing_and_back(database_url: str) -> None:
 
     migrate.upgrade(engine)
     assert "source_records" in inspect(engine).get_table_names()
+    engine.dispose()
+
+
+def test_the_newest_revision_read_from_the_files_is_alembics_head() -> None:
+    assert migrate.newest() == ScriptDirectory.from_config(migrate._config()).get_current_head()
+
+
+@pytest.mark.empty_store
+def test_the_revision_of_a_store_is_read_as_alembic_reads_it(database_url: str) -> None:
+    engine = make_engine(database_url)
+
+    def alembics() -> str | None:
+        with engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+
+    seen = [migrate.current(engine)]
+    for target in ("0001", "0009", "head"):
+        migrate.upgrade(engine, target)
+        seen.append(migrate.current(engine))
+        assert seen[-1] == alembics()
+    migrate.downgrade(engine, "base")
+    seen.append(migrate.current(engine))
+    assert seen == [None, "0001", "0009", migrate.newest(), None]
+    assert alembics() is None
     engine.dispose()
 
 
