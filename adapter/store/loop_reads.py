@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 
+from adapter.errors import StoreUnavailable
+
 if TYPE_CHECKING:
     import psycopg
-
-from adapter.errors import StoreUnavailable
 
 SIZE = 10
 """Connections open at most per event loop; a read beyond them waits for one to come back."""

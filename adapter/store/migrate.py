@@ -35,7 +35,7 @@ def newest() -> str | None:
     """The newest revision of the migrations shipped, read once per process: the one that no
     other migration revises, from the `revision` and `down_revision` lines of the files.
     (Alembic's reading compiles every migration, which cost more than the rest of opening a
-    store; tests/store/test_migrations.py checks that the two agree.)"""
+    store; tests/store/test_store.py checks that the two agree.)"""
     revised: dict[str, str | None] = {}
     for path in sorted((MIGRATIONS / "versions").glob("*.py")):
         found = dict(_REVISION.findall(path.read_text(encoding="utf-8")))

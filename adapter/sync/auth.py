@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Protocol
 
 import requests
 
-if TYPE_CHECKING:  # joserfc (and cryptography under it) is loaded where a key is used
-    from joserfc.jwk import ECKey, RSAKey
-
 from adapter.settings import Settings
 from adapter.sync.errors import EhrAuthError, TemporaryEhrError
+
+if TYPE_CHECKING:  # joserfc (and cryptography under it) is loaded where a key is used
+    from joserfc.jwk import ECKey, RSAKey
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ASSERTION_SECONDS = 300
