@@ -66,7 +66,7 @@ def _aware(value: datetime, info: ValidationInfo) -> datetime:
 
 ISO_TIMESTAMP = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}(:(?P<second>[0-9]{2})([.,][0-9]+)?)?"
-    r"([Zz]|[+-][0-9]{2}(?P<minutes>:?[0-9]{2})?)?"
+    r"(?P<offset>[Zz]|[+-][0-9]{2}(?P<minutes>:?[0-9]{2})?)?"
 )
 """An ISO 8601 date and time (the format's timestamps): a date alone, or digits alone (which
 the parser would take for seconds since 1970: `"20261120"` for 23 August 1970), are not. An
@@ -94,7 +94,7 @@ def _iso(value: Any) -> Any:
             "timestamp_leap_second",
             "timestamp is in a leap second (:60), which no stored time holds: give it as :59",
         )
-    hours_alone = found["minutes"] is None and value[-3:-2] in ("+", "-")
+    hours_alone = found["offset"] not in (None, "Z", "z") and found["minutes"] is None
     try:
         return _DATETIME.validate_python(value + ":00" if hours_alone else value)
     except ValidationError as refused:

@@ -272,7 +272,9 @@ def _moments_out_of_time(
             where = f"{path}{name}"
             if latest is not None and value > latest and name not in PLANNED:
                 yield FieldError(
-                    where, "is in the future: more than a day past the adapter's clock"
+                    where,
+                    f"is in the future: more than {bounds.ahead_hours:g} hours past the "
+                    "adapter's clock",
                 )
             elif value.year < bounds.earliest_year:
                 yield FieldError(where, f"is before {bounds.earliest_year}")
@@ -298,7 +300,7 @@ def _out_of_time(record: AnyRecord, bounds: MomentLimits) -> list[FieldError]:
     born = record.patient.birth_date
     unborn: list[FieldError] = []
     if born is not None and born > latest.date():
-        unborn, born = [FieldError("patient.birth_date", "after today")], None
+        unborn, born = [FieldError("patient.birth_date", "is after today")], None
     elif born is not None and born.year < bounds.earliest_year:
         unborn = [FieldError("patient.birth_date", f"is before {bounds.earliest_year}")]
         born = None

@@ -10,7 +10,9 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import adverse_event, fasting, ndjson, session, vitals
+from adapter.app import create_app
+from adapter.settings import Settings
+from tests.conftest import adverse_event, fasting, ndjson, session, sign_in, vitals
 
 NDJSON = {"content-type": "application/x-ndjson"}
 
@@ -285,6 +287,26 @@ def test_a_moment_more_than_a_day_ahead_of_the_clock_is_refused(
     assert any(e["field"] == field and "in the future" in e["reason"] for e in errors), errors
 
 
+def test_how_far_ahead_a_moment_may_lie_is_the_limits_files(settings: Settings) -> None:
+    limits = settings.mappings_dir / "limits.yaml"
+    limits.write_text(limits.read_text().replace("ahead_hours: 24", "ahead_hours: 72"))
+    with TestClient(create_app(settings, background=False)) as service:
+        sign_in(service)
+        two_days = service.post("/api/v1/records", json=vitals(taken_at=_from_now(days=2)))
+        four_days = service.post(
+            "/api/v1/records", json=vitals(id="VIT-4", taken_at=_from_now(days=4))
+        )
+
+    assert two_days.json()["results"][0]["outcome"] == "created", two_days.json()
+    errors = four_days.json()["results"][0]["errors"]
+    assert errors == [
+        {
+            "field": "taken_at",
+            "reason": "is in the future: more than 72 hours past the adapter's clock",
+        }
+    ], errors
+
+
 @pytest.mark.parametrize(
     "record",
     [
@@ -309,7 +331,7 @@ def test_a_patient_born_after_today_is_refused(client: TestClient, record: Any) 
 
     assert refused.status_code == 422
     errors = refused.json()["results"][0]["errors"]
-    assert errors == [{"field": "patient.birth_date", "reason": "after today"}], errors
+    assert errors == [{"field": "patient.birth_date", "reason": "is after today"}], errors
     assert accepted.status_code == 200, accepted.json()
 
 
