@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx2 as httpx
 
-from tests.round_robin import RoundRobinProxy
+from tests.round_robin import RoundRobinProxy, Upstream
 
 CLI = [sys.executable, "-m", "adapter.cli"]
 
@@ -46,16 +46,42 @@ HEALTH_CHECKS = httpx.Client(timeout=1, trust_env=False, verify=False)
 loads the system's CA store each time, which costs more than the request.)"""
 
 
+def listens(pid: int, port: int) -> bool:
+    """Whether the process `pid` holds the socket listening on 127.0.0.1:`port` (from /proc).
+    A port found free may be taken by another process before the service binds it; that
+    process's answer to a health check is not the service's."""
+    address = f"0100007F:{port:04X}"
+    inodes = {
+        fields[9]
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
+        if (fields := line.split())[1] == address and fields[3] == "0A"  # LISTEN
+    }
+    wanted = {f"socket:[{inode}]" for inode in inodes}
+    try:
+        descriptors = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:  # gone, or not ours to read
+        return False
+    for descriptor in descriptors:
+        try:
+            if os.readlink(descriptor) in wanted:
+                return True
+        except OSError:  # closed meanwhile
+            continue
+    return False
+
+
 def healthy(process: subprocess.Popen[bytes], port: int, seconds: float = 60) -> bool:
     """Whether the service started as `process` answers its health check on `port` within
-    `seconds` (False at once if it exits)."""
+    `seconds`, itself and not another process on that port (False at once if it exits)."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline and process.poll() is None:
         try:
-            if HEALTH_CHECKS.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
-                return True
+            answered = HEALTH_CHECKS.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
         except httpx.TransportError:
-            time.sleep(0.1)
+            answered = False
+        if answered and listens(process.pid, port):
+            return True
+        time.sleep(0.1)
     return False
 
 
@@ -72,7 +98,7 @@ class Replicas:
         try:
             self.processes = [self._start(port) for port in self.ports]
             for index in range(count):
-                self._wait_healthy(index)
+                self._wait_started(index)
         except BaseException:
             self.stop()
             raise
@@ -84,6 +110,19 @@ class Replicas:
             cwd=self.cwd,
             stdout=subprocess.DEVNULL,
         )
+
+    def _wait_started(self, index: int) -> None:
+        """The replica answering on its port; one whose port another process took between
+        `free_port` and its bind is started again on another (three tries)."""
+        for _ in range(3):
+            if healthy(self.processes[index], self.ports[index]):
+                return
+            if self.processes[index].poll() is None:
+                break  # running, yet not answering
+            self.ports[index] = free_port()
+            self.proxy.upstreams[index] = Upstream(self.ports[index])
+            self.processes[index] = self._start(self.ports[index])
+        raise RuntimeError(f"replica {index} did not start")
 
     def _wait_healthy(self, index: int) -> None:
         if not healthy(self.processes[index], self.ports[index]):

@@ -1,6 +1,8 @@
 """The tests' round-robin proxy: requests in turn across the upstreams, a dead one passed over,
 X-Forwarded-For only when asked for, and a POST cut off mid-request answered 502, not resent."""
 
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -8,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx2 as httpx
 import pytest
 
-from tests.replicas import free_port
+from tests.replicas import free_port, healthy
 from tests.round_robin import RoundRobinProxy
 
 
@@ -98,3 +100,34 @@ def test_a_post_the_upstream_drops_is_answered_502_and_not_sent_again(
 
     assert answer.status_code == 502
     assert upstreams[0].posts + upstreams[1].posts == 1
+
+
+SERVES_HEALTH = """
+import sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+class Health(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+HTTPServer(("127.0.0.1", int(sys.argv[1])), Health).serve_forever()
+"""
+
+
+def test_a_health_check_counts_only_the_process_that_listens_on_the_port() -> None:
+    """A port found free may be taken by another process before the service binds it: that
+    process's answer does not make the service healthy."""
+    squatter = Upstream("another process")
+    waiting = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    port = free_port()
+    serving = subprocess.Popen([sys.executable, "-c", SERVES_HEALTH, str(port)])
+    try:
+        assert not healthy(waiting, squatter.port, seconds=1)
+        assert healthy(serving, port, seconds=20)
+    finally:
+        squatter.stop()
+        for process in (waiting, serving):
+            process.kill()
+            process.wait()
